@@ -1,0 +1,74 @@
+# vpod: `make demo` builds everything and runs a micro-VM; `make test` runs every test.
+# Guest-booting tests run directly on hosts whose /dev/kvm is kvm_intel/kvm_amd, and inside
+# the emulated KVM host (tests/kvm-host) elsewhere; tests/guest-mode decides and says why.
+
+SHELL := /bin/bash
+export VPOD_CACHE_DIR ?= /var/cache/vpod
+CARGO ?= cargo
+BUILD := build
+
+# Debian packages the build and the tests need on a fresh machine.
+APT_PACKAGES := build-essential bc bison flex libelf-dev libssl-dev xz-utils cpio kmod \
+	linux-source-6.12 busybox-static qemu-system-x86 ca-certificates
+
+.PHONY: all deps kernel stub test-initrd kvm-host rust test test-unit test-e2e lint demo clean
+
+all: deps kernel stub test-initrd rust
+
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "deps: installing" $$missing; \
+	  apt-get update -q >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null; \
+	fi
+
+kernel: deps
+	kernel-config/build.sh
+
+stub:
+	tests/stub/build.sh
+
+test-initrd: deps
+	tests/initramfs/build.sh
+
+rust:
+	$(CARGO) build --release --workspace --bins
+
+# The emulated KVM host's kernel and initramfs (cached) and its runner.
+kvm-host: deps rust
+	tests/kvm-host/prepare >/dev/null
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Every test: unit, VMM-core on this machine's KVM, and end-to-end through the mode that
+# tests/guest-mode picks. Retries of the emulated host are counted and printed at the end.
+test: all kvm-host lint
+	@mode=$$(tests/guest-mode); echo "make test: guest-booting tests run $$mode"
+	@: > $(BUILD)/kvm-host-retries.log
+	@export VPOD_KVM_HOST_RETRY_LOG=$(CURDIR)/$(BUILD)/kvm-host-retries.log; \
+	if $(CARGO) nextest --version >/dev/null 2>&1; then \
+	  $(CARGO) nextest run --workspace --no-fail-fast --test-threads 2; \
+	else \
+	  $(CARGO) test --workspace --no-fail-fast -- --test-threads 2; \
+	fi; status=$$?; \
+	n=$$(wc -l < $(BUILD)/kvm-host-retries.log); \
+	echo "make test: emulated KVM host retries in this run: $$n"; \
+	[ "$$n" = 0 ] || sed 's/^/  retry: /' $(BUILD)/kvm-host-retries.log; \
+	exit $$status
+
+demo: all kvm-host
+	@mode=$$(tests/guest-mode); \
+	run=(); [ "$$mode" = emulated ] && run=(tests/kvm-host/run --); \
+	echo "demo: booting build/vmlinux with QEMU microvm ($$mode)"; \
+	"$${run[@]}" qemu-system-x86_64 -M microvm,acpi=off -enable-kvm -cpu host -smp 2 -m 256 \
+	  -nodefaults -no-user-config -display none -no-reboot -serial stdio \
+	  -kernel $(BUILD)/vmlinux -initrd $(BUILD)/test-initrd.img \
+	  -append "console=ttyS0 quiet reboot=t panic=-1 -- uname -a"
+
+clean:
+	rm -rf $(BUILD)
+	$(CARGO) clean
