@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Builds vpod-init as a static binary (glibc with crt-static: no musl toolchain can be
+# fetched here) and packs build/initrd.img, an uncompressed cpio (newc): vpod-init as /init,
+# plus Debian's busybox-static with its applet links so users of the standalone VMM can run
+# shell commands. vpod-init itself uses nothing from busybox.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/.." && pwd)
+out=${OUT:-$top/build/initrd.img}
+busybox=${BUSYBOX:-/bin/busybox}
+target=x86_64-unknown-linux-gnu
+
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release --locked \
+  --manifest-path "$top/Cargo.toml" -p vpod-init --target "$target"
+init=$top/target/$target/release/vpod-init
+if ! (ldd "$init" 2>&1 || true) | grep -q -e "not a dynamic" -e "statically linked"; then
+  echo "guest-init: $init is not statically linked" >&2; exit 1
+fi
+if ! (ldd "$busybox" 2>&1 || true) | grep -q "not a dynamic"; then
+  echo "guest-init: $busybox is not a static busybox (install busybox-static)" >&2; exit 1
+fi
+
+root=$(mktemp -d); trap 'rm -rf "$root"' EXIT
+mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,run,root,etc}
+# The kernel opens /dev/console for init's stdio before anything is mounted.
+mknod -m 600 "$root/dev/console" c 5 1
+install -s -m 755 "$init" "$root/init"
+install -m 755 "$busybox" "$root/bin/busybox"
+for applet in $("$busybox" --list-full); do
+  [ -e "$root/$applet" ] || ln -s /bin/busybox "$root/$applet"
+done
+echo "root:x:0:0:root:/root:/bin/sh" > "$root/etc/passwd"
+echo "root:x:0:" > "$root/etc/group"
+mkdir -p "$(dirname "$out")"
+(cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) > "$out.tmp"
+mv "$out.tmp" "$out"

@@ -1,0 +1,12 @@
+//! `vpod-init`, PID 1 inside a vpod micro-VM.
+//!
+//! Boot sequence: mount the pseudo filesystems ([`mounts`]), set the hostname, tell the VMM
+//! "init reached" with one port write ([`vmm_port`]), then run the command the kernel passed
+//! after `--` ([`command`]) with its output on the console, reaping every orphan meanwhile,
+//! report the command's exit status to the VMM, and reboot (the VMM ends on the guest's
+//! reset). Statically linked, no dependency on busybox or anything else in the initramfs.
+
+pub mod cmdline;
+pub mod command;
+pub mod mounts;
+pub mod vmm_port;
