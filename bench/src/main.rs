@@ -1,0 +1,402 @@
+//! `vpod-bench`: `startup` (native, stub guests), `linux-boot` (real kernel; run inside the
+//! emulated KVM host where this machine's KVM cannot boot Linux) and `check` (targets).
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use vpod_bench::measure::{resident_after_marker, timed_run};
+use vpod_bench::report::{table, write_jsonl, Row};
+use vpod_bench::stats::{median_u64, summarize};
+
+const STUB_MARKER: &str = "vpod-stub: ready";
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut runs = None;
+    let mut host = "kvm".to_string();
+    let mut words = args.iter();
+    let verb = words.next().cloned().unwrap_or_default();
+    while let Some(w) = words.next() {
+        match w.as_str() {
+            "--runs" => runs = Some(words.next().context("--runs needs a number")?.parse::<usize>()?),
+            "--host" => host = words.next().context("--host needs kvm or emulated")?.clone(),
+            other => bail!("unknown argument {other}; usage: vpod-bench startup|linux-boot|check [--runs N] [--host kvm|emulated]"),
+        }
+    }
+    let root = std::env::current_dir()?;
+    match verb.as_str() {
+        "startup" => startup(&root, runs.unwrap_or(20)),
+        "linux-boot" => linux_boot(&root, runs.unwrap_or(10), &host),
+        "check" => check(&root),
+        _ => bail!("usage: vpod-bench startup|linux-boot|check [--runs N] [--host kvm|emulated]"),
+    }
+}
+
+fn results_dir(root: &Path) -> PathBuf {
+    root.join("bench/results")
+}
+
+/// Builds a peer's command line for a kernel and a memory size in MiB.
+type CommandFor = Box<dyn Fn(&Path, u32) -> Command>;
+
+/// One peer VMM: how to start it on a kernel, and the exit status that means "guest reset".
+struct Peer {
+    name: &'static str,
+    command: CommandFor,
+    reset_exit: i32,
+}
+
+fn kvm_is_pvm() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
+}
+
+fn peers(root: &Path) -> Result<Vec<Peer>> {
+    let vmm = root.join("target/release/vpod-vmm");
+    if !vmm.exists() {
+        bail!("{} is missing: run `make` first", vmm.display());
+    }
+    let mut peers = vec![Peer {
+        name: "vpod-vmm",
+        command: Box::new(move |kernel, mem| {
+            let mut c = Command::new(&vmm);
+            c.arg("--kernel").arg(kernel).args([
+                "--memory",
+                &mem.to_string(),
+                "--console",
+                "stdio",
+            ]);
+            c
+        }),
+        reset_exit: 0,
+    }];
+    // QEMU microvm has no i8042; the stub's write to port 0xf4 ends it through
+    // isa-debug-exit with status (0 << 1) | 1.
+    let cpu = if kvm_is_pvm() {
+        "host,-arch-capabilities"
+    } else {
+        "host"
+    };
+    peers.push(Peer {
+        name: "qemu-microvm",
+        command: Box::new(move |kernel, mem| {
+            let mut c = Command::new("qemu-system-x86_64");
+            c.args([
+                "-M",
+                "microvm",
+                "-enable-kvm",
+                "-cpu",
+                cpu,
+                "-m",
+                &mem.to_string(),
+            ])
+            .args([
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-no-reboot",
+                "-serial",
+                "stdio",
+            ])
+            .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=1", "-kernel"])
+            .arg(kernel);
+            c
+        }),
+        reset_exit: 1,
+    });
+    if let Some(fc) = std::env::var_os("FIRECRACKER") {
+        let fc = PathBuf::from(fc);
+        let dir = std::env::temp_dir().join(format!("vpod-bench-fc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        peers.push(Peer {
+            name: "firecracker",
+            command: Box::new(move |kernel, mem| {
+                let config = dir.join(format!("config-{mem}.json"));
+                let json = format!(
+                    "{{\"boot-source\":{{\"kernel_image_path\":\"{}\",\"boot_args\":\"console=ttyS0\"}},\"drives\":[],\"machine-config\":{{\"vcpu_count\":1,\"mem_size_mib\":{mem}}}}}",
+                    kernel.display()
+                );
+                let _ = std::fs::write(&config, json);
+                let mut c = Command::new(&fc);
+                c.arg("--no-api").arg("--config-file").arg(&config).args(["--level", "Error"]);
+                c
+            }),
+            reset_exit: 0,
+        });
+    }
+    Ok(peers)
+}
+
+fn startup(root: &Path, runs: usize) -> Result<()> {
+    let stub = root.join("build/stub.elf");
+    let idle = root.join("build/stub-idle.elf");
+    for f in [&stub, &idle] {
+        if !f.exists() {
+            bail!("{} is missing: run `make` first", f.display());
+        }
+    }
+    let peers = peers(root)?;
+    let memory = 128u32;
+    let mut marker: Vec<Vec<f64>> = vec![Vec::new(); peers.len()];
+    let mut exit: Vec<Vec<f64>> = vec![Vec::new(); peers.len()];
+    let mut rss: Vec<Vec<u64>> = vec![Vec::new(); peers.len()];
+    // Interleaved: run i of every peer before run i + 1 of any.
+    for _ in 0..runs {
+        for (i, peer) in peers.iter().enumerate() {
+            let run = timed_run(
+                &mut (peer.command)(&stub, memory),
+                Some(STUB_MARKER),
+                peer.reset_exit,
+                LIMIT,
+            )
+            .with_context(|| format!("{} on the stub", peer.name))?;
+            marker[i].push(run.to_marker_ms.unwrap_or(f64::NAN));
+            exit[i].push(run.to_exit_ms);
+            rss[i].push(run.max_rss_kib);
+        }
+    }
+    let mut overhead: Vec<Vec<u64>> = vec![Vec::new(); peers.len()];
+    let mut idle_rss: Vec<Vec<u64>> = vec![Vec::new(); peers.len()];
+    for _ in 0..5 {
+        for (i, peer) in peers.iter().enumerate() {
+            let r = resident_after_marker(
+                &mut (peer.command)(&idle, memory),
+                STUB_MARKER,
+                u64::from(memory) * 1024,
+                LIMIT,
+            )
+            .with_context(|| format!("{} on the idle stub", peer.name))?;
+            overhead[i].push(r.overhead_kib());
+            idle_rss[i].push(r.total_kib);
+        }
+    }
+    let config = format!("1vcpu-{memory}m");
+    let mut rows = Vec::new();
+    for (i, peer) in peers.iter().enumerate() {
+        let row = |bench: &str, samples: &[f64], rss_kib, overhead_kib| Row {
+            bench: bench.into(),
+            implementation: peer.name.into(),
+            config: config.clone(),
+            host: "kvm".into(),
+            timing: summarize(samples),
+            rss_kib,
+            overhead_kib,
+        };
+        rows.push(row("stub_to_marker", &marker[i], median_u64(&rss[i]), None));
+        rows.push(row("stub_to_exit", &exit[i], median_u64(&rss[i]), None));
+        rows.push(row(
+            "idle_overhead",
+            &[],
+            median_u64(&idle_rss[i]),
+            median_u64(&overhead[i]),
+        ));
+    }
+    print!("{}", table(&rows));
+    write_jsonl(&results_dir(root), "startup", &rows)?;
+    Ok(())
+}
+
+fn parse_init_ms(stderr: &str) -> Option<f64> {
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("vpod-vmm: timings"))?;
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("init_ms=")?.parse().ok())
+}
+
+fn linux_boot(root: &Path, runs: usize, host: &str) -> Result<()> {
+    let vmm = root.join("target/release/vpod-vmm");
+    let kernel = root.join("build/vmlinux");
+    let initrd = root.join("build/initrd.img");
+    for f in [&vmm, &kernel, &initrd] {
+        if !f.exists() {
+            bail!("{} is missing: run `make` first", f.display());
+        }
+    }
+    let configs = [(1u32, 128u32), (2, 512)];
+    let mut rows = Vec::new();
+    for (vcpus, mem) in configs {
+        let (mut ours_init, mut ours_exit, mut ours_rss) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut qemu_init, mut qemu_exit, mut qemu_rss) = (Vec::new(), Vec::new(), Vec::new());
+        let qemu = |port: &str| {
+            let mut c = Command::new("qemu-system-x86_64");
+            c.args(["-M", "microvm,acpi=off", "-enable-kvm", "-cpu", "host"])
+                .args(["-smp", &vcpus.to_string(), "-m", &mem.to_string()])
+                .args([
+                    "-nodefaults",
+                    "-no-user-config",
+                    "-display",
+                    "none",
+                    "-no-reboot",
+                    "-serial",
+                    "stdio",
+                ])
+                .args(["-device", &format!("isa-debug-exit,iobase={port},iosize=1")])
+                .arg("-kernel")
+                .arg(&kernel)
+                .arg("-initrd")
+                .arg(&initrd)
+                .args(["-append", "console=ttyS0 quiet reboot=t panic=-1 -- true"]);
+            c
+        };
+        for _ in 0..runs {
+            let mut ours = Command::new(&vmm);
+            ours.arg("--kernel")
+                .arg(&kernel)
+                .arg("--initrd")
+                .arg(&initrd)
+                .args([
+                    "--vcpus",
+                    &vcpus.to_string(),
+                    "--memory",
+                    &mem.to_string(),
+                    "--console",
+                    "off",
+                    "--timings",
+                    "--",
+                    "true",
+                ]);
+            let run = timed_run(&mut ours, None, 0, LIMIT).context("vpod-vmm booting Linux")?;
+            ours_init
+                .push(parse_init_ms(&run.stderr).context("vpod-vmm printed no init_ms timing")?);
+            ours_exit.push(run.to_exit_ms);
+            ours_rss.push(run.max_rss_kib);
+            // QEMU ends at the guest's boot-timer write (port 0x3f0, value 123: status
+            // (123 << 1) | 1 = 247), or at its exit-status write (port 0x3f1, status 0 -> 1).
+            let run = timed_run(&mut qemu("0x3f0"), None, 247, LIMIT)
+                .context("QEMU booting Linux to init")?;
+            qemu_init.push(run.to_exit_ms);
+            let run = timed_run(&mut qemu("0x3f1"), None, 1, LIMIT).context("QEMU running true")?;
+            qemu_exit.push(run.to_exit_ms);
+            qemu_rss.push(run.max_rss_kib);
+        }
+        let config = format!("{vcpus}vcpu-{mem}m");
+        for (name, init, exit, rss) in [
+            ("vpod-vmm", &ours_init, &ours_exit, &ours_rss),
+            ("qemu-microvm", &qemu_init, &qemu_exit, &qemu_rss),
+        ] {
+            for (bench, samples) in [("linux_boot_to_init", init), ("linux_start_to_exit", exit)] {
+                rows.push(Row {
+                    bench: bench.into(),
+                    implementation: name.into(),
+                    config: config.clone(),
+                    host: host.into(),
+                    timing: summarize(samples),
+                    rss_kib: median_u64(rss),
+                    overhead_kib: None,
+                });
+            }
+        }
+    }
+    print!("{}", table(&rows));
+    write_jsonl(&results_dir(root), "linux-boot", &rows)?;
+    Ok(())
+}
+
+/// A line of the JSONL files, read back with just enough parsing for the targets.
+fn field(line: &str, key: &str) -> Option<String> {
+    let start = line.find(&format!("\"{key}\":"))? + key.len() + 3;
+    let rest = &line[start..];
+    let end = rest.find([',', '}'])?;
+    Some(rest[..end].trim_matches('"').to_string())
+}
+
+fn lookup(lines: &[String], bench: &str, imp: &str, config: &str, key: &str) -> Option<f64> {
+    lines
+        .iter()
+        .find(|l| {
+            field(l, "bench").as_deref() == Some(bench)
+                && field(l, "impl").as_deref() == Some(imp)
+                && field(l, "config").as_deref() == Some(config)
+        })
+        .and_then(|l| field(l, key)?.parse().ok())
+}
+
+fn check(root: &Path) -> Result<()> {
+    let mut lines = Vec::new();
+    for name in ["startup", "linux-boot"] {
+        let path = results_dir(root).join(format!("{name}.jsonl"));
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("{} is missing: run `make bench`", path.display()))?;
+        lines.extend(text.lines().map(str::to_string));
+    }
+    let mut missed = 0;
+    let mut verdict =
+        |what: &str, value: Option<f64>, limit: Option<f64>, unit: &str| match (value, limit) {
+            (Some(v), Some(l)) => {
+                let ok = v <= l;
+                missed += usize::from(!ok);
+                println!(
+                    "{} {what}: {v:.3}{unit} (target <= {l:.3}{unit})",
+                    if ok { "MET   " } else { "MISSED" }
+                );
+            }
+            _ => println!("n/a    {what}: no measurement"),
+        };
+    let ours = lookup(&lines, "stub_to_marker", "vpod-vmm", "1vcpu-128m", "p50_ms");
+    let qemu = lookup(
+        &lines,
+        "stub_to_marker",
+        "qemu-microvm",
+        "1vcpu-128m",
+        "p50_ms",
+    );
+    let fc = lookup(
+        &lines,
+        "stub_to_marker",
+        "firecracker",
+        "1vcpu-128m",
+        "p50_ms",
+    );
+    verdict(
+        "start-up to marker / QEMU",
+        ours.zip(qemu).map(|(a, b)| a / b),
+        Some(0.25),
+        "x",
+    );
+    if fc.is_some() {
+        verdict(
+            "start-up to marker / Firecracker",
+            ours.zip(fc).map(|(a, b)| a / b),
+            Some(0.8),
+            "x",
+        );
+    } else {
+        println!("n/a    start-up to marker / Firecracker: set FIRECRACKER to a firecracker binary to measure it");
+    }
+    let overhead = lookup(
+        &lines,
+        "idle_overhead",
+        "vpod-vmm",
+        "1vcpu-128m",
+        "overhead_kib",
+    );
+    verdict(
+        "VMM memory overhead",
+        overhead.map(|k| k / 1024.0),
+        Some(3.0),
+        " MiB",
+    );
+    for config in ["1vcpu-128m", "2vcpu-512m"] {
+        let ours = lookup(&lines, "linux_boot_to_init", "vpod-vmm", config, "p50_ms");
+        let qemu = lookup(
+            &lines,
+            "linux_boot_to_init",
+            "qemu-microvm",
+            config,
+            "p50_ms",
+        );
+        verdict(
+            &format!("Linux boot to init / QEMU ({config})"),
+            ours.zip(qemu).map(|(a, b)| a / b),
+            Some(0.5),
+            "x",
+        );
+    }
+    if missed > 0 {
+        bail!("{missed} target(s) missed");
+    }
+    Ok(())
+}
