@@ -11,9 +11,9 @@ BUILD := build
 APT_PACKAGES := build-essential bc bison flex libelf-dev libssl-dev xz-utils cpio kmod \
 	linux-source-6.12 busybox-static qemu-system-x86 ca-certificates
 
-.PHONY: all deps kernel stub test-initrd kvm-host rust test test-unit test-e2e lint demo clean
+.PHONY: all deps kernel stub test-initrd initrd kvm-host rust test lint bench demo clean
 
-all: deps kernel stub test-initrd rust
+all: deps kernel stub test-initrd rust initrd
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do \
@@ -35,6 +35,10 @@ test-initrd: deps
 
 rust:
 	$(CARGO) build --release --workspace --bins
+
+# vpod-init (static) as /init, plus busybox for shell commands in the standalone VMM.
+initrd: deps
+	guest-init/build-initrd.sh
 
 # The emulated KVM host's kernel and initramfs (cached) and its runner.
 kvm-host: deps rust
@@ -60,14 +64,23 @@ test: all kvm-host lint
 	[ "$$n" = 0 ] || sed 's/^/  retry: /' $(BUILD)/kvm-host-retries.log; \
 	exit $$status
 
+# Runs a command prefixed by the emulated KVM host's runner where guests cannot boot here.
+IN_GUEST_HOST = mode=$$(tests/guest-mode 2>/dev/null); \
+	run=(); [ "$$mode" = emulated ] && run=(tests/kvm-host/run --)
+
 demo: all kvm-host
-	@mode=$$(tests/guest-mode); \
-	run=(); [ "$$mode" = emulated ] && run=(tests/kvm-host/run --); \
-	echo "demo: booting build/vmlinux with QEMU microvm ($$mode)"; \
-	"$${run[@]}" qemu-system-x86_64 -M microvm,acpi=off -enable-kvm -cpu host -smp 2 -m 256 \
-	  -nodefaults -no-user-config -display none -no-reboot -serial stdio \
-	  -kernel $(BUILD)/vmlinux -initrd $(BUILD)/test-initrd.img \
-	  -append "console=ttyS0 quiet reboot=t panic=-1 -- uname -a"
+	@$(IN_GUEST_HOST); echo "demo: guests boot $$mode here ($$(tests/guest-mode 2>&1 >/dev/null | sed 's/^guest-mode: //'))"; \
+	echo "demo: target/release/vpod-vmm --vcpus 2 --memory 256 --timings -- sh -c '...'"; \
+	"$${run[@]}" target/release/vpod-vmm --vcpus 2 --memory 256 --timings -- \
+	  sh -c 'echo hello from $$(hostname), a vpod micro-VM: Linux $$(uname -r) with $$(nproc) vCPUs; exit 7'; \
+	echo "demo: the VMM exited with $$? (the guest command's status)"
+
+# Benchmarks: VMM start-up and memory natively (stub guests run on any KVM), Linux boot
+# where guests boot (labelled emulated inside the emulated host), then the targets.
+bench: all kvm-host
+	target/release/vpod-bench startup --runs 20
+	@$(IN_GUEST_HOST); "$${run[@]}" target/release/vpod-bench linux-boot --runs 10 --host $$( [ "$$mode" = emulated ] && echo emulated || echo kvm)
+	target/release/vpod-bench check
 
 clean:
 	rm -rf $(BUILD)

@@ -22,13 +22,20 @@ pub enum GuestMode {
 
 /// The checkout's top directory.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("the checkout exists")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("the checkout exists")
 }
 
 /// A file the build makes; a missing one fails the test with the command that makes it.
 pub fn built(relative: &str) -> PathBuf {
     let path = repo_root().join(relative);
-    assert!(path.exists(), "{} is missing: run `make` (or `make test`) first", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `make` (or `make test`) first",
+        path.display()
+    );
     path
 }
 
@@ -72,7 +79,10 @@ where
 {
     let mut cmd = Command::new(repo_root().join("tests/kvm-host/run"));
     // make builds the runner before the tests; a build here would fight cargo's lock.
-    cmd.env("VPOD_KVM_HOST_NO_BUILD", "1").arg("--").arg(program).args(args);
+    cmd.env("VPOD_KVM_HOST_NO_BUILD", "1")
+        .arg("--")
+        .arg(program)
+        .args(args);
     cmd.current_dir(repo_root());
     cmd
 }
@@ -146,5 +156,8 @@ pub fn run_with_limit(cmd: &mut Command, limit: Duration) -> Finished {
 /// Hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

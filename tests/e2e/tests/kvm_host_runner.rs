@@ -9,16 +9,24 @@ const LIMIT: Duration = Duration::from_secs(300);
 
 #[test]
 fn exit_status_seven_comes_back_as_seven() {
-    let done = run_with_limit(&mut kvm_host_command("sh", ["-c", "echo out; echo err >&2; exit 7"]), LIMIT);
+    let done = run_with_limit(
+        &mut kvm_host_command("sh", ["-c", "echo out; echo err >&2; exit 7"]),
+        LIMIT,
+    );
     assert_eq!(done.code(), Some(7), "stderr: {}", done.stderr_text());
     assert_eq!(done.stdout_text(), "out\n");
-    assert!(done.stderr_text().starts_with("err\n"), "stderr: {}", done.stderr_text());
+    assert!(
+        done.stderr_text().starts_with("err\n"),
+        "stderr: {}",
+        done.stderr_text()
+    );
 }
 
 #[test]
 fn one_megabyte_of_output_arrives_intact() {
     // 1 MiB of varied bytes, checksummed inside the host and compared out here.
-    let script = "head -c 1048576 /dev/urandom > /tmp/blob && sha256sum /tmp/blob >&2 && cat /tmp/blob";
+    let script =
+        "head -c 1048576 /dev/urandom > /tmp/blob && sha256sum /tmp/blob >&2 && cat /tmp/blob";
     let done = run_with_limit(&mut kvm_host_command("sh", ["-c", script]), LIMIT);
     assert_eq!(done.code(), Some(0), "stderr: {}", done.stderr_text());
     assert_eq!(done.stdout.len(), 1 << 20);
@@ -36,9 +44,15 @@ fn host_has_a_working_dev_kvm_and_the_writable_checkout() {
     let done = run_with_limit(&mut kvm_host_command("sh", ["-c", &script]), LIMIT);
     assert_eq!(done.code(), Some(0), "stderr: {}", done.stderr_text());
     let root = vpod_e2e::repo_root();
-    assert_eq!(done.stdout_text().trim(), root.to_str().expect("utf-8 path"));
+    assert_eq!(
+        done.stdout_text().trim(),
+        root.to_str().expect("utf-8 path")
+    );
     let written = root.join(&probe);
-    assert_eq!(std::fs::read_to_string(&written).expect("file written inside shows outside"), "hi\n");
+    assert_eq!(
+        std::fs::read_to_string(&written).expect("file written inside shows outside"),
+        "hi\n"
+    );
     std::fs::remove_file(written).expect("probe removed");
 }
 
@@ -46,7 +60,10 @@ fn host_has_a_working_dev_kvm_and_the_writable_checkout() {
 fn twenty_consecutive_runs_succeed_and_retries_are_counted() {
     let mut retried = 0;
     for run in 1..=20 {
-        let done = run_with_limit(&mut kvm_host_command("true", std::iter::empty::<&str>()), LIMIT);
+        let done = run_with_limit(
+            &mut kvm_host_command("true", std::iter::empty::<&str>()),
+            LIMIT,
+        );
         let stderr = done.stderr_text();
         assert_eq!(done.code(), Some(0), "run {run} failed: {stderr}");
         if stderr.contains("vpod-kvm-host: RETRY") {
