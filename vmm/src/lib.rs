@@ -1,1 +1,97 @@
+//! vpod-vmm: the virtual machine monitor of vpod, a Kubernetes runtime that gives every pod
+//! its own KVM micro-VM.
+//!
+//! # Design
+//!
+//! Built on the rust-vmm crates (kvm-ioctls, kvm-bindings, vm-memory, linux-loader,
+//! vm-superio, virtio-queue, vmm-sys-util), with threads and epoll only (no async runtime):
+//!
+//! - [`builder`] is the VM recipe read top to bottom: create the VM (in-kernel IRQ chip and
+//!   PIT), guest memory, vCPUs, devices, load the kernel, configure boot, start the vCPUs.
+//! - [`arch`] holds everything x86_64: the memory layout (RAM below a 1 GiB MMIO hole at
+//!   3 GiB, the rest above 4 GiB), per-vCPU CPUID (APIC ids, topology leaves 0xB/0x1F, leaf 4,
+//!   hypervisor bit), boot MSRs, LAPIC LINT0/LINT1, an MP table so SMP guests find every vCPU
+//!   without ACPI, and both boot protocols: PVH (ELF with the PVH note: 32-bit protected mode,
+//!   `rbx` = `hvm_start_info`) and the Linux 64-bit protocol (bzImage or ELF without the note:
+//!   identity-mapped long mode, `rsi` = zero page).
+//! - [`vstate`]: guest memory (lazy `MAP_NORESERVE` anonymous mappings) and the vCPU threads,
+//!   each an explicit state machine (paused, running, exited) driven by messages and kicked out
+//!   of `KVM_RUN` by a signal.
+//! - [`devices`]: port-I/O and MMIO buses; COM1 (its output always scanned for the kernel's
+//!   panic and power-off messages), a minimal i8042 (reset), the boot-progress ports, and
+//!   virtio over MMIO (virtio 1.x only) with virtio-blk. Devices signal the guest through the
+//!   [`devices::virtio::VirtioInterrupt`] trait and never see the transport.
+//! - [`event_loop`]: the main thread's epoll over queue ioeventfds, lifecycle notifications and
+//!   SIGTERM/SIGINT (through a signalfd).
+//!
+//! # Command line
+//!
+//! ```text
+//! vpod-vmm [--kernel PATH] [--initrd PATH] [--cmdline TEXT] [--vcpus N] [--memory MiB]
+//!          [--disk PATH[,ro][,serial=ID]]... [--console stdio|off|file:PATH] [--timings]
+//!          [-- COMMAND ARGS...]
+//! ```
+//!
+//! Defaults: kernel `build/vmlinux`, initrd `build/initrd.img` if it exists (relative to the
+//! working directory), 1 vCPU (at most 32), 128 MiB (16 MiB to 1 TiB), console on stdout.
+//! `--cmdline` replaces the base kernel command line ([`config::DEFAULT_CMDLINE`]); the
+//! `virtio_mmio.device=` entries are always appended, then ` -- ` and the guest command, whose
+//! words containing whitespace are double-quoted for the kernel's parser (words containing a
+//! double quote are refused). `--timings` prints
+//! `vpod-vmm: timings init_ms=<ms or -> exit_ms=<ms>` on stderr at exit, both measured from
+//! process start.
+//!
+//! # Guest port protocol
+//!
+//! - Port 0x3f0: writing the byte 123 means "init reached"; the VMM records the time.
+//! - Port 0x3f1: a byte written is the guest command's exit status, kept until the VMM exits.
+//! - Port 0x64: 0xfe resets the machine (the VMM ends). Port 0xf4 and unknown ports ignore
+//!   writes; unknown ports read as 0xff.
+//!
+//! # Exit codes
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0-255 | the status the guest reported on port 0x3f1 |
+//! | 0 | the guest reset, rebooted or powered off without reporting a status |
+//! | 120 | the guest kernel panicked (and reported no status) |
+//! | 125 | VMM error: bad flag, KVM unavailable, kernel/initrd/disk missing or invalid, memory size out of range, vCPU failure; one line on stderr names the cause |
+//! | 130 / 143 | the VMM received SIGINT / SIGTERM and stopped the guest (128 + signal) |
 
+#![cfg(target_arch = "x86_64")]
+
+pub mod arch;
+pub mod builder;
+pub mod cmdline;
+pub mod config;
+pub mod devices;
+pub mod event_loop;
+pub mod lifecycle;
+pub mod vstate;
+
+use std::sync::Arc;
+
+pub use config::{CliAction, VmConfig};
+pub use lifecycle::{VmOutcome, EXIT_GUEST_PANIC, EXIT_VMM_ERROR};
+
+/// Errors running a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error(transparent)]
+    Build(#[from] builder::BuildError),
+    #[error(transparent)]
+    Signals(#[from] event_loop::EventLoopError),
+    #[error("cannot create the lifecycle eventfd")]
+    Lifecycle(#[source] std::io::Error),
+}
+
+/// Builds the VM `config` describes, runs it to the end and reports how it ended.
+///
+/// Blocks SIGTERM and SIGINT in the calling thread (and the threads it starts): they stop the
+/// guest instead of killing the process. Call it before starting other threads.
+pub fn run_vm(config: &VmConfig) -> Result<VmOutcome, VmmError> {
+    let signals = event_loop::TerminationSignals::block()?;
+    let events = Arc::new(lifecycle::GuestEvents::new().map_err(VmmError::Lifecycle)?);
+    let vm = builder::build_microvm(config, events, signals)?;
+    Ok(vm.run())
+}

@@ -1,1 +1,82 @@
-fn main() {}
+//! The vpod-vmm binary: parses the command line, runs one VM, exits with its code.
+
+use std::process::ExitCode;
+
+use anyhow::anyhow;
+use vpod_vmm::config::parse_args;
+use vpod_vmm::lifecycle::{mark_process_start, since_process_start, StopReason};
+use vpod_vmm::{run_vm, CliAction, EXIT_VMM_ERROR};
+
+const HELP: &str = "\
+vpod-vmm: run one KVM micro-VM
+
+usage: vpod-vmm [--kernel PATH] [--initrd PATH] [--cmdline TEXT] [--vcpus N] [--memory MiB]
+                [--disk PATH[,ro][,serial=ID]]... [--console stdio|off|file:PATH] [--timings]
+                [-- COMMAND ARGS...]
+
+  --kernel PATH      ELF vmlinux (PVH note or not) or bzImage [build/vmlinux]
+  --initrd PATH      initramfs [build/initrd.img, if it exists]
+  --cmdline TEXT     base kernel command line (replaces the default; virtio devices and
+                     the guest command are still appended)
+  --vcpus N          vCPUs, 1 to 32 [1]
+  --memory MiB       guest memory, 16 to 1048576 MiB [128]
+  --disk SPEC        virtio-blk disk on a raw file; ro = read-only, serial = ID the guest
+                     sees in /sys/block/vdX/serial (at most 20 bytes); repeatable
+  --console WHERE    serial console: stdio, off or file:PATH [stdio]
+  --timings          print `vpod-vmm: timings init_ms=.. exit_ms=..` on stderr at exit
+  -- COMMAND ARGS    passed to the guest's init as its arguments
+
+guest ports: 0x3f0 <- 123 marks init reached; 0x3f1 <- the command's exit status.
+
+exit codes:
+  0-255    the status the guest reported on port 0x3f1
+  0        guest reset / reboot / power-off without a reported status
+  120      guest kernel panic
+  125      VMM error (bad flag, no KVM, missing or invalid kernel/initrd/disk, bad memory
+           size, ...), with one line on stderr naming the cause
+  130/143  stopped by SIGINT / SIGTERM
+";
+
+fn format_ms(duration: std::time::Duration) -> String {
+    format!("{:.3}", duration.as_secs_f64() * 1000.0)
+}
+
+fn run() -> anyhow::Result<i32> {
+    let config = match parse_args(std::env::args_os().skip(1))? {
+        CliAction::Help => {
+            print!("{HELP}");
+            return Ok(0);
+        }
+        CliAction::Version => {
+            println!("vpod-vmm {}", env!("CARGO_PKG_VERSION"));
+            return Ok(0);
+        }
+        CliAction::Run(config) => config,
+    };
+    let outcome = run_vm(&config)?;
+    if config.timings {
+        let init = outcome
+            .init_reached
+            .map_or_else(|| "-".to_string(), format_ms);
+        eprintln!(
+            "vpod-vmm: timings init_ms={init} exit_ms={}",
+            format_ms(since_process_start())
+        );
+    }
+    if let StopReason::VcpuFailed(why) = &outcome.reason {
+        return Err(anyhow!("{why}"));
+    }
+    Ok(outcome.exit_code())
+}
+
+fn main() -> ExitCode {
+    mark_process_start();
+    let code = match run() {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("vpod-vmm: error: {error:#}");
+            EXIT_VMM_ERROR
+        }
+    };
+    ExitCode::from(code.clamp(0, 255) as u8)
+}

@@ -37,13 +37,17 @@ struct Fake {
 
 impl Fake {
     fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("vpod-fake-host-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("vpod-fake-host-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("assets")).unwrap();
         std::fs::write(dir.join("assets/vmlinuz"), b"k").unwrap();
         std::fs::write(dir.join("assets/initrd.cpio"), b"i").unwrap();
         write_script(&dir.join("qemu"), FAKE_QEMU);
-        write_script(&dir.join("prepare"), &format!("#!/bin/sh\necho {}\n", dir.join("assets").display()));
+        write_script(
+            &dir.join("prepare"),
+            &format!("#!/bin/sh\necho {}\n", dir.join("assets").display()),
+        );
         Fake { dir }
     }
 
@@ -74,7 +78,9 @@ impl Fake {
     }
 
     fn retries_logged(&self) -> usize {
-        std::fs::read_to_string(self.dir.join("retries")).map(|s| s.lines().count()).unwrap_or(0)
+        std::fs::read_to_string(self.dir.join("retries"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
     }
 }
 
@@ -97,7 +103,10 @@ fn stderr(out: &Output) -> String {
 #[test]
 fn healthy_host_passes_output_and_status_through() {
     let fake = Fake::new("ok");
-    let (out, _) = fake.run("ok", &["--", "sh", "-c", "echo 'a b'; echo oops >&2; exit 7"]);
+    let (out, _) = fake.run(
+        "ok",
+        &["--", "sh", "-c", "echo 'a b'; echo oops >&2; exit 7"],
+    );
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "a b\n");
     assert_eq!(stderr(&out), "oops\n");
@@ -110,7 +119,10 @@ fn host_that_never_boots_is_retried_once_then_fails_with_125() {
     let (out, took) = fake.run("frozen", &["true"]);
     assert_eq!(out.status.code(), Some(125));
     let err = stderr(&out);
-    assert!(err.contains("RETRY 1 of 1: the emulated host did not come up within"), "{err}");
+    assert!(
+        err.contains("RETRY 1 of 1: the emulated host did not come up within"),
+        "{err}"
+    );
     assert!(err.contains("giving up after 1 retry"), "{err}");
     assert_eq!(fake.retries_logged(), 1);
     assert!(took < Duration::from_secs(15), "took {took:?}");
@@ -146,7 +158,11 @@ fn busy_host_past_the_time_limit_gives_124_without_retry() {
     let started = Instant::now();
     let (out, _) = fake.run("busy", &["--timeout", "3", "--", "sleep", "100"]);
     assert_eq!(out.status.code(), Some(124), "{}", stderr(&out));
-    assert!(stderr(&out).contains("time limit passed"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("time limit passed"),
+        "{}",
+        stderr(&out)
+    );
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(fake.retries_logged(), 0);
 }
@@ -168,7 +184,11 @@ fn init_error_is_not_retried() {
     let fake = Fake::new("init-error");
     let (out, _) = fake.run("init-error", &["true"]);
     assert_eq!(out.status.code(), Some(125));
-    assert!(stderr(&out).contains("init failed: cannot mount the io share"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("init failed: cannot mount the io share"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(fake.retries_logged(), 0);
 }
 

@@ -1,0 +1,391 @@
+//! Building a micro-VM, as one linear recipe:
+//!
+//! 1. open KVM and create the VM (in-kernel IRQ chip and PIT),
+//! 2. guest memory,
+//! 3. vCPUs (CPUID, MSRs, FPU, local APIC),
+//! 4. devices (COM1, i8042, boot ports, virtio-blk over MMIO),
+//! 5. load the kernel, the initrd and the command line,
+//! 6. configure boot (MP table, PVH start info or zero page, entry registers),
+//! 7. start the vCPU threads (paused until [`MicroVm::run`]).
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::{kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::arch::boot::{write_linux_boot, write_pvh_boot, BootError, BootInputs};
+use crate::arch::cpuid::vcpu_cpuid;
+use crate::arch::kernel::{load_initrd, load_kernel, write_cmdline, KernelError, LoadedKernel};
+use crate::arch::layout::{
+    self, ram_ranges, virtio_mmio_slot, CMDLINE_MAX_SIZE, KVM_TSS_ADDRESS, SERIAL_IRQ,
+    VIRTIO_IRQ_FIRST, VIRTIO_MMIO_SLOTS,
+};
+use crate::arch::mptable::{setup_mptable, MptableError};
+use crate::arch::regs::{self, BootProtocol, RegsError};
+use crate::cmdline::{kernel_cmdline, CmdlineError, MmioDeviceEntry};
+use crate::config::{ConsoleConfig, InitrdConfig, VmConfig};
+use crate::devices::bus::BusError;
+use crate::devices::legacy::{
+    serial::ConsoleOutput, BootPort, ConsoleSink, SerialDevice, BOOT_PORT_BASE, BOOT_PORT_LEN,
+    I8042, I8042_PORT_BASE, I8042_PORT_LEN, SERIAL_PORT_BASE, SERIAL_PORT_LEN,
+};
+use crate::devices::virtio::block::{BlockDevice, BlockError};
+use crate::devices::virtio::mmio::{MmioError, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
+use crate::devices::virtio::{MmioInterrupt, MmioTransport};
+use crate::devices::Bus;
+use crate::event_loop::{EventLoop, EventLoopError, TerminationSignals};
+use crate::lifecycle::{GuestEvents, StopReason, VmOutcome};
+use crate::vstate::memory::{create_guest_memory, register_guest_memory, MemoryError};
+use crate::vstate::vcpu::{install_kick_handler, Vcpu, VcpuError, VcpuHandle, VcpuMessage};
+
+/// Errors building or running a VM. Each names its cause in one sentence.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot open /dev/kvm")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    #[error("cannot create the VM")]
+    CreateVm(#[source] kvm_ioctls::Error),
+    #[error("KVM cannot {0}")]
+    VmSetup(&'static str, #[source] kvm_ioctls::Error),
+    #[error("cannot create vCPU {0}")]
+    CreateVcpu(u8, #[source] kvm_ioctls::Error),
+    #[error("cannot set up vCPU {0}")]
+    VcpuRegs(u8, #[source] RegsError),
+    #[error("cannot set the CPUID of vCPU {0}: {1}")]
+    Cpuid(u8, String),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Cmdline(#[from] CmdlineError),
+    #[error(transparent)]
+    Mptable(#[from] MptableError),
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    #[error(transparent)]
+    Mmio(#[from] MmioError),
+    #[error(transparent)]
+    EventLoop(#[from] EventLoopError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error("cannot place a device on the bus")]
+    Bus(#[from] BusError),
+    #[error("at most {0} disks are supported")]
+    TooManyDisks(u32),
+    #[error("cannot open the console file {0}")]
+    ConsoleFile(PathBuf, #[source] std::io::Error),
+    #[error("cannot create an eventfd")]
+    EventFd(#[source] std::io::Error),
+}
+
+/// A built VM, its vCPUs started but paused.
+pub struct MicroVm {
+    // Field order is drop order: vCPU threads end before the VM and its memory go away.
+    vcpus: Vec<VcpuHandle>,
+    event_loop: EventLoop,
+    serial: Arc<Mutex<SerialDevice>>,
+    events: Arc<GuestEvents>,
+    _transports: Vec<Arc<Mutex<MmioTransport>>>,
+    _vm: VmFd,
+    _memory: Arc<GuestMemoryMmap>,
+}
+
+/// The devices attached in step 4.
+struct Devices {
+    pio_bus: Bus,
+    mmio_bus: Bus,
+    serial: Arc<Mutex<SerialDevice>>,
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
+    cmdline_entries: Vec<MmioDeviceEntry>,
+}
+
+/// Builds the VM `config` describes.
+pub fn build_microvm(
+    config: &VmConfig,
+    events: Arc<GuestEvents>,
+    signals: TerminationSignals,
+) -> Result<MicroVm, BuildError> {
+    let (kvm, vm) = create_vm()?;
+    let memory_size = config.memory_mib << 20;
+    let memory = Arc::new(create_memory(config.memory_mib)?);
+    // Registering the memory with KVM is slow on some hosts (milliseconds on PVM) and
+    // nothing before the vCPUs run depends on it, so it overlaps steps 3 to 6.
+    let (vcpu_fds, devices) = std::thread::scope(|scope| {
+        let registration = scope.spawn(|| register_guest_memory(&vm, &memory));
+        let built = (|| {
+            let vcpu_fds = create_vcpus(&kvm, &vm, config.vcpus)?;
+            let devices = attach_devices(&vm, &memory, config, &events)?;
+            let kernel = load_kernel(&memory, &config.kernel)?;
+            let initrd = load_initrd_if_any(&memory, memory_size, &kernel, &config.initrd)?;
+            let cmdline = kernel_cmdline(
+                &config.cmdline,
+                &devices.cmdline_entries,
+                &config.init_args,
+                CMDLINE_MAX_SIZE,
+            )?;
+            write_cmdline(&memory, &cmdline)?;
+            configure_boot(
+                &memory,
+                &vcpu_fds,
+                &kernel,
+                memory_size,
+                cmdline.len(),
+                initrd,
+            )?;
+            Ok::<_, BuildError>((vcpu_fds, devices))
+        })();
+        let registered = registration
+            .join()
+            .unwrap_or(Err(MemoryError::RegistrationThread));
+        let built = built?;
+        registered?;
+        Ok::<_, BuildError>(built)
+    })?;
+    let vcpus = start_vcpus(vcpu_fds, devices.pio_bus, devices.mmio_bus, &events)?;
+
+    let mut event_loop = EventLoop::new(events.clone(), signals)?;
+    for transport in &devices.transports {
+        event_loop.add_transport(transport.clone())?;
+    }
+    Ok(MicroVm {
+        vcpus,
+        event_loop,
+        serial: devices.serial,
+        events,
+        _transports: devices.transports,
+        _vm: vm,
+        _memory: memory,
+    })
+}
+
+/// Step 1: KVM, the VM, its interrupt controllers and timer.
+fn create_vm() -> Result<(Kvm, VmFd), BuildError> {
+    let kvm = Kvm::new().map_err(BuildError::OpenKvm)?;
+    let vm = kvm.create_vm().map_err(BuildError::CreateVm)?;
+    vm.set_tss_address(KVM_TSS_ADDRESS as usize)
+        .map_err(|e| BuildError::VmSetup("set the TSS address", e))?;
+    vm.create_irq_chip()
+        .map_err(|e| BuildError::VmSetup("create the in-kernel IRQ chip", e))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit)
+        .map_err(|e| BuildError::VmSetup("create the in-kernel PIT", e))?;
+    Ok((kvm, vm))
+}
+
+/// Step 2: guest RAM (registered with KVM alongside the next steps).
+fn create_memory(memory_mib: u64) -> Result<GuestMemoryMmap, BuildError> {
+    Ok(create_guest_memory(
+        &ram_ranges(memory_mib << 20),
+        memory_mib,
+    )?)
+}
+
+/// Step 3: the vCPUs with their CPUID, MSRs, FPU and local APIC.
+fn create_vcpus(kvm: &Kvm, vm: &VmFd, count: u8) -> Result<Vec<VcpuFd>, BuildError> {
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| BuildError::VmSetup("report its supported CPUID", e))?;
+    (0..count)
+        .map(|id| {
+            let fd = vm
+                .create_vcpu(u64::from(id))
+                .map_err(|e| BuildError::CreateVcpu(id, e))?;
+            let entries = vcpu_cpuid(supported.as_slice(), id, count);
+            let cpuid = CpuId::from_entries(&entries)
+                .map_err(|e| BuildError::Cpuid(id, format!("{e:?}")))?;
+            fd.set_cpuid2(&cpuid)
+                .map_err(|e| BuildError::Cpuid(id, e.to_string()))?;
+            regs::setup_msrs(&fd).map_err(|e| BuildError::VcpuRegs(id, e))?;
+            regs::setup_fpu(&fd).map_err(|e| BuildError::VcpuRegs(id, e))?;
+            regs::setup_lapic(&fd).map_err(|e| BuildError::VcpuRegs(id, e))?;
+            Ok(fd)
+        })
+        .collect()
+}
+
+fn irq_eventfd(vm: &VmFd, gsi: u32) -> Result<EventFd, BuildError> {
+    let event = EventFd::new(EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+    vm.register_irqfd(&event, gsi)
+        .map_err(|e| BuildError::VmSetup("connect a device interrupt", e))?;
+    Ok(event)
+}
+
+fn console_sink(config: &ConsoleConfig) -> Result<ConsoleSink, BuildError> {
+    Ok(match config {
+        ConsoleConfig::Stdio => ConsoleSink::Stdout,
+        ConsoleConfig::Off => ConsoleSink::Discard,
+        ConsoleConfig::File(path) => ConsoleSink::File(
+            File::create(path).map_err(|e| BuildError::ConsoleFile(path.clone(), e))?,
+        ),
+    })
+}
+
+/// Step 4: legacy devices on the I/O bus, virtio devices on the MMIO bus.
+fn attach_devices(
+    vm: &VmFd,
+    memory: &Arc<GuestMemoryMmap>,
+    config: &VmConfig,
+    events: &Arc<GuestEvents>,
+) -> Result<Devices, BuildError> {
+    let mut pio_bus = Bus::new();
+    let output = ConsoleOutput::new(console_sink(&config.console)?, events.clone());
+    let serial = Arc::new(Mutex::new(SerialDevice::new(
+        irq_eventfd(vm, SERIAL_IRQ)?,
+        output,
+    )));
+    pio_bus.insert(serial.clone(), SERIAL_PORT_BASE, SERIAL_PORT_LEN)?;
+    pio_bus.insert(
+        Arc::new(Mutex::new(I8042::new(events.clone()))),
+        I8042_PORT_BASE,
+        I8042_PORT_LEN,
+    )?;
+    pio_bus.insert(
+        Arc::new(Mutex::new(BootPort::new(events.clone()))),
+        BOOT_PORT_BASE,
+        BOOT_PORT_LEN,
+    )?;
+
+    if config.disks.len() > VIRTIO_MMIO_SLOTS as usize {
+        return Err(BuildError::TooManyDisks(VIRTIO_MMIO_SLOTS));
+    }
+    let mut mmio_bus = Bus::new();
+    let mut transports = Vec::new();
+    let mut cmdline_entries = Vec::new();
+    for (slot, disk) in config.disks.iter().enumerate() {
+        let slot = slot as u32;
+        let device = BlockDevice::open(disk)?;
+        let address = virtio_mmio_slot(slot);
+        let irq = VIRTIO_IRQ_FIRST + slot;
+        let interrupt = Arc::new(MmioInterrupt::new(irq_eventfd(vm, irq)?));
+        let transport = MmioTransport::new(Box::new(device), memory.clone(), interrupt)?;
+        for (queue, event) in transport.queue_events().iter().enumerate() {
+            vm.register_ioevent(
+                event,
+                &IoEventAddress::Mmio(address + QUEUE_NOTIFY_OFFSET),
+                queue as u32,
+            )
+            .map_err(|e| BuildError::VmSetup("register a queue notification", e))?;
+        }
+        let transport = Arc::new(Mutex::new(transport));
+        mmio_bus.insert(transport.clone(), address, MMIO_WINDOW_SIZE)?;
+        transports.push(transport);
+        cmdline_entries.push(MmioDeviceEntry {
+            address,
+            size: layout::VIRTIO_MMIO_SLOT_SIZE,
+            irq,
+        });
+    }
+    Ok(Devices {
+        pio_bus,
+        mmio_bus,
+        serial,
+        transports,
+        cmdline_entries,
+    })
+}
+
+/// Step 5 (part): the initrd, if one was asked for or the default exists.
+fn load_initrd_if_any(
+    memory: &GuestMemoryMmap,
+    memory_size: u64,
+    kernel: &LoadedKernel,
+    initrd: &InitrdConfig,
+) -> Result<Option<(u64, u64)>, BuildError> {
+    let path = match initrd {
+        InitrdConfig::Required(path) => path,
+        InitrdConfig::IfPresent(path) if path.exists() => path,
+        InitrdConfig::IfPresent(_) => return Ok(None),
+    };
+    Ok(Some(load_initrd(memory, memory_size, kernel, path)?))
+}
+
+/// Step 6: the MP table, the boot structures and the boot vCPU's entry state.
+fn configure_boot(
+    memory: &GuestMemoryMmap,
+    vcpus: &[VcpuFd],
+    kernel: &LoadedKernel,
+    memory_size: u64,
+    cmdline_len: usize,
+    initrd: Option<(u64, u64)>,
+) -> Result<(), BuildError> {
+    setup_mptable(memory, vcpus.len() as u8)?;
+    let inputs = BootInputs {
+        memory_size,
+        cmdline_len,
+        initrd,
+    };
+    match kernel.protocol {
+        BootProtocol::Pvh => write_pvh_boot(memory, &inputs)?,
+        BootProtocol::Linux64 => write_linux_boot(memory, &inputs, kernel.setup_header)?,
+    }
+    // Application processors wait for the guest's INIT/SIPI; only the first one boots.
+    if let Some(boot_vcpu) = vcpus.first() {
+        regs::setup_sregs(memory, boot_vcpu, kernel.protocol)
+            .map_err(|e| BuildError::VcpuRegs(0, e))?;
+        regs::setup_regs(boot_vcpu, kernel.protocol, kernel.entry)
+            .map_err(|e| BuildError::VcpuRegs(0, e))?;
+    }
+    Ok(())
+}
+
+/// Step 7: one thread per vCPU, paused.
+fn start_vcpus(
+    fds: Vec<VcpuFd>,
+    pio_bus: Bus,
+    mmio_bus: Bus,
+    events: &Arc<GuestEvents>,
+) -> Result<Vec<VcpuHandle>, BuildError> {
+    install_kick_handler()?;
+    let pio_bus = Arc::new(pio_bus);
+    let mmio_bus = Arc::new(mmio_bus);
+    let mut handles = Vec::with_capacity(fds.len());
+    for (id, fd) in fds.into_iter().enumerate() {
+        let vcpu = Vcpu {
+            id: id as u8,
+            fd,
+            pio_bus: pio_bus.clone(),
+            mmio_bus: mmio_bus.clone(),
+            events: events.clone(),
+        };
+        handles.push(vcpu.start()?);
+    }
+    Ok(handles)
+}
+
+impl MicroVm {
+    /// Runs the guest until it stops, then stops every vCPU and reports the outcome.
+    pub fn run(mut self) -> VmOutcome {
+        for vcpu in &self.vcpus {
+            vcpu.send(VcpuMessage::Run);
+        }
+        let reason = self.event_loop.run();
+        for vcpu in self.vcpus.iter_mut() {
+            vcpu.exit_and_join();
+        }
+        self.serial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .flush_console();
+        VmOutcome {
+            reason,
+            status: self.events.status(),
+            panicked: self.events.panicked(),
+            init_reached: self.events.init_reached(),
+        }
+    }
+
+    /// Asks the VM to stop as if `reason` happened (for embedding callers).
+    pub fn request_stop(&self, reason: StopReason) {
+        self.events.request_stop(reason);
+    }
+}

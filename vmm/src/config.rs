@@ -1,0 +1,367 @@
+//! The VM's configuration and the command-line syntax that produces it.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use crate::arch::layout::{MAX_MEMORY_MIB, MIN_MEMORY_MIB};
+use crate::arch::mptable::MAX_VCPUS;
+
+/// Longest serial a virtio-blk disk can report (the GET_ID answer).
+pub const DISK_SERIAL_LEN: usize = 20;
+
+/// The base kernel command line when `--cmdline` is not given: quiet (every console byte is a
+/// VM exit), reset through the i8042 on reboot, reboot at once on panic, one UART, and no
+/// probing for hardware this VMM does not emulate.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 quiet reboot=k panic=-1 \
+8250.nr_uarts=1 i8042.noaux i8042.nomux i8042.dumbkbd i8042.nopnp swiotlb=noforce \
+tsc=reliable no_timer_check";
+
+/// Default kernel, relative to the working directory (the repository root).
+pub const DEFAULT_KERNEL: &str = "build/vmlinux";
+/// Default initrd, used only when it exists.
+pub const DEFAULT_INITRD: &str = "build/initrd.img";
+/// Default vCPU count.
+pub const DEFAULT_VCPUS: u8 = 1;
+/// Default guest memory in MiB.
+pub const DEFAULT_MEMORY_MIB: u64 = 128;
+
+/// Where the guest's serial console goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsoleConfig {
+    Stdio,
+    Off,
+    File(PathBuf),
+}
+
+/// One virtio-blk disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    pub read_only: bool,
+    /// Up to [`DISK_SERIAL_LEN`] bytes, zero-padded when reported.
+    pub serial: Vec<u8>,
+}
+
+/// Where the initrd comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InitrdConfig {
+    /// Given with `--initrd`: it must exist.
+    Required(PathBuf),
+    /// The default path: used if it exists.
+    IfPresent(PathBuf),
+}
+
+/// Everything needed to build and run one VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: InitrdConfig,
+    /// The base command line (the default, or `--cmdline`).
+    pub cmdline: String,
+    pub vcpus: u8,
+    pub memory_mib: u64,
+    pub disks: Vec<DiskConfig>,
+    pub console: ConsoleConfig,
+    /// Print the timings line on exit.
+    pub timings: bool,
+    /// Words after `--`, handed to the guest's init as its arguments.
+    pub init_args: Vec<String>,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            kernel: PathBuf::from(DEFAULT_KERNEL),
+            initrd: InitrdConfig::IfPresent(PathBuf::from(DEFAULT_INITRD)),
+            cmdline: DEFAULT_CMDLINE.to_string(),
+            vcpus: DEFAULT_VCPUS,
+            memory_mib: DEFAULT_MEMORY_MIB,
+            disks: Vec::new(),
+            console: ConsoleConfig::Stdio,
+            timings: false,
+            init_args: Vec::new(),
+        }
+    }
+}
+
+/// What the command line asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CliAction {
+    Run(Box<VmConfig>),
+    Help,
+    Version,
+}
+
+/// Errors in the command line.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("unknown flag {0} (see --help)")]
+    UnknownFlag(String),
+    #[error("{0} needs a value")]
+    MissingValue(String),
+    #[error("argument {0:?} is not valid UTF-8")]
+    NotUtf8(String),
+    #[error("--vcpus must be a number from 1 to {MAX_VCPUS}, not {0:?}")]
+    BadVcpus(String),
+    #[error(
+        "--memory must be a number of MiB from {MIN_MEMORY_MIB} to {MAX_MEMORY_MIB}, not {0:?}"
+    )]
+    BadMemory(String),
+    #[error("--console must be stdio, off or file:PATH, not {0:?}")]
+    BadConsole(String),
+    #[error("--disk {0:?}: {1}")]
+    BadDisk(String, String),
+    #[error("unexpected argument {0:?} (guest command words go after --)")]
+    UnexpectedArgument(String),
+    #[error(
+        "guest argument {0:?} contains a double quote, which the kernel command line cannot carry"
+    )]
+    QuoteInInitArg(String),
+}
+
+fn parse_disk(spec: &str) -> Result<DiskConfig, ConfigError> {
+    let bad = |why: &str| ConfigError::BadDisk(spec.to_string(), why.to_string());
+    let mut parts = spec.split(',');
+    let path = parts.next().unwrap_or_default();
+    if path.is_empty() {
+        return Err(bad("the path is empty"));
+    }
+    let mut disk = DiskConfig {
+        path: PathBuf::from(path),
+        read_only: false,
+        serial: Vec::new(),
+    };
+    for option in parts {
+        if option == "ro" {
+            disk.read_only = true;
+        } else if option == "rw" {
+            disk.read_only = false;
+        } else if let Some(serial) = option.strip_prefix("serial=") {
+            if serial.len() > DISK_SERIAL_LEN {
+                return Err(bad("the serial is longer than 20 bytes"));
+            }
+            disk.serial = serial.as_bytes().to_vec();
+        } else {
+            return Err(bad(&format!("unknown option {option:?}")));
+        }
+    }
+    Ok(disk)
+}
+
+fn parse_console(value: &str) -> Result<ConsoleConfig, ConfigError> {
+    match value {
+        "stdio" => Ok(ConsoleConfig::Stdio),
+        "off" => Ok(ConsoleConfig::Off),
+        _ => match value.strip_prefix("file:") {
+            Some(path) if !path.is_empty() => Ok(ConsoleConfig::File(PathBuf::from(path))),
+            _ => Err(ConfigError::BadConsole(value.to_string())),
+        },
+    }
+}
+
+fn parse_vcpus(value: &str) -> Result<u8, ConfigError> {
+    match value.parse::<u8>() {
+        Ok(n) if (1..=MAX_VCPUS).contains(&n) => Ok(n),
+        _ => Err(ConfigError::BadVcpus(value.to_string())),
+    }
+}
+
+fn parse_memory(value: &str) -> Result<u64, ConfigError> {
+    match value.parse::<u64>() {
+        Ok(n) if (MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&n) => Ok(n),
+        _ => Err(ConfigError::BadMemory(value.to_string())),
+    }
+}
+
+/// Parses the arguments after the program name.
+pub fn parse_args<I>(args: I) -> Result<CliAction, ConfigError>
+where
+    I: IntoIterator<Item = OsString>,
+{
+    let mut config = VmConfig::default();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let arg = arg
+            .into_string()
+            .map_err(|raw| ConfigError::NotUtf8(raw.to_string_lossy().into_owned()))?;
+        if arg == "--" {
+            for word in args.by_ref() {
+                let word = word
+                    .into_string()
+                    .map_err(|raw| ConfigError::NotUtf8(raw.to_string_lossy().into_owned()))?;
+                if word.contains('"') {
+                    return Err(ConfigError::QuoteInInitArg(word));
+                }
+                config.init_args.push(word);
+            }
+            break;
+        }
+        let (flag, inline_value) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => {
+                (flag.to_string(), Some(value.to_string()))
+            }
+            _ => (arg.clone(), None),
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(CliAction::Help),
+            "-V" | "--version" => return Ok(CliAction::Version),
+            "--timings" => {
+                config.timings = true;
+                continue;
+            }
+            "--kernel" | "--initrd" | "--cmdline" | "--vcpus" | "--memory" | "--disk"
+            | "--console" => {}
+            _ if flag.starts_with('-') => return Err(ConfigError::UnknownFlag(flag)),
+            _ => return Err(ConfigError::UnexpectedArgument(arg)),
+        }
+        let value = match inline_value {
+            Some(value) => value,
+            None => args
+                .next()
+                .ok_or_else(|| ConfigError::MissingValue(flag.clone()))?
+                .into_string()
+                .map_err(|raw| ConfigError::NotUtf8(raw.to_string_lossy().into_owned()))?,
+        };
+        match flag.as_str() {
+            "--kernel" => config.kernel = PathBuf::from(value),
+            "--initrd" => config.initrd = InitrdConfig::Required(PathBuf::from(value)),
+            "--cmdline" => config.cmdline = value,
+            "--vcpus" => config.vcpus = parse_vcpus(&value)?,
+            "--memory" => config.memory_mib = parse_memory(&value)?,
+            "--disk" => config.disks.push(parse_disk(&value)?),
+            "--console" => config.console = parse_console(&value)?,
+            _ => return Err(ConfigError::UnknownFlag(flag)),
+        }
+    }
+    Ok(CliAction::Run(Box::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(words: &[&str]) -> Result<CliAction, ConfigError> {
+        parse_args(words.iter().map(OsString::from))
+    }
+
+    fn config(words: &[&str]) -> VmConfig {
+        match parse(words) {
+            Ok(CliAction::Run(config)) => *config,
+            other => panic!("expected a VM config, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn no_arguments_give_the_defaults() {
+        let c = config(&[]);
+        assert_eq!(c, VmConfig::default());
+        assert_eq!(c.vcpus, 1);
+        assert_eq!(c.memory_mib, 128);
+        assert_eq!(c.kernel, PathBuf::from("build/vmlinux"));
+    }
+
+    #[test]
+    fn all_flags_are_understood() {
+        let c = config(&[
+            "--kernel",
+            "k",
+            "--initrd=i",
+            "--cmdline",
+            "console=ttyS0",
+            "--vcpus",
+            "4",
+            "--memory",
+            "2048",
+            "--disk",
+            "a.img,ro,serial=layer0",
+            "--disk",
+            "b.img",
+            "--console",
+            "file:/tmp/log",
+            "--timings",
+            "--",
+            "sh",
+            "-c",
+            "echo hi",
+        ]);
+        assert_eq!(c.kernel, PathBuf::from("k"));
+        assert_eq!(c.initrd, InitrdConfig::Required(PathBuf::from("i")));
+        assert_eq!(c.cmdline, "console=ttyS0");
+        assert_eq!((c.vcpus, c.memory_mib, c.timings), (4, 2048, true));
+        assert_eq!(c.disks.len(), 2);
+        assert!(c.disks[0].read_only);
+        assert_eq!(c.disks[0].serial, b"layer0");
+        assert!(!c.disks[1].read_only);
+        assert_eq!(c.console, ConsoleConfig::File(PathBuf::from("/tmp/log")));
+        assert_eq!(c.init_args, vec!["sh", "-c", "echo hi"]);
+    }
+
+    #[test]
+    fn words_after_the_separator_are_not_flags() {
+        let c = config(&["--", "--vcpus", "0"]);
+        assert_eq!(c.init_args, vec!["--vcpus", "0"]);
+        assert_eq!(c.vcpus, 1);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(matches!(
+            parse(&["--vcpus", "0"]),
+            Err(ConfigError::BadVcpus(_))
+        ));
+        assert!(matches!(
+            parse(&["--vcpus", "33"]),
+            Err(ConfigError::BadVcpus(_))
+        ));
+        assert!(matches!(
+            parse(&["--memory", "1"]),
+            Err(ConfigError::BadMemory(_))
+        ));
+        assert!(matches!(
+            parse(&["--memory", "100000000"]),
+            Err(ConfigError::BadMemory(_))
+        ));
+        assert!(matches!(
+            parse(&["--memory", "-5"]),
+            Err(ConfigError::BadMemory(_))
+        ));
+        assert!(matches!(
+            parse(&["--console", "tty"]),
+            Err(ConfigError::BadConsole(_))
+        ));
+        assert!(matches!(
+            parse(&["--disk", ",ro"]),
+            Err(ConfigError::BadDisk(..))
+        ));
+        assert!(matches!(
+            parse(&["--disk", "a,serial=123456789012345678901"]),
+            Err(ConfigError::BadDisk(..))
+        ));
+        assert!(matches!(
+            parse(&["--disk", "a,rx"]),
+            Err(ConfigError::BadDisk(..))
+        ));
+        assert!(matches!(
+            parse(&["--frobnicate"]),
+            Err(ConfigError::UnknownFlag(_))
+        ));
+        assert!(matches!(
+            parse(&["--kernel"]),
+            Err(ConfigError::MissingValue(_))
+        ));
+        assert!(matches!(
+            parse(&["stray"]),
+            Err(ConfigError::UnexpectedArgument(_))
+        ));
+        assert!(matches!(
+            parse(&["--", "say \"hi\""]),
+            Err(ConfigError::QuoteInInitArg(_))
+        ));
+    }
+
+    #[test]
+    fn help_and_version_win() {
+        assert_eq!(parse(&["--help"]), Ok(CliAction::Help));
+        assert_eq!(parse(&["-V"]), Ok(CliAction::Version));
+    }
+}

@@ -1,0 +1,4 @@
+//! KVM-facing state: the VM's memory and its vCPU threads.
+
+pub mod memory;
+pub mod vcpu;
