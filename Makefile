@@ -9,7 +9,7 @@ BUILD := build
 
 # Debian packages the build and the tests need on a fresh machine.
 APT_PACKAGES := build-essential bc bison flex libelf-dev libssl-dev xz-utils cpio kmod \
-	linux-source-6.12 busybox-static qemu-system-x86 ca-certificates
+	linux-source-6.12 busybox-static qemu-system-x86 erofs-utils ca-certificates
 
 .PHONY: all deps kernel stub test-initrd initrd kvm-host rust test lint bench demo clean
 

@@ -1,0 +1,103 @@
+//! Importing an image from an OCI layout: resolve, convert each layer, record the image.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::{DiffId, Digest};
+use crate::oci::layout::{OciLayout, OciReference};
+use crate::oci::spec::ImageConfigFile;
+use crate::store::{files, LayerStore, LayerStoreError};
+
+/// An image in the store, ready to run: its layers' disks, lowest first, and how to run it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportedImage {
+    /// The reference it was last imported under, e.g. `oci:/images/busybox:latest`.
+    pub reference: String,
+    pub manifest_digest: Digest,
+    pub config_digest: Digest,
+    pub config: ImageConfig,
+    pub layers: Vec<ImageLayer>,
+}
+
+/// One layer of an image as a disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageLayer {
+    pub diff_id: DiffId,
+    /// The `.erofs` file; derived from the store root, not stored.
+    #[serde(skip)]
+    pub path: PathBuf,
+    /// Bytes of the `.erofs` file.
+    pub size: u64,
+}
+
+/// How a container of the image runs (the image config's `config` object, with absent
+/// fields as empty).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageConfig {
+    pub architecture: String,
+    pub os: String,
+    pub env: Vec<String>,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub working_dir: String,
+    pub user: String,
+    pub labels: BTreeMap<String, String>,
+    pub stop_signal: Option<String>,
+}
+
+impl ImageConfig {
+    fn from_config_file(file: &ImageConfigFile) -> ImageConfig {
+        let run = file.config.clone().unwrap_or_default();
+        ImageConfig {
+            architecture: file.architecture.clone(),
+            os: file.os.clone(),
+            env: run.env.unwrap_or_default(),
+            entrypoint: run.entrypoint.unwrap_or_default(),
+            cmd: run.cmd.unwrap_or_default(),
+            working_dir: run.working_dir.unwrap_or_default(),
+            user: run.user.unwrap_or_default(),
+            labels: run.labels.unwrap_or_default(),
+            stop_signal: run.stop_signal,
+        }
+    }
+}
+
+impl LayerStore {
+    /// Imports `oci:PATH[:TAG]`: every blob is checked against its descriptor, every layer
+    /// against its diffID, and each layer is converted once (or reused), then the image is
+    /// recorded under `images/`.
+    pub fn import_oci_layout(&self, reference: &str) -> Result<ImportedImage, LayerStoreError> {
+        let parsed = OciReference::parse(reference)?;
+        let layout = OciLayout::new(parsed.layout_dir);
+        let resolved = layout.resolve(parsed.tag.as_deref())?;
+
+        let lock_path = self.store_lock_path();
+        let _store_lock =
+            files::lock_shared(&lock_path).map_err(LayerStoreError::io("lock", &lock_path))?;
+        let mut layers = Vec::with_capacity(resolved.manifest.layers.len());
+        for (descriptor, diff_id) in resolved
+            .manifest
+            .layers
+            .iter()
+            .zip(&resolved.config.rootfs.diff_ids)
+        {
+            let record = self.ensure_layer(&layout, descriptor, *diff_id)?;
+            layers.push(ImageLayer {
+                diff_id: *diff_id,
+                path: self.layer_path(diff_id),
+                size: record.erofs_size,
+            });
+        }
+        let image = ImportedImage {
+            reference: reference.to_owned(),
+            manifest_digest: resolved.manifest_digest,
+            config_digest: resolved.config_digest,
+            config: ImageConfig::from_config_file(&resolved.config),
+            layers,
+        };
+        self.write_record(&self.image_record_path(&image.manifest_digest), &image)?;
+        Ok(image)
+    }
+}

@@ -1,0 +1,292 @@
+//! Hostile or broken images: each is refused with a clear error, and nothing is written
+//! outside the store (a canary directory beside it stays empty) nor left inside it.
+
+mod common;
+
+use std::fs;
+
+use common::{write_layout, Fixture, LayerTar};
+use vpod_shim::layer::extract::ExtractError;
+use vpod_shim::layer::tar_path::TarPathError;
+use vpod_shim::oci::layout::OciLayoutError;
+use vpod_shim::oci::writer::LayerCompression;
+use vpod_shim::LayerStoreError;
+
+fn import_single_layer(fixture: &Fixture, tar: Vec<u8>) -> Result<(), LayerStoreError> {
+    write_layout(
+        &fixture.layout_dir("bad"),
+        &[(tar, LayerCompression::Gzip)],
+        "t",
+    );
+    fixture
+        .store
+        .import_oci_layout(&fixture.reference("bad", "t"))
+        .map(|_| ())
+}
+
+fn extract_error(result: Result<(), LayerStoreError>) -> ExtractError {
+    match result {
+        Err(LayerStoreError::Extract { source, .. }) => source,
+        other => panic!("expected an extraction error, got {other:?}"),
+    }
+}
+
+#[test]
+fn layer_whose_digest_does_not_match_is_refused() {
+    let fixture = Fixture::new();
+    let tar = LayerTar::new().file("f", "content").finish();
+    let (manifest, _) = write_layout(
+        &fixture.layout_dir("bad"),
+        &[(tar, LayerCompression::Gzip)],
+        "t",
+    );
+    // Corrupt the layer blob in place, keeping its size.
+    let manifest_path = fixture
+        .layout_dir("bad")
+        .join("blobs/sha256")
+        .join(manifest.digest.hex());
+    let parsed: vpod_shim::oci::spec::ImageManifest =
+        serde_json::from_slice(&fs::read(manifest_path).unwrap()).unwrap();
+    let blob = fixture
+        .layout_dir("bad")
+        .join("blobs/sha256")
+        .join(parsed.layers[0].digest.hex());
+    let mut bytes = fs::read(&blob).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    fs::write(&blob, bytes).unwrap();
+
+    let error = fixture
+        .store
+        .import_oci_layout(&fixture.reference("bad", "t"))
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            LayerStoreError::Layout(OciLayoutError::DigestMismatch { .. })
+        ),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("image layout"));
+    fixture.assert_nothing_written();
+}
+
+#[test]
+fn layer_whose_diff_id_does_not_match_the_config_is_refused() {
+    let fixture = Fixture::new();
+    let tar = LayerTar::new().file("f", "content").finish();
+    let writer =
+        vpod_shim::oci::writer::OciLayoutWriter::create(fixture.layout_dir("bad")).unwrap();
+    let encoded = vpod_shim::oci::writer::encode_layer(&tar, LayerCompression::Gzip).unwrap();
+    let (descriptor, _) = writer.write_layer(&encoded).unwrap();
+    let wrong = vpod_shim::Digest::of_bytes(b"some other tar");
+    let manifest = writer
+        .write_image(Default::default(), &[(descriptor, wrong)], Some("t"))
+        .unwrap();
+    writer.write_index(vec![manifest]).unwrap();
+    let error = fixture
+        .store
+        .import_oci_layout(&fixture.reference("bad", "t"))
+        .unwrap_err();
+    assert!(
+        matches!(error, LayerStoreError::DiffIdMismatch { .. }),
+        "{error:?}"
+    );
+    fixture.assert_nothing_written();
+}
+
+#[test]
+fn parent_directory_entries_are_refused() {
+    let fixture = Fixture::new();
+    let tar = LayerTar::new()
+        .file("ok", "fine")
+        .file("../canary/escaped", "pwned")
+        .finish();
+    let error = extract_error(import_single_layer(&fixture, tar));
+    assert!(
+        matches!(
+            error,
+            ExtractError::UnsafePath(TarPathError::ParentComponent(_))
+        ),
+        "{error:?}"
+    );
+    fixture.assert_nothing_written();
+    assert!(!fixture.temp.path().join("escaped").exists());
+}
+
+#[test]
+fn deep_parent_directory_entries_are_refused() {
+    let fixture = Fixture::new();
+    let tar = LayerTar::new()
+        .file("a/b/../../../../canary/escaped", "pwned")
+        .finish();
+    let error = extract_error(import_single_layer(&fixture, tar));
+    assert!(matches!(error, ExtractError::UnsafePath(_)), "{error:?}");
+    fixture.assert_nothing_written();
+}
+
+#[test]
+fn writing_through_an_earlier_symlink_is_refused() {
+    let fixture = Fixture::new();
+    let canary = fixture.canary();
+    let tar = LayerTar::new()
+        .symlink("link", &canary.display().to_string())
+        .file("link/passwd", "pwned")
+        .finish();
+    let error = extract_error(import_single_layer(&fixture, tar));
+    assert!(
+        matches!(error, ExtractError::ThroughNonDirectory { ref component, .. } if component == "/link"),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("symbolic link"));
+    fixture.assert_nothing_written();
+}
+
+#[test]
+fn writing_through_a_relative_symlink_chain_is_refused() {
+    let fixture = Fixture::new();
+    // up -> .. of the staging root, then up/canary/x: the walk must not follow `up`.
+    let tar = LayerTar::new()
+        .dir("d/")
+        .symlink("d/up", "../../../canary")
+        .file("d/up/x", "pwned")
+        .finish();
+    let error = extract_error(import_single_layer(&fixture, tar));
+    assert!(
+        matches!(error, ExtractError::ThroughNonDirectory { .. }),
+        "{error:?}"
+    );
+    fixture.assert_nothing_written();
+}
+
+#[test]
+fn symlink_replacing_a_directory_cannot_be_written_through() {
+    let fixture = Fixture::new();
+    let tar = LayerTar::new()
+        .dir("etc/")
+        .file("etc/a", "a")
+        .symlink("etc", &fixture.canary().display().to_string())
+        .file("etc/b", "pwned")
+        .finish();
+    let error = extract_error(import_single_layer(&fixture, tar));
+    assert!(
+        matches!(error, ExtractError::ThroughNonDirectory { .. }),
+        "{error:?}"
+    );
+    fixture.assert_nothing_written();
+}
+
+#[test]
+fn hard_link_to_a_path_outside_the_layer_is_refused() {
+    let fixture = Fixture::new();
+    let tar = LayerTar::new().hard_link("stolen", "/etc/passwd").finish();
+    let error = extract_error(import_single_layer(&fixture, tar));
+    assert!(
+        matches!(error, ExtractError::HardLinkTargetNotInLayer { .. }),
+        "{error:?}"
+    );
+    fixture.assert_nothing_written();
+
+    let fixture = Fixture::new();
+    let tar = LayerTar::new().hard_link("stolen", "../canary/x").finish();
+    let error = extract_error(import_single_layer(&fixture, tar));
+    assert!(matches!(error, ExtractError::UnsafePath(_)), "{error:?}");
+    fixture.assert_nothing_written();
+}
+
+#[test]
+fn hard_link_to_a_missing_or_later_entry_is_refused() {
+    let fixture = Fixture::new();
+    let tar = LayerTar::new()
+        .hard_link("early", "later")
+        .file("later", "content")
+        .finish();
+    let error = extract_error(import_single_layer(&fixture, tar));
+    assert!(
+        matches!(error, ExtractError::HardLinkTargetNotInLayer { .. }),
+        "{error:?}"
+    );
+    assert!(error
+        .to_string()
+        .contains("not an earlier file of this layer"));
+    fixture.assert_nothing_written();
+}
+
+#[test]
+fn hard_link_through_an_earlier_symlink_is_refused() {
+    let fixture = Fixture::new();
+    let tar = LayerTar::new()
+        .dir("d/")
+        .file("d/f", "x")
+        .symlink("d", &fixture.canary().display().to_string())
+        .hard_link("x", "d/f")
+        .finish();
+    let error = extract_error(import_single_layer(&fixture, tar));
+    assert!(
+        matches!(
+            error,
+            ExtractError::HardLinkTargetNotInLayer { .. }
+                | ExtractError::ThroughNonDirectory { .. }
+        ),
+        "{error:?}"
+    );
+    fixture.assert_nothing_written();
+}
+
+#[test]
+fn hard_link_to_a_directory_is_refused() {
+    let fixture = Fixture::new();
+    let tar = LayerTar::new().dir("d/").hard_link("x", "d").finish();
+    let error = extract_error(import_single_layer(&fixture, tar));
+    assert!(
+        matches!(error, ExtractError::HardLinkTargetNotInLayer { .. }),
+        "{error:?}"
+    );
+    fixture.assert_nothing_written();
+}
+
+#[test]
+fn whiteout_of_dot_dot_is_refused() {
+    let fixture = Fixture::new();
+    let tar = LayerTar::new().file("d/.wh...", "").finish();
+    let error = extract_error(import_single_layer(&fixture, tar));
+    assert!(
+        matches!(error, ExtractError::InvalidWhiteout { .. }),
+        "{error:?}"
+    );
+    fixture.assert_nothing_written();
+}
+
+#[test]
+fn blob_that_is_not_a_tar_is_refused() {
+    let fixture = Fixture::new();
+    let error = import_single_layer(&fixture, vec![0x42; 4096]).unwrap_err();
+    assert!(
+        matches!(error, LayerStoreError::Extract { .. }),
+        "{error:?}"
+    );
+    fixture.assert_nothing_written();
+}
+
+#[test]
+fn missing_tag_is_refused() {
+    let fixture = Fixture::new();
+    let tar = LayerTar::new().file("f", "x").finish();
+    write_layout(
+        &fixture.layout_dir("img"),
+        &[(tar, LayerCompression::None)],
+        "t",
+    );
+    let error = fixture
+        .store
+        .import_oci_layout(&fixture.reference("img", "nope"))
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            LayerStoreError::Layout(OciLayoutError::TagNotFound(_))
+        ),
+        "{error:?}"
+    );
+    fixture.assert_nothing_written();
+}
