@@ -238,16 +238,26 @@ impl MmioTransport {
             self.reset();
             return;
         }
-        let mut value = value & !STATUS_DEVICE_NEEDS_RESET;
+        // Only a reset (a write of 0) clears status bits: a driver cannot take back
+        // FEATURES_OK or DRIVER_OK to renegotiate under a running device.
+        let mut value = (value | self.device_status) & !STATUS_DEVICE_NEEDS_RESET;
         if value & STATUS_FEATURES_OK != 0 && self.acked_features & VIRTIO_F_VERSION_1 == 0 {
             // Legacy drivers are not supported: refuse the feature set.
             value &= !STATUS_FEATURES_OK;
         }
         let was_running = self.device_status & STATUS_DRIVER_OK != 0;
+        let needs_reset = self.device_status & STATUS_DEVICE_NEEDS_RESET != 0;
         self.device_status = value | (self.device_status & STATUS_DEVICE_NEEDS_RESET);
+        if was_running || value & STATUS_DRIVER_OK == 0 || value & STATUS_FAILED != 0 {
+            return;
+        }
         let ready = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK;
-        if !was_running && value & ready == ready && value & STATUS_FAILED == 0 && !self.activated {
+        if value & ready == ready && !needs_reset && !self.activated {
             self.activate();
+        } else {
+            // DRIVER_OK out of order (before FEATURES_OK, or on a device that must be reset
+            // first): the device refuses to run until the driver resets it.
+            self.device_status |= STATUS_DEVICE_NEEDS_RESET;
         }
     }
 
@@ -293,8 +303,10 @@ impl MmioTransport {
             }
             REG_QUEUE_SEL => self.queue_select = value,
             REG_QUEUE_NUM => {
-                if let Some(q) = self.selected_queue() {
-                    q.set_size(value as u16);
+                // The queue refuses sizes that are 0, not a power of two or above its maximum;
+                // a value that does not even fit 16 bits is refused here, not truncated.
+                if let (Some(q), Ok(size)) = (self.selected_queue(), u16::try_from(value)) {
+                    q.set_size(size);
                 }
             }
             REG_QUEUE_READY => {
@@ -554,5 +566,221 @@ mod tests {
         assert_eq!(two, [0, 0]);
         t.write(REG_STATUS, &[1, 0]);
         assert_eq!(read32(&mut t, REG_STATUS), 0);
+    }
+
+    #[test]
+    fn queue_sizes_that_are_not_powers_of_two_within_the_maximum_are_refused() {
+        let (mut t, _, _) = transport();
+        write32(&mut t, REG_QUEUE_NUM, 8);
+        assert_eq!(t.queues[0].size(), 8);
+        // 0x1_0004 would truncate to 4: refused, not truncated.
+        for refused in [0x1_0004, 12, 32, 0, u32::MAX] {
+            write32(&mut t, REG_QUEUE_NUM, refused);
+            assert_eq!(t.queues[0].size(), 8, "size {refused:#x} was accepted");
+        }
+    }
+
+    #[test]
+    fn driver_ok_before_features_ok_sets_needs_reset_until_reset() {
+        let (mut t, probe, _) = transport();
+        set_up_queue(&mut t);
+        write32(&mut t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        write32(
+            &mut t,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK,
+        );
+        assert_ne!(read32(&mut t, REG_STATUS) & STATUS_DEVICE_NEEDS_RESET, 0);
+        // Completing the sequence afterwards does not start a device that needs a reset.
+        negotiate(&mut t);
+        write32(&mut t, REG_STATUS, 0xf);
+        assert_eq!(probe.lock().expect("lock").activated_with, None);
+        // After a reset, a proper sequence works.
+        write32(&mut t, REG_STATUS, 0);
+        negotiate(&mut t);
+        set_up_queue(&mut t);
+        write32(&mut t, REG_STATUS, 0xf);
+        assert_eq!(probe.lock().expect("lock").activated_with, Some(1));
+        assert_eq!(read32(&mut t, REG_STATUS), 0xf);
+    }
+
+    #[test]
+    fn status_bits_stay_set_until_reset_so_features_stay_frozen() {
+        let (mut t, probe, _) = transport();
+        negotiate(&mut t);
+        set_up_queue(&mut t);
+        write32(&mut t, REG_STATUS, 0xf);
+        write32(&mut t, REG_STATUS, STATUS_ACKNOWLEDGE);
+        assert_eq!(read32(&mut t, REG_STATUS), 0xf);
+        write32(&mut t, REG_DRIVER_FEATURES, 0);
+        assert_eq!(
+            probe.lock().expect("lock").acked,
+            VIRTIO_F_VERSION_1 | 0b101
+        );
+    }
+
+    #[test]
+    fn queue_notify_before_activation_processes_nothing() {
+        let (mut t, probe, _) = transport();
+        set_up_queue(&mut t);
+        write32(&mut t, REG_QUEUE_NOTIFY, 0);
+        t.process_queue(0);
+        assert!(probe.lock().expect("lock").processed.is_empty());
+    }
+
+    /// Property tests: a hostile driver poking the register window of a real block device.
+    mod hostile {
+        use super::*;
+        use crate::config::DiskConfig;
+        use crate::devices::virtio::block::BlockDevice;
+        use proptest::prelude::*;
+        use std::path::PathBuf;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use vm_memory::Bytes;
+
+        const DISK_FILE_LEN: usize = 8 * 512 + 100;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Read(u64, usize),
+            Write(u64, usize, u64),
+            /// The event loop runs a queue, as after an ioeventfd.
+            Process(usize),
+            /// A complete driver set-up with the given queue size and addresses.
+            SetUp(u32, u64, u64, u64),
+        }
+
+        struct TempDisk(PathBuf);
+
+        impl Drop for TempDisk {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+
+        fn value() -> impl Strategy<Value = u64> {
+            prop_oneof![
+                0..0x100u64,
+                (0..0x1800u64).prop_map(|x| x * 0x10),
+                any::<u64>(),
+            ]
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            let offset = prop_oneof![
+                0..0x200u64,
+                (0..0x30u64).prop_map(|r| r * 4),
+                0x100..0x118u64,
+            ];
+            let size = prop::sample::select(vec![1usize, 2, 4, 8]);
+            let address = (0..0x1800u64).prop_map(|x| x * 0x10);
+            prop_oneof![
+                3 => (offset.clone(), size.clone()).prop_map(|(o, s)| Op::Read(o, s)),
+                6 => (offset, size, value()).prop_map(|(o, s, v)| Op::Write(o, s, v)),
+                2 => (0..2usize).prop_map(Op::Process),
+                1 => (
+                    prop::sample::select(vec![0u32, 1, 3, 4, 16, 128, 256, 512]),
+                    address.clone(),
+                    address.clone(),
+                    address,
+                )
+                    .prop_map(|(n, d, a, u)| Op::SetUp(n, d, a, u)),
+            ]
+        }
+
+        fn write(t: &mut MmioTransport, offset: u64, value: u64, size: usize) {
+            t.write(offset, &value.to_le_bytes()[..size]);
+        }
+
+        fn set_up(t: &mut MmioTransport, size: u32, desc: u64, avail: u64, used: u64) {
+            write(t, REG_STATUS, 0, 4);
+            write(
+                t,
+                REG_STATUS,
+                u64::from(STATUS_ACKNOWLEDGE | STATUS_DRIVER),
+                4,
+            );
+            write(t, REG_DRIVER_FEATURES_SEL, 1, 4);
+            write(t, REG_DRIVER_FEATURES, 1, 4);
+            write(t, REG_DRIVER_FEATURES_SEL, 0, 4);
+            write(t, REG_DRIVER_FEATURES, 0xffff_ffff, 4);
+            write(t, REG_STATUS, 0xb, 4);
+            write(t, REG_QUEUE_SEL, 0, 4);
+            write(t, REG_QUEUE_NUM, u64::from(size), 4);
+            write(t, REG_QUEUE_DESC_LOW, desc, 4);
+            write(t, REG_QUEUE_DRIVER_LOW, avail, 4);
+            write(t, REG_QUEUE_DEVICE_LOW, used, 4);
+            write(t, REG_QUEUE_READY, 1, 4);
+            write(t, REG_STATUS, 0xf, 4);
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn random_mmio_accesses_never_panic_the_transport_or_grow_the_disk(
+                ops in prop::collection::vec(op(), 1..48),
+                seed in any::<u64>(),
+            ) {
+                static NEXT: AtomicU64 = AtomicU64::new(0);
+                let disk = TempDisk(std::env::temp_dir().join(format!(
+                    "vpod-mmio-prop-{}-{}",
+                    std::process::id(),
+                    NEXT.fetch_add(1, Ordering::Relaxed)
+                )));
+                let contents: Vec<u8> = (0..DISK_FILE_LEN).map(|i| (i % 251) as u8).collect();
+                std::fs::write(&disk.0, &contents).expect("temp disk");
+                let device = BlockDevice::open(&DiskConfig {
+                    path: disk.0.clone(),
+                    read_only: false,
+                    serial: b"prop".to_vec(),
+                })
+                .expect("block device");
+
+                // Guest RAM around a hole, full of garbage the handler may take for rings.
+                let memory = GuestMemoryMmap::<()>::from_ranges(&[
+                    (GuestAddress(0), 0x8000),
+                    (GuestAddress(0x1_0000), 0x8000),
+                ])
+                .expect("memory");
+                let mut state = seed | 1;
+                let garbage: Vec<u8> = (0..0x8000)
+                    .map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        state as u8
+                    })
+                    .collect();
+                memory.write_slice(&garbage, GuestAddress(0)).expect("fill");
+                memory.write_slice(&garbage, GuestAddress(0x1_0000)).expect("fill");
+
+                let interrupt = Arc::new(MmioInterrupt::new(
+                    EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"),
+                ));
+                let mut t = MmioTransport::new(Box::new(device), Arc::new(memory), interrupt)
+                    .expect("transport");
+                for op in ops {
+                    match op {
+                        Op::Read(offset, size) => {
+                            let mut data = [0u8; 8];
+                            t.read(offset, &mut data[..size]);
+                        }
+                        Op::Write(offset, size, value) => write(&mut t, offset, value, size),
+                        Op::Process(queue) => t.process_queue(queue),
+                        Op::SetUp(size, desc, avail, used) => {
+                            set_up(&mut t, size, desc, avail, used)
+                        }
+                    }
+                    // The status never claims a running device that is not, and back.
+                    let status = read32(&mut t, REG_STATUS);
+                    prop_assert!(!t.activated || status & STATUS_DRIVER_OK != 0);
+                }
+                drop(t);
+                let after = std::fs::read(&disk.0).expect("read disk");
+                prop_assert_eq!(after.len(), DISK_FILE_LEN);
+                prop_assert!(after[8 * 512..] == contents[8 * 512..]);
+            }
+        }
     }
 }

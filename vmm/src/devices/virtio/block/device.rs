@@ -117,11 +117,12 @@ impl VirtioDevice for BlockDevice {
         if queues.len() != QUEUE_SIZES.len() {
             return Err(ActivateError::QueueCount(queues.len(), QUEUE_SIZES.len()));
         }
-        let disk = self.disk.take().ok_or(ActivateError::AlreadyActive)?;
         let queue = queues
             .into_iter()
             .next()
             .ok_or(ActivateError::InvalidQueue(0))?;
+        // Taken only once nothing else can fail, so a refused activation keeps the disk.
+        let disk = self.disk.take().ok_or(ActivateError::AlreadyActive)?;
         self.handler = Some(BlockQueueHandler::new(
             queue,
             disk,
