@@ -176,3 +176,31 @@ fn guest_panic_and_guest_reboot_have_their_exit_codes() {
     assert!(out.lines().any(|l| l == "panic=120"), "{}", explain(&done));
     assert!(out.lines().any(|l| l == "reboot=0"), "{}", explain(&done));
 }
+
+#[test]
+fn bzimage_kernel_boots_through_the_linux_boot_protocol() {
+    // Debian's kernel (the emulated host's, cached by tests/kvm-host/prepare) is a bzImage
+    // without a PVH note: it takes the 64-bit boot protocol path (zero page, page tables).
+    let prepared = std::process::Command::new(repo_root().join("tests/kvm-host/prepare"))
+        .output()
+        .expect("tests/kvm-host/prepare runs");
+    assert!(prepared.status.success(), "prepare failed: {}", String::from_utf8_lossy(&prepared.stderr));
+    let bzimage = PathBuf::from(String::from_utf8_lossy(&prepared.stdout).trim()).join("vmlinuz");
+    let initrd = built("build/test-initrd.img");
+    let done = run_vmm(&[
+        "--kernel",
+        bzimage.to_str().expect("utf-8 path"),
+        "--initrd",
+        initrd.to_str().expect("utf-8 path"),
+        "--vcpus",
+        "2",
+        "--memory",
+        "512",
+    ]);
+    assert_eq!(done.code(), Some(0), "{}", explain(&done));
+    assert!(
+        done.stdout_text().lines().any(|l| l.starts_with("vpod-test-init: ready cpus=2 online=0-1 ")),
+        "{}",
+        explain(&done)
+    );
+}
