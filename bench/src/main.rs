@@ -67,6 +67,9 @@ fn peers(root: &Path) -> Result<Vec<Peer>> {
                 "--console",
                 "stdio",
             ]);
+            // vpod-vmm loads build/initrd.img when it exists under the working directory;
+            // the stub needs none, and the peers load none.
+            c.current_dir(std::env::temp_dir());
             c
         }),
         reset_exit: 0,
