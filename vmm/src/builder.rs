@@ -3,10 +3,12 @@
 //! 1. open KVM and create the VM (in-kernel IRQ chip and PIT),
 //! 2. guest memory,
 //! 3. vCPUs (CPUID, MSRs, FPU, local APIC),
-//! 4. devices (COM1, i8042, boot ports, virtio-blk over MMIO),
+//! 4. devices (COM1, i8042, boot ports, virtio-blk disks and empty disk slots, virtio-vsock,
+//!    all over MMIO),
 //! 5. load the kernel, the initrd and the command line,
 //! 6. configure boot (MP table, PVH start info or zero page, entry registers),
-//! 7. start the vCPU threads (paused until [`MicroVm::run`]).
+//! 7. start the vCPU threads (paused until [`MicroVm::run`]),
+//! 8. the event loop, with the vsock sockets and the control socket.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -17,6 +19,7 @@ use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::api::{ApiServer, ApiServerError, BlockHandle, VmControl};
 use crate::arch::boot::{write_linux_boot, write_pvh_boot, BootError, BootInputs};
 use crate::arch::cpuid::vcpu_cpuid;
 use crate::arch::kernel::{load_initrd, load_kernel, write_cmdline, KernelError, LoadedKernel};
@@ -35,7 +38,8 @@ use crate::devices::legacy::{
 };
 use crate::devices::virtio::block::{BlockDevice, BlockError};
 use crate::devices::virtio::mmio::{MmioError, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
-use crate::devices::virtio::{MmioInterrupt, MmioTransport};
+use crate::devices::virtio::vsock::{VsockDevice, VsockError, VsockHostSide};
+use crate::devices::virtio::{MmioInterrupt, MmioTransport, VirtioDevice};
 use crate::devices::Bus;
 use crate::event_loop::{EventLoop, EventLoopError, TerminationSignals};
 use crate::lifecycle::{GuestEvents, StopReason, VmOutcome};
@@ -72,12 +76,16 @@ pub enum BuildError {
     #[error(transparent)]
     Mmio(#[from] MmioError),
     #[error(transparent)]
+    Vsock(#[from] VsockError),
+    #[error(transparent)]
+    Api(#[from] ApiServerError),
+    #[error(transparent)]
     EventLoop(#[from] EventLoopError),
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
     #[error("cannot place a device on the bus")]
     Bus(#[from] BusError),
-    #[error("at most {0} disks are supported")]
+    #[error("at most {0} virtio devices (disks, disk slots and vsock) are supported")]
     TooManyDisks(u32),
     #[error("cannot open the console file {0}")]
     ConsoleFile(PathBuf, #[source] std::io::Error),
@@ -104,6 +112,8 @@ struct Devices {
     serial: Arc<Mutex<SerialDevice>>,
     transports: Vec<Arc<Mutex<MmioTransport>>>,
     cmdline_entries: Vec<MmioDeviceEntry>,
+    blocks: Vec<BlockHandle>,
+    vsock: Option<VsockHostSide>,
 }
 
 /// Builds the VM `config` describes.
@@ -153,6 +163,20 @@ pub fn build_microvm(
     let mut event_loop = EventLoop::new(events.clone(), signals)?;
     for transport in &devices.transports {
         event_loop.add_transport(transport.clone())?;
+    }
+    if let Some(vsock) = &devices.vsock {
+        event_loop.add_vsock(vsock.clone())?;
+    }
+    if let Some(path) = &config.api_socket {
+        let control = VmControl {
+            events: events.clone(),
+            vcpus: config.vcpus,
+            memory_mib: config.memory_mib,
+            blocks: devices.blocks,
+            vsock: devices.vsock.as_ref().map(|v| v.metrics().clone()),
+            stop_deadline: None,
+        };
+        event_loop.add_api(ApiServer::new(path, control)?)?;
     }
     Ok(MicroVm {
         vcpus,
@@ -255,19 +279,75 @@ fn attach_devices(
         BOOT_PORT_LEN,
     )?;
 
-    if config.disks.len() > VIRTIO_MMIO_SLOTS as usize {
+    let device_count =
+        config.disks.len() + config.disk_slots as usize + usize::from(config.vsock.is_some());
+    if device_count > VIRTIO_MMIO_SLOTS as usize {
         return Err(BuildError::TooManyDisks(VIRTIO_MMIO_SLOTS));
     }
-    let mut mmio_bus = Bus::new();
-    let mut transports = Vec::new();
-    let mut cmdline_entries = Vec::new();
-    for (slot, disk) in config.disks.iter().enumerate() {
-        let slot = slot as u32;
-        let device = BlockDevice::open(disk)?;
+    let mut virtio = VirtioDevices {
+        mmio_bus: Bus::new(),
+        transports: Vec::new(),
+        cmdline_entries: Vec::new(),
+    };
+    let mut blocks = Vec::new();
+    for disk in &config.disks {
+        let transport = virtio.attach(vm, memory, Box::new(BlockDevice::open(disk)?))?;
+        blocks.push(BlockHandle {
+            transport,
+            slot: None,
+        });
+    }
+    for slot in 0..config.disk_slots {
+        let transport = virtio.attach(vm, memory, Box::new(BlockDevice::empty_slot()))?;
+        blocks.push(BlockHandle {
+            transport,
+            slot: Some(slot),
+        });
+    }
+    let vsock = match &config.vsock {
+        Some(vsock) => {
+            let device = VsockDevice::new(&vsock.uds_path, vsock.guest_cid)?;
+            let host_side = device.host_side();
+            virtio.attach(vm, memory, Box::new(device))?;
+            Some(host_side)
+        }
+        None => None,
+    };
+    let VirtioDevices {
+        mmio_bus,
+        transports,
+        cmdline_entries,
+    } = virtio;
+    Ok(Devices {
+        pio_bus,
+        mmio_bus,
+        serial,
+        transports,
+        cmdline_entries,
+        blocks,
+        vsock,
+    })
+}
+
+/// The virtio-mmio devices placed so far, each in the next slot with the next IRQ.
+struct VirtioDevices {
+    mmio_bus: Bus,
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
+    cmdline_entries: Vec<MmioDeviceEntry>,
+}
+
+impl VirtioDevices {
+    fn attach(
+        &mut self,
+        vm: &VmFd,
+        memory: &Arc<GuestMemoryMmap>,
+        device: Box<dyn VirtioDevice>,
+    ) -> Result<Arc<Mutex<MmioTransport>>, BuildError> {
+        let slot = self.transports.len() as u32;
         let address = virtio_mmio_slot(slot);
         let irq = VIRTIO_IRQ_FIRST + slot;
         let interrupt = Arc::new(MmioInterrupt::new(irq_eventfd(vm, irq)?));
-        let transport = MmioTransport::new(Box::new(device), memory.clone(), interrupt)?;
+        let transport = MmioTransport::new(device, memory.clone(), interrupt)?;
         for (queue, event) in transport.queue_events().iter().enumerate() {
             vm.register_ioevent(
                 event,
@@ -277,21 +357,16 @@ fn attach_devices(
             .map_err(|e| BuildError::VmSetup("register a queue notification", e))?;
         }
         let transport = Arc::new(Mutex::new(transport));
-        mmio_bus.insert(transport.clone(), address, MMIO_WINDOW_SIZE)?;
-        transports.push(transport);
-        cmdline_entries.push(MmioDeviceEntry {
+        self.mmio_bus
+            .insert(transport.clone(), address, MMIO_WINDOW_SIZE)?;
+        self.transports.push(transport.clone());
+        self.cmdline_entries.push(MmioDeviceEntry {
             address,
             size: layout::VIRTIO_MMIO_SLOT_SIZE,
             irq,
         });
+        Ok(transport)
     }
-    Ok(Devices {
-        pio_bus,
-        mmio_bus,
-        serial,
-        transports,
-        cmdline_entries,
-    })
 }
 
 /// Step 5 (part): the initrd, if one was asked for or the default exists.

@@ -42,6 +42,17 @@ pub struct DiskConfig {
     pub serial: Vec<u8>,
 }
 
+/// The virtio-vsock device (`--vsock PATH[,cid=N]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The VM's unix socket; guest connections to host port P go to `PATH_P`.
+    pub uds_path: PathBuf,
+    pub guest_cid: u64,
+}
+
+/// Most empty disk slots (`--disk-slots`).
+pub const MAX_DISK_SLOTS: u32 = 16;
+
 /// Where the initrd comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InitrdConfig {
@@ -66,6 +77,11 @@ pub struct VmConfig {
     pub timings: bool,
     /// Words after `--`, handed to the guest's init as its arguments.
     pub init_args: Vec<String>,
+    /// Empty virtio-blk devices after the disks, filled at runtime through the API.
+    pub disk_slots: u32,
+    pub vsock: Option<VsockConfig>,
+    /// The control socket (`--api PATH`).
+    pub api_socket: Option<PathBuf>,
 }
 
 impl Default for VmConfig {
@@ -80,6 +96,9 @@ impl Default for VmConfig {
             console: ConsoleConfig::Stdio,
             timings: false,
             init_args: Vec::new(),
+            disk_slots: 0,
+            vsock: None,
+            api_socket: None,
         }
     }
 }
@@ -111,6 +130,10 @@ pub enum ConfigError {
     BadConsole(String),
     #[error("--disk {0:?}: {1}")]
     BadDisk(String, String),
+    #[error("--vsock {0:?}: {1}")]
+    BadVsock(String, String),
+    #[error("--disk-slots must be a number from 0 to {MAX_DISK_SLOTS}, not {0:?}")]
+    BadDiskSlots(String),
     #[error("unexpected argument {0:?} (guest command words go after --)")]
     UnexpectedArgument(String),
     #[error(
@@ -146,6 +169,34 @@ fn parse_disk(spec: &str) -> Result<DiskConfig, ConfigError> {
         }
     }
     Ok(disk)
+}
+
+fn parse_vsock(spec: &str) -> Result<VsockConfig, ConfigError> {
+    let bad = |why: &str| ConfigError::BadVsock(spec.to_string(), why.to_string());
+    let mut parts = spec.split(',');
+    let path = parts.next().unwrap_or_default();
+    if path.is_empty() {
+        return Err(bad("the path is empty"));
+    }
+    let mut vsock = VsockConfig {
+        uds_path: PathBuf::from(path),
+        guest_cid: crate::devices::virtio::vsock::DEFAULT_GUEST_CID,
+    };
+    for option in parts {
+        match option.strip_prefix("cid=").map(str::parse::<u32>) {
+            Some(Ok(cid)) if cid >= 3 => vsock.guest_cid = u64::from(cid),
+            Some(_) => return Err(bad("the CID must be a number from 3 to 4294967295")),
+            None => return Err(bad(&format!("unknown option {option:?}"))),
+        }
+    }
+    Ok(vsock)
+}
+
+fn parse_disk_slots(value: &str) -> Result<u32, ConfigError> {
+    match value.parse::<u32>() {
+        Ok(n) if n <= MAX_DISK_SLOTS => Ok(n),
+        _ => Err(ConfigError::BadDiskSlots(value.to_string())),
+    }
 }
 
 fn parse_console(value: &str) -> Result<ConsoleConfig, ConfigError> {
@@ -210,7 +261,7 @@ where
                 continue;
             }
             "--kernel" | "--initrd" | "--cmdline" | "--vcpus" | "--memory" | "--disk"
-            | "--console" => {}
+            | "--console" | "--vsock" | "--disk-slots" | "--api" => {}
             _ if flag.starts_with('-') => return Err(ConfigError::UnknownFlag(flag)),
             _ => return Err(ConfigError::UnexpectedArgument(arg)),
         }
@@ -230,6 +281,10 @@ where
             "--memory" => config.memory_mib = parse_memory(&value)?,
             "--disk" => config.disks.push(parse_disk(&value)?),
             "--console" => config.console = parse_console(&value)?,
+            "--vsock" => config.vsock = Some(parse_vsock(&value)?),
+            "--disk-slots" => config.disk_slots = parse_disk_slots(&value)?,
+            "--api" if !value.is_empty() => config.api_socket = Some(PathBuf::from(value)),
+            "--api" => return Err(ConfigError::MissingValue(flag)),
             _ => return Err(ConfigError::UnknownFlag(flag)),
         }
     }
@@ -356,6 +411,39 @@ mod tests {
         assert!(matches!(
             parse(&["--", "say \"hi\""]),
             Err(ConfigError::QuoteInInitArg(_))
+        ));
+    }
+
+    #[test]
+    fn vsock_slots_and_api_flags_parse() {
+        let c = config(&[
+            "--vsock",
+            "/run/vm.sock,cid=7",
+            "--disk-slots",
+            "4",
+            "--api=/run/api.sock",
+        ]);
+        let vsock = c.vsock.expect("vsock");
+        assert_eq!(vsock.uds_path, PathBuf::from("/run/vm.sock"));
+        assert_eq!(vsock.guest_cid, 7);
+        assert_eq!(c.disk_slots, 4);
+        assert_eq!(c.api_socket, Some(PathBuf::from("/run/api.sock")));
+        assert_eq!(
+            config(&["--vsock", "v.sock"])
+                .vsock
+                .expect("vsock")
+                .guest_cid,
+            3
+        );
+        for bad in ["", ",cid=3", "v,cid=2", "v,cid=x", "v,port=1"] {
+            assert!(
+                matches!(parse(&["--vsock", bad]), Err(ConfigError::BadVsock(..))),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            parse(&["--disk-slots", "17"]),
+            Err(ConfigError::BadDiskSlots(_))
         ));
     }
 

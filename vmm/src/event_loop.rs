@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::api::ApiServer;
+use crate::devices::virtio::vsock::VsockHostSide;
 use crate::devices::virtio::MmioTransport;
 use crate::lifecycle::{GuestEvents, StopReason};
 
@@ -18,7 +20,9 @@ const PANIC_GRACE: Duration = Duration::from_millis(500);
 
 const TOKEN_LIFECYCLE: u64 = 0;
 const TOKEN_SIGNAL: u64 = 1;
-const TOKEN_FIRST_QUEUE: u64 = 2;
+const TOKEN_VSOCK: u64 = 2;
+const TOKEN_API: u64 = 3;
+const TOKEN_FIRST_QUEUE: u64 = 4;
 
 /// Errors of the event loop.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +98,8 @@ pub struct EventLoop {
     events: Arc<GuestEvents>,
     signals: TerminationSignals,
     queues: Vec<QueueSource>,
+    vsock: Option<VsockHostSide>,
+    api: Option<ApiServer>,
 }
 
 impl EventLoop {
@@ -107,6 +113,8 @@ impl EventLoop {
             events,
             signals,
             queues: Vec::new(),
+            vsock: None,
+            api: None,
         };
         event_loop.watch(event_loop.events.wake_fd().as_raw_fd(), TOKEN_LIFECYCLE)?;
         event_loop.watch(event_loop.signals.fd.as_raw_fd(), TOKEN_SIGNAL)?;
@@ -147,6 +155,36 @@ impl EventLoop {
         Ok(())
     }
 
+    /// Watches the vsock device's host sockets.
+    pub fn add_vsock(&mut self, vsock: VsockHostSide) -> Result<(), EventLoopError> {
+        self.watch(vsock.fd(), TOKEN_VSOCK)?;
+        self.vsock = Some(vsock);
+        Ok(())
+    }
+
+    /// Serves the control socket.
+    pub fn add_api(&mut self, api: ApiServer) -> Result<(), EventLoopError> {
+        self.watch(api.fd(), TOKEN_API)?;
+        self.api = Some(api);
+        Ok(())
+    }
+
+    /// The earliest moment a timer of the vsock device or the control socket is due.
+    fn next_deadline(&self) -> Option<Instant> {
+        let vsock = self.vsock.as_ref().and_then(|v| v.next_deadline());
+        let api = self.api.as_ref().and_then(|a| a.next_deadline());
+        vsock.into_iter().chain(api).min()
+    }
+
+    fn expire(&mut self, now: Instant) {
+        if let Some(vsock) = &self.vsock {
+            vsock.expire(now);
+        }
+        if let Some(api) = self.api.as_mut() {
+            api.expire(now);
+        }
+    }
+
     /// Runs until the VM must stop, and says why.
     pub fn run(&mut self) -> StopReason {
         let mut ready = vec![EpollEvent::default(); 8 + self.queues.len()];
@@ -158,13 +196,22 @@ impl EventLoop {
             if self.events.panicked() && panic_deadline.is_none() {
                 panic_deadline = Some(Instant::now() + PANIC_GRACE);
             }
-            let timeout = match panic_deadline {
+            if let Some(deadline) = panic_deadline {
+                if deadline <= Instant::now() {
+                    return StopReason::Panic;
+                }
+            }
+            let now = Instant::now();
+            if self.next_deadline().is_some_and(|d| d <= now) {
+                self.expire(now);
+                continue;
+            }
+            let deadline = panic_deadline.into_iter().chain(self.next_deadline()).min();
+            let timeout = match deadline {
+                // Rounded up, so the loop does not wake just before the deadline.
                 Some(deadline) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return StopReason::Panic;
-                    }
-                    left.as_millis().max(1) as i32
+                    let left = deadline.saturating_duration_since(now);
+                    (left.as_micros().div_ceil(1000)).clamp(1, i32::MAX as u128) as i32
                 }
                 None => -1,
             };
@@ -182,6 +229,16 @@ impl EventLoop {
                     TOKEN_SIGNAL => {
                         if let Some(signal) = self.signals.read() {
                             self.events.request_stop(StopReason::Signal(signal));
+                        }
+                    }
+                    TOKEN_VSOCK => {
+                        if let Some(vsock) = &self.vsock {
+                            vsock.process_host_events();
+                        }
+                    }
+                    TOKEN_API => {
+                        if let Some(api) = self.api.as_mut() {
+                            api.process_events();
                         }
                     }
                     token => {

@@ -19,18 +19,28 @@
 //!   of `KVM_RUN` by a signal.
 //! - [`devices`]: port-I/O and MMIO buses; COM1 (its output always scanned for the kernel's
 //!   panic and power-off messages), a minimal i8042 (reset), the boot-progress ports, and
-//!   virtio over MMIO (virtio 1.x only) with virtio-blk. Devices signal the guest through the
+//!   virtio over MMIO (virtio 1.x only) with virtio-blk (disks, and empty slots filled at
+//!   runtime) and virtio-vsock (user space, mapped to unix sockets: see
+//!   [`devices::virtio::vsock`]). Devices signal the guest through the
 //!   [`devices::virtio::VirtioInterrupt`] trait and never see the transport.
-//! - [`event_loop`]: the main thread's epoll over queue ioeventfds, lifecycle notifications and
-//!   SIGTERM/SIGINT (through a signalfd).
+//! - [`event_loop`]: the main thread's epoll over queue ioeventfds, lifecycle notifications,
+//!   SIGTERM/SIGINT (through a signalfd), the vsock device's host sockets and the control
+//!   socket; one thread for all of them.
+//! - [`api`]: the control socket, newline-delimited JSON (its module documents the protocol).
 //!
 //! # Command line
 //!
 //! ```text
 //! vpod-vmm [--kernel PATH] [--initrd PATH] [--cmdline TEXT] [--vcpus N] [--memory MiB]
-//!          [--disk PATH[,ro][,serial=ID]]... [--console stdio|off|file:PATH] [--timings]
-//!          [-- COMMAND ARGS...]
+//!          [--disk PATH[,ro][,serial=ID]]... [--disk-slots N] [--vsock PATH[,cid=N]]
+//!          [--api PATH] [--console stdio|off|file:PATH] [--timings] [-- COMMAND ARGS...]
 //! ```
+//!
+//! `--disk-slots N` adds N empty virtio-blk devices (capacity 0) after the disks, filled and
+//! emptied through the control socket. `--vsock PATH` adds virtio-vsock: host clients connect
+//! to the unix socket PATH and send `CONNECT <port>\n`; guest connections to host port P go
+//! to the unix socket `PATH_P`; the guest's CID is 3 unless `cid=N` says otherwise. `--api
+//! PATH` serves the control socket.
 //!
 //! Defaults: kernel `build/vmlinux`, initrd `build/initrd.img` if it exists (relative to the
 //! working directory), 1 vCPU (at most 32), 128 MiB (16 MiB to 1 TiB), console on stdout.
@@ -56,10 +66,11 @@
 //! | 0 | the guest reset, rebooted or powered off without reporting a status |
 //! | 120 | the guest kernel panicked (and reported no status) |
 //! | 125 | VMM error: bad flag, KVM unavailable, kernel/initrd/disk missing or invalid, memory size out of range, vCPU failure; one line on stderr names the cause |
-//! | 130 / 143 | the VMM received SIGINT / SIGTERM and stopped the guest (128 + signal) |
+//! | 130 / 143 | the VMM received SIGINT / SIGTERM and stopped the guest (128 + signal); a `stop` through the control socket ends like SIGTERM (143) |
 
 #![cfg(target_arch = "x86_64")]
 
+pub mod api;
 pub mod arch;
 pub mod builder;
 pub mod cmdline;

@@ -11,8 +11,8 @@ const HELP: &str = "\
 vpod-vmm: run one KVM micro-VM
 
 usage: vpod-vmm [--kernel PATH] [--initrd PATH] [--cmdline TEXT] [--vcpus N] [--memory MiB]
-                [--disk PATH[,ro][,serial=ID]]... [--console stdio|off|file:PATH] [--timings]
-                [-- COMMAND ARGS...]
+                [--disk PATH[,ro][,serial=ID]]... [--disk-slots N] [--vsock PATH[,cid=N]]
+                [--api PATH] [--console stdio|off|file:PATH] [--timings] [-- COMMAND ARGS...]
 
   --kernel PATH      ELF vmlinux (PVH note or not) or bzImage [build/vmlinux]
   --initrd PATH      initramfs [build/initrd.img, if it exists]
@@ -22,6 +22,13 @@ usage: vpod-vmm [--kernel PATH] [--initrd PATH] [--cmdline TEXT] [--vcpus N] [--
   --memory MiB       guest memory, 16 to 1048576 MiB [128]
   --disk SPEC        virtio-blk disk on a raw file; ro = read-only, serial = ID the guest
                      sees in /sys/block/vdX/serial (at most 20 bytes); repeatable
+  --disk-slots N     N empty virtio-blk devices (0 to 16) after the disks, filled and
+                     emptied at runtime through the control socket
+  --vsock PATH       virtio-vsock; host clients connect to the unix socket PATH and send
+                     `CONNECT <port>\n`; guest connections to host port P reach PATH_P;
+                     cid=N sets the guest's CID [3]
+  --api PATH         control socket: newline-delimited JSON (state, boot_time, metrics,
+                     attach_disk, detach_disk, stop)
   --console WHERE    serial console: stdio, off or file:PATH [stdio]
   --timings          print `vpod-vmm: timings init_ms=.. exit_ms=..` on stderr at exit
   -- COMMAND ARGS    passed to the guest's init as its arguments
@@ -34,7 +41,7 @@ exit codes:
   120      guest kernel panic
   125      VMM error (bad flag, no KVM, missing or invalid kernel/initrd/disk, bad memory
            size, ...), with one line on stderr naming the cause
-  130/143  stopped by SIGINT / SIGTERM
+  130/143  stopped by SIGINT / SIGTERM (143 also for a stop through the control socket)
 ";
 
 fn format_ms(duration: std::time::Duration) -> String {

@@ -428,6 +428,9 @@ mod tests {
         fn reset(&mut self) {
             self.0.lock().expect("lock").resets += 1;
         }
+        fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+            self
+        }
     }
 
     fn transport() -> (MmioTransport, Arc<Mutex<Probe>>, Arc<MmioInterrupt>) {

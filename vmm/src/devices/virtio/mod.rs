@@ -8,6 +8,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod vsock;
 
 use std::io;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ pub const QUEUE_MAX_SIZE: u16 = 256;
 
 /// Virtio device ids.
 pub const TYPE_BLOCK: u32 = 2;
+pub const TYPE_VSOCK: u32 = 19;
 
 /// How a device tells the guest that something happened.
 pub trait VirtioInterrupt: Send + Sync {
@@ -79,6 +81,8 @@ pub trait VirtioDevice: QueueEvents + Send {
     ) -> Result<(), ActivateError>;
     /// Stops the device; the driver will set it up again.
     fn reset(&mut self);
+    /// The device as its own type, for operations beyond virtio (swapping a disk).
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
 }
 
 /// The event glue: what a device does when the guest notifies one of its queues. Kept apart

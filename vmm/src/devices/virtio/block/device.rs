@@ -7,8 +7,8 @@ use std::sync::Arc;
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
-use super::disk::{DiskImage, RawFile};
-use super::handler::BlockQueueHandler;
+use super::disk::{DiskImage, RawFile, SlotDisk};
+use super::handler::{BlockMetrics, BlockQueueHandler};
 use super::{SECTOR_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
 use crate::config::{DiskConfig, DISK_SERIAL_LEN};
 use crate::devices::virtio::{
@@ -21,16 +21,22 @@ use crate::devices::virtio::{
 pub enum BlockError {
     #[error("cannot open disk {0}")]
     Open(PathBuf, #[source] std::io::Error),
+    #[error("the slot already holds a disk (detach it first)")]
+    SlotInUse,
+    #[error("the slot is empty")]
+    SlotEmpty,
+    #[error("the disk was not made with --disk-slots and cannot be swapped")]
+    NotASlot,
 }
 
 const QUEUE_SIZES: [u16; 1] = [QUEUE_MAX_SIZE];
 
 /// The queue handler as the running device uses it.
-pub(super) type ActiveHandler = BlockQueueHandler<Arc<dyn VirtioInterrupt>, RawFile>;
+pub(super) type ActiveHandler = BlockQueueHandler<Arc<dyn VirtioInterrupt>, SlotDisk>;
 
 pub struct BlockDevice {
     /// The image while the device is inactive; the handler owns it while active.
-    pub(super) disk: Option<RawFile>,
+    pub(super) disk: Option<SlotDisk>,
     pub(super) handler: Option<ActiveHandler>,
     pub(super) memory: Option<Arc<GuestMemoryMmap>>,
     read_only: bool,
@@ -38,6 +44,19 @@ pub struct BlockDevice {
     config_space: Vec<u8>,
     avail_features: u64,
     acked_features: u64,
+    /// Made empty by `--disk-slots`: disks can be attached and detached at runtime.
+    hot_swappable: bool,
+    metrics: Arc<BlockMetrics>,
+}
+
+/// What a block device reports about itself to the control socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockStatus {
+    pub attached: bool,
+    pub read_only: bool,
+    pub serial: String,
+    pub capacity_bytes: u64,
+    pub metrics: [u64; 4],
 }
 
 /// The configuration space: capacity in sectors, size_max (unused), seg_max.
@@ -51,21 +70,34 @@ fn config_space(capacity_bytes: u64) -> Vec<u8> {
 }
 
 impl BlockDevice {
-    /// Opens the disk image `config` names.
-    pub fn open(config: &DiskConfig) -> Result<Self, BlockError> {
+    fn open_file(config: &DiskConfig) -> Result<RawFile, BlockError> {
         let file = OpenOptions::new()
             .read(true)
             .write(!config.read_only)
             .open(&config.path)
             .map_err(|e| BlockError::Open(config.path.clone(), e))?;
         let disk = RawFile::new(file).map_err(|e| BlockError::Open(config.path.clone(), e))?;
-        let mut serial = [0u8; DISK_SERIAL_LEN];
-        let len = config.serial.len().min(DISK_SERIAL_LEN);
-        serial[..len].copy_from_slice(&config.serial[..len]);
-        Ok(Self::with_disk(disk, config.read_only, serial))
+        Ok(disk)
     }
 
-    fn with_disk(disk: RawFile, read_only: bool, serial: [u8; DISK_SERIAL_LEN]) -> Self {
+    /// Opens the disk image `config` names.
+    pub fn open(config: &DiskConfig) -> Result<Self, BlockError> {
+        let disk = Self::open_file(config)?;
+        Ok(Self::with_disk(
+            SlotDisk::new(Some(disk)),
+            config.read_only,
+            serial_bytes(&config.serial),
+        ))
+    }
+
+    /// An empty slot (capacity 0) that [`Self::attach`] fills later.
+    pub fn empty_slot() -> Self {
+        let mut device = Self::with_disk(SlotDisk::default(), false, [0; DISK_SERIAL_LEN]);
+        device.hot_swappable = true;
+        device
+    }
+
+    fn with_disk(disk: SlotDisk, read_only: bool, serial: [u8; DISK_SERIAL_LEN]) -> Self {
         let mut avail_features = VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_FLUSH | VIRTIO_BLK_F_SEG_MAX;
         if read_only {
             avail_features |= VIRTIO_BLK_F_RO;
@@ -79,8 +111,98 @@ impl BlockDevice {
             serial,
             avail_features,
             acked_features: 0,
+            hot_swappable: false,
+            metrics: Arc::default(),
         }
     }
+
+    fn slot_disk(&mut self) -> Option<&mut SlotDisk> {
+        match self.handler.as_mut() {
+            Some(handler) => Some(&mut handler.disk),
+            None => self.disk.as_mut(),
+        }
+    }
+
+    fn set_identity(&mut self, read_only: bool, serial: [u8; DISK_SERIAL_LEN], size: u64) {
+        self.read_only = read_only;
+        self.serial = serial;
+        self.config_space = config_space(size);
+        if let Some(handler) = self.handler.as_mut() {
+            handler.read_only = read_only;
+            handler.serial = serial;
+        }
+    }
+
+    /// Puts the image `config` names into this empty slot. The caller tells the driver the
+    /// configuration changed. Read-only is enforced by the device (writes fail); the guest's
+    /// view of the flag was fixed when the driver started.
+    pub fn attach(&mut self, config: &DiskConfig) -> Result<(), BlockError> {
+        if !self.hot_swappable {
+            return Err(BlockError::NotASlot);
+        }
+        if self.slot_disk().is_some_and(|d| d.is_attached()) {
+            return Err(BlockError::SlotInUse);
+        }
+        let file = Self::open_file(config)?;
+        let size = file.size();
+        if let Some(disk) = self.slot_disk() {
+            disk.replace(Some(file));
+        }
+        self.set_identity(config.read_only, serial_bytes(&config.serial), size);
+        Ok(())
+    }
+
+    /// Empties this slot (capacity 0). The caller tells the driver the configuration changed.
+    pub fn detach(&mut self) -> Result<(), BlockError> {
+        if !self.hot_swappable {
+            return Err(BlockError::NotASlot);
+        }
+        match self.slot_disk() {
+            Some(disk) if disk.is_attached() => disk.replace(None),
+            _ => return Err(BlockError::SlotEmpty),
+        }
+        self.set_identity(false, [0; DISK_SERIAL_LEN], 0);
+        Ok(())
+    }
+
+    /// The serial as text, without its zero padding.
+    pub fn serial_text(&self) -> String {
+        let end = self
+            .serial
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(DISK_SERIAL_LEN);
+        String::from_utf8_lossy(&self.serial[..end]).into_owned()
+    }
+
+    pub fn status(&mut self) -> BlockStatus {
+        let metrics = [
+            &self.metrics.requests,
+            &self.metrics.read_bytes,
+            &self.metrics.write_bytes,
+            &self.metrics.errors,
+        ]
+        .map(|c| c.load(std::sync::atomic::Ordering::Relaxed));
+        let serial = self.serial_text();
+        let read_only = self.read_only;
+        let (attached, capacity_bytes) = self
+            .slot_disk()
+            .map_or((false, 0), |d| (d.is_attached(), d.size()));
+        BlockStatus {
+            attached,
+            read_only,
+            serial,
+            capacity_bytes,
+            metrics,
+        }
+    }
+}
+
+fn serial_bytes(serial: &[u8]) -> [u8; DISK_SERIAL_LEN] {
+    let mut bytes = [0u8; DISK_SERIAL_LEN];
+    let len = serial.len().min(DISK_SERIAL_LEN);
+    bytes[..len].copy_from_slice(&serial[..len]);
+    bytes
 }
 
 impl VirtioDevice for BlockDevice {
@@ -123,13 +245,10 @@ impl VirtioDevice for BlockDevice {
             .ok_or(ActivateError::InvalidQueue(0))?;
         // Taken only once nothing else can fail, so a refused activation keeps the disk.
         let disk = self.disk.take().ok_or(ActivateError::AlreadyActive)?;
-        self.handler = Some(BlockQueueHandler::new(
-            queue,
-            disk,
-            interrupt,
-            self.read_only,
-            self.serial,
-        ));
+        let mut handler =
+            BlockQueueHandler::new(queue, disk, interrupt, self.read_only, self.serial);
+        handler.metrics = self.metrics.clone();
+        self.handler = Some(handler);
         self.memory = Some(memory);
         Ok(())
     }
@@ -140,6 +259,10 @@ impl VirtioDevice for BlockDevice {
         }
         self.memory = None;
         self.acked_features = 0;
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
     }
 }
 

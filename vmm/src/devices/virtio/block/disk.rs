@@ -45,6 +45,55 @@ impl DiskImage for RawFile {
     }
 }
 
+/// A disk that may be absent (an empty slot, capacity 0) and is swapped while the guest
+/// runs.
+#[derive(Default)]
+pub struct SlotDisk {
+    file: Option<RawFile>,
+}
+
+impl SlotDisk {
+    pub fn new(file: Option<RawFile>) -> Self {
+        SlotDisk { file }
+    }
+
+    /// Puts `file` (or nothing) in the slot.
+    pub fn replace(&mut self, file: Option<RawFile>) {
+        self.file = file;
+    }
+
+    pub fn is_attached(&self) -> bool {
+        self.file.is_some()
+    }
+
+    fn file(&mut self) -> io::Result<&mut RawFile> {
+        self.file
+            .as_mut()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the slot is empty"))
+    }
+}
+
+impl DiskImage for SlotDisk {
+    fn size(&self) -> u64 {
+        self.file.as_ref().map_or(0, |f| f.size())
+    }
+
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file()?.read_exact_at(buf, offset)
+    }
+
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.file()?.write_all_at(buf, offset)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self.file.as_mut() {
+            Some(file) => file.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
 /// An in-memory disk for tests.
 #[cfg(test)]
 #[derive(Default)]

@@ -2,6 +2,9 @@
 //! the buffers and signals the guest. A pure type, generic over the disk and over how the
 //! guest is signalled, so it runs in unit tests on plain memory.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use virtio_queue::{Queue, QueueT};
 use vm_memory::Address;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -24,7 +27,17 @@ pub struct BlockQueueHandler<S: QueueSignal, D: DiskImage> {
     pub signal: S,
     pub read_only: bool,
     pub serial: [u8; DISK_SERIAL_LEN],
+    pub metrics: Arc<BlockMetrics>,
     bounce: Vec<u8>,
+}
+
+/// Counters of one block device, shared with the control socket.
+#[derive(Debug, Default)]
+pub struct BlockMetrics {
+    pub requests: AtomicU64,
+    pub read_bytes: AtomicU64,
+    pub write_bytes: AtomicU64,
+    pub errors: AtomicU64,
 }
 
 /// Outcome of one request: the status byte and how many bytes went into guest buffers.
@@ -54,6 +67,7 @@ impl<S: QueueSignal, D: DiskImage> BlockQueueHandler<S, D> {
             signal,
             read_only,
             serial,
+            metrics: Arc::default(),
             bounce: Vec::new(),
         }
     }
@@ -177,14 +191,33 @@ impl<S: QueueSignal, D: DiskImage> BlockQueueHandler<S, D> {
         memory: &GuestMemoryMmap,
         descriptors: &[virtio_queue::desc::split::Descriptor],
     ) -> u32 {
+        self.metrics.requests.fetch_add(1, Ordering::Relaxed);
         let (completion, status_at): (Completion, Option<GuestAddress>) =
             match parse_request(descriptors, memory) {
-                Ok(request) => (self.execute(memory, &request), Some(request.status)),
+                Ok(request) => {
+                    let completion = self.execute(memory, &request);
+                    let counter = match request.kind {
+                        RequestKind::Out if completion.status == VIRTIO_BLK_S_OK => {
+                            Some((&self.metrics.write_bytes, request.data_len()))
+                        }
+                        RequestKind::In => {
+                            Some((&self.metrics.read_bytes, u64::from(completion.written)))
+                        }
+                        _ => None,
+                    };
+                    if let Some((counter, bytes)) = counter {
+                        counter.fetch_add(bytes, Ordering::Relaxed);
+                    }
+                    (completion, Some(request.status))
+                }
                 Err(_) => (
                     Completion::status(VIRTIO_BLK_S_IOERR),
                     status_address(descriptors, memory),
                 ),
             };
+        if completion.status != VIRTIO_BLK_S_OK {
+            self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+        }
         match status_at {
             Some(at) if memory.write_obj(completion.status, at).is_ok() => {
                 completion.written.saturating_add(1)

@@ -6,8 +6,9 @@ pub mod event_handler;
 pub mod handler;
 pub mod request;
 
-pub use device::{BlockDevice, BlockError};
-pub use disk::DiskImage;
+pub use device::{BlockDevice, BlockError, BlockStatus};
+pub use disk::{DiskImage, SlotDisk};
+pub use handler::BlockMetrics;
 
 /// Sector size of the virtio-blk protocol.
 pub const SECTOR_SIZE: u64 = 512;

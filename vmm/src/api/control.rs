@@ -1,0 +1,253 @@
+//! What the control socket can do to a VM: the domain functions behind each request.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::protocol::ApiRequest;
+use crate::config::{DiskConfig, DISK_SERIAL_LEN};
+use crate::devices::virtio::block::{BlockDevice, BlockError};
+use crate::devices::virtio::vsock::metrics::DropReason;
+use crate::devices::virtio::vsock::VsockMetrics;
+use crate::devices::virtio::MmioTransport;
+use crate::lifecycle::{since_process_start, GuestEvents, StopReason};
+
+/// Errors of control requests; each message goes back to the client as it is.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("there is no disk slot {0} (the VM has {1})")]
+    NoSuchSlot(u32, usize),
+    #[error("no attached slot has the serial {0:?}")]
+    NoSuchSerial(String),
+    #[error("every disk slot is in use")]
+    NoFreeSlot,
+    #[error("detach_disk needs a slot or a serial")]
+    NoSlotNamed,
+    #[error("the serial is longer than {DISK_SERIAL_LEN} bytes")]
+    SerialTooLong,
+    #[error("slot {0}: {1}")]
+    Slot(u32, String),
+}
+
+/// A block device the control socket can see: its transport (for config-change interrupts).
+pub struct BlockHandle {
+    pub transport: Arc<Mutex<MmioTransport>>,
+    /// The slot index for `--disk-slots` devices; `None` for `--disk` ones.
+    pub slot: Option<u32>,
+}
+
+/// The VM as the control socket sees it.
+pub struct VmControl {
+    pub events: Arc<GuestEvents>,
+    pub vcpus: u8,
+    pub memory_mib: u64,
+    pub blocks: Vec<BlockHandle>,
+    pub vsock: Option<Arc<VsockMetrics>>,
+    /// When a graceful stop turns forced.
+    pub stop_deadline: Option<Instant>,
+}
+
+fn with_block<T>(handle: &BlockHandle, f: impl FnOnce(&mut BlockDevice) -> T) -> Option<(T, bool)> {
+    let mut transport = handle.transport.lock().unwrap_or_else(|e| e.into_inner());
+    let device = transport
+        .device_mut()
+        .as_any_mut()
+        .downcast_mut::<BlockDevice>()?;
+    let before = device.status();
+    let result = f(device);
+    let changed = device.status() != before;
+    if changed {
+        // The interrupt only hurries the driver; a lost one is seen at its next config read.
+        let _ = transport.notify_config_changed();
+    }
+    Some((result, changed))
+}
+
+impl VmControl {
+    /// Runs one request; the reply or the error sentence.
+    pub fn handle(&mut self, request: ApiRequest) -> Result<Value, ApiError> {
+        match request {
+            ApiRequest::State => Ok(self.state()),
+            ApiRequest::BootTime => Ok(json!({
+                "init_ms": self.events.init_reached().map(|d| d.as_secs_f64() * 1000.0)
+            })),
+            ApiRequest::Metrics => Ok(self.metrics()),
+            ApiRequest::AttachDisk {
+                slot,
+                path,
+                read_only,
+                serial,
+            } => self.attach_disk(slot, path, read_only, serial),
+            ApiRequest::DetachDisk { slot, serial } => self.detach_disk(slot, serial),
+            ApiRequest::Stop { timeout_ms } => Ok(self.stop(Duration::from_millis(timeout_ms))),
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop_deadline.is_some() || self.events.stop_reason().is_some()
+    }
+
+    fn state(&self) -> Value {
+        json!({
+            "state": if self.stopping() { "stopping" } else { "running" },
+            "vcpus": self.vcpus,
+            "memory_mib": self.memory_mib,
+            "uptime_ms": since_process_start().as_millis() as u64,
+        })
+    }
+
+    fn metrics(&self) -> Value {
+        let vsock = self.vsock.as_ref().map(|m| {
+            let dropped: serde_json::Map<String, Value> = DropReason::ALL
+                .iter()
+                .map(|&r| (r.name().to_string(), json!(m.dropped(r))))
+                .collect();
+            let get = VsockMetrics::get;
+            json!({
+                "host_connections": get(&m.host_connections),
+                "guest_connections": get(&m.guest_connections),
+                "connections_active": get(&m.connections_active),
+                "connect_timeouts": get(&m.connect_timeouts),
+                "connect_refused": get(&m.connect_refused),
+                "bytes_to_guest": get(&m.bytes_to_guest),
+                "bytes_to_host": get(&m.bytes_to_host),
+                "packets_from_guest": get(&m.packets_from_guest),
+                "packets_to_guest": get(&m.packets_to_guest),
+                "dropped_total": m.dropped_total(),
+                "dropped": dropped,
+            })
+        });
+        let block: Vec<Value> = self
+            .blocks
+            .iter()
+            .enumerate()
+            .filter_map(|(index, handle)| {
+                let (status, _) = with_block(handle, |d| d.status())?;
+                let [requests, read_bytes, write_bytes, errors] = status.metrics;
+                Some(json!({
+                    "index": index,
+                    "slot": handle.slot,
+                    "attached": status.attached,
+                    "serial": status.serial,
+                    "read_only": status.read_only,
+                    "capacity_bytes": status.capacity_bytes,
+                    "requests": requests,
+                    "read_bytes": read_bytes,
+                    "write_bytes": write_bytes,
+                    "errors": errors,
+                }))
+            })
+            .collect();
+        json!({ "vsock": vsock, "block": block })
+    }
+
+    fn slots(&self) -> impl Iterator<Item = (u32, &BlockHandle)> {
+        self.blocks
+            .iter()
+            .filter_map(|h| h.slot.map(|slot| (slot, h)))
+    }
+
+    fn slot(&self, slot: u32) -> Result<&BlockHandle, ApiError> {
+        self.slots()
+            .find(|(s, _)| *s == slot)
+            .map(|(_, h)| h)
+            .ok_or(ApiError::NoSuchSlot(slot, self.slots().count()))
+    }
+
+    fn attach_disk(
+        &mut self,
+        slot: Option<u32>,
+        path: PathBuf,
+        read_only: bool,
+        serial: String,
+    ) -> Result<Value, ApiError> {
+        if serial.len() > DISK_SERIAL_LEN {
+            return Err(ApiError::SerialTooLong);
+        }
+        let slot = match slot {
+            Some(slot) => slot,
+            None => self
+                .slots()
+                .find(|(_, h)| {
+                    with_block(h, |d| !d.status().attached).is_some_and(|(free, _)| free)
+                })
+                .map(|(slot, _)| slot)
+                .ok_or(ApiError::NoFreeSlot)?,
+        };
+        let config = DiskConfig {
+            path,
+            read_only,
+            serial: serial.into_bytes(),
+        };
+        let handle = self.slot(slot)?;
+        let (result, _) = with_block(handle, |d| d.attach(&config).map(|()| d.status()))
+            .ok_or(ApiError::NoSuchSlot(slot, 0))?;
+        let status = result.map_err(|e| slot_error(slot, e))?;
+        Ok(json!({
+            "ok": true,
+            "slot": slot,
+            "capacity_bytes": status.capacity_bytes,
+            "serial": status.serial,
+            "read_only": status.read_only,
+        }))
+    }
+
+    fn detach_disk(
+        &mut self,
+        slot: Option<u32>,
+        serial: Option<String>,
+    ) -> Result<Value, ApiError> {
+        let slot = match (slot, serial) {
+            (Some(slot), _) => slot,
+            (None, Some(serial)) => self
+                .slots()
+                .find(|(_, h)| {
+                    with_block(h, |d| {
+                        let status = d.status();
+                        status.attached && status.serial == serial
+                    })
+                    .is_some_and(|(found, _)| found)
+                })
+                .map(|(slot, _)| slot)
+                .ok_or(ApiError::NoSuchSerial(serial))?,
+            (None, None) => return Err(ApiError::NoSlotNamed),
+        };
+        let handle = self.slot(slot)?;
+        let (result, _) =
+            with_block(handle, |d| d.detach()).ok_or(ApiError::NoSuchSlot(slot, 0))?;
+        result.map_err(|e| slot_error(slot, e))?;
+        Ok(json!({ "ok": true, "slot": slot }))
+    }
+
+    /// Stops the VM: at once with a zero timeout, else when the guest ends by itself or the
+    /// timeout passes, whichever comes first.
+    fn stop(&mut self, timeout: Duration) -> Value {
+        if timeout.is_zero() {
+            self.force_stop();
+        } else if self.stop_deadline.is_none() {
+            self.stop_deadline = Some(Instant::now() + timeout);
+        }
+        json!({ "ok": true, "state": "stopping" })
+    }
+
+    fn force_stop(&mut self) {
+        self.events.request_stop(StopReason::Signal(libc::SIGTERM));
+    }
+
+    /// Forces a graceful stop whose time is up.
+    pub fn expire(&mut self, now: Instant) {
+        if self.stop_deadline.is_some_and(|d| d <= now) {
+            self.force_stop();
+        }
+    }
+}
+
+fn slot_error(slot: u32, error: BlockError) -> ApiError {
+    let mut message = error.to_string();
+    if let Some(source) = std::error::Error::source(&error) {
+        message = format!("{message}: {source}");
+    }
+    ApiError::Slot(slot, message)
+}

@@ -1,0 +1,235 @@
+//! The control socket and the vsock unix socket on real KVM with the idle stub guest (which
+//! has no drivers): requests and error replies, disk slots, vsock's connect timeout, and
+//! `stop`. Every VMM is killed by PID if it outlives its time limit.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const VMM: &str = env!("CARGO_BIN_EXE_vpod-vmm");
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .expect("the checkout exists")
+}
+
+fn kvm_available() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
+/// A temporary directory and a VMM running in it, both gone when dropped.
+struct Vm {
+    dir: PathBuf,
+    child: Child,
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's PID, which has not been reaped yet.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn wait_for(path: &Path) {
+    let started = Instant::now();
+    while !path.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn start_vm(name: &str) -> Vm {
+    let dir = std::env::temp_dir().join(format!("vpod-control-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let stub = repo_root().join("build/stub-idle.elf");
+    assert!(stub.exists(), "build/stub-idle.elf is missing: run make");
+    let child = Command::new(VMM)
+        .arg("--kernel")
+        .arg(&stub)
+        .args([
+            "--initrd",
+            "/dev/null",
+            "--console",
+            "off",
+            "--disk-slots",
+            "2",
+        ])
+        .arg("--vsock")
+        .arg(dir.join("v.sock"))
+        .arg("--api")
+        .arg(dir.join("api.sock"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the VMM starts");
+    let vm = Vm { dir, child };
+    wait_for(&vm.dir.join("api.sock"));
+    vm
+}
+
+struct Client {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Client {
+    fn connect(path: &Path) -> Self {
+        let writer = UnixStream::connect(path).expect("connect to the control socket");
+        writer
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let reader = BufReader::new(writer.try_clone().expect("clone"));
+        Client { reader, writer }
+    }
+
+    fn raw(&mut self, line: &str) -> Value {
+        self.writer
+            .write_all(format!("{line}\n").as_bytes())
+            .expect("send");
+        let mut reply = String::new();
+        self.reader.read_line(&mut reply).expect("a reply line");
+        serde_json::from_str(&reply).unwrap_or_else(|e| panic!("bad reply {reply:?}: {e}"))
+    }
+
+    fn call(&mut self, request: Value) -> Value {
+        self.raw(&request.to_string())
+    }
+}
+
+fn error_of(reply: &Value) -> String {
+    reply["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("expected an error, got {reply}"))
+        .to_string()
+}
+
+#[test]
+fn control_socket_reports_state_metrics_and_manages_slots() {
+    if !kvm_available() {
+        eprintln!("skipped: no usable /dev/kvm");
+        return;
+    }
+    let vm = start_vm("slots");
+    let mut api = Client::connect(&vm.dir.join("api.sock"));
+
+    let state = api.call(json!({"op": "state"}));
+    assert_eq!(state["state"], "running", "{state}");
+    assert_eq!(state["vcpus"], 1);
+    assert_eq!(state["memory_mib"], 128);
+    assert!(state["uptime_ms"].as_u64().is_some(), "{state}");
+    assert_eq!(
+        api.call(json!({"op": "boot_time"})),
+        json!({"init_ms": null})
+    );
+
+    let metrics = api.call(json!({"op": "metrics"}));
+    assert_eq!(metrics["vsock"]["connections_active"], 0, "{metrics}");
+    assert_eq!(
+        metrics["block"].as_array().map(Vec::len),
+        Some(2),
+        "{metrics}"
+    );
+    assert_eq!(metrics["block"][1]["slot"], 1);
+    assert_eq!(metrics["block"][0]["attached"], false);
+
+    // Malformed and unknown requests get error lines; the connection stays usable.
+    assert!(error_of(&api.raw("{")).contains("not JSON"));
+    assert!(error_of(&api.raw(r#"{"op":"reboot"}"#)).contains("unknown op"));
+
+    let disk = vm.dir.join("layer.img");
+    std::fs::write(&disk, vec![0u8; 3 << 20]).expect("disk");
+    let attach = |slot: u32, path: &Path| json!({"op": "attach_disk", "slot": slot, "path": path, "read_only": true, "serial": "layer0"});
+    assert!(error_of(&api.call(attach(5, &disk))).contains("no disk slot 5"));
+    let missing = vm.dir.join("missing.img");
+    assert!(error_of(&api.call(attach(0, &missing))).contains("cannot open disk"));
+
+    let attached = api.call(attach(0, &disk));
+    assert_eq!(attached["ok"], true, "{attached}");
+    assert_eq!(attached["capacity_bytes"], 3 << 20);
+    assert_eq!(attached["serial"], "layer0");
+    assert!(error_of(&api.call(attach(0, &disk))).contains("already holds a disk"));
+    let metrics = api.call(json!({"op": "metrics"}));
+    assert_eq!(metrics["block"][0]["attached"], true, "{metrics}");
+    assert_eq!(metrics["block"][0]["serial"], "layer0");
+
+    let detached = api.call(json!({"op": "detach_disk", "serial": "layer0"}));
+    assert_eq!(detached, json!({"ok": true, "slot": 0}));
+    assert!(error_of(&api.call(json!({"op": "detach_disk", "slot": 0}))).contains("empty"));
+    assert!(error_of(&api.call(json!({"op": "detach_disk", "serial": "nope"}))).contains("nope"));
+    // Without a slot, the first empty one is used.
+    let second = api.call(json!({"op": "attach_disk", "path": disk}));
+    assert_eq!(second["slot"], 0, "{second}");
+}
+
+#[test]
+fn vsock_connect_to_a_silent_guest_times_out_and_stop_ends_the_vmm() {
+    if !kvm_available() {
+        eprintln!("skipped: no usable /dev/kvm");
+        return;
+    }
+    let mut vm = start_vm("vsock");
+    wait_for(&vm.dir.join("v.sock"));
+    let mut client = UnixStream::connect(vm.dir.join("v.sock")).expect("connect");
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let started = Instant::now();
+    client.write_all(b"CONNECT 1234\n").expect("send");
+    let mut reply = Vec::new();
+    let _ = client.read_to_end(&mut reply);
+    let waited = started.elapsed();
+    assert!(
+        reply.is_empty(),
+        "got {:?}",
+        String::from_utf8_lossy(&reply)
+    );
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(6),
+        "closed after {waited:?}"
+    );
+
+    let mut api = Client::connect(&vm.dir.join("api.sock"));
+    let metrics = api.call(json!({"op": "metrics"}));
+    assert_eq!(metrics["vsock"]["connect_timeouts"], 1, "{metrics}");
+    assert_eq!(metrics["vsock"]["host_connections"], 1, "{metrics}");
+
+    let stopping = api.call(json!({"op": "stop", "timeout_ms": 300}));
+    assert_eq!(stopping, json!({"ok": true, "state": "stopping"}));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = vm.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the VMM did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(143));
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert!(
+        !vm.dir.join("api.sock").exists(),
+        "the control socket is removed"
+    );
+}
