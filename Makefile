@@ -9,11 +9,11 @@ BUILD := build
 
 # Debian packages the build and the tests need on a fresh machine.
 APT_PACKAGES := build-essential bc bison flex libelf-dev libssl-dev xz-utils cpio kmod \
-	linux-source-6.12 busybox-static qemu-system-x86 erofs-utils ca-certificates
+	linux-source-6.12 busybox-static qemu-system-x86 erofs-utils e2fsprogs ca-certificates
 
-.PHONY: all deps kernel stub test-initrd initrd kvm-host rust test lint bench demo clean
+.PHONY: all deps kernel stub test-initrd initrd image kvm-host rust test lint bench demo clean
 
-all: deps kernel stub test-initrd rust initrd
+all: deps kernel stub test-initrd rust initrd image
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do \
@@ -39,6 +39,10 @@ rust:
 # vpod-init (static) as /init, plus busybox for shell commands in the standalone VMM.
 initrd: deps
 	guest-init/build-initrd.sh
+
+# The embedded default image: a reproducible two-layer OCI layout from busybox-static.
+image: rust
+	target/release/vpod-default-image $(BUILD)/images/default >/dev/null
 
 # The emulated KVM host's kernel and initramfs (cached) and its runner.
 kvm-host: deps rust
@@ -80,6 +84,9 @@ demo: all kvm-host
 bench: all kvm-host
 	target/release/vpod-bench startup --runs 20
 	@$(IN_GUEST_HOST); "$${run[@]}" target/release/vpod-bench linux-boot --runs 10 --host $$( [ "$$mode" = emulated ] && echo emulated || echo kvm)
+	@echo "bench: host-side device and image paths (native)"
+	$(CARGO) test -q --release -p vpod-vmm --lib vsock_queue_throughput -- --ignored --nocapture
+	$(CARGO) test -q --release -p vpod-shim --test throughput -- --ignored --nocapture
 	target/release/vpod-bench check
 
 clean:
