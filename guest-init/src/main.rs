@@ -1,11 +1,24 @@
 //! `vpod-init`: PID 1 of a vpod micro-VM. See the library documentation.
+//!
+//! Outside a VM, `vpod-init --agent-unix PATH [--state-dir DIR] [--cgroup-root DIR]
+//! [--sys-block DIR]` serves the agent API on a unix socket (tests, debugging).
 
+use std::error::Error as _;
+use std::path::PathBuf;
+
+use vpod_init::agent::guest_info::GuestClock;
+use vpod_init::agent::{self, AgentConfig, Listen};
 use vpod_init::vmm_port::{IoPorts, NoPorts, VmmSignals};
 use vpod_init::{cmdline, command, mounts};
 
 fn main() {
+    let since_boot = GuestClock::since_boot();
+    let argv: Vec<String> = std::env::args().skip(1).collect();
     if std::process::id() != 1 {
-        eprintln!("vpod-init: error: must run as PID 1 (the kernel's init) of a vpod micro-VM");
+        if argv.first().map(String::as_str) == Some("--agent-unix") {
+            std::process::exit(agent_on_unix_socket(&argv, since_boot));
+        }
+        eprintln!("vpod-init: error: must run as PID 1 (the kernel's init) of a vpod micro-VM, or with --agent-unix PATH");
         std::process::exit(1);
     }
     if let Err(e) = mounts::mount_all(&mut mounts::SystemMounts) {
@@ -25,10 +38,18 @@ fn main() {
     };
     vmm.init_reached();
 
-    let argv: Vec<String> = std::env::args().skip(1).collect();
     let status = if argv.is_empty() {
-        eprintln!("vpod-init: no command given after `--` on the kernel command line");
-        0
+        // The agent runs until the host ends the VM; it returns only when it cannot serve.
+        let listen = Listen::Vsock {
+            port: vpod_proto::AGENT_VSOCK_PORT,
+        };
+        match agent::run(AgentConfig::default(), listen, GuestClock::new(since_boot)) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("vpod-init: error: {}", chain(&e));
+                125
+            }
+        }
     } else {
         command::run_and_reap(&argv, &config.hostname).unwrap_or_else(|e| {
             eprintln!("vpod-init: error: {e}");
@@ -39,7 +60,53 @@ fn main() {
     power_off();
 }
 
-use std::error::Error as _;
+/// `--agent-unix PATH` and its options; returns the exit code.
+fn agent_on_unix_socket(argv: &[String], since_boot: std::time::Duration) -> i32 {
+    let mut config = AgentConfig::default();
+    let mut socket = None;
+    let mut words = argv.iter();
+    while let Some(flag) = words.next() {
+        let Some(value) = words.next() else {
+            eprintln!("vpod-init: error: {flag} needs a value");
+            return 2;
+        };
+        let value = PathBuf::from(value);
+        match flag.as_str() {
+            "--agent-unix" => socket = Some(value),
+            "--state-dir" => config.state_dir = value,
+            "--cgroup-root" => config.cgroup_root = value,
+            "--sys-block" => config.sys_block = value,
+            other => {
+                eprintln!("vpod-init: error: unknown option {other}");
+                return 2;
+            }
+        }
+    }
+    let Some(socket) = socket else {
+        return 2;
+    };
+    // Processes orphaned inside exec'd trees come to the agent, as they would to PID 1.
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    match agent::run(config, Listen::Unix(socket), GuestClock::new(since_boot)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("vpod-init: error: {}", chain(&e));
+            1
+        }
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
 
 fn set_hostname(name: &str) {
     // SAFETY: the pointer and length describe `name`'s bytes, which outlive the call.

@@ -1,0 +1,118 @@
+//! StartContainer: clone the container's init into its namespaces and follow its output
+//! and exit.
+
+use std::sync::Arc;
+
+use super::{now_ns, Container, ContainerError, ContainerManager, Phase};
+use crate::agent::reaper::ExitStatus;
+use crate::agent::setup;
+use crate::agent::spawn::{self, ChildStdio, ContainerLaunch, SpawnError, Spawned};
+use crate::agent::stdio::Stream;
+
+impl ContainerManager {
+    /// Returns the pid of the container's init in the agent's pid namespace.
+    pub async fn start(&self, id: &str) -> Result<libc::pid_t, ContainerError> {
+        let container = self.get(id)?;
+        let mut claimed = false;
+        container.phase.send_if_modified(|phase| {
+            claimed = *phase == Phase::Created;
+            if claimed {
+                *phase = Phase::Starting;
+            }
+            claimed
+        });
+        if !claimed {
+            return Err(ContainerError::WrongState {
+                id: id.to_string(),
+                state: container.phase().name(),
+                wanted: "created",
+            });
+        }
+        match self.launch(&container).await {
+            Ok(spawned) => {
+                let pid = spawned.pid;
+                let started_at_ns = now_ns();
+                container
+                    .phase
+                    .send_replace(Phase::Running { pid, started_at_ns });
+                tokio::spawn(follow_exit(Arc::clone(&container), spawned, started_at_ns));
+                Ok(pid)
+            }
+            Err(e) => {
+                let code = match &e {
+                    ContainerError::Spawn(_, s) if s.is_not_found() => 127,
+                    _ => 126,
+                };
+                let now = now_ns();
+                container.phase.send_replace(Phase::Exited {
+                    status: ExitStatus::Exited(code),
+                    started_at_ns: now,
+                    finished_at_ns: now,
+                });
+                container.stdio.finish();
+                Err(e)
+            }
+        }
+    }
+
+    async fn launch(&self, container: &Arc<Container>) -> Result<Spawned, ContainerError> {
+        let id = container.spec.id.clone();
+        let spawn_error = |e: SpawnError| ContainerError::Spawn(id.clone(), e);
+        let dev = self.paths.dev.clone();
+        let steps =
+            setup::container_steps(&container.spec, &container.rootfs.rootfs, &dev, &|source| {
+                std::fs::metadata(source).is_ok_and(|m| !m.is_dir())
+            })
+            .map_err(|e| ContainerError::Setup(id.clone(), e))?;
+        let (stdout_read, stdout_write) = spawn::pipe().map_err(spawn_error)?;
+        let (stderr_read, stderr_write) = spawn::pipe().map_err(spawn_error)?;
+        let stdin = if container.spec.stdin {
+            let (read, write) = spawn::pipe().map_err(spawn_error)?;
+            *container.stdin.lock().await =
+                Some(spawn::pipe_sender(write).map_err(|e| spawn_error(SpawnError::Pipe(e)))?);
+            read
+        } else {
+            spawn::dev_null().map_err(spawn_error)?
+        };
+        let stdout =
+            spawn::pipe_receiver(stdout_read).map_err(|e| spawn_error(SpawnError::Pipe(e)))?;
+        let stderr =
+            spawn::pipe_receiver(stderr_read).map_err(|e| spawn_error(SpawnError::Pipe(e)))?;
+        let reaper = Arc::clone(&self.reaper);
+        let task_container = Arc::clone(container);
+        let spawned = tokio::task::spawn_blocking(move || {
+            spawn::spawn_container(
+                &reaper,
+                ContainerLaunch {
+                    steps: &steps,
+                    process: &task_container.spec.process,
+                    cgroup: task_container.cgroup.as_deref(),
+                    stdio: ChildStdio {
+                        stdin,
+                        stdout: stdout_write,
+                        stderr: stderr_write,
+                    },
+                },
+            )
+        })
+        .await
+        .map_err(ContainerError::Task)?
+        .map_err(spawn_error)?;
+        tokio::spawn(Arc::clone(&container.stdio).pump(Stream::Stdout, stdout));
+        tokio::spawn(Arc::clone(&container.stdio).pump(Stream::Stderr, stderr));
+        Ok(spawned)
+    }
+}
+
+async fn follow_exit(container: Arc<Container>, spawned: Spawned, started_at_ns: i64) {
+    // The reaper never drops a registered waiter; if it did, the process is gone anyway.
+    let status = spawned
+        .exit
+        .await
+        .unwrap_or(ExitStatus::Signaled(libc::SIGKILL));
+    container.phase.send_replace(Phase::Exited {
+        status,
+        started_at_ns,
+        finished_at_ns: now_ns(),
+    });
+}

@@ -1,0 +1,344 @@
+//! Protocol messages to the agent's own types, and its errors to gRPC status codes.
+
+use std::path::PathBuf;
+
+use tonic::Status;
+use vpod_proto::v1;
+
+use super::cgroup::CgroupLimits;
+use super::container::ContainerError;
+use super::rootfs::RootfsSource;
+use super::spec::{self, ContainerSpec, MountSpec, ProcessSpec, RlimitSpec};
+
+/// A request field that cannot be used, named as in agent.proto.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("Invalid {field}: {reason}")]
+pub struct FieldError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl From<FieldError> for Status {
+    fn from(e: FieldError) -> Self {
+        Status::invalid_argument(e.to_string())
+    }
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> FieldError {
+    FieldError {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// Container ids become directory and cgroup names: keep them plain.
+pub fn container_id(id: &str, field: &'static str) -> Result<String, FieldError> {
+    let valid = !id.is_empty()
+        && id.len() <= 128
+        && id.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if valid {
+        Ok(id.to_string())
+    } else {
+        Err(invalid(
+            field,
+            format!("{id:?} is not [A-Za-z0-9][A-Za-z0-9_.-]{{0,127}}."),
+        ))
+    }
+}
+
+fn absolute(path: &str, field: &'static str) -> Result<String, FieldError> {
+    if path.is_empty() {
+        Ok("/".to_string())
+    } else if path.starts_with('/') {
+        Ok(path.to_string())
+    } else {
+        Err(invalid(field, format!("{path:?} is not an absolute path.")))
+    }
+}
+
+fn env(vars: &[String], field: &'static str) -> Result<Vec<String>, FieldError> {
+    for var in vars {
+        if !var.contains('=') || var.starts_with('=') {
+            return Err(invalid(field, format!("{var:?} is not KEY=VALUE.")));
+        }
+    }
+    Ok(vars.to_vec())
+}
+
+pub fn create_request(request: v1::CreateContainerRequest) -> Result<ContainerSpec, FieldError> {
+    let id = container_id(&request.id, "id")?;
+    if request.args.is_empty() || request.args[0].is_empty() {
+        return Err(invalid("args", "the program is missing."));
+    }
+    if request.terminal {
+        return Err(invalid("terminal", "terminals are not supported yet."));
+    }
+    let rootfs = if !request.rootfs_path.is_empty() {
+        if !request.layer_serials.is_empty() {
+            return Err(invalid(
+                "rootfs_path",
+                "give either rootfs_path or layer_serials.",
+            ));
+        }
+        RootfsSource::Directory(PathBuf::from(absolute(
+            &request.rootfs_path,
+            "rootfs_path",
+        )?))
+    } else {
+        if request.layer_serials.is_empty() {
+            return Err(invalid("layer_serials", "at least one layer is needed."));
+        }
+        if request.writable_serial.is_empty() {
+            return Err(invalid("writable_serial", "the writable disk is missing."));
+        }
+        for serial in request
+            .layer_serials
+            .iter()
+            .chain([&request.writable_serial])
+        {
+            if serial.contains('/') || serial.starts_with('.') {
+                return Err(invalid(
+                    "layer_serials",
+                    format!("{serial:?} cannot name a directory."),
+                ));
+            }
+        }
+        RootfsSource::Disks {
+            layers: request.layer_serials.clone(),
+            writable: request.writable_serial.clone(),
+        }
+    };
+    let user = request.user.unwrap_or_default();
+    let rlimits = request
+        .rlimits
+        .iter()
+        .map(|r| {
+            Ok(RlimitSpec {
+                resource: spec::rlimit_resource(&r.r#type)
+                    .map_err(|e| invalid("rlimits", e.to_string()))?,
+                soft: r.soft,
+                hard: r.hard,
+            })
+        })
+        .collect::<Result<Vec<_>, FieldError>>()?;
+    let mounts = request
+        .mounts
+        .iter()
+        .map(|m| {
+            if !m.destination.starts_with('/') || m.destination.split('/').any(|p| p == "..") {
+                return Err(invalid(
+                    "mounts",
+                    format!("{:?} is not a clean absolute path.", m.destination),
+                ));
+            }
+            if m.r#type.is_empty() {
+                return Err(invalid(
+                    "mounts",
+                    format!("the mount on {:?} has no type.", m.destination),
+                ));
+            }
+            let (flags, data) = spec::parse_mount_options(&m.r#type, &m.options);
+            Ok(MountSpec {
+                source: m.source.clone(),
+                destination: m.destination.clone(),
+                fstype: m.r#type.clone(),
+                flags,
+                data,
+            })
+        })
+        .collect::<Result<Vec<_>, FieldError>>()?;
+    let hostname = if request.hostname.is_empty() {
+        None
+    } else if crate::cmdline::valid_hostname(&request.hostname) {
+        Some(request.hostname.clone())
+    } else {
+        return Err(invalid(
+            "hostname",
+            format!("{:?} is not a host name.", request.hostname),
+        ));
+    };
+    let limits = request.limits.unwrap_or_default();
+    Ok(ContainerSpec {
+        id,
+        process: ProcessSpec {
+            args: request.args,
+            env: env(&request.env, "env")?,
+            cwd: absolute(&request.cwd, "cwd")?,
+            uid: user.uid,
+            gid: user.gid,
+            additional_gids: user.additional_gids,
+            rlimits,
+            capabilities: spec::capability_mask(&request.capabilities)
+                .map_err(|e| invalid("capabilities", e.to_string()))?,
+        },
+        hostname,
+        mounts,
+        readonly_rootfs: request.readonly_rootfs,
+        limits: CgroupLimits {
+            cpu_shares: limits.cpu_shares,
+            cpu_quota_us: limits.cpu_quota_us,
+            cpu_period_us: limits.cpu_period_us,
+            memory_limit_bytes: limits.memory_limit_bytes,
+            pids_limit: limits.pids_limit,
+        },
+        rootfs,
+        stdin: request.stdin,
+    })
+}
+
+pub fn exec_request(
+    request: v1::ExecSyncRequest,
+) -> Result<super::container::ExecRequest, FieldError> {
+    if request.args.is_empty() || request.args[0].is_empty() {
+        return Err(invalid("args", "the program is missing."));
+    }
+    if !request.cwd.is_empty() && !request.cwd.starts_with('/') {
+        return Err(invalid(
+            "cwd",
+            format!("{:?} is not an absolute path.", request.cwd),
+        ));
+    }
+    Ok(super::container::ExecRequest {
+        args: request.args,
+        env: env(&request.env, "env")?,
+        cwd: request.cwd,
+        timeout: (request.timeout_ms > 0)
+            .then(|| std::time::Duration::from_millis(request.timeout_ms)),
+    })
+}
+
+/// The message with its causes, so the host sees why and not only what.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+impl From<ContainerError> for Status {
+    fn from(e: ContainerError) -> Self {
+        let message = with_causes(&e);
+        match e {
+            ContainerError::NotFound(_) => Status::not_found(message),
+            ContainerError::AlreadyExists(_) => Status::already_exists(message),
+            ContainerError::WrongState { .. }
+            | ContainerError::NoCgroup(_)
+            | ContainerError::NoStdin(_) => Status::failed_precondition(message),
+            ContainerError::Rootfs(_, super::rootfs::RootfsError::NoSuchDisk(_)) => {
+                Status::failed_precondition(message)
+            }
+            ContainerError::Setup(..) => Status::invalid_argument(message),
+            ContainerError::Spawn(_, ref s) if s.is_not_found() => {
+                Status::invalid_argument(format!("Invalid args: {message}"))
+            }
+            _ => Status::internal(message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    fn request() -> v1::CreateContainerRequest {
+        v1::CreateContainerRequest {
+            id: "c1".into(),
+            args: vec!["sh".into()],
+            rootfs_path: "/img".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_minimal_request_converts_with_defaults() {
+        let spec = create_request(request()).unwrap();
+        assert_eq!(spec.process.cwd, "/");
+        assert_eq!(spec.rootfs, RootfsSource::Directory("/img".into()));
+        assert_eq!(
+            spec.process.capabilities,
+            spec::capability_mask(&[]).unwrap()
+        );
+        assert_eq!(spec.hostname, None);
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        type Change = Box<dyn Fn(&mut v1::CreateContainerRequest)>;
+        let cases: Vec<(&str, Change)> = vec![
+            ("id", Box::new(|r| r.id = "../x".into())),
+            ("args", Box::new(|r| r.args.clear())),
+            ("env", Box::new(|r| r.env = vec!["NOEQUALS".into()])),
+            ("cwd", Box::new(|r| r.cwd = "relative".into())),
+            (
+                "capabilities",
+                Box::new(|r| r.capabilities = vec!["CAP_NOPE".into()]),
+            ),
+            ("hostname", Box::new(|r| r.hostname = "a b".into())),
+            ("layer_serials", Box::new(|r| r.rootfs_path.clear())),
+            ("terminal", Box::new(|r| r.terminal = true)),
+            (
+                "mounts",
+                Box::new(|r| {
+                    r.mounts = vec![v1::Mount {
+                        destination: "/a/../b".into(),
+                        r#type: "tmpfs".into(),
+                        ..Default::default()
+                    }]
+                }),
+            ),
+        ];
+        for (field, change) in cases {
+            let mut r = request();
+            change(&mut r);
+            let e = create_request(r).unwrap_err();
+            assert_eq!(e.field, field);
+            let status = Status::from(e);
+            assert_eq!(status.code(), Code::InvalidArgument);
+            assert!(status.message().contains(field), "{}", status.message());
+        }
+    }
+
+    #[test]
+    fn container_errors_map_to_status_codes() {
+        let code = |e: ContainerError| Status::from(e).code();
+        assert_eq!(code(ContainerError::NotFound("x".into())), Code::NotFound);
+        assert_eq!(
+            code(ContainerError::AlreadyExists("x".into())),
+            Code::AlreadyExists
+        );
+        assert_eq!(
+            code(ContainerError::WrongState {
+                id: "x".into(),
+                state: "created",
+                wanted: "running"
+            }),
+            Code::FailedPrecondition
+        );
+        assert_eq!(
+            code(ContainerError::Signal(
+                "x".into(),
+                std::io::Error::from_raw_os_error(libc::EPERM)
+            )),
+            Code::Internal
+        );
+    }
+
+    #[test]
+    fn an_exec_timeout_of_zero_means_none() {
+        let r = exec_request(v1::ExecSyncRequest {
+            container_id: "c".into(),
+            args: vec!["true".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(r.timeout, None);
+    }
+}

@@ -1,0 +1,209 @@
+//! The gRPC handlers: decode, call the container manager, map the error.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+use vpod_proto::v1;
+
+use super::container::ContainerManager;
+use super::convert;
+use super::guest_info::{guest_info, GuestClock};
+use super::reaper::ExitStatus;
+use super::stdio::Stream as StdioStream;
+
+pub struct AgentService {
+    pub containers: Arc<ContainerManager>,
+    pub clock: GuestClock,
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<v1::StdioChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl vpod_proto::Agent for AgentService {
+    async fn get_version(
+        &self,
+        _: Request<v1::GetVersionRequest>,
+    ) -> Result<Response<v1::GetVersionResponse>, Status> {
+        Ok(Response::new(v1::GetVersionResponse {
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            protocol_major: vpod_proto::PROTOCOL_MAJOR,
+            protocol_minor: vpod_proto::PROTOCOL_MINOR,
+        }))
+    }
+
+    async fn guest_info(
+        &self,
+        _: Request<v1::GuestInfoRequest>,
+    ) -> Result<Response<v1::GuestInfoResponse>, Status> {
+        let info = guest_info(&self.clock);
+        Ok(Response::new(v1::GuestInfoResponse {
+            kernel_release: info.kernel_release,
+            boot_to_init_ns: info.boot_to_init_ns,
+            init_uptime_ns: info.init_uptime_ns,
+            memory_total_bytes: info.memory_total_bytes,
+            memory_available_bytes: info.memory_available_bytes,
+            vcpus: info.vcpus,
+        }))
+    }
+
+    async fn create_container(
+        &self,
+        request: Request<v1::CreateContainerRequest>,
+    ) -> Result<Response<v1::CreateContainerResponse>, Status> {
+        let spec = convert::create_request(request.into_inner())?;
+        let containers = Arc::clone(&self.containers);
+        // Mounting may block on disk I/O.
+        tokio::task::spawn_blocking(move || containers.create(spec))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(v1::CreateContainerResponse {}))
+    }
+
+    async fn start_container(
+        &self,
+        request: Request<v1::StartContainerRequest>,
+    ) -> Result<Response<v1::StartContainerResponse>, Status> {
+        let pid = self.containers.start(&request.into_inner().id).await?;
+        Ok(Response::new(v1::StartContainerResponse {
+            pid: u32::try_from(pid).unwrap_or(0),
+        }))
+    }
+
+    async fn wait_container(
+        &self,
+        request: Request<v1::WaitContainerRequest>,
+    ) -> Result<Response<v1::WaitContainerResponse>, Status> {
+        use v1::wait_container_response::Status as Ended;
+        let report = self.containers.wait(&request.into_inner().id).await?;
+        Ok(Response::new(v1::WaitContainerResponse {
+            status: Some(match report.status {
+                ExitStatus::Exited(code) => Ended::ExitCode(code),
+                ExitStatus::Signaled(signal) => Ended::Signal(signal),
+            }),
+            started_at_ns: report.started_at_ns,
+            finished_at_ns: report.finished_at_ns,
+        }))
+    }
+
+    async fn signal_container(
+        &self,
+        request: Request<v1::SignalContainerRequest>,
+    ) -> Result<Response<v1::SignalContainerResponse>, Status> {
+        let request = request.into_inner();
+        if !(1..=64).contains(&request.signal) {
+            return Err(Status::invalid_argument(format!(
+                "Invalid signal: {} is not 1..64.",
+                request.signal
+            )));
+        }
+        self.containers.signal(&request.id, request.signal)?;
+        Ok(Response::new(v1::SignalContainerResponse {}))
+    }
+
+    async fn remove_container(
+        &self,
+        request: Request<v1::RemoveContainerRequest>,
+    ) -> Result<Response<v1::RemoveContainerResponse>, Status> {
+        self.containers.remove(&request.into_inner().id).await?;
+        Ok(Response::new(v1::RemoveContainerResponse {}))
+    }
+
+    async fn container_stats(
+        &self,
+        request: Request<v1::ContainerStatsRequest>,
+    ) -> Result<Response<v1::ContainerStatsResponse>, Status> {
+        let stats = self.containers.stats(&request.into_inner().id)?;
+        Ok(Response::new(v1::ContainerStatsResponse {
+            cpu_usage_ns: stats.cpu_usage_ns,
+            memory_usage_bytes: stats.memory_usage_bytes,
+            memory_limit_bytes: stats.memory_limit_bytes,
+            pids_current: stats.pids_current,
+        }))
+    }
+
+    async fn exec_sync(
+        &self,
+        request: Request<v1::ExecSyncRequest>,
+    ) -> Result<Response<v1::ExecSyncResponse>, Status> {
+        let request = request.into_inner();
+        let id = request.container_id.clone();
+        let exec = convert::exec_request(request)?;
+        let output = self.containers.exec_sync(&id, exec).await?;
+        Ok(Response::new(v1::ExecSyncResponse {
+            stdout: output.stdout,
+            stderr: output.stderr,
+            exit_code: output.status.shell_code(),
+            timed_out: output.timed_out,
+            signal: match output.status {
+                ExitStatus::Signaled(signal) => signal,
+                ExitStatus::Exited(_) => 0,
+            },
+        }))
+    }
+
+    type ReadStdioStream = ChunkStream;
+
+    async fn read_stdio(
+        &self,
+        request: Request<v1::ReadStdioRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        let container = self.containers.get(&request.into_inner().container_id)?;
+        let buffer = Arc::clone(&container.stdio);
+        drop(container);
+        let stream = async_stream(buffer);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn write_stdin(
+        &self,
+        request: Request<v1::WriteStdinRequest>,
+    ) -> Result<Response<v1::WriteStdinResponse>, Status> {
+        let request = request.into_inner();
+        let written = self
+            .containers
+            .write_stdin(&request.container_id, &request.data)
+            .await?;
+        Ok(Response::new(v1::WriteStdinResponse {
+            written: written as u64,
+        }))
+    }
+
+    async fn close_stdin(
+        &self,
+        request: Request<v1::CloseStdinRequest>,
+    ) -> Result<Response<v1::CloseStdinResponse>, Status> {
+        self.containers
+            .close_stdin(&request.into_inner().container_id)
+            .await?;
+        Ok(Response::new(v1::CloseStdinResponse {}))
+    }
+}
+
+/// Follows a container's output ring from its oldest kept chunk to the end.
+fn async_stream(
+    buffer: Arc<super::stdio::StdioBuffer>,
+) -> impl Stream<Item = Result<v1::StdioChunk, Status>> + Send {
+    let (sender, receiver) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut from = 0;
+        while let Some((chunks, mut lost)) = buffer.next_after(from).await {
+            for chunk in chunks {
+                from = chunk.seq + 1;
+                let message = v1::StdioChunk {
+                    stream: match chunk.stream {
+                        StdioStream::Stdout => v1::StdioStream::Stdout,
+                        StdioStream::Stderr => v1::StdioStream::Stderr,
+                    } as i32,
+                    data: chunk.data,
+                    dropped_bytes: std::mem::take(&mut lost),
+                };
+                if sender.send(Ok(message)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(receiver)
+}

@@ -1,0 +1,210 @@
+//! What a container is, in the agent's own terms (the protocol's messages are converted in
+//! [`super::convert`]), and the parsing of names and options that needs no system calls.
+
+use super::cgroup::CgroupLimits;
+use super::rootfs::RootfsSource;
+
+/// The capabilities a container keeps when the request names none (containerd's default).
+pub const DEFAULT_CAPABILITIES: &[caps::Capability] = &[
+    caps::Capability::CAP_CHOWN,
+    caps::Capability::CAP_DAC_OVERRIDE,
+    caps::Capability::CAP_FSETID,
+    caps::Capability::CAP_FOWNER,
+    caps::Capability::CAP_MKNOD,
+    caps::Capability::CAP_NET_RAW,
+    caps::Capability::CAP_SETGID,
+    caps::Capability::CAP_SETUID,
+    caps::Capability::CAP_SETFCAP,
+    caps::Capability::CAP_SETPCAP,
+    caps::Capability::CAP_NET_BIND_SERVICE,
+    caps::Capability::CAP_SYS_CHROOT,
+    caps::Capability::CAP_KILL,
+    caps::Capability::CAP_AUDIT_WRITE,
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSpec {
+    pub id: String,
+    pub process: ProcessSpec,
+    pub hostname: Option<String>,
+    pub mounts: Vec<MountSpec>,
+    pub readonly_rootfs: bool,
+    pub limits: CgroupLimits,
+    pub rootfs: RootfsSource,
+    pub stdin: bool,
+}
+
+/// What runs, as whom. Exec processes reuse the container's identity with their own args.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessSpec {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    pub rlimits: Vec<RlimitSpec>,
+    /// Bit n set: keep capability n.
+    pub capabilities: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RlimitSpec {
+    pub resource: libc::__rlimit_resource_t,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountSpec {
+    pub source: String,
+    pub destination: String,
+    pub fstype: String,
+    pub flags: libc::c_ulong,
+    /// Filesystem-specific options, comma-joined.
+    pub data: String,
+}
+
+impl MountSpec {
+    pub fn is_bind(&self) -> bool {
+        self.flags & libc::MS_BIND != 0
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("{0} is not a known capability.")]
+    UnknownCapability(String),
+    #[error("{0} is not a known resource limit.")]
+    UnknownRlimit(String),
+}
+
+/// The capability mask for `names` ("CAP_X" or "X", any case); the default set if empty.
+pub fn capability_mask(names: &[String]) -> Result<u64, SpecError> {
+    if names.is_empty() {
+        return Ok(DEFAULT_CAPABILITIES
+            .iter()
+            .fold(0, |mask, c| mask | c.bitmask()));
+    }
+    let mut mask = 0;
+    for name in names {
+        let upper = name.to_ascii_uppercase();
+        let full = if upper.starts_with("CAP_") {
+            upper
+        } else {
+            format!("CAP_{upper}")
+        };
+        let cap: caps::Capability = full
+            .parse()
+            .map_err(|_| SpecError::UnknownCapability(name.clone()))?;
+        mask |= cap.bitmask();
+    }
+    Ok(mask)
+}
+
+/// The resource for "RLIMIT_NOFILE" or "nofile".
+pub fn rlimit_resource(name: &str) -> Result<libc::__rlimit_resource_t, SpecError> {
+    let upper = name.to_ascii_uppercase();
+    let short = upper.strip_prefix("RLIMIT_").unwrap_or(&upper);
+    let resource = match short {
+        "AS" => libc::RLIMIT_AS,
+        "CORE" => libc::RLIMIT_CORE,
+        "CPU" => libc::RLIMIT_CPU,
+        "DATA" => libc::RLIMIT_DATA,
+        "FSIZE" => libc::RLIMIT_FSIZE,
+        "LOCKS" => libc::RLIMIT_LOCKS,
+        "MEMLOCK" => libc::RLIMIT_MEMLOCK,
+        "MSGQUEUE" => libc::RLIMIT_MSGQUEUE,
+        "NICE" => libc::RLIMIT_NICE,
+        "NOFILE" => libc::RLIMIT_NOFILE,
+        "NPROC" => libc::RLIMIT_NPROC,
+        "RSS" => libc::RLIMIT_RSS,
+        "RTPRIO" => libc::RLIMIT_RTPRIO,
+        "RTTIME" => libc::RLIMIT_RTTIME,
+        "SIGPENDING" => libc::RLIMIT_SIGPENDING,
+        "STACK" => libc::RLIMIT_STACK,
+        _ => return Err(SpecError::UnknownRlimit(name.to_string())),
+    };
+    Ok(resource)
+}
+
+/// Splits mount(8)-style options into mount flags and filesystem data. The type "bind"
+/// becomes a bind mount; propagation options are ignored (container mounts are private).
+pub fn parse_mount_options(fstype: &str, options: &[String]) -> (libc::c_ulong, String) {
+    let mut flags = if fstype == "bind" { libc::MS_BIND } else { 0 };
+    let mut data = Vec::new();
+    for option in options {
+        match option.as_str() {
+            "ro" => flags |= libc::MS_RDONLY,
+            "rw" => flags &= !libc::MS_RDONLY,
+            "nosuid" => flags |= libc::MS_NOSUID,
+            "suid" => flags &= !libc::MS_NOSUID,
+            "nodev" => flags |= libc::MS_NODEV,
+            "dev" => flags &= !libc::MS_NODEV,
+            "noexec" => flags |= libc::MS_NOEXEC,
+            "exec" => flags &= !libc::MS_NOEXEC,
+            "noatime" => flags |= libc::MS_NOATIME,
+            "nodiratime" => flags |= libc::MS_NODIRATIME,
+            "relatime" => flags |= libc::MS_RELATIME,
+            "strictatime" => flags |= libc::MS_STRICTATIME,
+            "sync" => flags |= libc::MS_SYNCHRONOUS,
+            "bind" => flags |= libc::MS_BIND,
+            "rbind" => flags |= libc::MS_BIND | libc::MS_REC,
+            "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable"
+            | "runbindable" | "defaults" => {}
+            other => data.push(other.to_string()),
+        }
+    }
+    (flags, data.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capability_names_parse_with_or_without_prefix() {
+        let mask = capability_mask(&["CAP_CHOWN".into(), "net_admin".into()]).unwrap();
+        assert_eq!(
+            mask,
+            caps::Capability::CAP_CHOWN.bitmask() | caps::Capability::CAP_NET_ADMIN.bitmask()
+        );
+        assert_eq!(
+            capability_mask(&["CAP_FLY".into()]),
+            Err(SpecError::UnknownCapability("CAP_FLY".into()))
+        );
+    }
+
+    #[test]
+    fn no_capabilities_means_the_default_set() {
+        let mask = capability_mask(&[]).unwrap();
+        assert_ne!(mask & caps::Capability::CAP_KILL.bitmask(), 0);
+        assert_eq!(mask & caps::Capability::CAP_SYS_ADMIN.bitmask(), 0);
+        assert_eq!(mask.count_ones() as usize, DEFAULT_CAPABILITIES.len());
+    }
+
+    #[test]
+    fn rlimit_names_parse_both_ways() {
+        assert_eq!(rlimit_resource("RLIMIT_NOFILE"), Ok(libc::RLIMIT_NOFILE));
+        assert_eq!(rlimit_resource("nproc"), Ok(libc::RLIMIT_NPROC));
+        assert!(rlimit_resource("RLIMIT_JOY").is_err());
+    }
+
+    #[test]
+    fn mount_options_split_into_flags_and_data() {
+        let (flags, data) = parse_mount_options(
+            "tmpfs",
+            &[
+                "nosuid".into(),
+                "size=64m".into(),
+                "mode=755".into(),
+                "ro".into(),
+            ],
+        );
+        assert_eq!(flags, libc::MS_NOSUID | libc::MS_RDONLY);
+        assert_eq!(data, "size=64m,mode=755");
+        let (flags, data) = parse_mount_options("bind", &["rbind".into(), "rprivate".into()]);
+        assert_eq!(flags, libc::MS_BIND | libc::MS_REC);
+        assert_eq!(data, "");
+    }
+}

@@ -1,0 +1,485 @@
+//! The agent on the host: `vpod-init --agent-unix` in a temp dir, driven over gRPC with a
+//! busybox root directory. Needs root (namespaces, overlay, mounts); skipped otherwise.
+//! This host's /sys/fs/cgroup is not cgroup2, and the tests point the agent at a plain
+//! directory anyway, so containers run without cgroups (the degraded path).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+use vpod_proto::v1::{self, wait_container_response::Status as Ended};
+use vpod_proto::AgentClient;
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(60);
+const APPLETS: &[&str] = &[
+    "sh", "echo", "sleep", "cat", "pwd", "readlink", "hostname", "true", "ls",
+];
+
+/// One agent process with its own temp dir; killed by pid and unmounted on drop.
+struct Agent {
+    child: Child,
+    dir: tempfile::TempDir,
+    client: AgentClient<Channel>,
+}
+
+impl Agent {
+    async fn start() -> Option<Agent> {
+        // SAFETY: geteuid has no arguments and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let rootfs = dir.path().join("image");
+        for sub in ["bin", "tmp", "etc", "work"] {
+            std::fs::create_dir_all(rootfs.join(sub)).unwrap();
+        }
+        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+        for applet in APPLETS {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+        }
+        let not_cgroup2 = dir.path().join("cgroup");
+        std::fs::create_dir(&not_cgroup2).unwrap();
+        let socket = dir.path().join("agent.sock");
+        let child = Command::new(env!("CARGO_BIN_EXE_vpod-init"))
+            .arg("--agent-unix")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("--cgroup-root")
+            .arg(&not_cgroup2)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("agent.log")).unwrap())
+            .spawn()
+            .unwrap();
+        // Killed by pid if anything below fails.
+        let guard = KillOnDrop(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "the agent did not listen");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let client = vpod_proto::client::connect_unix(&socket).await.unwrap();
+        let child = guard.disarm();
+        Some(Agent { child, dir, client })
+    }
+
+    fn image(&self) -> PathBuf {
+        self.dir.path().join("image")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    fn create_request(&self, id: &str, args: &[&str]) -> v1::CreateContainerRequest {
+        v1::CreateContainerRequest {
+            id: id.into(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: vec!["PATH=/bin".into()],
+            rootfs_path: self.image().display().to_string(),
+            ..Default::default()
+        }
+    }
+
+    async fn run(&mut self, request: v1::CreateContainerRequest) {
+        let id = request.id.clone();
+        self.client.create_container(request).await.unwrap();
+        self.client
+            .start_container(v1::StartContainerRequest { id })
+            .await
+            .unwrap();
+    }
+
+    /// Everything the container wrote, by stream, until both streams closed.
+    async fn output(&mut self, id: &str) -> (String, String) {
+        let mut stream = self
+            .client
+            .read_stdio(v1::ReadStdioRequest {
+                container_id: id.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let (mut out, mut err) = (String::new(), String::new());
+        while let Some(chunk) = stream.message().await.unwrap() {
+            let text = String::from_utf8_lossy(&chunk.data).into_owned();
+            match chunk.stream() {
+                v1::StdioStream::Stdout => out.push_str(&text),
+                _ => err.push_str(&text),
+            }
+        }
+        (out, err)
+    }
+
+    /// The first `n` lines of stdout, while the container may still run.
+    async fn first_lines(&mut self, id: &str, n: usize) -> Vec<String> {
+        let mut stream = self
+            .client
+            .read_stdio(v1::ReadStdioRequest {
+                container_id: id.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut text = String::new();
+        while text.lines().count() < n || !text.ends_with('\n') {
+            let Some(chunk) = stream.message().await.unwrap() else {
+                break;
+            };
+            if chunk.stream() == v1::StdioStream::Stdout {
+                text.push_str(&String::from_utf8_lossy(&chunk.data));
+            }
+        }
+        text.lines().map(str::to_string).collect()
+    }
+
+    async fn wait(&mut self, id: &str) -> v1::WaitContainerResponse {
+        self.client
+            .wait_container(v1::WaitContainerRequest { id: id.into() })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    async fn remove(&mut self, id: &str) {
+        self.client
+            .remove_container(v1::RemoveContainerRequest { id: id.into() })
+            .await
+            .unwrap();
+    }
+
+    async fn exec(&mut self, id: &str, args: &[&str], timeout_ms: u64) -> v1::ExecSyncResponse {
+        self.client
+            .exec_sync(v1::ExecSyncRequest {
+                container_id: id.into(),
+                args: args.iter().map(|s| s.to_string()).collect(),
+                timeout_ms,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+}
+
+struct KillOnDrop(Child);
+
+impl KillOnDrop {
+    fn disarm(self) -> Child {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `this` is never used or dropped again, so the child is moved out once.
+        unsafe { std::ptr::read(&this.0) }
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill takes plain integers; the pid is our child's, not yet waited for.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+/// Mount points at or below `dir` in this (the agent's) mount namespace.
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let prefix = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // SAFETY: kill takes plain integers; the pid is our child's, not yet waited for.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGKILL) };
+        let _ = self.child.wait();
+        let mut left = mounts_under(self.dir.path());
+        left.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for mount in left {
+            let path = std::ffi::CString::new(mount).unwrap();
+            // SAFETY: the path is NUL-terminated and outlives the call.
+            unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
+    tokio::time::timeout(TEST_TIMEOUT, test)
+        .await
+        .expect("the test ran out of time");
+}
+
+#[tokio::test]
+async fn version_and_guest_info_answer() {
+    bounded(async {
+        let Some(mut agent) = Agent::start().await else {
+            return;
+        };
+        let version = agent
+            .client
+            .get_version(v1::GetVersionRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(version.protocol_major, vpod_proto::PROTOCOL_MAJOR);
+        vpod_proto::check_compatible(&version).unwrap();
+        let info = agent
+            .client
+            .guest_info(v1::GuestInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(info.vcpus >= 1 && info.memory_total_bytes > 0);
+        assert!(
+            agent.log().contains("cgroup2"),
+            "no cgroup warning in {}",
+            agent.log()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn output_reaches_read_stdio_and_the_exit_code_reaches_wait() {
+    bounded(async {
+        let Some(mut agent) = Agent::start().await else {
+            return;
+        };
+        let request = agent.create_request("c1", &["sh", "-c", "echo out; echo err >&2; exit 3"]);
+        agent.run(request).await;
+        let (out, err) = agent.output("c1").await;
+        assert_eq!((out.as_str(), err.as_str()), ("out\n", "err\n"));
+        let wait = agent.wait("c1").await;
+        assert_eq!(wait.status, Some(Ended::ExitCode(3)));
+        assert!(wait.finished_at_ns >= wait.started_at_ns && wait.started_at_ns > 0);
+        let stats = agent
+            .client
+            .container_stats(v1::ContainerStatsRequest { id: "c1".into() })
+            .await
+            .unwrap_err();
+        assert_eq!(stats.code(), tonic::Code::FailedPrecondition);
+        agent.remove("c1").await;
+        assert!(
+            mounts_under(agent.dir.path()).is_empty(),
+            "{:?}",
+            mounts_under(agent.dir.path())
+        );
+        assert!(!agent.dir.path().join("state/containers/c1").exists());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn env_cwd_args_and_hostname_are_applied() {
+    bounded(async {
+        let Some(mut agent) = Agent::start().await else {
+            return;
+        };
+        let mut request = agent.create_request(
+            "c2",
+            &[
+                "sh",
+                "-c",
+                "echo \"$FOO|$(pwd)|$0|$1|$(hostname)\"",
+                "zero",
+                "one",
+            ],
+        );
+        request.env.push("FOO=bar baz".into());
+        request.cwd = "/work".into();
+        request.hostname = "box-1".into();
+        agent.run(request).await;
+        let (out, err) = agent.output("c2").await;
+        assert_eq!(out, "bar baz|/work|zero|one|box-1\n", "stderr: {err}");
+        assert_eq!(agent.wait("c2").await.status, Some(Ended::ExitCode(0)));
+        agent.remove("c2").await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn exec_sync_collects_output_and_kills_on_timeout() {
+    bounded(async {
+        let Some(mut agent) = Agent::start().await else {
+            return;
+        };
+        agent
+            .run(agent.create_request("c3", &["sleep", "100"]))
+            .await;
+        let done = agent
+            .exec(
+                "c3",
+                &[
+                    "sh",
+                    "-c",
+                    "echo o; echo e >&2; cat /proc/1/cmdline; exit 4",
+                ],
+                0,
+            )
+            .await;
+        assert_eq!(String::from_utf8_lossy(&done.stderr), "e\n");
+        // /proc is the container's: its PID 1 is the sleep.
+        assert_eq!(String::from_utf8_lossy(&done.stdout), "o\nsleep\x00100\x00");
+        assert_eq!((done.exit_code, done.timed_out), (4, false));
+
+        let started = Instant::now();
+        let slow = agent.exec("c3", &["sleep", "100"], 300).await;
+        assert!(slow.timed_out);
+        assert_eq!(
+            (slow.signal, slow.exit_code),
+            (libc::SIGKILL, 128 + libc::SIGKILL)
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+
+        let missing = agent.exec("c3", &["no-such-program"], 0).await;
+        assert_eq!(missing.exit_code, 127);
+        agent.remove("c3").await;
+        assert!(mounts_under(agent.dir.path()).is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn signals_reach_the_container_init_as_the_kernel_allows() {
+    bounded(async {
+        let Some(mut agent) = Agent::start().await else {
+            return;
+        };
+        // A PID namespace's init gets only the signals it handles (SIGKILL aside): busybox
+        // sleep handles none, so SIGTERM is ignored, as with runc and Kata.
+        agent
+            .run(agent.create_request("c4", &["sleep", "100"]))
+            .await;
+        agent
+            .client
+            .signal_container(v1::SignalContainerRequest {
+                id: "c4".into(),
+                signal: libc::SIGTERM,
+            })
+            .await
+            .unwrap();
+        let still_running =
+            tokio::time::timeout(Duration::from_millis(300), agent.wait("c4")).await;
+        assert!(still_running.is_err());
+        agent
+            .client
+            .signal_container(v1::SignalContainerRequest {
+                id: "c4".into(),
+                signal: libc::SIGKILL,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            agent.wait("c4").await.status,
+            Some(Ended::Signal(libc::SIGKILL))
+        );
+
+        // A shell that traps TERM and then kills itself... is still init; it exits instead.
+        let trapping = agent.create_request(
+            "c5",
+            &[
+                "sh",
+                "-c",
+                "trap 'exit 143' TERM; echo ready; while true; do sleep 0.05; done",
+            ],
+        );
+        agent.run(trapping).await;
+        let mut stream = agent
+            .client
+            .read_stdio(v1::ReadStdioRequest {
+                container_id: "c5".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(stream.message().await.unwrap().unwrap().data, b"ready\n");
+        agent
+            .client
+            .signal_container(v1::SignalContainerRequest {
+                id: "c5".into(),
+                signal: libc::SIGTERM,
+            })
+            .await
+            .unwrap();
+        assert_eq!(agent.wait("c5").await.status, Some(Ended::ExitCode(143)));
+        let gone = agent
+            .client
+            .signal_container(v1::SignalContainerRequest {
+                id: "c5".into(),
+                signal: libc::SIGTERM,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(gone.code(), tonic::Code::FailedPrecondition);
+        agent.remove("c4").await;
+        agent.remove("c5").await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn containers_have_their_own_pid_and_mount_namespaces() {
+    bounded(async {
+        let Some(mut agent) = Agent::start().await else { return };
+        // Both stay alive (reading stdin) while compared: a dead namespace's inode number
+        // can be reused by the next one.
+        let script = "echo $$; readlink /proc/self/ns/pid; readlink /proc/self/ns/mnt; echo x > /tmp/mine; ls /tmp; read line; echo got $line";
+        for id in ["a", "b"] {
+            let mut request = agent.create_request(id, &["sh", "-c", script]);
+            request.stdin = true;
+            agent.run(request).await;
+        }
+        let a = agent.first_lines("a", 4).await;
+        let b = agent.first_lines("b", 4).await;
+        assert_eq!(a[0], "1", "{a:?}");
+        assert_eq!(b[0], "1", "{b:?}");
+        assert_ne!(a[1], b[1], "same PID namespace");
+        assert_ne!(a[2], b[2], "same mount namespace");
+        let written = agent
+            .client
+            .write_stdin(v1::WriteStdinRequest { container_id: "a".into(), data: b"hi\n".to_vec() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(written.written, 3);
+        agent
+            .client
+            .close_stdin(v1::CloseStdinRequest { container_id: "b".into() })
+            .await
+            .unwrap();
+        assert!(agent.output("a").await.0.ends_with("got hi\n"));
+        assert!(agent.output("b").await.0.ends_with("got\n"));
+        let ours = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+        assert_ne!(a[2], ours.to_string_lossy());
+        // Each wrote into its own upper dir; the shared image is untouched.
+        assert_eq!(a[3], "mine");
+        assert!(!agent.image().join("tmp/mine").exists());
+        let duplicate = agent
+            .client
+            .create_container(agent.create_request("a", &["true"]))
+            .await
+            .unwrap_err();
+        assert_eq!(duplicate.code(), tonic::Code::AlreadyExists);
+        agent.remove("a").await;
+        agent.remove("b").await;
+        let unknown = agent
+            .client
+            .wait_container(v1::WaitContainerRequest { id: "a".into() })
+            .await
+            .unwrap_err();
+        assert_eq!(unknown.code(), tonic::Code::NotFound);
+        assert!(mounts_under(agent.dir.path()).is_empty());
+    })
+    .await;
+}

@@ -1,0 +1,140 @@
+//! `vpod-proto`: the gRPC API between the vpod host and the agent (vpod-init) inside each
+//! micro-VM, generated from `agent.proto` at build time, plus the host-side ways to reach
+//! the agent: a plain unix socket (tests, debugging) and the hybrid vsock unix socket of the
+//! VMM (`CONNECT <port>\n` / `OK <host_port>\n`, as Firecracker and Cloud Hypervisor do).
+
+pub mod client;
+
+/// The generated messages, client (`agent_client`) and server (`agent_server`).
+pub mod v1 {
+    tonic::include_proto!("vpod.agent.v1");
+}
+
+pub use v1::agent_client::AgentClient;
+pub use v1::agent_server::{Agent, AgentServer};
+
+/// The guest vsock port the agent listens on.
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+/// Bumped when a message or RPC changes meaning; a host refuses other majors.
+pub const PROTOCOL_MAJOR: u32 = 1;
+/// Bumped when fields or RPCs are added.
+pub const PROTOCOL_MINOR: u32 = 0;
+
+/// Why the host must not talk to an agent.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VersionError {
+    #[error("The agent speaks protocol {agent}.x, the host speaks {host}.x.")]
+    MajorMismatch { agent: u32, host: u32 },
+}
+
+/// The host's check of the agent's `GetVersion` answer.
+pub fn check_compatible(agent: &v1::GetVersionResponse) -> Result<(), VersionError> {
+    if agent.protocol_major == PROTOCOL_MAJOR {
+        Ok(())
+    } else {
+        Err(VersionError::MajorMismatch {
+            agent: agent.protocol_major,
+            host: PROTOCOL_MAJOR,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::v1::*;
+    use super::*;
+    use prost::Message;
+
+    #[test]
+    fn a_create_request_survives_encoding() {
+        let request = CreateContainerRequest {
+            id: "c1".into(),
+            args: vec!["sh".into(), "-c".into(), "echo hi".into()],
+            env: vec!["A=1".into()],
+            cwd: "/work".into(),
+            user: Some(User {
+                uid: 1000,
+                gid: 100,
+                additional_gids: vec![10, 11],
+            }),
+            mounts: vec![Mount {
+                source: "/run/x".into(),
+                destination: "/x".into(),
+                r#type: "bind".into(),
+                options: vec!["rbind".into(), "ro".into()],
+            }],
+            rlimits: vec![Rlimit {
+                r#type: "RLIMIT_NOFILE".into(),
+                soft: 1024,
+                hard: 4096,
+            }],
+            capabilities: vec!["CAP_CHOWN".into()],
+            readonly_rootfs: true,
+            limits: Some(CgroupLimits {
+                cpu_shares: 512,
+                cpu_quota_us: 50_000,
+                cpu_period_us: 100_000,
+                memory_limit_bytes: 64 << 20,
+                pids_limit: 100,
+            }),
+            layer_serials: vec!["sha256-aaaa".into(), "sha256-bbbb".into()],
+            writable_serial: "rw-c1".into(),
+            ..Default::default()
+        };
+        let bytes = request.encode_to_vec();
+        assert_eq!(CreateContainerRequest::decode(&bytes[..]).unwrap(), request);
+    }
+
+    #[test]
+    fn a_wait_status_is_either_a_code_or_a_signal() {
+        let killed = WaitContainerResponse {
+            status: Some(wait_container_response::Status::Signal(15)),
+            started_at_ns: 1,
+            finished_at_ns: 2,
+        };
+        let decoded = WaitContainerResponse::decode(&killed.encode_to_vec()[..]).unwrap();
+        assert_eq!(
+            decoded.status,
+            Some(wait_container_response::Status::Signal(15))
+        );
+        let exited = WaitContainerResponse {
+            status: Some(wait_container_response::Status::ExitCode(0)),
+            ..Default::default()
+        };
+        let decoded = WaitContainerResponse::decode(&exited.encode_to_vec()[..]).unwrap();
+        assert_eq!(
+            decoded.status,
+            Some(wait_container_response::Status::ExitCode(0))
+        );
+    }
+
+    #[test]
+    fn stdio_chunks_keep_their_stream() {
+        let chunk = StdioChunk {
+            stream: StdioStream::Stderr as i32,
+            data: b"oops\n".to_vec(),
+            dropped_bytes: 0,
+        };
+        let decoded = StdioChunk::decode(&chunk.encode_to_vec()[..]).unwrap();
+        assert_eq!(decoded.stream(), StdioStream::Stderr);
+        assert_eq!(decoded.data, b"oops\n");
+    }
+
+    #[test]
+    fn a_different_major_is_refused_and_a_different_minor_accepted() {
+        let mut agent = GetVersionResponse {
+            agent_version: "9.9.9".into(),
+            protocol_major: PROTOCOL_MAJOR,
+            protocol_minor: PROTOCOL_MINOR + 3,
+        };
+        assert_eq!(check_compatible(&agent), Ok(()));
+        agent.protocol_major = PROTOCOL_MAJOR + 1;
+        assert_eq!(
+            check_compatible(&agent),
+            Err(VersionError::MajorMismatch {
+                agent: PROTOCOL_MAJOR + 1,
+                host: PROTOCOL_MAJOR
+            })
+        );
+    }
+}
