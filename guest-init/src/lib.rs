@@ -11,4 +11,5 @@ pub mod agent;
 pub mod cmdline;
 pub mod command;
 pub mod mounts;
+pub mod root_switch;
 pub mod vmm_port;

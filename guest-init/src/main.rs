@@ -21,6 +21,17 @@ fn main() {
         eprintln!("vpod-init: error: must run as PID 1 (the kernel's init) of a vpod micro-VM, or with --agent-unix PATH");
         std::process::exit(1);
     }
+    if std::env::var_os(vpod_init::root_switch::SWITCHED_ENV).is_none() {
+        let argv0 = std::env::args()
+            .next()
+            .unwrap_or_else(|| "/init".to_string());
+        let e = vpod_init::root_switch::move_to_tmpfs_root(&argv0, &argv);
+        // Still on the initramfs: containers cannot pivot_root, but command mode works.
+        eprintln!(
+            "vpod-init: warning: {e}: {}",
+            e.source().map(|s| s.to_string()).unwrap_or_default()
+        );
+    }
     if let Err(e) = mounts::mount_all(&mut mounts::SystemMounts) {
         eprintln!(
             "vpod-init: error: {e}: {}",

@@ -184,7 +184,11 @@ fn bzimage_kernel_boots_through_the_linux_boot_protocol() {
     let prepared = std::process::Command::new(repo_root().join("tests/kvm-host/prepare"))
         .output()
         .expect("tests/kvm-host/prepare runs");
-    assert!(prepared.status.success(), "prepare failed: {}", String::from_utf8_lossy(&prepared.stderr));
+    assert!(
+        prepared.status.success(),
+        "prepare failed: {}",
+        String::from_utf8_lossy(&prepared.stderr)
+    );
     let bzimage = PathBuf::from(String::from_utf8_lossy(&prepared.stdout).trim()).join("vmlinuz");
     let initrd = built("build/test-initrd.img");
     let done = run_vmm(&[
@@ -199,7 +203,9 @@ fn bzimage_kernel_boots_through_the_linux_boot_protocol() {
     ]);
     assert_eq!(done.code(), Some(0), "{}", explain(&done));
     assert!(
-        done.stdout_text().lines().any(|l| l.starts_with("vpod-test-init: ready cpus=2 online=0-1 ")),
+        done.stdout_text()
+            .lines()
+            .any(|l| l.starts_with("vpod-test-init: ready cpus=2 online=0-1 ")),
         "{}",
         explain(&done)
     );

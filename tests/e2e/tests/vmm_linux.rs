@@ -69,7 +69,11 @@ echo "=== panic"; $V --console off --cmdline 'console=ttyS0 quiet reboot=k panic
     let _ = std::fs::remove_dir_all(root.join(&dir));
     let out = done.stdout_text();
 
-    assert!(ready_line(&out, "smp2").contains("cpus=2 online=0-1 "), "{}", explain(&done));
+    assert!(
+        ready_line(&out, "smp2").contains("cpus=2 online=0-1 "),
+        "{}",
+        explain(&done)
+    );
     for (label, mib) in [("mem64", 64u64), ("mem2048", 2048), ("mem4608", 4608)] {
         let kib = mem_kib(ready_line(&out, label));
         assert!(
@@ -81,10 +85,22 @@ echo "=== panic"; $V --console off --cmdline 'console=ttyS0 quiet reboot=k panic
     let reboots = out.lines().filter(|l| *l == "rc=0").count();
     assert_eq!(reboots, 4, "every reboot ends with 0\n{}", explain(&done));
 
-    assert!(out.contains("serials layer-0 sha256-abc ro=1"), "{}", explain(&done));
-    assert!(out.contains("ro-refused") && out.contains("rrrr"), "{}", explain(&done));
+    assert!(
+        out.contains("serials layer-0 sha256-abc ro=1"),
+        "{}",
+        explain(&done)
+    );
+    assert!(
+        out.contains("ro-refused") && out.contains("rrrr"),
+        "{}",
+        explain(&done)
+    );
     assert!(out.contains("disks-rc=0"), "{}", explain(&done));
-    assert!(rw.starts_with(b"from-guest\n"), "rw disk: {:?}", &rw[..rw.len().min(16)]);
+    assert!(
+        rw.starts_with(b"from-guest\n"),
+        "rw disk: {:?}",
+        &rw[..rw.len().min(16)]
+    );
     assert!(ro.iter().all(|&b| b == b'r'), "the read-only disk changed");
 
     assert!(out.contains("panic-rc=120"), "{}", explain(&done));

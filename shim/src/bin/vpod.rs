@@ -1,0 +1,514 @@
+//! `vpod`: runs a container in its own micro-VM.
+//!
+//! ```text
+//! vpod run [--vcpus N] [--memory MiB] [--env K=V]... [--workdir DIR] [--user UID[:GID]]
+//!          [--entrypoint PROG] [--root DIR] [--stop-timeout SECS] [--timings]
+//!          [IMAGE] [--] [CMD ARGS...]
+//! ```
+//!
+//! IMAGE is `oci:PATH[:TAG]`; without it, the default image in `build/images/default`
+//! (made by `make image`, i.e. `target/release/vpod-default-image build/images/default`).
+//! The image is imported into the store at `--root` (default `/var/lib/vpod`), a pod VM boots,
+//! the container runs with its output streamed to ours, and `vpod` exits with the container's
+//! exit code (128 + the signal when killed; 125 when vpod itself failed). SIGINT and SIGTERM
+//! are forwarded to the container as SIGTERM, followed by SIGKILL after `--stop-timeout`.
+//!
+//! `-d` leaves the pod running and prints the container's id (for a new pod, the pod's id);
+//! `--pod ID` (with `--name NAME`) adds the container to a running pod instead of booting one.
+//! `vpod exec [--timeout SECS] POD[:CONTAINER] -- CMD...` runs a process in a container and
+//! exits with its code; `vpod rm POD` stops a pod; `vpod ps` lists pods.
+//!
+//! Assets: `vpod-vmm` next to this binary, `build/vmlinux` and `build/initrd.img` of the
+//! checkout holding this binary (or `$VPOD_HOME`); `--vmm`, `--kernel`, `--initrd` override.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tokio::io::AsyncWriteExt;
+use tokio::signal::unix::{signal, SignalKind};
+use vpod_proto::v1::StdioStream;
+use vpod_shim::default_image::DEFAULT_IMAGE_TAG;
+use vpod_shim::sandbox::{ContainerExit, ContainerSpec, ProcessOverrides, Sandbox, SandboxConfig};
+use vpod_shim::LayerStore;
+
+const USAGE: &str = "usage: vpod run [-d] [--pod ID --name NAME] [--vcpus N] [--memory MiB] \
+[--env K=V]... [--workdir DIR] [--user UID[:GID]] [--entrypoint PROG] [--root DIR] \
+[--stop-timeout SECS] [--timings] [--vmm PATH] [--kernel PATH] [--initrd PATH] [IMAGE] [--] [CMD ARGS...]
+       vpod exec [--root DIR] [--timeout SECS] POD[:CONTAINER] -- CMD ARGS...
+       vpod rm [--root DIR] POD...
+       vpod ps [--root DIR]";
+
+const DEFAULT_ROOT: &str = "/var/lib/vpod";
+/// Deadline of agent calls from `exec`, `rm` and `--pod`.
+const RPC_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// vpod's own failures, as Docker reports them.
+const EXIT_VPOD_ERROR: u8 = 125;
+
+#[derive(Debug)]
+struct RunArgs {
+    vcpus: u8,
+    memory_mib: u64,
+    overrides: ProcessOverrides,
+    root: PathBuf,
+    stop_timeout: Duration,
+    timings: bool,
+    image: Option<String>,
+    vmm: Option<PathBuf>,
+    kernel: Option<PathBuf>,
+    initrd: Option<PathBuf>,
+    detach: bool,
+    pod: Option<String>,
+    name: Option<String>,
+}
+
+fn parse_run(args: Vec<String>) -> anyhow::Result<RunArgs> {
+    let mut run = RunArgs {
+        vcpus: 1,
+        memory_mib: 256,
+        overrides: ProcessOverrides::default(),
+        root: PathBuf::from(DEFAULT_ROOT),
+        stop_timeout: Duration::from_secs(10),
+        timings: false,
+        image: None,
+        vmm: None,
+        kernel: None,
+        initrd: None,
+        detach: false,
+        pod: None,
+        name: None,
+    };
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        if arg == "--" {
+            run.overrides.command = args.collect();
+            break;
+        }
+        if !arg.starts_with('-') {
+            if run.image.is_none() && arg.starts_with("oci:") {
+                run.image = Some(arg);
+                continue;
+            }
+            run.overrides.command = std::iter::once(arg).chain(args).collect();
+            break;
+        }
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => {
+                (flag.to_string(), Some(value.to_string()))
+            }
+            _ => (arg.clone(), None),
+        };
+        if flag == "--timings" {
+            run.timings = true;
+            continue;
+        }
+        if flag == "-d" || flag == "--detach" {
+            run.detach = true;
+            continue;
+        }
+        let value = match inline {
+            Some(value) => value,
+            None => args
+                .next()
+                .with_context(|| format!("{flag} needs a value\n{USAGE}"))?,
+        };
+        match flag.as_str() {
+            "--vcpus" => run.vcpus = value.parse().context("--vcpus takes a number")?,
+            "--memory" | "-m" => run.memory_mib = value.parse().context("--memory takes MiB")?,
+            "--env" | "-e" => run.overrides.env.push(value),
+            "--workdir" | "-w" => run.overrides.workdir = Some(value),
+            "--user" | "-u" => run.overrides.user = Some(value),
+            "--entrypoint" => run.overrides.entrypoint = Some(vec![value]),
+            "--root" => run.root = PathBuf::from(value),
+            "--stop-timeout" => {
+                run.stop_timeout =
+                    Duration::from_secs(value.parse().context("--stop-timeout takes seconds")?)
+            }
+            "--vmm" => run.vmm = Some(PathBuf::from(value)),
+            "--kernel" => run.kernel = Some(PathBuf::from(value)),
+            "--initrd" => run.initrd = Some(PathBuf::from(value)),
+            "--pod" => run.pod = Some(value),
+            "--name" => run.name = Some(value),
+            _ => bail!("unknown flag {flag}\n{USAGE}"),
+        }
+    }
+    Ok(run)
+}
+
+/// The checkout (or install) holding `build/vmlinux`: `$VPOD_HOME`, else the nearest
+/// ancestor of this binary's directory that has it, else the working directory.
+fn vpod_home() -> PathBuf {
+    if let Some(home) = std::env::var_os("VPOD_HOME") {
+        return PathBuf::from(home);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            exe.ancestors()
+                .find(|dir| dir.join("build/vmlinux").exists())
+                .map(Path::to_path_buf)
+        })
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn random_id() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 6];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<i32> {
+    let started = Instant::now();
+    let home = vpod_home();
+    let vmm = match args.vmm {
+        Some(vmm) => vmm,
+        None => std::env::current_exe()
+            .context("finding this binary")?
+            .with_file_name("vpod-vmm"),
+    };
+    let image = match args.image {
+        Some(image) => image,
+        None => {
+            let dir = home.join("build/images/default");
+            if !dir.join("index.json").exists() {
+                bail!(
+                    "the default image {} is missing: build it with `make image` \
+                     (target/release/vpod-default-image build/images/default)",
+                    dir.display()
+                );
+            }
+            format!("oci:{}:{DEFAULT_IMAGE_TAG}", dir.display())
+        }
+    };
+    let store = LayerStore::open(&args.root)
+        .with_context(|| format!("opening the layer store in {}", args.root.display()))?;
+    let imported = store
+        .import_oci_layout(&image)
+        .with_context(|| format!("importing {image}"))?;
+    let import_time = started.elapsed();
+
+    let mut sandbox = match &args.pod {
+        Some(pod) => Sandbox::open(&args.root, pod, RPC_TIMEOUT)
+            .await
+            .with_context(|| format!("opening pod {pod}"))?,
+        None => {
+            let mut config = SandboxConfig::new(
+                random_id()?,
+                &args.root,
+                vmm,
+                args.kernel.unwrap_or_else(|| home.join("build/vmlinux")),
+                args.initrd.unwrap_or_else(|| home.join("build/initrd.img")),
+            );
+            config.vcpus = args.vcpus;
+            config.memory_mib = args.memory_mib;
+            config.die_with_parent = !args.detach;
+            Sandbox::start(config)
+                .await
+                .context("starting the pod VM")?
+        }
+    };
+    let id = match (&args.name, &args.pod) {
+        (Some(name), _) => name.clone(),
+        (None, Some(_)) => random_id()?,
+        (None, None) => sandbox.id().to_string(),
+    };
+    let spec = ContainerSpec {
+        id: id.clone(),
+        layers: imported.layers,
+        image_config: imported.config,
+        overrides: args.overrides,
+        hostname: String::new(),
+    };
+    if args.detach {
+        let created = create_and_start(&mut sandbox, spec).await;
+        if created.is_ok() {
+            println!("{id}");
+            sandbox
+                .leave_running()
+                .context("recording the pod's state")?;
+        } else if args.pod.is_none() {
+            sandbox.stop().await.context("stopping the pod VM")?;
+        }
+        return created.map(|_| 0);
+    }
+    let outcome = run_container(&mut sandbox, spec, args.stop_timeout).await;
+    let stopped = sandbox.timings();
+    if args.pod.is_some() {
+        sandbox
+            .leave_running()
+            .context("recording the pod's state")?;
+    } else {
+        sandbox.stop().await.context("stopping the pod VM")?;
+    }
+    let (code, create_start) = outcome?;
+    if args.timings {
+        eprintln!(
+            "vpod: timings import_ms={} disk_ms={} vmm_to_agent_ms={} vmm_to_init_ms={} \
+             create_start_ms={} total_ms={}",
+            ms(import_time),
+            ms(stopped.disk),
+            ms(stopped.vmm_to_agent),
+            stopped
+                .vmm_to_init_ms
+                .map_or("-".to_string(), |v| format!("{v:.1}")),
+            ms(create_start),
+            ms(started.elapsed()),
+        );
+    }
+    Ok(code)
+}
+
+/// Creates and starts the container; how long that took.
+async fn create_and_start(sandbox: &mut Sandbox, spec: ContainerSpec) -> anyhow::Result<Duration> {
+    let id = spec.id.clone();
+    let started = Instant::now();
+    sandbox
+        .create_container(spec)
+        .await
+        .context("creating the container")?;
+    sandbox
+        .start_container(&id)
+        .await
+        .context("starting the container")?;
+    Ok(started.elapsed())
+}
+
+/// Creates, starts and waits for the container, streaming its output; its exit code and
+/// how long create + start took.
+async fn run_container(
+    sandbox: &mut Sandbox,
+    spec: ContainerSpec,
+    stop_timeout: Duration,
+) -> anyhow::Result<(i32, Duration)> {
+    let id = spec.id.clone();
+    let create_start = create_and_start(sandbox, spec).await?;
+    let stdio = sandbox
+        .stdio(&id)
+        .await
+        .context("reading the container's output")?;
+    let pump = tokio::spawn(pump_stdio(stdio));
+
+    let exit = wait_forwarding_signals(sandbox, &id, stop_timeout).await?;
+    // The rest of the output follows the exit closely; a stuck stream must not keep us.
+    if tokio::time::timeout(Duration::from_secs(5), pump)
+        .await
+        .is_err()
+    {
+        eprintln!("vpod: the container's output did not end within 5 s after it exited");
+    }
+    sandbox
+        .remove_container(&id)
+        .await
+        .context("removing the container")?;
+    Ok((exit.code, create_start))
+}
+
+/// Waits for the container; SIGINT or SIGTERM to us sends it SIGTERM, then SIGKILL after
+/// `stop_timeout`.
+async fn wait_forwarding_signals(
+    sandbox: &Sandbox,
+    id: &str,
+    stop_timeout: Duration,
+) -> anyhow::Result<ContainerExit> {
+    let mut sigint = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+    let wait = sandbox.wait(id);
+    tokio::pin!(wait);
+    let mut kill_at: Option<tokio::time::Instant> = None;
+    let exit = loop {
+        let kill_timer = async {
+            match kill_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            exit = &mut wait => break exit.context("waiting for the container")?,
+            _ = sigint.recv() => {},
+            _ = sigterm.recv() => {},
+            _ = kill_timer => {
+                sandbox.signal(id, 9).await.context("killing the container")?;
+                kill_at = Some(tokio::time::Instant::now() + Duration::from_secs(3600));
+                continue;
+            }
+        }
+        if kill_at.is_none() {
+            sandbox
+                .signal(id, 15)
+                .await
+                .context("stopping the container")?;
+            kill_at = Some(tokio::time::Instant::now() + stop_timeout);
+        }
+    };
+    Ok(exit)
+}
+
+async fn pump_stdio(mut stdio: tonic::Streaming<vpod_proto::v1::StdioChunk>) {
+    let mut stdout = tokio::io::stdout();
+    let mut stderr = tokio::io::stderr();
+    while let Ok(Some(chunk)) = stdio.message().await {
+        let result = if chunk.stream == StdioStream::Stderr as i32 {
+            stderr
+                .write_all(&chunk.data)
+                .await
+                .and(stderr.flush().await)
+        } else {
+            stdout
+                .write_all(&chunk.data)
+                .await
+                .and(stdout.flush().await)
+        };
+        if result.is_err() {
+            break;
+        }
+    }
+}
+
+/// `--root DIR` and `--timeout SECS` before the operands of exec, rm and ps.
+struct PodArgs {
+    root: PathBuf,
+    timeout: Duration,
+    operands: Vec<String>,
+    command: Vec<String>,
+}
+
+fn parse_pod_args(args: Vec<String>) -> anyhow::Result<PodArgs> {
+    let mut parsed = PodArgs {
+        root: PathBuf::from(DEFAULT_ROOT),
+        timeout: Duration::ZERO,
+        operands: Vec::new(),
+        command: Vec::new(),
+    };
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--" => {
+                parsed.command = args.collect();
+                break;
+            }
+            "--root" => parsed.root = args.next().context("--root needs a value")?.into(),
+            "--timeout" => {
+                let secs: f64 = args
+                    .next()
+                    .context("--timeout needs seconds")?
+                    .parse()
+                    .context("--timeout takes seconds")?;
+                parsed.timeout = Duration::from_secs_f64(secs);
+            }
+            flag if flag.starts_with('-') => bail!("unknown flag {flag}\n{USAGE}"),
+            _ => parsed.operands.push(arg),
+        }
+    }
+    Ok(parsed)
+}
+
+async fn exec(args: PodArgs) -> anyhow::Result<i32> {
+    let [target] = args.operands.as_slice() else {
+        bail!("exec takes one POD[:CONTAINER]\n{USAGE}");
+    };
+    let (pod, container) = target.split_once(':').unwrap_or((target, target));
+    let sandbox = Sandbox::open(&args.root, pod, RPC_TIMEOUT)
+        .await
+        .with_context(|| format!("opening pod {pod}"))?;
+    let reply = sandbox
+        .exec_sync(container, args.command, args.timeout)
+        .await
+        .context("running the process")?;
+    let mut stdout = tokio::io::stdout();
+    let mut stderr = tokio::io::stderr();
+    stdout.write_all(&reply.stdout).await?;
+    stdout.flush().await?;
+    stderr.write_all(&reply.stderr).await?;
+    if reply.timed_out {
+        stderr
+            .write_all(format!("vpod: the process timed out after {:?}\n", args.timeout).as_bytes())
+            .await?;
+    }
+    stderr.flush().await?;
+    Ok(reply.exit_code)
+}
+
+async fn remove(args: PodArgs) -> anyhow::Result<i32> {
+    for pod in &args.operands {
+        match Sandbox::open(&args.root, pod, RPC_TIMEOUT).await {
+            Ok(sandbox) => sandbox
+                .stop()
+                .await
+                .with_context(|| format!("stopping {pod}"))?,
+            Err(e) => {
+                // A pod whose VM is gone (or unreachable) is cleaned up by hand.
+                eprintln!("vpod: {pod}: {e}; removing what is left");
+                let dir = args.root.join("sandboxes").join(pod);
+                if let Ok(pid) = std::fs::read_to_string(dir.join("vmm.pid")) {
+                    if let Ok(pid) = pid.trim().parse() {
+                        vpod_shim::sandbox::vmm::VmmProcess::adopt(pid).kill_and_reap();
+                    }
+                }
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("removing {}", dir.display()))?;
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn list(args: PodArgs) -> anyhow::Result<i32> {
+    let dir = args.root.join("sandboxes");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(0);
+    };
+    for entry in entries.flatten() {
+        let state = std::fs::read_to_string(entry.path().join("sandbox.json")).unwrap_or_default();
+        let state: serde_json::Value = serde_json::from_str(&state).unwrap_or_default();
+        let containers: Vec<&str> = state["containers"]
+            .as_object()
+            .map(|c| c.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        println!(
+            "{} vmm_pid={} containers={}",
+            entry.file_name().to_string_lossy(),
+            state["vmm_pid"],
+            containers.join(",")
+        );
+    }
+    Ok(0)
+}
+
+fn block_on(work: impl std::future::Future<Output = anyhow::Result<i32>>) -> anyhow::Result<i32> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(work)
+}
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let result = match args.next().as_deref() {
+        Some("run") => parse_run(args.collect()).and_then(|a| block_on(run(a))),
+        Some("exec") => parse_pod_args(args.collect()).and_then(|a| block_on(exec(a))),
+        Some("rm") => parse_pod_args(args.collect()).and_then(|a| block_on(remove(a))),
+        Some("ps") => parse_pod_args(args.collect()).and_then(list),
+        Some("-h" | "--help") => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        _ => Err(anyhow::anyhow!("{USAGE}")),
+    };
+    match result {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
+        Err(e) => {
+            eprintln!("vpod: {e:#}");
+            ExitCode::from(EXIT_VPOD_ERROR)
+        }
+    }
+}

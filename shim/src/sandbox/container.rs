@@ -1,0 +1,283 @@
+//! Containers in a sandbox: layers attached to slots, the process merged from the image
+//! config and the request, and the agent's lifecycle calls.
+
+use std::time::Duration;
+
+use tonic::Streaming;
+use vpod_proto::v1::{
+    wait_container_response::Status, CreateContainerRequest, ExecSyncRequest, ExecSyncResponse,
+    ReadStdioRequest, RemoveContainerRequest, SignalContainerRequest, StartContainerRequest,
+    StdioChunk, User, WaitContainerRequest,
+};
+
+use super::agent::{call, AgentError};
+use super::merge::{merge_process, ProcessOverrides};
+use super::serial::layer_serial;
+use super::{Sandbox, SandboxError};
+use crate::{ImageConfig, ImageLayer};
+
+/// What to run: an image's layers and config, and the request's overrides.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    /// `[A-Za-z0-9][A-Za-z0-9_.-]{0,127}`, unique in the pod.
+    pub id: String,
+    /// Lowest first, as the image lists them.
+    pub layers: Vec<ImageLayer>,
+    pub image_config: ImageConfig,
+    pub overrides: ProcessOverrides,
+    /// Empty: the pod's.
+    pub hostname: String,
+}
+
+/// How a container's main process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContainerExit {
+    /// The exit code, or 128 + the signal (as a shell reports it).
+    pub code: i32,
+    pub signal: Option<i32>,
+}
+
+const SIGTERM: i32 = 15;
+const SIGKILL: i32 = 9;
+
+impl Sandbox {
+    /// Attaches the image's layers (those not attached already) and creates the container;
+    /// on failure, what it attached is detached again.
+    pub async fn create_container(&mut self, spec: ContainerSpec) -> Result<(), SandboxError> {
+        if self.containers.contains_key(&spec.id) {
+            return Err(SandboxError::ContainerExists(spec.id));
+        }
+        let process = merge_process(&spec.image_config, &spec.overrides)?;
+        let mut serials = Vec::new();
+        let attached = self.attach_layers(&spec.layers, &mut serials).await;
+        let result = match attached {
+            Ok(()) => {
+                let request = CreateContainerRequest {
+                    id: spec.id.clone(),
+                    args: process.args,
+                    env: process.env,
+                    cwd: process.cwd,
+                    user: Some(User {
+                        uid: process.uid,
+                        gid: process.gid,
+                        additional_gids: Vec::new(),
+                    }),
+                    hostname: spec.hostname,
+                    layer_serials: serials.clone(),
+                    writable_serial: self.writable_serial.clone(),
+                    ..Default::default()
+                };
+                let mut agent = self.agent.clone();
+                self.guarded(
+                    "creating a container",
+                    call(
+                        "CreateContainer",
+                        self.rpc_timeout,
+                        agent.create_container(request),
+                    ),
+                )
+                .await
+                .map(drop)
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                self.containers.insert(spec.id, serials);
+                self.persist()
+            }
+            Err(e) => {
+                self.release_layers(&serials).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn attach_layers(
+        &mut self,
+        layers: &[ImageLayer],
+        serials: &mut Vec<String>,
+    ) -> Result<(), SandboxError> {
+        for layer in layers {
+            let serial = layer_serial(&layer.diff_id);
+            if !self.layers.acquire(&serial) {
+                if self.layers.len() >= self.layer_slots as usize {
+                    return Err(SandboxError::NoFreeSlot(
+                        layer.diff_id.hex(),
+                        self.layer_slots,
+                    ));
+                }
+                let slot = self.api.attach_read_only(&layer.path, &serial).await?;
+                self.layers.attached(&serial, slot.slot);
+            }
+            serials.push(serial);
+        }
+        Ok(())
+    }
+
+    async fn release_layers(&mut self, serials: &[String]) {
+        for serial in serials {
+            if let Some(slot) = self.layers.release(serial) {
+                // A failed detach leaves a slot in use until the pod stops; nothing to undo.
+                let _ = self.api.detach(slot).await;
+            }
+        }
+    }
+
+    /// Starts the container's main process; its pid in the guest.
+    pub async fn start_container(&self, id: &str) -> Result<u32, SandboxError> {
+        self.known(id)?;
+        let mut agent = self.agent.clone();
+        let request = StartContainerRequest { id: id.to_string() };
+        let reply = self
+            .guarded(
+                "starting a container",
+                call(
+                    "StartContainer",
+                    self.rpc_timeout,
+                    agent.start_container(request),
+                ),
+            )
+            .await?;
+        Ok(reply.pid)
+    }
+
+    /// The container's stdout and stderr: what is buffered, then live chunks until both close.
+    pub async fn stdio(&self, id: &str) -> Result<Streaming<StdioChunk>, SandboxError> {
+        self.known(id)?;
+        let mut agent = self.agent.clone();
+        let request = ReadStdioRequest {
+            container_id: id.to_string(),
+        };
+        self.guarded(
+            "opening a container's output",
+            call("ReadStdio", self.rpc_timeout, agent.read_stdio(request)),
+        )
+        .await
+    }
+
+    /// Waits for the main process to end (no deadline: it fails when the VM ends or the
+    /// agent stops answering keepalives).
+    pub async fn wait(&self, id: &str) -> Result<ContainerExit, SandboxError> {
+        self.known(id)?;
+        let mut agent = self.agent.clone();
+        let request = WaitContainerRequest { id: id.to_string() };
+        let wait = async {
+            agent
+                .wait_container(request)
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|status| AgentError::Status {
+                    call: "WaitContainer",
+                    status: Box::new(status),
+                })
+        };
+        let reply = self.guarded("waiting for a container", wait).await?;
+        Ok(match reply.status {
+            Some(Status::Signal(signal)) => ContainerExit {
+                code: 128 + signal,
+                signal: Some(signal),
+            },
+            Some(Status::ExitCode(code)) => ContainerExit { code, signal: None },
+            None => ContainerExit {
+                code: 255,
+                signal: None,
+            },
+        })
+    }
+
+    pub async fn signal(&self, id: &str, signal: i32) -> Result<(), SandboxError> {
+        self.known(id)?;
+        let mut agent = self.agent.clone();
+        let request = SignalContainerRequest {
+            id: id.to_string(),
+            signal,
+        };
+        self.guarded(
+            "signalling a container",
+            call(
+                "SignalContainer",
+                self.rpc_timeout,
+                agent.signal_container(request),
+            ),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// SIGTERM, then SIGKILL if the process outlives `grace`; how it ended.
+    pub async fn stop_container(
+        &self,
+        id: &str,
+        grace: Duration,
+    ) -> Result<ContainerExit, SandboxError> {
+        self.signal(id, SIGTERM).await?;
+        match tokio::time::timeout(grace, self.wait(id)).await {
+            Ok(exit) => exit,
+            Err(_) => {
+                self.signal(id, SIGKILL).await?;
+                self.wait(id).await
+            }
+        }
+    }
+
+    /// Runs `args` in the container and collects its output; `timeout` 0 waits forever
+    /// (the agent kills the process on timeout and says so).
+    pub async fn exec_sync(
+        &self,
+        id: &str,
+        args: Vec<String>,
+        timeout: Duration,
+    ) -> Result<ExecSyncResponse, SandboxError> {
+        self.known(id)?;
+        let mut agent = self.agent.clone();
+        let request = ExecSyncRequest {
+            container_id: id.to_string(),
+            args,
+            timeout_ms: timeout.as_millis().try_into().unwrap_or(u64::MAX),
+            ..Default::default()
+        };
+        let limit = if timeout.is_zero() {
+            Duration::from_secs(365 * 24 * 3600)
+        } else {
+            timeout + self.rpc_timeout
+        };
+        self.guarded(
+            "running a process in a container",
+            call("ExecSync", limit, agent.exec_sync(request)),
+        )
+        .await
+    }
+
+    /// Removes the container (killing it if it runs) and detaches layers no one else uses.
+    pub async fn remove_container(&mut self, id: &str) -> Result<(), SandboxError> {
+        self.known(id)?;
+        let mut agent = self.agent.clone();
+        let request = RemoveContainerRequest { id: id.to_string() };
+        self.guarded(
+            "removing a container",
+            call(
+                "RemoveContainer",
+                self.rpc_timeout,
+                agent.remove_container(request),
+            ),
+        )
+        .await?;
+        let serials = self.containers.remove(id).unwrap_or_default();
+        self.release_layers(&serials).await;
+        self.persist()
+    }
+
+    /// Ids of the containers created in this pod and not removed.
+    pub fn containers(&self) -> Vec<String> {
+        self.containers.keys().cloned().collect()
+    }
+
+    fn known(&self, id: &str) -> Result<(), SandboxError> {
+        if self.containers.contains_key(id) {
+            Ok(())
+        } else {
+            Err(SandboxError::NoSuchContainer(id.to_string()))
+        }
+    }
+}

@@ -1,0 +1,503 @@
+//! Sandboxes: one pod, one micro-VM. A [`Sandbox`] owns the pod's directory
+//! (`<state_dir>/sandboxes/<id>/`: the writable disk, the VMM's sockets, its console log),
+//! one `vpod-vmm` process, and a gRPC channel to the agent (vpod-init) in the guest. It
+//! attaches image layers to the VMM's empty disk slots and runs containers through the
+//! agent (see [`container`]).
+//!
+//! Every agent call has a deadline or races the VMM's exit, so a dead guest is an error.
+//! Dropping a sandbox that was not stopped kills its VMM by PID and removes its directory.
+
+pub mod agent;
+pub mod api;
+pub mod container;
+pub mod disk;
+pub mod layers;
+pub mod merge;
+pub mod serial;
+pub mod vmm;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+use vpod_proto::AgentClient;
+
+pub use agent::AgentError;
+pub use api::{VmmApi, VmmApiError};
+pub use container::{ContainerExit, ContainerSpec};
+pub use disk::DiskError;
+pub use merge::{merge_process, MergeError, MergedProcess, ProcessOverrides};
+
+use layers::AttachedLayers;
+use vmm::{file_tail, VmmLaunch, VmmProcess};
+
+/// What a pod's VM is made of.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// `[A-Za-z0-9][A-Za-z0-9_.-]*`, at most 32 characters (socket paths are short).
+    pub id: String,
+    pub vcpus: u8,
+    pub memory_mib: u64,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// The runtime's root; the pod lives in `<state_dir>/sandboxes/<id>/`.
+    pub state_dir: PathBuf,
+    /// Empty disk slots for image layers (at most 16, the VMM's limit).
+    pub layer_slots: u32,
+    /// The `vpod-vmm` binary.
+    pub vmm: PathBuf,
+    pub writable_disk_bytes: u64,
+    /// From starting the VMM until the agent answers GetVersion.
+    pub agent_timeout: Duration,
+    /// The deadline of each short agent call.
+    pub rpc_timeout: Duration,
+    /// Kill the VMM if the thread that started it ends (a foreground `vpod run`).
+    pub die_with_parent: bool,
+}
+
+impl SandboxConfig {
+    /// A pod with 1 vCPU, 256 MiB, 8 layer slots and a 1 GiB writable disk.
+    pub fn new(
+        id: impl Into<String>,
+        state_dir: impl Into<PathBuf>,
+        vmm: impl Into<PathBuf>,
+        kernel: impl Into<PathBuf>,
+        initrd: impl Into<PathBuf>,
+    ) -> SandboxConfig {
+        SandboxConfig {
+            id: id.into(),
+            vcpus: 1,
+            memory_mib: 256,
+            kernel: kernel.into(),
+            initrd: initrd.into(),
+            state_dir: state_dir.into(),
+            layer_slots: 8,
+            vmm: vmm.into(),
+            writable_disk_bytes: 1 << 30,
+            agent_timeout: Duration::from_secs(30),
+            rpc_timeout: Duration::from_secs(30),
+            die_with_parent: true,
+        }
+    }
+}
+
+/// Why a sandbox operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("The sandbox id {0:?} is not [A-Za-z0-9][A-Za-z0-9_.-]{{0,31}}.")]
+    BadId(String),
+    #[error("The sandbox directory {0} already exists.")]
+    Exists(PathBuf),
+    #[error("Could not prepare the sandbox directory {0}.")]
+    Dir(PathBuf, #[source] std::io::Error),
+    #[error("Could not make the writable disk.")]
+    Disk(#[from] DiskError),
+    #[error("Could not start the VMM {0}.")]
+    Spawn(PathBuf, #[source] std::io::Error),
+    #[error("The VMM exited ({status}) before the agent answered.\n{log}")]
+    VmmExitedDuringBoot { status: ExitStatus, log: String },
+    #[error("The agent did not answer within {after:?} ({last}).\n{log}")]
+    AgentNotReady {
+        after: Duration,
+        last: String,
+        log: String,
+    },
+    #[error("The pod's VM ended ({status}) while {what}.\n{log}")]
+    VmmExited {
+        what: &'static str,
+        status: ExitStatus,
+        log: String,
+    },
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    #[error(transparent)]
+    Api(#[from] VmmApiError),
+    #[error(transparent)]
+    Merge(#[from] MergeError),
+    #[error("The pod has no empty disk slot for layer {0} ({1} slots).")]
+    NoFreeSlot(String, u32),
+    #[error("No container {0:?} in this pod.")]
+    NoSuchContainer(String),
+    #[error("A container {0:?} already exists in this pod.")]
+    ContainerExists(String),
+}
+
+/// How long the pod took to come up.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BootTimings {
+    /// Making and formatting the writable disk.
+    pub disk: Duration,
+    /// From starting the VMM until the agent answered GetVersion.
+    pub vmm_to_agent: Duration,
+    /// The VMM's own measure: its start to the guest init's first instruction.
+    pub vmm_to_init_ms: Option<f64>,
+}
+
+/// A running pod VM.
+#[derive(Debug)]
+pub struct Sandbox {
+    id: String,
+    dir: PathBuf,
+    vmm: VmmProcess,
+    api: VmmApi,
+    agent: AgentClient<Channel>,
+    writable_serial: String,
+    layer_slots: u32,
+    layers: AttachedLayers,
+    /// Container id to the layer serials it uses.
+    containers: HashMap<String, Vec<String>>,
+    rpc_timeout: Duration,
+    timings: BootTimings,
+    torn_down: bool,
+    /// Started by this process (killed when dropped), or opened from its state file.
+    kill_on_drop: bool,
+}
+
+/// What another `vpod` process needs to use a running pod: `<pod>/sandbox.json`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SandboxState {
+    id: String,
+    vmm_pid: u32,
+    writable_serial: String,
+    layer_slots: u32,
+    layers: AttachedLayers,
+    containers: HashMap<String, Vec<String>>,
+}
+
+const STATE_FILE: &str = "sandbox.json";
+
+fn valid_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    id.len() <= 32
+        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+impl Sandbox {
+    /// Makes the pod directory and writable disk, starts the VMM and waits for the agent.
+    pub async fn start(config: SandboxConfig) -> Result<Sandbox, SandboxError> {
+        if !valid_id(&config.id) {
+            return Err(SandboxError::BadId(config.id));
+        }
+        let sandboxes = config.state_dir.join("sandboxes");
+        std::fs::create_dir_all(&sandboxes).map_err(|e| SandboxError::Dir(sandboxes.clone(), e))?;
+        let dir = sandboxes.join(&config.id);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(SandboxError::Exists(dir))
+            }
+            Err(e) => return Err(SandboxError::Dir(dir, e)),
+        }
+        // From here on a failure removes the directory.
+        let guard = DirGuard(Some(dir.clone()));
+
+        let disk_started = Instant::now();
+        let writable = dir.join("writable.img");
+        disk::create_writable_disk(&writable, config.writable_disk_bytes)?;
+        let writable_serial = serial::writable_serial(&config.id);
+        let disk_time = disk_started.elapsed();
+
+        let launch = VmmLaunch {
+            program: config.vmm.clone(),
+            kernel: config.kernel.clone(),
+            initrd: config.initrd.clone(),
+            vcpus: config.vcpus,
+            memory_mib: config.memory_mib,
+            disk_slots: config.layer_slots,
+            disks: vec![format!("{},serial={writable_serial}", writable.display())],
+            console_log: dir.join("console.log"),
+            vsock_socket: dir.join("vsock.sock"),
+            api_socket: dir.join("api.sock"),
+            stderr_log: dir.join("vmm.log"),
+            die_with_parent: config.die_with_parent,
+        };
+        let vmm_started = Instant::now();
+        let vmm = launch
+            .spawn()
+            .map_err(|e| SandboxError::Spawn(config.vmm.clone(), e))?;
+        std::fs::write(dir.join("vmm.pid"), vmm.pid().to_string())
+            .map_err(|e| SandboxError::Dir(dir.clone(), e))?;
+        let agent = match wait_for_agent(&vmm, &launch, config.agent_timeout).await {
+            Ok(agent) => agent,
+            Err(e) => {
+                vmm.kill_and_reap();
+                return Err(e);
+            }
+        };
+        let vmm_to_agent = vmm_started.elapsed();
+        let api = VmmApi::new(&launch.api_socket);
+        let vmm_to_init_ms = api.boot_time_ms().await.ok().flatten();
+        guard.keep();
+        Ok(Sandbox {
+            id: config.id,
+            dir,
+            vmm,
+            api,
+            agent,
+            writable_serial,
+            layer_slots: config.layer_slots,
+            layers: AttachedLayers::default(),
+            containers: HashMap::new(),
+            rpc_timeout: config.rpc_timeout,
+            timings: BootTimings {
+                disk: disk_time,
+                vmm_to_agent,
+                vmm_to_init_ms,
+            },
+            torn_down: false,
+            kill_on_drop: true,
+        })
+        .and_then(|sandbox| sandbox.persist().map(|()| sandbox))
+    }
+
+    /// Opens the running pod `id` that another `vpod` started and left running.
+    pub async fn open(
+        state_dir: &Path,
+        id: &str,
+        rpc_timeout: Duration,
+    ) -> Result<Sandbox, SandboxError> {
+        if !valid_id(id) {
+            return Err(SandboxError::BadId(id.to_string()));
+        }
+        let dir = state_dir.join("sandboxes").join(id);
+        let path = dir.join(STATE_FILE);
+        let text = std::fs::read(&path).map_err(|e| SandboxError::Dir(path.clone(), e))?;
+        let state: SandboxState = serde_json::from_slice(&text)
+            .map_err(|e| SandboxError::Dir(path.clone(), std::io::Error::other(e)))?;
+        let vmm = VmmProcess::adopt(state.vmm_pid);
+        if let Some(status) = vmm.try_wait() {
+            return Err(SandboxError::VmmExited {
+                what: "opening the pod",
+                status,
+                log: logs_tail(&dir),
+            });
+        }
+        let agent = agent::connect_and_check(
+            dir.join("vsock.sock"),
+            vpod_proto::AGENT_VSOCK_PORT,
+            rpc_timeout,
+        )
+        .await?;
+        Ok(Sandbox {
+            id: state.id,
+            api: VmmApi::new(dir.join("api.sock")),
+            dir,
+            vmm,
+            agent,
+            writable_serial: state.writable_serial,
+            layer_slots: state.layer_slots,
+            layers: state.layers,
+            containers: state.containers,
+            rpc_timeout,
+            timings: BootTimings::default(),
+            torn_down: false,
+            kill_on_drop: false,
+        })
+    }
+
+    /// Leaves the pod running when this value goes (for `Sandbox::open` later).
+    pub fn leave_running(mut self) -> Result<(), SandboxError> {
+        self.kill_on_drop = false;
+        self.persist()
+    }
+
+    /// Records the pod's state for `Sandbox::open`.
+    pub(crate) fn persist(&self) -> Result<(), SandboxError> {
+        let state = SandboxState {
+            id: self.id.clone(),
+            vmm_pid: self.vmm.pid(),
+            writable_serial: self.writable_serial.clone(),
+            layer_slots: self.layer_slots,
+            layers: self.layers.clone(),
+            containers: self.containers.clone(),
+        };
+        let path = self.dir.join(STATE_FILE);
+        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
+        let text = serde_json::to_vec_pretty(&state).map_err(std::io::Error::other);
+        text.and_then(|text| std::fs::write(&tmp, text))
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| SandboxError::Dir(path, e))
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn vmm_pid(&self) -> u32 {
+        self.vmm.pid()
+    }
+
+    pub fn timings(&self) -> BootTimings {
+        self.timings
+    }
+
+    /// The VMM's console output so far (its tail), for diagnostics.
+    pub fn console_tail(&self) -> String {
+        logs_tail(&self.dir)
+    }
+
+    /// Stops the VM (through the control socket, then SIGKILL if it lingers) and removes
+    /// the pod directory.
+    pub async fn stop(mut self) -> Result<(), SandboxError> {
+        if self.vmm.try_wait().is_none() {
+            // An error here (the VMM is going anyway) is settled by the kill below.
+            let _ = self.api.stop().await;
+            if self
+                .vmm
+                .wait_for_exit(Duration::from_secs(3))
+                .await
+                .is_none()
+            {
+                self.vmm.kill_and_reap();
+            }
+        }
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> Result<(), SandboxError> {
+        if self.torn_down {
+            return Ok(());
+        }
+        self.torn_down = true;
+        self.vmm.kill_and_reap();
+        std::fs::remove_dir_all(&self.dir).map_err(|e| SandboxError::Dir(self.dir.clone(), e))
+    }
+
+    /// Waits for `rpc`, or fails when the VMM ends first.
+    async fn guarded<T>(
+        &self,
+        what: &'static str,
+        rpc: impl std::future::Future<Output = Result<T, AgentError>>,
+    ) -> Result<T, SandboxError> {
+        let vm_ended = |status| SandboxError::VmmExited {
+            what,
+            status,
+            log: logs_tail(&self.dir),
+        };
+        tokio::select! {
+            result = rpc => match result {
+                Ok(value) => Ok(value),
+                // A broken connection usually means the VM is going: say so if it went.
+                Err(e) => match self.vmm.wait_for_exit(Duration::from_millis(500)).await {
+                    Some(status) => Err(vm_ended(status)),
+                    None => Err(e.into()),
+                },
+            },
+            status = self.vmm_exit() => Err(vm_ended(status)),
+        }
+    }
+
+    async fn vmm_exit(&self) -> ExitStatus {
+        loop {
+            if let Some(status) = self.vmm.try_wait() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if self.kill_on_drop {
+            let _ = self.teardown();
+        }
+    }
+}
+
+/// Retries connecting until GetVersion answers, the VMM ends, or `limit` passes.
+async fn wait_for_agent(
+    vmm: &VmmProcess,
+    launch: &VmmLaunch,
+    limit: Duration,
+) -> Result<AgentClient<Channel>, SandboxError> {
+    let dir = launch.console_log.parent().unwrap_or(Path::new("."));
+    let started = Instant::now();
+    let mut last = String::from("the VMM's vsock socket never appeared");
+    loop {
+        if let Some(status) = vmm.try_wait() {
+            return Err(SandboxError::VmmExitedDuringBoot {
+                status,
+                log: logs_tail(dir),
+            });
+        }
+        let left = limit.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return Err(SandboxError::AgentNotReady {
+                after: limit,
+                last,
+                log: logs_tail(dir),
+            });
+        }
+        if launch.vsock_socket.exists() {
+            let attempt = left.min(Duration::from_secs(5));
+            match agent::connect_and_check(
+                launch.vsock_socket.clone(),
+                vpod_proto::AGENT_VSOCK_PORT,
+                attempt,
+            )
+            .await
+            {
+                Ok(client) => return Ok(client),
+                Err(e) => last = error_chain(&e),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+fn logs_tail(dir: &Path) -> String {
+    let console = file_tail(&dir.join("console.log"), 2048);
+    let vmm = file_tail(&dir.join("vmm.log"), 1024);
+    format!("--- console (tail)\n{console}\n--- vpod-vmm stderr (tail)\n{vmm}")
+}
+
+/// Removes a directory unless kept.
+struct DirGuard(Option<PathBuf>);
+
+impl DirGuard {
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sandbox_ids_are_short_path_safe_names() {
+        assert!(valid_id("a"));
+        assert!(valid_id("pod-1.x_y"));
+        assert!(!valid_id(""));
+        assert!(!valid_id("-a"));
+        assert!(!valid_id("a/b"));
+        assert!(!valid_id(&"a".repeat(33)));
+    }
+}

@@ -1,0 +1,168 @@
+//! The pod's `vpod-vmm` process: started in its own process group, killed by its PID.
+
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal};
+
+/// How to start the VMM of one pod.
+#[derive(Debug, Clone)]
+pub struct VmmLaunch {
+    pub program: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub vcpus: u8,
+    pub memory_mib: u64,
+    pub disk_slots: u32,
+    /// `--disk` arguments (`PATH[,ro][,serial=ID]`).
+    pub disks: Vec<String>,
+    pub console_log: PathBuf,
+    pub vsock_socket: PathBuf,
+    pub api_socket: PathBuf,
+    /// Where the VMM's own stderr goes.
+    pub stderr_log: PathBuf,
+    /// Kill the VMM when the thread that started it ends (the foreground `vpod run`).
+    pub die_with_parent: bool,
+}
+
+/// A running (or ended, not yet reaped) VMM: our child, or adopted from an earlier `vpod`
+/// (a detached pod), which we can signal but not reap.
+#[derive(Debug)]
+pub struct VmmProcess {
+    pid: u32,
+    child: Option<Mutex<Child>>,
+}
+
+impl VmmLaunch {
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.program);
+        cmd.arg("--kernel")
+            .arg(&self.kernel)
+            .arg("--initrd")
+            .arg(&self.initrd)
+            .arg("--vcpus")
+            .arg(self.vcpus.to_string())
+            .arg("--memory")
+            .arg(self.memory_mib.to_string())
+            .arg("--disk-slots")
+            .arg(self.disk_slots.to_string())
+            .arg("--console")
+            .arg(format!("file:{}", self.console_log.display()))
+            .arg("--vsock")
+            .arg(&self.vsock_socket)
+            .arg("--api")
+            .arg(&self.api_socket);
+        for disk in &self.disks {
+            cmd.arg("--disk").arg(disk);
+        }
+        cmd
+    }
+
+    /// Starts the VMM with no command after `--`, so the guest's init serves the agent.
+    pub fn spawn(&self) -> std::io::Result<VmmProcess> {
+        let stderr = File::create(&self.stderr_log)?;
+        let mut cmd = self.command();
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            // Its own group: a terminal's Ctrl-C goes to `vpod`, which stops the pod itself.
+            .process_group(0);
+        if self.die_with_parent {
+            // SAFETY: between fork and exec only the async-signal-safe prctl system call
+            // runs; it touches no memory of the parent.
+            unsafe {
+                cmd.pre_exec(|| {
+                    rustix::process::set_parent_process_death_signal(Some(Signal::KILL))
+                        .map_err(std::io::Error::from)
+                });
+            }
+        }
+        let child = cmd.spawn()?;
+        Ok(VmmProcess {
+            pid: child.id(),
+            child: Some(Mutex::new(child)),
+        })
+    }
+}
+
+impl VmmProcess {
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The VMM a detached pod recorded, if `pid` still is a vpod-vmm.
+    pub fn adopt(pid: u32) -> VmmProcess {
+        VmmProcess { pid, child: None }
+    }
+
+    /// Whether an adopted PID still names a live vpod-vmm (not one reused by another program).
+    fn adopted_alive(&self) -> bool {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+        // "pid (comm) state ...": the name is "vpod-vmm", a zombie's state is Z.
+        stat.contains("(vpod-vmm) ") && !stat.contains(") Z ")
+    }
+
+    /// The exit status once the VMM has ended (and is reaped), without blocking. An adopted
+    /// VMM that ended reports a SIGKILL-like status, its real status being its parent's.
+    pub fn try_wait(&self) -> Option<ExitStatus> {
+        match &self.child {
+            Some(child) => {
+                let mut child = child.lock().unwrap_or_else(|e| e.into_inner());
+                child.try_wait().ok().flatten()
+            }
+            None if self.adopted_alive() => None,
+            None => Some(std::os::unix::process::ExitStatusExt::from_raw(9)),
+        }
+    }
+
+    /// Waits up to `limit` for the VMM to end.
+    pub async fn wait_for_exit(&self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// SIGKILL by PID (only while not reaped or, adopted, while it still is a vpod-vmm, so
+    /// the PID is still the VMM's) and reap it when it is our child.
+    pub fn kill_and_reap(&self) {
+        let kill = || {
+            if let Some(pid) = Pid::from_raw(self.pid as i32) {
+                let _ = rustix::process::kill_process(pid, Signal::KILL);
+            }
+        };
+        match &self.child {
+            Some(child) => {
+                let mut child = child.lock().unwrap_or_else(|e| e.into_inner());
+                if let Ok(None) = child.try_wait() {
+                    kill();
+                    let _ = child.wait();
+                }
+            }
+            None => {
+                if self.adopted_alive() {
+                    kill();
+                }
+            }
+        }
+    }
+}
+
+/// The last `max` bytes of `path`, for error messages (empty when unreadable).
+pub fn file_tail(path: &Path, max: usize) -> String {
+    let Ok(bytes) = std::fs::read(path) else {
+        return String::new();
+    };
+    let start = bytes.len().saturating_sub(max);
+    String::from_utf8_lossy(&bytes[start..]).into_owned()
+}
