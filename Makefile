@@ -74,10 +74,15 @@ IN_GUEST_HOST = mode=$$(tests/guest-mode 2>/dev/null); \
 
 demo: all kvm-host
 	@$(IN_GUEST_HOST); echo "demo: guests boot $$mode here ($$(tests/guest-mode 2>&1 >/dev/null | sed 's/^guest-mode: //'))"; \
-	echo "demo: target/release/vpod-vmm --vcpus 2 --memory 256 --timings -- sh -c '...'"; \
+	echo "demo 1/2: the micro-VM alone: vpod-vmm --vcpus 2 --memory 256 --timings -- sh -c '...'"; \
 	"$${run[@]}" target/release/vpod-vmm --vcpus 2 --memory 256 --timings -- \
 	  sh -c 'echo hello from $$(hostname), a vpod micro-VM: Linux $$(uname -r) with $$(nproc) vCPUs; exit 7'; \
-	echo "demo: the VMM exited with $$? (the guest command's status)"
+	echo "demo 1/2: the VMM exited with $$? (the guest command's status)"; \
+	echo "demo 2/2: a container from the embedded image ($(BUILD)/images/default): vpod run --timings -- sh -c '...'"; \
+	"$${run[@]}" sh -c 'R=$$(mktemp -d /tmp/vpod-demo.XXXXXX); \
+	  target/release/vpod run --timings --root $$R -- sh -c "echo hello from a container in a pod VM; cat /etc/vpod-release; id"; \
+	  rc=$$?; rm -rf $$R; exit $$rc'; \
+	echo "demo 2/2: vpod run exited with $$?"
 
 # Benchmarks: VMM start-up and memory natively (stub guests run on any KVM), Linux boot
 # where guests boot (labelled emulated inside the emulated host), then the targets.
