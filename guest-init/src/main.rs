@@ -21,7 +21,12 @@ fn main() {
         eprintln!("vpod-init: error: must run as PID 1 (the kernel's init) of a vpod micro-VM, or with --agent-unix PATH");
         std::process::exit(1);
     }
+    // "Init reached" is the moment the kernel hands over to PID 1: marked before the root
+    // switch, and not again by the init it executes on the tmpfs root.
     if std::env::var_os(vpod_init::root_switch::SWITCHED_ENV).is_none() {
+        if let Ok(mut ports) = IoPorts::open() {
+            ports.init_reached();
+        }
         let argv0 = std::env::args()
             .next()
             .unwrap_or_else(|| "/init".to_string());
@@ -47,7 +52,6 @@ fn main() {
             Box::new(NoPorts)
         }
     };
-    vmm.init_reached();
 
     let status = if argv.is_empty() {
         // The agent runs until the host ends the VM; it returns only when it cannot serve.
