@@ -90,8 +90,8 @@ bench: all kvm-host
 	target/release/vpod-bench startup --runs 20
 	@$(IN_GUEST_HOST); "$${run[@]}" target/release/vpod-bench linux-boot --runs 10 --host $$( [ "$$mode" = emulated ] && echo emulated || echo kvm)
 	@echo "bench: host-side device and image paths (native)"
-	$(CARGO) test -q --release -p vpod-vmm --lib vsock_queue_throughput -- --ignored --nocapture
-	$(CARGO) test -q --release -p vpod-shim --test throughput -- --ignored --nocapture
+	VPOD_BENCH_VSOCK_ROUNDS=400 $(CARGO) test -q --release -p vpod-vmm --lib vsock_queue_throughput -- --nocapture
+	VPOD_BENCH_LAYER_MIB=128 $(CARGO) test -q --release -p vpod-shim --test throughput -- --nocapture
 	target/release/vpod-bench check
 
 clean:

@@ -283,15 +283,20 @@ proptest! {
     }
 }
 
+/// Queue processing throughput. `make test` runs 4 rounds (a correctness check of full
+/// queues); `make bench` sets VPOD_BENCH_VSOCK_ROUNDS=400:
+/// `VPOD_BENCH_VSOCK_ROUNDS=400 cargo test --release -p vpod-vmm --lib vsock_queue_throughput -- --nocapture`
 #[test]
-#[ignore = "a benchmark: run with --release -- --ignored --nocapture"]
 fn vsock_queue_throughput() {
     const PACKET: u32 = 64 * 1024;
     const CHAINS: u16 = 64;
-    const ROUNDS: usize = 400;
+    let rounds: usize = std::env::var("VPOD_BENCH_VSOCK_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
     let m = memory();
     let signal = CountingSignal::default();
-    let (rings, mut handler, _) = setup(&m, &signal);
+    let (rings, mut handler, metrics) = setup(&m, &signal);
     for i in 0..u64::from(CHAINS) {
         write_header(&m, BUFFERS + i * 0x100, &guest_packet(Op::Rw, PACKET));
     }
@@ -309,12 +314,20 @@ fn vsock_queue_throughput() {
         ..RecordingBackend::default()
     };
     let started = std::time::Instant::now();
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds {
         rings.tx.add_desc_chains(&tx_chains, 0).expect("chains");
         handler.process_tx(&m, &mut sink);
     }
     let tx_secs = started.elapsed().as_secs_f64();
     let tx_bytes = sink.bytes as f64;
+    // Every chain of every round is accounted for: delivered, or dropped and counted.
+    // (From the third round on, about one chain in 128 is counted as malformed: a
+    // finding still to explain, between the mock queue's reuse of its table and the
+    // handler's chain checks.)
+    assert_eq!(
+        sink.bytes + metrics.dropped_total() * u64::from(PACKET),
+        rounds as u64 * u64::from(CHAINS) * u64::from(PACKET)
+    );
 
     let rx_chains: Vec<RawDescriptor> = (0..CHAINS)
         .map(|i| {
@@ -332,17 +345,18 @@ fn vsock_queue_throughput() {
     };
     let started = std::time::Instant::now();
     let mut rx_bytes = 0f64;
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds {
         rings.rx.add_desc_chains(&rx_chains, 0).expect("chains");
         handler.process_rx(&m, &mut source);
         rx_bytes += f64::from(CHAINS) * f64::from(PACKET);
     }
     let rx_secs = started.elapsed().as_secs_f64();
     println!(
-        "vsock queue handler, 64 KiB packets: tx {:.0} MiB/s ({} MiB in {:.3} s), rx {:.0} MiB/s ({} MiB in {:.3} s)",
+        "vsock queue handler, 64 KiB packets: tx {:.0} MiB/s ({} MiB in {:.3} s, {} chains dropped), rx {:.0} MiB/s ({} MiB in {:.3} s)",
         tx_bytes / tx_secs / 1048576.0,
         tx_bytes / 1048576.0,
         tx_secs,
+        metrics.dropped_total(),
         rx_bytes / rx_secs / 1048576.0,
         rx_bytes / 1048576.0,
         rx_secs
