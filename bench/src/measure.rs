@@ -268,8 +268,10 @@ Rss:                 300 kB
 
     #[test]
     fn timed_run_sees_marker_exit_code_and_rss() {
+        // The pause keeps the marker well before the exit: the reader thread that stamps
+        // the marker may otherwise run after the exit has been seen.
         let run = timed_run(
-            Command::new("/bin/sh").args(["-c", "echo booting; echo READY; exit 3"]),
+            Command::new("/bin/sh").args(["-c", "echo booting; echo READY; sleep 0.2; exit 3"]),
             Some("READY"),
             3,
             Duration::from_secs(10),
