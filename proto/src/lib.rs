@@ -138,3 +138,9 @@ mod tests {
         );
     }
 }
+
+/// The Container Runtime Interface (runtime v1) that kubelet and crictl speak, from the
+/// maintained `k8s-cri` crate: messages, `runtime_service_server`, `image_service_server`
+/// and their clients.
+#[cfg(feature = "cri")]
+pub use k8s_cri::v1 as cri;
