@@ -198,6 +198,7 @@ fn async_stream(
                     } as i32,
                     data: chunk.data,
                     dropped_bytes: std::mem::take(&mut lost),
+                    offset: 0,
                 };
                 if sender.send(Ok(message)).await.is_err() {
                     return;

@@ -61,6 +61,7 @@ impl Sandbox {
                         uid: process.uid,
                         gid: process.gid,
                         additional_gids: Vec::new(),
+                        name: String::new(),
                     }),
                     hostname: spec.hostname,
                     layer_serials: serials.clone(),
@@ -148,6 +149,7 @@ impl Sandbox {
         let mut agent = self.agent.clone();
         let request = ReadStdioRequest {
             container_id: id.to_string(),
+            from_offset: 0,
         };
         self.guarded(
             "opening a container's output",
