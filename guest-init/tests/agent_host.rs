@@ -99,6 +99,7 @@ impl Agent {
             .client
             .read_stdio(v1::ReadStdioRequest {
                 container_id: id.into(),
+                from_offset: 0,
             })
             .await
             .unwrap()
@@ -120,6 +121,7 @@ impl Agent {
             .client
             .read_stdio(v1::ReadStdioRequest {
                 container_id: id.into(),
+                from_offset: 0,
             })
             .await
             .unwrap()
@@ -399,6 +401,7 @@ async fn signals_reach_the_container_init_as_the_kernel_allows() {
             .client
             .read_stdio(v1::ReadStdioRequest {
                 container_id: "c5".into(),
+                from_offset: 0,
             })
             .await
             .unwrap()
