@@ -56,6 +56,7 @@ mod tests {
                 uid: 1000,
                 gid: 100,
                 additional_gids: vec![10, 11],
+                name: "nobody".into(),
             }),
             mounts: vec![Mount {
                 source: "/run/x".into(),
@@ -114,10 +115,12 @@ mod tests {
             stream: StdioStream::Stderr as i32,
             data: b"oops\n".to_vec(),
             dropped_bytes: 0,
+            offset: 1 << 40,
         };
         let decoded = StdioChunk::decode(&chunk.encode_to_vec()[..]).unwrap();
         assert_eq!(decoded.stream(), StdioStream::Stderr);
         assert_eq!(decoded.data, b"oops\n");
+        assert_eq!(decoded.offset, 1 << 40);
     }
 
     #[test]
