@@ -22,9 +22,21 @@ impl LayerStore {
         descriptor: &Descriptor,
         diff_id: DiffId,
     ) -> Result<LayerRecord, LayerStoreError> {
+        self.ensure_layer_reporting(layout, descriptor, diff_id)
+            .map(|(record, _)| record)
+    }
+
+    /// `ensure_layer`, also saying whether this call converted the layer (`true`) or found
+    /// it already converted (`false`).
+    pub(crate) fn ensure_layer_reporting(
+        &self,
+        layout: &OciLayout,
+        descriptor: &Descriptor,
+        diff_id: DiffId,
+    ) -> Result<(LayerRecord, bool), LayerStoreError> {
         layout.verify_blob(descriptor)?;
         if let Some(record) = self.reusable_record(descriptor, &diff_id)? {
-            return Ok(record);
+            return Ok((record, false));
         }
 
         let lock_path = self.layer_lock_path(&diff_id);
@@ -32,17 +44,20 @@ impl LayerStore {
             files::lock_exclusive(&lock_path).map_err(LayerStoreError::io("lock", &lock_path))?;
         // Another process may have finished while we waited.
         if let Some(record) = self.reusable_record(descriptor, &diff_id)? {
-            return Ok(record);
+            return Ok((record, false));
         }
         if self.has_layer(&diff_id) {
-            return self.verify_blob_against_existing_layer(layout, descriptor, diff_id);
+            return self
+                .verify_blob_against_existing_layer(layout, descriptor, diff_id)
+                .map(|record| (record, false));
         }
         self.remove_stale_temporaries(&diff_id)?;
         self.convert_layer(layout, descriptor, diff_id)
+            .map(|record| (record, true))
     }
 
     /// The record, if the image exists and this very blob was already proven to be it.
-    fn reusable_record(
+    pub(super) fn reusable_record(
         &self,
         descriptor: &Descriptor,
         diff_id: &DiffId,

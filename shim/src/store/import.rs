@@ -48,7 +48,7 @@ pub struct ImageConfig {
 }
 
 impl ImageConfig {
-    fn from_config_file(file: &ImageConfigFile) -> ImageConfig {
+    pub(super) fn from_config_file(file: &ImageConfigFile) -> ImageConfig {
         let run = file.config.clone().unwrap_or_default();
         ImageConfig {
             architecture: file.architecture.clone(),

@@ -8,12 +8,16 @@
 //! layers/sha256/<hex>.json         its LayerRecord
 //! layers/sha256/<hex>.lock         one converter per layer at a time
 //! images/<manifest hex>.json       an ImportedImage
+//! names.json                       ImageNames: the tags and repo digests of images
+//! names.lock                       one writer of names.json at a time
 //! tmp/                             staging trees and files being written
 //! ```
 
 mod convert;
 mod files;
 mod import;
+mod names;
+mod pulled;
 
 use std::collections::HashSet;
 use std::fs;
@@ -29,6 +33,8 @@ use crate::layer::extract::{ExtractError, ExtractStats};
 use crate::oci::layout::OciLayoutError;
 
 pub use import::{ImageConfig, ImageLayer, ImportedImage};
+pub use names::ImageNames;
+pub use pulled::ResolvedImport;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayerStoreError {
@@ -73,6 +79,8 @@ pub enum LayerStoreError {
     },
     #[error("layer blob {digest} changed while it was being read")]
     BlobChanged { digest: Digest },
+    #[error("layer blob {digest} was not fetched and the store no longer holds its layer")]
+    LayerBlobMissing { digest: Digest },
     #[error("store record {path} is not valid JSON of the expected shape")]
     Record {
         path: PathBuf,
@@ -202,7 +210,12 @@ impl LayerStore {
         let lock_path = self.store_lock_path();
         let _store_lock =
             files::lock_exclusive(&lock_path).map_err(LayerStoreError::io("lock", &lock_path))?;
-        let keep: HashSet<&DiffId> = keep.iter().collect();
+        let keep: HashSet<DiffId> = keep.iter().copied().collect();
+        self.remove_layers_except(&keep)
+    }
+
+    /// The body of garbage collection; the caller holds the exclusive store lock.
+    fn remove_layers_except(&self, keep: &HashSet<DiffId>) -> Result<Vec<DiffId>, LayerStoreError> {
         let dir = self.layers_dir();
         let mut removed = Vec::new();
         for entry in fs::read_dir(&dir).map_err(LayerStoreError::io("list", &dir))? {
@@ -248,6 +261,12 @@ impl LayerStore {
 
     fn images_dir(&self) -> PathBuf {
         self.root.join("images")
+    }
+
+    /// A directory on the store's filesystem for files being written (pull staging), so
+    /// they can be renamed into place.
+    pub fn staging_dir(&self) -> PathBuf {
+        self.temp_dir()
     }
 
     fn temp_dir(&self) -> PathBuf {
