@@ -14,20 +14,9 @@ use crate::store::files::{self, TempDirGuard, TempFileGuard};
 use crate::store::{LayerRecord, LayerStore, LayerStoreError};
 
 impl LayerStore {
-    /// Ensures the layer `descriptor` (whose config diffID is `diff_id`) is converted, and
-    /// returns its record. The blob's digest and size are checked first, in every case.
-    pub(crate) fn ensure_layer(
-        &self,
-        layout: &OciLayout,
-        descriptor: &Descriptor,
-        diff_id: DiffId,
-    ) -> Result<LayerRecord, LayerStoreError> {
-        self.ensure_layer_reporting(layout, descriptor, diff_id)
-            .map(|(record, _)| record)
-    }
-
-    /// `ensure_layer`, also saying whether this call converted the layer (`true`) or found
-    /// it already converted (`false`).
+    /// Ensures the layer `descriptor` (whose config diffID is `diff_id`) is converted and
+    /// returns its record and whether this call converted it (`true`) or found it already
+    /// converted (`false`). The blob's digest and size are checked first, in every case.
     pub(crate) fn ensure_layer_reporting(
         &self,
         layout: &OciLayout,

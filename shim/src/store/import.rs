@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::digest::{DiffId, Digest};
 use crate::oci::layout::{OciLayout, OciReference};
 use crate::oci::spec::ImageConfigFile;
-use crate::store::{files, LayerStore, LayerStoreError};
+use crate::store::{LayerStore, LayerStoreError};
 
 /// An image in the store, ready to run: its layers' disks, lowest first, and how to run it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,31 +73,6 @@ impl LayerStore {
         let layout = OciLayout::new(parsed.layout_dir);
         let resolved = layout.resolve(parsed.tag.as_deref())?;
 
-        let lock_path = self.store_lock_path();
-        let _store_lock =
-            files::lock_shared(&lock_path).map_err(LayerStoreError::io("lock", &lock_path))?;
-        let mut layers = Vec::with_capacity(resolved.manifest.layers.len());
-        for (descriptor, diff_id) in resolved
-            .manifest
-            .layers
-            .iter()
-            .zip(&resolved.config.rootfs.diff_ids)
-        {
-            let record = self.ensure_layer(&layout, descriptor, *diff_id)?;
-            layers.push(ImageLayer {
-                diff_id: *diff_id,
-                path: self.layer_path(diff_id),
-                size: record.erofs_size,
-            });
-        }
-        let image = ImportedImage {
-            reference: reference.to_owned(),
-            manifest_digest: resolved.manifest_digest,
-            config_digest: resolved.config_digest,
-            config: ImageConfig::from_config_file(&resolved.config),
-            layers,
-        };
-        self.write_record(&self.image_record_path(&image.manifest_digest), &image)?;
-        Ok(image)
+        Ok(self.import_resolved(&layout, &resolved, reference)?.image)
     }
 }
