@@ -13,7 +13,7 @@ use vpod_proto::AgentClient;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(60);
 const APPLETS: &[&str] = &[
-    "sh", "echo", "sleep", "cat", "pwd", "readlink", "hostname", "true", "ls",
+    "sh", "echo", "sleep", "cat", "pwd", "readlink", "hostname", "true", "ls", "id", "grep",
 ];
 
 /// One agent process with its own temp dir; killed by pid and unmounted on drop.
@@ -100,6 +100,7 @@ impl Agent {
             .read_stdio(v1::ReadStdioRequest {
                 container_id: id.into(),
                 from_offset: 0,
+                no_follow: false,
             })
             .await
             .unwrap()
@@ -122,6 +123,7 @@ impl Agent {
             .read_stdio(v1::ReadStdioRequest {
                 container_id: id.into(),
                 from_offset: 0,
+                no_follow: false,
             })
             .await
             .unwrap()
@@ -402,6 +404,7 @@ async fn signals_reach_the_container_init_as_the_kernel_allows() {
             .read_stdio(v1::ReadStdioRequest {
                 container_id: "c5".into(),
                 from_offset: 0,
+                no_follow: false,
             })
             .await
             .unwrap()
@@ -483,6 +486,269 @@ async fn containers_have_their_own_pid_and_mount_namespaces() {
             .unwrap_err();
         assert_eq!(unknown.code(), tonic::Code::NotFound);
         assert!(mounts_under(agent.dir.path()).is_empty());
+    })
+    .await;
+}
+
+/// A directory beside the image that symlinks in the image point at; nothing may appear
+/// in it.
+fn outside_dir(agent: &Agent) -> PathBuf {
+    let outside = agent.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    outside
+}
+
+fn dir_entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn files_are_written_inside_the_root_even_through_hostile_symlinks() {
+    bounded(async {
+        let Some(mut agent) = Agent::start().await else {
+            return;
+        };
+        let outside = outside_dir(&agent);
+        let image = agent.image();
+        std::fs::write(image.join("etc/hostname"), "from-image\n").unwrap();
+        // /etc/resolv.conf points out of the root; /evil is an absolute link out of it.
+        std::os::unix::fs::symlink(outside.join("resolv.conf"), image.join("etc/resolv.conf"))
+            .unwrap();
+        std::os::unix::fs::symlink(&outside, image.join("evil")).unwrap();
+        std::os::unix::fs::symlink("../../../../../../..", image.join("etc/up")).unwrap();
+        let mut request = agent.create_request(
+            "f1",
+            &[
+                "sh",
+                "-c",
+                "cat /etc/resolv.conf /etc/hostname /evil/hosts /etc/up/x",
+            ],
+        );
+        let file = |path: &str, content: &str, mode: u32| v1::ContainerFile {
+            path: path.into(),
+            content: content.as_bytes().to_vec(),
+            mode,
+        };
+        request.files = vec![
+            file("/etc/resolv.conf", "nameserver 10.0.0.10\n", 0o644),
+            file("/etc/hostname", "pod-a\n", 0),
+            file("/evil/hosts", "10.0.0.2 db\n", 0o600),
+            file("/etc/up/x", "clamped\n", 0o644),
+        ];
+        agent.run(request).await;
+        let (out, err) = agent.output("f1").await;
+        assert_eq!(
+            out, "nameserver 10.0.0.10\npod-a\n10.0.0.2 db\nclamped\n",
+            "stderr: {err}"
+        );
+        assert_eq!(agent.wait("f1").await.status, Some(Ended::ExitCode(0)));
+        assert!(
+            dir_entries(&outside).is_empty(),
+            "{:?}",
+            dir_entries(&outside)
+        );
+        assert!(!agent.dir.path().join("x").exists());
+        // The image (the lower layer) is untouched: the files went to the upper dir.
+        assert_eq!(
+            std::fs::read_to_string(image.join("etc/hostname")).unwrap(),
+            "from-image\n"
+        );
+        agent.remove("f1").await;
+
+        let mut bad = agent.create_request("f2", &["true"]);
+        bad.files = vec![file("/etc/../../x", "", 0)];
+        let refused = agent.client.create_container(bad).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn user_names_resolve_in_the_container_s_passwd_and_group() {
+    bounded(async {
+        let Some(mut agent) = Agent::start().await else {
+            return;
+        };
+        let image = agent.image();
+        std::fs::write(
+            image.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(
+            image.join("etc/group"),
+            "root:x:0:\nwheel:x:10:root,app\napp:x:1001:\nstaff:x:50:\naudio:x:29:app\n",
+        )
+        .unwrap();
+        let script = "echo $(id -u) $(id -g) $(id -G) $HOME";
+        let cases: [(&str, v1::User, &str); 3] = [
+            (
+                "u1",
+                v1::User {
+                    name: "app".into(),
+                    ..Default::default()
+                },
+                "1000 1001 1001 10 29 /home/app\n",
+            ),
+            (
+                "u2",
+                v1::User {
+                    uid: 1000,
+                    gid: 7,
+                    ..Default::default()
+                },
+                "1000 7 7 10 29 /home/app\n",
+            ),
+            (
+                "u3",
+                v1::User {
+                    name: "app".into(),
+                    group: "staff".into(),
+                    ..Default::default()
+                },
+                "1000 50 50 /home/app\n",
+            ),
+        ];
+        for (id, user, expected) in cases {
+            let mut request = agent.create_request(id, &["sh", "-c", script]);
+            request.user = Some(user);
+            agent.run(request).await;
+            let (out, err) = agent.output(id).await;
+            assert_eq!(out, expected, "{id}: stderr {err}");
+            agent.remove(id).await;
+        }
+        let mut ghost = agent.create_request("u4", &["true"]);
+        ghost.user = Some(v1::User {
+            name: "ghost".into(),
+            ..Default::default()
+        });
+        let refused = agent.client.create_container(ghost).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(
+            refused.message().contains("\"ghost\""),
+            "{}",
+            refused.message()
+        );
+        // The failed create left nothing mounted.
+        assert!(mounts_under(&agent.dir.path().join("state")).is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn mount_destinations_and_cwd_resolve_inside_the_root() {
+    bounded(async {
+        let Some(mut agent) = Agent::start().await else {
+            return;
+        };
+        let outside = outside_dir(&agent);
+        let image = agent.image();
+        std::os::unix::fs::symlink(&outside, image.join("mnt")).unwrap();
+        std::os::unix::fs::symlink("/../../../../..", image.join("up")).unwrap();
+        // Inside the container, /mnt resolves to <root><outside>: the tmpfs must be there.
+        let script = format!(
+            "echo hi > /mnt/data/f && cat /mnt/data/f && pwd && grep -c ' {}/data ' /proc/self/mountinfo",
+            outside.display()
+        );
+        let mut request = agent.create_request("m1", &["sh", "-c", &script]);
+        request.mounts = vec![v1::Mount {
+            source: "tmpfs".into(),
+            destination: "/mnt/data".into(),
+            r#type: "tmpfs".into(),
+            options: vec!["size=1m".into()],
+        }];
+        request.cwd = "/up/new/dir".into();
+        agent.run(request).await;
+        let (out, err) = agent.output("m1").await;
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.first().copied(), Some("hi"), "stderr: {err}");
+        assert_eq!(lines.get(1).copied(), Some("/new/dir"), "stderr: {err}");
+        assert_eq!(lines.get(2).copied(), Some("1"), "stderr: {err}");
+        assert_eq!(agent.wait("m1").await.status, Some(Ended::ExitCode(0)));
+        assert!(dir_entries(&outside).is_empty(), "{:?}", dir_entries(&outside));
+        assert!(!agent.dir.path().join("new").exists());
+        assert!(!Path::new("/new/dir").exists());
+        agent.remove("m1").await;
+        assert!(mounts_under(agent.dir.path()).is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn read_stdio_resumes_from_a_byte_offset() {
+    bounded(async {
+        let Some(mut agent) = Agent::start().await else {
+            return;
+        };
+        agent
+            .run(agent.create_request("o1", &["sh", "-c", "echo hello; echo world"]))
+            .await;
+        assert_eq!(agent.wait("o1").await.status, Some(Ended::ExitCode(0)));
+        for (from, expected) in [
+            (0, "hello\nworld\n"),
+            (3, "lo\nworld\n"),
+            (8, "rld\n"),
+            (12, ""),
+        ] {
+            let mut stream = agent
+                .client
+                .read_stdio(v1::ReadStdioRequest {
+                    container_id: "o1".into(),
+                    from_offset: from,
+                    no_follow: false,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let mut text = Vec::new();
+            let mut next = from;
+            while let Some(chunk) = stream.message().await.unwrap() {
+                assert_eq!(chunk.offset, next, "from {from}");
+                assert_eq!(chunk.dropped_bytes, 0);
+                next += chunk.data.len() as u64;
+                text.extend_from_slice(&chunk.data);
+            }
+            assert_eq!(String::from_utf8_lossy(&text), expected, "from {from}");
+        }
+        agent.remove("o1").await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn read_stdio_without_follow_ends_at_the_current_output() {
+    bounded(async {
+        let Some(mut agent) = Agent::start().await else {
+            return;
+        };
+        agent
+            .run(agent.create_request("o2", &["sh", "-c", "echo early; sleep 100"]))
+            .await;
+        assert_eq!(agent.first_lines("o2", 1).await, ["early"]);
+        // The container still runs: a non-following reader gets what is there and ends.
+        let mut stream = agent
+            .client
+            .read_stdio(v1::ReadStdioRequest {
+                container_id: "o2".into(),
+                from_offset: 1,
+                no_follow: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut text = Vec::new();
+        while let Some(chunk) = stream.message().await.unwrap() {
+            text.extend_from_slice(&chunk.data);
+        }
+        assert_eq!(text, b"arly\n");
+        agent.remove("o2").await;
     })
     .await;
 }

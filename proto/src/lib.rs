@@ -10,6 +10,12 @@ pub mod v1 {
     tonic::include_proto!("vpod.agent.v1");
 }
 
+/// The Container Runtime Interface (runtime v1) that kubelet and crictl speak, from the
+/// maintained `k8s-cri` crate: messages, `runtime_service_server`, `image_service_server`
+/// and their clients.
+#[cfg(feature = "cri")]
+pub use k8s_cri::v1 as cri;
+
 pub use v1::agent_client::AgentClient;
 pub use v1::agent_server::{Agent, AgentServer};
 
@@ -57,6 +63,7 @@ mod tests {
                 gid: 100,
                 additional_gids: vec![10, 11],
                 name: "nobody".into(),
+                group: "staff".into(),
             }),
             mounts: vec![Mount {
                 source: "/run/x".into(),
@@ -141,9 +148,3 @@ mod tests {
         );
     }
 }
-
-/// The Container Runtime Interface (runtime v1) that kubelet and crictl speak, from the
-/// maintained `k8s-cri` crate: messages, `runtime_service_server`, `image_service_server`
-/// and their clients.
-#[cfg(feature = "cri")]
-pub use k8s_cri::v1 as cri;

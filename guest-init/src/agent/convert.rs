@@ -8,7 +8,7 @@ use vpod_proto::v1;
 use super::cgroup::CgroupLimits;
 use super::container::ContainerError;
 use super::rootfs::RootfsSource;
-use super::spec::{self, ContainerSpec, MountSpec, ProcessSpec, RlimitSpec};
+use super::spec::{self, ContainerSpec, FileSpec, MountSpec, ProcessSpec, RlimitSpec};
 
 /// A request field that cannot be used, named as in agent.proto.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -161,6 +161,7 @@ pub fn create_request(request: v1::CreateContainerRequest) -> Result<ContainerSp
         ));
     };
     let limits = request.limits.unwrap_or_default();
+    let files = files(request.files)?;
     Ok(ContainerSpec {
         id,
         process: ProcessSpec {
@@ -169,7 +170,7 @@ pub fn create_request(request: v1::CreateContainerRequest) -> Result<ContainerSp
             cwd: absolute(&request.cwd, "cwd")?,
             uid: user.uid,
             gid: user.gid,
-            additional_gids: user.additional_gids,
+            additional_gids: user.additional_gids.clone(),
             rlimits,
             capabilities: spec::capability_mask(&request.capabilities)
                 .map_err(|e| invalid("capabilities", e.to_string()))?,
@@ -186,7 +187,47 @@ pub fn create_request(request: v1::CreateContainerRequest) -> Result<ContainerSp
         },
         rootfs,
         stdin: request.stdin,
+        user_name: (!user.name.is_empty()).then_some(user.name),
+        group_name: (!user.group.is_empty()).then_some(user.group),
+        files,
     })
+}
+
+/// Files must name a file (not the root) by a clean absolute path; at most 1 MiB each.
+fn files(files: Vec<v1::ContainerFile>) -> Result<Vec<FileSpec>, FieldError> {
+    const MAX_FILE: usize = 1 << 20;
+    files
+        .into_iter()
+        .map(|f| {
+            let clean = f.path.starts_with('/')
+                && !f.path.ends_with('/')
+                && !f.path.split('/').any(|p| p == ".." || p == ".")
+                && !f.path.contains('\0');
+            if !clean {
+                return Err(invalid(
+                    "files",
+                    format!("{:?} is not a clean absolute path of a file.", f.path),
+                ));
+            }
+            if f.content.len() > MAX_FILE {
+                return Err(invalid(
+                    "files",
+                    format!("{:?} is larger than {MAX_FILE} bytes.", f.path),
+                ));
+            }
+            if f.mode > 0o7777 {
+                return Err(invalid(
+                    "files",
+                    format!("{:o} is not a permission mode.", f.mode),
+                ));
+            }
+            Ok(FileSpec {
+                path: f.path,
+                content: f.content,
+                mode: if f.mode == 0 { 0o644 } else { f.mode },
+            })
+        })
+        .collect()
 }
 
 pub fn exec_request(
@@ -234,7 +275,12 @@ impl From<ContainerError> for Status {
             ContainerError::Rootfs(_, super::rootfs::RootfsError::NoSuchDisk(_)) => {
                 Status::failed_precondition(message)
             }
-            ContainerError::Setup(..) => Status::invalid_argument(message),
+            ContainerError::Setup(..) | ContainerError::User(..) => {
+                Status::invalid_argument(message)
+            }
+            ContainerError::Files(_, crate::agent::in_root::InRootError::BadPath(_)) => {
+                Status::invalid_argument(message)
+            }
             ContainerError::Spawn(_, ref s) if s.is_not_found() => {
                 Status::invalid_argument(format!("Invalid args: {message}"))
             }

@@ -7,6 +7,7 @@ pub mod cgroup;
 pub mod container;
 pub mod convert;
 pub mod guest_info;
+pub mod in_root;
 pub mod reaper;
 pub mod rootfs;
 pub mod service;
@@ -14,6 +15,7 @@ pub mod setup;
 pub mod spawn;
 pub mod spec;
 pub mod stdio;
+pub mod users;
 
 use std::ffi::CString;
 use std::io;

@@ -149,10 +149,12 @@ impl vpod_proto::Agent for AgentService {
         &self,
         request: Request<v1::ReadStdioRequest>,
     ) -> Result<Response<ChunkStream>, Status> {
-        let container = self.containers.get(&request.into_inner().container_id)?;
+        let request = request.into_inner();
+        let container = self.containers.get(&request.container_id)?;
         let buffer = Arc::clone(&container.stdio);
         drop(container);
-        let stream = async_stream(buffer);
+        let stop_at = request.no_follow.then(|| buffer.end_offset());
+        let stream = async_stream(buffer, request.from_offset, stop_at);
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -181,16 +183,26 @@ impl vpod_proto::Agent for AgentService {
     }
 }
 
-/// Follows a container's output ring from its oldest kept chunk to the end.
+/// Follows a container's output ring from byte `from` (0: its oldest kept byte) to the end,
+/// or only up to offset `stop_at`.
 fn async_stream(
     buffer: Arc<super::stdio::StdioBuffer>,
+    mut from: u64,
+    stop_at: Option<u64>,
 ) -> impl Stream<Item = Result<v1::StdioChunk, Status>> + Send {
     let (sender, receiver) = tokio::sync::mpsc::channel(16);
+    let stop_at = stop_at.unwrap_or(u64::MAX);
     tokio::spawn(async move {
-        let mut from = 0;
-        while let Some((chunks, mut lost)) = buffer.next_after(from).await {
+        while from < stop_at {
+            let Some((chunks, mut lost)) = buffer.next_after(from).await else {
+                break;
+            };
             for chunk in chunks {
-                from = chunk.seq + 1;
+                if chunk.offset >= stop_at {
+                    return;
+                }
+                from = chunk.end();
+                let offset = chunk.offset;
                 let message = v1::StdioChunk {
                     stream: match chunk.stream {
                         StdioStream::Stdout => v1::StdioStream::Stdout,
@@ -198,7 +210,7 @@ fn async_stream(
                     } as i32,
                     data: chunk.data,
                     dropped_bytes: std::mem::take(&mut lost),
-                    offset: 0,
+                    offset,
                 };
                 if sender.send(Ok(message)).await.is_err() {
                     return;

@@ -2,11 +2,14 @@
 //! its own mount table with the overlay as root, a minimal /dev, /proc and a read-only /sys,
 //! the requested mounts, and the hostname. Built here, by the agent, before it clones,
 //! because the child may not allocate (it is forked from a multi-threaded process); the
-//! child only walks the list. Building them is pure, so tests can read the plan.
+//! child only walks the list. Building them is pure, so tests can read the plan. Every path
+//! inside the container's root is resolved inside it by the kernel, never by a plain path
+//! walk that an image's symlinks could redirect onto the guest's own filesystem.
 
 use std::ffi::CString;
 use std::path::{Component, Path, PathBuf};
 
+use super::in_root;
 use super::spec::{ContainerSpec, MountSpec};
 
 /// Device nodes bind-mounted from the guest's /dev into the container's.
@@ -28,46 +31,89 @@ pub enum SetupError {
     BadDestination(String),
 }
 
-/// One system call's worth of setup.
+/// Where a mount goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A path in the agent's view (the root itself, or "/" after pivoting).
+    Path(CString),
+    /// A path relative to the container's root, resolved inside it (see [`in_root`]).
+    InRoot(CString),
+}
+
+/// One system call's worth of setup. Paths marked "in the root" are relative to the
+/// container's root and resolved by openat2 with RESOLVE_IN_ROOT from the descriptor that
+/// [`Step::OpenRoot`] opened, so symlinks in the image cannot lead them outside.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     /// Stop mount events from propagating to or from the agent's namespace.
     MakeRootPrivate,
-    /// mkdir; an existing directory is fine.
-    Mkdir(CString),
-    /// Creates an empty file to mount over, if nothing is there.
+    /// Opens the root the in-root steps resolve in (after its bind onto itself, so mounts
+    /// made through it land on the mount that becomes `/`).
+    OpenRoot(CString),
+    /// mkdir of the single component `name` in the in-root directory `parent` ("." for the
+    /// root); an existing entry is fine.
+    Mkdir {
+        parent: CString,
+        name: CString,
+    },
+    /// Creates an empty file in the root to mount over, if nothing is there.
     Touch(CString),
     Mount {
         source: Option<CString>,
-        target: CString,
+        target: Target,
         fstype: Option<CString>,
         flags: libc::c_ulong,
         data: Option<CString>,
     },
-    /// symlink(target, link); an existing link is fine.
+    /// symlinkat(target, parent, name) in the root; an existing entry is fine.
     Symlink {
         target: CString,
-        link: CString,
+        parent: CString,
+        name: CString,
     },
     /// pivot_root into this directory and detach the old root.
     PivotRoot(CString),
     SetHostname(CString),
 }
 
+/// An in-root path as the container sees it.
+fn container_path(relative: &CString) -> String {
+    let text = relative.to_string_lossy();
+    if text == "." {
+        "/".to_string()
+    } else {
+        format!("/{text}")
+    }
+}
+
+fn joined(parent: &CString, name: &CString) -> String {
+    let parent = container_path(parent);
+    let name = name.to_string_lossy();
+    if parent == "/" {
+        format!("/{name}")
+    } else {
+        format!("{parent}/{name}")
+    }
+}
+
 impl Step {
-    /// For error messages.
+    /// For error messages; in-root paths are shown as the container sees them.
     pub fn describe(&self) -> String {
         let show = |c: &CString| c.to_string_lossy().into_owned();
         match self {
             Step::MakeRootPrivate => "making the mount tree private".to_string(),
-            Step::Mkdir(p) => format!("creating directory {}", show(p)),
-            Step::Touch(p) => format!("creating file {}", show(p)),
+            Step::OpenRoot(p) => format!("opening the root {}", show(p)),
+            Step::Mkdir { parent, name } => format!("creating directory {}", joined(parent, name)),
+            Step::Touch(p) => format!("creating file {}", container_path(p)),
             Step::Mount { target, fstype, .. } => format!(
                 "mounting {} on {}",
                 fstype.as_ref().map_or("a bind".to_string(), show),
-                show(target)
+                match target {
+                    Target::Path(p) => show(p),
+                    Target::InRoot(p) => container_path(p),
+                }
             ),
-            Step::Symlink { link, .. } => format!("creating link {}", show(link)),
+            Step::Symlink { parent, name, .. } => format!("creating link {}", joined(parent, name)),
             Step::PivotRoot(p) => format!("pivoting into {}", show(p)),
             Step::SetHostname(h) => format!("setting hostname {}", show(h)),
         }
@@ -83,48 +129,42 @@ pub fn c_str(text: &str) -> Result<CString, SetupError> {
     CString::new(text).map_err(|_| SetupError::NulByte(text.to_string()))
 }
 
-/// The destination inside the root, or an error for a relative path or one with "..".
-pub fn inside(rootfs: &Path, destination: &str) -> Result<PathBuf, SetupError> {
-    let path = Path::new(destination);
-    if !path.is_absolute() {
-        return Err(SetupError::BadDestination(destination.to_string()));
-    }
-    let mut joined = rootfs.to_path_buf();
-    for component in path.components() {
-        match component {
-            Component::RootDir | Component::CurDir => {}
-            Component::Normal(part) => joined.push(part),
-            Component::ParentDir | Component::Prefix(_) => {
-                return Err(SetupError::BadDestination(destination.to_string()))
-            }
-        }
-    }
-    Ok(joined)
+/// The destination relative to the root ("." for the root), or an error for a relative
+/// path or one with "..".
+pub fn inside(destination: &str) -> Result<PathBuf, SetupError> {
+    in_root::relative(destination).map_err(|_| SetupError::BadDestination(destination.to_string()))
 }
 
-/// mkdir -p below `rootfs` (which exists) as single steps.
-fn make_dirs(steps: &mut Vec<Step>, rootfs: &Path, dir: &Path) -> Result<(), SetupError> {
-    let Ok(relative) = dir.strip_prefix(rootfs) else {
-        return Ok(());
-    };
-    let mut path = rootfs.to_path_buf();
-    for part in relative.components() {
-        path.push(part);
-        steps.push(Step::Mkdir(c_path(&path)?));
+/// mkdir -p of the in-root `dir` as single steps.
+fn make_dirs(steps: &mut Vec<Step>, dir: &Path) -> Result<(), SetupError> {
+    let mut parent = PathBuf::from(".");
+    for part in dir.components() {
+        let Component::Normal(name) = part else {
+            continue;
+        };
+        steps.push(Step::Mkdir {
+            parent: c_path(&parent)?,
+            name: c_path(Path::new(name))?,
+        });
+        parent = if parent == Path::new(".") {
+            PathBuf::from(name)
+        } else {
+            parent.join(name)
+        };
     }
     Ok(())
 }
 
 fn mount_step(
     source: Option<&str>,
-    target: &Path,
+    target: Target,
     fstype: Option<&str>,
     flags: libc::c_ulong,
     data: &str,
 ) -> Result<Step, SetupError> {
     Ok(Step::Mount {
         source: source.map(c_str).transpose()?,
-        target: c_path(target)?,
+        target,
         fstype: fstype.map(c_str).transpose()?,
         flags,
         data: if data.is_empty() {
@@ -133,6 +173,10 @@ fn mount_step(
             Some(c_str(data)?)
         },
     })
+}
+
+fn in_root_target(relative: &Path) -> Result<Target, SetupError> {
+    Ok(Target::InRoot(c_path(relative)?))
 }
 
 /// Everything the container's init does before it becomes the container's process.
@@ -152,27 +196,28 @@ pub fn container_steps(
         // pivot_root needs the new root to be a mount point of this namespace.
         mount_step(
             Some(&rootfs.to_string_lossy()),
-            rootfs,
+            Target::Path(c_path(rootfs)?),
             None,
             MS_BIND | MS_REC,
             "",
         )?,
+        Step::OpenRoot(c_path(rootfs)?),
     ];
-    let proc_dir = rootfs.join("proc");
-    steps.push(Step::Mkdir(c_path(&proc_dir)?));
+    let proc_dir = Path::new("proc");
+    make_dirs(&mut steps, proc_dir)?;
     steps.push(mount_step(
         Some("proc"),
-        &proc_dir,
+        in_root_target(proc_dir)?,
         Some("proc"),
         MS_NOSUID | MS_NODEV | MS_NOEXEC,
         "",
     )?);
 
-    let dev_dir = rootfs.join("dev");
-    steps.push(Step::Mkdir(c_path(&dev_dir)?));
+    let dev_dir = Path::new("dev");
+    make_dirs(&mut steps, dev_dir)?;
     steps.push(mount_step(
         Some("tmpfs"),
-        &dev_dir,
+        in_root_target(dev_dir)?,
         Some("tmpfs"),
         MS_NOSUID | MS_STRICTATIME,
         "mode=755,size=65536k",
@@ -182,26 +227,26 @@ pub fn container_steps(
         steps.push(Step::Touch(c_path(&node)?));
         steps.push(mount_step(
             Some(&dev.join(device).to_string_lossy()),
-            &node,
+            in_root_target(&node)?,
             None,
             MS_BIND,
             "",
         )?);
     }
     let pts = dev_dir.join("pts");
-    steps.push(Step::Mkdir(c_path(&pts)?));
+    make_dirs(&mut steps, &pts)?;
     steps.push(mount_step(
         Some("devpts"),
-        &pts,
+        in_root_target(&pts)?,
         Some("devpts"),
         MS_NOSUID | MS_NOEXEC,
         "newinstance,ptmxmode=0666,mode=0620",
     )?);
     let shm = dev_dir.join("shm");
-    steps.push(Step::Mkdir(c_path(&shm)?));
+    make_dirs(&mut steps, &shm)?;
     steps.push(mount_step(
         Some("shm"),
-        &shm,
+        in_root_target(&shm)?,
         Some("tmpfs"),
         MS_NOSUID | MS_NODEV | MS_NOEXEC,
         "mode=1777,size=65536k",
@@ -209,28 +254,36 @@ pub fn container_steps(
     for (target, link) in DEV_LINKS {
         steps.push(Step::Symlink {
             target: c_str(target)?,
-            link: c_path(&dev_dir.join(link))?,
+            parent: c_path(dev_dir)?,
+            name: c_str(link)?,
         });
     }
-    let sys = rootfs.join("sys");
-    steps.push(Step::Mkdir(c_path(&sys)?));
+    let sys = Path::new("sys");
+    make_dirs(&mut steps, sys)?;
     steps.push(mount_step(
         Some("sysfs"),
-        &sys,
+        in_root_target(sys)?,
         Some("sysfs"),
         MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
         "",
     )?);
 
     for m in &spec.mounts {
-        push_user_mount(&mut steps, rootfs, m, source_is_file)?;
+        push_user_mount(&mut steps, m, source_is_file)?;
     }
+    // As runc does: a working directory the image lacks is created (owned by root).
+    let cwd = if spec.process.cwd.is_empty() {
+        "/"
+    } else {
+        &spec.process.cwd
+    };
+    make_dirs(&mut steps, &inside(cwd)?)?;
 
     steps.push(Step::PivotRoot(c_path(rootfs)?));
     if spec.readonly_rootfs {
         steps.push(mount_step(
             None,
-            Path::new("/"),
+            Target::Path(c_str("/")?),
             None,
             MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NODEV,
             "",
@@ -244,23 +297,22 @@ pub fn container_steps(
 
 fn push_user_mount(
     steps: &mut Vec<Step>,
-    rootfs: &Path,
     m: &MountSpec,
     source_is_file: &dyn Fn(&str) -> bool,
 ) -> Result<(), SetupError> {
-    let target = inside(rootfs, &m.destination)?;
+    let target = inside(&m.destination)?;
     if m.is_bind() && source_is_file(&m.source) {
         if let Some(parent) = target.parent() {
-            make_dirs(steps, rootfs, parent)?;
+            make_dirs(steps, parent)?;
         }
         steps.push(Step::Touch(c_path(&target)?));
     } else {
-        make_dirs(steps, rootfs, &target)?;
+        make_dirs(steps, &target)?;
     }
     if m.is_bind() {
         steps.push(mount_step(
             Some(&m.source),
-            &target,
+            in_root_target(&target)?,
             None,
             m.flags & (libc::MS_BIND | libc::MS_REC),
             "",
@@ -270,7 +322,7 @@ fn push_user_mount(
         if rest != 0 {
             steps.push(mount_step(
                 None,
-                &target,
+                in_root_target(&target)?,
                 None,
                 libc::MS_REMOUNT | libc::MS_BIND | rest,
                 "",
@@ -279,7 +331,7 @@ fn push_user_mount(
     } else {
         steps.push(mount_step(
             Some(&m.source),
-            &target,
+            in_root_target(&target)?,
             Some(&m.fstype),
             m.flags,
             &m.data,
@@ -314,6 +366,9 @@ mod tests {
             limits: CgroupLimits::default(),
             rootfs: RootfsSource::Directory("/img".into()),
             stdin: false,
+            user_name: None,
+            group_name: None,
+            files: vec![],
         }
     }
 
@@ -337,15 +392,31 @@ mod tests {
                 .unwrap_or_else(|| panic!("{s} in {text:?}"))
         };
         let pivot = position("pivoting into /r");
-        assert!(position("mounting proc on /r/proc") < pivot);
-        assert!(position("mounting tmpfs on /r/dev") < position("mounting a bind on /r/dev/null"));
-        assert!(position("mounting devpts on /r/dev/pts") < pivot);
-        assert!(position("mounting sysfs on /r/sys") < pivot);
-        assert!(position("creating link /r/dev/ptmx") < pivot);
+        let open_root = position("opening the root /r");
+        assert!(position("mounting a bind on /r") < open_root);
+        assert!(open_root < position("mounting proc on /proc"));
+        assert!(position("mounting proc on /proc") < pivot);
+        assert!(position("mounting tmpfs on /dev") < position("mounting a bind on /dev/null"));
+        assert!(position("mounting devpts on /dev/pts") < pivot);
+        assert!(position("mounting sysfs on /sys") < pivot);
+        assert!(position("creating link /dev/ptmx") < pivot);
         assert_eq!(text[pivot + 1], "mounting a bind on /");
         assert_eq!(text.last().unwrap(), "setting hostname web");
         for device in DEVICES {
-            position(&format!("mounting a bind on /r/dev/{device}"));
+            position(&format!("mounting a bind on /dev/{device}"));
+        }
+        // Everything between opening the root and pivoting resolves inside it.
+        for step in &steps[open_root + 1..pivot] {
+            assert!(
+                !matches!(
+                    step,
+                    Step::Mount {
+                        target: Target::Path(_),
+                        ..
+                    }
+                ),
+                "{step:?} mounts on a plain path"
+            );
         }
     }
 
@@ -368,31 +439,53 @@ mod tests {
         let text = described(&steps);
         let start = text
             .iter()
-            .position(|t| t == "creating directory /r/var")
+            .position(|t| t == "creating directory /var")
             .unwrap();
         assert_eq!(
             &text[start..start + 5],
             [
-                "creating directory /r/var",
-                "creating directory /r/var/run",
-                "creating file /r/var/run/token",
-                "mounting a bind on /r/var/run/token",
-                "mounting a bind on /r/var/run/token",
+                "creating directory /var",
+                "creating directory /var/run",
+                "creating file /var/run/token",
+                "mounting a bind on /var/run/token",
+                "mounting a bind on /var/run/token",
             ]
         );
+        assert_eq!(
+            steps[start + 1],
+            Step::Mkdir {
+                parent: c"var".to_owned(),
+                name: c"run".to_owned()
+            }
+        );
         assert!(matches!(
-            &steps[steps.iter().position(|s| s.describe() == "creating file /r/var/run/token").unwrap() + 2],
+            &steps[start + 3],
+            Step::Mount { target: Target::InRoot(t), .. } if t.as_c_str() == c"var/run/token"
+        ));
+        assert!(matches!(
+            &steps[start + 4],
             Step::Mount { flags, .. } if *flags == libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY
         ));
     }
 
     #[test]
-    fn destinations_with_dot_dot_or_relative_are_refused() {
+    fn a_missing_working_directory_is_created_inside_the_root() {
+        let mut with_cwd = spec(vec![], false);
+        with_cwd.process.cwd = "/srv/app".into();
+        let steps =
+            container_steps(&with_cwd, Path::new("/r"), Path::new("/dev"), &|_| false).unwrap();
+        let text = described(&steps);
+        let pivot = text.iter().position(|t| t == "pivoting into /r").unwrap();
         assert_eq!(
-            inside(Path::new("/r"), "/a/b").unwrap(),
-            Path::new("/r/a/b")
+            &text[pivot - 2..pivot],
+            ["creating directory /srv", "creating directory /srv/app"]
         );
-        assert!(inside(Path::new("/r"), "/a/../../etc").is_err());
-        assert!(inside(Path::new("/r"), "etc").is_err());
+    }
+
+    #[test]
+    fn destinations_with_dot_dot_or_relative_are_refused() {
+        assert_eq!(inside("/a/b").unwrap(), Path::new("a/b"));
+        assert!(inside("/a/../../etc").is_err());
+        assert!(inside("etc").is_err());
     }
 }

@@ -7,7 +7,7 @@
 //! It reports a failure as a fixed-size record on a close-on-exec pipe, whose end of file
 //! tells the agent that exec succeeded.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -15,8 +15,9 @@ use std::path::Path;
 
 use tokio::sync::oneshot;
 
+use super::in_root::{self, RESOLVE_SAFE};
 use super::reaper::{ExitStatus, Reaper};
-use super::setup::{c_str, SetupError, Step};
+use super::setup::{c_str, SetupError, Step, Target};
 use super::spec::ProcessSpec;
 
 /// The PATH for the lookup of args[0] when the environment has none.
@@ -224,8 +225,9 @@ pub fn spawn_container(
             if let Some(cgroup) = &cgroup {
                 child.join_cgroup(cgroup.as_raw_fd());
             }
+            let mut root = -1;
             for (i, step) in launch.steps.iter().enumerate() {
-                if let Err(errno) = run_step(step) {
+                if let Err(errno) = run_step(step, &mut root) {
                     child.fail(i as u32, errno);
                 }
             }
@@ -402,7 +404,7 @@ fn clone_process(flags: libc::c_ulong) -> Result<Option<libc::pid_t>, SpawnError
 }
 
 /// One system call of the setup; returns errno on failure. Runs in the child.
-fn run_step(step: &Step) -> Result<(), i32> {
+fn run_step(step: &Step, root: &mut RawFd) -> Result<(), i32> {
     let opt = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
     let (rc, tolerated) = match step {
         Step::MakeRootPrivate => (
@@ -415,22 +417,26 @@ fn run_step(step: &Step) -> Result<(), i32> {
             ),
             0,
         ),
-        // SAFETY: mkdir reads a NUL-terminated string prepared before the clone.
-        Step::Mkdir(path) => (unsafe { libc::mkdir(path.as_ptr(), 0o755) }, libc::EEXIST),
-        Step::Touch(path) => {
-            // SAFETY: open reads a NUL-terminated string prepared before the clone.
-            let fd = unsafe {
-                libc::open(
-                    path.as_ptr(),
-                    libc::O_CREAT | libc::O_RDONLY | libc::O_CLOEXEC,
-                    0o644,
-                )
-            };
+        Step::OpenRoot(path) => {
+            let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
+            let fd = in_root::openat2(libc::AT_FDCWD, path, flags, 0, 0);
             if fd >= 0 {
-                // SAFETY: closes the descriptor just opened, owned by nobody else.
-                unsafe { libc::close(fd) };
+                *root = fd;
             }
             (fd.min(0), 0)
+        }
+        Step::Mkdir { parent, name } => {
+            let dir = ChildFd::in_root(*root, parent, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+            // SAFETY: mkdirat reads a NUL-terminated single component prepared before the
+            // clone, in a directory this process holds; it never follows a last symlink.
+            (
+                unsafe { libc::mkdirat(dir.0, name.as_ptr(), 0o755) },
+                libc::EEXIST,
+            )
+        }
+        Step::Touch(path) => {
+            ChildFd::in_root(*root, path, libc::O_CREAT | libc::O_RDONLY, 0o644)?;
+            (0, 0)
         }
         Step::Mount {
             source,
@@ -438,15 +444,40 @@ fn run_step(step: &Step) -> Result<(), i32> {
             fstype,
             flags,
             data,
-        } => (
-            sys_mount(opt(source), target.as_ptr(), opt(fstype), *flags, opt(data)),
-            0,
-        ),
-        // SAFETY: symlink reads two NUL-terminated strings prepared before the clone.
-        Step::Symlink { target, link } => (
-            unsafe { libc::symlink(target.as_ptr(), link.as_ptr()) },
-            libc::EEXIST,
-        ),
+        } => match target {
+            Target::Path(path) => (
+                sys_mount(opt(source), path.as_ptr(), opt(fstype), *flags, opt(data)),
+                0,
+            ),
+            Target::InRoot(path) => {
+                let target = ChildFd::in_root(*root, path, libc::O_PATH, 0)?;
+                let mut buffer = [0u8; PROC_FD_PATH_LEN];
+                let proc_path = proc_fd_path(target.0, &mut buffer);
+                (
+                    sys_mount(
+                        opt(source),
+                        proc_path.as_ptr(),
+                        opt(fstype),
+                        *flags,
+                        opt(data),
+                    ),
+                    0,
+                )
+            }
+        },
+        Step::Symlink {
+            target,
+            parent,
+            name,
+        } => {
+            let dir = ChildFd::in_root(*root, parent, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+            // SAFETY: symlinkat reads two NUL-terminated strings prepared before the clone
+            // and a directory this process holds.
+            (
+                unsafe { libc::symlinkat(target.as_ptr(), dir.0, name.as_ptr()) },
+                libc::EEXIST,
+            )
+        }
         Step::PivotRoot(root) => (pivot_root(root), 0),
         // SAFETY: sethostname reads `len` bytes of a string prepared before the clone.
         Step::SetHostname(name) => (
@@ -463,6 +494,59 @@ fn run_step(step: &Step) -> Result<(), i32> {
     } else {
         Err(e)
     }
+}
+
+/// A descriptor the child opened and closes when done; no allocation involved.
+struct ChildFd(RawFd);
+
+impl ChildFd {
+    /// `path` below the root the child opened, resolved inside it; errno on failure.
+    fn in_root(root: RawFd, path: &CStr, flags: libc::c_int, mode: u32) -> Result<Self, i32> {
+        if root < 0 {
+            return Err(libc::EBADF);
+        }
+        let fd = in_root::openat2(root, path, flags | libc::O_CLOEXEC, mode, RESOLVE_SAFE);
+        if fd < 0 {
+            Err(errno())
+        } else {
+            Ok(ChildFd(fd))
+        }
+    }
+}
+
+impl Drop for ChildFd {
+    fn drop(&mut self) {
+        // SAFETY: closes a descriptor this process opened and nothing else holds.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+/// "/proc/self/fd/" and up to 10 digits and a NUL.
+const PROC_FD_PATH_LEN: usize = 32;
+
+/// "/proc/self/fd/<fd>" in `buffer`: mount(2) follows that magic link to exactly the file
+/// the descriptor holds, so a mount lands where the in-root lookup found, not where a
+/// later path walk might.
+fn proc_fd_path(fd: RawFd, buffer: &mut [u8; PROC_FD_PATH_LEN]) -> &CStr {
+    const PREFIX: &[u8] = b"/proc/self/fd/";
+    buffer[..PREFIX.len()].copy_from_slice(PREFIX);
+    let mut digits = [0u8; 10];
+    let mut n = fd.max(0) as u32;
+    let mut count = 0;
+    loop {
+        digits[count] = b'0' + (n % 10) as u8;
+        count += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..count {
+        buffer[PREFIX.len() + i] = digits[count - 1 - i];
+    }
+    buffer[PREFIX.len() + count] = 0;
+    // The buffer holds exactly one NUL, just written after the digits.
+    CStr::from_bytes_until_nul(&buffer[..]).unwrap_or(c"/proc/self/fd/")
 }
 
 fn sys_mount(
@@ -714,6 +798,17 @@ mod tests {
         spec.env.clear();
         let plan = ProcessPlan::new(&spec).unwrap();
         assert_eq!(plan.candidates.len(), DEFAULT_PATH.split(':').count());
+    }
+
+    #[test]
+    fn proc_fd_paths_are_formatted_without_allocating() {
+        let mut buffer = [0u8; PROC_FD_PATH_LEN];
+        assert_eq!(proc_fd_path(0, &mut buffer), c"/proc/self/fd/0");
+        assert_eq!(proc_fd_path(1234, &mut buffer), c"/proc/self/fd/1234");
+        assert_eq!(
+            proc_fd_path(i32::MAX, &mut buffer),
+            c"/proc/self/fd/2147483647"
+        );
     }
 
     #[test]

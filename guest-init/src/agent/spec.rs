@@ -32,6 +32,22 @@ pub struct ContainerSpec {
     pub limits: CgroupLimits,
     pub rootfs: RootfsSource,
     pub stdin: bool,
+    /// A user name to look up in the container's /etc/passwd (replaces uid and gid).
+    pub user_name: Option<String>,
+    /// A group name or decimal gid to look up in its /etc/group (replaces the gid).
+    pub group_name: Option<String>,
+    /// Written into the root before the process starts.
+    pub files: Vec<FileSpec>,
+}
+
+/// A file the agent writes into the container's root, replacing the image's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSpec {
+    /// Absolute inside the container, without "..".
+    pub path: String,
+    pub content: Vec<u8>,
+    /// Permission bits.
+    pub mode: u32,
 }
 
 /// What runs, as whom. Exec processes reuse the container's identity with their own args.

@@ -18,12 +18,20 @@ pub enum Stream {
     Stderr,
 }
 
-/// One piece of output, numbered in the order it was written.
+/// One piece of output and where it starts in the container's combined output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chunk {
-    pub seq: u64,
+    /// The offset of its first byte, stdout and stderr counted together.
+    pub offset: u64,
     pub stream: Stream,
     pub data: Vec<u8>,
+}
+
+impl Chunk {
+    /// The offset just past its last byte.
+    pub fn end(&self) -> u64 {
+        self.offset + self.data.len() as u64
+    }
 }
 
 /// The bounded ring itself, a pure type.
@@ -32,9 +40,8 @@ pub struct Ring {
     capacity: usize,
     chunks: VecDeque<Chunk>,
     bytes: usize,
-    next_seq: u64,
-    /// Bytes evicted or truncated before chunk `seq`, by seq, so readers can report loss.
-    dropped_before: VecDeque<(u64, u64)>,
+    /// Bytes ever written: the offset the next byte gets.
+    end: u64,
     open_streams: u8,
 }
 
@@ -44,8 +51,7 @@ impl Ring {
             capacity,
             chunks: VecDeque::new(),
             bytes: 0,
-            next_seq: 0,
-            dropped_before: VecDeque::new(),
+            end: 0,
             open_streams: 2,
         }
     }
@@ -55,25 +61,19 @@ impl Ring {
             return;
         }
         let keep = data.len().min(self.capacity);
-        let data = data[data.len() - keep..].to_vec();
-        self.bytes += data.len();
+        let skipped = (data.len() - keep) as u64;
         self.chunks.push_back(Chunk {
-            seq: self.next_seq,
+            offset: self.end + skipped,
             stream,
-            data,
+            data: data[data.len() - keep..].to_vec(),
         });
-        self.next_seq += 1;
+        self.bytes += keep;
+        self.end += data.len() as u64;
         while self.bytes > self.capacity {
             let Some(old) = self.chunks.pop_front() else {
                 break;
             };
             self.bytes -= old.data.len();
-            self.dropped_before
-                .push_back((old.seq + 1, old.data.len() as u64));
-        }
-        // Only the loss at or after the oldest kept chunk matters to anyone.
-        while self.dropped_before.len() > 64 {
-            self.dropped_before.pop_front();
         }
     }
 
@@ -86,27 +86,36 @@ impl Ring {
         self.open_streams == 0
     }
 
-    pub fn next_seq(&self) -> u64 {
-        self.next_seq
+    /// The offset the next byte written gets.
+    pub fn end_offset(&self) -> u64 {
+        self.end
     }
 
-    /// Chunks from `from` on, and how many bytes a reader that wanted `from` has lost.
+    /// The offset of the oldest byte still kept (the end when nothing is).
+    pub fn oldest_offset(&self) -> u64 {
+        self.chunks.front().map_or(self.end, |c| c.offset)
+    }
+
+    /// The output from byte `from` on (a chunk that holds `from` is cut there), and how
+    /// many bytes from `from` on are gone because the ring dropped them.
     pub fn read_from(&self, from: u64) -> (Vec<Chunk>, u64) {
-        let oldest = self.chunks.front().map_or(self.next_seq, |c| c.seq);
-        let lost = if from < oldest {
-            self.dropped_before
-                .iter()
-                .filter(|(seq, _)| *seq > from && *seq <= oldest)
-                .map(|(_, n)| n)
-                .sum()
-        } else {
-            0
-        };
+        let oldest = self.oldest_offset();
+        let lost = oldest.saturating_sub(from);
         let chunks = self
             .chunks
             .iter()
-            .filter(|c| c.seq >= from)
-            .cloned()
+            .filter(|c| c.end() > from)
+            .map(|c| {
+                if c.offset >= from {
+                    c.clone()
+                } else {
+                    Chunk {
+                        offset: from,
+                        stream: c.stream,
+                        data: c.data[(from - c.offset) as usize..].to_vec(),
+                    }
+                }
+            })
             .collect();
         (chunks, lost)
     }
@@ -157,8 +166,9 @@ impl StdioBuffer {
         self.close_stream();
     }
 
-    /// Waits for chunks from `from` on. Returns them with the bytes lost before them, or
-    /// None when both streams are closed and everything was read.
+    /// Waits for output from byte `from` on. Returns it with the bytes lost before it
+    /// (dropped from the ring before this reader got them), or None when both streams are
+    /// closed and everything from `from` on was read.
     pub async fn next_after(&self, from: u64) -> Option<(Vec<Chunk>, u64)> {
         let mut changed = self.changed.subscribe();
         loop {
@@ -188,14 +198,19 @@ impl StdioBuffer {
         self.tick();
     }
 
-    pub fn next_seq(&self) -> u64 {
-        self.ring().next_seq()
+    /// The offset the next byte written gets.
+    pub fn end_offset(&self) -> u64 {
+        self.ring().end_offset()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn text(chunks: &[Chunk]) -> Vec<(u64, &[u8])> {
+        chunks.iter().map(|c| (c.offset, &c.data[..])).collect()
+    }
 
     #[test]
     fn the_ring_keeps_the_newest_bytes_within_its_capacity() {
@@ -205,29 +220,84 @@ mod tests {
         ring.push(Stream::Stdout, b"cccc");
         let (chunks, lost) = ring.read_from(0);
         assert_eq!(lost, 4);
-        let data: Vec<&[u8]> = chunks.iter().map(|c| &c.data[..]).collect();
-        assert_eq!(data, [&b"bbbb"[..], &b"cccc"[..]]);
+        assert_eq!(text(&chunks), [(4, &b"bbbb"[..]), (8, &b"cccc"[..])]);
         assert_eq!(chunks[0].stream, Stream::Stderr);
+        assert_eq!(ring.end_offset(), 12);
     }
 
     #[test]
-    fn a_chunk_larger_than_the_ring_keeps_its_tail() {
+    fn a_chunk_larger_than_the_ring_keeps_its_tail_at_its_true_offset() {
         let mut ring = Ring::new(4);
         ring.push(Stream::Stdout, b"0123456789");
-        let (chunks, _) = ring.read_from(0);
-        assert_eq!(chunks[0].data, b"6789");
+        let (chunks, lost) = ring.read_from(0);
+        assert_eq!(text(&chunks), [(6, &b"6789"[..])]);
+        assert_eq!(lost, 6);
     }
 
     #[test]
-    fn a_reader_gets_only_what_is_new_and_no_loss() {
+    fn a_reader_resuming_mid_chunk_gets_exactly_the_bytes_from_there() {
         let mut ring = Ring::new(100);
-        ring.push(Stream::Stdout, b"one");
-        ring.push(Stream::Stdout, b"two");
-        let (chunks, lost) = ring.read_from(1);
+        ring.push(Stream::Stdout, b"hello ");
+        ring.push(Stream::Stderr, b"world");
+        let (chunks, lost) = ring.read_from(3);
         assert_eq!(lost, 0);
-        assert_eq!(chunks.len(), 1);
-        assert_eq!(chunks[0].data, b"two");
-        assert!(ring.read_from(2).0.is_empty());
+        assert_eq!(text(&chunks), [(3, &b"lo "[..]), (6, &b"world"[..])]);
+        assert_eq!(chunks[1].stream, Stream::Stderr);
+        let (chunks, _) = ring.read_from(6);
+        assert_eq!(text(&chunks), [(6, &b"world"[..])]);
+        let (chunks, _) = ring.read_from(10);
+        assert_eq!(text(&chunks), [(10, &b"d"[..])]);
+        assert!(ring.read_from(11).0.is_empty());
+        assert!(ring.read_from(50).0.is_empty());
+    }
+
+    #[test]
+    fn a_resumed_offset_that_fell_out_of_the_ring_reports_the_loss() {
+        let mut ring = Ring::new(8);
+        for piece in [&b"0123"[..], b"4567", b"89ab", b"cdef"] {
+            ring.push(Stream::Stdout, piece);
+        }
+        // Kept: 89ab cdef (offsets 8..16). A reader that had read up to 5 lost 5..8.
+        let (chunks, lost) = ring.read_from(5);
+        assert_eq!(lost, 3);
+        assert_eq!(text(&chunks), [(8, &b"89ab"[..]), (12, &b"cdef"[..])]);
+        let (chunks, lost) = ring.read_from(9);
+        assert_eq!(lost, 0);
+        assert_eq!(text(&chunks), [(9, &b"9ab"[..]), (12, &b"cdef"[..])]);
+    }
+
+    #[test]
+    fn every_resume_point_reassembles_the_kept_output() {
+        let mut ring = Ring::new(20);
+        let mut written = Vec::new();
+        for i in 0..30u8 {
+            let piece = vec![b'a' + (i % 26); usize::from(i % 5) + 1];
+            written.extend_from_slice(&piece);
+            ring.push(
+                if i % 2 == 0 {
+                    Stream::Stdout
+                } else {
+                    Stream::Stderr
+                },
+                &piece,
+            );
+        }
+        let end = ring.end_offset();
+        assert_eq!(end, written.len() as u64);
+        let oldest = ring.oldest_offset();
+        for from in 0..=end {
+            let (chunks, lost) = ring.read_from(from);
+            assert_eq!(lost, oldest.saturating_sub(from));
+            let start = from.max(oldest);
+            let mut expected_offset = start;
+            let mut bytes = Vec::new();
+            for c in &chunks {
+                assert_eq!(c.offset, expected_offset);
+                expected_offset = c.end();
+                bytes.extend_from_slice(&c.data);
+            }
+            assert_eq!(bytes, &written[start as usize..]);
+        }
     }
 
     #[test]
@@ -245,10 +315,10 @@ mod tests {
         let writer = Arc::clone(&buffer);
         let follower = tokio::spawn(async move {
             let mut seen = Vec::new();
-            let mut from = 0;
+            let mut from = 2;
             while let Some((chunks, _)) = buffer.next_after(from).await {
                 for c in chunks {
-                    from = c.seq + 1;
+                    from = c.end();
                     seen.extend(c.data);
                 }
             }
@@ -259,6 +329,6 @@ mod tests {
         writer.push(Stream::Stderr, b"world");
         writer.close_stream();
         writer.close_stream();
-        assert_eq!(follower.await.unwrap(), b"hello world");
+        assert_eq!(follower.await.unwrap(), b"llo world");
     }
 }

@@ -1,7 +1,8 @@
 //! `vpod`: runs a container in its own micro-VM.
 //!
 //! ```text
-//! vpod run [--vcpus N] [--memory MiB] [--env K=V]... [--workdir DIR] [--user UID[:GID]]
+//! vpod run [--vcpus N] [--memory MiB] [--env K=V]... [--workdir DIR] [--user USER[:GROUP]]
+//!          [--hostname NAME] [--add-host HOST:IP]... [--dns IP]...
 //!          [--entrypoint PROG] [--root DIR] [--stop-timeout SECS] [--timings]
 //!          [IMAGE] [--] [CMD ARGS...]
 //! ```
@@ -16,7 +17,13 @@
 //! `-d` leaves the pod running and prints the container's id (for a new pod, the pod's id);
 //! `--pod ID` (with `--name NAME`) adds the container to a running pod instead of booting one.
 //! `vpod exec [--timeout SECS] POD[:CONTAINER] -- CMD...` runs a process in a container and
-//! exits with its code; `vpod rm POD` stops a pod; `vpod ps` lists pods.
+//! exits with its code; `vpod logs [-f] NAME` prints a detached container's output (stdout
+//! to stdout, stderr to stderr; `-f` follows it until the container ends); `vpod rm POD`
+//! stops a pod; `vpod ps` lists pods.
+//!
+//! `--user` takes `USER[:GROUP]`, numbers or names (resolved in the container's /etc/passwd
+//! and /etc/group). `--hostname NAME` and `--add-host HOST:IP` write the container's
+//! /etc/hostname and /etc/hosts, `--dns IP` its /etc/resolv.conf.
 //!
 //! Assets: `vpod-vmm` next to this binary, `build/vmlinux` and `build/initrd.img` of the
 //! checkout holding this binary (or `$VPOD_HOME`); `--vmm`, `--kernel`, `--initrd` override.
@@ -31,13 +38,16 @@ use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{signal, SignalKind};
 use vpod_proto::v1::StdioStream;
 use vpod_shim::default_image::DEFAULT_IMAGE_TAG;
+use vpod_shim::sandbox::container::ContainerFile;
 use vpod_shim::sandbox::{ContainerExit, ContainerSpec, ProcessOverrides, Sandbox, SandboxConfig};
 use vpod_shim::LayerStore;
 
 const USAGE: &str = "usage: vpod run [-d] [--pod ID --name NAME] [--vcpus N] [--memory MiB] \
-[--env K=V]... [--workdir DIR] [--user UID[:GID]] [--entrypoint PROG] [--root DIR] \
+[--env K=V]... [--workdir DIR] [--user USER[:GROUP]] [--hostname NAME] [--add-host HOST:IP]... \
+[--dns IP]... [--entrypoint PROG] [--root DIR] \
 [--stop-timeout SECS] [--timings] [--vmm PATH] [--kernel PATH] [--initrd PATH] [IMAGE] [--] [CMD ARGS...]
        vpod exec [--root DIR] [--timeout SECS] POD[:CONTAINER] -- CMD ARGS...
+       vpod logs [-f] [--root DIR] NAME|POD:CONTAINER
        vpod rm [--root DIR] POD...
        vpod ps [--root DIR]";
 
@@ -63,6 +73,9 @@ struct RunArgs {
     detach: bool,
     pod: Option<String>,
     name: Option<String>,
+    hostname: Option<String>,
+    add_hosts: Vec<(String, String)>,
+    dns: Vec<String>,
 }
 
 fn parse_run(args: Vec<String>) -> anyhow::Result<RunArgs> {
@@ -80,6 +93,9 @@ fn parse_run(args: Vec<String>) -> anyhow::Result<RunArgs> {
         detach: false,
         pod: None,
         name: None,
+        hostname: None,
+        add_hosts: Vec::new(),
+        dns: Vec::new(),
     };
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -132,6 +148,20 @@ fn parse_run(args: Vec<String>) -> anyhow::Result<RunArgs> {
             "--initrd" => run.initrd = Some(PathBuf::from(value)),
             "--pod" => run.pod = Some(value),
             "--name" => run.name = Some(value),
+            "--hostname" | "-h" => run.hostname = Some(value),
+            "--add-host" => {
+                let (host, ip) = value
+                    .split_once(':')
+                    .filter(|(h, ip)| !h.is_empty() && ip.parse::<std::net::IpAddr>().is_ok())
+                    .with_context(|| format!("--add-host takes HOST:IP, not {value}"))?;
+                run.add_hosts.push((host.to_string(), ip.to_string()));
+            }
+            "--dns" => {
+                value
+                    .parse::<std::net::IpAddr>()
+                    .with_context(|| format!("--dns takes an IP address, not {value}"))?;
+                run.dns.push(value);
+            }
             _ => bail!("unknown flag {flag}\n{USAGE}"),
         }
     }
@@ -221,12 +251,14 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         (None, Some(_)) => random_id()?,
         (None, None) => sandbox.id().to_string(),
     };
+    let files = network_files(args.hostname.as_deref(), &args.add_hosts, &args.dns);
     let spec = ContainerSpec {
         id: id.clone(),
         layers: imported.layers,
         image_config: imported.config,
         overrides: args.overrides,
-        hostname: String::new(),
+        hostname: args.hostname.unwrap_or_default(),
+        files,
     };
     if args.detach {
         let created = create_and_start(&mut sandbox, spec).await;
@@ -265,6 +297,45 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         );
     }
     Ok(code)
+}
+
+/// /etc/hostname and /etc/hosts when a hostname or hosts are given, /etc/resolv.conf when
+/// name servers are; nothing otherwise (the image's stay).
+fn network_files(
+    hostname: Option<&str>,
+    add_hosts: &[(String, String)],
+    dns: &[String],
+) -> Vec<ContainerFile> {
+    let mut files = Vec::new();
+    if hostname.is_some() || !add_hosts.is_empty() {
+        let mut hosts =
+            String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+        if let Some(name) = hostname {
+            hosts.push_str(&format!("127.0.1.1\t{name}\n"));
+            files.push(ContainerFile {
+                path: "/etc/hostname".into(),
+                content: format!("{name}\n").into_bytes(),
+                mode: 0o644,
+            });
+        }
+        for (host, ip) in add_hosts {
+            hosts.push_str(&format!("{ip}\t{host}\n"));
+        }
+        files.push(ContainerFile {
+            path: "/etc/hosts".into(),
+            content: hosts.into_bytes(),
+            mode: 0o644,
+        });
+    }
+    if !dns.is_empty() {
+        let resolv: String = dns.iter().map(|ip| format!("nameserver {ip}\n")).collect();
+        files.push(ContainerFile {
+            path: "/etc/resolv.conf".into(),
+            content: resolv.into_bytes(),
+            mode: 0o644,
+        });
+    }
+    files
 }
 
 /// Creates and starts the container; how long that took.
@@ -377,6 +448,8 @@ async fn pump_stdio(mut stdio: tonic::Streaming<vpod_proto::v1::StdioChunk>) {
 struct PodArgs {
     root: PathBuf,
     timeout: Duration,
+    /// `logs -f`.
+    follow: bool,
     operands: Vec<String>,
     command: Vec<String>,
 }
@@ -385,6 +458,7 @@ fn parse_pod_args(args: Vec<String>) -> anyhow::Result<PodArgs> {
     let mut parsed = PodArgs {
         root: PathBuf::from(DEFAULT_ROOT),
         timeout: Duration::ZERO,
+        follow: false,
         operands: Vec::new(),
         command: Vec::new(),
     };
@@ -396,6 +470,7 @@ fn parse_pod_args(args: Vec<String>) -> anyhow::Result<PodArgs> {
                 break;
             }
             "--root" => parsed.root = args.next().context("--root needs a value")?.into(),
+            "-f" | "--follow" => parsed.follow = true,
             "--timeout" => {
                 let secs: f64 = args
                     .next()
@@ -435,6 +510,55 @@ async fn exec(args: PodArgs) -> anyhow::Result<i32> {
     }
     stderr.flush().await?;
     Ok(reply.exit_code)
+}
+
+/// The pod and container that `POD:CONTAINER` or a container name means: the pod of that
+/// name (a container started with `vpod run -d` has its pod's id), else the pod whose
+/// sandbox.json lists the container.
+fn find_container(root: &Path, target: &str) -> anyhow::Result<(String, String)> {
+    if let Some((pod, container)) = target.split_once(':') {
+        return Ok((pod.to_string(), container.to_string()));
+    }
+    let sandboxes = root.join("sandboxes");
+    if sandboxes.join(target).join("sandbox.json").exists() {
+        return Ok((target.to_string(), target.to_string()));
+    }
+    let entries = std::fs::read_dir(&sandboxes)
+        .into_iter()
+        .flatten()
+        .flatten();
+    for entry in entries {
+        let state = std::fs::read_to_string(entry.path().join("sandbox.json")).unwrap_or_default();
+        let state: serde_json::Value = serde_json::from_str(&state).unwrap_or_default();
+        if state["containers"].get(target).is_some() {
+            return Ok((
+                entry.file_name().to_string_lossy().into_owned(),
+                target.to_string(),
+            ));
+        }
+    }
+    bail!(
+        "no pod in {} has a container named {target}",
+        sandboxes.display()
+    )
+}
+
+async fn logs(args: PodArgs) -> anyhow::Result<i32> {
+    let [target] = args.operands.as_slice() else {
+        bail!("logs takes one NAME or POD:CONTAINER\n{USAGE}");
+    };
+    let (pod, container) = find_container(&args.root, target)?;
+    let sandbox = Sandbox::open(&args.root, &pod, RPC_TIMEOUT)
+        .await
+        .with_context(|| format!("opening pod {pod}"))?;
+    let stdio = if args.follow {
+        sandbox.stdio_from(&container, 0).await
+    } else {
+        sandbox.stdio_until_now(&container, 0).await
+    }
+    .context("reading the container's output")?;
+    pump_stdio(stdio).await;
+    Ok(0)
 }
 
 async fn remove(args: PodArgs) -> anyhow::Result<i32> {
@@ -497,6 +621,7 @@ fn main() -> ExitCode {
         Some("run") => parse_run(args.collect()).and_then(|a| block_on(run(a))),
         Some("exec") => parse_pod_args(args.collect()).and_then(|a| block_on(exec(a))),
         Some("rm") => parse_pod_args(args.collect()).and_then(|a| block_on(remove(a))),
+        Some("logs") => parse_pod_args(args.collect()).and_then(|a| block_on(logs(a))),
         Some("ps") => parse_pod_args(args.collect()).and_then(list),
         Some("-h" | "--help") => {
             println!("{USAGE}");

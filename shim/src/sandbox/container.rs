@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use tonic::Streaming;
 use vpod_proto::v1::{
-    wait_container_response::Status, CreateContainerRequest, ExecSyncRequest, ExecSyncResponse,
-    ReadStdioRequest, RemoveContainerRequest, SignalContainerRequest, StartContainerRequest,
-    StdioChunk, User, WaitContainerRequest,
+    self, wait_container_response::Status, CreateContainerRequest, ExecSyncRequest,
+    ExecSyncResponse, ReadStdioRequest, RemoveContainerRequest, SignalContainerRequest,
+    StartContainerRequest, StdioChunk, User, WaitContainerRequest,
 };
 
 use super::agent::{call, AgentError};
@@ -16,8 +16,20 @@ use super::serial::layer_serial;
 use super::{Sandbox, SandboxError};
 use crate::{ImageConfig, ImageLayer};
 
+/// A small file written into the container's root before it starts, replacing the
+/// image's: /etc/resolv.conf, /etc/hosts, /etc/hostname. The guest resolves `path` inside
+/// the root (an image's symlinks cannot lead it out).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerFile {
+    /// Absolute inside the container, without "..".
+    pub path: String,
+    pub content: Vec<u8>,
+    /// Permission bits; 0 means 0644.
+    pub mode: u32,
+}
+
 /// What to run: an image's layers and config, and the request's overrides.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ContainerSpec {
     /// `[A-Za-z0-9][A-Za-z0-9_.-]{0,127}`, unique in the pod.
     pub id: String,
@@ -27,6 +39,8 @@ pub struct ContainerSpec {
     pub overrides: ProcessOverrides,
     /// Empty: the pod's.
     pub hostname: String,
+    /// Written into the root after it is assembled, before the process starts.
+    pub files: Vec<ContainerFile>,
 }
 
 /// How a container's main process ended.
@@ -61,9 +75,19 @@ impl Sandbox {
                         uid: process.uid,
                         gid: process.gid,
                         additional_gids: Vec::new(),
-                        name: String::new(),
+                        name: process.user_name.unwrap_or_default(),
+                        group: process.group_name.unwrap_or_default(),
                     }),
                     hostname: spec.hostname,
+                    files: spec
+                        .files
+                        .into_iter()
+                        .map(|f| v1::ContainerFile {
+                            path: f.path,
+                            content: f.content,
+                            mode: f.mode,
+                        })
+                        .collect(),
                     layer_serials: serials.clone(),
                     writable_serial: self.writable_serial.clone(),
                     ..Default::default()
@@ -145,11 +169,43 @@ impl Sandbox {
 
     /// The container's stdout and stderr: what is buffered, then live chunks until both close.
     pub async fn stdio(&self, id: &str) -> Result<Streaming<StdioChunk>, SandboxError> {
+        self.stdio_from(id, 0).await
+    }
+
+    /// As [`Sandbox::stdio`], resuming at byte `offset` of the container's combined output
+    /// (each chunk carries its own `offset`, so a reader can persist where it got to). A
+    /// chunk that holds `offset` comes cut there; bytes the guest no longer keeps are
+    /// reported in the first chunk's `dropped_bytes`. 0 starts at the oldest kept byte.
+    pub async fn stdio_from(
+        &self,
+        id: &str,
+        offset: u64,
+    ) -> Result<Streaming<StdioChunk>, SandboxError> {
+        self.read_stdio(id, offset, false).await
+    }
+
+    /// As [`Sandbox::stdio_from`], but the stream ends at the output's end as of this call
+    /// instead of following the container (`vpod logs` without -f).
+    pub async fn stdio_until_now(
+        &self,
+        id: &str,
+        offset: u64,
+    ) -> Result<Streaming<StdioChunk>, SandboxError> {
+        self.read_stdio(id, offset, true).await
+    }
+
+    async fn read_stdio(
+        &self,
+        id: &str,
+        offset: u64,
+        no_follow: bool,
+    ) -> Result<Streaming<StdioChunk>, SandboxError> {
         self.known(id)?;
         let mut agent = self.agent.clone();
         let request = ReadStdioRequest {
             container_id: id.to_string(),
-            from_offset: 0,
+            from_offset: offset,
+            no_follow,
         };
         self.guarded(
             "opening a container's output",

@@ -12,7 +12,7 @@ pub enum MergeError {
     BadEnv(String),
     #[error("The working directory {0:?} is not absolute.")]
     RelativeWorkdir(String),
-    #[error("The user {0:?} is not UID[:GID] or root; the host cannot resolve user names yet.")]
+    #[error("The user {0:?} is not USER[:GROUP], each a name or a number.")]
     BadUser(String),
 }
 
@@ -26,8 +26,21 @@ pub struct ProcessOverrides {
     /// "KEY=VALUE", added to the image's Env; a key already there is replaced in place.
     pub env: Vec<String>,
     pub workdir: Option<String>,
-    /// "UID[:GID]" or "root".
+    /// "USER[:GROUP]", each a number or a name the guest looks up in the container's
+    /// /etc/passwd and /etc/group.
     pub user: Option<String>,
+}
+
+/// A user as the request or the image config names it: numbers are used as they are,
+/// names are resolved by the agent inside the container.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserSpec {
+    pub uid: u32,
+    pub gid: u32,
+    /// Replaces uid and gid (the user's primary group) when set.
+    pub name: Option<String>,
+    /// A group name; replaces gid when set.
+    pub group: Option<String>,
 }
 
 /// The process to start, ready for `CreateContainer`.
@@ -38,6 +51,10 @@ pub struct MergedProcess {
     pub cwd: String,
     pub uid: u32,
     pub gid: u32,
+    /// A user name for the agent to resolve (then uid and gid are not used).
+    pub user_name: Option<String>,
+    /// A group name for the agent to resolve (then gid is not used).
+    pub group_name: Option<String>,
 }
 
 /// Merges `image` with `overrides`.
@@ -77,14 +94,59 @@ pub fn merge_process(
         dir => return Err(MergeError::RelativeWorkdir(dir.to_string())),
     };
 
-    let (uid, gid) = parse_user(overrides.user.as_deref().unwrap_or(&image.user))?;
+    let user = parse_user_spec(overrides.user.as_deref().unwrap_or(&image.user))?;
     Ok(MergedProcess {
         args,
         env,
         cwd,
-        uid,
-        gid,
+        uid: user.uid,
+        gid: user.gid,
+        user_name: user.name,
+        group_name: user.group,
     })
+}
+
+/// "USER[:GROUP]": "" and "root" are uid 0; numbers are ids; anything else is a name. A
+/// numeric user without a group gets gid 0 (Docker's rule for a user not in /etc/passwd).
+pub fn parse_user_spec(user: &str) -> Result<UserSpec, MergeError> {
+    let bad = || MergeError::BadUser(user.to_string());
+    let (user_part, group_part) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let plain_name = |name: &str| {
+        !name.is_empty()
+            && name.len() <= 256
+            && !name.starts_with('-')
+            && name
+                .chars()
+                .all(|c| !c.is_whitespace() && !c.is_control() && c != ':' && c != '/')
+    };
+    let mut spec = UserSpec::default();
+    match user_part {
+        "" | "root" => {}
+        digits if digits.bytes().all(|b| b.is_ascii_digit()) => {
+            spec.uid = digits.parse().map_err(|_| bad())?;
+        }
+        name if plain_name(name) => spec.name = Some(name.to_string()),
+        _ => return Err(bad()),
+    }
+    match group_part {
+        None | Some("root") => {}
+        Some(digits) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
+            spec.gid = digits.parse().map_err(|_| bad())?;
+            if spec.name.is_some() {
+                // The agent ignores gid for a named user: carry the number as its group.
+                spec.group = Some(digits.to_string());
+            }
+        }
+        Some(name) if plain_name(name) => spec.group = Some(name.to_string()),
+        Some(_) => return Err(bad()),
+    }
+    if group_part == Some("root") && spec.name.is_some() {
+        spec.group = Some("0".to_string());
+    }
+    Ok(spec)
 }
 
 /// "" and "root" are 0:0; "UID" is UID:0 (what Docker gives a user not in /etc/passwd);
@@ -212,6 +274,61 @@ mod tests {
         ));
         assert!(matches!(parse_user("nobody"), Err(MergeError::BadUser(_))));
         assert!(matches!(parse_user("1:x"), Err(MergeError::BadUser(_))));
+    }
+
+    #[test]
+    fn user_specs_take_names_and_numbers() {
+        let spec = |uid, gid, name: Option<&str>, group: Option<&str>| UserSpec {
+            uid,
+            gid,
+            name: name.map(str::to_string),
+            group: group.map(str::to_string),
+        };
+        assert_eq!(parse_user_spec(""), Ok(spec(0, 0, None, None)));
+        assert_eq!(parse_user_spec("root"), Ok(spec(0, 0, None, None)));
+        assert_eq!(parse_user_spec("7:8"), Ok(spec(7, 8, None, None)));
+        assert_eq!(parse_user_spec("app"), Ok(spec(0, 0, Some("app"), None)));
+        assert_eq!(
+            parse_user_spec("app:staff"),
+            Ok(spec(0, 0, Some("app"), Some("staff")))
+        );
+        assert_eq!(
+            parse_user_spec("app:50"),
+            Ok(spec(0, 50, Some("app"), Some("50")))
+        );
+        assert_eq!(
+            parse_user_spec("app:root"),
+            Ok(spec(0, 0, Some("app"), Some("0")))
+        );
+        assert_eq!(
+            parse_user_spec("1000:staff"),
+            Ok(spec(1000, 0, None, Some("staff")))
+        );
+        for bad in ["a b", "app:", "x/y", "-x", "1:2:3", "app:a b"] {
+            assert!(
+                matches!(parse_user_spec(bad), Err(MergeError::BadUser(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_named_image_user_reaches_the_merged_process() {
+        let image = ImageConfig {
+            user: "www-data".into(),
+            ..image()
+        };
+        let p = merge_process(&image, &ProcessOverrides::default()).unwrap();
+        assert_eq!(p.user_name.as_deref(), Some("www-data"));
+        let o = ProcessOverrides {
+            user: Some("app:staff".into()),
+            ..Default::default()
+        };
+        let p = merge_process(&image, &o).unwrap();
+        assert_eq!(
+            (p.user_name.as_deref(), p.group_name.as_deref()),
+            (Some("app"), Some("staff"))
+        );
     }
 
     #[test]

@@ -364,3 +364,63 @@ $V rm --root $R $pod; echo "rm=$?"; echo "pods-left=$(ls $R/sandboxes | wc -l)""
         explain(d)
     );
 }
+
+#[test]
+fn files_user_names_and_logs_of_a_detached_container() {
+    let scratch = Scratch::new("files-user-logs");
+    let done = run_script(
+        &scratch,
+        r#"V="target/release/vpod"
+$VPOD --hostname web-1 --add-host db:10.0.0.2 --dns 10.0.0.10 --user nobody -- \
+  sh -c 'echo "id=$(id -u):$(id -g) home=$HOME host=$(hostname)"; sed "s/^/H:/" /etc/hosts; sed "s/^/R:/" /etc/resolv.conf; sed "s/^/N:/" /etc/hostname'
+echo "rc=$?"
+$VPOD --user nobody:root -- sh -c 'echo "id2=$(id -u):$(id -g)"'
+$VPOD --user ghost -- true 2>$R.e; echo "ghost-rc=$?"; sed 's/^/GE:/' $R.e
+pod=$($VPOD -d --user nobody -- sh -c 'echo out1; echo err1 >&2; sleep 3; echo out2'); echo "pod=$pod"
+$V logs -f --root $R $pod >$R.o 2>$R.e; echo "follow-rc=$?"
+sed 's/^/FO:/' $R.o; sed 's/^/FE:/' $R.e
+$V logs --root $R $pod:$pod >$R.o 2>$R.e; echo "logs-rc=$?"
+sed 's/^/LO:/' $R.o; sed 's/^/LE:/' $R.e
+$V logs --root $R nosuch 2>/dev/null; echo "nosuch-rc=$?"
+$V rm --root $R $pod; echo "rm=$?"; rm -f $R.o $R.e"#,
+    );
+    let d = &done;
+    assert!(has_line(d, "rc=0"), "{}", explain(d));
+    assert!(
+        has_line(d, "id=65534:65534 home=/nonexistent host=web-1"),
+        "{}",
+        explain(d)
+    );
+    assert!(has_line(d, "H:10.0.0.2\tdb"), "{}", explain(d));
+    assert!(has_line(d, "H:127.0.0.1\tlocalhost"), "{}", explain(d));
+    assert!(has_line(d, "R:nameserver 10.0.0.10"), "{}", explain(d));
+    assert!(has_line(d, "N:web-1"), "{}", explain(d));
+    assert!(has_line(d, "id2=65534:0"), "{}", explain(d));
+    assert!(has_line(d, "ghost-rc=125"), "{}", explain(d));
+    assert!(
+        d.stdout_text()
+            .lines()
+            .any(|l| l.starts_with("GE:") && l.contains("ghost") && l.contains("/etc/passwd")),
+        "{}",
+        explain(d)
+    );
+    for line in [
+        "follow-rc=0",
+        "FO:out1",
+        "FO:out2",
+        "FE:err1",
+        "logs-rc=0",
+        "LO:out1",
+        "LO:out2",
+        "LE:err1",
+        "rm=0",
+    ] {
+        assert!(has_line(d, line), "{line}\n{}", explain(d));
+    }
+    assert!(
+        !has_line(d, "FO:err1") && !has_line(d, "FE:out1"),
+        "{}",
+        explain(d)
+    );
+    assert!(!has_line(d, "nosuch-rc=0"), "{}", explain(d));
+}

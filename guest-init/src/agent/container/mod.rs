@@ -15,12 +15,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 
 use super::cgroup::{CgroupError, Cgroups};
+use super::in_root::InRootError;
 use super::reaper::{ExitStatus, Reaper};
 use super::rootfs::{DiskMounts, MountOps, PreparedRootfs, RootfsError, RootfsPaths};
 use super::setup::SetupError;
 use super::spawn::SpawnError;
 use super::spec::ContainerSpec;
 use super::stdio::StdioBuffer;
+use super::users::UserError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
@@ -36,6 +38,10 @@ pub enum ContainerError {
     },
     #[error("The root filesystem of container {0:?} could not be prepared or released.")]
     Rootfs(String, #[source] RootfsError),
+    #[error("The files of container {0:?} could not be written into its root.")]
+    Files(String, #[source] InRootError),
+    #[error("The user of container {0:?} could not be resolved.")]
+    User(String, #[source] UserError),
     #[error("The cgroup of container {0:?} could not be set up, read or removed.")]
     Cgroup(String, #[source] CgroupError),
     #[error("Container {0:?} has no cgroup (cgroup2 is not available).")]

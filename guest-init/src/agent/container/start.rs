@@ -1,12 +1,15 @@
 //! StartContainer: clone the container's init into its namespaces and follow its output
 //! and exit.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use super::{now_ns, Container, ContainerError, ContainerManager, Phase};
+use crate::agent::in_root::RootDir;
 use crate::agent::reaper::ExitStatus;
 use crate::agent::setup;
 use crate::agent::spawn::{self, ChildStdio, ContainerLaunch, SpawnError, Spawned};
+use crate::agent::spec::ContainerSpec;
 use crate::agent::stdio::Stream;
 
 impl ContainerManager {
@@ -59,11 +62,11 @@ impl ContainerManager {
         let id = container.spec.id.clone();
         let spawn_error = |e: SpawnError| ContainerError::Spawn(id.clone(), e);
         let dev = self.paths.dev.clone();
+        let is_file = |source: &str| std::fs::metadata(source).is_ok_and(|m| !m.is_dir());
+        create_destinations(&container.rootfs.rootfs, &container.spec, &is_file);
         let steps =
-            setup::container_steps(&container.spec, &container.rootfs.rootfs, &dev, &|source| {
-                std::fs::metadata(source).is_ok_and(|m| !m.is_dir())
-            })
-            .map_err(|e| ContainerError::Setup(id.clone(), e))?;
+            setup::container_steps(&container.spec, &container.rootfs.rootfs, &dev, &is_file)
+                .map_err(|e| ContainerError::Setup(id.clone(), e))?;
         let (stdout_read, stdout_write) = spawn::pipe().map_err(spawn_error)?;
         let (stderr_read, stderr_write) = spawn::pipe().map_err(spawn_error)?;
         let stdin = if container.spec.stdin {
@@ -115,4 +118,28 @@ async fn follow_exit(container: Arc<Container>, spawned: Spawned, started_at_ns:
         started_at_ns,
         finished_at_ns: now_ns(),
     });
+}
+
+/// Creates the mount destinations and the working directory in the root before the clone,
+/// following the image's dangling symlinks inside the root (the child, which cannot
+/// allocate, only creates plain missing directories). A failure here is left for the
+/// child's own step to report.
+fn create_destinations(root: &Path, spec: &ContainerSpec, is_file: &dyn Fn(&str) -> bool) {
+    let Ok(dir) = RootDir::open(root) else {
+        return;
+    };
+    for m in &spec.mounts {
+        let destination = if m.is_bind() && is_file(&m.source) {
+            match m.destination.rsplit_once('/') {
+                Some(("", _)) | None => continue,
+                Some((parent, _)) => parent,
+            }
+        } else {
+            &m.destination
+        };
+        let _ = dir.create_dir_all(destination);
+    }
+    if !spec.process.cwd.is_empty() {
+        let _ = dir.create_dir_all(&spec.process.cwd);
+    }
 }

@@ -372,6 +372,9 @@ mod tests {
     }
 
     proptest! {
+        // Bounded, so `make test` runs the parser's fuzz target in fixed time.
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
         #[test]
         fn any_44_bytes_parse_and_round_trip(raw in prop::array::uniform32(any::<u8>()), tail in prop::array::uniform12(any::<u8>())) {
             let mut bytes = [0u8; HEADER_SIZE];
