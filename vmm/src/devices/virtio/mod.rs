@@ -8,6 +8,8 @@
 
 pub mod block;
 pub mod mmio;
+#[cfg(test)]
+pub(crate) mod test_queue;
 pub mod vsock;
 
 use std::io;

@@ -260,12 +260,12 @@ mod tests {
     use crate::devices::virtio::block::request::{
         VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
     };
+    use crate::devices::virtio::test_queue::GuestQueue;
     use std::cell::Cell;
     use virtio_bindings::bindings::virtio_ring::{
         VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
     };
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-    use virtio_queue::mock::MockSplitQueue;
 
     const WRITE: u16 = VRING_DESC_F_WRITE as u16;
     const NEXT: u16 = VRING_DESC_F_NEXT as u16;
@@ -316,21 +316,15 @@ mod tests {
         memory
             .write_obj(0xaau8, GuestAddress(STATUS))
             .expect("status");
-        let mock = MockSplitQueue::new(memory, 16);
-        mock.add_desc_chains(descs, 0).expect("chain");
-        let queue: Queue = mock.create_queue().expect("queue");
+        let guest = GuestQueue::new(memory, 0, 16);
+        guest.add_desc_chains(descs, 0).expect("chain");
+        let queue = guest.create_queue();
         let signal = CountingSignal::default();
         let mut handler =
             BlockQueueHandler::new(queue, disk, &signal, read_only, *b"serial-0123456789abc");
         handler.process_queue(memory);
         let status: u8 = memory.read_obj(GuestAddress(STATUS)).expect("status");
-        let used_len = mock
-            .used()
-            .ring()
-            .ref_at(0)
-            .expect("used elem")
-            .load()
-            .len();
+        let (_, used_len) = guest.used_element(0);
         (status, used_len, handler.disk, signal.0.get())
     }
 
@@ -509,28 +503,20 @@ mod tests {
         let m = memory();
         header(&m, VIRTIO_BLK_T_FLUSH, 0);
         m.write_obj(0xaau8, GuestAddress(STATUS)).expect("status");
-        let mock = MockSplitQueue::new(&m, 16);
-        mock.add_desc_chains(&[raw(HEADER, 16, NEXT, 1), raw(STATUS, 1, WRITE, 0)], 0)
+        let guest = GuestQueue::new(&m, 0, 16);
+        guest
+            .add_desc_chains(&[raw(HEADER, 16, NEXT, 1), raw(STATUS, 1, WRITE, 0)], 0)
             .expect("chain");
         // Two available entries: first a head of 200 (no such descriptor), then head 0.
-        mock.avail()
-            .ring()
-            .ref_at(0)
-            .expect("slot")
-            .store(200u16.to_le());
-        mock.avail()
-            .ring()
-            .ref_at(1)
-            .expect("slot")
-            .store(0u16.to_le());
-        mock.avail().idx().store(2u16.to_le());
-        let queue: Queue = mock.create_queue().expect("queue");
+        guest.set_avail_entry(0, 200);
+        guest.set_avail_entry(1, 0);
+        guest.set_avail_idx(2);
+        let queue = guest.create_queue();
         let signal = CountingSignal::default();
         let mut handler = BlockQueueHandler::new(queue, disk(1), &signal, false, [0; 20]);
         assert!(handler.process_queue(&m));
         assert_eq!(handler.queue.next_used(), 1);
-        let elem = mock.used().ring().ref_at(0).expect("used").load();
-        assert_eq!((elem.id(), elem.len()), (0, 1));
+        assert_eq!(guest.used_element(0), (0, 1));
         let status: u8 = m.read_obj(GuestAddress(STATUS)).expect("status");
         assert_eq!(status, VIRTIO_BLK_S_OK);
     }

@@ -4,6 +4,7 @@
 //! --ignored --nocapture`).
 
 use super::*;
+use crate::devices::virtio::test_queue::GuestQueue;
 use crate::devices::virtio::vsock::packet::TYPE_STREAM;
 use crate::devices::virtio::vsock::HOST_CID;
 use proptest::prelude::*;
@@ -72,107 +73,6 @@ fn memory() -> GuestMemoryMmap {
 
 fn raw(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
     RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
-}
-
-/// The guest's side of a split virtqueue, laid out as the virtio spec says: descriptor
-/// table, then the avail ring, then the used ring, each entry written at `idx % size`.
-///
-/// virtio-queue's `MockSplitQueue` is not usable for more than a queue's worth of chains:
-/// it computes the end of its avail ring from the entry count instead of the byte size, so
-/// its used ring starts in the middle of the avail ring (the device's used-index write
-/// lands on avail entry 129, and its used elements on entries 130..255), and it writes
-/// avail entries past the ring instead of wrapping. That, not the device, was why about one
-/// chain in 128 came out as a malformed chain (head 129, an empty descriptor) once the
-/// guest had queued more than 128.
-struct GuestQueue<'a> {
-    memory: &'a GuestMemoryMmap,
-    size: u16,
-    desc_table: u64,
-    avail: u64,
-    used: u64,
-}
-
-impl<'a> GuestQueue<'a> {
-    fn new(memory: &'a GuestMemoryMmap, base: u64, size: u16) -> Self {
-        let desc_table = base;
-        let avail = desc_table + 16 * u64::from(size);
-        // flags, idx, ring, used_event; the used ring is 4-byte aligned.
-        let used = (avail + 6 + 2 * u64::from(size)).next_multiple_of(4);
-        let queue = GuestQueue {
-            memory,
-            size,
-            desc_table,
-            avail,
-            used,
-        };
-        for at in [avail, avail + 2, used, used + 2] {
-            queue.write_u16(at, 0);
-        }
-        queue
-    }
-
-    fn write_u16(&self, at: u64, value: u16) {
-        self.memory
-            .write_obj(value.to_le(), GuestAddress(at))
-            .expect("ring write");
-    }
-
-    fn read_u32(&self, at: u64) -> u32 {
-        u32::from_le(self.memory.read_obj(GuestAddress(at)).expect("ring read"))
-    }
-
-    fn create_queue(&self) -> Queue {
-        let mut queue = Queue::new(self.size).expect("queue");
-        queue.set_size(self.size);
-        queue.set_ready(true);
-        let split = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
-        let (low, high) = split(self.desc_table);
-        queue.set_desc_table_address(low, high);
-        let (low, high) = split(self.avail);
-        queue.set_avail_ring_address(low, high);
-        let (low, high) = split(self.used);
-        queue.set_used_ring_address(low, high);
-        queue
-    }
-
-    /// Writes `descs` into the table from index `offset` on and makes every chain head (a
-    /// descriptor whose predecessor has no NEXT flag) available, as a driver would.
-    fn add_desc_chains(&self, descs: &[RawDescriptor], offset: u16) -> Result<(), String> {
-        let mut idx = u16::from_le(
-            self.memory
-                .read_obj(GuestAddress(self.avail + 2))
-                .map_err(|e| e.to_string())?,
-        );
-        let mut previous_has_next = false;
-        for (i, desc) in descs.iter().enumerate() {
-            let index = (usize::from(offset) + i) % usize::from(self.size);
-            self.memory
-                .write_obj(*desc, GuestAddress(self.desc_table + 16 * index as u64))
-                .map_err(|e| e.to_string())?;
-            if !previous_has_next {
-                let slot = u64::from(idx % self.size);
-                self.write_u16(self.avail + 4 + 2 * slot, index as u16);
-                idx = idx.wrapping_add(1);
-            }
-            previous_has_next = SplitDescriptor::from(*desc).flags() & NEXT != 0;
-        }
-        self.write_u16(self.avail + 2, idx);
-        Ok(())
-    }
-
-    /// Used element `n`: (head index, length written).
-    fn used_element(&self, n: u16) -> (u32, u32) {
-        let at = self.used + 4 + 8 * u64::from(n % self.size);
-        (self.read_u32(at), self.read_u32(at + 4))
-    }
-
-    fn used_idx(&self) -> u16 {
-        u16::from_le(
-            self.memory
-                .read_obj(GuestAddress(self.used + 2))
-                .expect("used idx"),
-        )
-    }
 }
 
 struct Rings<'a> {
