@@ -9,7 +9,8 @@ BUILD := build
 
 # Debian packages the build and the tests need on a fresh machine.
 APT_PACKAGES := build-essential bc bison flex libelf-dev libssl-dev xz-utils cpio kmod \
-	linux-source-6.12 busybox-static qemu-system-x86 erofs-utils e2fsprogs ca-certificates
+	linux-source-6.12 busybox-static qemu-system-x86 erofs-utils e2fsprogs ca-certificates runc crun \
+	docker-registry skopeo apache2-utils openssl
 
 .PHONY: all deps kernel stub test-initrd initrd image kvm-host rust test lint bench demo clean
 
@@ -74,24 +75,40 @@ IN_GUEST_HOST = mode=$$(tests/guest-mode 2>/dev/null); \
 
 demo: all kvm-host
 	@$(IN_GUEST_HOST); echo "demo: guests boot $$mode here ($$(tests/guest-mode 2>&1 >/dev/null | sed 's/^guest-mode: //'))"; \
-	echo "demo 1/2: the micro-VM alone: vpod-vmm --vcpus 2 --memory 256 --timings -- sh -c '...'"; \
+	echo "demo 1/3: the micro-VM alone: vpod-vmm --vcpus 2 --memory 256 --timings -- sh -c '...'"; \
 	"$${run[@]}" target/release/vpod-vmm --vcpus 2 --memory 256 --timings -- \
 	  sh -c 'echo hello from $$(hostname), a vpod micro-VM: Linux $$(uname -r) with $$(nproc) vCPUs; exit 7'; \
-	echo "demo 1/2: the VMM exited with $$? (the guest command's status)"; \
-	echo "demo 2/2: a container from the embedded image ($(BUILD)/images/default): vpod run --timings -- sh -c '...'"; \
+	echo "demo 1/3: the VMM exited with $$? (the guest command's status)"; \
+	echo "demo 2/3: a container from the embedded image ($(BUILD)/images/default): vpod run --timings -- sh -c '...'"; \
 	"$${run[@]}" sh -c 'R=$$(mktemp -d /tmp/vpod-demo.XXXXXX); \
 	  target/release/vpod run --timings --root $$R -- sh -c "echo hello from a container in a pod VM; cat /etc/vpod-release; id"; \
 	  rc=$$?; rm -rf $$R; exit $$rc'; \
-	echo "demo 2/2: vpod run exited with $$?"
+	echo "demo 2/3: vpod run exited with $$?"; \
+	echo "demo 3/3: the CRI runtime: vpod-cri, driven by vpod-crictl (shim/cri/demo.sh)"; \
+	"$${run[@]}" env "VPOD_DEMO_HOST=$$( [ "$$mode" = emulated ] && echo 'emulated KVM host, several times slower than real KVM' || echo 'real KVM')" shim/cri/demo.sh; \
+	echo "demo 3/3: exited with $$?"
 
 # Benchmarks: VMM start-up and memory natively (stub guests run on any KVM), Linux boot
-# where guests boot (labelled emulated inside the emulated host), then the targets.
+# where guests boot (labelled emulated inside the emulated host); then containers in pods
+# beside runc and crun, the layer-disk read and vsock through pod VMs (their fixtures made
+# natively by `prepare`); the CRI runtime (pod start through vpod-cri beside runc, idle pod
+# memory at 10 and 50 pods); the host-side device and image paths natively; then the targets.
 bench: all kvm-host
 	target/release/vpod-bench startup --runs 20
 	@$(IN_GUEST_HOST); "$${run[@]}" target/release/vpod-bench linux-boot --runs 10 --host $$( [ "$$mode" = emulated ] && echo emulated || echo kvm)
+	target/release/vpod-bench prepare
+	@$(IN_GUEST_HOST); host=$$( [ "$$mode" = emulated ] && echo emulated || echo kvm); set -e; \
+	"$${run[@]}" target/release/vpod-bench pod-start --runs 10 --host $$host; \
+	"$${run[@]}" target/release/vpod-bench run-true --runs 5 --host $$host; \
+	"$${run[@]}" target/release/vpod-bench layer-read --runs 3 --host $$host; \
+	"$${run[@]}" target/release/vpod-bench vsock --runs 3 --mib 64 --host $$host; \
+	"$${run[@]}" target/release/vpod-bench cri --runs 10 --host $$host
 	@echo "bench: host-side device and image paths (native)"
 	VPOD_BENCH_VSOCK_ROUNDS=400 $(CARGO) test -q --release -p vpod-vmm --lib vsock_queue_throughput -- --nocapture
-	VPOD_BENCH_LAYER_MIB=128 $(CARGO) test -q --release -p vpod-shim --test throughput -- --nocapture
+	VPOD_BENCH_VSOCK_MIB=256 VPOD_BENCH_VSOCK_RUNS=5 VPOD_BENCH_JSONL=$(CURDIR)/bench/results/vsock-host-path.jsonl \
+	  $(CARGO) test -q --release -p vpod-vmm --test vsock_host_path -- --nocapture
+	VPOD_BENCH_LAYER_MIB=128 VPOD_BENCH_LAYER_RUNS=3 VPOD_BENCH_JSONL=$(CURDIR)/bench/results/conversion.jsonl \
+	  $(CARGO) test -q --release -p vpod-shim --test throughput -- --nocapture
 	target/release/vpod-bench check
 
 clean:

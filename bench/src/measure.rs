@@ -74,28 +74,41 @@ fn watch_stdout(
     (rx, handle)
 }
 
-/// Waits for `pid` with wait4(2), returning its status and peak RSS in KiB.
+/// How a child ended: its wait status, peak RSS in KiB, and when wait4(2) returned.
+type Reaped = (libc::c_int, u64, Instant);
+
+/// Reaps `pid` with a blocking wait4(2) on a thread of its own, so that nothing polls while
+/// the child runs (inside the one-CPU emulated host a polling loop would take CPU from the
+/// very processes being timed). `None` when `limit` passes first; the caller then kills the
+/// child, and the thread reaps it.
 fn wait_with_rusage(
     pid: libc::pid_t,
     limit: Duration,
     started: Instant,
-) -> Result<Option<(libc::c_int, u64)>, MeasureError> {
-    loop {
-        let mut status = 0;
-        // SAFETY: rusage is plain data that wait4 fills in.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: pointers to live locals; WNOHANG keeps the call from blocking.
-        let rc = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
-        if rc < 0 {
-            return Err(MeasureError::Wait(std::io::Error::last_os_error()));
-        }
-        if rc == pid {
-            return Ok(Some((status, u64::try_from(usage.ru_maxrss).unwrap_or(0))));
-        }
-        if started.elapsed() > limit {
-            return Ok(None);
-        }
-        std::thread::sleep(Duration::from_micros(200));
+) -> Result<Option<Reaped>, MeasureError> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let result = loop {
+            let mut status = 0;
+            // SAFETY: rusage is plain data that wait4 fills in.
+            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+            // SAFETY: pointers to live locals; blocks until the child `pid` ends.
+            let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+            let now = Instant::now();
+            if rc == pid {
+                break Ok((status, u64::try_from(usage.ru_maxrss).unwrap_or(0), now));
+            }
+            let error = std::io::Error::last_os_error();
+            if error.kind() != std::io::ErrorKind::Interrupted {
+                break Err(error);
+            }
+        };
+        let _ = tx.send(result);
+    });
+    match rx.recv_timeout(limit.saturating_sub(started.elapsed())) {
+        Ok(Ok(reaped)) => Ok(Some(reaped)),
+        Ok(Err(e)) => Err(MeasureError::Wait(e)),
+        Err(_) => Ok(None),
     }
 }
 
@@ -125,12 +138,11 @@ pub fn timed_run(
         text
     });
     let pid = child.id() as libc::pid_t;
-    let Some((status, max_rss_kib)) = wait_with_rusage(pid, limit, started)? else {
+    let Some((status, max_rss_kib, exited)) = wait_with_rusage(pid, limit, started)? else {
+        // The reaping thread collects it.
         let _ = child.kill();
-        let _ = child.wait();
         return Err(MeasureError::NoExit(program));
     };
-    let exited = Instant::now();
     let seen = reader.join().unwrap_or_default();
     let stderr = stderr_reader.join().unwrap_or_default();
     let to_marker_ms = match marker {

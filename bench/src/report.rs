@@ -16,6 +16,8 @@ pub struct Row {
     pub timing: Option<Summary>,
     pub rss_kib: Option<u64>,
     pub overhead_kib: Option<u64>,
+    /// Throughput in MB/s (10^6 bytes a second), for the transfer benchmarks.
+    pub mb_s: Option<f64>,
 }
 
 fn json_string(s: &str) -> String {
@@ -45,7 +47,7 @@ impl Row {
     pub fn to_json(&self) -> String {
         let t = self.timing;
         format!(
-            "{{\"bench\":{},\"impl\":{},\"config\":{},\"host\":{},\"runs\":{},\"p50_ms\":{},\"p90_ms\":{},\"min_ms\":{},\"max_ms\":{},\"rss_kib\":{},\"overhead_kib\":{}}}",
+            "{{\"bench\":{},\"impl\":{},\"config\":{},\"host\":{},\"runs\":{},\"p50_ms\":{},\"p90_ms\":{},\"min_ms\":{},\"max_ms\":{},\"rss_kib\":{},\"overhead_kib\":{},\"mb_s\":{}}}",
             json_string(&self.bench),
             json_string(&self.implementation),
             json_string(&self.config),
@@ -57,6 +59,7 @@ impl Row {
             json_number(t.map(|s| s.max)),
             self.rss_kib.map_or("null".to_string(), |v| v.to_string()),
             self.overhead_kib.map_or("null".to_string(), |v| v.to_string()),
+            json_number(self.mb_s),
         )
     }
 }
@@ -64,7 +67,7 @@ impl Row {
 /// A fixed-width table of the rows.
 pub fn table(rows: &[Row]) -> String {
     let mut out = format!(
-        "{:<22} {:<12} {:<14} {:<9} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
+        "{:<22} {:<12} {:<18} {:<9} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}\n",
         "bench",
         "impl",
         "config",
@@ -75,14 +78,15 @@ pub fn table(rows: &[Row]) -> String {
         "min ms",
         "max ms",
         "rss KiB",
-        "ovh KiB"
+        "ovh KiB",
+        "MB/s"
     );
     let cell = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.2}"));
     for r in rows {
         let t = r.timing;
         let _ = writeln!(
             out,
-            "{:<22} {:<12} {:<14} {:<9} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "{:<22} {:<12} {:<18} {:<9} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}",
             r.bench,
             r.implementation,
             r.config,
@@ -94,6 +98,7 @@ pub fn table(rows: &[Row]) -> String {
             cell(t.map(|s| s.max)),
             r.rss_kib.map_or("-".to_string(), |v| v.to_string()),
             r.overhead_kib.map_or("-".to_string(), |v| v.to_string()),
+            r.mb_s.map_or("-".to_string(), |v| format!("{v:.1}")),
         );
     }
     out
@@ -131,10 +136,11 @@ mod tests {
             }),
             rss_kib: Some(3000),
             overhead_kib: None,
+            mb_s: None,
         };
         assert_eq!(
             row.to_json(),
-            "{\"bench\":\"stub_to_marker\",\"impl\":\"vpod-vmm\",\"config\":\"1vcpu-128m\",\"host\":\"kvm\",\"runs\":20,\"p50_ms\":1.500,\"p90_ms\":2.000,\"min_ms\":1.000,\"max_ms\":3.000,\"rss_kib\":3000,\"overhead_kib\":null}"
+            "{\"bench\":\"stub_to_marker\",\"impl\":\"vpod-vmm\",\"config\":\"1vcpu-128m\",\"host\":\"kvm\",\"runs\":20,\"p50_ms\":1.500,\"p90_ms\":2.000,\"min_ms\":1.000,\"max_ms\":3.000,\"rss_kib\":3000,\"overhead_kib\":null,\"mb_s\":null}"
         );
         assert_eq!(json_string("a\"b\\\n"), "\"a\\\"b\\\\\\u000a\"");
     }

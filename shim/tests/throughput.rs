@@ -1,6 +1,9 @@
 //! Conversion throughput of a layer against plain `tar -xf` of the same tar. `make test`
 //! runs it on 8 MiB (a conversion check); `make bench` sets VPOD_BENCH_LAYER_MIB=128:
 //! `VPOD_BENCH_LAYER_MIB=128 cargo test --release -p vpod-shim --test throughput -- --nocapture`
+//! VPOD_BENCH_LAYER_RUNS repeats the whole comparison (3 under `make bench`); with
+//! VPOD_BENCH_JSONL naming a file, the figures are also written there as vpod-bench rows
+//! (`bench/results/conversion.jsonl` under `make bench`).
 
 mod common;
 
@@ -64,14 +67,52 @@ fn generated_tar() -> Vec<u8> {
     builder.into_inner().unwrap()
 }
 
+/// Runs of the whole comparison: VPOD_BENCH_LAYER_RUNS, 1 by default.
+fn runs() -> usize {
+    std::env::var("VPOD_BENCH_LAYER_RUNS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// What each run measures, in this order.
+const MEASURES: [&str; 5] = [
+    "tar-xf",
+    "mkfs-erofs",
+    "tar-xf+mkfs-erofs",
+    "vpod-import-tar",
+    "vpod-import-gzip",
+];
+
 #[test]
 fn conversion_throughput_against_tar_extract() {
     let tar = generated_tar();
+    // Each run measures everything once, so drift on a shared machine hits all alike.
+    let mut seconds: Vec<Vec<f64>> = vec![Vec::new(); MEASURES.len()];
+    for _ in 0..runs() {
+        for (series, value) in seconds.iter_mut().zip(measure_once(&tar)) {
+            series.push(value);
+        }
+    }
+    if let Some(path) = std::env::var_os("VPOD_BENCH_JSONL") {
+        let config = format!("{}mib-tar", tar.len() >> 20);
+        let rows: String = MEASURES
+            .iter()
+            .zip(&mut seconds)
+            .map(|(imp, samples)| jsonl_row(imp, &config, tar.len(), samples))
+            .collect();
+        std::fs::write(&path, rows).expect("writing VPOD_BENCH_JSONL");
+    }
+}
+
+/// One run of every measure, in seconds (the order of MEASURES).
+fn measure_once(tar: &[u8]) -> [f64; 5] {
     let megabytes = tar.len() as f64 / (1 << 20) as f64;
     let fixture = Fixture::new();
 
     let tar_path = fixture.temp.path().join("layer.tar");
-    std::fs::write(&tar_path, &tar).unwrap();
+    std::fs::write(&tar_path, tar).unwrap();
     let extract_dir = fixture.temp.path().join("tar-xf");
     std::fs::create_dir(&extract_dir).unwrap();
     let started = Instant::now();
@@ -87,7 +128,7 @@ fn conversion_throughput_against_tar_extract() {
 
     write_layout(
         &fixture.layout_dir("plain"),
-        &[(tar.clone(), LayerCompression::None)],
+        &[(tar.to_vec(), LayerCompression::None)],
         "t",
     );
     let started = Instant::now();
@@ -106,14 +147,14 @@ fn conversion_throughput_against_tar_extract() {
     // A second store for the gzip layer (the first would reuse the converted layer).
     let gzip_fixture = Fixture::new();
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    encoder.write_all(&tar).unwrap();
+    encoder.write_all(tar).unwrap();
     let gzip_blob = encoder.finish().unwrap();
     let writer =
         vpod_shim::oci::writer::OciLayoutWriter::create(gzip_fixture.layout_dir("gzip")).unwrap();
     let layer = writer
         .write_layer(&vpod_shim::oci::writer::EncodedLayer {
             blob: gzip_blob,
-            diff_id: vpod_shim::Digest::of_bytes(&tar),
+            diff_id: vpod_shim::Digest::of_bytes(tar),
             media_type: LayerCompression::Gzip.oci_media_type(),
         })
         .unwrap();
@@ -165,4 +206,30 @@ fn conversion_throughput_against_tar_extract() {
         "import, gzip layer:          {gzip_seconds:6.2} s {:7.0} MiB/s",
         megabytes / gzip_seconds
     );
+    [
+        tar_seconds,
+        mkfs_seconds,
+        baseline,
+        plain_seconds,
+        gzip_seconds,
+    ]
+}
+
+/// A series as a line of vpod-bench's JSONL (`bench/src/report.rs`): nearest-rank
+/// percentiles of the times; MB/s is 10^6 bytes of uncompressed tar a second at the median.
+fn jsonl_row(implementation: &str, config: &str, bytes: usize, seconds: &mut [f64]) -> String {
+    seconds.sort_by(f64::total_cmp);
+    let rank = |p: f64| {
+        let r = ((p / 100.0) * seconds.len() as f64).ceil() as usize;
+        seconds[r.clamp(1, seconds.len()) - 1] * 1e3
+    };
+    let p50 = rank(50.0);
+    format!(
+        "{{\"bench\":\"layer_conversion\",\"impl\":\"{implementation}\",\"config\":\"{config}\",\"host\":\"native\",\"runs\":{},\"p50_ms\":{p50:.3},\"p90_ms\":{:.3},\"min_ms\":{:.3},\"max_ms\":{:.3},\"rss_kib\":null,\"overhead_kib\":null,\"mb_s\":{:.3}}}\n",
+        seconds.len(),
+        rank(90.0),
+        seconds[0] * 1e3,
+        seconds[seconds.len() - 1] * 1e3,
+        bytes as f64 / (p50 / 1e3) / 1e6
+    )
 }

@@ -25,7 +25,7 @@ usage: vpod-vmm [--kernel PATH] [--initrd PATH] [--cmdline TEXT] [--vcpus N] [--
   --disk-slots N     N empty virtio-blk devices (0 to 16) after the disks, filled and
                      emptied at runtime through the control socket
   --vsock PATH       virtio-vsock; host clients connect to the unix socket PATH and send
-                     `CONNECT <port>\n`; guest connections to host port P reach PATH_P;
+                     `CONNECT <port>\\n`; guest connections to host port P reach PATH_P;
                      cid=N sets the guest's CID [3]
   --api PATH         control socket: newline-delimited JSON (state, boot_time, metrics,
                      attach_disk, detach_disk, stop)

@@ -1,0 +1,274 @@
+//! `vpod-bench check`: reads `bench/results/*.jsonl` and reports every target as met or
+//! missed (failing when one is missed), plus figures without a target as `info`.
+
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+
+/// The files `make bench` writes; each must be there.
+const FILES: [&str; 8] = [
+    "startup",
+    "linux-boot",
+    "container-start",
+    "run-true",
+    "layer-read",
+    "vsock",
+    "vsock-host-path",
+    "conversion",
+];
+
+/// A line of the JSONL files, read back with just enough parsing for the targets.
+fn field(line: &str, key: &str) -> Option<String> {
+    let start = line.find(&format!("\"{key}\":"))? + key.len() + 3;
+    let rest = &line[start..];
+    let end = rest.find([',', '}'])?;
+    Some(rest[..end].trim_matches('"').to_string())
+}
+
+struct Results {
+    lines: Vec<String>,
+}
+
+impl Results {
+    fn get(&self, bench: &str, imp: &str, config: &str, key: &str) -> Option<f64> {
+        self.lines
+            .iter()
+            .find(|l| {
+                field(l, "bench").as_deref() == Some(bench)
+                    && field(l, "impl").as_deref() == Some(imp)
+                    && field(l, "config").as_deref() == Some(config)
+            })
+            .and_then(|l| field(l, key)?.parse().ok())
+    }
+
+    /// The host label of the first row of `bench`.
+    fn host(&self, bench: &str) -> String {
+        self.lines
+            .iter()
+            .find(|l| field(l, "bench").as_deref() == Some(bench))
+            .and_then(|l| field(l, "host"))
+            .unwrap_or_else(|| "?".into())
+    }
+
+    /// The config of the first row of `bench` by `imp`.
+    fn config(&self, bench: &str, imp: &str) -> Option<String> {
+        self.lines
+            .iter()
+            .find(|l| {
+                field(l, "bench").as_deref() == Some(bench)
+                    && field(l, "impl").as_deref() == Some(imp)
+            })
+            .and_then(|l| field(l, "config"))
+    }
+}
+
+#[derive(Default)]
+struct Verdicts {
+    missed: usize,
+}
+
+impl Verdicts {
+    /// Met when `value <= limit` (or `>=` when `at_least`).
+    fn target(&mut self, what: &str, value: Option<f64>, limit: f64, at_least: bool, unit: &str) {
+        let Some(v) = value else {
+            println!("n/a    {what}: no measurement");
+            return;
+        };
+        let ok = if at_least { v >= limit } else { v <= limit };
+        self.missed += usize::from(!ok);
+        println!(
+            "{} {what}: {v:.3}{unit} (target {} {limit:.3}{unit})",
+            if ok { "MET   " } else { "MISSED" },
+            if at_least { ">=" } else { "<=" }
+        );
+    }
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    a.zip(b).map(|(a, b)| a / b)
+}
+
+pub fn check(dir: &Path) -> Result<()> {
+    let mut lines = Vec::new();
+    for name in FILES {
+        let path = dir.join(format!("{name}.jsonl"));
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("{} is missing: run `make bench`", path.display()))?;
+        lines.extend(text.lines().map(str::to_string));
+    }
+    let r = Results { lines };
+    let mut v = Verdicts::default();
+    vmm_targets(&r, &mut v);
+    container_targets(&r, &mut v);
+    io_targets(&r, &mut v);
+    v.missed += crate::cri_check::check(dir)?;
+    if v.missed > 0 {
+        bail!("{} target(s) missed", v.missed);
+    }
+    Ok(())
+}
+
+fn vmm_targets(r: &Results, v: &mut Verdicts) {
+    let config = "1vcpu-128m";
+    let ours = r.get("stub_to_marker", "vpod-vmm", config, "p50_ms");
+    let qemu = r.get("stub_to_marker", "qemu-microvm", config, "p50_ms");
+    let fc = r.get("stub_to_marker", "firecracker", config, "p50_ms");
+    v.target(
+        "start-up to marker / QEMU",
+        ratio(ours, qemu),
+        0.25,
+        false,
+        "x",
+    );
+    if fc.is_some() {
+        v.target(
+            "start-up to marker / Firecracker",
+            ratio(ours, fc),
+            0.8,
+            false,
+            "x",
+        );
+    } else {
+        println!("n/a    start-up to marker / Firecracker: set FIRECRACKER to a firecracker binary to measure it");
+    }
+    let overhead = r.get("idle_overhead", "vpod-vmm", config, "overhead_kib");
+    v.target(
+        "VMM memory overhead",
+        overhead.map(|k| k / 1024.0),
+        3.0,
+        false,
+        " MiB",
+    );
+    for config in ["1vcpu-128m", "2vcpu-512m"] {
+        let ours = r.get("linux_boot_to_init", "vpod-vmm", config, "p50_ms");
+        let qemu = r.get("linux_boot_to_init", "qemu-microvm", config, "p50_ms");
+        v.target(
+            &format!(
+                "Linux boot to init / QEMU ({config}, {})",
+                r.host("linux_boot_to_init")
+            ),
+            ratio(ours, qemu),
+            0.5,
+            false,
+            "x",
+        );
+    }
+}
+
+fn container_targets(r: &Results, v: &mut Verdicts) {
+    let host = r.host("container_start");
+    for config in ["layers-attach", "layers-shared"] {
+        let ours = r.get("container_start", "vpod", config, "p50_ms");
+        let runc = r.get("container_start", "runc", config, "p50_ms");
+        let crun = r.get("container_start", "crun", config, "p50_ms");
+        v.target(
+            &format!("container start in a running pod / runc run ({config}, {host})"),
+            ratio(ours, runc),
+            1.0,
+            false,
+            "x",
+        );
+        if let Some(x) = ratio(ours, crun) {
+            println!(
+                "info   container start in a running pod / crun run ({config}, {host}): {x:.3}x"
+            );
+        }
+    }
+    let host = r.host("run_true");
+    let ours = r.get("run_true", "vpod", "warm-store", "p50_ms");
+    for peer in ["runc", "crun"] {
+        let theirs = r.get("run_true", peer, "warm-store", "p50_ms");
+        if let (Some(a), Some(b)) = (ours, theirs) {
+            println!(
+                "info   vpod run true / {peer} run true ({host}): {a:.0} ms / {b:.0} ms = {:.1}x",
+                a / b
+            );
+        }
+    }
+}
+
+fn io_targets(r: &Results, v: &mut Verdicts) {
+    let host = r.host("layer_seq_read");
+    if let Some(config) = r.config("layer_seq_read", "guest") {
+        let guest = r.get("layer_seq_read", "guest", &config, "mb_s");
+        let native = r.get("layer_seq_read", "host", &config, "mb_s");
+        v.target(
+            &format!("in-guest sequential read / host read ({config}, {host})"),
+            ratio(guest, native),
+            0.8,
+            true,
+            "x",
+        );
+        let cached = r.get("layer_seq_read", "guest-cached", &config, "mb_s");
+        if let Some(x) = ratio(cached, native) {
+            println!("info   in-guest read from the guest's page cache / host read ({config}, {host}): {x:.3}x");
+        }
+    } else {
+        println!("n/a    in-guest sequential read: no measurement");
+    }
+    let host = r.host("vsock_host_to_guest");
+    for bench in ["vsock_host_to_guest", "vsock_guest_to_host"] {
+        let config = r.config(bench, "vpod-vmm").unwrap_or_default();
+        v.target(
+            &format!("{bench} through a pod VM ({config}, {host})"),
+            r.get(bench, "vpod-vmm", &config, "mb_s"),
+            1000.0,
+            true,
+            " MB/s",
+        );
+    }
+    for bench in ["vsock_device_host_to_guest", "vsock_device_guest_to_host"] {
+        let config = r.config(bench, "vpod-vmm").unwrap_or_default();
+        v.target(
+            &format!(
+                "{bench}, host-side device path ({config}, {})",
+                r.host(bench)
+            ),
+            r.get(bench, "vpod-vmm", &config, "mb_s"),
+            1000.0,
+            true,
+            " MB/s",
+        );
+    }
+    if let Some(config) = r.config("layer_conversion", "tar-xf") {
+        let tar = r.get("layer_conversion", "tar-xf", &config, "mb_s");
+        for imp in ["vpod-import-tar", "vpod-import-gzip"] {
+            if let Some(mb_s) = r.get("layer_conversion", imp, &config, "mb_s") {
+                println!(
+                    "info   layer conversion {imp} ({config}, {}): {mb_s:.0} MB/s, {:.2}x of tar -xf",
+                    r.host("layer_conversion"),
+                    tar.map_or(f64::NAN, |t| mb_s / t)
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_and_lookups_read_the_jsonl_rows() {
+        let r = Results {
+            lines: vec![
+                "{\"bench\":\"layer_seq_read\",\"impl\":\"guest\",\"config\":\"256mib\",\"host\":\"emulated\",\"runs\":3,\"p50_ms\":10.000,\"mb_s\":80.000}".into(),
+                "{\"bench\":\"layer_seq_read\",\"impl\":\"host\",\"config\":\"256mib\",\"host\":\"emulated\",\"runs\":3,\"p50_ms\":8.000,\"mb_s\":100.000}".into(),
+            ],
+        };
+        assert_eq!(
+            r.get("layer_seq_read", "guest", "256mib", "mb_s"),
+            Some(80.0)
+        );
+        assert_eq!(
+            r.config("layer_seq_read", "host").as_deref(),
+            Some("256mib")
+        );
+        assert_eq!(r.host("layer_seq_read"), "emulated");
+        let mut v = Verdicts::default();
+        v.target("read", ratio(Some(80.0), Some(100.0)), 0.8, true, "x");
+        assert_eq!(v.missed, 0);
+        v.target("read", Some(0.7), 0.8, true, "x");
+        v.target("start", Some(1.2), 1.0, false, "x");
+        assert_eq!(v.missed, 2);
+    }
+}

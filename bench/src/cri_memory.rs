@@ -1,0 +1,289 @@
+//! Host memory per idle pod, through `vpod-cri`: pods (each with one sleeping container)
+//! are started up to each count of `--memory-pods`, left idle, then measured.
+//!
+//! A pod's host memory is its `vpod-vmm` process: guest RAM is an anonymous mapping of that
+//! process, committed only where the guest touched it, so the process's resident set holds
+//! the guest memory actually used plus the VMM's own. Per pod, from `/proc/PID/smaps`:
+//! resident (Rss) and proportional (Pss) totals, the guest-RAM mapping's resident part and
+//! how much of it is transparent huge pages, and the rest (the VMM itself). Beside it, the
+//! guest's own view (`/proc/meminfo` through ExecSync in a few pods: what the guest kernel
+//! uses, its page cache, its shared memory), the drop of the host's MemAvailable per pod
+//! (everything a pod costs the host, page cache and kernel included), and the daemon.
+
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+use vpod_bench::report::{table, write_jsonl, Row};
+use vpod_bench::stats::median_u64;
+use vpod_proto::cri::ExecSyncRequest;
+
+use crate::cri::{
+    connect, pull_default, remove_pod, start_pods, Clients, CriBench, Daemon, Scratch, StartedPod,
+};
+
+/// How long pods sit idle before they are measured.
+const SETTLE: Duration = Duration::from_secs(10);
+/// Pods started at once while filling up to a count: few, since idle figures do not depend
+/// on it and many boots at once slow each other down (badly so in the emulated host).
+const BATCH: usize = 2;
+/// Pods whose guest /proc/meminfo is read.
+const GUEST_SAMPLES: usize = 3;
+
+/// One VMM process's memory, KiB.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VmmMemory {
+    pub rss: u64,
+    pub pss: u64,
+    /// Resident in mappings at least as large as the guest RAM.
+    pub guest_rss: u64,
+    pub guest_huge: u64,
+}
+
+/// Parses `/proc/PID/smaps`; a mapping of at least `guest_kib` is guest RAM.
+pub fn parse_vmm_smaps(text: &str, guest_kib: u64) -> VmmMemory {
+    let mut m = VmmMemory::default();
+    let mut in_guest = false;
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let (Some(key), Some(value)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let Ok(kib) = value.parse::<u64>() else {
+            continue;
+        };
+        match key {
+            "Size:" => in_guest = kib >= guest_kib,
+            "Rss:" => {
+                m.rss += kib;
+                if in_guest {
+                    m.guest_rss += kib;
+                }
+            }
+            "Pss:" => m.pss += kib,
+            "AnonHugePages:" if in_guest => m.guest_huge += kib,
+            _ => {}
+        }
+    }
+    m
+}
+
+/// A `/proc/meminfo` field, KiB.
+pub fn meminfo_field(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+}
+
+fn host_available_kib() -> Result<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo")?;
+    meminfo_field(&text, "MemAvailable").context("no MemAvailable in /proc/meminfo")
+}
+
+fn process_rss_kib(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    meminfo_field(&text, "VmRSS").unwrap_or(0)
+}
+
+/// The guest's /proc/meminfo, read in the pod's container.
+async fn guest_meminfo(clients: &mut Clients, pod: &StartedPod) -> Result<String> {
+    let out = clients
+        .runtime
+        .exec_sync(ExecSyncRequest {
+            container_id: pod.container.clone(),
+            cmd: vec!["cat".into(), "/proc/meminfo".into()],
+            timeout: 60,
+        })
+        .await
+        .context("ExecSync cat /proc/meminfo")?
+        .into_inner();
+    if out.exit_code != 0 {
+        bail!("cat /proc/meminfo in the guest exited {}", out.exit_code);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn mem_row(bench: &str, config: &str, host: &str, kib: Option<u64>) -> Row {
+    Row {
+        bench: bench.into(),
+        implementation: "vpod".into(),
+        config: config.into(),
+        host: host.into(),
+        timing: None,
+        rss_kib: kib,
+        overhead_kib: None,
+        mb_s: None,
+    }
+}
+
+/// Measures the running `pods`: the rows of this pod count.
+async fn measure(
+    clients: &mut Clients,
+    daemon: &Daemon,
+    pods: &[StartedPod],
+    bench: &CriBench,
+    available_before: u64,
+) -> Result<Vec<Row>> {
+    let guest_kib = bench.pod_mib * 1024;
+    let mut per_pod = Vec::new();
+    for pod in pods {
+        let pids = daemon.vmm_pids(&pod.pod);
+        let [pid] = pids[..] else {
+            bail!("pod {} has {} VMM processes, not one", pod.pod, pids.len());
+        };
+        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
+            .with_context(|| format!("reading /proc/{pid}/smaps"))?;
+        per_pod.push(parse_vmm_smaps(&smaps, guest_kib));
+    }
+    let mut guest: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for pod in pods.iter().take(GUEST_SAMPLES) {
+        let text = guest_meminfo(clients, pod).await?;
+        let field = |k| meminfo_field(&text, k).unwrap_or(0);
+        guest.entry("total").or_default().push(field("MemTotal"));
+        guest
+            .entry("used")
+            .or_default()
+            .push(field("MemTotal").saturating_sub(field("MemFree")));
+        guest.entry("cached").or_default().push(field("Cached"));
+        guest.entry("shmem").or_default().push(field("Shmem"));
+        guest.entry("anon").or_default().push(field("AnonPages"));
+        guest.entry("slab").or_default().push(field("Slab"));
+    }
+    let n = pods.len();
+    let available_drop = available_before.saturating_sub(host_available_kib()?) / n as u64;
+    let config = format!("{n}pods-{}m", bench.pod_mib);
+    let host = bench.host.as_str();
+    let med = |f: fn(&VmmMemory) -> u64| median_u64(&per_pod.iter().map(f).collect::<Vec<_>>());
+    let g = |k: &str| guest.get(k).and_then(|v| median_u64(v));
+    let mut rows = vec![
+        Row {
+            overhead_kib: med(|m| m.rss - m.guest_rss),
+            ..mem_row("cri_idle_pod_memory", &config, host, med(|m| m.rss))
+        },
+        mem_row("cri_idle_pod_pss", &config, host, med(|m| m.pss)),
+        mem_row(
+            "cri_idle_pod_guest_ram_rss",
+            &config,
+            host,
+            med(|m| m.guest_rss),
+        ),
+        mem_row(
+            "cri_idle_pod_guest_ram_thp",
+            &config,
+            host,
+            med(|m| m.guest_huge),
+        ),
+        mem_row(
+            "cri_idle_pod_host_available_drop",
+            &config,
+            host,
+            Some(available_drop),
+        ),
+        mem_row(
+            "cri_daemon_rss",
+            &config,
+            host,
+            Some(process_rss_kib(daemon.pid())),
+        ),
+    ];
+    for (key, bench_name) in [
+        ("total", "cri_idle_guest_memtotal"),
+        ("used", "cri_idle_guest_used"),
+        ("cached", "cri_idle_guest_cached"),
+        ("shmem", "cri_idle_guest_shmem"),
+        ("anon", "cri_idle_guest_anon"),
+        ("slab", "cri_idle_guest_slab"),
+    ] {
+        rows.push(mem_row(bench_name, &config, host, g(key)));
+    }
+    eprintln!(
+        "cri: {n} idle pods: VMM rss min/median/max {:?}/{:?}/{:?} KiB",
+        per_pod.iter().map(|m| m.rss).min(),
+        med(|m| m.rss),
+        per_pod.iter().map(|m| m.rss).max()
+    );
+    Ok(rows)
+}
+
+pub fn idle_memory(repo: &Path, bench: &CriBench) -> Result<Vec<Row>> {
+    let scratch = Scratch::new("cri-memory")?;
+    let logs = scratch.dir.join("logs");
+    let available_before = host_available_kib()?;
+    let daemon = Daemon::start(repo, &scratch.dir, bench.pod_mib)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(async {
+        let mut clients = connect(&daemon.socket).await?;
+        let image = pull_default(&mut clients, repo).await?;
+        let mut pods: Vec<StartedPod> = Vec::new();
+        let mut rows = Vec::new();
+        for &target in &bench.memory_pods {
+            while pods.len() < target {
+                // Stop before the host runs out: the next batch must fit in what is left
+                // at the per-pod cost seen so far, with a quarter to spare.
+                if !pods.is_empty() {
+                    let used = available_before.saturating_sub(host_available_kib()?);
+                    let per_pod = used / pods.len() as u64;
+                    let want = per_pod * (target - pods.len()) as u64 * 5 / 4;
+                    if want > host_available_kib()? {
+                        bail!(
+                            "{target} pods do not fit: {} pods cost {} MiB each and {} MiB are left",
+                            pods.len(),
+                            per_pod / 1024,
+                            host_available_kib()? / 1024
+                        );
+                    }
+                }
+                let count = BATCH.min(target - pods.len());
+                let names = (pods.len()..pods.len() + count)
+                    .map(|i| format!("idle-{i}"))
+                    .collect();
+                pods.extend(start_pods(&clients, names, &image, &logs).await?);
+                eprintln!("cri: {} pods running", pods.len());
+            }
+            tokio::time::sleep(SETTLE).await;
+            rows.extend(measure(&mut clients, &daemon, &pods, bench, available_before).await?);
+        }
+        for pod in &pods {
+            remove_pod(&mut clients, &pod.pod).await?;
+        }
+        Ok::<_, anyhow::Error>(rows)
+    });
+    let rows = result.with_context(|| format!("vpod-cri's log ends:\n{}", daemon.log_tail()))?;
+    print!("{}", table(&rows));
+    write_jsonl(&repo.join("bench/results"), "cri-memory", &rows)?;
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smaps_split_guest_ram_from_the_vmm() {
+        let smaps = "\
+55d0c0000000-55d0c0100000 r-xp 00000000 08:01 1 /usr/bin/vpod-vmm
+Size:               1024 kB
+Rss:                 800 kB
+Pss:                 400 kB
+AnonHugePages:         0 kB
+7f0000000000-7f0008000000 rw-p 00000000 00:00 0
+Size:             131072 kB
+Rss:               40960 kB
+Pss:               40960 kB
+AnonHugePages:     36864 kB
+";
+        let m = parse_vmm_smaps(smaps, 131072);
+        assert_eq!(
+            (m.rss, m.pss, m.guest_rss, m.guest_huge),
+            (41760, 41360, 40960, 36864)
+        );
+        assert_eq!(
+            meminfo_field("MemTotal:  120000 kB\nMemFree: 5 kB\n", "MemFree"),
+            Some(5)
+        );
+        assert_eq!(meminfo_field("MemTotal:  1 kB\n", "Mem"), None);
+    }
+}
