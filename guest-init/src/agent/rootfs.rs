@@ -78,6 +78,21 @@ pub fn find_disk_by_serial(
     Err(RootfsError::NoSuchDisk(serial.to_string()))
 }
 
+/// Readahead of layer disks, in KiB. The kernel's 128 KiB default makes a sequential read
+/// one virtio request, and so one VM exit, per 128 KiB; with 4 MiB a 256 MiB read from a
+/// layer disk in the emulated KVM host took 3.9 s instead of 8.6 s. Readahead grows only as
+/// far as a file is read sequentially, so small and random reads fetch no more than before.
+pub const LAYER_READAHEAD_KB: u32 = 4096;
+
+/// Sets a layer disk's readahead (`<sys_block>/<vdX>/queue/read_ahead_kb`). Best effort: a
+/// disk that keeps the default is slower, not wrong.
+fn set_layer_readahead(disk_sysfs: &Path) {
+    let knob = disk_sysfs.join("queue/read_ahead_kb");
+    if let Err(e) = std::fs::write(&knob, LAYER_READAHEAD_KB.to_string()) {
+        eprintln!("vpod-init: could not set {}: {e}", knob.display());
+    }
+}
+
 fn trim_serial(raw: &[u8]) -> &[u8] {
     let end = raw
         .iter()
@@ -174,6 +189,9 @@ impl DiskMounts {
         let target = paths.state.join(dir).join(serial);
         ops.create_dir_all(&target)
             .map_err(|e| RootfsError::CreateDir(target.clone(), e))?;
+        if let (DiskKind::Layer, Some(name)) = (kind, device.file_name()) {
+            set_layer_readahead(&paths.sys_block.join(name));
+        }
         let device_name = device.to_string_lossy().into_owned();
         ops.mount(&device_name, &target, fstype, flags, "")
             .map_err(|source| RootfsError::Mount {
@@ -390,8 +408,9 @@ mod tests {
     fn fake_sysfs(disks: &[(&str, &[u8])]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         for (name, serial) in disks {
-            std::fs::create_dir_all(dir.path().join(name)).unwrap();
+            std::fs::create_dir_all(dir.path().join(name).join("queue")).unwrap();
             std::fs::write(dir.path().join(name).join("serial"), serial).unwrap();
+            std::fs::write(dir.path().join(name).join("queue/read_ahead_kb"), "128").unwrap();
         }
         std::fs::create_dir_all(dir.path().join("loop0")).unwrap();
         dir
@@ -475,6 +494,16 @@ mod tests {
                 "mount overlay overlay /run/vpod/containers/one/rootfs lowerdir=/run/vpod/layers/app:/run/vpod/layers/base,upperdir=/run/vpod/disks/rw/containers/one/upper,workdir=/run/vpod/disks/rw/containers/one/work",
                 "mount overlay overlay /run/vpod/containers/two/rootfs lowerdir=/run/vpod/layers/app:/run/vpod/layers/base,upperdir=/run/vpod/disks/rw/containers/two/upper,workdir=/run/vpod/disks/rw/containers/two/work",
             ]
+        );
+        let readahead = |disk: &str| {
+            std::fs::read_to_string(sys.path().join(disk).join("queue/read_ahead_kb")).unwrap()
+        };
+        assert_eq!(readahead("vda"), LAYER_READAHEAD_KB.to_string());
+        assert_eq!(readahead("vdb"), LAYER_READAHEAD_KB.to_string());
+        assert_eq!(
+            readahead("vdc"),
+            "128",
+            "the writable disk keeps the default"
         );
         ops.log.clear();
         release(&mut ops, &mut disks, &one).unwrap();
