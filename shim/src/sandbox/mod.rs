@@ -13,6 +13,7 @@ pub mod container;
 pub mod disk;
 pub mod layers;
 pub mod merge;
+pub mod runtime_ops;
 pub mod serial;
 pub mod vmm;
 

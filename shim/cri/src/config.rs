@@ -1,0 +1,266 @@
+//! `/etc/vpod/config.toml`: where the guest kernel, initrd and VMM are, and how big pods are.
+//!
+//! ```toml
+//! socket = "/run/vpod/cri.sock"
+//! root = "/var/lib/vpod"
+//! kernel = "/usr/share/vpod/vmlinux"
+//! initrd = "/usr/share/vpod/initrd.img"
+//! vmm = "/usr/bin/vpod-vmm"
+//!
+//! [pod]
+//! default_vcpus = 1
+//! default_memory_mib = 256
+//! guest_overhead_mib = 64
+//! min_memory_mib = 128
+//! max_vcpus = 8
+//! max_memory_mib = 16384
+//! layer_slots = 8
+//! writable_disk_mib = 1024
+//! agent_timeout_secs = 60
+//! max_concurrent_boots = 0   # 0: the host's CPU count
+//!
+//! [registry]
+//! insecure_registries = ["127.0.0.1:5000"]   # plain HTTP
+//! extra_ca_files = ["/etc/vpod/registry-ca.pem"]
+//! ```
+//!
+//! Every key is optional. Absent paths are found next to the `vpod-cri` binary (`vpod-vmm`)
+//! and in the checkout or install that holds it (`build/vmlinux`, `build/initrd.img`, or
+//! `$VPOD_HOME/build/...`).
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Why the configuration could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("Could not read the configuration file {0}.")]
+    Read(PathBuf, #[source] std::io::Error),
+    #[error("The configuration file {0} is not valid.")]
+    Parse(PathBuf, #[source] Box<toml::de::Error>),
+    #[error("The configuration is inconsistent: {0}")]
+    Invalid(String),
+}
+
+pub const DEFAULT_CONFIG: &str = "/etc/vpod/config.toml";
+pub const DEFAULT_SOCKET: &str = "/run/vpod/cri.sock";
+pub const DEFAULT_ROOT: &str = "/var/lib/vpod";
+
+/// The daemon's settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub socket: PathBuf,
+    pub root: PathBuf,
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    pub vmm: Option<PathBuf>,
+    pub pod: PodSizing,
+    pub registry: RegistryConfig,
+}
+
+/// How registries are reached.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// `host[:port]` of registries spoken to over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// PEM files of CA certificates trusted besides the system's.
+    pub extra_ca_files: Vec<PathBuf>,
+}
+
+/// How pod VMs are sized (see [`crate::sizing`]).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PodSizing {
+    /// vCPUs of a pod whose containers set no CPU limit.
+    pub default_vcpus: u8,
+    /// Guest memory of a pod whose containers set no memory limit.
+    pub default_memory_mib: u64,
+    /// Added to the containers' memory limits: the guest kernel, vpod-init, page cache.
+    pub guest_overhead_mib: u64,
+    pub min_memory_mib: u64,
+    pub max_vcpus: u8,
+    pub max_memory_mib: u64,
+    /// Disk slots for image layers (at most 16).
+    pub layer_slots: u32,
+    /// The writable disk holding every container's upper directory.
+    pub writable_disk_mib: u64,
+    /// From starting the VMM until the agent answers.
+    pub agent_timeout_secs: u64,
+    /// Pods booting at the same time; more RunPodSandbox calls wait their turn. 0: the
+    /// host's CPU count.
+    pub max_concurrent_boots: usize,
+}
+
+impl Default for PodSizing {
+    fn default() -> PodSizing {
+        PodSizing {
+            default_vcpus: 1,
+            default_memory_mib: 256,
+            guest_overhead_mib: 64,
+            min_memory_mib: 128,
+            max_vcpus: 8,
+            max_memory_mib: 16 * 1024,
+            layer_slots: 8,
+            writable_disk_mib: 1024,
+            agent_timeout_secs: 60,
+            max_concurrent_boots: 0,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            socket: PathBuf::from(DEFAULT_SOCKET),
+            root: PathBuf::from(DEFAULT_ROOT),
+            kernel: None,
+            initrd: None,
+            vmm: None,
+            pod: PodSizing::default(),
+            registry: RegistryConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`; a missing file gives the defaults when `optional`.
+    pub fn load(path: &Path, optional: bool) -> Result<Config, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Config::default())
+            }
+            Err(e) => return Err(ConfigError::Read(path.to_owned(), e)),
+        };
+        Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse(_, source) => ConfigError::Parse(path.to_owned(), source),
+            other => other,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(PathBuf::new(), Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let pod = &self.pod;
+        let bad = |what: &str| Err(ConfigError::Invalid(what.to_string()));
+        if pod.default_vcpus == 0 || pod.max_vcpus == 0 || pod.default_vcpus > pod.max_vcpus {
+            return bad("pod.default_vcpus must be between 1 and pod.max_vcpus.");
+        }
+        if pod.min_memory_mib == 0 || pod.min_memory_mib > pod.max_memory_mib {
+            return bad("pod.min_memory_mib must be between 1 and pod.max_memory_mib.");
+        }
+        if pod.default_memory_mib < pod.min_memory_mib
+            || pod.default_memory_mib > pod.max_memory_mib
+        {
+            return bad("pod.default_memory_mib must be between min and max_memory_mib.");
+        }
+        if pod.layer_slots == 0 || pod.layer_slots > 16 {
+            return bad("pod.layer_slots must be between 1 and 16.");
+        }
+        if pod.writable_disk_mib < 16 {
+            return bad("pod.writable_disk_mib must be at least 16.");
+        }
+        Ok(())
+    }
+
+    /// The kernel, initrd and VMM: configured, else found beside this installation.
+    pub fn assets(&self) -> Assets {
+        let home = vpod_home();
+        let vmm = self.vmm.clone().unwrap_or_else(|| {
+            std::env::current_exe()
+                .map(|exe| exe.with_file_name("vpod-vmm"))
+                .unwrap_or_else(|_| PathBuf::from("vpod-vmm"))
+        });
+        Assets {
+            kernel: self
+                .kernel
+                .clone()
+                .unwrap_or_else(|| home.join("build/vmlinux")),
+            initrd: self
+                .initrd
+                .clone()
+                .unwrap_or_else(|| home.join("build/initrd.img")),
+            vmm,
+        }
+    }
+}
+
+/// The files every pod VM boots from.
+#[derive(Debug, Clone)]
+pub struct Assets {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub vmm: PathBuf,
+}
+
+/// `$VPOD_HOME`, else the nearest ancestor of this binary's directory that has
+/// `build/vmlinux`, else the working directory.
+pub fn vpod_home() -> PathBuf {
+    if let Some(home) = std::env::var_os("VPOD_HOME") {
+        return PathBuf::from(home);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            exe.ancestors()
+                .find(|dir| dir.join("build/vmlinux").exists())
+                .map(Path::to_path_buf)
+        })
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_gives_the_defaults() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn keys_override_defaults() {
+        let c = Config::parse(
+            "root = \"/srv/vpod\"\nkernel = \"/k\"\n[pod]\ndefault_memory_mib = 512\n\
+             [registry]\ninsecure_registries = [\"127.0.0.1:5000\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.registry.insecure_registries, vec!["127.0.0.1:5000"]);
+        assert_eq!(c.root, PathBuf::from("/srv/vpod"));
+        assert_eq!(c.kernel, Some(PathBuf::from("/k")));
+        assert_eq!(c.pod.default_memory_mib, 512);
+        assert_eq!(c.pod.default_vcpus, 1);
+        assert_eq!(c.assets().kernel, PathBuf::from("/k"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_sizes_are_refused() {
+        assert!(matches!(
+            Config::parse("colour = 1"),
+            Err(ConfigError::Parse(..))
+        ));
+        assert!(matches!(
+            Config::parse("[pod]\ndefault_vcpus = 0"),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(matches!(
+            Config::parse("[pod]\nlayer_slots = 17"),
+            Err(ConfigError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn a_missing_optional_file_is_the_defaults() {
+        let c = Config::load(Path::new("/nonexistent/vpod.toml"), true).unwrap();
+        assert_eq!(c, Config::default());
+        assert!(Config::load(Path::new("/nonexistent/vpod.toml"), false).is_err());
+    }
+}

@@ -1,0 +1,565 @@
+//! Containers: create (image layers attached as disks), start (with a task following the
+//! output into the log file), stop, remove, exec, reopen the log.
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use vpod_shim::sandbox::{ContainerSpec, ProcessOverrides, SandboxError};
+
+use super::{container_name_key, lock, Container, Runtime, RuntimeError};
+use crate::filters::ContainerFilter;
+use crate::guest_files::container_files;
+use crate::logformat::now_ns;
+use crate::state::{ContainerPhase, ContainerRecord, MountRecord, PodPhase};
+
+/// A validated CreateContainer request.
+#[derive(Debug, Clone, Default)]
+pub struct CreateContainer {
+    pub pod_id: String,
+    pub name: String,
+    pub attempt: u32,
+    pub image: String,
+    /// Replaces the image's Entrypoint when not empty (Kubernetes' `command`).
+    pub command: Vec<String>,
+    /// Replaces the image's Cmd when not empty (Kubernetes' `args`).
+    pub args: Vec<String>,
+    pub working_dir: String,
+    /// "KEY=VALUE".
+    pub env: Vec<String>,
+    pub mounts: Vec<MountRecord>,
+    pub labels: std::collections::HashMap<String, String>,
+    pub annotations: std::collections::HashMap<String, String>,
+    /// Relative to the pod's log directory.
+    pub log_path: String,
+    pub run_as_user: Option<i64>,
+    pub run_as_group: Option<i64>,
+    pub run_as_username: String,
+}
+
+/// What ExecSync gives back.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit_code: i32,
+}
+
+/// The CRI caps each of ExecSync's outputs at 16 MiB.
+const EXEC_OUTPUT_CAP: usize = 16 << 20;
+
+/// `log_directory/log_path`, refusing a log path that leaves the directory.
+pub fn host_log_path(log_directory: &str, log_path: &str) -> Result<String, RuntimeError> {
+    if log_path.is_empty() || log_directory.is_empty() {
+        return Ok(String::new());
+    }
+    let relative = Path::new(log_path);
+    if !relative
+        .components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(RuntimeError::invalid(
+            "config.log_path",
+            format!("{log_path:?} must be a relative path inside the pod's log directory"),
+        ));
+    }
+    Ok(Path::new(log_directory)
+        .join(relative)
+        .to_string_lossy()
+        .into_owned())
+}
+
+/// The user the process runs as, as the merge understands it ("UID[:GID]", a name).
+fn user_override(request: &CreateContainer) -> Result<Option<String>, RuntimeError> {
+    if request.run_as_group.is_some()
+        && request.run_as_user.is_none()
+        && request.run_as_username.is_empty()
+    {
+        return Err(RuntimeError::invalid(
+            "config.linux.security_context.run_as_group",
+            "is only allowed together with run_as_user or run_as_username",
+        ));
+    }
+    let id = |value: i64, field: &str| {
+        u32::try_from(value).map_err(|_| {
+            RuntimeError::invalid(
+                format!("config.linux.security_context.{field}"),
+                format!("{value} is not a valid id"),
+            )
+        })
+    };
+    let gid = request
+        .run_as_group
+        .map(|g| id(g, "run_as_group"))
+        .transpose()?;
+    if let Some(uid) = request.run_as_user {
+        let uid = id(uid, "run_as_user")?;
+        return Ok(Some(match gid {
+            Some(gid) => format!("{uid}:{gid}"),
+            None => uid.to_string(),
+        }));
+    }
+    if !request.run_as_username.is_empty() {
+        let name = &request.run_as_username;
+        return Ok(Some(match gid {
+            Some(gid) => format!("{name}:{gid}"),
+            None => name.clone(),
+        }));
+    }
+    Ok(None)
+}
+
+impl Runtime {
+    /// Creates the container in its pod's VM; its id.
+    pub async fn create_container(&self, request: CreateContainer) -> Result<String, RuntimeError> {
+        let pod = self.pod(&request.pod_id)?;
+        let pod_record = pod.record();
+        if pod_record.phase != PodPhase::Ready {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "The pod sandbox {} is not ready.",
+                pod.id
+            )));
+        }
+        let log_path = host_log_path(&pod_record.log_directory, &request.log_path)?;
+        let user = user_override(&request)?;
+        let Some(image) = self.images.status(&request.image).await? else {
+            return Err(RuntimeError::NotFound(format!(
+                "The image {:?} is not present; pull it first.",
+                request.image
+            )));
+        };
+        let name_key = container_name_key(&pod.id, &request.name, request.attempt);
+        if !self.reserve_name(name_key.clone()) {
+            return Err(RuntimeError::AlreadyExists(format!(
+                "A container named {:?} (attempt {}) already exists in pod {}.",
+                request.name, request.attempt, pod.id
+            )));
+        }
+        let id = match crate::ids::new_id() {
+            Ok(id) => id,
+            Err(e) => {
+                self.release_name(&name_key);
+                return Err(e.into());
+            }
+        };
+        let record = ContainerRecord {
+            id: id.clone(),
+            pod_id: pod.id.clone(),
+            name: request.name.clone(),
+            attempt: request.attempt,
+            image: request.image.clone(),
+            image_id: image.id.clone(),
+            labels: request.labels.clone(),
+            annotations: request.annotations.clone(),
+            log_path,
+            created_at_ns: now_ns(),
+            started_at_ns: 0,
+            finished_at_ns: 0,
+            exit_code: 0,
+            phase: ContainerPhase::Creating,
+            reason: String::new(),
+            message: String::new(),
+            mounts: request.mounts.clone(),
+            run_as_uid: request.run_as_user,
+            run_as_gid: request.run_as_group,
+        };
+        let (files, skipped) = container_files(&pod_record, &request.mounts);
+        for mount in &skipped {
+            tracing::warn!(container = %id, path = %mount.container_path, why = %mount.why, "mount not copied into the VM");
+        }
+        let mut record = record;
+        if !skipped.is_empty() {
+            record.message = format!(
+                "Mounts not available in the VM: {}",
+                skipped
+                    .iter()
+                    .map(|m| m.container_path.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        let spec = ContainerSpec {
+            id: id.clone(),
+            layers: image.image.layers.clone(),
+            image_config: image.image.config.clone(),
+            overrides: ProcessOverrides {
+                entrypoint: (!request.command.is_empty()).then(|| request.command.clone()),
+                command: request.args.clone(),
+                env: request.env.clone(),
+                workdir: (!request.working_dir.is_empty()).then(|| request.working_dir.clone()),
+                user,
+            },
+            hostname: pod_record.hostname.clone(),
+            files,
+        };
+        let created = self.create_in_guest(&pod, record, spec).await;
+        if created.is_err() {
+            self.release_name(&name_key);
+        }
+        created
+    }
+
+    async fn create_in_guest(
+        &self,
+        pod: &super::Pod,
+        mut record: ContainerRecord,
+        spec: ContainerSpec,
+    ) -> Result<String, RuntimeError> {
+        let id = record.id.clone();
+        // The intent: a daemon killed from here on leaves this record for recovery.
+        self.state.write_container(&record)?;
+        let created = {
+            let mut slot = pod.sandbox.write().await;
+            match slot.as_mut() {
+                Some(sandbox) => sandbox.create_container(spec).await.map_err(|e| match e {
+                    SandboxError::Merge(m) => RuntimeError::invalid("config", m.to_string()),
+                    other => other.into(),
+                }),
+                None => Err(RuntimeError::FailedPrecondition(format!(
+                    "The pod sandbox {} is not ready.",
+                    pod.id
+                ))),
+            }
+        };
+        if let Err(e) = created {
+            let _ = self.state.remove_container(&id);
+            return Err(e);
+        }
+        if let Some(delay) = test_delay_after_guest_create() {
+            tracing::warn!(container = %id, ?delay, "test hook: pausing before recording the container");
+            tokio::time::sleep(delay).await;
+        }
+        record.phase = ContainerPhase::Created;
+        self.state.write_container(&record)?;
+        tracing::info!(container = %id, pod = %pod.id, name = %record.name, "container created");
+        lock(&self.containers).insert(
+            id.clone(),
+            Arc::new(Container {
+                id: id.clone(),
+                record: Mutex::new(record),
+                log: Mutex::new(None),
+                follower: Mutex::new(None),
+            }),
+        );
+        Ok(id)
+    }
+
+    /// Starts a created container and follows its output into its log file.
+    pub async fn start_container(self: &Arc<Self>, wanted: &str) -> Result<(), RuntimeError> {
+        let container = self.container(wanted)?;
+        let record = container.record();
+        if record.phase != ContainerPhase::Created {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "The container {} is {:?}, not Created.",
+                container.id, record.phase
+            )));
+        }
+        let pod = self.pod(&record.pod_id)?;
+        let log = open_log(&record.log_path)?;
+        let started = {
+            let slot = pod.sandbox.read().await;
+            match slot.as_ref() {
+                Some(sandbox) => sandbox
+                    .start_container(&container.id)
+                    .await
+                    .map_err(RuntimeError::from),
+                None => Err(RuntimeError::FailedPrecondition(format!(
+                    "The pod sandbox {} is not ready.",
+                    pod.id
+                ))),
+            }
+        };
+        if let Err(e) = started {
+            self.update_container(&container, |c| {
+                c.phase = ContainerPhase::Exited;
+                c.finished_at_ns = now_ns();
+                c.exit_code = 128;
+                c.reason = "StartError".into();
+                c.message = e.to_string();
+            })?;
+            return Err(e);
+        }
+        *lock(&container.log) = log;
+        self.update_container(&container, |c| {
+            c.phase = ContainerPhase::Running;
+            c.started_at_ns = now_ns();
+        })?;
+        tracing::info!(container = %container.id, "container started");
+        self.spawn_follower(container, record.pod_id);
+        Ok(())
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`; a container not running is not an error.
+    pub async fn stop_container(&self, wanted: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let container = self.container(wanted)?;
+        let record = container.record();
+        if record.phase != ContainerPhase::Running {
+            return Ok(());
+        }
+        let pod = self.pod(&record.pod_id)?;
+        let exit = {
+            let slot = pod.sandbox.read().await;
+            match slot.as_ref() {
+                Some(sandbox) => Some(sandbox.stop_container(&container.id, grace).await),
+                None => None,
+            }
+        };
+        match exit {
+            Some(Ok(exit)) => {
+                self.record_exit(&container, exit.code, "")?;
+            }
+            Some(Err(e)) => {
+                // The VM may have died under us; the status calls report that.
+                drop(pod);
+                return Err(e.into());
+            }
+            None => {}
+        }
+        // Let the follower write the last of the output.
+        let follower = lock(&container.follower).take();
+        if let Some(mut task) = follower {
+            if tokio::time::timeout(Duration::from_secs(3), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
+        }
+        *lock(&container.log) = None;
+        Ok(())
+    }
+
+    /// Records how the container's process ended (once).
+    pub(super) fn record_exit(
+        &self,
+        container: &Container,
+        code: i32,
+        message: &str,
+    ) -> Result<(), RuntimeError> {
+        if container.record().phase == ContainerPhase::Exited {
+            return Ok(());
+        }
+        self.update_container(container, |c| {
+            c.phase = ContainerPhase::Exited;
+            c.finished_at_ns = now_ns();
+            c.exit_code = code;
+            c.reason = if code == 0 { "Completed" } else { "Error" }.into();
+            c.message = message.to_string();
+        })?;
+        tracing::info!(container = %container.id, exit_code = code, "container exited");
+        Ok(())
+    }
+
+    /// Removes the container, killing it if it runs.
+    pub async fn remove_container(&self, wanted: &str) -> Result<(), RuntimeError> {
+        let container = self.container(wanted)?;
+        let record = container.record();
+        if record.phase == ContainerPhase::Running {
+            if let Err(e) = self.stop_container(&container.id, Duration::ZERO).await {
+                tracing::warn!(container = %container.id, error = %e, "killing before removal");
+            }
+        }
+        if let Ok(pod) = self.pod(&record.pod_id) {
+            let mut slot = pod.sandbox.write().await;
+            if let Some(sandbox) = slot.as_mut() {
+                if sandbox.containers().contains(&container.id) {
+                    sandbox.remove_container(&container.id).await?;
+                }
+            }
+        }
+        self.forget_container(&container)?;
+        tracing::info!(container = %container.id, "container removed");
+        Ok(())
+    }
+
+    /// Drops the container's record, task and name (its guest side is gone already).
+    pub(super) fn forget_container(&self, container: &Container) -> Result<(), RuntimeError> {
+        if let Some(task) = lock(&container.follower).take() {
+            task.abort();
+        }
+        *lock(&container.log) = None;
+        let record = container.record();
+        self.state.remove_container(&container.id)?;
+        self.state.remove_log_offset(&container.id)?;
+        lock(&self.containers).remove(&container.id);
+        self.release_name(&container_name_key(
+            &record.pod_id,
+            &record.name,
+            record.attempt,
+        ));
+        Ok(())
+    }
+
+    pub async fn container_status(&self, wanted: &str) -> Result<ContainerRecord, RuntimeError> {
+        let container = self.container(wanted)?;
+        let pod_id = container.record().pod_id;
+        if let Ok(pod) = self.pod(&pod_id) {
+            self.check_vm(&pod).await;
+        }
+        Ok(container.record())
+    }
+
+    pub async fn list_containers(&self, filter: &ContainerFilter) -> Vec<ContainerRecord> {
+        for pod in self.all_pods() {
+            self.check_vm(&pod).await;
+        }
+        let mut list: Vec<ContainerRecord> = self
+            .all_containers()
+            .iter()
+            .map(|c| c.record())
+            .filter(|c| filter.matches(c))
+            .collect();
+        list.sort_by_key(|c| c.created_at_ns);
+        list
+    }
+
+    /// Runs `cmd` in the running container; `timeout` zero waits forever.
+    pub async fn exec_sync(
+        &self,
+        wanted: &str,
+        cmd: Vec<String>,
+        timeout: Duration,
+    ) -> Result<ExecOutput, RuntimeError> {
+        let container = self.container(wanted)?;
+        let record = container.record();
+        if record.phase != ContainerPhase::Running {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "The container {} is not running.",
+                container.id
+            )));
+        }
+        let pod = self.pod(&record.pod_id)?;
+        let slot = pod.sandbox.read().await;
+        let Some(sandbox) = slot.as_ref() else {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "The pod sandbox {} is not ready.",
+                pod.id
+            )));
+        };
+        let reply = sandbox.exec_sync(&container.id, cmd, timeout).await?;
+        if reply.timed_out {
+            return Err(RuntimeError::DeadlineExceeded(format!(
+                "The command timed out after {timeout:?} and was killed."
+            )));
+        }
+        let cap = |mut bytes: Vec<u8>| {
+            bytes.truncate(EXEC_OUTPUT_CAP);
+            bytes
+        };
+        Ok(ExecOutput {
+            stdout: cap(reply.stdout),
+            stderr: cap(reply.stderr),
+            exit_code: reply.exit_code,
+        })
+    }
+
+    /// Reopens the running container's log file (after the kubelet rotated it).
+    pub async fn reopen_log(&self, wanted: &str) -> Result<(), RuntimeError> {
+        let container = self.container(wanted)?;
+        let record = container.record();
+        if record.phase != ContainerPhase::Running {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "The container {} is not running.",
+                container.id
+            )));
+        }
+        let file = open_log(&record.log_path)?;
+        *lock(&container.log) = file;
+        Ok(())
+    }
+
+    /// Accepts new limits for a container that exists. The VM's size is fixed at boot and
+    /// the agent has no call to change a running container's cgroup yet, so nothing changes.
+    pub async fn update_container_resources(&self, wanted: &str) -> Result<(), RuntimeError> {
+        let container = self.container(wanted)?;
+        if container.record().phase == ContainerPhase::Exited {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "The container {} has exited.",
+                container.id
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A fault-injection hook for the crash tests: `VPOD_CRI_TEST_DELAY_CREATE_MS` pauses
+/// CreateContainer after the guest made the container and before it is recorded, the
+/// window in which a crash leaves the most to undo.
+fn test_delay_after_guest_create() -> Option<Duration> {
+    std::env::var("VPOD_CRI_TEST_DELAY_CREATE_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map(Duration::from_millis)
+}
+
+/// Opens (creating it and its directory) the log file for appending; none for no path.
+pub(super) fn open_log(path: &str) -> Result<Option<std::fs::File>, RuntimeError> {
+    if path.is_empty() {
+        return Ok(None);
+    }
+    let path = PathBuf::from(path);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| RuntimeError::Io(format!("Could not create {}: {e}", parent.display())))?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map(Some)
+        .map_err(|e| {
+            RuntimeError::Io(format!(
+                "Could not open the log file {}: {e}",
+                path.display()
+            ))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_paths_stay_inside_the_log_directory() {
+        assert_eq!(
+            host_log_path("/var/log/pods/x", "c/0.log").unwrap(),
+            "/var/log/pods/x/c/0.log"
+        );
+        assert_eq!(host_log_path("", "c/0.log").unwrap(), "");
+        assert_eq!(host_log_path("/d", "").unwrap(), "");
+        for bad in ["../x.log", "/etc/passwd", "c/../../x"] {
+            assert!(
+                matches!(
+                    host_log_path("/d", bad),
+                    Err(RuntimeError::InvalidArgument { ref field, .. }) if field == "config.log_path"
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn users_combine_uid_gid_and_name() {
+        let request = |uid, gid, name: &str| CreateContainer {
+            run_as_user: uid,
+            run_as_group: gid,
+            run_as_username: name.to_string(),
+            ..Default::default()
+        };
+        assert_eq!(user_override(&request(None, None, "")).unwrap(), None);
+        assert_eq!(
+            user_override(&request(Some(1000), None, "")).unwrap(),
+            Some("1000".into())
+        );
+        assert_eq!(
+            user_override(&request(Some(1000), Some(10), "")).unwrap(),
+            Some("1000:10".into())
+        );
+        assert_eq!(
+            user_override(&request(None, None, "nobody")).unwrap(),
+            Some("nobody".into())
+        );
+        assert!(user_override(&request(None, Some(10), "")).is_err());
+        assert!(user_override(&request(Some(-1), None, "")).is_err());
+    }
+}

@@ -1,0 +1,290 @@
+//! The runtime's domain: pods (one micro-VM each) and their containers, their records, and
+//! the tasks that follow containers' output into log files. The gRPC layer
+//! ([`crate::server`]) only converts types and calls these functions.
+//!
+//! Locking: the pod and container maps are short std mutexes; each pod's [`Sandbox`] sits
+//! in a tokio `RwLock`, read for calls that do not change the sandbox (start, exec, stats)
+//! and written for create, remove and stop. Long waits (a container's output and exit) use
+//! their own connection to the agent ([`Sandbox::open`]) and hold no lock.
+
+mod containers;
+mod follow;
+mod pods;
+mod recover;
+mod stats;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::RwLock;
+use vpod_shim::registry::RegistryOptions;
+use vpod_shim::sandbox::{Sandbox, SandboxError};
+use vpod_shim::LayerStore;
+
+use crate::config::{Assets, Config};
+use crate::ids::IdError;
+use crate::images::{ImageError, Images};
+
+use crate::state::{ContainerRecord, PodRecord, StateDir, StateError};
+
+pub use containers::CreateContainer;
+pub use pods::RunPod;
+pub use recover::vmm_processes_of;
+pub use stats::{ContainerUsage, PodUsage};
+
+/// Why a runtime operation failed; each variant maps to one gRPC code.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{field}: {problem}")]
+    InvalidArgument { field: String, problem: String },
+    #[error(transparent)]
+    Id(#[from] IdError),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unimplemented(String),
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    #[error("The pod's VM failed: {0}")]
+    Sandbox(String),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("{0}")]
+    Io(String),
+}
+
+impl RuntimeError {
+    pub fn invalid(field: impl Into<String>, problem: impl Into<String>) -> RuntimeError {
+        RuntimeError::InvalidArgument {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl From<SandboxError> for RuntimeError {
+    fn from(e: SandboxError) -> RuntimeError {
+        RuntimeError::Sandbox(error_chain(&e))
+    }
+}
+
+/// An error and its sources on one line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+/// A pod: its record and, while it runs, its VM.
+pub struct Pod {
+    pub id: String,
+    record: Mutex<PodRecord>,
+    sandbox: RwLock<Option<Sandbox>>,
+}
+
+impl Pod {
+    pub fn record(&self) -> PodRecord {
+        lock(&self.record).clone()
+    }
+}
+
+/// A container: its record, its log file and the task following its output.
+pub struct Container {
+    pub id: String,
+    record: Mutex<ContainerRecord>,
+    /// The open log file, swapped by ReopenContainerLog.
+    log: Mutex<Option<std::fs::File>>,
+    follower: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Container {
+    pub fn record(&self) -> ContainerRecord {
+        lock(&self.record).clone()
+    }
+}
+
+/// Poisoning only means another task panicked mid-update; the data is still the best we have.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The runtime.
+pub struct Runtime {
+    config: Config,
+    assets: Assets,
+    /// Absolute: sandboxes live in `<root>/sandboxes/<id>`.
+    root: PathBuf,
+    state: StateDir,
+    images: Images,
+    pods: Mutex<HashMap<String, Arc<Pod>>>,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+    /// Pod names (name, namespace, uid, attempt) and container names (pod, name, attempt)
+    /// in use, including those being created.
+    names: Mutex<HashSet<String>>,
+    rpc_timeout: Duration,
+    /// Bounds the boots in progress: a crowd of guests booting at once on few CPUs starves
+    /// them all past their timeouts.
+    boot_slots: tokio::sync::Semaphore,
+}
+
+impl Runtime {
+    /// Opens the state under `config.root`, cleans up what a crash left and re-attaches to
+    /// the pods that still run.
+    pub async fn open(config: Config) -> Result<Arc<Runtime>, RuntimeError> {
+        let root = std::path::absolute(&config.root)
+            .map_err(|e| RuntimeError::Io(format!("resolving {}: {e}", config.root.display())))?;
+        std::fs::create_dir_all(&root)
+            .map_err(|e| RuntimeError::Io(format!("creating {}: {e}", root.display())))?;
+        let store = LayerStore::open(&root).map_err(|e| {
+            RuntimeError::Io(format!("opening the layer store: {}", error_chain(&e)))
+        })?;
+        let options = RegistryOptions {
+            insecure_registries: config.registry.insecure_registries.clone(),
+            extra_ca_files: config.registry.extra_ca_files.clone(),
+            ..RegistryOptions::default()
+        };
+        let images = Images::open(store, options)?;
+        let state = StateDir::open(&root)?;
+        let boot_slots = match config.pod.max_concurrent_boots {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let runtime = Arc::new(Runtime {
+            assets: config.assets(),
+            config,
+            root,
+            state,
+            images,
+            pods: Mutex::new(HashMap::new()),
+            containers: Mutex::new(HashMap::new()),
+            names: Mutex::new(HashSet::new()),
+            rpc_timeout: Duration::from_secs(30),
+            boot_slots: tokio::sync::Semaphore::new(boot_slots),
+        });
+        runtime.recover().await?;
+        Ok(runtime)
+    }
+
+    pub fn images(&self) -> &Images {
+        &self.images
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn assets(&self) -> &Assets {
+        &self.assets
+    }
+
+    fn pod(&self, wanted: &str) -> Result<Arc<Pod>, RuntimeError> {
+        let pods = lock(&self.pods);
+        let id = crate::ids::resolve("pod sandbox", wanted, pods.keys())?;
+        Ok(pods[&id].clone())
+    }
+
+    fn container(&self, wanted: &str) -> Result<Arc<Container>, RuntimeError> {
+        let containers = lock(&self.containers);
+        let id = crate::ids::resolve("container", wanted, containers.keys())?;
+        Ok(containers[&id].clone())
+    }
+
+    fn all_pods(&self) -> Vec<Arc<Pod>> {
+        lock(&self.pods).values().cloned().collect()
+    }
+
+    fn all_containers(&self) -> Vec<Arc<Container>> {
+        lock(&self.containers).values().cloned().collect()
+    }
+
+    fn containers_of(&self, pod_id: &str) -> Vec<Arc<Container>> {
+        self.all_containers()
+            .into_iter()
+            .filter(|c| lock(&c.record).pod_id == pod_id)
+            .collect()
+    }
+
+    /// Claims `name`; false if it is taken.
+    fn reserve_name(&self, name: String) -> bool {
+        lock(&self.names).insert(name)
+    }
+
+    fn release_name(&self, name: &str) {
+        lock(&self.names).remove(name);
+    }
+
+    /// Updates a container's record in memory and on disk.
+    fn update_container(
+        &self,
+        container: &Container,
+        change: impl FnOnce(&mut ContainerRecord),
+    ) -> Result<ContainerRecord, RuntimeError> {
+        let mut record = lock(&container.record);
+        change(&mut record);
+        self.state.write_container(&record)?;
+        Ok(record.clone())
+    }
+
+    fn update_pod(
+        &self,
+        pod: &Pod,
+        change: impl FnOnce(&mut PodRecord),
+    ) -> Result<PodRecord, RuntimeError> {
+        let mut record = lock(&pod.record);
+        change(&mut record);
+        self.state.write_pod(&record)?;
+        Ok(record.clone())
+    }
+
+    /// Leaves every running VM running (for a later `vpod-cri` to re-attach) before the
+    /// daemon exits.
+    pub async fn shutdown(&self) {
+        for container in self.all_containers() {
+            if let Some(task) = lock(&container.follower).take() {
+                task.abort();
+            }
+        }
+        for pod in self.all_pods() {
+            if let Some(sandbox) = pod.sandbox.write().await.take() {
+                if let Err(e) = sandbox.leave_running() {
+                    tracing::warn!(pod = %pod.id, error = %error_chain(&e), "could not record the pod's state");
+                }
+            }
+        }
+    }
+}
+
+/// The pod name key of AlreadyExists checks.
+fn pod_name_key(name: &str, namespace: &str, uid: &str, attempt: u32) -> String {
+    format!("pod\0{name}\0{namespace}\0{uid}\0{attempt}")
+}
+
+fn container_name_key(pod_id: &str, name: &str, attempt: u32) -> String {
+    format!("container\0{pod_id}\0{name}\0{attempt}")
+}
+
+impl Runtime {
+    /// Image id to one container (not removed) that uses it.
+    pub fn image_users(&self) -> HashMap<String, String> {
+        self.all_containers()
+            .iter()
+            .map(|c| {
+                let record = c.record();
+                (record.image_id, record.id)
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,258 @@
+//! Pod sandboxes: run (boot the VM), stop, remove, and what the status calls show.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::RwLock;
+use vpod_proto::cri::LinuxContainerResources;
+use vpod_shim::sandbox::{Sandbox, SandboxConfig};
+
+use super::{lock, pod_name_key, Pod, Runtime, RuntimeError};
+use crate::filters::PodFilter;
+use crate::logformat::now_ns;
+use crate::sizing::pod_size;
+use crate::state::{ContainerPhase, PodPhase, PodRecord};
+
+/// A validated RunPodSandbox request.
+#[derive(Debug, Clone, Default)]
+pub struct RunPod {
+    pub name: String,
+    pub uid: String,
+    pub namespace: String,
+    pub attempt: u32,
+    pub hostname: String,
+    pub log_directory: String,
+    pub dns_servers: Vec<String>,
+    pub dns_searches: Vec<String>,
+    pub dns_options: Vec<String>,
+    pub labels: std::collections::HashMap<String, String>,
+    pub annotations: std::collections::HashMap<String, String>,
+    pub runtime_handler: String,
+    pub resources: Option<LinuxContainerResources>,
+    pub overhead: Option<LinuxContainerResources>,
+}
+
+impl Runtime {
+    /// Boots the pod's VM; its id.
+    pub async fn run_pod(&self, request: RunPod) -> Result<String, RuntimeError> {
+        let name_key = pod_name_key(
+            &request.name,
+            &request.namespace,
+            &request.uid,
+            request.attempt,
+        );
+        if !self.reserve_name(name_key.clone()) {
+            return Err(RuntimeError::AlreadyExists(format!(
+                "A pod sandbox named {:?} in namespace {:?} (uid {:?}, attempt {}) already exists.",
+                request.name, request.namespace, request.uid, request.attempt
+            )));
+        }
+        let result = self.boot_pod(request).await;
+        if result.is_err() {
+            self.release_name(&name_key);
+        }
+        result
+    }
+
+    async fn boot_pod(&self, request: RunPod) -> Result<String, RuntimeError> {
+        let id = crate::ids::new_id()?;
+        let size = pod_size(
+            &self.config.pod,
+            request.resources.as_ref(),
+            request.overhead.as_ref(),
+        );
+        let mut record = PodRecord {
+            id: id.clone(),
+            name: request.name,
+            uid: request.uid,
+            namespace: request.namespace,
+            attempt: request.attempt,
+            hostname: request.hostname,
+            log_directory: request.log_directory,
+            dns_servers: request.dns_servers,
+            dns_searches: request.dns_searches,
+            dns_options: request.dns_options,
+            labels: request.labels,
+            annotations: request.annotations,
+            runtime_handler: request.runtime_handler,
+            created_at_ns: now_ns(),
+            vcpus: size.vcpus,
+            memory_mib: size.memory_mib,
+            phase: PodPhase::Creating,
+            reason: String::new(),
+        };
+        // The intent: a daemon killed from here on leaves this record for recovery.
+        self.state.write_pod(&record)?;
+
+        let rules = &self.config.pod;
+        let mut config = SandboxConfig::new(
+            id.clone(),
+            &self.root,
+            &self.assets.vmm,
+            &self.assets.kernel,
+            &self.assets.initrd,
+        );
+        config.vcpus = size.vcpus;
+        config.memory_mib = size.memory_mib;
+        config.layer_slots = rules.layer_slots;
+        config.writable_disk_bytes = rules.writable_disk_mib << 20;
+        config.agent_timeout = std::time::Duration::from_secs(rules.agent_timeout_secs);
+        config.rpc_timeout = self.rpc_timeout;
+        // The VM outlives the daemon: a restarted vpod-cri re-attaches to it.
+        config.die_with_parent = false;
+        tracing::info!(pod = %id, name = %record.name, vcpus = size.vcpus, memory_mib = size.memory_mib, "booting pod VM");
+        let _slot = self
+            .boot_slots
+            .acquire()
+            .await
+            .map_err(|_| RuntimeError::Sandbox("The runtime is shutting down.".into()))?;
+        // Booting blocks in places (mkfs of the writable disk, spawning the VMM): on its
+        // own thread, so that neither the other requests nor concurrent boots wait for it.
+        let handle = tokio::runtime::Handle::current();
+        let booted = tokio::task::spawn_blocking(move || handle.block_on(Sandbox::start(config)))
+            .await
+            .map_err(|e| RuntimeError::Sandbox(format!("The boot task failed: {e}")));
+        let sandbox = match booted.and_then(|b| b.map_err(RuntimeError::from)) {
+            Ok(sandbox) => sandbox,
+            Err(e) => {
+                let _ = self.state.remove_pod(&id);
+                return Err(e);
+            }
+        };
+        tracing::info!(pod = %id, vmm_pid = sandbox.vmm_pid(), vmm_to_agent_ms = sandbox.timings().vmm_to_agent.as_millis() as u64, "pod ready");
+        record.phase = PodPhase::Ready;
+        if let Err(e) = self.state.write_pod(&record) {
+            let _ = sandbox.stop().await;
+            let _ = self.state.remove_pod(&id);
+            return Err(e.into());
+        }
+        let pod = Arc::new(Pod {
+            id: id.clone(),
+            record: Mutex::new(record),
+            sandbox: RwLock::new(Some(sandbox)),
+        });
+        lock(&self.pods).insert(id.clone(), pod);
+        Ok(id)
+    }
+
+    /// Stops the pod's VM (and so every container in it); a stopped pod is not an error.
+    pub async fn stop_pod(&self, wanted: &str) -> Result<(), RuntimeError> {
+        let pod = self.pod(wanted)?;
+        self.stop_pod_vm(&pod, "PodStopped", "").await
+    }
+
+    /// Stops the VM of `pod` if it runs; containers not exited are marked exited with
+    /// `reason`, and the pod NotReady with `pod_reason`.
+    pub(super) async fn stop_pod_vm(
+        &self,
+        pod: &Pod,
+        reason: &str,
+        pod_reason: &str,
+    ) -> Result<(), RuntimeError> {
+        let mut slot = pod.sandbox.write().await;
+        let containers = self.containers_of(&pod.id);
+        for container in &containers {
+            if let Some(task) = lock(&container.follower).take() {
+                task.abort();
+            }
+        }
+        let stopped = match slot.take() {
+            Some(sandbox) => {
+                tracing::info!(pod = %pod.id, reason, "stopping pod VM");
+                sandbox.stop().await
+            }
+            None => Ok(()),
+        };
+        let now = now_ns();
+        for container in &containers {
+            let record = container.record();
+            if matches!(
+                record.phase,
+                ContainerPhase::Running | ContainerPhase::Created
+            ) {
+                self.update_container(container, |c| {
+                    if c.phase == ContainerPhase::Running {
+                        c.exit_code = 137;
+                        c.finished_at_ns = now;
+                    }
+                    c.phase = ContainerPhase::Exited;
+                    c.reason = reason.to_string();
+                })?;
+            }
+            *lock(&container.log) = None;
+        }
+        self.update_pod(pod, |p| {
+            if p.phase != PodPhase::NotReady {
+                p.reason = pod_reason.to_string();
+            }
+            p.phase = PodPhase::NotReady;
+        })?;
+        stopped.map_err(RuntimeError::from)
+    }
+
+    /// Removes the pod, stopping it first, and its containers.
+    pub async fn remove_pod(&self, wanted: &str) -> Result<(), RuntimeError> {
+        let pod = self.pod(wanted)?;
+        self.stop_pod_vm(&pod, "PodRemoved", "").await?;
+        for container in self.containers_of(&pod.id) {
+            self.forget_container(&container)?;
+        }
+        let record = pod.record();
+        self.state.remove_pod(&pod.id)?;
+        lock(&self.pods).remove(&pod.id);
+        self.release_name(&pod_name_key(
+            &record.name,
+            &record.namespace,
+            &record.uid,
+            record.attempt,
+        ));
+        tracing::info!(pod = %pod.id, "pod removed");
+        Ok(())
+    }
+
+    /// The pod's record, after checking that its VM still runs.
+    pub async fn pod_status(&self, wanted: &str) -> Result<PodRecord, RuntimeError> {
+        let pod = self.pod(wanted)?;
+        self.check_vm(&pod).await;
+        Ok(pod.record())
+    }
+
+    pub async fn list_pods(&self, filter: &PodFilter) -> Vec<PodRecord> {
+        let mut pods = Vec::new();
+        for pod in self.all_pods() {
+            self.check_vm(&pod).await;
+            let record = pod.record();
+            if filter.matches(&record) {
+                pods.push(record);
+            }
+        }
+        pods.sort_by_key(|p| p.created_at_ns);
+        pods
+    }
+
+    /// Marks the pod NotReady (and its containers Exited) when its VMM has died.
+    pub(super) async fn check_vm(&self, pod: &Pod) {
+        let dead = match pod.sandbox.try_read() {
+            Ok(slot) => slot.as_ref().is_some_and(|s| !s.vmm_running()),
+            // Someone is changing the sandbox; they will see a dead VM themselves.
+            Err(_) => false,
+        };
+        if dead {
+            tracing::warn!(pod = %pod.id, "the pod's VM has exited");
+            if let Err(e) = self.stop_pod_vm(pod, "VmExited", "VmExited").await {
+                tracing::warn!(pod = %pod.id, error = %e, "cleaning up after a dead VM");
+            }
+        }
+    }
+
+    /// Watches every pod's VM every `period`.
+    pub async fn watch_vms(self: Arc<Self>, period: std::time::Duration) {
+        loop {
+            tokio::time::sleep(period).await;
+            for pod in self.all_pods() {
+                if pod.record().phase == PodPhase::Ready {
+                    self.check_vm(&pod).await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! Starting over after a restart or a crash: re-attach to the pods that still run, report
+//! the ones whose VM died, and undo what an interrupted RunPodSandbox or CreateContainer
+//! left (a VMM process, a sandbox directory with its disk and sockets, a record).
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::RwLock;
+use vpod_shim::sandbox::vmm::VmmProcess;
+use vpod_shim::sandbox::Sandbox;
+
+use super::{container_name_key, lock, pod_name_key, Container, Pod, Runtime, RuntimeError};
+use crate::ids::is_runtime_id;
+use crate::logformat::now_ns;
+use crate::state::{ContainerPhase, PodPhase};
+
+/// PIDs of `vpod-vmm` processes whose command line names a path inside `dir`.
+pub fn vmm_processes_of(dir: &Path) -> Vec<u32> {
+    let Some(dir) = dir.to_str() else {
+        return Vec::new();
+    };
+    let inside = format!("{}/", dir.trim_end_matches('/'));
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() != "vpod-vmm" {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let names_dir = cmdline.split(|&b| b == 0).any(|arg| {
+            arg.starts_with(inside.as_bytes())
+                || arg.windows(inside.len()).any(|w| w == inside.as_bytes())
+        });
+        if names_dir {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+impl Runtime {
+    /// Kills every VMM of the sandbox directory `id` and removes the directory.
+    fn destroy_sandbox_leftovers(&self, id: &str) {
+        let dir = self.root.join("sandboxes").join(id);
+        for pid in vmm_processes_of(&dir) {
+            tracing::info!(pod = %id, pid, "killing a leftover VMM");
+            VmmProcess::adopt(pid).kill_and_reap();
+        }
+        if dir.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(pod = %id, error = %e, "removing a leftover sandbox directory");
+            }
+        }
+    }
+
+    pub(super) async fn recover(self: &Arc<Self>) -> Result<(), RuntimeError> {
+        self.state.clean_tmp()?;
+        let (pods, bad) = self.state.pods()?;
+        for path in bad {
+            tracing::warn!(path = %path.display(), "ignoring an unreadable pod record");
+        }
+        let mut known = HashSet::new();
+        for mut record in pods {
+            known.insert(record.id.clone());
+            match record.phase {
+                PodPhase::Creating => {
+                    // RunPodSandbox was interrupted: nothing of it stays.
+                    tracing::info!(pod = %record.id, "undoing an interrupted RunPodSandbox");
+                    self.destroy_sandbox_leftovers(&record.id);
+                    self.state.remove_pod(&record.id)?;
+                    known.remove(&record.id);
+                    continue;
+                }
+                PodPhase::Ready => {}
+                PodPhase::NotReady => self.destroy_sandbox_leftovers(&record.id),
+            }
+            let sandbox = if record.phase == PodPhase::Ready {
+                match Sandbox::open(&self.root, &record.id, self.rpc_timeout).await {
+                    Ok(sandbox) => {
+                        tracing::info!(pod = %record.id, vmm_pid = sandbox.vmm_pid(), "re-attached to a running pod");
+                        Some(sandbox)
+                    }
+                    Err(e) => {
+                        tracing::warn!(pod = %record.id, error = %super::error_chain(&e), "the pod's VM is gone");
+                        self.destroy_sandbox_leftovers(&record.id);
+                        record.phase = PodPhase::NotReady;
+                        record.reason = "VmExited".into();
+                        self.state.write_pod(&record)?;
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            self.reserve_name(pod_name_key(
+                &record.name,
+                &record.namespace,
+                &record.uid,
+                record.attempt,
+            ));
+            lock(&self.pods).insert(
+                record.id.clone(),
+                Arc::new(Pod {
+                    id: record.id.clone(),
+                    record: Mutex::new(record),
+                    sandbox: RwLock::new(sandbox),
+                }),
+            );
+        }
+        self.remove_orphan_sandboxes(&known);
+        self.recover_containers().await
+    }
+
+    /// Sandbox directories named like ours with no pod record (a crash between making the
+    /// directory and... nothing else: the record comes first; kept as a safety net).
+    fn remove_orphan_sandboxes(&self, known: &HashSet<String>) {
+        let Ok(entries) = std::fs::read_dir(self.root.join("sandboxes")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if is_runtime_id(&name) && !known.contains(&name) {
+                tracing::info!(pod = %name, "removing an orphaned sandbox directory");
+                self.destroy_sandbox_leftovers(&name);
+            }
+        }
+    }
+
+    async fn recover_containers(self: &Arc<Self>) -> Result<(), RuntimeError> {
+        let (containers, bad) = self.state.containers()?;
+        for path in bad {
+            tracing::warn!(path = %path.display(), "ignoring an unreadable container record");
+        }
+        for mut record in containers {
+            let pod = lock(&self.pods).get(&record.pod_id).cloned();
+            let Some(pod) = pod else {
+                tracing::info!(container = %record.id, "dropping a container of a removed pod");
+                self.state.remove_container(&record.id)?;
+                self.state.remove_log_offset(&record.id)?;
+                continue;
+            };
+            if record.phase == ContainerPhase::Creating {
+                tracing::info!(container = %record.id, "undoing an interrupted CreateContainer");
+                let mut slot = pod.sandbox.write().await;
+                if let Some(sandbox) = slot.as_mut() {
+                    let undone = if sandbox.containers().contains(&record.id) {
+                        sandbox.remove_container(&record.id).await
+                    } else {
+                        sandbox.discard_unrecorded_container(&record.id).await
+                    };
+                    if let Err(e) = undone {
+                        tracing::warn!(container = %record.id, error = %super::error_chain(&e), "undoing CreateContainer");
+                    }
+                }
+                self.state.remove_container(&record.id)?;
+                self.state.remove_log_offset(&record.id)?;
+                continue;
+            }
+            let pod_running = pod.sandbox.read().await.is_some();
+            if !pod_running && record.phase != ContainerPhase::Exited {
+                if record.phase == ContainerPhase::Running {
+                    record.exit_code = 137;
+                    record.finished_at_ns = now_ns();
+                }
+                record.phase = ContainerPhase::Exited;
+                record.reason = "VmExited".into();
+                self.state.write_container(&record)?;
+            }
+            self.reserve_name(container_name_key(
+                &record.pod_id,
+                &record.name,
+                record.attempt,
+            ));
+            let running = record.phase == ContainerPhase::Running;
+            let log = if running {
+                super::containers::open_log(&record.log_path).unwrap_or(None)
+            } else {
+                None
+            };
+            let container = Arc::new(Container {
+                id: record.id.clone(),
+                record: Mutex::new(record),
+                log: Mutex::new(log),
+                follower: Mutex::new(None),
+            });
+            lock(&self.containers).insert(container.id.clone(), container.clone());
+            if running {
+                tracing::info!(container = %container.id, "resuming the container's log");
+                self.spawn_follower(container, pod.id.clone());
+            }
+        }
+        Ok(())
+    }
+}

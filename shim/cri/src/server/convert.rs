@@ -1,0 +1,612 @@
+//! CRI messages to the runtime's requests (with validation: a missing or invalid field is
+//! InvalidArgument naming it) and the runtime's records back to CRI messages.
+
+use std::collections::HashMap;
+
+use vpod_proto::cri;
+
+use crate::filters::{ContainerFilter, PodFilter};
+use crate::runtime::{ContainerUsage, CreateContainer, PodUsage, RunPod, RuntimeError};
+use crate::state::{ContainerPhase, ContainerRecord, MountRecord, PodPhase, PodRecord};
+
+fn missing(field: &str) -> RuntimeError {
+    RuntimeError::invalid(field, "is required")
+}
+
+/// RFC 1123 labels joined by dots, at most 63 characters (what the guest's hostname takes).
+fn valid_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// What the kubelet can ask for in a pod that a VM cannot give, refused by name.
+pub fn run_pod_request(request: cri::RunPodSandboxRequest) -> Result<RunPod, RuntimeError> {
+    let config = request.config.ok_or_else(|| missing("config"))?;
+    let metadata = config.metadata.ok_or_else(|| missing("config.metadata"))?;
+    for (field, value) in [
+        ("config.metadata.name", &metadata.name),
+        ("config.metadata.namespace", &metadata.namespace),
+        ("config.metadata.uid", &metadata.uid),
+    ] {
+        if value.is_empty() {
+            return Err(missing(field));
+        }
+    }
+    if !matches!(request.runtime_handler.as_str(), "" | "vpod") {
+        return Err(RuntimeError::invalid(
+            "runtime_handler",
+            format!(
+                "{:?} is not a handler of this runtime (use \"\" or \"vpod\")",
+                request.runtime_handler
+            ),
+        ));
+    }
+    let hostname = if config.hostname.is_empty() {
+        metadata.name.clone()
+    } else {
+        config.hostname.clone()
+    };
+    if !valid_hostname(&hostname) {
+        return Err(RuntimeError::invalid(
+            "config.hostname",
+            format!("{hostname:?} is not a valid host name"),
+        ));
+    }
+    if !config.log_directory.is_empty() && !config.log_directory.starts_with('/') {
+        return Err(RuntimeError::invalid(
+            "config.log_directory",
+            "must be an absolute path",
+        ));
+    }
+    let dns = config.dns_config.unwrap_or_default();
+    let linux = config.linux.unwrap_or_default();
+    if linux
+        .security_context
+        .as_ref()
+        .and_then(|s| s.namespace_options.as_ref())
+        .is_some_and(|n| n.network == cri::NamespaceMode::Node as i32)
+    {
+        return Err(RuntimeError::invalid(
+            "config.linux.security_context.namespace_options.network",
+            "host networking is not possible in a VM pod",
+        ));
+    }
+    Ok(RunPod {
+        name: metadata.name,
+        uid: metadata.uid,
+        namespace: metadata.namespace,
+        attempt: metadata.attempt,
+        hostname,
+        log_directory: config.log_directory,
+        dns_servers: dns.servers,
+        dns_searches: dns.searches,
+        dns_options: dns.options,
+        labels: config.labels,
+        annotations: config.annotations,
+        runtime_handler: request.runtime_handler,
+        resources: linux.resources,
+        overhead: linux.overhead,
+    })
+}
+
+pub fn create_container_request(
+    request: cri::CreateContainerRequest,
+) -> Result<CreateContainer, RuntimeError> {
+    if request.pod_sandbox_id.is_empty() {
+        return Err(missing("pod_sandbox_id"));
+    }
+    let config = request.config.ok_or_else(|| missing("config"))?;
+    let metadata = config.metadata.ok_or_else(|| missing("config.metadata"))?;
+    if metadata.name.is_empty() {
+        return Err(missing("config.metadata.name"));
+    }
+    let image = config
+        .image
+        .map(|i| i.image)
+        .filter(|i| !i.is_empty())
+        .ok_or_else(|| missing("config.image.image"))?;
+    if config.tty {
+        return Err(RuntimeError::invalid(
+            "config.tty",
+            "terminals are not supported yet",
+        ));
+    }
+    if config.stdin {
+        return Err(RuntimeError::invalid(
+            "config.stdin",
+            "attaching stdin is not supported yet",
+        ));
+    }
+    if !config.devices.is_empty() || !config.cdi_devices.is_empty() {
+        return Err(RuntimeError::invalid(
+            "config.devices",
+            "host devices cannot be passed into a VM pod",
+        ));
+    }
+    if !config.working_dir.is_empty() && !config.working_dir.starts_with('/') {
+        return Err(RuntimeError::invalid(
+            "config.working_dir",
+            "must be an absolute path",
+        ));
+    }
+    let mut env = Vec::with_capacity(config.envs.len());
+    for (i, kv) in config.envs.iter().enumerate() {
+        if kv.key.is_empty() || kv.key.contains('=') {
+            return Err(RuntimeError::invalid(
+                format!("config.envs[{i}].key"),
+                format!("{:?} is not a variable name", kv.key),
+            ));
+        }
+        env.push(format!("{}={}", kv.key, kv.value));
+    }
+    let mut mounts = Vec::new();
+    for (i, mount) in config.mounts.iter().enumerate() {
+        if !mount.container_path.starts_with('/') {
+            return Err(RuntimeError::invalid(
+                format!("config.mounts[{i}].container_path"),
+                "must be an absolute path",
+            ));
+        }
+        mounts.push(MountRecord {
+            container_path: mount.container_path.clone(),
+            host_path: mount.host_path.clone(),
+            readonly: mount.readonly,
+        });
+    }
+    let security = config
+        .linux
+        .and_then(|l| l.security_context)
+        .unwrap_or_default();
+    if security.privileged {
+        return Err(RuntimeError::invalid(
+            "config.linux.security_context.privileged",
+            "privileged containers are not supported: the VM boundary has no host to expose",
+        ));
+    }
+    Ok(CreateContainer {
+        pod_id: request.pod_sandbox_id,
+        name: metadata.name,
+        attempt: metadata.attempt,
+        image,
+        command: config.command,
+        args: config.args,
+        working_dir: config.working_dir,
+        env,
+        mounts,
+        labels: config.labels,
+        annotations: config.annotations,
+        log_path: config.log_path,
+        run_as_user: security.run_as_user.map(|v| v.value),
+        run_as_group: security.run_as_group.map(|v| v.value),
+        run_as_username: security.run_as_username,
+    })
+}
+
+pub fn pod_filter(filter: Option<cri::PodSandboxFilter>) -> PodFilter {
+    let filter = filter.unwrap_or_default();
+    PodFilter {
+        id: filter.id,
+        ready: filter
+            .state
+            .map(|s| s.state == cri::PodSandboxState::SandboxReady as i32),
+        labels: filter.label_selector,
+    }
+}
+
+fn container_phase(state: i32) -> Option<ContainerPhase> {
+    match cri::ContainerState::try_from(state).ok()? {
+        cri::ContainerState::ContainerCreated => Some(ContainerPhase::Created),
+        cri::ContainerState::ContainerRunning => Some(ContainerPhase::Running),
+        cri::ContainerState::ContainerExited => Some(ContainerPhase::Exited),
+        // Nothing is ever unknown to this runtime; Creating is never listed.
+        cri::ContainerState::ContainerUnknown => Some(ContainerPhase::Creating),
+    }
+}
+
+pub fn container_filter(filter: Option<cri::ContainerFilter>) -> ContainerFilter {
+    let filter = filter.unwrap_or_default();
+    ContainerFilter {
+        id: filter.id,
+        pod_id: filter.pod_sandbox_id,
+        phase: filter.state.and_then(|s| container_phase(s.state)),
+        labels: filter.label_selector,
+    }
+}
+
+pub fn container_stats_filter(filter: Option<cri::ContainerStatsFilter>) -> ContainerFilter {
+    let filter = filter.unwrap_or_default();
+    ContainerFilter {
+        id: filter.id,
+        pod_id: filter.pod_sandbox_id,
+        phase: None,
+        labels: filter.label_selector,
+    }
+}
+
+fn pod_metadata(pod: &PodRecord) -> cri::PodSandboxMetadata {
+    cri::PodSandboxMetadata {
+        name: pod.name.clone(),
+        uid: pod.uid.clone(),
+        namespace: pod.namespace.clone(),
+        attempt: pod.attempt,
+    }
+}
+
+fn pod_state(pod: &PodRecord) -> i32 {
+    match pod.phase {
+        PodPhase::Ready => cri::PodSandboxState::SandboxReady as i32,
+        _ => cri::PodSandboxState::SandboxNotready as i32,
+    }
+}
+
+pub fn pod_sandbox(pod: &PodRecord) -> cri::PodSandbox {
+    cri::PodSandbox {
+        id: pod.id.clone(),
+        metadata: Some(pod_metadata(pod)),
+        state: pod_state(pod),
+        created_at: pod.created_at_ns,
+        labels: pod.labels.clone(),
+        annotations: pod.annotations.clone(),
+        runtime_handler: pod.runtime_handler.clone(),
+    }
+}
+
+pub fn pod_status(pod: &PodRecord) -> cri::PodSandboxStatus {
+    cri::PodSandboxStatus {
+        id: pod.id.clone(),
+        metadata: Some(pod_metadata(pod)),
+        state: pod_state(pod),
+        created_at: pod.created_at_ns,
+        network: Some(cri::PodSandboxNetworkStatus::default()),
+        linux: Some(cri::LinuxPodSandboxStatus {
+            namespaces: Some(cri::Namespace {
+                options: Some(cri::NamespaceOption {
+                    network: cri::NamespaceMode::Pod as i32,
+                    pid: cri::NamespaceMode::Pod as i32,
+                    ipc: cri::NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+            }),
+        }),
+        labels: pod.labels.clone(),
+        annotations: pod.annotations.clone(),
+        runtime_handler: pod.runtime_handler.clone(),
+    }
+}
+
+/// Extra detail for `crictl inspectp` (verbose): the VM's size and why it is NotReady.
+pub fn pod_info(pod: &PodRecord) -> HashMap<String, String> {
+    let info = serde_json::json!({
+        "vcpus": pod.vcpus,
+        "memoryMiB": pod.memory_mib,
+        "hostname": pod.hostname,
+        "dns": {"servers": pod.dns_servers, "searches": pod.dns_searches, "options": pod.dns_options},
+        "reason": pod.reason,
+    });
+    HashMap::from([("info".to_string(), info.to_string())])
+}
+
+fn container_state(c: &ContainerRecord) -> i32 {
+    match c.phase {
+        ContainerPhase::Created => cri::ContainerState::ContainerCreated as i32,
+        ContainerPhase::Running => cri::ContainerState::ContainerRunning as i32,
+        ContainerPhase::Exited => cri::ContainerState::ContainerExited as i32,
+        ContainerPhase::Creating => cri::ContainerState::ContainerUnknown as i32,
+    }
+}
+
+fn image_spec(c: &ContainerRecord) -> cri::ImageSpec {
+    cri::ImageSpec {
+        image: c.image.clone(),
+        ..Default::default()
+    }
+}
+
+fn container_metadata(c: &ContainerRecord) -> cri::ContainerMetadata {
+    cri::ContainerMetadata {
+        name: c.name.clone(),
+        attempt: c.attempt,
+    }
+}
+
+pub fn container(c: &ContainerRecord) -> cri::Container {
+    cri::Container {
+        id: c.id.clone(),
+        pod_sandbox_id: c.pod_id.clone(),
+        metadata: Some(container_metadata(c)),
+        image: Some(image_spec(c)),
+        image_ref: c.image_id.clone(),
+        state: container_state(c),
+        created_at: c.created_at_ns,
+        labels: c.labels.clone(),
+        annotations: c.annotations.clone(),
+        image_id: c.image_id.clone(),
+    }
+}
+
+pub fn container_status(c: &ContainerRecord) -> cri::ContainerStatus {
+    cri::ContainerStatus {
+        id: c.id.clone(),
+        metadata: Some(container_metadata(c)),
+        state: container_state(c),
+        created_at: c.created_at_ns,
+        started_at: c.started_at_ns,
+        finished_at: c.finished_at_ns,
+        exit_code: c.exit_code,
+        image: Some(image_spec(c)),
+        image_ref: c.image_id.clone(),
+        reason: c.reason.clone(),
+        message: c.message.clone(),
+        labels: c.labels.clone(),
+        annotations: c.annotations.clone(),
+        mounts: c
+            .mounts
+            .iter()
+            .map(|m| cri::Mount {
+                container_path: m.container_path.clone(),
+                host_path: m.host_path.clone(),
+                readonly: m.readonly,
+                ..Default::default()
+            })
+            .collect(),
+        log_path: c.log_path.clone(),
+        resources: None,
+        image_id: c.image_id.clone(),
+        user: c.run_as_uid.map(|uid| cri::ContainerUser {
+            linux: Some(cri::LinuxContainerUser {
+                uid,
+                gid: c.run_as_gid.unwrap_or(0),
+                supplemental_groups: Vec::new(),
+            }),
+        }),
+    }
+}
+
+fn attributes(c: &ContainerRecord) -> cri::ContainerAttributes {
+    cri::ContainerAttributes {
+        id: c.id.clone(),
+        metadata: Some(container_metadata(c)),
+        labels: c.labels.clone(),
+        annotations: c.annotations.clone(),
+    }
+}
+
+fn value(v: Option<u64>) -> Option<cri::UInt64Value> {
+    v.map(|value| cri::UInt64Value { value })
+}
+
+pub fn container_stats(u: &ContainerUsage) -> cri::ContainerStats {
+    let t = u.timestamp_ns;
+    cri::ContainerStats {
+        attributes: Some(attributes(&u.record)),
+        cpu: Some(cri::CpuUsage {
+            timestamp: t,
+            usage_core_nano_seconds: value(u.cpu_ns),
+            usage_nano_cores: None,
+        }),
+        memory: Some(cri::MemoryUsage {
+            timestamp: t,
+            working_set_bytes: value(u.memory_bytes),
+            usage_bytes: value(u.memory_bytes),
+            available_bytes: value(
+                u.memory_limit_bytes
+                    .zip(u.memory_bytes)
+                    .map(|(limit, used)| limit.saturating_sub(used)),
+            ),
+            ..Default::default()
+        }),
+        writable_layer: Some(cri::FilesystemUsage {
+            timestamp: t,
+            fs_id: None,
+            used_bytes: Some(cri::UInt64Value { value: 0 }),
+            inodes_used: Some(cri::UInt64Value { value: 0 }),
+        }),
+        swap: None,
+    }
+}
+
+pub fn pod_stats(u: &PodUsage) -> cri::PodSandboxStats {
+    let t = u.timestamp_ns;
+    cri::PodSandboxStats {
+        attributes: Some(cri::PodSandboxAttributes {
+            id: u.record.id.clone(),
+            metadata: Some(pod_metadata(&u.record)),
+            labels: u.record.labels.clone(),
+            annotations: u.record.annotations.clone(),
+        }),
+        linux: Some(cri::LinuxPodSandboxStats {
+            cpu: Some(cri::CpuUsage {
+                timestamp: t,
+                usage_core_nano_seconds: value(u.cpu_ns),
+                usage_nano_cores: None,
+            }),
+            memory: Some(cri::MemoryUsage {
+                timestamp: t,
+                working_set_bytes: value(u.memory_used_bytes),
+                usage_bytes: value(u.memory_used_bytes),
+                available_bytes: value(
+                    u.memory_total_bytes
+                        .zip(u.memory_used_bytes)
+                        .map(|(total, used)| total.saturating_sub(used)),
+                ),
+                ..Default::default()
+            }),
+            network: None,
+            process: Some(cri::ProcessUsage {
+                timestamp: t,
+                process_count: value(u.pids),
+            }),
+            containers: u.containers.iter().map(container_stats).collect(),
+        }),
+        windows: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod_request() -> cri::RunPodSandboxRequest {
+        cri::RunPodSandboxRequest {
+            config: Some(cri::PodSandboxConfig {
+                metadata: Some(cri::PodSandboxMetadata {
+                    name: "web".into(),
+                    uid: "u-1".into(),
+                    namespace: "default".into(),
+                    attempt: 1,
+                }),
+                hostname: "web-0".into(),
+                log_directory: "/var/log/pods/web".into(),
+                ..Default::default()
+            }),
+            runtime_handler: String::new(),
+        }
+    }
+
+    fn field_of(result: Result<impl std::fmt::Debug, RuntimeError>) -> String {
+        match result {
+            Err(RuntimeError::InvalidArgument { field, .. }) => field,
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_complete_pod_request_converts() {
+        let pod = run_pod_request(pod_request()).unwrap();
+        assert_eq!(
+            (pod.name.as_str(), pod.hostname.as_str(), pod.attempt),
+            ("web", "web-0", 1)
+        );
+    }
+
+    #[test]
+    fn missing_and_invalid_pod_fields_are_named() {
+        let mut r = pod_request();
+        r.config = None;
+        assert_eq!(field_of(run_pod_request(r)), "config");
+        let mut r = pod_request();
+        r.config.as_mut().unwrap().metadata = None;
+        assert_eq!(field_of(run_pod_request(r)), "config.metadata");
+        let mut r = pod_request();
+        r.config.as_mut().unwrap().metadata.as_mut().unwrap().name = String::new();
+        assert_eq!(field_of(run_pod_request(r)), "config.metadata.name");
+        let mut r = pod_request();
+        r.config.as_mut().unwrap().metadata.as_mut().unwrap().uid = String::new();
+        assert_eq!(field_of(run_pod_request(r)), "config.metadata.uid");
+        let mut r = pod_request();
+        r.config.as_mut().unwrap().hostname = "bad host!".into();
+        assert_eq!(field_of(run_pod_request(r)), "config.hostname");
+        let mut r = pod_request();
+        r.runtime_handler = "runc".into();
+        assert_eq!(field_of(run_pod_request(r)), "runtime_handler");
+        let mut r = pod_request();
+        r.config.as_mut().unwrap().log_directory = "relative".into();
+        assert_eq!(field_of(run_pod_request(r)), "config.log_directory");
+    }
+
+    #[test]
+    fn an_empty_hostname_is_the_pod_name() {
+        let mut r = pod_request();
+        r.config.as_mut().unwrap().hostname = String::new();
+        assert_eq!(run_pod_request(r).unwrap().hostname, "web");
+    }
+
+    fn container_request() -> cri::CreateContainerRequest {
+        cri::CreateContainerRequest {
+            pod_sandbox_id: "abc".into(),
+            config: Some(cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata {
+                    name: "app".into(),
+                    attempt: 0,
+                }),
+                image: Some(cri::ImageSpec {
+                    image: "busybox".into(),
+                    ..Default::default()
+                }),
+                envs: vec![cri::KeyValue {
+                    key: "A".into(),
+                    value: "b=c".into(),
+                }],
+                ..Default::default()
+            }),
+            sandbox_config: None,
+        }
+    }
+
+    #[test]
+    fn a_complete_container_request_converts() {
+        let c = create_container_request(container_request()).unwrap();
+        assert_eq!(c.env, vec!["A=b=c".to_string()]);
+        assert_eq!(c.image, "busybox");
+    }
+
+    #[test]
+    fn missing_and_invalid_container_fields_are_named() {
+        let mut r = container_request();
+        r.pod_sandbox_id = String::new();
+        assert_eq!(field_of(create_container_request(r)), "pod_sandbox_id");
+        let mut r = container_request();
+        r.config.as_mut().unwrap().image = None;
+        assert_eq!(field_of(create_container_request(r)), "config.image.image");
+        let mut r = container_request();
+        r.config.as_mut().unwrap().metadata = None;
+        assert_eq!(field_of(create_container_request(r)), "config.metadata");
+        let mut r = container_request();
+        r.config.as_mut().unwrap().envs[0].key = String::new();
+        assert_eq!(field_of(create_container_request(r)), "config.envs[0].key");
+        let mut r = container_request();
+        r.config.as_mut().unwrap().tty = true;
+        assert_eq!(field_of(create_container_request(r)), "config.tty");
+        let mut r = container_request();
+        r.config.as_mut().unwrap().working_dir = "srv".into();
+        assert_eq!(field_of(create_container_request(r)), "config.working_dir");
+        let mut r = container_request();
+        r.config.as_mut().unwrap().linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                privileged: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert_eq!(
+            field_of(create_container_request(r)),
+            "config.linux.security_context.privileged"
+        );
+    }
+
+    #[test]
+    fn state_filters_map_to_phases() {
+        let f = container_filter(Some(cri::ContainerFilter {
+            state: Some(cri::ContainerStateValue {
+                state: cri::ContainerState::ContainerRunning as i32,
+            }),
+            ..Default::default()
+        }));
+        assert_eq!(f.phase, Some(ContainerPhase::Running));
+        let p = pod_filter(Some(cri::PodSandboxFilter {
+            state: Some(cri::PodSandboxStateValue {
+                state: cri::PodSandboxState::SandboxNotready as i32,
+            }),
+            ..Default::default()
+        }));
+        assert_eq!(p.ready, Some(false));
+    }
+
+    #[test]
+    fn hostnames_are_rfc_1123() {
+        assert!(valid_hostname("a"));
+        assert!(valid_hostname("web-0.example"));
+        assert!(!valid_hostname(""));
+        assert!(!valid_hostname("-a"));
+        assert!(!valid_hostname("a_b"));
+        assert!(!valid_hostname(&"a".repeat(64)));
+    }
+}

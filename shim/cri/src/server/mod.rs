@@ -1,0 +1,101 @@
+//! The gRPC face of the runtime: CRI runtime v1 RuntimeService and ImageService on a unix
+//! socket. Handlers convert messages ([`convert`]) and call [`crate::runtime::Runtime`].
+
+pub mod convert;
+mod image_service;
+mod runtime_service;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::{Code, Status};
+use vpod_proto::cri::image_service_server::ImageServiceServer;
+use vpod_proto::cri::runtime_service_server::RuntimeServiceServer;
+
+use crate::ids::IdError;
+use crate::images::ImageError;
+use crate::runtime::{error_chain, Runtime, RuntimeError};
+use vpod_shim::registry::ImagesError;
+
+pub use image_service::ImageServer;
+pub use runtime_service::RuntimeServer;
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("Could not prepare the socket {0}.")]
+    Socket(std::path::PathBuf, #[source] std::io::Error),
+    #[error("The gRPC server failed.")]
+    Serve(#[source] tonic::transport::Error),
+}
+
+/// The gRPC status of a runtime error.
+pub fn status(error: RuntimeError) -> Status {
+    let code = match &error {
+        RuntimeError::InvalidArgument { .. } => Code::InvalidArgument,
+        RuntimeError::Id(IdError::NotFound { .. }) => Code::NotFound,
+        RuntimeError::Id(IdError::Ambiguous { .. } | IdError::Empty { .. }) => {
+            Code::InvalidArgument
+        }
+        RuntimeError::Id(IdError::Random) => Code::Internal,
+        RuntimeError::AlreadyExists(_) => Code::AlreadyExists,
+        RuntimeError::FailedPrecondition(_) => Code::FailedPrecondition,
+        RuntimeError::NotFound(_) => Code::NotFound,
+        RuntimeError::Unimplemented(_) => Code::Unimplemented,
+        RuntimeError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+        RuntimeError::Image(ImageError::NotFound(_)) => Code::NotFound,
+        RuntimeError::Image(ImageError::Registry(e)) => match e {
+            ImagesError::NotFound { .. } => Code::NotFound,
+            ImagesError::InUse { .. } => Code::FailedPrecondition,
+            ImagesError::InvalidReference(_)
+            | ImagesError::Ambiguous { .. }
+            | ImagesError::InvalidCredentials { .. } => Code::InvalidArgument,
+            ImagesError::Unauthorized { .. } => Code::PermissionDenied,
+            ImagesError::Registry { .. } => Code::Unavailable,
+            _ => Code::Internal,
+        },
+        _ => Code::Internal,
+    };
+    let message = error_chain(&error);
+    if code == Code::Internal {
+        tracing::warn!(error = %message, "request failed");
+    }
+    Status::new(code, message)
+}
+
+/// Serves both services on the unix socket `socket` (mode 0660, replacing a stale socket)
+/// until `shutdown` completes.
+pub async fn serve(
+    runtime: Arc<Runtime>,
+    socket: &Path,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let listener = bind(socket)?;
+    tracing::info!(socket = %socket.display(), "serving CRI");
+    tonic::transport::Server::builder()
+        .add_service(RuntimeServiceServer::new(RuntimeServer::new(
+            runtime.clone(),
+        )))
+        .add_service(ImageServiceServer::new(ImageServer::new(runtime)))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await
+        .map_err(ServerError::Serve)
+}
+
+fn bind(socket: &Path) -> Result<UnixListener, ServerError> {
+    let err = |e| ServerError::Socket(socket.to_owned(), e);
+    if let Some(parent) = socket.parent() {
+        std::fs::create_dir_all(parent).map_err(err)?;
+    }
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let listener = UnixListener::bind(socket).map_err(err)?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
+    Ok(listener)
+}

@@ -1,0 +1,449 @@
+//! The harness of the CRI end-to-end tests: where guests can boot, each test re-runs itself
+//! there (inside the emulated KVM host on machines whose KVM cannot boot Linux), starts a
+//! `vpod-cri` with a fresh root and socket, and talks CRI to it over the unix socket.
+
+#![allow(dead_code)]
+
+pub mod registry;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use rustix::process::{Pid, Signal};
+use tonic::transport::{Channel, Endpoint, Uri};
+use vpod_e2e::{built, guest_mode, kvm_host_command, repo_root, run_with_limit, GuestMode};
+use vpod_proto::cri::image_service_client::ImageServiceClient;
+use vpod_proto::cri::runtime_service_client::RuntimeServiceClient;
+use vpod_proto::cri::*;
+
+/// Set in the re-run that does the work.
+const INSIDE: &str = "VPOD_CRI_E2E_INSIDE";
+
+/// Runs `body` where guests boot: here when this is the inner run or KVM is native, else
+/// this test again inside the emulated host, failing with its output when it fails.
+pub fn in_guest_host<F, Fut>(test_name: &str, limit: Duration, body: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    in_guest_host_with_memory(test_name, limit, None, body)
+}
+
+/// As [`in_guest_host`], with `memory_mib` for the emulated host (many pods need more).
+pub fn in_guest_host_with_memory<F, Fut>(
+    test_name: &str,
+    limit: Duration,
+    memory_mib: Option<u32>,
+    body: F,
+) where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let inside = std::env::var_os(INSIDE).is_some();
+    if inside || guest_mode() == GuestMode::Native {
+        built("target/release/vpod-cri");
+        built("target/release/vpod-vmm");
+        built("build/vmlinux");
+        built("build/initrd.img");
+        built("build/images/default/index.json");
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime")
+            .block_on(body());
+        return;
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let mut cmd = kvm_host_command(
+        "env",
+        [
+            format!("{INSIDE}=1"),
+            exe.display().to_string(),
+            "--exact".into(),
+            test_name.into(),
+            "--nocapture".into(),
+            "--test-threads=1".into(),
+        ],
+    );
+    cmd.env(
+        "VPOD_KVM_HOST_TIMEOUT_SECS",
+        (limit.as_secs() + 60).to_string(),
+    );
+    if let Some(mib) = memory_mib {
+        cmd.env("VPOD_KVM_HOST_MEMORY_MIB", mib.to_string());
+    }
+    let done = run_with_limit(&mut cmd, limit + Duration::from_secs(120));
+    let output = format!(
+        "--- inner stdout\n{}\n--- inner stderr\n{}",
+        done.stdout_text(),
+        done.stderr_text()
+    );
+    assert!(
+        done.status.success(),
+        "the test failed inside the emulated KVM host ({:?})\n{output}",
+        done.code()
+    );
+    println!("{output}");
+}
+
+/// A `vpod-cri` with its own root and socket; killed (by PID) and cleaned up on drop,
+/// with every VMM it left.
+pub struct Daemon {
+    pub root: PathBuf,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+    pub log_dir: PathBuf,
+    pub stderr_log: PathBuf,
+    child: Option<Child>,
+}
+
+/// Where the test's root lives: /tmp (a tmpfs inside the emulated host; the layer store
+/// needs device nodes that the shared checkout cannot hold).
+fn scratch_dir(name: &str) -> PathBuf {
+    PathBuf::from(format!("/tmp/vpod-cri-e2e-{name}-{}", std::process::id()))
+}
+
+impl Daemon {
+    pub fn start(name: &str) -> Daemon {
+        Daemon::start_with_config(name, "")
+    }
+
+    /// As [`Daemon::start`], with `extra` appended to the config file.
+    pub fn start_with_config(name: &str, extra: &str) -> Daemon {
+        let dir = scratch_dir(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("the scratch directory");
+        let config = dir.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[pod]\ndefault_memory_mib = 128\nmin_memory_mib = 128\nagent_timeout_secs = 400\nwritable_disk_mib = 64\n{extra}"
+            ),
+        )
+        .expect("the config file");
+        let mut daemon = Daemon {
+            root: dir.join("root"),
+            socket: dir.join("cri.sock"),
+            config,
+            log_dir: dir.join("logs"),
+            stderr_log: dir.join("vpod-cri.log"),
+            child: None,
+        };
+        daemon.spawn();
+        daemon
+    }
+
+    /// Starts the daemon process (again) and waits for its socket.
+    pub fn spawn(&mut self) {
+        self.spawn_with_env(&[]);
+    }
+
+    /// As [`Daemon::spawn`], with extra environment variables (test hooks).
+    pub fn spawn_with_env(&mut self, env: &[(&str, &str)]) {
+        let _ = std::fs::remove_file(&self.socket);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.stderr_log)
+            .expect("the daemon's log");
+        let child = Command::new(repo_root().join("target/release/vpod-cri"))
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--root")
+            .arg(&self.root)
+            .env("RUST_LOG", "vpod_cri=debug,info")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("vpod-cri starts");
+        self.child = Some(child);
+        let started = Instant::now();
+        while !self.socket.exists() {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("vpod-cri exited ({status}) before serving\n{}", self.log());
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "vpod-cri did not create its socket within 60 s\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait: a clean stop.
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), Signal::TERM);
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    pub async fn connect(&self) -> Clients {
+        connect(&self.socket).await
+    }
+
+    /// PIDs of the VMM processes that run pods of this daemon's root.
+    pub fn vmm_pids(&self) -> Vec<u32> {
+        vpod_cri::runtime::vmm_processes_of(&self.root.join("sandboxes"))
+    }
+
+    /// Directories under `<root>/sandboxes`.
+    pub fn sandbox_dirs(&self) -> Vec<String> {
+        std::fs::read_dir(self.root.join("sandboxes"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Files under `<root>/cri/pods` and `<root>/cri/containers`.
+    pub fn state_entries(&self) -> Vec<String> {
+        let mut all = Vec::new();
+        for sub in ["cri/pods", "cri/containers"] {
+            if let Ok(entries) = std::fs::read_dir(self.root.join(sub)) {
+                all.extend(
+                    entries
+                        .flatten()
+                        .map(|e| format!("{sub}/{}", e.file_name().to_string_lossy())),
+                );
+            }
+        }
+        all.sort();
+        all
+    }
+}
+
+/// Signals `pid` (our child, or a VMM of this test's root found by name and command line).
+fn signal(pid: u32, signal: Signal) {
+    if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+        let _ = rustix::process::kill_process(pid, signal);
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        for pid in self.vmm_pids() {
+            signal(pid, Signal::KILL);
+        }
+        if std::thread::panicking() {
+            eprintln!("--- vpod-cri log\n{}", self.log());
+        }
+        if let Some(dir) = self.root.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Both CRI clients on one channel.
+#[derive(Clone)]
+pub struct Clients {
+    pub runtime: RuntimeServiceClient<Channel>,
+    pub images: ImageServiceClient<Channel>,
+}
+
+pub async fn connect(socket: &Path) -> Clients {
+    let socket = socket.to_owned();
+    let channel = Endpoint::from_static("http://[::]:50051")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(socket).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(stream))
+            }
+        }))
+        .await
+        .expect("connecting to vpod-cri");
+    Clients {
+        runtime: RuntimeServiceClient::new(channel.clone()),
+        images: ImageServiceClient::new(channel),
+    }
+}
+
+/// The default image as a reference vpod-cri can pull.
+pub fn default_image() -> String {
+    format!(
+        "oci:{}:latest",
+        repo_root().join("build/images/default").display()
+    )
+}
+
+pub fn pod_config(name: &str, log_dir: &Path) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "e2e".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: log_dir.join(name).display().to_string(),
+        dns_config: Some(DnsConfig {
+            servers: vec!["10.96.0.10".into()],
+            searches: vec!["e2e.svc.cluster.local".into()],
+            options: vec!["ndots:5".into()],
+        }),
+        labels: HashMap::from([("app".to_string(), name.to_string())]),
+        annotations: HashMap::from([("note".to_string(), "kept as is".to_string())]),
+        ..Default::default()
+    }
+}
+
+pub fn container_config(name: &str, image: &str, command: &[&str]) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        envs: vec![KeyValue {
+            key: "GREETING".into(),
+            value: "hello from vpod".into(),
+        }],
+        labels: HashMap::from([("tier".to_string(), name.to_string())]),
+        log_path: format!("{name}/0.log"),
+        ..Default::default()
+    }
+}
+
+pub async fn run_pod(clients: &mut Clients, config: PodSandboxConfig) -> String {
+    clients
+        .runtime
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id
+}
+
+pub async fn create_container(
+    clients: &mut Clients,
+    pod_id: &str,
+    pod: &PodSandboxConfig,
+    config: ContainerConfig,
+) -> Result<String, tonic::Status> {
+    clients
+        .runtime
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod_id.into(),
+            config: Some(config),
+            sandbox_config: Some(pod.clone()),
+        })
+        .await
+        .map(|r| r.into_inner().container_id)
+}
+
+pub async fn pull(clients: &mut Clients, image: &str) -> String {
+    clients
+        .images
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            auth: None,
+            sandbox_config: None,
+        })
+        .await
+        .expect("PullImage")
+        .into_inner()
+        .image_ref
+}
+
+pub async fn container_status(clients: &mut Clients, id: &str) -> ContainerStatus {
+    clients
+        .runtime
+        .container_status(ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: false,
+        })
+        .await
+        .expect("ContainerStatus")
+        .into_inner()
+        .status
+        .expect("a status")
+}
+
+pub async fn pod_status(clients: &mut Clients, id: &str) -> PodSandboxStatusResponse {
+    clients
+        .runtime
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: id.into(),
+            verbose: true,
+        })
+        .await
+        .expect("PodSandboxStatus")
+        .into_inner()
+}
+
+/// Polls `check` every 100 ms until it holds or `limit` passes.
+pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{what} did not happen within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The text of a CRI log file's records (`<time> <stream> <tag> <text>`).
+pub fn log_texts(path: &str) -> Vec<(String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(4, ' ');
+            let _time = parts.next()?;
+            let stream = parts.next()?;
+            let _tag = parts.next()?;
+            Some((stream.to_string(), parts.next().unwrap_or("").to_string()))
+        })
+        .collect()
+}

@@ -1,0 +1,531 @@
+//! crictl's flows against a running `vpod-cri`, with real pod VMs: pull, runp, create,
+//! start, ps, pods, inspect, inspectp, logs (the log file), exec -s, stats, statsp, stop,
+//! rm, stopp, rmp, rmi; and the bad-input answers.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tonic::Code;
+use vpod_proto::cri::*;
+
+#[test]
+fn a_pod_runs_a_container_whose_log_exec_and_stats_work_and_removal_leaves_nothing() {
+    in_guest_host(
+        "a_pod_runs_a_container_whose_log_exec_and_stats_work_and_removal_leaves_nothing",
+        Duration::from_secs(300),
+        || async {
+            let daemon = Daemon::start("flow");
+            let mut c = daemon.connect().await;
+
+            let version = c
+                .runtime
+                .version(VersionRequest::default())
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(version.runtime_name, "vpod");
+            assert_eq!(version.runtime_api_version, "v1");
+            let status = c
+                .runtime
+                .status(StatusRequest { verbose: true })
+                .await
+                .unwrap()
+                .into_inner();
+            let ready = status
+                .status
+                .unwrap()
+                .conditions
+                .into_iter()
+                .find(|c| c.r#type == "RuntimeReady")
+                .unwrap();
+            assert!(ready.status, "{ready:?}");
+
+            // pull
+            let image_id = pull(&mut c, &default_image()).await;
+            assert!(image_id.starts_with("sha256:"), "{image_id}");
+            let listed = c
+                .images
+                .list_images(ListImagesRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .images;
+            assert!(listed.iter().any(|i| i.id == image_id), "{listed:?}");
+
+            // runp
+            let pod = pod_config("web", &daemon.log_dir);
+            let pod_id = run_pod(&mut c, pod.clone()).await;
+            assert_eq!(pod_id.len(), 32);
+
+            // A second pod with the same metadata is a conflict.
+            let again = c
+                .runtime
+                .run_pod_sandbox(RunPodSandboxRequest {
+                    config: Some(pod.clone()),
+                    runtime_handler: String::new(),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(again.code(), Code::AlreadyExists, "{again:?}");
+
+            // create + start: prints, then serves exec until stopped.
+            let script =
+                "echo out:$GREETING; echo err:$(hostname) >&2; cat /etc/vpod-release >/dev/null; \
+                          trap 'echo bye; exit 3' TERM; while true; do sleep 0.2; done";
+            let config = container_config("app", &image_id, &["sh", "-c", script]);
+            let ctr = create_container(&mut c, &pod_id, &pod, config.clone())
+                .await
+                .expect("CreateContainer");
+            let conflict = create_container(&mut c, &pod_id, &pod, config.clone())
+                .await
+                .unwrap_err();
+            assert_eq!(conflict.code(), Code::AlreadyExists, "{conflict:?}");
+            let created = container_status(&mut c, &ctr).await;
+            assert_eq!(created.state, ContainerState::ContainerCreated as i32);
+            // A unique prefix works like the whole id.
+            c.runtime
+                .start_container(StartContainerRequest {
+                    container_id: ctr[..8].to_string(),
+                })
+                .await
+                .expect("StartContainer");
+
+            // ps / pods with filters
+            let running = c
+                .runtime
+                .list_containers(ListContainersRequest {
+                    filter: Some(ContainerFilter {
+                        state: Some(ContainerStateValue {
+                            state: ContainerState::ContainerRunning as i32,
+                        }),
+                        pod_sandbox_id: pod_id.clone(),
+                        label_selector: [("tier".to_string(), "app".to_string())].into(),
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .containers;
+            assert_eq!(running.len(), 1, "{running:?}");
+            assert_eq!(running[0].id, ctr);
+            let pods = c
+                .runtime
+                .list_pod_sandbox(ListPodSandboxRequest {
+                    filter: Some(PodSandboxFilter {
+                        state: Some(PodSandboxStateValue {
+                            state: PodSandboxState::SandboxReady as i32,
+                        }),
+                        label_selector: [("app".to_string(), "web".to_string())].into(),
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .items;
+            assert_eq!(pods.len(), 1);
+            assert_eq!(pods[0].annotations["note"], "kept as is");
+            let none = c
+                .runtime
+                .list_pod_sandbox(ListPodSandboxRequest {
+                    filter: Some(PodSandboxFilter {
+                        label_selector: [("app".to_string(), "other".to_string())].into(),
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .items;
+            assert!(none.is_empty());
+
+            // inspect / inspectp
+            let status = container_status(&mut c, &ctr).await;
+            assert_eq!(status.state, ContainerState::ContainerRunning as i32);
+            assert!(status.started_at > 0 && status.created_at > 0);
+            assert_eq!(status.image_id, image_id);
+            let log_path = status.log_path.clone();
+            assert!(log_path.ends_with("web/app/0.log"), "{log_path}");
+            let podst = pod_status(&mut c, &pod_id).await;
+            let ps = podst.status.unwrap();
+            assert_eq!(ps.state, PodSandboxState::SandboxReady as i32);
+            assert_eq!(ps.metadata.unwrap().name, "web");
+            assert_eq!(podst.containers_statuses.len(), 1);
+            assert!(
+                podst.info["info"].contains("\"memoryMiB\":128"),
+                "{:?}",
+                podst.info
+            );
+
+            // logs: the file has both streams in CRI format.
+            eventually(
+                "the container's output in its log",
+                Duration::from_secs(20),
+                || {
+                    let texts = log_texts(&log_path);
+                    async move {
+                        texts.contains(&("stdout".into(), "out:hello from vpod".into()))
+                            && texts.contains(&("stderr".into(), "err:web".into()))
+                    }
+                },
+            )
+            .await;
+            let raw = std::fs::read_to_string(&log_path).unwrap();
+            let first = raw.lines().next().unwrap();
+            assert!(
+                first.len() > 30 && first.as_bytes()[10] == b'T' && first[..30].ends_with('Z'),
+                "{first}"
+            );
+
+            // exec -s: output, exit code, timeout.
+            let out = c
+                .runtime
+                .exec_sync(ExecSyncRequest {
+                    container_id: ctr.clone(),
+                    cmd: vec!["sh".into(), "-c".into(), "echo $GREETING; exit 7".into()],
+                    timeout: 20,
+                })
+                .await
+                .expect("ExecSync")
+                .into_inner();
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from vpod\n");
+            assert_eq!(out.exit_code, 7);
+            let timed_out = c
+                .runtime
+                .exec_sync(ExecSyncRequest {
+                    container_id: ctr.clone(),
+                    cmd: vec!["sleep".into(), "30".into()],
+                    timeout: 1,
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(timed_out.code(), Code::DeadlineExceeded, "{timed_out:?}");
+
+            // stats / statsp
+            let stats = c
+                .runtime
+                .container_stats(ContainerStatsRequest {
+                    container_id: ctr.clone(),
+                })
+                .await
+                .expect("ContainerStats")
+                .into_inner()
+                .stats
+                .unwrap();
+            let memory = stats.memory.unwrap().working_set_bytes.unwrap().value;
+            assert!(memory > 0, "{memory}");
+            assert!(stats.cpu.unwrap().usage_core_nano_seconds.unwrap().value > 0);
+            let listed = c
+                .runtime
+                .list_container_stats(ListContainerStatsRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .stats;
+            assert_eq!(listed.len(), 1);
+            let pstats = c
+                .runtime
+                .pod_sandbox_stats(PodSandboxStatsRequest {
+                    pod_sandbox_id: pod_id.clone(),
+                })
+                .await
+                .expect("PodSandboxStats")
+                .into_inner()
+                .stats
+                .unwrap();
+            let linux = pstats.linux.unwrap();
+            assert!(linux.memory.unwrap().working_set_bytes.unwrap().value > 0);
+            assert_eq!(linux.containers.len(), 1);
+            let all = c
+                .runtime
+                .list_pod_sandbox_stats(ListPodSandboxStatsRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .stats;
+            assert_eq!(all.len(), 1);
+
+            // The log file can be reopened after rotation.
+            std::fs::rename(&log_path, format!("{log_path}.1")).unwrap();
+            c.runtime
+                .reopen_container_log(ReopenContainerLogRequest {
+                    container_id: ctr.clone(),
+                })
+                .await
+                .expect("ReopenContainerLog");
+
+            // stop: SIGTERM runs the trap; the exit code and the last words are kept.
+            c.runtime
+                .stop_container(StopContainerRequest {
+                    container_id: ctr.clone(),
+                    timeout: 10,
+                })
+                .await
+                .expect("StopContainer");
+            let exited = container_status(&mut c, &ctr).await;
+            assert_eq!(exited.state, ContainerState::ContainerExited as i32);
+            assert_eq!(exited.exit_code, 3, "{exited:?}");
+            assert!(exited.finished_at >= exited.started_at);
+            assert_eq!(exited.reason, "Error");
+            let texts = log_texts(&log_path);
+            assert!(
+                texts.contains(&("stdout".into(), "bye".into())),
+                "the reopened log has the last line: {texts:?}"
+            );
+
+            // rm
+            c.runtime
+                .remove_container(RemoveContainerRequest {
+                    container_id: ctr.clone(),
+                })
+                .await
+                .expect("RemoveContainer");
+            let gone = c
+                .runtime
+                .container_status(ContainerStatusRequest {
+                    container_id: ctr.clone(),
+                    verbose: false,
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(gone.code(), Code::NotFound);
+
+            // A container still running when its pod is removed: rmp stops the pod first.
+            let sleeper = create_container(
+                &mut c,
+                &pod_id,
+                &pod,
+                container_config("sleeper", &image_id, &["sleep", "3600"]),
+            )
+            .await
+            .expect("CreateContainer");
+            c.runtime
+                .start_container(StartContainerRequest {
+                    container_id: sleeper.clone(),
+                })
+                .await
+                .expect("StartContainer");
+
+            // An image in use is not removed.
+            let in_use = c
+                .images
+                .remove_image(RemoveImageRequest {
+                    image: Some(ImageSpec {
+                        image: image_id.clone(),
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(in_use.code(), Code::FailedPrecondition, "{in_use:?}");
+
+            assert_eq!(daemon.vmm_pids().len(), 1);
+            c.runtime
+                .remove_pod_sandbox(RemovePodSandboxRequest {
+                    pod_sandbox_id: pod_id.clone(),
+                })
+                .await
+                .expect("RemovePodSandbox of a running pod");
+            assert!(daemon.vmm_pids().is_empty(), "the VMM is gone");
+            assert!(
+                daemon.sandbox_dirs().is_empty(),
+                "{:?}",
+                daemon.sandbox_dirs()
+            );
+            assert!(
+                daemon.state_entries().is_empty(),
+                "{:?}",
+                daemon.state_entries()
+            );
+
+            // stopp + rmp of a second pod.
+            let pod2 = pod_config("second", &daemon.log_dir);
+            let pod2_id = run_pod(&mut c, pod2).await;
+            c.runtime
+                .stop_pod_sandbox(StopPodSandboxRequest {
+                    pod_sandbox_id: pod2_id.clone(),
+                })
+                .await
+                .expect("StopPodSandbox");
+            let st = pod_status(&mut c, &pod2_id).await.status.unwrap();
+            assert_eq!(st.state, PodSandboxState::SandboxNotready as i32);
+            assert!(daemon.vmm_pids().is_empty());
+            // Stopping twice is fine.
+            c.runtime
+                .stop_pod_sandbox(StopPodSandboxRequest {
+                    pod_sandbox_id: pod2_id.clone(),
+                })
+                .await
+                .expect("StopPodSandbox again");
+            c.runtime
+                .remove_pod_sandbox(RemovePodSandboxRequest {
+                    pod_sandbox_id: pod2_id.clone(),
+                })
+                .await
+                .expect("RemovePodSandbox");
+            assert!(
+                daemon.state_entries().is_empty(),
+                "{:?}",
+                daemon.state_entries()
+            );
+
+            // rmi, now that nothing uses it.
+            c.images
+                .remove_image(RemoveImageRequest {
+                    image: Some(ImageSpec {
+                        image: image_id.clone(),
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .expect("RemoveImage");
+            let after = c
+                .images
+                .image_status(ImageStatusRequest {
+                    image: Some(ImageSpec {
+                        image: image_id.clone(),
+                        ..Default::default()
+                    }),
+                    verbose: false,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(after.image.is_none());
+        },
+    );
+}
+
+/// Asserts that a request failed with `code` and a message mentioning `mention`.
+fn expect<T: std::fmt::Debug>(
+    result: Result<tonic::Response<T>, tonic::Status>,
+    code: Code,
+    mention: &str,
+) {
+    let status = result.expect_err("the request must fail");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(
+        status.message().contains(mention),
+        "{mention:?} not in {:?}",
+        status.message()
+    );
+}
+
+#[test]
+fn bad_requests_get_invalid_argument_not_found_and_unimplemented() {
+    in_guest_host(
+        "bad_requests_get_invalid_argument_not_found_and_unimplemented",
+        Duration::from_secs(120),
+        || async {
+            let daemon = Daemon::start("bad");
+            let mut c = daemon.connect().await;
+            expect(
+                c.runtime
+                    .run_pod_sandbox(RunPodSandboxRequest::default())
+                    .await,
+                Code::InvalidArgument,
+                "config",
+            );
+            let mut no_name = pod_config("x", &daemon.log_dir);
+            no_name.metadata.as_mut().unwrap().name.clear();
+            expect(
+                c.runtime
+                    .run_pod_sandbox(RunPodSandboxRequest {
+                        config: Some(no_name),
+                        runtime_handler: String::new(),
+                    })
+                    .await,
+                Code::InvalidArgument,
+                "config.metadata.name",
+            );
+            expect(
+                c.runtime
+                    .stop_pod_sandbox(StopPodSandboxRequest {
+                        pod_sandbox_id: "0123456789abcdef".into(),
+                    })
+                    .await,
+                Code::NotFound,
+                "0123456789abcdef",
+            );
+            expect(
+                c.runtime
+                    .stop_pod_sandbox(StopPodSandboxRequest::default())
+                    .await,
+                Code::InvalidArgument,
+                "pod_sandbox_id",
+            );
+            expect(
+                c.runtime
+                    .container_status(ContainerStatusRequest {
+                        container_id: "feedface".into(),
+                        verbose: false,
+                    })
+                    .await,
+                Code::NotFound,
+                "feedface",
+            );
+            let pod = pod_config("p", &daemon.log_dir);
+            expect(
+                c.runtime
+                    .create_container(CreateContainerRequest {
+                        pod_sandbox_id: "abcdef".into(),
+                        config: Some(container_config("a", "img", &["true"])),
+                        sandbox_config: Some(pod.clone()),
+                    })
+                    .await,
+                Code::NotFound,
+                "abcdef",
+            );
+            let mut no_image = container_config("a", "img", &["true"]);
+            no_image.image = None;
+            expect(
+                c.runtime
+                    .create_container(CreateContainerRequest {
+                        pod_sandbox_id: "abcdef".into(),
+                        config: Some(no_image),
+                        sandbox_config: None,
+                    })
+                    .await,
+                Code::InvalidArgument,
+                "config.image.image",
+            );
+            expect(
+                c.runtime
+                    .exec_sync(ExecSyncRequest {
+                        container_id: "abc".into(),
+                        cmd: vec![],
+                        timeout: 0,
+                    })
+                    .await,
+                Code::InvalidArgument,
+                "cmd",
+            );
+            expect(
+                c.runtime.exec(ExecRequest::default()).await,
+                Code::Unimplemented,
+                "Exec",
+            );
+            expect(
+                c.runtime.attach(AttachRequest::default()).await,
+                Code::Unimplemented,
+                "Attach",
+            );
+            expect(
+                c.runtime.port_forward(PortForwardRequest::default()).await,
+                Code::Unimplemented,
+                "PortForward",
+            );
+            expect(
+                c.images.pull_image(PullImageRequest::default()).await,
+                Code::InvalidArgument,
+                "image",
+            );
+            // Nothing was left behind by the refused requests.
+            assert!(daemon.state_entries().is_empty());
+            assert!(daemon.sandbox_dirs().is_empty());
+        },
+    );
+}

@@ -1,0 +1,294 @@
+//! State that survives: a restarted `vpod-cri` (even after kill -9) re-attaches to running
+//! pods and resumes their logs; a daemon killed during RunPodSandbox or CreateContainer
+//! leaves nothing behind after the restart; a VM that dies is reported. And 20 pods
+//! created at once.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use vpod_proto::cri::*;
+
+/// The numbers of the "tick N" lines in a log, in order.
+fn ticks(log_path: &str) -> Vec<u64> {
+    log_texts(log_path)
+        .into_iter()
+        .filter_map(|(_, text)| text.strip_prefix("tick ")?.parse().ok())
+        .collect()
+}
+
+async fn containers(c: &mut Clients) -> Vec<Container> {
+    c.runtime
+        .list_containers(ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers
+}
+
+async fn pods(c: &mut Clients) -> Vec<PodSandbox> {
+    c.runtime
+        .list_pod_sandbox(ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items
+}
+
+#[test]
+fn restarts_reattach_and_crashes_during_runp_and_create_leak_nothing() {
+    in_guest_host(
+        "restarts_reattach_and_crashes_during_runp_and_create_leak_nothing",
+        Duration::from_secs(400),
+        || async {
+            let mut daemon = Daemon::start("state");
+            let mut c = daemon.connect().await;
+            let image = pull(&mut c, &default_image()).await;
+            let pod = pod_config("keep", &daemon.log_dir);
+            let pod_id = run_pod(&mut c, pod.clone()).await;
+            let ticker = create_container(
+                &mut c,
+                &pod_id,
+                &pod,
+                container_config(
+                    "ticker",
+                    &image,
+                    &[
+                        "sh",
+                        "-c",
+                        "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done",
+                    ],
+                ),
+            )
+            .await
+            .expect("CreateContainer");
+            c.runtime
+                .start_container(StartContainerRequest {
+                    container_id: ticker.clone(),
+                })
+                .await
+                .expect("StartContainer");
+            let log_path = container_status(&mut c, &ticker).await.log_path;
+            eventually("ticks in the log", Duration::from_secs(20), || {
+                let n = ticks(&log_path).len();
+                async move { n >= 3 }
+            })
+            .await;
+
+            // kill -9: the VM keeps running; a new daemon re-attaches and keeps logging.
+            let vmm = daemon.vmm_pids();
+            assert_eq!(vmm.len(), 1);
+            daemon.kill9();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            assert_eq!(daemon.vmm_pids(), vmm, "the VMM outlives the daemon");
+            let before = ticks(&log_path).len();
+            daemon.spawn();
+            let mut c = daemon.connect().await;
+            let status = pod_status(&mut c, &pod_id).await.status.unwrap();
+            assert_eq!(status.state, PodSandboxState::SandboxReady as i32);
+            let ctr = container_status(&mut c, &ticker).await;
+            assert_eq!(ctr.state, ContainerState::ContainerRunning as i32);
+            let out = c
+                .runtime
+                .exec_sync(ExecSyncRequest {
+                    container_id: ticker.clone(),
+                    cmd: vec!["echo".into(), "still here".into()],
+                    timeout: 20,
+                })
+                .await
+                .expect("ExecSync after the restart")
+                .into_inner();
+            assert_eq!(out.stdout, b"still here\n");
+            eventually("ticks after the restart", Duration::from_secs(20), || {
+                let n = ticks(&log_path).len();
+                async move { n >= before + 10 }
+            })
+            .await;
+            // Nothing lost while the daemon was down, nothing written twice.
+            let seen = ticks(&log_path);
+            let expected: Vec<u64> = (0..seen.len() as u64).collect();
+            assert_eq!(seen, expected, "the log resumes exactly where it stopped");
+
+            // kill -9 during RunPodSandbox (the VM is booting).
+            let keep_entries = daemon.state_entries();
+            let mut racer = c.clone();
+            let log_dir = daemon.log_dir.clone();
+            let runp = tokio::spawn(async move {
+                racer
+                    .runtime
+                    .run_pod_sandbox(RunPodSandboxRequest {
+                        config: Some(pod_config("doomed", &log_dir)),
+                        runtime_handler: String::new(),
+                    })
+                    .await
+            });
+            eventually("the second VMM starting", Duration::from_secs(20), || {
+                let n = daemon.vmm_pids().len();
+                async move { n == 2 }
+            })
+            .await;
+            daemon.kill9();
+            let _ = runp.await;
+            assert_eq!(
+                daemon.vmm_pids().len(),
+                2,
+                "the booting VMM survived the crash"
+            );
+            daemon.spawn();
+            let mut c = daemon.connect().await;
+            assert_eq!(daemon.vmm_pids(), vmm, "only the first pod's VMM is left");
+            assert_eq!(daemon.sandbox_dirs(), vec![pod_id.clone()]);
+            assert_eq!(daemon.state_entries(), keep_entries);
+            let listed = pods(&mut c).await;
+            assert_eq!(listed.len(), 1, "{listed:?}");
+            // The name is free again.
+            let retry = run_pod(&mut c, pod_config("doomed", &daemon.log_dir)).await;
+            c.runtime
+                .remove_pod_sandbox(RemovePodSandboxRequest {
+                    pod_sandbox_id: retry,
+                })
+                .await
+                .expect("RemovePodSandbox");
+
+            // kill -9 during CreateContainer, after the guest made the container and before
+            // the daemon recorded it.
+            daemon.kill9();
+            daemon.spawn_with_env(&[("VPOD_CRI_TEST_DELAY_CREATE_MS", "30000")]);
+            let c = daemon.connect().await;
+            let mut racer = c.clone();
+            let (pod_for_task, pod_id_for_task, image_for_task) =
+                (pod.clone(), pod_id.clone(), image.clone());
+            let create = tokio::spawn(async move {
+                create_container(
+                    &mut racer,
+                    &pod_id_for_task,
+                    &pod_for_task,
+                    container_config("late", &image_for_task, &["sleep", "3600"]),
+                )
+                .await
+            });
+            let sandbox_json = daemon
+                .root
+                .join("sandboxes")
+                .join(&pod_id)
+                .join("sandbox.json");
+            eventually(
+                "the guest creating the container",
+                Duration::from_secs(30),
+                || {
+                    let text = std::fs::read_to_string(&sandbox_json).unwrap_or_default();
+                    let log = daemon.log();
+                    async move {
+                        text.matches("\"l-").count() > 0
+                            && log.contains("test hook: pausing before recording the container")
+                    }
+                },
+            )
+            .await;
+            assert_eq!(daemon.state_entries().len(), keep_entries.len() + 1);
+            daemon.kill9();
+            let _ = create.await;
+            daemon.spawn();
+            let mut c = daemon.connect().await;
+            assert_eq!(daemon.state_entries(), keep_entries);
+            let listed = containers(&mut c).await;
+            assert_eq!(listed.len(), 1, "{listed:?}");
+            let text = std::fs::read_to_string(&sandbox_json).unwrap();
+            let state: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let guest_containers: Vec<&String> =
+                state["containers"].as_object().unwrap().keys().collect();
+            assert_eq!(guest_containers, vec![&ticker], "{text}");
+            // The name is free again, and the pod still takes containers.
+            let late = create_container(
+                &mut c,
+                &pod_id,
+                &pod,
+                container_config("late", &image, &["sleep", "3600"]),
+            )
+            .await
+            .expect("CreateContainer after the crash");
+            c.runtime
+                .start_container(StartContainerRequest {
+                    container_id: late.clone(),
+                })
+                .await
+                .expect("StartContainer");
+
+            // A VM that dies is reported: pod NotReady, containers Exited.
+            for pid in daemon.vmm_pids() {
+                let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
+                rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+            }
+            let mut probe = c.clone();
+            let pid2 = pod_id.clone();
+            eventually("the dead VM reported", Duration::from_secs(20), || {
+                let mut probe = probe.clone();
+                let pid2 = pid2.clone();
+                async move {
+                    pod_status(&mut probe, &pid2).await.status.unwrap().state
+                        == PodSandboxState::SandboxNotready as i32
+                }
+            })
+            .await;
+            let dead = container_status(&mut probe, &late).await;
+            assert_eq!(dead.state, ContainerState::ContainerExited as i32);
+            assert_eq!(dead.reason, "VmExited");
+            c.runtime
+                .remove_pod_sandbox(RemovePodSandboxRequest {
+                    pod_sandbox_id: pod_id.clone(),
+                })
+                .await
+                .expect("RemovePodSandbox");
+            assert!(daemon.state_entries().is_empty());
+            assert!(daemon.sandbox_dirs().is_empty());
+        },
+    );
+}
+
+#[test]
+fn twenty_pods_created_at_once_all_run() {
+    in_guest_host_with_memory(
+        "twenty_pods_created_at_once_all_run",
+        Duration::from_secs(900),
+        Some(6144),
+        || async {
+            let daemon = Daemon::start("twenty");
+            let c = daemon.connect().await;
+            let started = std::time::Instant::now();
+            let mut tasks = Vec::new();
+            for i in 0..20 {
+                let mut c = c.clone();
+                let config = pod_config(&format!("pod-{i}"), &daemon.log_dir);
+                tasks.push(tokio::spawn(async move { run_pod(&mut c, config).await }));
+            }
+            let mut ids = Vec::new();
+            for task in tasks {
+                ids.push(task.await.expect("the RunPodSandbox task"));
+            }
+            println!("20 pods ready in {:?}", started.elapsed());
+            let mut c = c.clone();
+            let ready = pods(&mut c).await;
+            assert_eq!(ready.len(), 20);
+            assert!(ready
+                .iter()
+                .all(|p| p.state == PodSandboxState::SandboxReady as i32));
+            assert_eq!(daemon.vmm_pids().len(), 20);
+            let mut tasks = Vec::new();
+            for id in ids {
+                let mut c = c.clone();
+                tasks.push(tokio::spawn(async move {
+                    c.runtime
+                        .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
+                        .await
+                }));
+            }
+            for task in tasks {
+                task.await.unwrap().expect("RemovePodSandbox");
+            }
+            assert!(daemon.vmm_pids().is_empty());
+            assert!(daemon.sandbox_dirs().is_empty());
+            assert!(daemon.state_entries().is_empty());
+        },
+    );
+}

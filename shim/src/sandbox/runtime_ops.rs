@@ -1,0 +1,71 @@
+//! What a CRI runtime needs beyond the container lifecycle: a container's resource usage,
+//! the guest's memory, whether the VMM still runs, and undoing a container the guest may
+//! have created while its creator died before recording it.
+
+use vpod_proto::v1::{
+    ContainerStatsRequest, ContainerStatsResponse, GuestInfoRequest, GuestInfoResponse,
+    RemoveContainerRequest,
+};
+
+use super::agent::{call, AgentError};
+use super::{Sandbox, SandboxError};
+
+impl Sandbox {
+    /// CPU time, memory and pids of a container (its cgroup in the guest).
+    pub async fn container_stats(&self, id: &str) -> Result<ContainerStatsResponse, SandboxError> {
+        if !self.containers.contains_key(id) {
+            return Err(SandboxError::NoSuchContainer(id.to_string()));
+        }
+        let mut agent = self.agent.clone();
+        let request = ContainerStatsRequest { id: id.to_string() };
+        self.guarded(
+            "reading a container's statistics",
+            call(
+                "ContainerStats",
+                self.rpc_timeout,
+                agent.container_stats(request),
+            ),
+        )
+        .await
+    }
+
+    /// The guest's kernel, memory and vCPUs as the agent sees them.
+    pub async fn guest_info(&self) -> Result<GuestInfoResponse, SandboxError> {
+        let mut agent = self.agent.clone();
+        self.guarded(
+            "reading the guest's information",
+            call(
+                "GuestInfo",
+                self.rpc_timeout,
+                agent.guest_info(GuestInfoRequest {}),
+            ),
+        )
+        .await
+    }
+
+    /// Whether the VMM process is still running.
+    pub fn vmm_running(&self) -> bool {
+        self.vmm.try_wait().is_none()
+    }
+
+    /// Asks the agent to remove a container this sandbox has no record of (its creator died
+    /// between the agent's answer and recording it); a container the agent does not know
+    /// is not an error.
+    pub async fn discard_unrecorded_container(&self, id: &str) -> Result<(), SandboxError> {
+        let mut agent = self.agent.clone();
+        let request = RemoveContainerRequest { id: id.to_string() };
+        match call(
+            "RemoveContainer",
+            self.rpc_timeout,
+            agent.remove_container(request),
+        )
+        .await
+        {
+            Ok(_) => Ok(()),
+            Err(AgentError::Status { status, .. }) if status.code() == tonic::Code::NotFound => {
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
