@@ -173,7 +173,7 @@ impl Config {
 
     /// The kernel, initrd and VMM: configured, else found beside this installation.
     pub fn assets(&self) -> Assets {
-        let home = vpod_home();
+        let home = vpod_shim::vpod_home();
         let vmm = self.vmm.clone().unwrap_or_else(|| {
             std::env::current_exe()
                 .map(|exe| exe.with_file_name("vpod-vmm"))
@@ -199,22 +199,6 @@ pub struct Assets {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub vmm: PathBuf,
-}
-
-/// `$VPOD_HOME`, else the nearest ancestor of this binary's directory that has
-/// `build/vmlinux`, else the working directory.
-pub fn vpod_home() -> PathBuf {
-    if let Some(home) = std::env::var_os("VPOD_HOME") {
-        return PathBuf::from(home);
-    }
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| {
-            exe.ancestors()
-                .find(|dir| dir.join("build/vmlinux").exists())
-                .map(Path::to_path_buf)
-        })
-        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 #[cfg(test)]

@@ -168,22 +168,6 @@ fn parse_run(args: Vec<String>) -> anyhow::Result<RunArgs> {
     Ok(run)
 }
 
-/// The checkout (or install) holding `build/vmlinux`: `$VPOD_HOME`, else the nearest
-/// ancestor of this binary's directory that has it, else the working directory.
-fn vpod_home() -> PathBuf {
-    if let Some(home) = std::env::var_os("VPOD_HOME") {
-        return PathBuf::from(home);
-    }
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| {
-            exe.ancestors()
-                .find(|dir| dir.join("build/vmlinux").exists())
-                .map(Path::to_path_buf)
-        })
-        .unwrap_or_else(|| PathBuf::from("."))
-}
-
 fn random_id() -> anyhow::Result<String> {
     let mut bytes = [0u8; 6];
     std::fs::File::open("/dev/urandom")
@@ -198,7 +182,7 @@ fn ms(d: Duration) -> String {
 
 async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let started = Instant::now();
-    let home = vpod_home();
+    let home = vpod_shim::vpod_home();
     let vmm = match args.vmm {
         Some(vmm) => vmm,
         None => std::env::current_exe()

@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use vpod_proto::AgentClient;
 
+use crate::error_chain;
+
 pub use agent::AgentError;
 pub use api::{VmmApi, VmmApiError};
 pub use container::{ContainerExit, ContainerSpec};
@@ -452,17 +454,6 @@ async fn wait_for_agent(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
 
 fn logs_tail(dir: &Path) -> String {

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::RwLock;
+pub use vpod_shim::error_chain;
 use vpod_shim::registry::RegistryOptions;
 use vpod_shim::sandbox::{Sandbox, SandboxError};
 use vpod_shim::LayerStore;
@@ -74,18 +75,6 @@ impl From<SandboxError> for RuntimeError {
     fn from(e: SandboxError) -> RuntimeError {
         RuntimeError::Sandbox(error_chain(&e))
     }
-}
-
-/// An error and its sources on one line.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
 
 /// A pod: its record and, while it runs, its VM.
