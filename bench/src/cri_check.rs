@@ -52,13 +52,28 @@ pub fn check(dir: &Path) -> Result<usize> {
         let (config, host) = (text(ours, "config"), text(ours, "host"));
         let p50 = ours["p50_ms"].as_f64();
         let p90 = ours["p90_ms"].as_f64();
-        let runc = find(&latency, "cri_pod_to_running", "runc", "1pod-")
-            .and_then(|r| r["p50_ms"].as_f64());
-        let ratio = p50.zip(runc).map_or(String::new(), |(a, b)| {
-            format!(", {:.1}x runc's create+start ({b:.1} ms)", a / b)
+        let p50_of = |bench: &str, imp: &str| {
+            find(&latency, bench, imp, prefix).and_then(|r| r["p50_ms"].as_f64())
+        };
+        let runc = p50_of("cri_pod_to_running", "runc").map_or(String::new(), |b| {
+            format!(
+                " (runc create+start {b:.0} ms: {:.1}x)",
+                p50.unwrap_or(f64::NAN) / b
+            )
         });
+        let output = match (
+            p50_of("cri_pod_to_output", "vpod"),
+            p50_of("cri_pod_to_output", "runc"),
+        ) {
+            (Some(a), Some(b)) => format!(
+                "; to its first log line p50 {a:.0} ms (runc run to its line {b:.0} ms: {:.1}x)",
+                a / b
+            ),
+            (Some(a), None) => format!("; to its first log line p50 {a:.0} ms"),
+            _ => String::new(),
+        };
         let figures = format!(
-            "CRI pod to running ({config}, {host}): p50 {:.0} ms, p90 {:.0} ms{ratio}",
+            "CRI pod to running ({config}, {host}): p50 {:.0} ms, p90 {:.0} ms{runc}{output}",
             p50.unwrap_or(f64::NAN),
             p90.unwrap_or(f64::NAN)
         );

@@ -1,7 +1,8 @@
 //! `vpod-bench`: `startup` (native, stub guests), `linux-boot` (real kernel; run inside the
 //! emulated KVM host where this machine's KVM cannot boot Linux), `prepare` (native: the
 //! fixtures of the container benchmarks), `pod-start`, `run-true`, `layer-read` and `vsock`
-//! (pod VMs; inside the emulated KVM host here) and `check` (targets).
+//! (pod VMs; inside the emulated KVM host here), `cri` and `cri-memory` (pods through
+//! `vpod-cri`, beside runc; there too) and `check` (targets).
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};

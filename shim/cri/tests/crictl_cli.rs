@@ -46,8 +46,13 @@ fn crictl_pulls_lists_and_removes_an_image_and_refuses_a_misspelt_config() {
         .to_string();
     assert!(id.starts_with("sha256:"), "{id}");
     assert_eq!(stdout(&crictl(&daemon, &["images", "-q"])).trim(), id);
+    let endpoint = format!("unix://{}", daemon.socket.display());
+    let both = crictl(&daemon, &["--image-endpoint", &endpoint, "images", "-q"]);
+    assert_eq!(stdout(&both).trim(), id);
     assert!(stdout(&crictl(&daemon, &["pods", "-q"])).trim().is_empty());
-    assert!(stdout(&crictl(&daemon, &["ps", "-a", "-q"])).trim().is_empty());
+    assert!(stdout(&crictl(&daemon, &["ps", "-a", "-q"]))
+        .trim()
+        .is_empty());
 
     let missing = crictl(&daemon, &["inspect", "0123456789abcdef"]);
     assert!(!missing.status.success());
@@ -56,7 +61,11 @@ fn crictl_pulls_lists_and_removes_an_image_and_refuses_a_misspelt_config() {
 
     let dir = daemon.root.parent().expect("the scratch directory");
     let bad = dir.join("pod.json");
-    std::fs::write(&bad, r#"{"metadata": {"name": "p"}, "log_directry": "/tmp"}"#).unwrap();
+    std::fs::write(
+        &bad,
+        r#"{"metadata": {"name": "p"}, "log_directry": "/tmp"}"#,
+    )
+    .unwrap();
     let refused = crictl(&daemon, &["runp", bad.to_str().unwrap()]);
     assert_eq!(refused.status.code(), Some(1));
     let err = String::from_utf8_lossy(&refused.stderr);
@@ -64,5 +73,7 @@ fn crictl_pulls_lists_and_removes_an_image_and_refuses_a_misspelt_config() {
     assert!(stdout(&crictl(&daemon, &["pods", "-q"])).trim().is_empty());
 
     stdout(&crictl(&daemon, &["rmi", &id]));
-    assert!(stdout(&crictl(&daemon, &["images", "-q"])).trim().is_empty());
+    assert!(stdout(&crictl(&daemon, &["images", "-q"]))
+        .trim()
+        .is_empty());
 }

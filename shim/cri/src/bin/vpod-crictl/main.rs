@@ -17,9 +17,12 @@ use vpod_proto::cri::*;
 use config_json::from_crictl_json;
 
 const USAGE: &str = "\
-usage: vpod-crictl [--runtime-endpoint unix:///PATH] [--timings] COMMAND [ARGS]
+usage: vpod-crictl [--runtime-endpoint unix:///PATH] [--image-endpoint unix:///PATH]
+                   [--timings] COMMAND [ARGS]
 
-The endpoint defaults to $CONTAINER_RUNTIME_ENDPOINT, else unix:///run/vpod/cri.sock.
+The runtime endpoint defaults to $CONTAINER_RUNTIME_ENDPOINT, else
+unix:///run/vpod/cri.sock; the image endpoint to $IMAGE_SERVICE_ENDPOINT, else the
+runtime endpoint.
 --timings prints each call's time on stderr (`vpod-crictl: <call> <ms> ms`).
 
   version                               runtime name and versions
@@ -85,10 +88,11 @@ fn socket_path(endpoint: &str) -> Result<PathBuf> {
     Ok(PathBuf::from(path))
 }
 
-async fn connect(endpoint: &str, timings: bool) -> Result<Cli> {
+/// A channel to the CRI server on the unix socket of `endpoint`.
+async fn channel(endpoint: &str) -> Result<Channel> {
     let socket = socket_path(endpoint)?;
     let target = socket.clone();
-    let channel = Endpoint::from_static("http://[::]:50051")
+    Endpoint::from_static("http://[::]:50051")
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let socket = target.clone();
             async move {
@@ -97,10 +101,18 @@ async fn connect(endpoint: &str, timings: bool) -> Result<Cli> {
             }
         }))
         .await
-        .with_context(|| format!("connecting to {}", socket.display()))?;
+        .with_context(|| format!("connecting to {}", socket.display()))
+}
+
+async fn connect(runtime: &str, image: Option<&str>, timings: bool) -> Result<Cli> {
+    let runtime_channel = channel(runtime).await?;
+    let image_channel = match image {
+        Some(image) if image != runtime => channel(image).await?,
+        _ => runtime_channel.clone(),
+    };
     Ok(Cli {
-        runtime: RuntimeServiceClient::new(channel.clone()),
-        images: ImageServiceClient::new(channel),
+        runtime: RuntimeServiceClient::new(runtime_channel),
+        images: ImageServiceClient::new(image_channel),
         timings,
     })
 }
@@ -584,6 +596,9 @@ async fn main_async() -> Result<i32> {
         .ok()
         .filter(|e| !e.is_empty())
         .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
+    let mut image_endpoint = std::env::var("IMAGE_SERVICE_ENDPOINT")
+        .ok()
+        .filter(|e| !e.is_empty());
     let mut timings = false;
     let mut rest = args.iter();
     let verb = loop {
@@ -592,12 +607,20 @@ async fn main_async() -> Result<i32> {
         };
         match arg.split_once('=') {
             Some(("--runtime-endpoint" | "-r", value)) => endpoint = value.to_string(),
+            Some(("--image-endpoint" | "-i", value)) => image_endpoint = Some(value.to_string()),
             _ => match arg.as_str() {
                 "--runtime-endpoint" | "-r" => {
                     endpoint = rest
                         .next()
                         .context("--runtime-endpoint needs a value")?
                         .clone()
+                }
+                "--image-endpoint" | "-i" => {
+                    image_endpoint = Some(
+                        rest.next()
+                            .context("--image-endpoint needs a value")?
+                            .clone(),
+                    )
                 }
                 "--timings" => timings = true,
                 "-h" | "--help" | "help" => {
@@ -610,9 +633,12 @@ async fn main_async() -> Result<i32> {
         }
     };
     let args: Vec<String> = rest.cloned().collect();
-    let mut cli = tokio::time::timeout(Duration::from_secs(30), connect(&endpoint, timings))
-        .await
-        .context("connecting to the runtime took over 30 s")??;
+    let mut cli = tokio::time::timeout(
+        Duration::from_secs(30),
+        connect(&endpoint, image_endpoint.as_deref(), timings),
+    )
+    .await
+    .context("connecting to the runtime took over 30 s")??;
     run(&mut cli, &verb, &args).await
 }
 
