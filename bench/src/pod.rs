@@ -102,6 +102,7 @@ pub fn spec(
         },
         hostname: String::new(),
         files: Vec::new(),
+        ..ContainerSpec::default()
     }
 }
 

@@ -752,3 +752,85 @@ async fn read_stdio_without_follow_ends_at_the_current_output() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn capabilities_are_added_and_dropped_from_the_default_set_and_the_root_can_be_read_only() {
+    bounded(async {
+        let Some(mut agent) = Agent::start().await else {
+            return;
+        };
+        let script = "grep CapEff /proc/self/status; echo x > /probe && echo wrote; true";
+        let mut request = agent.create_request("k1", &["sh", "-c", script]);
+        request.drop_capabilities = vec!["ALL".into()];
+        request.add_capabilities = vec!["NET_BIND_SERVICE".into()];
+        request.readonly_rootfs = true;
+        agent.run(request).await;
+        let (out, err) = agent.output("k1").await;
+        // CAP_NET_BIND_SERVICE is bit 10.
+        assert_eq!(out, "CapEff:\t0000000000000400\n", "stderr: {err}");
+        assert!(err.contains("Read-only file system"), "{err}");
+        agent.remove("k1").await;
+
+        let mut request =
+            agent.create_request("k2", &["sh", "-c", "grep CapEff /proc/self/status"]);
+        request.drop_capabilities = vec!["KILL".into()];
+        request.add_capabilities = vec!["SYS_ADMIN".into()];
+        agent.run(request).await;
+        let (out, err) = agent.output("k2").await;
+        // The default set (0xa80425fb) without KILL (bit 5), with SYS_ADMIN (bit 21).
+        assert_eq!(out, "CapEff:\t00000000a82425db\n", "stderr: {err}");
+        agent.remove("k2").await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn update_container_refuses_unknown_exited_and_cgroupless_containers() {
+    bounded(async {
+        let Some(mut agent) = Agent::start().await else {
+            return;
+        };
+        let update = |id: &str| v1::UpdateContainerRequest {
+            id: id.into(),
+            limits: Some(v1::CgroupLimits {
+                memory_limit_bytes: 64 << 20,
+                ..Default::default()
+            }),
+        };
+        let unknown = agent
+            .client
+            .update_container(update("nope"))
+            .await
+            .unwrap_err();
+        assert_eq!(unknown.code(), tonic::Code::NotFound, "{unknown:?}");
+
+        let request = agent.create_request("u1", &["sleep", "30"]);
+        agent.run(request).await;
+        // This host gives the agent no cgroup2 root: a clear refusal, not a silent success.
+        let no_cgroup = agent
+            .client
+            .update_container(update("u1"))
+            .await
+            .unwrap_err();
+        assert_eq!(no_cgroup.code(), tonic::Code::FailedPrecondition);
+        assert!(no_cgroup.message().contains("no cgroup"), "{no_cgroup:?}");
+        agent
+            .client
+            .signal_container(v1::SignalContainerRequest {
+                id: "u1".into(),
+                signal: 9,
+            })
+            .await
+            .unwrap();
+        agent.wait("u1").await;
+        let exited = agent
+            .client
+            .update_container(update("u1"))
+            .await
+            .unwrap_err();
+        assert_eq!(exited.code(), tonic::Code::FailedPrecondition);
+        assert!(exited.message().contains("exited"), "{exited:?}");
+        agent.remove("u1").await;
+    })
+    .await;
+}

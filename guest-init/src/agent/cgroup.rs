@@ -153,6 +153,16 @@ impl Cgroups {
         Ok(Some(group))
     }
 
+    /// Rewrites the limits `limits` sets on an existing group; unset (zero) ones keep their
+    /// value. Stops at the first file the kernel refuses (a memory.max below the usage it
+    /// cannot reclaim, say), naming it.
+    pub fn update(&self, group: &Path, limits: &CgroupLimits) -> Result<(), CgroupError> {
+        for (file, value) in limit_files(limits) {
+            write(&group.join(file), &value)?;
+        }
+        Ok(())
+    }
+
     /// Removes a group; its processes must have ended.
     pub fn remove(&self, group: &Path) -> Result<(), CgroupError> {
         match fs::remove_dir(group) {
@@ -278,6 +288,20 @@ mod tests {
             )
             .unwrap()
             .unwrap();
+        assert_eq!(fs::read_to_string(group.join("pids.max")).unwrap(), "7");
+        cgroups
+            .update(
+                &group,
+                &CgroupLimits {
+                    memory_limit_bytes: 32 << 20,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            fs::read_to_string(group.join("memory.max")).unwrap(),
+            (32u64 << 20).to_string()
+        );
         assert_eq!(fs::read_to_string(group.join("pids.max")).unwrap(), "7");
         fs::write(group.join("cpu.stat"), "usage_usec 12\nuser_usec 10\n").unwrap();
         fs::write(group.join("memory.current"), "4096\n").unwrap();

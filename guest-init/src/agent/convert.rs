@@ -172,25 +172,34 @@ pub fn create_request(request: v1::CreateContainerRequest) -> Result<ContainerSp
             gid: user.gid,
             additional_gids: user.additional_gids.clone(),
             rlimits,
-            capabilities: spec::capability_mask(&request.capabilities)
-                .map_err(|e| invalid("capabilities", e.to_string()))?,
+            capabilities: spec::capability_mask(
+                &request.capabilities,
+                &request.add_capabilities,
+                &request.drop_capabilities,
+            )
+            .map_err(|e| invalid("capabilities", e.to_string()))?,
         },
         hostname,
         mounts,
         readonly_rootfs: request.readonly_rootfs,
-        limits: CgroupLimits {
-            cpu_shares: limits.cpu_shares,
-            cpu_quota_us: limits.cpu_quota_us,
-            cpu_period_us: limits.cpu_period_us,
-            memory_limit_bytes: limits.memory_limit_bytes,
-            pids_limit: limits.pids_limit,
-        },
+        limits: cgroup_limits(&limits),
         rootfs,
         stdin: request.stdin,
         user_name: (!user.name.is_empty()).then_some(user.name),
         group_name: (!user.group.is_empty()).then_some(user.group),
         files,
     })
+}
+
+/// The protocol's limits in the agent's terms (zero: unset).
+pub fn cgroup_limits(limits: &v1::CgroupLimits) -> CgroupLimits {
+    CgroupLimits {
+        cpu_shares: limits.cpu_shares,
+        cpu_quota_us: limits.cpu_quota_us,
+        cpu_period_us: limits.cpu_period_us,
+        memory_limit_bytes: limits.memory_limit_bytes,
+        pids_limit: limits.pids_limit,
+    }
 }
 
 /// Files must name a file (not the root) by a clean absolute path; at most 1 MiB each.
@@ -310,7 +319,7 @@ mod tests {
         assert_eq!(spec.rootfs, RootfsSource::Directory("/img".into()));
         assert_eq!(
             spec.process.capabilities,
-            spec::capability_mask(&[]).unwrap()
+            spec::capability_mask(&[], &[], &[]).unwrap()
         );
         assert_eq!(spec.hostname, None);
     }

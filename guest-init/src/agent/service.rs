@@ -123,6 +123,16 @@ impl vpod_proto::Agent for AgentService {
         }))
     }
 
+    async fn update_container(
+        &self,
+        request: Request<v1::UpdateContainerRequest>,
+    ) -> Result<Response<v1::UpdateContainerResponse>, Status> {
+        let request = request.into_inner();
+        let limits = convert::cgroup_limits(&request.limits.unwrap_or_default());
+        self.containers.update(&request.id, &limits)?;
+        Ok(Response::new(v1::UpdateContainerResponse {}))
+    }
+
     async fn exec_sync(
         &self,
         request: Request<v1::ExecSyncRequest>,

@@ -136,6 +136,7 @@ impl ProcessPlan {
             .collect::<Result<Vec<_>, _>>()?;
         let argv_ptrs = null_terminated(&argv);
         let envp_ptrs = null_terminated(&envp);
+        let last_cap = last_capability();
         Ok(ProcessPlan {
             _argv: argv,
             argv_ptrs,
@@ -159,8 +160,8 @@ impl ProcessPlan {
                     )
                 })
                 .collect(),
-            capabilities: spec.capabilities,
-            last_cap: last_capability(),
+            capabilities: spec.capabilities & known_capabilities(last_cap),
+            last_cap,
         })
     }
 }
@@ -184,6 +185,16 @@ pub fn program_candidates(program: &str, path_var: &str) -> Vec<String> {
         .map(|dir| if dir.is_empty() { "." } else { dir })
         .map(|dir| format!("{}/{program}", dir.trim_end_matches('/')))
         .collect()
+}
+
+/// The mask of the capabilities the running kernel knows (0..=`last_cap`): capset refuses
+/// others, and "ALL" names every capability the caps crate knows.
+fn known_capabilities(last_cap: u32) -> u64 {
+    if last_cap >= 63 {
+        u64::MAX
+    } else {
+        (1u64 << (last_cap + 1)) - 1
+    }
 }
 
 fn last_capability() -> u32 {

@@ -95,13 +95,39 @@ pub enum SpecError {
     UnknownRlimit(String),
 }
 
-/// The capability mask for `names` ("CAP_X" or "X", any case); the default set if empty.
-pub fn capability_mask(names: &[String]) -> Result<u64, SpecError> {
-    if names.is_empty() {
-        return Ok(DEFAULT_CAPABILITIES
+/// The capability mask for `keep` ("CAP_X" or "X", any case; the default set if empty),
+/// changed as containerd applies a CRI security context: "ALL" in `add` starts from every
+/// capability, "ALL" in `drop` from none; then the named ones in `add` are added and the
+/// named ones in `drop` removed.
+pub fn capability_mask(keep: &[String], add: &[String], drop: &[String]) -> Result<u64, SpecError> {
+    let mut mask = if keep.is_empty() {
+        DEFAULT_CAPABILITIES
             .iter()
-            .fold(0, |mask, c| mask | c.bitmask()));
+            .fold(0, |mask, c| mask | c.bitmask())
+    } else {
+        names_mask(keep)?
+    };
+    let is_all = |n: &String| n.eq_ignore_ascii_case("ALL");
+    if add.iter().any(is_all) {
+        mask = caps::all().iter().fold(0, |mask, c| mask | c.bitmask());
     }
+    if drop.iter().any(is_all) {
+        mask = 0;
+    }
+    let named = |names: &[String]| {
+        names
+            .iter()
+            .filter(|n| !is_all(n))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    mask |= names_mask(&named(add))?;
+    mask &= !names_mask(&named(drop))?;
+    Ok(mask)
+}
+
+/// The mask of capability names ("CAP_X" or "X", any case).
+fn names_mask(names: &[String]) -> Result<u64, SpecError> {
     let mut mask = 0;
     for name in names {
         let upper = name.to_ascii_uppercase();
@@ -180,23 +206,46 @@ mod tests {
 
     #[test]
     fn capability_names_parse_with_or_without_prefix() {
-        let mask = capability_mask(&["CAP_CHOWN".into(), "net_admin".into()]).unwrap();
+        let mask = capability_mask(&["CAP_CHOWN".into(), "net_admin".into()], &[], &[]).unwrap();
         assert_eq!(
             mask,
             caps::Capability::CAP_CHOWN.bitmask() | caps::Capability::CAP_NET_ADMIN.bitmask()
         );
         assert_eq!(
-            capability_mask(&["CAP_FLY".into()]),
+            capability_mask(&["CAP_FLY".into()], &[], &[]),
             Err(SpecError::UnknownCapability("CAP_FLY".into()))
         );
     }
 
     #[test]
     fn no_capabilities_means_the_default_set() {
-        let mask = capability_mask(&[]).unwrap();
+        let mask = capability_mask(&[], &[], &[]).unwrap();
         assert_ne!(mask & caps::Capability::CAP_KILL.bitmask(), 0);
         assert_eq!(mask & caps::Capability::CAP_SYS_ADMIN.bitmask(), 0);
         assert_eq!(mask.count_ones() as usize, DEFAULT_CAPABILITIES.len());
+    }
+
+    #[test]
+    fn add_and_drop_change_the_default_set_as_containerd_does() {
+        let bit = |c: caps::Capability| c.bitmask();
+        let default = capability_mask(&[], &[], &[]).unwrap();
+        let s = |v: &[&str]| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            capability_mask(&[], &s(&["NET_BIND_SERVICE"]), &s(&["ALL"])).unwrap(),
+            bit(caps::Capability::CAP_NET_BIND_SERVICE)
+        );
+        assert_eq!(capability_mask(&[], &[], &s(&["all"])).unwrap(), 0);
+        assert_eq!(
+            capability_mask(&[], &s(&["sys_admin"]), &s(&["CAP_KILL"])).unwrap(),
+            (default | bit(caps::Capability::CAP_SYS_ADMIN)) & !bit(caps::Capability::CAP_KILL)
+        );
+        let all = capability_mask(&[], &s(&["ALL"]), &s(&["NET_RAW"])).unwrap();
+        assert_ne!(all & bit(caps::Capability::CAP_SYS_ADMIN), 0);
+        assert_eq!(all & bit(caps::Capability::CAP_NET_RAW), 0);
+        assert_eq!(
+            capability_mask(&[], &s(&["CAP_FLY"]), &[]),
+            Err(SpecError::UnknownCapability("CAP_FLY".into()))
+        );
     }
 
     #[test]

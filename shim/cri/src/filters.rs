@@ -100,6 +100,7 @@ mod tests {
             mounts: vec![],
             run_as_uid: None,
             run_as_gid: None,
+            limits: Default::default(),
         }
     }
 

@@ -127,6 +127,24 @@ pub struct ContainerRecord {
     pub run_as_uid: Option<i64>,
     #[serde(default)]
     pub run_as_gid: Option<i64>,
+    /// The resource limits last applied (CreateContainer or UpdateContainerResources).
+    #[serde(default)]
+    pub limits: ContainerLimits,
+}
+
+/// A container's cgroup limits in CRI's terms; zero: not set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerLimits {
+    pub cpu_shares: u64,
+    pub cpu_quota_us: i64,
+    pub cpu_period_us: u64,
+    pub memory_limit_bytes: i64,
+}
+
+impl ContainerLimits {
+    pub fn is_empty(&self) -> bool {
+        *self == ContainerLimits::default()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

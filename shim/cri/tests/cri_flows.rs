@@ -276,6 +276,24 @@ fn a_pod_runs_a_container_whose_log_exec_and_stats_work_and_removal_leaves_nothi
                 "the reopened log has the last line: {texts:?}"
             );
 
+            let exited_update = c
+                .runtime
+                .update_container_resources(UpdateContainerResourcesRequest {
+                    container_id: ctr.clone(),
+                    linux: Some(LinuxContainerResources {
+                        memory_limit_in_bytes: 64 << 20,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(
+                exited_update.code(),
+                Code::FailedPrecondition,
+                "{exited_update:?}"
+            );
+
             // rm
             c.runtime
                 .remove_container(RemoveContainerRequest {
@@ -308,6 +326,109 @@ fn a_pod_runs_a_container_whose_log_exec_and_stats_work_and_removal_leaves_nothi
                 })
                 .await
                 .expect("StartContainer");
+
+            // Resources: a container's memory and CPU limits, set at creation and changed
+            // while it runs, land in its cgroup in the guest. The container needs
+            // CAP_SYS_ADMIN to mount cgroup2 and look (it has no /sys of its own).
+            let mut limited = container_config("limited", &image_id, &["sleep", "3600"]);
+            limited.linux = Some(LinuxContainerConfig {
+                resources: Some(LinuxContainerResources {
+                    memory_limit_in_bytes: 96 << 20,
+                    ..Default::default()
+                }),
+                security_context: Some(LinuxContainerSecurityContext {
+                    capabilities: Some(Capability {
+                        add_capabilities: vec!["SYS_ADMIN".into()],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            });
+            let limited = create_container(&mut c, &pod_id, &pod, limited)
+                .await
+                .expect("CreateContainer with resources");
+            c.runtime
+                .start_container(StartContainerRequest {
+                    container_id: limited.clone(),
+                })
+                .await
+                .expect("StartContainer");
+            let read_limits = "mkdir -p /tmp/cg && { [ -e /tmp/cg/cgroup.procs ] || \
+                               mount -t cgroup2 none /tmp/cg; } && \
+                               g=/tmp/cg$(cut -d: -f3 /proc/self/cgroup) && \
+                               cat $g/memory.max $g/cpu.max";
+            let limits = exec(&mut c, &limited, &["sh", "-c", read_limits]).await;
+            assert_eq!(
+                limits.0,
+                format!("{}\nmax 100000\n", 96 << 20),
+                "{limits:?}"
+            );
+            c.runtime
+                .update_container_resources(UpdateContainerResourcesRequest {
+                    container_id: limited.clone(),
+                    linux: Some(LinuxContainerResources {
+                        memory_limit_in_bytes: 48 << 20,
+                        cpu_quota: 50_000,
+                        cpu_period: 100_000,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .await
+                .expect("UpdateContainerResources");
+            let limits = exec(&mut c, &limited, &["sh", "-c", read_limits]).await;
+            assert_eq!(
+                limits.0,
+                format!("{}\n50000 100000\n", 48 << 20),
+                "{limits:?}"
+            );
+            let reported = container_status(&mut c, &limited)
+                .await
+                .resources
+                .and_then(|r| r.linux)
+                .expect("ContainerStatus reports the resources");
+            assert_eq!(reported.memory_limit_in_bytes, 48 << 20);
+            assert_eq!((reported.cpu_quota, reported.cpu_period), (50_000, 100_000));
+            let unknown = c
+                .runtime
+                .update_container_resources(UpdateContainerResourcesRequest {
+                    container_id: "0123456789abcdef".into(),
+                    linux: Some(LinuxContainerResources::default()),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+
+            // Security context: capabilities relative to the default set, a read-only root.
+            let mut locked = container_config("locked", &image_id, &["sleep", "3600"]);
+            locked.linux = Some(LinuxContainerConfig {
+                security_context: Some(LinuxContainerSecurityContext {
+                    capabilities: Some(Capability {
+                        drop_capabilities: vec!["ALL".into()],
+                        add_capabilities: vec!["NET_BIND_SERVICE".into()],
+                        ..Default::default()
+                    }),
+                    readonly_rootfs: true,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            let locked = create_container(&mut c, &pod_id, &pod, locked)
+                .await
+                .expect("CreateContainer with a security context");
+            c.runtime
+                .start_container(StartContainerRequest {
+                    container_id: locked.clone(),
+                })
+                .await
+                .expect("StartContainer");
+            let caps = exec(&mut c, &locked, &["grep", "CapEff", "/proc/self/status"]).await;
+            // CAP_NET_BIND_SERVICE is bit 10.
+            assert_eq!(caps.0, "CapEff:\t0000000000000400\n", "{caps:?}");
+            let write = exec(&mut c, &locked, &["sh", "-c", "echo x > /probe"]).await;
+            assert_ne!(write.2, 0, "{write:?}");
+            assert!(write.1.contains("Read-only file system"), "{write:?}");
 
             // An image in use is not removed.
             let in_use = c
@@ -528,4 +649,23 @@ fn bad_requests_get_invalid_argument_not_found_and_unimplemented() {
             assert!(daemon.sandbox_dirs().is_empty());
         },
     );
+}
+
+/// ExecSync of `cmd` in `container`: stdout, stderr, exit code.
+async fn exec(c: &mut Clients, container: &str, cmd: &[&str]) -> (String, String, i32) {
+    let out = c
+        .runtime
+        .exec_sync(ExecSyncRequest {
+            container_id: container.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: 20,
+        })
+        .await
+        .expect("ExecSync")
+        .into_inner();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.exit_code,
+    )
 }

@@ -243,6 +243,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         overrides: args.overrides,
         hostname: args.hostname.unwrap_or_default(),
         files,
+        ..Default::default()
     };
     if args.detach {
         let created = create_and_start(&mut sandbox, spec).await;

@@ -41,6 +41,14 @@ pub struct ContainerSpec {
     pub hostname: String,
     /// Written into the root after it is assembled, before the process starts.
     pub files: Vec<ContainerFile>,
+    /// The cgroup limits of the container in the guest; zeros: none.
+    pub limits: v1::CgroupLimits,
+    /// Capability names ("CAP_X" or "X") added to and dropped from the agent's default
+    /// set; "ALL" in either as containerd reads it (see agent.proto).
+    pub add_capabilities: Vec<String>,
+    pub drop_capabilities: Vec<String>,
+    /// Mount the container's root read-only.
+    pub readonly_rootfs: bool,
 }
 
 /// How a container's main process ended.
@@ -90,6 +98,10 @@ impl Sandbox {
                         .collect(),
                     layer_serials: serials.clone(),
                     writable_serial: self.writable_serial.clone(),
+                    limits: Some(spec.limits),
+                    add_capabilities: spec.add_capabilities,
+                    drop_capabilities: spec.drop_capabilities,
+                    readonly_rootfs: spec.readonly_rootfs,
                     ..Default::default()
                 };
                 let mut agent = self.agent.clone();

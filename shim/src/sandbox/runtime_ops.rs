@@ -1,10 +1,10 @@
-//! What a CRI runtime needs beyond the container lifecycle: a container's resource usage,
-//! the guest's memory, whether the VMM still runs, and undoing a container the guest may
+//! What a CRI runtime needs beyond the container lifecycle: a container's resource usage
+//! and limits, the guest's memory, whether the VMM still runs, and undoing a container the guest may
 //! have created while its creator died before recording it.
 
 use vpod_proto::v1::{
-    ContainerStatsRequest, ContainerStatsResponse, GuestInfoRequest, GuestInfoResponse,
-    RemoveContainerRequest,
+    CgroupLimits, ContainerStatsRequest, ContainerStatsResponse, GuestInfoRequest,
+    GuestInfoResponse, RemoveContainerRequest, UpdateContainerRequest,
 };
 
 use super::agent::{call, AgentError};
@@ -27,6 +27,33 @@ impl Sandbox {
             ),
         )
         .await
+    }
+
+    /// Rewrites the cgroup limits of a created or running container; limits left at zero
+    /// keep their value. An exited container is refused by the agent (FailedPrecondition).
+    pub async fn update_container(
+        &self,
+        id: &str,
+        limits: CgroupLimits,
+    ) -> Result<(), SandboxError> {
+        if !self.containers.contains_key(id) {
+            return Err(SandboxError::NoSuchContainer(id.to_string()));
+        }
+        let mut agent = self.agent.clone();
+        let request = UpdateContainerRequest {
+            id: id.to_string(),
+            limits: Some(limits),
+        };
+        self.guarded(
+            "changing a container's resource limits",
+            call(
+                "UpdateContainer",
+                self.rpc_timeout,
+                agent.update_container(request),
+            ),
+        )
+        .await
+        .map(drop)
     }
 
     /// The guest's kernel, memory and vCPUs as the agent sees them.

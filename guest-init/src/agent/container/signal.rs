@@ -1,9 +1,10 @@
-//! WaitContainer, SignalContainer, ContainerStats and stdin: calls on a container's init.
+//! WaitContainer, SignalContainer, ContainerStats, UpdateContainer and stdin: calls on a
+//! container's init and its cgroup.
 
 use tokio::io::AsyncWriteExt;
 
 use super::{ContainerError, ContainerManager, Phase};
-use crate::agent::cgroup::CgroupStats;
+use crate::agent::cgroup::{CgroupLimits, CgroupStats};
 
 /// How a container's init ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +62,26 @@ impl ContainerManager {
             .ok_or_else(|| ContainerError::NoCgroup(id.to_string()))?;
         self.cgroups
             .stats(group)
+            .map_err(|e| ContainerError::Cgroup(id.to_string(), e))
+    }
+
+    /// Rewrites the cgroup limits of a created or running container.
+    pub fn update(&self, id: &str, limits: &CgroupLimits) -> Result<(), ContainerError> {
+        let container = self.get(id)?;
+        let phase = container.phase();
+        if let Phase::Exited { .. } = phase {
+            return Err(ContainerError::WrongState {
+                id: id.to_string(),
+                state: phase.name(),
+                wanted: "created or running",
+            });
+        }
+        let group = container
+            .cgroup
+            .as_ref()
+            .ok_or_else(|| ContainerError::NoCgroup(id.to_string()))?;
+        self.cgroups
+            .update(group, limits)
             .map_err(|e| ContainerError::Cgroup(id.to_string(), e))
     }
 

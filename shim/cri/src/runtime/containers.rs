@@ -11,7 +11,7 @@ use super::{container_name_key, lock, Container, Runtime, RuntimeError};
 use crate::filters::ContainerFilter;
 use crate::guest_files::container_files;
 use crate::logformat::now_ns;
-use crate::state::{ContainerPhase, ContainerRecord, MountRecord, PodPhase};
+use crate::state::{ContainerLimits, ContainerPhase, ContainerRecord, MountRecord, PodPhase};
 
 /// A validated CreateContainer request.
 #[derive(Debug, Clone, Default)]
@@ -35,6 +35,11 @@ pub struct CreateContainer {
     pub run_as_user: Option<i64>,
     pub run_as_group: Option<i64>,
     pub run_as_username: String,
+    pub limits: ContainerLimits,
+    /// Capability names added to and dropped from the default set ("ALL" allowed).
+    pub add_capabilities: Vec<String>,
+    pub drop_capabilities: Vec<String>,
+    pub readonly_rootfs: bool,
 }
 
 /// What ExecSync gives back.
@@ -162,6 +167,7 @@ impl Runtime {
             mounts: request.mounts.clone(),
             run_as_uid: request.run_as_user,
             run_as_gid: request.run_as_group,
+            limits: request.limits,
         };
         let (files, skipped) = container_files(&pod_record, &request.mounts);
         for mount in &skipped {
@@ -191,6 +197,10 @@ impl Runtime {
             },
             hostname: pod_record.hostname.clone(),
             files,
+            limits: cgroup_limits(&request.limits),
+            add_capabilities: request.add_capabilities.clone(),
+            drop_capabilities: request.drop_capabilities.clone(),
+            readonly_rootfs: request.readonly_rootfs,
         };
         let created = self.create_in_guest(&pod, record, spec).await;
         if created.is_err() {
@@ -468,17 +478,52 @@ impl Runtime {
         Ok(())
     }
 
-    /// Accepts new limits for a container that exists. The VM's size is fixed at boot and
-    /// the agent has no call to change a running container's cgroup yet, so nothing changes.
-    pub async fn update_container_resources(&self, wanted: &str) -> Result<(), RuntimeError> {
+    /// Rewrites the cgroup limits of a created or running container in its guest and
+    /// records them; limits left unset keep their value. The VM's own size stays as booted.
+    pub async fn update_container_resources(
+        &self,
+        wanted: &str,
+        limits: ContainerLimits,
+    ) -> Result<(), RuntimeError> {
         let container = self.container(wanted)?;
-        if container.record().phase == ContainerPhase::Exited {
+        let record = container.record();
+        if !matches!(
+            record.phase,
+            ContainerPhase::Created | ContainerPhase::Running
+        ) {
             return Err(RuntimeError::FailedPrecondition(format!(
-                "The container {} has exited.",
-                container.id
+                "The container {} is {:?}; only a created or running container's resources \
+                 can be updated.",
+                container.id, record.phase
             )));
         }
+        let pod = self.pod(&record.pod_id)?;
+        {
+            let slot = pod.sandbox.read().await;
+            let Some(sandbox) = slot.as_ref() else {
+                return Err(RuntimeError::FailedPrecondition(format!(
+                    "The pod sandbox {} is not ready.",
+                    pod.id
+                )));
+            };
+            sandbox
+                .update_container(&container.id, cgroup_limits(&limits))
+                .await?;
+        }
+        self.update_container(&container, |c| c.limits = limits)?;
+        tracing::info!(container = %container.id, ?limits, "container resources updated");
         Ok(())
+    }
+}
+
+/// The agent's cgroup limits for CRI's.
+fn cgroup_limits(limits: &ContainerLimits) -> vpod_proto::v1::CgroupLimits {
+    vpod_proto::v1::CgroupLimits {
+        cpu_shares: limits.cpu_shares,
+        cpu_quota_us: limits.cpu_quota_us,
+        cpu_period_us: limits.cpu_period_us,
+        memory_limit_bytes: limits.memory_limit_bytes,
+        pids_limit: 0,
     }
 }
 

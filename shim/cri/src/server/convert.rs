@@ -7,7 +7,9 @@ use vpod_proto::cri;
 
 use crate::filters::{ContainerFilter, PodFilter};
 use crate::runtime::{ContainerUsage, CreateContainer, PodUsage, RunPod, RuntimeError};
-use crate::state::{ContainerPhase, ContainerRecord, MountRecord, PodPhase, PodRecord};
+use crate::state::{
+    ContainerLimits, ContainerPhase, ContainerRecord, MountRecord, PodPhase, PodRecord,
+};
 
 fn missing(field: &str) -> RuntimeError {
     RuntimeError::invalid(field, "is required")
@@ -161,10 +163,14 @@ pub fn create_container_request(
             readonly: mount.readonly,
         });
     }
-    let security = config
-        .linux
-        .and_then(|l| l.security_context)
+    let linux = config.linux.unwrap_or_default();
+    let limits = linux
+        .resources
+        .as_ref()
+        .map(container_limits)
         .unwrap_or_default();
+    let security = linux.security_context.unwrap_or_default();
+    let capabilities = security.capabilities.clone().unwrap_or_default();
     if security.privileged {
         return Err(RuntimeError::invalid(
             "config.linux.security_context.privileged",
@@ -187,6 +193,38 @@ pub fn create_container_request(
         run_as_user: security.run_as_user.map(|v| v.value),
         run_as_group: security.run_as_group.map(|v| v.value),
         run_as_username: security.run_as_username,
+        limits,
+        add_capabilities: capabilities.add_capabilities,
+        drop_capabilities: capabilities.drop_capabilities,
+        readonly_rootfs: security.readonly_rootfs,
+    })
+}
+
+/// The cgroup limits of CRI's container resources (CreateContainer and
+/// UpdateContainerResources); negative or zero values are not set.
+pub fn container_limits(r: &cri::LinuxContainerResources) -> ContainerLimits {
+    ContainerLimits {
+        cpu_shares: u64::try_from(r.cpu_shares).unwrap_or(0),
+        cpu_quota_us: r.cpu_quota.max(0),
+        cpu_period_us: u64::try_from(r.cpu_period).unwrap_or(0),
+        memory_limit_bytes: r.memory_limit_in_bytes.max(0),
+    }
+}
+
+/// The limits as ContainerStatus reports them; none when nothing was set.
+fn container_resources(limits: &ContainerLimits) -> Option<cri::ContainerResources> {
+    if limits.is_empty() {
+        return None;
+    }
+    Some(cri::ContainerResources {
+        linux: Some(cri::LinuxContainerResources {
+            cpu_shares: i64::try_from(limits.cpu_shares).unwrap_or(i64::MAX),
+            cpu_quota: limits.cpu_quota_us,
+            cpu_period: i64::try_from(limits.cpu_period_us).unwrap_or(i64::MAX),
+            memory_limit_in_bytes: limits.memory_limit_bytes,
+            ..Default::default()
+        }),
+        ..Default::default()
     })
 }
 
@@ -358,7 +396,7 @@ pub fn container_status(c: &ContainerRecord) -> cri::ContainerStatus {
             })
             .collect(),
         log_path: c.log_path.clone(),
-        resources: None,
+        resources: container_resources(&c.limits),
         image_id: c.image_id.clone(),
         user: c.run_as_uid.map(|uid| cri::ContainerUser {
             linux: Some(cri::LinuxContainerUser {
@@ -546,6 +584,44 @@ mod tests {
         let c = create_container_request(container_request()).unwrap();
         assert_eq!(c.env, vec!["A=b=c".to_string()]);
         assert_eq!(c.image, "busybox");
+    }
+
+    #[test]
+    fn resources_and_security_context_convert_and_status_reports_the_limits() {
+        let mut r = container_request();
+        r.config.as_mut().unwrap().linux = Some(cri::LinuxContainerConfig {
+            resources: Some(cri::LinuxContainerResources {
+                cpu_shares: 512,
+                cpu_quota: -1,
+                cpu_period: 100_000,
+                memory_limit_in_bytes: 64 << 20,
+                ..Default::default()
+            }),
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                capabilities: Some(cri::Capability {
+                    add_capabilities: vec!["NET_ADMIN".into()],
+                    drop_capabilities: vec!["ALL".into()],
+                    ..Default::default()
+                }),
+                readonly_rootfs: true,
+                ..Default::default()
+            }),
+        });
+        let c = create_container_request(r).unwrap();
+        let limits = ContainerLimits {
+            cpu_shares: 512,
+            cpu_quota_us: 0,
+            cpu_period_us: 100_000,
+            memory_limit_bytes: 64 << 20,
+        };
+        assert_eq!(c.limits, limits);
+        assert_eq!(c.add_capabilities, vec!["NET_ADMIN".to_string()]);
+        assert_eq!(c.drop_capabilities, vec!["ALL".to_string()]);
+        assert!(c.readonly_rootfs);
+        let reported = container_resources(&limits).unwrap().linux.unwrap();
+        assert_eq!(reported.memory_limit_in_bytes, 64 << 20);
+        assert_eq!((reported.cpu_shares, reported.cpu_quota), (512, 0));
+        assert!(container_resources(&ContainerLimits::default()).is_none());
     }
 
     #[test]

@@ -206,10 +206,14 @@ impl RuntimeService for RuntimeServer {
         &self,
         request: Request<UpdateContainerResourcesRequest>,
     ) -> Reply<UpdateContainerResourcesResponse> {
-        let id = request.into_inner().container_id;
+        let request = request.into_inner();
+        let id = request.container_id;
         required(&id, "container_id")?;
+        let linux = request.linux.ok_or_else(|| {
+            Status::invalid_argument("linux: is required (only Linux resources apply)")
+        })?;
         self.runtime
-            .update_container_resources(&id)
+            .update_container_resources(&id, convert::container_limits(&linux))
             .await
             .map_err(status)?;
         Ok(Response::new(UpdateContainerResourcesResponse {}))
