@@ -1,7 +1,7 @@
 //! Measuring one run of a VMM: time from spawn to a marker line on its stdout, time to its
 //! exit, its peak resident memory, and its memory beyond the guest RAM it backs.
 
-use std::io::{BufRead, BufReader};
+use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -33,6 +33,9 @@ pub enum MeasureError {
 /// One measured run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Run {
+    /// CLOCK_MONOTONIC in nanoseconds just before the spawn, to compare with times the
+    /// child reports on that clock.
+    pub started_monotonic_ns: u64,
     pub to_marker_ms: Option<f64>,
     pub to_exit_ms: f64,
     pub exit_code: Option<i32>,
@@ -53,25 +56,52 @@ fn watch_stdout(
 ) -> (mpsc::Receiver<Instant>, std::thread::JoinHandle<String>) {
     let (tx, rx) = mpsc::channel();
     let stdout = child.stdout.take();
-    let marker = marker.to_string();
+    let marker = marker.as_bytes().to_vec();
     let handle = std::thread::spawn(move || {
-        let mut seen = String::new();
-        let Some(stdout) = stdout else { return seen };
+        let mut seen = Vec::new();
+        let Some(mut stdout) = stdout else {
+            return String::new();
+        };
+        // Raw reads, not lines: a marker need not end with a newline (QEMU's debug console
+        // prints the guest's one byte and nothing after it).
+        let mut window: Vec<u8> = Vec::new();
         let mut sent = false;
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if !sent && line.contains(&marker) {
-                let _ = tx.send(Instant::now());
-                sent = true;
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = match stdout.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if !sent {
+                window.extend_from_slice(&chunk[..n]);
+                if window.windows(marker.len()).any(|w| w == marker.as_slice()) {
+                    let _ = tx.send(Instant::now());
+                    sent = true;
+                }
+                // Keep only what a marker split across reads could still need.
+                let keep = marker.len().saturating_sub(1);
+                if window.len() > keep {
+                    window.drain(..window.len() - keep);
+                }
             }
             if seen.len() < 4096 {
-                seen.push_str(&line);
-                seen.push('\n');
+                seen.extend_from_slice(&chunk[..n.min(4096 - seen.len())]);
             }
         }
-        seen
+        String::from_utf8_lossy(&seen).into_owned()
     });
     (rx, handle)
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock `Instant` reads.
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `now`, which lives for the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    (now.tv_sec as u64) * 1_000_000_000 + now.tv_nsec as u64
 }
 
 /// How a child ended: its wait status, peak RSS in KiB, and when wait4(2) returned.
@@ -123,6 +153,7 @@ pub fn timed_run(
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    let started_monotonic_ns = monotonic_ns();
     let started = Instant::now();
     let mut child = cmd
         .spawn()
@@ -168,6 +199,7 @@ pub fn timed_run(
         });
     }
     Ok(Run {
+        started_monotonic_ns,
         to_marker_ms,
         to_exit_ms: exited.duration_since(started).as_secs_f64() * 1e3,
         exit_code,
@@ -292,6 +324,21 @@ Rss:                 300 kB
         let marker = run.to_marker_ms.unwrap();
         assert!(marker > 0.0 && marker <= run.to_exit_ms);
         assert!(run.max_rss_kib > 0);
+    }
+
+    #[test]
+    fn a_marker_without_a_newline_is_seen_when_printed() {
+        let run = timed_run(
+            Command::new("/bin/sh").args(["-c", "printf 'x{'; sleep 0.5; exit 1"]),
+            Some("{"),
+            1,
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        let marker = run.to_marker_ms.unwrap();
+        // Stamped when printed, not at the exit half a second later.
+        assert!(marker + 300.0 < run.to_exit_ms, "{marker} vs {}", run.to_exit_ms);
+        assert!(run.started_monotonic_ns > 0);
     }
 
     #[test]

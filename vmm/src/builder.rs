@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -219,12 +219,13 @@ fn create_vcpus(kvm: &Kvm, vm: &VmFd, count: u8) -> Result<Vec<VcpuFd>, BuildErr
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(|e| BuildError::VmSetup("report its supported CPUID", e))?;
+    let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
     (0..count)
         .map(|id| {
             let fd = vm
                 .create_vcpu(u64::from(id))
                 .map_err(|e| BuildError::CreateVcpu(id, e))?;
-            let entries = vcpu_cpuid(supported.as_slice(), id, count);
+            let entries = vcpu_cpuid(supported.as_slice(), id, count, tsc_deadline);
             let cpuid = CpuId::from_entries(&entries)
                 .map_err(|e| BuildError::Cpuid(id, format!("{e:?}")))?;
             fd.set_cpuid2(&cpuid)

@@ -48,8 +48,9 @@
 //! `virtio_mmio.device=` entries are always appended, then ` -- ` and the guest command, whose
 //! words containing whitespace are double-quoted for the kernel's parser (words containing a
 //! double quote are refused). `--timings` prints
-//! `vpod-vmm: timings init_ms=<ms or -> exit_ms=<ms>` on stderr at exit, both measured from
-//! process start.
+//! `vpod-vmm: timings init_ms=<ms or -> exit_ms=<ms> init_at_ns=<ns or ->` on stderr at exit:
+//! the first two measured from `main`, the last the moment init was reached on
+//! CLOCK_MONOTONIC, for a parent that timed the process from its own spawn.
 //!
 //! # Guest port protocol
 //!

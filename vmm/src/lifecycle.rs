@@ -12,11 +12,32 @@ pub const EXIT_GUEST_PANIC: i32 = 120;
 /// Exit code for every VMM-side error (bad flag, missing kernel, no KVM, ...).
 pub const EXIT_VMM_ERROR: i32 = 125;
 
-static PROCESS_START: OnceLock<Instant> = OnceLock::new();
+static PROCESS_START: OnceLock<(Instant, u64)> = OnceLock::new();
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock `Instant` reads, as a number another process
+/// can compare with its own readings.
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `now`, which lives for the call; the
+    // monotonic clock always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    (now.tv_sec as u64) * 1_000_000_000 + now.tv_nsec as u64
+}
 
 /// Records the process start; call first thing in `main`. Later calls keep the first time.
 pub fn mark_process_start() -> Instant {
-    *PROCESS_START.get_or_init(Instant::now)
+    PROCESS_START
+        .get_or_init(|| (Instant::now(), monotonic_ns()))
+        .0
+}
+
+/// The process start on CLOCK_MONOTONIC (see [`monotonic_ns`]), in nanoseconds.
+pub fn process_start_monotonic_ns() -> u64 {
+    mark_process_start();
+    PROCESS_START.get().map_or(0, |start| start.1)
 }
 
 /// Time since [`mark_process_start`] (or since the first call of this function).

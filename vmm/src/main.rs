@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 use anyhow::anyhow;
 use vpod_vmm::config::parse_args;
-use vpod_vmm::lifecycle::{mark_process_start, since_process_start, StopReason};
+use vpod_vmm::lifecycle::{
+    mark_process_start, process_start_monotonic_ns, since_process_start, StopReason,
+};
 use vpod_vmm::{run_vm, CliAction, EXIT_VMM_ERROR};
 
 const HELP: &str = "\
@@ -30,7 +32,7 @@ usage: vpod-vmm [--kernel PATH] [--initrd PATH] [--cmdline TEXT] [--vcpus N] [--
   --api PATH         control socket: newline-delimited JSON (state, boot_time, metrics,
                      attach_disk, detach_disk, stop)
   --console WHERE    serial console: stdio, off or file:PATH [stdio]
-  --timings          print `vpod-vmm: timings init_ms=.. exit_ms=..` on stderr at exit
+  --timings          print `vpod-vmm: timings init_ms=.. exit_ms=.. init_at_ns=..` on stderr at exit
   -- COMMAND ARGS    passed to the guest's init as its arguments
 
 guest ports: 0x3f0 <- 123 marks init reached; 0x3f1 <- the command's exit status.
@@ -65,8 +67,14 @@ fn run() -> anyhow::Result<i32> {
         let init = outcome
             .init_reached
             .map_or_else(|| "-".to_string(), format_ms);
+        // The same moment on CLOCK_MONOTONIC, so that whoever started this process can time
+        // it from its own clock reading, exec and dynamic loading included.
+        let init_at = outcome.init_reached.map_or_else(
+            || "-".to_string(),
+            |at| (process_start_monotonic_ns() + at.as_nanos() as u64).to_string(),
+        );
         eprintln!(
-            "vpod-vmm: timings init_ms={init} exit_ms={}",
+            "vpod-vmm: timings init_ms={init} exit_ms={} init_at_ns={init_at}",
             format_ms(since_process_start())
         );
     }

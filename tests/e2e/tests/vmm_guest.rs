@@ -61,6 +61,13 @@ fn command_output_and_exit_status_come_back() {
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("no init_ms timing: {}", explain(&done)));
     assert!(init_ms > 0.0, "{}", explain(&done));
+    let init_at_ns: u64 = timings
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("init_at_ns="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no init_at_ns timing: {}", explain(&done)));
+    // A CLOCK_MONOTONIC reading at least init_ms after boot of the (emulated) host.
+    assert!(init_at_ns as f64 >= init_ms * 1e6, "{}", explain(&done));
 }
 
 #[test]

@@ -16,6 +16,11 @@ const LEAF_EXTENDED_TOPOLOGY_V2: u32 = 0x1f;
 const LEAF_AMD_ADDRESS_SIZES: u32 = 0x8000_0008;
 
 const FEATURES_ECX_HYPERVISOR: u32 = 1 << 31;
+/// The local APIC timer's TSC-deadline mode, leaf 1 ECX bit 24. KVM emulates it whenever the
+/// IRQ chip is in the kernel (KVM_CAP_TSC_DEADLINE_TIMER) but leaves it out of its supported
+/// list; a guest that sees it skips calibrating the APIC timer against the PIT, which takes
+/// ten timer ticks of boot time (100 ms at our 100 Hz, far more under nested emulation).
+const FEATURES_ECX_TSC_DEADLINE: u32 = 1 << 24;
 const FEATURES_EDX_HTT: u32 = 1 << 28;
 /// CLFLUSH line size in 8-byte units (64-byte lines), leaf 1 EBX[15:8].
 const CLFLUSH_LINE_SIZE: u32 = 8;
@@ -63,11 +68,13 @@ fn topology_entries(leaf: u32, apic_id: u32, vcpus: u32) -> [kvm_cpuid_entry2; 3
     ]
 }
 
-/// The CPUID entries vCPU `vcpu_id` of `vcpu_count` should see, given KVM's supported list.
+/// The CPUID entries vCPU `vcpu_id` of `vcpu_count` should see, given KVM's supported list
+/// and whether KVM emulates the TSC-deadline timer.
 pub fn vcpu_cpuid(
     supported: &[kvm_cpuid_entry2],
     vcpu_id: u8,
     vcpu_count: u8,
+    tsc_deadline: bool,
 ) -> Vec<kvm_cpuid_entry2> {
     let apic_id = u32::from(vcpu_id);
     let vcpus = u32::from(vcpu_count.max(1));
@@ -90,6 +97,11 @@ pub fn vcpu_cpuid(
             LEAF_FEATURES => {
                 entry.ebx = (apic_id << 24) | (vcpus << 16) | (CLFLUSH_LINE_SIZE << 8);
                 entry.ecx |= FEATURES_ECX_HYPERVISOR;
+                if tsc_deadline {
+                    entry.ecx |= FEATURES_ECX_TSC_DEADLINE;
+                } else {
+                    entry.ecx &= !FEATURES_ECX_TSC_DEADLINE;
+                }
                 if vcpus > 1 {
                     entry.edx |= FEATURES_EDX_HTT;
                 } else {
@@ -171,7 +183,7 @@ mod tests {
 
     #[test]
     fn leaf_1_carries_the_apic_id_count_and_hypervisor_bit() {
-        let entries = vcpu_cpuid(&host(), 3, 4);
+        let entries = vcpu_cpuid(&host(), 3, 4, false);
         let l1 = find(&entries, 1, 0);
         assert_eq!(l1.ebx >> 24, 3);
         assert_eq!((l1.ebx >> 16) & 0xff, 4);
@@ -181,7 +193,7 @@ mod tests {
 
     #[test]
     fn topology_leaves_report_cores_and_x2apic_id() {
-        let entries = vcpu_cpuid(&host(), 2, 4);
+        let entries = vcpu_cpuid(&host(), 2, 4, false);
         for function in [0xb, 0x1f] {
             let smt = find(&entries, function, 0);
             let core = find(&entries, function, 1);
@@ -195,7 +207,7 @@ mod tests {
 
     #[test]
     fn leaf_4_reports_cores_per_package_and_l3_sharing() {
-        let entries = vcpu_cpuid(&host(), 0, 2);
+        let entries = vcpu_cpuid(&host(), 0, 2, false);
         let l1_cache = find(&entries, 4, 0);
         let l3_cache = find(&entries, 4, 3);
         assert_eq!(l1_cache.eax >> 26, 1);
@@ -207,7 +219,7 @@ mod tests {
 
     #[test]
     fn pmu_is_hidden_and_kvm_leaves_are_kept() {
-        let entries = vcpu_cpuid(&host(), 0, 1);
+        let entries = vcpu_cpuid(&host(), 0, 1, false);
         assert_eq!(find(&entries, 0xa, 0).eax, 0);
         find(&entries, 0x4000_0000, 0);
         assert_eq!(find(&entries, 1, 0).edx & FEATURES_EDX_HTT, 0);
@@ -216,9 +228,19 @@ mod tests {
     #[test]
     fn no_v2_topology_leaf_when_the_host_has_none() {
         let supported: Vec<_> = host().into_iter().filter(|e| e.function != 0x1f).collect();
-        let entries = vcpu_cpuid(&supported, 0, 2);
+        let entries = vcpu_cpuid(&supported, 0, 2, false);
         assert!(entries.iter().all(|e| e.function != 0x1f));
         assert_eq!(entries.iter().filter(|e| e.function == 0xb).count(), 3);
+    }
+
+    #[test]
+    fn tsc_deadline_follows_what_kvm_emulates() {
+        let with = vcpu_cpuid(&host(), 0, 1, true);
+        assert_ne!(find(&with, 1, 0).ecx & FEATURES_ECX_TSC_DEADLINE, 0);
+        let mut supported = host();
+        supported[1].ecx |= FEATURES_ECX_TSC_DEADLINE;
+        let without = vcpu_cpuid(&supported, 0, 1, false);
+        assert_eq!(find(&without, 1, 0).ecx & FEATURES_ECX_TSC_DEADLINE, 0);
     }
 
     #[test]
