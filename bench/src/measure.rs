@@ -337,7 +337,11 @@ Rss:                 300 kB
         .unwrap();
         let marker = run.to_marker_ms.unwrap();
         // Stamped when printed, not at the exit half a second later.
-        assert!(marker + 300.0 < run.to_exit_ms, "{marker} vs {}", run.to_exit_ms);
+        assert!(
+            marker + 300.0 < run.to_exit_ms,
+            "{marker} vs {}",
+            run.to_exit_ms
+        );
         assert!(run.started_monotonic_ns > 0);
     }
 
