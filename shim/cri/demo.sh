@@ -88,6 +88,7 @@ crictl pods
 crictl ps
 crictl logs "$ctr"
 crictl exec "$ctr" cat /etc/resolv.conf
+crictl update --memory 67108864 --cpu-quota 50000 --cpu-period 100000 "$ctr"
 echo "demo 3/3: the log file $dir/logs/demo/hello/0.log in CRI format:"
 cat "$dir/logs/demo/hello/0.log"
 crictl rmp "$pod"

@@ -145,6 +145,25 @@ impl ContainerLimits {
     pub fn is_empty(&self) -> bool {
         *self == ContainerLimits::default()
     }
+
+    /// An update's limits applied over the `current` ones: a field the update leaves at zero
+    /// keeps its current value, as containerd treats UpdateContainerResources (so that
+    /// `crictl update --memory N` does not lift the container's CPU limits).
+    pub fn over(self, current: ContainerLimits) -> ContainerLimits {
+        fn pick<T: Default + PartialEq>(update: T, current: T) -> T {
+            if update == T::default() {
+                current
+            } else {
+                update
+            }
+        }
+        ContainerLimits {
+            cpu_shares: pick(self.cpu_shares, current.cpu_shares),
+            cpu_quota_us: pick(self.cpu_quota_us, current.cpu_quota_us),
+            cpu_period_us: pick(self.cpu_period_us, current.cpu_period_us),
+            memory_limit_bytes: pick(self.memory_limit_bytes, current.memory_limit_bytes),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -330,6 +349,29 @@ fn read_all<T: DeserializeOwned>(dir: &Path) -> Result<(Vec<T>, Vec<PathBuf>), S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_update_keeps_the_limits_it_leaves_at_zero() {
+        let current = ContainerLimits {
+            cpu_shares: 512,
+            cpu_quota_us: 50_000,
+            cpu_period_us: 100_000,
+            memory_limit_bytes: 64 << 20,
+        };
+        let memory_only = ContainerLimits {
+            memory_limit_bytes: 32 << 20,
+            ..Default::default()
+        };
+        assert_eq!(
+            memory_only.over(current),
+            ContainerLimits {
+                memory_limit_bytes: 32 << 20,
+                ..current
+            }
+        );
+        assert_eq!(ContainerLimits::default().over(current), current);
+        assert_eq!(current.over(ContainerLimits::default()), current);
+    }
 
     pub fn pod(id: &str) -> PodRecord {
         PodRecord {

@@ -1,6 +1,6 @@
 //! `vpod-crictl` against a running `vpod-cri`, for the calls that boot no VM (so this runs
-//! on any machine): version, pull, images, inspect of nothing, rmi, and the client-side
-//! refusal of a bad config file. The pod flows with VMs are `shim/cri/demo.sh` (`make demo`).
+//! on any machine): version, pull, images, inspect and update of nothing, rmi, and the
+//! client-side refusal of a bad config file and of bad update flags. The pod flows with VMs are `shim/cri/demo.sh` (`make demo`).
 
 mod common;
 
@@ -58,6 +58,33 @@ fn crictl_pulls_lists_and_removes_an_image_and_refuses_a_misspelt_config() {
     assert!(!missing.status.success());
     let err = String::from_utf8_lossy(&missing.stderr);
     assert!(err.contains("NotFound"), "{err}");
+
+    let update = crictl(
+        &daemon,
+        &["update", "--memory", "67108864", "0123456789abcdef"],
+    );
+    assert!(!update.status.success());
+    let err = String::from_utf8_lossy(&update.stderr);
+    assert!(
+        err.contains("UpdateContainerResources failed: NotFound"),
+        "{err}"
+    );
+    for (args, said) in [
+        (&["update", "0123456789abcdef"][..], "nothing to update"),
+        (
+            &["update", "--memory", "lots", "0123456789abcdef"][..],
+            "--memory needs a positive whole number",
+        ),
+        (
+            &["update", "--cpus", "2", "0123456789abcdef"][..],
+            "unknown flag --cpus",
+        ),
+    ] {
+        let refused = crictl(&daemon, args);
+        assert_eq!(refused.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(err.contains(said), "{args:?}: {err}");
+    }
 
     let dir = daemon.root.parent().expect("the scratch directory");
     let bad = dir.join("pod.json");

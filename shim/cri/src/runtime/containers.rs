@@ -497,6 +497,7 @@ impl Runtime {
                 container.id, record.phase
             )));
         }
+        let limits = limits.over(record.limits);
         let pod = self.pod(&record.pod_id)?;
         {
             let slot = pod.sandbox.read().await;

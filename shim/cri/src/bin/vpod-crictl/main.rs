@@ -43,6 +43,9 @@ runtime endpoint.
                                         run a command in a container, wait for it
   stop [--timeout SECS] CONTAINER...    stop containers (SIGTERM, SIGKILL after SECS)
   rm CONTAINER...                       remove containers
+  update [--cpu-share N] [--cpu-quota N] [--cpu-period N] [--memory BYTES] CONTAINER...
+                                        change running containers' limits (limits
+                                        not given keep their values)
 
 POD.json and CONTAINER.json are crictl's files: the CRI PodSandboxConfig and
 ContainerConfig with proto field names (log_directory, or logDirectory); fields left out
@@ -582,6 +585,44 @@ async fn run(cli: &mut Cli, verb: &str, args: &[String]) -> Result<i32> {
                     .await
                     .map_err(rpc_error("RemoveContainer"))?;
                 }
+                println!("{id}");
+            }
+        }
+        "update" => {
+            let valued = ["--cpu-share", "--cpu-quota", "--cpu-period", "--memory"];
+            let a = VerbArgs::parse(args, &valued, false)?;
+            a.only(&valued)?;
+            let number = |flag: &str| -> Result<i64> {
+                match a.value(&[flag]) {
+                    None => Ok(0),
+                    Some(v) => match v.parse::<i64>() {
+                        Ok(n) if n > 0 => Ok(n),
+                        _ => bail!("{flag} needs a positive whole number, not {v:?}"),
+                    },
+                }
+            };
+            let linux = LinuxContainerResources {
+                cpu_shares: number("--cpu-share")?,
+                cpu_quota: number("--cpu-quota")?,
+                cpu_period: number("--cpu-period")?,
+                memory_limit_in_bytes: number("--memory")?,
+                ..Default::default()
+            };
+            if linux == LinuxContainerResources::default() {
+                bail!("nothing to update: give --cpu-share, --cpu-quota, --cpu-period or --memory\n{USAGE}");
+            }
+            for id in a.at_least_one("CONTAINER...")? {
+                let request = UpdateContainerResourcesRequest {
+                    container_id: id.clone(),
+                    linux: Some(linux.clone()),
+                    ..Default::default()
+                };
+                cli.timed(
+                    "UpdateContainerResources",
+                    cli.runtime.clone().update_container_resources(request),
+                )
+                .await
+                .map_err(rpc_error("UpdateContainerResources"))?;
                 println!("{id}");
             }
         }
