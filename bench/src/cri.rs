@@ -13,12 +13,11 @@
 //! default image's root filesystem from `vpod-bench prepare`.
 
 use anyhow::{bail, Context, Result};
-use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 use vpod_bench::measure::timed_run;
 use vpod_bench::report::{table, write_jsonl, Row};
 use vpod_bench::stats::summarize;
@@ -211,15 +210,7 @@ pub struct Clients {
 }
 
 pub async fn connect(socket: &Path) -> Result<Clients> {
-    let socket = socket.to_owned();
-    let channel = Endpoint::from_static("http://[::]:50051")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(socket).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(stream))
-            }
-        }))
+    let channel = vpod_proto::client::unix_channel(socket)
         .await
         .context("connecting to vpod-cri")?;
     Ok(Clients {

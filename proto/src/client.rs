@@ -21,16 +21,21 @@ pub enum ClientError {
 /// The longest answer line a VMM sends to `CONNECT` ("OK 4294967295\n" and some slack).
 const MAX_HANDSHAKE_LINE: usize = 64;
 
-/// Connects to an agent serving gRPC directly on a unix socket (`vpod-init --agent-unix`).
-pub async fn connect_unix(path: impl Into<PathBuf>) -> Result<AgentClient<Channel>, ClientError> {
+/// A gRPC channel to whatever server listens on the unix socket at `path`: the agent under
+/// `vpod-init --agent-unix`, or vpod-cri for its clients.
+pub async fn unix_channel(path: impl Into<PathBuf>) -> Result<Channel, tonic::transport::Error> {
     let path: PathBuf = path.into();
-    let channel = endpoint()
+    endpoint()
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();
             async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
         }))
         .await
-        .map_err(ClientError::Connect)?;
+}
+
+/// Connects to an agent serving gRPC directly on a unix socket (`vpod-init --agent-unix`).
+pub async fn connect_unix(path: impl Into<PathBuf>) -> Result<AgentClient<Channel>, ClientError> {
+    let channel = unix_channel(path).await.map_err(ClientError::Connect)?;
     Ok(AgentClient::new(channel))
 }
 
@@ -93,7 +98,7 @@ where
 
 fn endpoint() -> Endpoint {
     // The URI is required by the API and ignored by the connector.
-    Endpoint::from_static("http://vpod-agent.invalid")
+    Endpoint::from_static("http://vpod.invalid")
 }
 
 #[cfg(test)]

@@ -11,9 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
 use rustix::process::{Pid, Signal};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 use vpod_e2e::{built, guest_mode, kvm_host_command, repo_root, run_with_limit, GuestMode};
 use vpod_proto::cri::image_service_client::ImageServiceClient;
 use vpod_proto::cri::runtime_service_client::RuntimeServiceClient;
@@ -274,15 +273,7 @@ pub struct Clients {
 }
 
 pub async fn connect(socket: &Path) -> Clients {
-    let socket = socket.to_owned();
-    let channel = Endpoint::from_static("http://[::]:50051")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(socket).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(stream))
-            }
-        }))
+    let channel = vpod_proto::client::unix_channel(socket)
         .await
         .expect("connecting to vpod-cri");
     Clients {

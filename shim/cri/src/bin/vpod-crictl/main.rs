@@ -8,8 +8,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use hyper_util::rt::TokioIo;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 use vpod_proto::cri::image_service_client::ImageServiceClient;
 use vpod_proto::cri::runtime_service_client::RuntimeServiceClient;
 use vpod_proto::cri::*;
@@ -94,15 +93,7 @@ fn socket_path(endpoint: &str) -> Result<PathBuf> {
 /// A channel to the CRI server on the unix socket of `endpoint`.
 async fn channel(endpoint: &str) -> Result<Channel> {
     let socket = socket_path(endpoint)?;
-    let target = socket.clone();
-    Endpoint::from_static("http://[::]:50051")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = target.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(socket).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(stream))
-            }
-        }))
+    vpod_proto::client::unix_channel(&socket)
         .await
         .with_context(|| format!("connecting to {}", socket.display()))
 }
