@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use vpod_bench::measure::timed_run;
 use vpod_bench::report::{table, write_jsonl, Row};
-use vpod_bench::stats::summarize;
 use vpod_proto::cri::image_service_client::ImageServiceClient;
 use vpod_proto::cri::runtime_service_client::RuntimeServiceClient;
 use vpod_proto::cri::*;
@@ -412,19 +411,6 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-pub fn row(bench: &str, imp: &str, config: &str, host: &str, samples: &[f64]) -> Row {
-    Row {
-        bench: bench.into(),
-        implementation: imp.into(),
-        config: config.into(),
-        host: host.into(),
-        timing: summarize(samples),
-        rss_kib: None,
-        overhead_kib: None,
-        mb_s: None,
-    }
-}
-
 /// runc beside vpod: `runc run` of `echo` (to its line on stdout) and `runc create` +
 /// `runc start` of `sleep` (to running), on one root filesystem copy.
 struct Runc {
@@ -557,13 +543,13 @@ pub fn cri(repo: &Path, bench: &CriBench) -> Result<Vec<Row>> {
         }
         let config1 = format!("1pod-{mib}m");
         let mut rows = vec![
-            row("cri_runp", "vpod", &config1, host, &one["runp"]),
-            row("cri_create", "vpod", &config1, host, &one["create"]),
-            row("cri_start", "vpod", &config1, host, &one["start"]),
-            row("cri_pod_to_running", "vpod", &config1, host, &one["running"]),
-            row("cri_pod_to_output", "vpod", &config1, host, &one["output"]),
-            row("cri_pod_to_running", "runc", &config1, host, &one["runc_running"]),
-            row("cri_pod_to_output", "runc", &config1, host, &one["runc_output"]),
+            Row::timing("cri_runp", "vpod", &config1, host, &one["runp"]),
+            Row::timing("cri_create", "vpod", &config1, host, &one["create"]),
+            Row::timing("cri_start", "vpod", &config1, host, &one["start"]),
+            Row::timing("cri_pod_to_running", "vpod", &config1, host, &one["running"]),
+            Row::timing("cri_pod_to_output", "vpod", &config1, host, &one["output"]),
+            Row::timing("cri_pod_to_running", "runc", &config1, host, &one["runc_running"]),
+            Row::timing("cri_pod_to_output", "runc", &config1, host, &one["runc_output"]),
         ];
 
         let n = bench.concurrent;
@@ -578,10 +564,10 @@ pub fn cri(repo: &Path, bench: &CriBench) -> Result<Vec<Row>> {
                 started.iter().map(|p| ms(f(&p.times))).collect()
             };
             let config = format!("{n}pods-{mib}m");
-            rows.push(row("cri_runp", "vpod", &config, host, &pick(|t| t.runp)));
-            rows.push(row("cri_pod_to_running", "vpod", &config, host, &pick(|t| t.running)));
-            rows.push(row("cri_pod_to_output", "vpod", &config, host, &pick(|t| t.output)));
-            rows.push(row("cri_pod_to_output", "runc", &config, host, &runc_many));
+            rows.push(Row::timing("cri_runp", "vpod", &config, host, &pick(|t| t.runp)));
+            rows.push(Row::timing("cri_pod_to_running", "vpod", &config, host, &pick(|t| t.running)));
+            rows.push(Row::timing("cri_pod_to_output", "vpod", &config, host, &pick(|t| t.output)));
+            rows.push(Row::timing("cri_pod_to_output", "runc", &config, host, &runc_many));
             eprintln!("cri: {n} pods at once: output at {:?} ms", pick(|t| t.output));
         }
         Ok::<_, anyhow::Error>(rows)

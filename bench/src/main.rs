@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 use vpod_bench::measure::{resident_after_marker, timed_run};
 use vpod_bench::report::{table, write_jsonl, Row};
-use vpod_bench::stats::{median_u64, summarize};
+use vpod_bench::stats::median_u64;
 
 mod check;
 mod cri;
@@ -223,14 +223,9 @@ fn startup(root: &Path, runs: usize) -> Result<()> {
     let mut rows = Vec::new();
     for (i, peer) in peers.iter().enumerate() {
         let row = |bench: &str, samples: &[f64], rss_kib, overhead_kib| Row {
-            bench: bench.into(),
-            implementation: peer.name.into(),
-            config: config.clone(),
-            host: "kvm".into(),
-            timing: summarize(samples),
             rss_kib,
             overhead_kib,
-            mb_s: None,
+            ..Row::timing(bench, peer.name, &config, "kvm", samples)
         };
         rows.push(row("stub_to_marker", &marker[i], median_u64(&rss[i]), None));
         rows.push(row("stub_to_exit", &exit[i], median_u64(&rss[i]), None));
@@ -334,14 +329,8 @@ fn linux_boot(root: &Path, runs: usize, host: &str) -> Result<()> {
         ] {
             for (bench, samples) in [("linux_boot_to_init", init), ("linux_start_to_exit", exit)] {
                 rows.push(Row {
-                    bench: bench.into(),
-                    implementation: name.into(),
-                    config: config.clone(),
-                    host: host.into(),
-                    timing: summarize(samples),
                     rss_kib: median_u64(rss),
-                    overhead_kib: None,
-                    mb_s: None,
+                    ..Row::timing(bench, name, &config, host, samples)
                 });
             }
         }

@@ -9,7 +9,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use vpod_bench::measure::timed_run;
 use vpod_bench::report::{table, write_jsonl, Row};
-use vpod_bench::stats::summarize;
 use vpod_proto::v1::StdioStream;
 use vpod_shim::sandbox::{ContainerSpec, ProcessOverrides, Sandbox, SandboxConfig};
 use vpod_shim::{ImageConfig, ImageLayer};
@@ -181,19 +180,6 @@ fn runtime_run(name: &str, bundle: &Path, id: &str, marker: Option<&str>) -> Res
     Ok(run.to_marker_ms.unwrap_or(run.to_exit_ms))
 }
 
-fn row(bench: &str, imp: &str, config: &str, host: &str, samples: &[f64]) -> Row {
-    Row {
-        bench: bench.into(),
-        implementation: imp.into(),
-        config: config.into(),
-        host: host.into(),
-        timing: summarize(samples),
-        rss_kib: None,
-        overhead_kib: None,
-        mb_s: None,
-    }
-}
-
 /// Container start in a running pod, `runs` containers per configuration, interleaved with
 /// `runc run` and `crun run` of the same command. Configurations: `attach` (the container's
 /// layers are attached for it and detached after it, as for the first container of an
@@ -255,8 +241,8 @@ pub fn pod_start(root: &Path, runs: usize, host: &str) -> Result<Vec<Row>> {
             rt.block_on(sandbox.remove_container("holder"))?;
         }
         let config = format!("layers-{mode}");
-        rows.push(row("container_start", "vpod", &config, host, &vpod));
-        rows.push(row(
+        rows.push(Row::timing("container_start", "vpod", &config, host, &vpod));
+        rows.push(Row::timing(
             "container_create_rpc",
             "vpod",
             &config,
@@ -264,7 +250,13 @@ pub fn pod_start(root: &Path, runs: usize, host: &str) -> Result<Vec<Row>> {
             &vpod_rpc,
         ));
         for (k, name) in RUNTIMES.iter().enumerate() {
-            rows.push(row("container_start", name, &config, host, &peers[k]));
+            rows.push(Row::timing(
+                "container_start",
+                name,
+                &config,
+                host,
+                &peers[k],
+            ));
         }
     }
     rt.block_on(sandbox.stop())?;
@@ -312,11 +304,11 @@ pub fn run_true(root: &Path, runs: usize, host: &str) -> Result<Vec<Row>> {
         }
     }
     let mut rows = vec![
-        row("run_true", "vpod", "cold-store", host, &[cold.to_exit_ms]),
-        row("run_true", "vpod", "warm-store", host, &ours),
+        Row::timing("run_true", "vpod", "cold-store", host, &[cold.to_exit_ms]),
+        Row::timing("run_true", "vpod", "warm-store", host, &ours),
     ];
     for (k, name) in RUNTIMES.iter().enumerate() {
-        rows.push(row("run_true", name, "warm-store", host, &peers[k]));
+        rows.push(Row::timing("run_true", name, "warm-store", host, &peers[k]));
     }
     print!("{}", table(&rows));
     write_jsonl(&root.join("bench/results"), "run-true", &rows)?;

@@ -20,6 +20,22 @@ pub struct Row {
     pub mb_s: Option<f64>,
 }
 
+impl Row {
+    /// A row of timing samples (ms) and nothing else.
+    pub fn timing(bench: &str, imp: &str, config: &str, host: &str, samples: &[f64]) -> Row {
+        Row {
+            bench: bench.into(),
+            implementation: imp.into(),
+            config: config.into(),
+            host: host.into(),
+            timing: crate::stats::summarize(samples),
+            rss_kib: None,
+            overhead_kib: None,
+            mb_s: None,
+        }
+    }
+}
+
 fn json_string(s: &str) -> String {
     let mut out = String::from("\"");
     for c in s.chars() {
