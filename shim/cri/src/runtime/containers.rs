@@ -423,13 +423,11 @@ impl Runtime {
         list
     }
 
-    /// Runs `cmd` in the running container; `timeout` zero waits forever.
-    pub async fn exec_sync(
+    /// The container `wanted` names and its record, if it is running.
+    fn running_container(
         &self,
         wanted: &str,
-        cmd: Vec<String>,
-        timeout: Duration,
-    ) -> Result<ExecOutput, RuntimeError> {
+    ) -> Result<(Arc<Container>, ContainerRecord), RuntimeError> {
         let container = self.container(wanted)?;
         let record = container.record();
         if record.phase != ContainerPhase::Running {
@@ -438,6 +436,17 @@ impl Runtime {
                 container.id
             )));
         }
+        Ok((container, record))
+    }
+
+    /// Runs `cmd` in the running container; `timeout` zero waits forever.
+    pub async fn exec_sync(
+        &self,
+        wanted: &str,
+        cmd: Vec<String>,
+        timeout: Duration,
+    ) -> Result<ExecOutput, RuntimeError> {
+        let (container, record) = self.running_container(wanted)?;
         let pod = self.pod(&record.pod_id)?;
         let slot = pod.sandbox.read().await;
         let Some(sandbox) = slot.as_ref() else {
@@ -465,14 +474,7 @@ impl Runtime {
 
     /// Reopens the running container's log file (after the kubelet rotated it).
     pub async fn reopen_log(&self, wanted: &str) -> Result<(), RuntimeError> {
-        let container = self.container(wanted)?;
-        let record = container.record();
-        if record.phase != ContainerPhase::Running {
-            return Err(RuntimeError::FailedPrecondition(format!(
-                "The container {} is not running.",
-                container.id
-            )));
-        }
+        let (container, record) = self.running_container(wanted)?;
         let file = open_log(&record.log_path)?;
         *lock(&container.log) = file;
         Ok(())

@@ -421,26 +421,35 @@ fn value(v: Option<u64>) -> Option<cri::UInt64Value> {
     v.map(|value| cri::UInt64Value { value })
 }
 
+fn cpu_usage(timestamp: i64, cpu_ns: Option<u64>) -> cri::CpuUsage {
+    cri::CpuUsage {
+        timestamp,
+        usage_core_nano_seconds: value(cpu_ns),
+        usage_nano_cores: None,
+    }
+}
+
+/// Memory in use out of `limit` (a container's memory.max, or the pod VM's total).
+fn memory_usage(timestamp: i64, used: Option<u64>, limit: Option<u64>) -> cri::MemoryUsage {
+    cri::MemoryUsage {
+        timestamp,
+        working_set_bytes: value(used),
+        usage_bytes: value(used),
+        available_bytes: value(
+            limit
+                .zip(used)
+                .map(|(limit, used)| limit.saturating_sub(used)),
+        ),
+        ..Default::default()
+    }
+}
+
 pub fn container_stats(u: &ContainerUsage) -> cri::ContainerStats {
     let t = u.timestamp_ns;
     cri::ContainerStats {
         attributes: Some(attributes(&u.record)),
-        cpu: Some(cri::CpuUsage {
-            timestamp: t,
-            usage_core_nano_seconds: value(u.cpu_ns),
-            usage_nano_cores: None,
-        }),
-        memory: Some(cri::MemoryUsage {
-            timestamp: t,
-            working_set_bytes: value(u.memory_bytes),
-            usage_bytes: value(u.memory_bytes),
-            available_bytes: value(
-                u.memory_limit_bytes
-                    .zip(u.memory_bytes)
-                    .map(|(limit, used)| limit.saturating_sub(used)),
-            ),
-            ..Default::default()
-        }),
+        cpu: Some(cpu_usage(t, u.cpu_ns)),
+        memory: Some(memory_usage(t, u.memory_bytes, u.memory_limit_bytes)),
         writable_layer: Some(cri::FilesystemUsage {
             timestamp: t,
             fs_id: None,
@@ -461,22 +470,8 @@ pub fn pod_stats(u: &PodUsage) -> cri::PodSandboxStats {
             annotations: u.record.annotations.clone(),
         }),
         linux: Some(cri::LinuxPodSandboxStats {
-            cpu: Some(cri::CpuUsage {
-                timestamp: t,
-                usage_core_nano_seconds: value(u.cpu_ns),
-                usage_nano_cores: None,
-            }),
-            memory: Some(cri::MemoryUsage {
-                timestamp: t,
-                working_set_bytes: value(u.memory_used_bytes),
-                usage_bytes: value(u.memory_used_bytes),
-                available_bytes: value(
-                    u.memory_total_bytes
-                        .zip(u.memory_used_bytes)
-                        .map(|(total, used)| total.saturating_sub(used)),
-                ),
-                ..Default::default()
-            }),
+            cpu: Some(cpu_usage(t, u.cpu_ns)),
+            memory: Some(memory_usage(t, u.memory_used_bytes, u.memory_total_bytes)),
             network: None,
             process: Some(cri::ProcessUsage {
                 timestamp: t,
