@@ -138,8 +138,12 @@ struct Shared {
     done: Finished,
 }
 
+/// One directory per test process: nextest runs each of this file's tests in a process of
+/// its own, two at a time, and each builds the helper. A shared directory let one process
+/// execute the helper while another's linker was rewriting it; the half-written binary
+/// once created a file named with bytes of an ELF header in the checkout's root.
 fn work_dir() -> PathBuf {
-    repo_root().join("target/e2e-vmm-vsock")
+    repo_root().join(format!("target/e2e-vmm-vsock-{}", std::process::id()))
 }
 
 /// Builds the helper and its raw disk image; returns the helper's size in bytes.
@@ -229,6 +233,7 @@ fn shared() -> &'static Finished {
         let mut cmd = guest_command("sh", ["-c", &script(&dir, size)]);
         cmd.current_dir(repo_root());
         let done = run_with_limit(&mut cmd, LIMIT);
+        let _ = std::fs::remove_dir_all(&dir);
         eprintln!("{}", explain(&done));
         Shared { done }
     })
