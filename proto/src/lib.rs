@@ -3,6 +3,7 @@
 //! the agent: a plain unix socket (tests, debugging) and the hybrid vsock unix socket of the
 //! VMM (`CONNECT <port>\n` / `OK <host_port>\n`, as Firecracker and Cloud Hypervisor do).
 
+pub mod authority;
 pub mod client;
 
 /// The generated messages, client (`agent_client`) and server (`agent_server`).

@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::StreamExt;
 use tonic::{Code, Status};
+use vpod_proto::authority::AuthorityStream;
 use vpod_proto::cri::image_service_server::ImageServiceServer;
 use vpod_proto::cri::runtime_service_server::RuntimeServiceServer;
 
@@ -67,7 +69,9 @@ pub fn status(error: RuntimeError) -> Status {
 }
 
 /// Serves both services on the unix socket `socket` (mode 0660, replacing a stale socket)
-/// until `shutdown` completes.
+/// until `shutdown` completes. Every connection goes through [`AuthorityStream`], so
+/// clients that send the socket's path as `:authority` (crictl and kubelets of some
+/// versions) are answered as containerd answers them.
 pub async fn serve(
     runtime: Arc<Runtime>,
     socket: &Path,
@@ -80,7 +84,10 @@ pub async fn serve(
             runtime.clone(),
         )))
         .add_service(ImageServiceServer::new(ImageServer::new(runtime)))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener).map(|conn| conn.map(AuthorityStream::new)),
+            shutdown,
+        )
         .await
         .map_err(ServerError::Serve)
 }
