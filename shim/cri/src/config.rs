@@ -20,7 +20,7 @@
 //! max_concurrent_boots = 0   # 0: the host's CPU count
 //!
 //! [registry]
-//! insecure_registries = ["127.0.0.1:5000"]   # plain HTTP
+//! insecure_registries = ["registry.lan:5000"]   # plain HTTP (loopback needs no entry)
 //! extra_ca_files = ["/etc/vpod/registry-ca.pem"]
 //! ```
 //!

@@ -24,6 +24,22 @@ use crate::oci::spec::{
 use crate::registry::reference::ImageReference;
 use crate::registry::{ImagesError, RegistryAuth, Shared};
 
+/// Whether `registry` (`host[:port]`) is this machine's loopback: `localhost`, 127.0.0.0/8 or
+/// `[::1]`. As Docker and containerd do, a registry there that does not answer HTTPS is
+/// reached over plain HTTP without being listed in `insecure_registries`; traffic to it
+/// never leaves the machine.
+pub fn is_loopback(registry: &str) -> bool {
+    let host = if let Some(rest) = registry.strip_prefix('[') {
+        rest.split(']').next().unwrap_or_default()
+    } else {
+        registry.rsplit_once(':').map_or(registry, |(host, _)| host)
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Manifest media types asked for, most wanted first.
 const ACCEPTED_MANIFESTS: &[&str] = &[
     MEDIA_TYPE_OCI_MANIFEST,
@@ -55,16 +71,23 @@ pub(super) struct Fetcher {
 }
 
 impl Fetcher {
+    /// A fetcher for `image`; `plain_http` reaches its registry over plain HTTP whatever
+    /// `insecure_registries` says (the loopback fallback, see [`is_loopback`]).
     pub fn new(
         shared: &Shared,
         image: &ImageReference,
         auth: Option<&RegistryAuth>,
+        plain_http: bool,
     ) -> Result<Fetcher, ImagesError> {
         let name = image.to_string();
         let auth = oci_auth(&name, auth)?;
         let options = &shared.options;
+        let mut plain = options.insecure_registries.clone();
+        if plain_http {
+            plain.push(image.registry.clone());
+        }
         let config = ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(options.insecure_registries.clone()),
+            protocol: ClientProtocol::HttpsExcept(plain),
             extra_root_certificates: shared.certificates.clone(),
             // Indexes are resolved here, from the raw documents, so their digests are ours.
             platform_resolver: None,
@@ -497,6 +520,32 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for LimitedWriter<'_, W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_registries_are_known_by_name_and_address() {
+        for registry in [
+            "localhost",
+            "localhost:5000",
+            "LOCALHOST:5000",
+            "127.0.0.1:5000",
+            "127.1.2.3",
+            "[::1]:5000",
+            "[::1]",
+        ] {
+            assert!(is_loopback(registry), "{registry}");
+        }
+        for registry in [
+            "docker.io",
+            "registry.k8s.io",
+            "10.0.0.1:5000",
+            "192.168.1.1",
+            "localhost.example.com:5000",
+            "[::2]:5000",
+            "128.0.0.1",
+        ] {
+            assert!(!is_loopback(registry), "{registry}");
+        }
+    }
 
     #[test]
     fn credentials_map_in_order_of_precedence() {

@@ -31,9 +31,10 @@
 //!   failed pull removes its staging directory and writes no image record (layers it
 //!   converted stay until garbage-collected). Staging directories of dead processes are
 //!   removed by `open`.
-//! - **Transport**: HTTPS, trusting the system's roots and `extra_ca_files`; plain HTTP only
-//!   to registries listed in `insecure_registries` (`host[:port]`, exactly as in the
-//!   reference; localhost gets no exception).
+//! - **Transport**: HTTPS, trusting the system's roots and `extra_ca_files`; plain HTTP to
+//!   registries listed in `insecure_registries` (`host[:port]`, exactly as in the
+//!   reference), and to a loopback registry (`localhost`, 127.0.0.0/8, `[::1]`) that HTTPS
+//!   cannot reach, as Docker and containerd allow by default.
 //! - **Credentials** come with each pull and are used for that pull only: a registry token
 //!   (bearer), else username and password, else `auth` (base64 `user:password`), else an
 //!   identity token, which oci-client cannot exchange by the OAuth refresh-token grant;

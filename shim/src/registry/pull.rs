@@ -12,8 +12,10 @@ use futures_util::stream::{self, StreamExt, TryStreamExt};
 
 use crate::digest::Digest;
 use crate::oci::layout::{OciLayout, ResolvedImage};
-use crate::registry::fetch::{Fetcher, RemoteImage};
-use crate::registry::{catalog, ImageRecord, ImageReference, Images, ImagesError, RegistryAuth};
+use crate::registry::fetch::{is_loopback, Fetcher, RemoteImage};
+use crate::registry::{
+    catalog, ImageRecord, ImageReference, Images, ImagesError, RegistryAuth, Shared,
+};
 use crate::store::LayerStoreError;
 
 /// Staging directories are `pull.<pid>.<n>` under the store's staging directory.
@@ -45,6 +47,26 @@ impl Images {
         Ok(record)
     }
 
+    /// The image's manifest and config, over HTTPS (or plain HTTP where listed insecure);
+    /// a loopback registry that HTTPS cannot reach is asked again over plain HTTP.
+    async fn resolve(
+        shared: &Shared,
+        image: &ImageReference,
+        auth: Option<&RegistryAuth>,
+    ) -> Result<(Fetcher, RemoteImage), ImagesError> {
+        let fetcher = Fetcher::new(shared, image, auth, false)?;
+        let first = fetcher.resolve().await;
+        let listed = shared.options.insecure_registries.contains(&image.registry);
+        match first {
+            Err(ImagesError::Registry { .. }) if !listed && is_loopback(&image.registry) => {
+                let fetcher = Fetcher::new(shared, image, auth, true)?;
+                let remote = fetcher.resolve().await?;
+                Ok((fetcher, remote))
+            }
+            other => other.map(|remote| (fetcher, remote)),
+        }
+    }
+
     async fn pull_from_registry(
         &self,
         image: &ImageReference,
@@ -52,8 +74,7 @@ impl Images {
     ) -> Result<ImageRecord, ImagesError> {
         let shared = &self.shared;
         shared.registry_pulls.fetch_add(1, Ordering::Relaxed);
-        let fetcher = Fetcher::new(shared, image, auth)?;
-        let remote = fetcher.resolve().await?;
+        let (fetcher, remote) = Self::resolve(shared, image, auth).await?;
         let staging = Staging::create(&shared.store.staging_dir())?;
         let layout = staging.write_documents(&remote)?;
         let resolved = ResolvedImage {

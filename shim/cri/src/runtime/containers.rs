@@ -133,6 +133,17 @@ impl Runtime {
                 request.image
             )));
         };
+        // A container must not start without a volume it asked for: refuse what cannot be
+        // given to the VM (directories until volumes are shared) before anything is made.
+        if let Some(mount) = container_files(&pod_record, &request.mounts).1.first() {
+            return Err(RuntimeError::invalid(
+                "config.mounts",
+                format!(
+                    "the mount at {} cannot be given to a VM pod: {}",
+                    mount.container_path, mount.why
+                ),
+            ));
+        }
         let name_key = container_name_key(&pod.id, &request.name, request.attempt);
         if !self.reserve_name(name_key.clone()) {
             return Err(RuntimeError::AlreadyExists(format!(
@@ -170,20 +181,7 @@ impl Runtime {
             limits: request.limits,
         };
         let (files, skipped) = container_files(&pod_record, &request.mounts);
-        for mount in &skipped {
-            tracing::warn!(container = %id, path = %mount.container_path, why = %mount.why, "mount not copied into the VM");
-        }
-        let mut record = record;
-        if !skipped.is_empty() {
-            record.message = format!(
-                "Mounts not available in the VM: {}",
-                skipped
-                    .iter()
-                    .map(|m| m.container_path.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
+        let record = record;
         let spec = ContainerSpec {
             id: id.clone(),
             layers: image.image.layers.clone(),

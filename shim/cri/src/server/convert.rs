@@ -29,6 +29,35 @@ fn valid_hostname(name: &str) -> bool {
         })
 }
 
+/// The host name of a pod that asked for none: its name, as the kubelet makes it (cut to 63
+/// characters), with anything a host name cannot hold made a `-`; mixed case stays, as the
+/// kernel takes it.
+fn hostname_from_name(name: &str) -> String {
+    let cleaned: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    let trimmed = cleaned
+        .trim_matches(|c| c == '-' || c == '.')
+        .split('.')
+        .map(|label| label.trim_matches('-'))
+        .filter(|label| !label.is_empty())
+        .collect::<Vec<_>>()
+        .join(".");
+    if trimmed.is_empty() {
+        "pod".to_owned()
+    } else {
+        trimmed
+    }
+}
+
 /// What the kubelet can ask for in a pod that a VM cannot give, refused by name.
 pub fn run_pod_request(request: cri::RunPodSandboxRequest) -> Result<RunPod, RuntimeError> {
     let config = request.config.ok_or_else(|| missing("config"))?;
@@ -52,7 +81,7 @@ pub fn run_pod_request(request: cri::RunPodSandboxRequest) -> Result<RunPod, Run
         ));
     }
     let hostname = if config.hostname.is_empty() {
-        metadata.name.clone()
+        hostname_from_name(&metadata.name)
     } else {
         config.hostname.clone()
     };
@@ -303,7 +332,9 @@ pub fn pod_status(pod: &PodRecord) -> cri::PodSandboxStatus {
         metadata: Some(pod_metadata(pod)),
         state: pod_state(pod),
         created_at: pod.created_at_ns,
-        network: Some(cri::PodSandboxNetworkStatus::default()),
+        // No network status until the pod has an address: a kubelet takes an empty IP for a
+        // broken sandbox and re-creates it.
+        network: None,
         linux: Some(cri::LinuxPodSandboxStatus {
             namespaces: Some(cri::Namespace {
                 options: Some(cri::NamespaceOption {
@@ -543,6 +574,31 @@ mod tests {
         let mut r = pod_request();
         r.config.as_mut().unwrap().log_directory = "relative".into();
         assert_eq!(field_of(run_pod_request(r)), "config.log_directory");
+    }
+
+    #[test]
+    fn long_and_odd_pod_names_make_a_host_name() {
+        let name = "PodSandbox-for-create-container-e2e-0123456789abcdef-0123456789abcde";
+        assert_eq!(name.len(), 68);
+        let made = hostname_from_name(name);
+        assert_eq!(made, name[..63].trim_end_matches('-'));
+        assert!(valid_hostname(&made));
+        for (name, want) in [
+            ("web_0", "web-0"),
+            ("-a-", "a"),
+            ("a..b", "a.b"),
+            ("___", "pod"),
+            ("a.-b", "a.b"),
+            ("a.-.b", "a.b"),
+        ] {
+            assert_eq!(hostname_from_name(name), want);
+            assert!(valid_hostname(&hostname_from_name(name)), "{name}");
+        }
+        let mut r = pod_request();
+        let config = r.config.as_mut().unwrap();
+        config.hostname = String::new();
+        config.metadata.as_mut().unwrap().name = name.into();
+        assert_eq!(run_pod_request(r).unwrap().hostname, made);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use vpod_proto::cri::*;
 
 use super::convert;
 use super::status;
+use crate::ids::IdError;
 use crate::runtime::{Runtime, RuntimeError};
 
 /// The CRI API version this server speaks.
@@ -33,6 +34,15 @@ async fn detached<T: Send + 'static>(
     match tokio::spawn(work).await {
         Ok(result) => result.map_err(status),
         Err(e) => Err(Status::internal(format!("The request's task failed: {e}"))),
+    }
+}
+
+/// Stop and remove of a pod or container are idempotent in the CRI: one that is already
+/// gone (removed, or never known under that id) has nothing left to reclaim.
+fn gone_is_done(result: Result<(), RuntimeError>) -> Result<(), RuntimeError> {
+    match result {
+        Err(RuntimeError::Id(IdError::NotFound { .. })) => Ok(()),
+        other => other,
     }
 }
 
@@ -74,7 +84,7 @@ impl RuntimeService for RuntimeServer {
         let id = request.into_inner().pod_sandbox_id;
         required(&id, "pod_sandbox_id")?;
         let runtime = self.runtime.clone();
-        detached(async move { runtime.stop_pod(&id).await }).await?;
+        detached(async move { gone_is_done(runtime.stop_pod(&id).await) }).await?;
         Ok(Response::new(StopPodSandboxResponse {}))
     }
 
@@ -85,7 +95,7 @@ impl RuntimeService for RuntimeServer {
         let id = request.into_inner().pod_sandbox_id;
         required(&id, "pod_sandbox_id")?;
         let runtime = self.runtime.clone();
-        detached(async move { runtime.remove_pod(&id).await }).await?;
+        detached(async move { gone_is_done(runtime.remove_pod(&id).await) }).await?;
         Ok(Response::new(RemovePodSandboxResponse {}))
     }
 
@@ -156,10 +166,12 @@ impl RuntimeService for RuntimeServer {
         let request = request.into_inner();
         required(&request.container_id, "container_id")?;
         let grace = Duration::from_secs(request.timeout.max(0) as u64);
-        self.runtime
-            .stop_container(&request.container_id, grace)
-            .await
-            .map_err(status)?;
+        gone_is_done(
+            self.runtime
+                .stop_container(&request.container_id, grace)
+                .await,
+        )
+        .map_err(status)?;
         Ok(Response::new(StopContainerResponse {}))
     }
 
@@ -170,7 +182,7 @@ impl RuntimeService for RuntimeServer {
         let id = request.into_inner().container_id;
         required(&id, "container_id")?;
         let runtime = self.runtime.clone();
-        detached(async move { runtime.remove_container(&id).await }).await?;
+        detached(async move { gone_is_done(runtime.remove_container(&id).await) }).await?;
         Ok(Response::new(RemoveContainerResponse {}))
     }
 
