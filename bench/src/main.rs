@@ -2,7 +2,8 @@
 //! emulated KVM host where this machine's KVM cannot boot Linux), `prepare` (native: the
 //! fixtures of the container benchmarks), `pod-start`, `run-true`, `layer-read` and `vsock`
 //! (pod VMs; inside the emulated KVM host here), `cri` and `cri-memory` (pods through
-//! `vpod-cri`, beside runc; there too) and `check` (targets).
+//! `vpod-cri`, beside runc; there too), `cri-rpc` (native: the per-RPC cost of the CRI
+//! socket's `:authority` normalisation) and `check` (targets).
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ mod check;
 mod cri;
 mod cri_check;
 mod cri_memory;
+mod cri_rpc;
 mod fixtures;
 mod guest_io;
 mod pod;
@@ -23,7 +25,7 @@ mod pod;
 const STUB_MARKER: &str = "vpod-stub: ready";
 const LIMIT: Duration = Duration::from_secs(120);
 const USAGE: &str =
-    "usage: vpod-bench startup|linux-boot|prepare|pod-start|run-true|layer-read|vsock|cri|cri-memory|check \
+    "usage: vpod-bench startup|linux-boot|prepare|pod-start|run-true|layer-read|vsock|cri|cri-memory|cri-rpc|check \
 [--runs N] [--host kvm|emulated] [--mib MiB (vsock)]";
 
 fn main() -> Result<()> {
@@ -73,6 +75,7 @@ fn main() -> Result<()> {
         "cri-memory" => {
             cri_memory::idle_memory(&root, &cri::CriBench::from_env(0, &host)?).map(drop)
         }
+        "cri-rpc" => cri_rpc::cri_rpc(&root, runs.unwrap_or(10)).map(drop),
         "check" => check::check(&results_dir(&root)),
         _ => bail!("{USAGE}"),
     }

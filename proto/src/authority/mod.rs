@@ -8,14 +8,16 @@
 //! block with `:authority: localhost` ([`rewrite::Rewriter`]); every other frame passes
 //! through untouched, and the server's replies are not looked at.
 
+pub mod hpack;
 pub mod rewrite;
 
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::io::poll_read_buf;
 use tonic::transport::server::Connected;
 
 pub use rewrite::Rewriter;
@@ -23,8 +25,8 @@ pub use rewrite::Rewriter;
 /// The authority every request reaches the server with.
 pub const AUTHORITY: &str = "localhost";
 
-/// How much is read from the client at a time.
-const READ_CHUNK: usize = 64 * 1024;
+/// Room made for each read from the client.
+const READ_CHUNK: usize = 16 * 1024;
 
 /// A server-side connection whose requests all carry `:authority: localhost`.
 pub struct AuthorityStream<S> {
@@ -34,7 +36,6 @@ pub struct AuthorityStream<S> {
     input: BytesMut,
     /// Processed, not yet read by the server.
     output: BytesMut,
-    scratch: Box<[u8]>,
     eof: bool,
 }
 
@@ -46,7 +47,6 @@ impl<S> AuthorityStream<S> {
             rewriter: Rewriter::new(AUTHORITY),
             input: BytesMut::new(),
             output: BytesMut::new(),
-            scratch: vec![0; READ_CHUNK].into_boxed_slice(),
             eof: false,
         }
     }
@@ -67,20 +67,23 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityStream<S> {
         loop {
             if !this.output.is_empty() {
                 let n = this.output.len().min(buf.remaining());
-                buf.put_slice(&this.output.split_to(n));
+                buf.put_slice(&this.output[..n]);
+                this.output.advance(n);
                 return Poll::Ready(Ok(()));
             }
             if this.eof || buf.remaining() == 0 {
                 return Poll::Ready(Ok(()));
             }
-            let mut read = ReadBuf::new(&mut this.scratch);
-            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
-            let filled = read.filled();
-            if filled.is_empty() {
+            this.input.reserve(READ_CHUNK);
+            let read = ready!(poll_read_buf(
+                Pin::new(&mut this.inner),
+                cx,
+                &mut this.input
+            ))?;
+            if read == 0 {
                 this.eof = true;
                 this.rewriter.finish(&mut this.input, &mut this.output);
             } else {
-                this.input.extend_from_slice(filled);
                 this.rewriter.process(&mut this.input, &mut this.output);
             }
         }

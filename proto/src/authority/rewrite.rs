@@ -2,16 +2,20 @@
 //! bytes out, except that every request header block is decoded with the client's HPACK
 //! state and re-encoded with `:authority` set to one fixed value.
 //!
-//! Re-encoded blocks use only literals without indexing, so the server's HPACK decoder never
-//! gains a dynamic-table entry from us and its table stays consistent with our output
-//! whatever the client did. Anything this type does not understand (a bad preface, a
-//! header block broken across other frames, HPACK it cannot decode, a block over the limits)
-//! is handed to the server exactly as the client sent it, and so is everything after it on
-//! that connection: the server then rejects it the way it would have without us.
+//! The server's HPACK decoder sees only what our own encoder wrote (its table mirrors the
+//! server's, announced at 4096 octets, the initial SETTINGS_HEADER_TABLE_SIZE, which the
+//! servers we front never lower), so the client's table and the server's never need to
+//! agree. When the framing is wrong (a bad preface, a frame inside a header block, a
+//! CONTINUATION out of place, bad padding, stream 0) the frames go to the server as the
+//! client sent them, and so does the rest of the connection: the server rejects them with
+//! a connection error before it decodes another block. When a header block does not decode
+//! or is over the limits, the server instead gets a block that cannot decode (index 0), so
+//! that it ends the connection with a COMPRESSION_ERROR and never decodes the client's
+//! block against a table it does not share; the rest of the connection is dropped.
 
 use bytes::{Buf, BufMut, BytesMut};
-use loona_hpack::decoder::Decoder;
-use loona_hpack::encoder::encode_integer_into;
+
+use super::hpack::{Decoder, Encoder};
 
 /// The client connection preface (RFC 9113 section 3.4).
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -42,6 +46,8 @@ enum Phase {
     Frames,
     /// Everything from here on goes to the server untouched.
     PassThrough,
+    /// The server has been sent an undecodable block; nothing more goes to it.
+    Poisoned,
 }
 
 /// A header block being gathered from HEADERS and CONTINUATION frames.
@@ -61,7 +67,9 @@ pub struct Rewriter {
     /// Octets of a frame's payload still to pass through.
     skip: usize,
     pending: Option<Pending>,
-    decoder: Decoder<'static>,
+    decoder: Decoder,
+    /// Toward the server: its own table, mirroring the server's decoder.
+    encoder: Encoder,
     /// Header blocks re-encoded so far (for tests and tracing).
     rewritten: u64,
 }
@@ -69,9 +77,9 @@ pub struct Rewriter {
 impl Rewriter {
     /// A rewriter that sets `:authority` to `authority` on every request.
     pub fn new(authority: &str) -> Self {
-        let mut decoder = Decoder::new();
-        decoder.set_max_allowed_table_size(HEADER_TABLE_SIZE);
+        let decoder = Decoder::new(HEADER_TABLE_SIZE);
         Self {
+            encoder: Encoder::new(HEADER_TABLE_SIZE),
             authority: authority.as_bytes().to_vec(),
             phase: Phase::Preface(0),
             skip: 0,
@@ -96,6 +104,10 @@ impl Rewriter {
     pub fn process(&mut self, input: &mut BytesMut, output: &mut BytesMut) {
         loop {
             match self.phase {
+                Phase::Poisoned => {
+                    input.clear();
+                    return;
+                }
                 Phase::PassThrough => {
                     output.extend_from_slice(input);
                     input.clear();
@@ -110,7 +122,8 @@ impl Rewriter {
                         self.give_up(output);
                         continue;
                     }
-                    output.extend_from_slice(&input.split_to(n));
+                    output.extend_from_slice(&input[..n]);
+                    input.advance(n);
                     self.phase = if seen + n == PREFACE.len() {
                         Phase::Frames
                     } else {
@@ -123,7 +136,8 @@ impl Rewriter {
                         if n == 0 {
                             return;
                         }
-                        output.extend_from_slice(&input.split_to(n));
+                        output.extend_from_slice(&input[..n]);
+                        input.advance(n);
                         self.skip -= n;
                         continue;
                     }
@@ -142,28 +156,36 @@ impl Rewriter {
                         continue;
                     }
                     if !is_block {
-                        output.extend_from_slice(&input.split_to(FRAME_HEADER_LEN));
+                        output.extend_from_slice(&input[..FRAME_HEADER_LEN]);
+                        input.advance(FRAME_HEADER_LEN);
                         self.skip = len;
                         continue;
                     }
                     let buffered = self.pending.as_ref().map_or(0, |p| p.raw.len());
                     if buffered + FRAME_HEADER_LEN + len > MAX_BLOCK {
-                        self.give_up(output);
+                        let stream_id = self.pending.as_ref().map_or_else(
+                            || u32::from_be_bytes([input[5], input[6], input[7], input[8]]),
+                            |p| p.stream_id,
+                        );
+                        self.poison(stream_id, output);
                         continue;
                     }
                     if input.len() < FRAME_HEADER_LEN + len {
                         return;
                     }
-                    let frame = input.split_to(FRAME_HEADER_LEN + len);
-                    self.block_frame(&frame, output);
+                    self.block_frame(&input[..FRAME_HEADER_LEN + len], output);
+                    input.advance(FRAME_HEADER_LEN + len);
                 }
             }
         }
     }
 
-    /// The client closed its side: whatever is buffered goes to the server as it came.
+    /// The client closed its side: whatever is buffered goes to the server as it came (an
+    /// unfinished block is never decoded).
     pub fn finish(&mut self, input: &mut BytesMut, output: &mut BytesMut) {
-        if self.pending.is_some() || !input.is_empty() {
+        if self.phase == Phase::Poisoned {
+            input.clear();
+        } else if self.pending.is_some() || !input.is_empty() {
             self.give_up(output);
             self.process(input, output);
         }
@@ -175,6 +197,19 @@ impl Rewriter {
             output.extend_from_slice(&pending.raw);
         }
         self.phase = Phase::PassThrough;
+    }
+
+    /// Sends the server a header block it cannot decode, so that it ends the connection,
+    /// and drops the rest.
+    fn poison(&mut self, stream_id: u32, output: &mut BytesMut) {
+        self.pending = None;
+        write_block(output, stream_id.max(1), false, None, &[0x80]);
+        self.phase = Phase::Poisoned;
+    }
+
+    /// Whether the server has been sent an undecodable block.
+    pub fn poisoned(&self) -> bool {
+        self.phase == Phase::Poisoned
     }
 
     /// One whole HEADERS or CONTINUATION frame.
@@ -224,23 +259,29 @@ impl Rewriter {
         let Some(pending) = self.pending.take() else {
             return;
         };
-        let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut fields: Vec<Field> = Vec::new();
         let mut list_size = 0usize;
-        let decoded = self.decoder.decode_with_cb(&pending.block, |name, value| {
-            list_size = list_size.saturating_add(name.len() + value.len() + 32);
-            if list_size <= MAX_LIST {
-                fields.push((name.into_owned(), value.into_owned()));
-            }
-        });
+        let decoded = self
+            .decoder
+            .decode(&pending.block, |name, value, never_indexed| {
+                list_size = list_size.saturating_add(name.len() + value.len() + 32);
+                if list_size <= MAX_LIST {
+                    fields.push(Field {
+                        name: name.to_vec(),
+                        value: value.to_vec(),
+                        never_indexed,
+                    });
+                }
+            });
         if decoded.is_err() || list_size > MAX_LIST {
-            self.pending = Some(pending);
-            self.give_up(output);
+            self.poison(pending.stream_id, output);
             return;
         }
         let fields = set_authority(fields, &self.authority);
         let mut block = Vec::with_capacity(pending.block.len() + self.authority.len() + 16);
-        for (name, value) in &fields {
-            encode_literal(name, value, &mut block);
+        for field in &fields {
+            self.encoder
+                .encode(&field.name, &field.value, field.never_indexed, &mut block);
         }
         write_block(
             output,
@@ -273,39 +314,40 @@ fn headers_fragment(flags: u8, payload: &[u8]) -> Option<(Option<[u8; 5]>, &[u8]
     Some((priority, &rest[..end]))
 }
 
+/// One decoded header field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field {
+    pub name: Vec<u8>,
+    pub value: Vec<u8>,
+    pub never_indexed: bool,
+}
+
 /// The fields with every `:authority` set to `authority`, and one added after the other
 /// pseudo-header fields of a request (one with `:method`) that had none. Trailers and
 /// responses carry no pseudo-header fields and are left as they are.
-pub fn set_authority(
-    mut fields: Vec<(Vec<u8>, Vec<u8>)>,
-    authority: &[u8],
-) -> Vec<(Vec<u8>, Vec<u8>)> {
+pub fn set_authority(mut fields: Vec<Field>, authority: &[u8]) -> Vec<Field> {
     let mut found = false;
-    for (name, value) in fields.iter_mut() {
-        if name == b":authority" {
-            *value = authority.to_vec();
+    for field in fields.iter_mut() {
+        if field.name == b":authority" {
+            field.value = authority.to_vec();
             found = true;
         }
     }
-    if !found && fields.iter().any(|(name, _)| name == b":method") {
+    if !found && fields.iter().any(|f| f.name == b":method") {
         let at = fields
             .iter()
-            .position(|(name, _)| !name.starts_with(b":"))
+            .position(|f| !f.name.starts_with(b":"))
             .unwrap_or(fields.len());
-        fields.insert(at, (b":authority".to_vec(), authority.to_vec()));
+        fields.insert(
+            at,
+            Field {
+                name: b":authority".to_vec(),
+                value: authority.to_vec(),
+                never_indexed: false,
+            },
+        );
     }
     fields
-}
-
-/// RFC 7541 section 6.2.2: a literal field without indexing, with a literal name, neither
-/// string Huffman-coded.
-pub fn encode_literal(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
-    out.push(0x00);
-    for string in [name, value] {
-        // Writing to a Vec cannot fail.
-        let _ = encode_integer_into(string.len(), 7, 0, out);
-        out.extend_from_slice(string);
-    }
 }
 
 /// Writes `block` as one HEADERS frame and as many CONTINUATION frames as it needs.

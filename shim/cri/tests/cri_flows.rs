@@ -27,6 +27,13 @@ fn a_pod_runs_a_container_whose_log_exec_and_stats_work_and_removal_leaves_nothi
                 .into_inner();
             assert_eq!(version.runtime_name, "vpod");
             assert_eq!(version.runtime_api_version, "v1");
+            // The kubelet's evented PLEG: every lifecycle change, as it is recorded.
+            let mut events = c
+                .runtime
+                .get_container_events(GetEventsRequest {})
+                .await
+                .expect("GetContainerEvents")
+                .into_inner();
             let status = c
                 .runtime
                 .status(StatusRequest { verbose: true })
@@ -82,6 +89,21 @@ fn a_pod_runs_a_container_whose_log_exec_and_stats_work_and_removal_leaves_nothi
                 .await
                 .unwrap_err();
             assert_eq!(conflict.code(), Code::AlreadyExists, "{conflict:?}");
+            // A directory volume cannot reach the VM yet: refused, not started without it.
+            let mut with_dir = container_config("dir-volume", &image_id, &["true"]);
+            with_dir.mounts = vec![Mount {
+                container_path: "/data".into(),
+                host_path: daemon.log_dir.display().to_string(),
+                ..Default::default()
+            }];
+            let refused = create_container(&mut c, &pod_id, &pod, with_dir)
+                .await
+                .unwrap_err();
+            assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+            assert!(
+                refused.message().contains("config.mounts") && refused.message().contains("/data"),
+                "{refused:?}"
+            );
             let created = container_status(&mut c, &ctr).await;
             assert_eq!(created.state, ContainerState::ContainerCreated as i32);
             // A unique prefix works like the whole id.
@@ -310,6 +332,51 @@ fn a_pod_runs_a_container_whose_log_exec_and_stats_work_and_removal_leaves_nothi
                 .await
                 .unwrap_err();
             assert_eq!(gone.code(), Code::NotFound);
+            // Stop and remove of a removed container succeed (CRI idempotence).
+            c.runtime
+                .stop_container(StopContainerRequest {
+                    container_id: ctr.clone(),
+                    timeout: 1,
+                })
+                .await
+                .expect("StopContainer of a removed container");
+            c.runtime
+                .remove_container(RemoveContainerRequest {
+                    container_id: ctr.clone(),
+                })
+                .await
+                .expect("RemoveContainer again");
+            let mut seen = Vec::new();
+            while seen.len() < 4 {
+                let event = tokio::time::timeout(Duration::from_secs(30), events.message())
+                    .await
+                    .expect("an event within 30 s")
+                    .expect("the event stream")
+                    .expect("an open event stream");
+                if event.container_id != ctr {
+                    continue;
+                }
+                let kind = ContainerEventType::try_from(event.container_event_type).unwrap();
+                if kind != ContainerEventType::ContainerDeletedEvent {
+                    let pod_status = event.pod_sandbox_status.as_ref().expect("pod status");
+                    assert_eq!(pod_status.id, pod_id);
+                    assert!(
+                        event.containers_statuses.iter().any(|s| s.id == ctr),
+                        "{event:?}"
+                    );
+                }
+                assert!(event.created_at > 0);
+                seen.push(kind);
+            }
+            assert_eq!(
+                seen,
+                vec![
+                    ContainerEventType::ContainerCreatedEvent,
+                    ContainerEventType::ContainerStartedEvent,
+                    ContainerEventType::ContainerStoppedEvent,
+                    ContainerEventType::ContainerDeletedEvent,
+                ]
+            );
 
             // A container still running when its pod is removed: rmp stops the pod first.
             let sleeper = create_container(
@@ -463,8 +530,17 @@ fn a_pod_runs_a_container_whose_log_exec_and_stats_work_and_removal_leaves_nothi
             );
 
             // stopp + rmp of a second pod.
-            let pod2 = pod_config("second", &daemon.log_dir);
+            // Its name is not a host name (68 characters, mixed case) and it asks for none:
+            // the host name is made from the name, as the kubelet makes it.
+            let long_name = "PodSandbox-for-create-container-e2e-0123456789abcdef-0123456789abcde";
+            let mut pod2 = pod_config(long_name, &daemon.log_dir);
+            pod2.hostname = String::new();
             let pod2_id = run_pod(&mut c, pod2).await;
+            let st = pod_status(&mut c, &pod2_id).await.status.unwrap();
+            assert!(
+                st.network.is_none(),
+                "no network status without an IP: {st:?}"
+            );
             c.runtime
                 .stop_pod_sandbox(StopPodSandboxRequest {
                     pod_sandbox_id: pod2_id.clone(),
@@ -487,6 +563,19 @@ fn a_pod_runs_a_container_whose_log_exec_and_stats_work_and_removal_leaves_nothi
                 })
                 .await
                 .expect("RemovePodSandbox");
+            // Stop and remove of a removed pod succeed (CRI idempotence).
+            c.runtime
+                .stop_pod_sandbox(StopPodSandboxRequest {
+                    pod_sandbox_id: pod2_id.clone(),
+                })
+                .await
+                .expect("StopPodSandbox of a removed pod");
+            c.runtime
+                .remove_pod_sandbox(RemovePodSandboxRequest {
+                    pod_sandbox_id: pod2_id.clone(),
+                })
+                .await
+                .expect("RemovePodSandbox again");
             assert!(
                 daemon.state_entries().is_empty(),
                 "{:?}",
@@ -562,15 +651,32 @@ fn bad_requests_get_invalid_argument_not_found_and_unimplemented() {
                 Code::InvalidArgument,
                 "config.metadata.name",
             );
-            expect(
-                c.runtime
-                    .stop_pod_sandbox(StopPodSandboxRequest {
-                        pod_sandbox_id: "0123456789abcdef".into(),
-                    })
-                    .await,
-                Code::NotFound,
-                "0123456789abcdef",
-            );
+            // Stop and remove of an unknown pod or container: nothing to reclaim, success.
+            c.runtime
+                .stop_pod_sandbox(StopPodSandboxRequest {
+                    pod_sandbox_id: "0123456789abcdef".into(),
+                })
+                .await
+                .expect("StopPodSandbox of an unknown pod");
+            c.runtime
+                .remove_pod_sandbox(RemovePodSandboxRequest {
+                    pod_sandbox_id: "0123456789abcdef".into(),
+                })
+                .await
+                .expect("RemovePodSandbox of an unknown pod");
+            c.runtime
+                .stop_container(StopContainerRequest {
+                    container_id: "0123456789abcdef".into(),
+                    timeout: 0,
+                })
+                .await
+                .expect("StopContainer of an unknown container");
+            c.runtime
+                .remove_container(RemoveContainerRequest {
+                    container_id: "0123456789abcdef".into(),
+                })
+                .await
+                .expect("RemoveContainer of an unknown container");
             expect(
                 c.runtime
                     .stop_pod_sandbox(StopPodSandboxRequest::default())

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use vpod_shim::sandbox::{ContainerSpec, ProcessOverrides, SandboxError};
 
+use super::ContainerEventKind;
 use super::{container_name_key, lock, Container, Runtime, RuntimeError};
 use crate::filters::ContainerFilter;
 use crate::guest_files::container_files;
@@ -180,8 +181,7 @@ impl Runtime {
             run_as_gid: request.run_as_group,
             limits: request.limits,
         };
-        let (files, skipped) = container_files(&pod_record, &request.mounts);
-        let record = record;
+        let (files, _) = container_files(&pod_record, &request.mounts);
         let spec = ContainerSpec {
             id: id.clone(),
             layers: image.image.layers.clone(),
@@ -240,6 +240,7 @@ impl Runtime {
         record.phase = ContainerPhase::Created;
         self.state.write_container(&record)?;
         tracing::info!(container = %id, pod = %pod.id, name = %record.name, "container created");
+        self.emit(&id, &pod.id, ContainerEventKind::Created);
         lock(&self.containers).insert(
             id.clone(),
             Arc::new(Container {
@@ -390,6 +391,7 @@ impl Runtime {
         self.state.remove_container(&container.id)?;
         self.state.remove_log_offset(&container.id)?;
         lock(&self.containers).remove(&container.id);
+        self.emit(&container.id, &record.pod_id, ContainerEventKind::Deleted);
         self.release_name(&container_name_key(
             &record.pod_id,
             &record.name,

@@ -8,6 +8,7 @@
 //! their own connection to the agent ([`Sandbox::open`]) and hold no lock.
 
 mod containers;
+mod events;
 mod follow;
 mod pods;
 mod recover;
@@ -23,6 +24,8 @@ pub use vpod_shim::error_chain;
 use vpod_shim::registry::RegistryOptions;
 use vpod_shim::sandbox::{Sandbox, SandboxError};
 use vpod_shim::LayerStore;
+
+pub use events::{ContainerEvent, ContainerEventKind};
 
 use crate::config::{Assets, Config};
 use crate::ids::IdError;
@@ -127,6 +130,8 @@ pub struct Runtime {
     /// Bounds the boots in progress: a crowd of guests booting at once on few CPUs starves
     /// them all past their timeouts.
     boot_slots: tokio::sync::Semaphore,
+    /// Container lifecycle events for GetContainerEvents.
+    events: tokio::sync::broadcast::Sender<ContainerEvent>,
 }
 
 impl Runtime {
@@ -162,6 +167,7 @@ impl Runtime {
             names: Mutex::new(HashSet::new()),
             rpc_timeout: Duration::from_secs(30),
             boot_slots: tokio::sync::Semaphore::new(boot_slots),
+            events: tokio::sync::broadcast::channel(events::EVENT_BACKLOG).0,
         });
         runtime.recover().await?;
         Ok(runtime)
@@ -222,8 +228,12 @@ impl Runtime {
         change: impl FnOnce(&mut ContainerRecord),
     ) -> Result<ContainerRecord, RuntimeError> {
         let mut record = lock(&container.record);
+        let before = record.phase;
         change(&mut record);
         self.state.write_container(&record)?;
+        if let Some(kind) = ContainerEventKind::of_change(before, record.phase) {
+            self.emit(&record.id, &record.pod_id, kind);
+        }
         Ok(record.clone())
     }
 

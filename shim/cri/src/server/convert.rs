@@ -6,7 +6,10 @@ use std::collections::HashMap;
 use vpod_proto::cri;
 
 use crate::filters::{ContainerFilter, PodFilter};
-use crate::runtime::{ContainerUsage, CreateContainer, PodUsage, RunPod, RuntimeError};
+use crate::runtime::{
+    ContainerEvent, ContainerEventKind, ContainerUsage, CreateContainer, PodUsage, RunPod,
+    RuntimeError,
+};
 use crate::state::{
     ContainerLimits, ContainerPhase, ContainerRecord, MountRecord, PodPhase, PodRecord,
 };
@@ -472,6 +475,34 @@ fn memory_usage(timestamp: i64, used: Option<u64>, limit: Option<u64>) -> cri::M
                 .map(|(limit, used)| limit.saturating_sub(used)),
         ),
         ..Default::default()
+    }
+}
+
+/// A lifecycle event with the statuses the kubelet's evented PLEG reads: its pod's and
+/// every container's of that pod (`snapshot`; none once the pod is removed).
+pub fn container_event(
+    event: &ContainerEvent,
+    snapshot: Option<(PodRecord, Vec<ContainerRecord>)>,
+) -> cri::ContainerEventResponse {
+    let container_event_type = match event.kind {
+        ContainerEventKind::Created => cri::ContainerEventType::ContainerCreatedEvent,
+        ContainerEventKind::Started => cri::ContainerEventType::ContainerStartedEvent,
+        ContainerEventKind::Stopped => cri::ContainerEventType::ContainerStoppedEvent,
+        ContainerEventKind::Deleted => cri::ContainerEventType::ContainerDeletedEvent,
+    };
+    let (pod_sandbox_status, containers_statuses) = match snapshot {
+        Some((pod, containers)) => (
+            Some(pod_status(&pod)),
+            containers.iter().map(container_status).collect(),
+        ),
+        None => (None, Vec::new()),
+    };
+    cri::ContainerEventResponse {
+        container_id: event.container_id.clone(),
+        container_event_type: container_event_type as i32,
+        created_at: event.at_ns,
+        pod_sandbox_status,
+        containers_statuses,
     }
 }
 

@@ -409,9 +409,22 @@ impl RuntimeService for RuntimeServer {
         &self,
         _: Request<GetEventsRequest>,
     ) -> Reply<Self::GetContainerEventsStream> {
-        Err(Status::unimplemented(
-            "GetContainerEvents is not implemented by vpod yet (the kubelet falls back to polling).",
-        ))
+        use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream};
+        use tokio_stream::StreamExt;
+        let runtime = self.runtime.clone();
+        // A listener that falls behind gets an error, which ends its stream (tonic sends
+        // the status as the trailer); the kubelet then relists and subscribes again.
+        let stream =
+            BroadcastStream::new(self.runtime.subscribe_events()).map(move |event| match event {
+                Ok(event) => {
+                    let snapshot = runtime.pod_snapshot(&event.pod_id);
+                    Ok(convert::container_event(&event, snapshot))
+                }
+                Err(BroadcastStreamRecvError::Lagged(n)) => Err(Status::aborted(format!(
+                    "the listener fell {n} events behind; subscribe again"
+                ))),
+            });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn list_metric_descriptors(
