@@ -641,12 +641,23 @@ impl ChildContext {
         self.fail(STAGE_BASE + stage as u32, errno())
     }
 
+    /// No signal blocked and none ignored, as a process starts under runc: exec resets
+    /// handled signals but keeps ignored ones, and the agent ignores SIGPIPE (Rust's
+    /// runtime does), which a container's `yes | head` needs to end.
     fn reset_signal_mask(&self) {
         // SAFETY: sigset_t is plain data and sigemptyset initialises it; sigprocmask reads it.
         unsafe {
             let mut set: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut set);
             libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        }
+        for signal in 1..=libc::SIGRTMAX() {
+            if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+                continue;
+            }
+            // SAFETY: sets a default disposition; signals the C library reserves answer
+            // EINVAL, which leaves them as they are.
+            unsafe { libc::signal(signal, libc::SIG_DFL) };
         }
     }
 

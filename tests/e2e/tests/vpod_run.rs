@@ -147,7 +147,10 @@ mkdir -p $R
 $VPOD -- sh -c 'trap "echo term; exit 7" TERM; echo ready; while :; do sleep 0.1; done' >$R.out &
 stop_when_ready $! polite
 $VPOD --stop-timeout 2 -- sh -c 'trap "" TERM; echo ready; while :; do sleep 0.1; done' >$R.out &
-stop_when_ready $! stubborn"#,
+stop_when_ready $! stubborn
+$VPOD --stop-timeout 20 -- sh -c 'echo ready; top -b -d 1' >$R.out &
+stop_when_ready $! top
+$VPOD -- sh -c 'grep ^SigIgn /proc/self/status; true'"#,
     );
     let out = done.stdout_text();
     let line = |name: &str| {
@@ -175,6 +178,18 @@ stop_when_ready $! stubborn"#,
         "SIGKILL came before the grace period: {stubborn}"
     );
     assert!(ms(&stubborn) < 30_000, "{stubborn}");
+    // busybox top, the container's PID 1 (sh execs it), ends on its own SIGTERM handler
+    // at once, as under runc: not at the SIGKILL after the grace period.
+    let top = line("top ");
+    assert!(top.starts_with("top rc=143 "), "{}", explain(&done));
+    assert!(ms(&top) < 10_000, "{top}");
+    // A container starts with no signal ignored (the agent's SIGPIPE, ignored by Rust's
+    // runtime, must not leak into it: `yes | head` relies on SIGPIPE).
+    assert!(
+        has_line(&done, "SigIgn:\t0000000000000000"),
+        "{}",
+        explain(&done)
+    );
 }
 
 #[test]
