@@ -3,7 +3,9 @@
 //! some versions do, with the socket's path as authority), re-uses its HPACK dynamic table
 //! across many requests, cuts blocks into CONTINUATION frames, and sends malformed frames,
 //! which must end the connection with an error, never hang it or take the server down.
-//! Version and ListContainers need no VM, so this runs on any machine.
+//! A real grpc-go client (Debian's grpc-go 1.33, dialling the socket path as crictl 1.26
+//! does) gets its answers too. Version and ListContainers need no VM, so this runs on any
+//! machine.
 
 mod common;
 
@@ -14,7 +16,7 @@ use std::time::Duration;
 use common::Daemon;
 use loona_hpack::{Decoder, Encoder};
 use prost::Message;
-use vpod_e2e::built;
+use vpod_e2e::{built, repo_root, run_with_limit};
 use vpod_proto::cri::{
     ListContainersRequest, ListContainersResponse, VersionRequest, VersionResponse,
 };
@@ -385,4 +387,53 @@ fn malformed_frames_end_the_connection_with_an_error_and_the_server_lives_on() {
     let mut c = RawClient::connect(&daemon);
     version(&mut c, Some("/run/vpod/cri.sock"));
     assert!(!daemon.log().contains("panicked"), "{}", daemon.log());
+}
+
+/// Builds tests/grpc-go-client with Debian's Go and grpc-go (GOPATH mode, offline; `make
+/// deps` installs golang-go and golang-google-grpc-dev).
+fn grpc_go_client() -> std::path::PathBuf {
+    let out = repo_root().join(format!("target/grpc-go-client-{}", std::process::id()));
+    let mut go = std::process::Command::new("go");
+    go.args(["build", "-o"])
+        .arg(&out)
+        .arg(repo_root().join("tests/grpc-go-client/main.go"))
+        .env("GO111MODULE", "off")
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GOFLAGS", "")
+        .env("GOCACHE", repo_root().join("target/go-cache"));
+    let done = run_with_limit(&mut go, Duration::from_secs(600));
+    assert!(
+        done.status.success(),
+        "building the grpc-go client failed (needs Debian's golang-go and \
+         golang-google-grpc-dev):\n{}\n{}",
+        done.stdout_text(),
+        done.stderr_text()
+    );
+    out
+}
+
+#[test]
+fn a_grpc_go_client_that_sends_the_socket_path_gets_answers() {
+    built("target/release/vpod-cri");
+    let client = grpc_go_client();
+    let daemon = Daemon::start("grpc-go");
+    let mut run = std::process::Command::new(&client);
+    run.arg(&daemon.socket).arg("200");
+    let done = run_with_limit(&mut run, Duration::from_secs(120));
+    let _ = std::fs::remove_file(&client);
+    let stdout = done.stdout_text();
+    assert!(
+        done.status.success(),
+        "{stdout}\n{}",
+        done.stderr_text()
+    );
+    // grpc-go dialled the path, so the path was its authority.
+    assert!(
+        stdout.contains(&format!("authority {}", daemon.socket.display())),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ok 200 Version and 200 ListContainers calls"),
+        "{stdout}"
+    );
 }
