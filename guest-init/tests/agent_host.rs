@@ -834,3 +834,71 @@ async fn update_container_refuses_unknown_exited_and_cgroupless_containers() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_security_context_applies_groups_no_new_privs_masks_read_only_paths_and_sysctls() {
+    bounded(async {
+        let Some(mut agent) = Agent::start().await else {
+            return;
+        };
+        let host_value = || std::fs::read_to_string("/proc/sys/kernel/shm_rmid_forced").unwrap();
+        let before = host_value();
+        let script = "id -G; grep NoNewPrivs /proc/self/status; \
+                      echo \"file=[$(cat /etc/masked-file)]\"; echo \"dir=[$(ls /etc/masked-dir)]\"; \
+                      touch /ro/new && echo ro-writable; \
+                      echo \"shm=$(cat /proc/sys/kernel/shm_rmid_forced) mq=$(cat /proc/sys/fs/mqueue/msg_max)\"; \
+                      echo x > /proc/sys/kernel/shm_rmid_forced && echo sys-writable; true";
+        let mut request = agent.create_request("sc1", &["sh", "-c", script]);
+        request.user = Some(v1::User {
+            additional_gids: vec![1234, 5678],
+            ..Default::default()
+        });
+        request.no_new_privs = true;
+        let file = |path: &str, content: &[u8]| v1::ContainerFile {
+            path: path.into(),
+            content: content.to_vec(),
+            mode: 0o644,
+        };
+        request.files = vec![
+            file("/etc/masked-file", b"secret"),
+            file("/etc/masked-dir/inside", b"secret"),
+            file("/ro/old", b"kept"),
+        ];
+        request.masked_paths = vec![
+            "/etc/masked-file".into(),
+            "/etc/masked-dir".into(),
+            "/not/there".into(),
+        ];
+        request.readonly_paths = vec!["/ro".into(), "/proc/sys".into(), "/nowhere".into()];
+        request.sysctls = [
+            ("kernel.shm_rmid_forced".to_string(), "1".to_string()),
+            ("fs/mqueue/msg_max".to_string(), "100".to_string()),
+        ]
+        .into();
+        agent.run(request).await;
+        let (out, err) = agent.output("sc1").await;
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "0 1234 5678",
+                "NoNewPrivs:\t1",
+                "file=[]",
+                "dir=[]",
+                "shm=1 mq=100"
+            ],
+            "stderr: {err}"
+        );
+        assert!(err.contains("Read-only file system"), "{err}");
+        // The IPC-namespaced sysctl changed in the container's namespace only.
+        assert_eq!(host_value(), before);
+        agent.remove("sc1").await;
+
+        // A sysctl name that could walk out of /proc/sys is refused.
+        let mut bad = agent.create_request("sc2", &["true"]);
+        bad.sysctls = [("kernel/../../etc/passwd".to_string(), "x".to_string())].into();
+        let refused = agent.client.create_container(bad).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    })
+    .await;
+}

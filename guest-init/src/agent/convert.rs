@@ -178,6 +178,7 @@ pub fn create_request(request: v1::CreateContainerRequest) -> Result<ContainerSp
                 &request.drop_capabilities,
             )
             .map_err(|e| invalid("capabilities", e.to_string()))?,
+            no_new_privs: request.no_new_privs,
         },
         hostname,
         mounts,
@@ -188,7 +189,42 @@ pub fn create_request(request: v1::CreateContainerRequest) -> Result<ContainerSp
         user_name: (!user.name.is_empty()).then_some(user.name),
         group_name: (!user.group.is_empty()).then_some(user.group),
         files,
+        masked_paths: clean_paths(request.masked_paths, "masked_paths")?,
+        readonly_paths: clean_paths(request.readonly_paths, "readonly_paths")?,
+        sysctls: sysctls(request.sysctls)?,
     })
+}
+
+/// Absolute paths without `..`, for the security context's path lists.
+fn clean_paths(paths: Vec<String>, field: &'static str) -> Result<Vec<String>, FieldError> {
+    for path in &paths {
+        if !path.starts_with('/') || path.split('/').any(|p| p == "..") || path.contains('\0') {
+            return Err(invalid(
+                field,
+                format!("{path:?} is not a clean absolute path."),
+            ));
+        }
+    }
+    Ok(paths)
+}
+
+/// Sysctls as (path below /proc/sys, value), sorted by key for a stable order.
+fn sysctls(
+    map: std::collections::HashMap<String, String>,
+) -> Result<Vec<(String, String)>, FieldError> {
+    let mut out = Vec::with_capacity(map.len());
+    for (key, value) in map {
+        let path = spec::sysctl_path(&key).map_err(|e| invalid("sysctls", e))?;
+        if value.contains('\0') {
+            return Err(invalid(
+                "sysctls",
+                format!("the value of {key:?} has a NUL byte."),
+            ));
+        }
+        out.push((path, value));
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// The protocol's limits in the agent's terms (zero: unset).

@@ -74,6 +74,18 @@ pub enum Step {
     /// pivot_root into this directory and detach the old root.
     PivotRoot(CString),
     SetHostname(CString),
+    /// Writes a value to this file (a /proc/sys path, in the guest's view); runs first,
+    /// inside the container's new namespaces.
+    Sysctl {
+        path: CString,
+        value: CString,
+    },
+    /// Hides this path in the root: an empty read-only tmpfs over a directory, /dev/null
+    /// over anything else; a missing path is fine.
+    Mask(CString),
+    /// Makes this path in the root read-only (bound onto itself, remounted read-only); a
+    /// missing path is fine.
+    ReadOnly(CString),
 }
 
 /// An in-root path as the container sees it.
@@ -116,6 +128,9 @@ impl Step {
             Step::Symlink { parent, name, .. } => format!("creating link {}", joined(parent, name)),
             Step::PivotRoot(p) => format!("pivoting into {}", show(p)),
             Step::SetHostname(h) => format!("setting hostname {}", show(h)),
+            Step::Sysctl { path, .. } => format!("writing {}", show(path)),
+            Step::Mask(p) => format!("masking {}", container_path(p)),
+            Step::ReadOnly(p) => format!("making {} read-only", container_path(p)),
         }
     }
 }
@@ -191,7 +206,19 @@ pub fn container_steps(
     use libc::{
         MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REC, MS_REMOUNT, MS_STRICTATIME,
     };
-    let mut steps = vec![
+    // The guest's /proc, seen from the new namespaces: IPC- and UTS-namespaced keys take
+    // the container's values.
+    let mut steps = spec
+        .sysctls
+        .iter()
+        .map(|(key, value)| {
+            Ok(Step::Sysctl {
+                path: c_str(&format!("/proc/sys/{key}"))?,
+                value: c_str(value)?,
+            })
+        })
+        .collect::<Result<Vec<_>, SetupError>>()?;
+    steps.extend([
         Step::MakeRootPrivate,
         // pivot_root needs the new root to be a mount point of this namespace.
         mount_step(
@@ -202,7 +229,7 @@ pub fn container_steps(
             "",
         )?,
         Step::OpenRoot(c_path(rootfs)?),
-    ];
+    ]);
     let proc_dir = Path::new("proc");
     make_dirs(&mut steps, proc_dir)?;
     steps.push(mount_step(
@@ -278,6 +305,13 @@ pub fn container_steps(
         &spec.process.cwd
     };
     make_dirs(&mut steps, &inside(cwd)?)?;
+    // After /proc, /sys and the user's mounts, which they may name.
+    for path in &spec.masked_paths {
+        steps.push(Step::Mask(c_path(&inside(path)?)?));
+    }
+    for path in &spec.readonly_paths {
+        steps.push(Step::ReadOnly(c_path(&inside(path)?)?));
+    }
 
     steps.push(Step::PivotRoot(c_path(rootfs)?));
     if spec.readonly_rootfs {
@@ -359,6 +393,7 @@ mod tests {
                 additional_gids: vec![],
                 rlimits: vec![],
                 capabilities: 0,
+                no_new_privs: false,
             },
             hostname: Some("web".into()),
             mounts,
@@ -369,7 +404,39 @@ mod tests {
             user_name: None,
             group_name: None,
             files: vec![],
+            masked_paths: vec![],
+            readonly_paths: vec![],
+            sysctls: vec![],
         }
+    }
+
+    #[test]
+    fn sysctls_come_first_and_masks_after_the_mounts_before_the_pivot() {
+        let mut s = spec(vec![], false);
+        s.sysctls = vec![("kernel/shm_rmid_forced".into(), "1".into())];
+        s.masked_paths = vec!["/proc/kcore".into(), "/etc/secret".into()];
+        s.readonly_paths = vec!["/proc/sys".into()];
+        let steps = container_steps(&s, Path::new("/r"), Path::new("/dev"), &|_| false).unwrap();
+        let text = described(&steps);
+        assert_eq!(text[0], "writing /proc/sys/kernel/shm_rmid_forced");
+        let position = |want: &str| {
+            text.iter()
+                .position(|t| t == want)
+                .unwrap_or_else(|| panic!("no {want:?} in {text:#?}"))
+        };
+        let proc = position("mounting proc on /proc");
+        let kcore = position("masking /proc/kcore");
+        let secret = position("masking /etc/secret");
+        let sys = position("making /proc/sys read-only");
+        let pivot = position("pivoting into /r");
+        assert!(
+            proc < kcore && kcore < secret && secret < sys && sys < pivot,
+            "{text:#?}"
+        );
+        assert_eq!(
+            steps[kcore],
+            Step::Mask(CString::new("proc/kcore").unwrap())
+        );
     }
 
     fn described(steps: &[Step]) -> Vec<String> {

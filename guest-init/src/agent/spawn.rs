@@ -69,6 +69,7 @@ const STAGE_NAMES: &[&str] = &[
     "redirecting stdio",
     "executing the program",
     "cloning the exec'd process",
+    "setting no_new_privs",
 ];
 const JOIN_CGROUP: usize = 0;
 const SETNS: usize = 1;
@@ -83,6 +84,7 @@ const CHDIR: usize = 9;
 const DUP2: usize = 10;
 const EXEC_STAGE: usize = 11;
 const CLONE_GRANDCHILD: usize = 12;
+const NO_NEW_PRIVS: usize = 13;
 
 const TAG_ERROR: u32 = 1;
 const TAG_PID: u32 = 2;
@@ -109,6 +111,7 @@ struct ProcessPlan {
     rlimits: Vec<(libc::__rlimit_resource_t, libc::rlimit)>,
     capabilities: u64,
     last_cap: u32,
+    no_new_privs: bool,
 }
 
 impl ProcessPlan {
@@ -162,6 +165,7 @@ impl ProcessPlan {
                 .collect(),
             capabilities: spec.capabilities & known_capabilities(last_cap),
             last_cap,
+            no_new_privs: spec.no_new_privs,
         })
     }
 }
@@ -490,6 +494,73 @@ fn run_step(step: &Step, root: &mut RawFd) -> Result<(), i32> {
             )
         }
         Step::PivotRoot(root) => (pivot_root(root), 0),
+        Step::Sysctl { path, value } => (write_file(path, value.as_bytes()), 0),
+        Step::Mask(path) => {
+            let target = match ChildFd::in_root(*root, path, libc::O_PATH, 0) {
+                Ok(target) => target,
+                Err(libc::ENOENT) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            // SAFETY: fstat fills a plain struct for a descriptor this process holds.
+            let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+            if unsafe { libc::fstat(target.0, &mut stat) } != 0 {
+                return Err(errno());
+            }
+            let mut buffer = [0u8; PROC_FD_PATH_LEN];
+            let proc_path = proc_fd_path(target.0, &mut buffer);
+            let rc = if stat.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                sys_mount(
+                    c"tmpfs".as_ptr(),
+                    proc_path.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    libc::MS_RDONLY,
+                    std::ptr::null(),
+                )
+            } else {
+                // The guest's /dev/null: the old root is still there until the pivot.
+                sys_mount(
+                    c"/dev/null".as_ptr(),
+                    proc_path.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                )
+            };
+            (rc, 0)
+        }
+        Step::ReadOnly(path) => {
+            let target = match ChildFd::in_root(*root, path, libc::O_PATH, 0) {
+                Ok(target) => target,
+                Err(libc::ENOENT) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            let mut buffer = [0u8; PROC_FD_PATH_LEN];
+            let proc_path = proc_fd_path(target.0, &mut buffer);
+            let bound = sys_mount(
+                proc_path.as_ptr(),
+                proc_path.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            );
+            if bound != 0 {
+                return Err(errno());
+            }
+            // The bind is a new mount at that path; open it to remount it.
+            let mounted = ChildFd::in_root(*root, path, libc::O_PATH, 0)?;
+            let mut buffer = [0u8; PROC_FD_PATH_LEN];
+            let proc_path = proc_fd_path(mounted.0, &mut buffer);
+            (
+                sys_mount(
+                    std::ptr::null(),
+                    proc_path.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
+                    std::ptr::null(),
+                ),
+                0,
+            )
+        }
         // SAFETY: sethostname reads `len` bytes of a string prepared before the clone.
         Step::SetHostname(name) => (
             unsafe { libc::sethostname(name.as_ptr(), name.as_bytes().len()) },
@@ -504,6 +575,27 @@ fn run_step(step: &Step, root: &mut RawFd) -> Result<(), i32> {
         Ok(())
     } else {
         Err(e)
+    }
+}
+
+/// Writes `bytes` to the existing file at `path` (no allocation); 0 or -1 as a system call.
+fn write_file(path: &CStr, bytes: &[u8]) -> libc::c_int {
+    // SAFETY: open reads a NUL-terminated path prepared before the clone.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return -1;
+    }
+    let file = ChildFd(fd);
+    // SAFETY: write reads `bytes.len()` bytes of a live slice from a descriptor we hold.
+    let written = unsafe { libc::write(file.0, bytes.as_ptr().cast(), bytes.len()) };
+    if written == bytes.len() as isize {
+        0
+    } else {
+        if written >= 0 {
+            // SAFETY: sets this thread's errno, a plain integer.
+            unsafe { *libc::__errno_location() = libc::EIO };
+        }
+        -1
     }
 }
 
@@ -730,6 +822,10 @@ impl ChildContext {
         if unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) } != 0 {
             self.fail_stage(CAPSET);
         }
+        // SAFETY: prctl with integer arguments only.
+        if plan.no_new_privs && unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            self.fail_stage(NO_NEW_PRIVS);
+        }
         // SAFETY: chdir reads a NUL-terminated string prepared before the clone.
         if unsafe { libc::chdir(plan.cwd.as_ptr()) } != 0 {
             self.fail_stage(CHDIR);
@@ -811,6 +907,7 @@ mod tests {
             additional_gids: vec![],
             rlimits: vec![],
             capabilities: 0,
+            no_new_privs: false,
         };
         let plan = ProcessPlan::new(&spec).unwrap();
         assert_eq!(plan.candidates, [c"/x/ls".to_owned()]);
@@ -844,6 +941,7 @@ mod tests {
             additional_gids: vec![],
             rlimits: vec![],
             capabilities: 0,
+            no_new_privs: false,
         };
         assert!(matches!(ProcessPlan::new(&spec), Err(SpawnError::NoArgs)));
     }

@@ -38,6 +38,11 @@ pub struct ContainerSpec {
     pub group_name: Option<String>,
     /// Written into the root before the process starts.
     pub files: Vec<FileSpec>,
+    /// Absolute paths hidden and made read-only inside the container.
+    pub masked_paths: Vec<String>,
+    pub readonly_paths: Vec<String>,
+    /// (key under /proc/sys with slashes, value), written from the new namespaces.
+    pub sysctls: Vec<(String, String)>,
 }
 
 /// A file the agent writes into the container's root, replacing the image's.
@@ -62,6 +67,8 @@ pub struct ProcessSpec {
     pub rlimits: Vec<RlimitSpec>,
     /// Bit n set: keep capability n.
     pub capabilities: u64,
+    /// PR_SET_NO_NEW_PRIVS before exec.
+    pub no_new_privs: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -271,5 +278,23 @@ mod tests {
         let (flags, data) = parse_mount_options("bind", &["rbind".into(), "rprivate".into()]);
         assert_eq!(flags, libc::MS_BIND | libc::MS_REC);
         assert_eq!(data, "");
+    }
+}
+
+/// A sysctl key as a path below /proc/sys: dots or slashes separate its parts, each of
+/// letters, digits, `_` and `-` (kernel names; a dot inside a part, as in net.ipv4.conf's
+/// interface names, is written with slashes).
+pub fn sysctl_path(key: &str) -> Result<String, String> {
+    let parts: Vec<&str> = key.split(['.', '/']).collect();
+    let ok = !key.is_empty()
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        });
+    if ok {
+        Ok(parts.join("/"))
+    } else {
+        Err(format!("{key:?} is not a sysctl name"))
     }
 }

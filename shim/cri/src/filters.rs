@@ -71,6 +71,7 @@ mod tests {
                 .collect(),
             annotations: HashMap::new(),
             runtime_handler: String::new(),
+            sysctls: Default::default(),
             created_at_ns: 1,
             vcpus: 1,
             memory_mib: 128,

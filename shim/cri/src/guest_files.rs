@@ -134,6 +134,7 @@ mod tests {
             labels: HashMap::new(),
             annotations: HashMap::new(),
             runtime_handler: String::new(),
+            sysctls: Default::default(),
             created_at_ns: 1,
             vcpus: 1,
             memory_mib: 128,

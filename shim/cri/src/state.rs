@@ -80,6 +80,9 @@ pub struct PodRecord {
     pub labels: HashMap<String, String>,
     pub annotations: HashMap<String, String>,
     pub runtime_handler: String,
+    /// Applied in every container's namespaces (records before this field have none).
+    #[serde(default)]
+    pub sysctls: HashMap<String, String>,
     pub created_at_ns: i64,
     pub vcpus: u8,
     pub memory_mib: u64,
@@ -388,6 +391,7 @@ mod tests {
             labels: HashMap::from([("app".to_string(), "web".to_string())]),
             annotations: HashMap::new(),
             runtime_handler: String::new(),
+            sysctls: Default::default(),
             created_at_ns: 1,
             vcpus: 1,
             memory_mib: 256,

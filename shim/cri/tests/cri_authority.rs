@@ -422,11 +422,7 @@ fn a_grpc_go_client_that_sends_the_socket_path_gets_answers() {
     let done = run_with_limit(&mut run, Duration::from_secs(120));
     let _ = std::fs::remove_file(&client);
     let stdout = done.stdout_text();
-    assert!(
-        done.status.success(),
-        "{stdout}\n{}",
-        done.stderr_text()
-    );
+    assert!(done.status.success(), "{stdout}\n{}", done.stderr_text());
     // grpc-go dialled the path, so the path was its authority.
     assert!(
         stdout.contains(&format!("authority {}", daemon.socket.display())),

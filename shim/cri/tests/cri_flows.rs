@@ -62,7 +62,16 @@ fn a_pod_runs_a_container_whose_log_exec_and_stats_work_and_removal_leaves_nothi
             assert!(listed.iter().any(|i| i.id == image_id), "{listed:?}");
 
             // runp
-            let pod = pod_config("web", &daemon.log_dir);
+            let mut pod = pod_config("web", &daemon.log_dir);
+            // Pod sysctls, applied in each container's IPC namespace.
+            pod.linux = Some(LinuxPodSandboxConfig {
+                sysctls: [
+                    ("kernel.shm_rmid_forced".to_string(), "1".to_string()),
+                    ("fs.mqueue.msg_max".to_string(), "100".to_string()),
+                ]
+                .into(),
+                ..Default::default()
+            });
             let pod_id = run_pod(&mut c, pod.clone()).await;
             assert_eq!(pod_id.len(), 32);
 
@@ -496,6 +505,70 @@ fn a_pod_runs_a_container_whose_log_exec_and_stats_work_and_removal_leaves_nothi
             let write = exec(&mut c, &locked, &["sh", "-c", "echo x > /probe"]).await;
             assert_ne!(write.2, 0, "{write:?}");
             assert!(write.1.contains("Read-only file system"), "{write:?}");
+            // Without paths of its own, a container gets containerd's masked and read-only
+            // lists (/proc/sys among them); the pod's sysctls are there.
+            let sys = exec(
+                &mut c,
+                &locked,
+                &[
+                    "sh",
+                    "-c",
+                    "cat /proc/sys/kernel/shm_rmid_forced /proc/sys/fs/mqueue/msg_max; \
+                     echo 0 > /proc/sys/kernel/shm_rmid_forced",
+                ],
+            )
+            .await;
+            assert_eq!(sys.0, "1\n100\n", "{sys:?}");
+            assert!(sys.1.contains("Read-only file system"), "{sys:?}");
+
+            // Supplemental groups, no_new_privs, masked and read-only paths of its own;
+            // exec'd processes get the same.
+            let mut guarded = container_config("guarded", &image_id, &["sleep", "3600"]);
+            guarded.linux = Some(LinuxContainerConfig {
+                security_context: Some(LinuxContainerSecurityContext {
+                    supplemental_groups: vec![1234, 5678],
+                    no_new_privs: true,
+                    masked_paths: vec!["/etc/hostname".into(), "/var".into()],
+                    readonly_paths: vec!["/tmp".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            let guarded = create_container(&mut c, &pod_id, &pod, guarded)
+                .await
+                .expect("CreateContainer with groups and paths");
+            c.runtime
+                .start_container(StartContainerRequest {
+                    container_id: guarded.clone(),
+                })
+                .await
+                .expect("StartContainer");
+            let seen = exec(
+                &mut c,
+                &guarded,
+                &[
+                    "sh",
+                    "-c",
+                    "id -G; grep NoNewPrivs /proc/self/status; \
+                     echo \"hostname=[$(cat /etc/hostname)] var=[$(ls -A /var)]\"; \
+                     touch /tmp/x",
+                ],
+            )
+            .await;
+            let lines: Vec<&str> = seen.0.lines().collect();
+            let groups: Vec<&str> = lines.first().map_or(vec![], |l| l.split(' ').collect());
+            assert!(
+                groups.first() == Some(&"0")
+                    && groups.contains(&"1234")
+                    && groups.contains(&"5678"),
+                "{seen:?}"
+            );
+            assert_eq!(
+                lines[1..],
+                ["NoNewPrivs:\t1", "hostname=[] var=[]"],
+                "{seen:?}"
+            );
+            assert!(seen.1.contains("Read-only file system"), "{seen:?}");
 
             // An image in use is not removed.
             let in_use = c

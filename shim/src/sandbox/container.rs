@@ -49,6 +49,14 @@ pub struct ContainerSpec {
     pub drop_capabilities: Vec<String>,
     /// Mount the container's root read-only.
     pub readonly_rootfs: bool,
+    /// Groups added to the user's own (CRI's supplemental_groups).
+    pub supplemental_groups: Vec<u32>,
+    pub no_new_privs: bool,
+    /// Absolute paths hidden and made read-only in the container (see agent.proto).
+    pub masked_paths: Vec<String>,
+    pub readonly_paths: Vec<String>,
+    /// The pod's sysctls, applied in each container's namespaces.
+    pub sysctls: std::collections::HashMap<String, String>,
 }
 
 /// How a container's main process ended.
@@ -82,7 +90,7 @@ impl Sandbox {
                     user: Some(User {
                         uid: process.uid,
                         gid: process.gid,
-                        additional_gids: Vec::new(),
+                        additional_gids: spec.supplemental_groups,
                         name: process.user_name.unwrap_or_default(),
                         group: process.group_name.unwrap_or_default(),
                     }),
@@ -102,6 +110,10 @@ impl Sandbox {
                     add_capabilities: spec.add_capabilities,
                     drop_capabilities: spec.drop_capabilities,
                     readonly_rootfs: spec.readonly_rootfs,
+                    no_new_privs: spec.no_new_privs,
+                    masked_paths: spec.masked_paths,
+                    readonly_paths: spec.readonly_paths,
+                    sysctls: spec.sysctls,
                     ..Default::default()
                 };
                 let mut agent = self.agent.clone();

@@ -41,6 +41,10 @@ pub struct CreateContainer {
     pub add_capabilities: Vec<String>,
     pub drop_capabilities: Vec<String>,
     pub readonly_rootfs: bool,
+    pub supplemental_groups: Vec<u32>,
+    pub no_new_privs: bool,
+    pub masked_paths: Vec<String>,
+    pub readonly_paths: Vec<String>,
 }
 
 /// What ExecSync gives back.
@@ -199,6 +203,11 @@ impl Runtime {
             add_capabilities: request.add_capabilities.clone(),
             drop_capabilities: request.drop_capabilities.clone(),
             readonly_rootfs: request.readonly_rootfs,
+            supplemental_groups: request.supplemental_groups.clone(),
+            no_new_privs: request.no_new_privs,
+            masked_paths: request.masked_paths.clone(),
+            readonly_paths: request.readonly_paths.clone(),
+            sysctls: pod_record.sysctls.clone(),
         };
         let created = self.create_in_guest(&pod, record, spec).await;
         if created.is_err() {

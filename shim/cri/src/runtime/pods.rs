@@ -29,6 +29,7 @@ pub struct RunPod {
     pub runtime_handler: String,
     pub resources: Option<LinuxContainerResources>,
     pub overhead: Option<LinuxContainerResources>,
+    pub sysctls: std::collections::HashMap<String, String>,
 }
 
 impl Runtime {
@@ -74,6 +75,7 @@ impl Runtime {
             labels: request.labels,
             annotations: request.annotations,
             runtime_handler: request.runtime_handler,
+            sysctls: request.sysctls,
             created_at_ns: now_ns(),
             vcpus: size.vcpus,
             memory_mib: size.memory_mib,

@@ -32,6 +32,58 @@ fn valid_hostname(name: &str) -> bool {
         })
 }
 
+/// A sysctl name: parts of letters, digits, `_` and `-` between dots or slashes.
+fn valid_sysctl(key: &str) -> bool {
+    key.split(['.', '/']).all(|part| {
+        !part.is_empty()
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    })
+}
+
+/// The paths containerd hides and makes read-only in a container whose security context
+/// names none (its default OCI spec's lists).
+const DEFAULT_MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+];
+const DEFAULT_READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// The given paths, or `defaults` when there are none; each must be absolute.
+fn security_paths(
+    given: Vec<String>,
+    defaults: &[&str],
+    field: &str,
+) -> Result<Vec<String>, RuntimeError> {
+    if given.is_empty() {
+        return Ok(defaults.iter().map(|p| p.to_string()).collect());
+    }
+    for path in &given {
+        if !path.starts_with('/') || path.split('/').any(|p| p == "..") {
+            return Err(RuntimeError::invalid(
+                field,
+                format!("{path:?} is not a clean absolute path"),
+            ));
+        }
+    }
+    Ok(given)
+}
+
 /// The host name of a pod that asked for none: its name, as the kubelet makes it (cut to 63
 /// characters), with anything a host name cannot hold made a `-`; mixed case stays, as the
 /// kernel takes it.
@@ -102,6 +154,14 @@ pub fn run_pod_request(request: cri::RunPodSandboxRequest) -> Result<RunPod, Run
     }
     let dns = config.dns_config.unwrap_or_default();
     let linux = config.linux.unwrap_or_default();
+    for key in linux.sysctls.keys() {
+        if !valid_sysctl(key) {
+            return Err(RuntimeError::invalid(
+                "config.linux.sysctls",
+                format!("{key:?} is not a sysctl name"),
+            ));
+        }
+    }
     if linux
         .security_context
         .as_ref()
@@ -128,6 +188,7 @@ pub fn run_pod_request(request: cri::RunPodSandboxRequest) -> Result<RunPod, Run
         runtime_handler: request.runtime_handler,
         resources: linux.resources,
         overhead: linux.overhead,
+        sysctls: linux.sysctls,
     })
 }
 
@@ -209,6 +270,18 @@ pub fn create_container_request(
             "privileged containers are not supported: the VM boundary has no host to expose",
         ));
     }
+    let supplemental_groups = security
+        .supplemental_groups
+        .iter()
+        .map(|&g| {
+            u32::try_from(g).map_err(|_| {
+                RuntimeError::invalid(
+                    "config.linux.security_context.supplemental_groups",
+                    format!("{g} is not a group id"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(CreateContainer {
         pod_id: request.pod_sandbox_id,
         name: metadata.name,
@@ -229,6 +302,18 @@ pub fn create_container_request(
         add_capabilities: capabilities.add_capabilities,
         drop_capabilities: capabilities.drop_capabilities,
         readonly_rootfs: security.readonly_rootfs,
+        supplemental_groups,
+        no_new_privs: security.no_new_privs,
+        masked_paths: security_paths(
+            security.masked_paths,
+            DEFAULT_MASKED_PATHS,
+            "config.linux.security_context.masked_paths",
+        )?,
+        readonly_paths: security_paths(
+            security.readonly_paths,
+            DEFAULT_READONLY_PATHS,
+            "config.linux.security_context.readonly_paths",
+        )?,
     })
 }
 
