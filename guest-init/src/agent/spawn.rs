@@ -501,8 +501,9 @@ fn run_step(step: &Step, root: &mut RawFd) -> Result<(), i32> {
                 Err(libc::ENOENT) => return Ok(()),
                 Err(e) => return Err(e),
             };
-            // SAFETY: fstat fills a plain struct for a descriptor this process holds.
+            // SAFETY: stat is plain data, for which all zeroes is a valid value.
             let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: fstat fills a live struct for a descriptor this process holds.
             if unsafe { libc::fstat(target.0, &mut stat) } != 0 {
                 return Err(errno());
             }
