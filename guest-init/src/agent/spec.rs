@@ -207,6 +207,24 @@ pub fn parse_mount_options(fstype: &str, options: &[String]) -> (libc::c_ulong, 
     (flags, data.join(","))
 }
 
+/// A sysctl key as a path below /proc/sys: dots or slashes separate its parts, each of
+/// letters, digits, `_` and `-` (kernel names; a dot inside a part, as in net.ipv4.conf's
+/// interface names, is written with slashes).
+pub fn sysctl_path(key: &str) -> Result<String, String> {
+    let parts: Vec<&str> = key.split(['.', '/']).collect();
+    let ok = !key.is_empty()
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        });
+    if ok {
+        Ok(parts.join("/"))
+    } else {
+        Err(format!("{key:?} is not a sysctl name"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,23 +296,5 @@ mod tests {
         let (flags, data) = parse_mount_options("bind", &["rbind".into(), "rprivate".into()]);
         assert_eq!(flags, libc::MS_BIND | libc::MS_REC);
         assert_eq!(data, "");
-    }
-}
-
-/// A sysctl key as a path below /proc/sys: dots or slashes separate its parts, each of
-/// letters, digits, `_` and `-` (kernel names; a dot inside a part, as in net.ipv4.conf's
-/// interface names, is written with slashes).
-pub fn sysctl_path(key: &str) -> Result<String, String> {
-    let parts: Vec<&str> = key.split(['.', '/']).collect();
-    let ok = !key.is_empty()
-        && parts.iter().all(|p| {
-            !p.is_empty()
-                && p.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        });
-    if ok {
-        Ok(parts.join("/"))
-    } else {
-        Err(format!("{key:?} is not a sysctl name"))
     }
 }
