@@ -103,6 +103,8 @@ bench: all kvm-host
 	"$${run[@]}" target/release/vpod-bench layer-read --runs 3 --host $$host; \
 	"$${run[@]}" target/release/vpod-bench vsock --runs 3 --mib 64 --host $$host; \
 	"$${run[@]}" target/release/vpod-bench cri --runs 10 --host $$host
+	@echo "bench: the CRI socket's :authority normalisation, per RPC (native)"
+	target/release/vpod-bench cri-rpc --runs 10
 	@echo "bench: host-side device and image paths (native)"
 	VPOD_BENCH_VSOCK_ROUNDS=400 $(CARGO) test -q --release -p vpod-vmm --lib vsock_queue_throughput -- --nocapture
 	VPOD_BENCH_VSOCK_MIB=256 VPOD_BENCH_VSOCK_RUNS=5 VPOD_BENCH_JSONL=$(CURDIR)/bench/results/vsock-host-path.jsonl \

@@ -240,6 +240,45 @@ async fn a_plain_http_registry_on_loopback_needs_no_insecure_listing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirrored_registry_is_pulled_from_its_mirror_under_its_own_name() {
+    let registry = TestRegistry::start(Setup::default());
+    registry.push(
+        &default_image_source(),
+        "e2e-test-images/busybox:1.29-2",
+        false,
+    );
+    let fixture = Fixture::new();
+    let options = RegistryOptions {
+        mirrors: [("registry.k8s.io".to_string(), registry.address.clone())].into(),
+        ..RegistryOptions::default()
+    };
+    let images = Images::open(open_store(&fixture), options).unwrap();
+    // registry.k8s.io itself is not reachable from here: only the mirror can answer.
+    let record = images
+        .pull("registry.k8s.io/e2e-test-images/busybox:1.29-2", None)
+        .await
+        .expect("pulled through the mirror");
+    assert_eq!(
+        record.repo_tags,
+        vec!["registry.k8s.io/e2e-test-images/busybox:1.29-2".to_string()]
+    );
+    assert!(
+        record.repo_digests[0].starts_with("registry.k8s.io/e2e-test-images/busybox@sha256:"),
+        "{record:?}"
+    );
+    // An unmirrored registry is asked itself (here a loopback port nothing listens on).
+    let error = images
+        .pull("127.0.0.1:1/e2e-test-images/busybox:1.29-2", None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, ImagesError::Registry { .. }),
+        "{}",
+        chain(&error)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_pulls_of_one_reference_fetch_and_convert_once() {
     let registry = TestRegistry::start(Setup::default());
     registry.push(&default_image_source(), "vpod/default:latest", false);

@@ -68,6 +68,9 @@ pub struct RegistryConfig {
     pub insecure_registries: Vec<String>,
     /// PEM files of CA certificates trusted besides the system's.
     pub extra_ca_files: Vec<PathBuf>,
+    /// Registry `host[:port]` to the `host[:port]` its images are pulled from instead (an
+    /// air-gapped node's local copy); images keep the names they were asked for.
+    pub mirrors: std::collections::HashMap<String, String>,
 }
 
 /// How pod VMs are sized (see [`crate::sizing`]).

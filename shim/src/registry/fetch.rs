@@ -24,6 +24,16 @@ use crate::oci::spec::{
 use crate::registry::reference::ImageReference;
 use crate::registry::{ImagesError, RegistryAuth, Shared};
 
+/// Where `image` is pulled from: its registry's mirror if it has one, else its registry.
+pub fn endpoint(shared: &Shared, image: &ImageReference) -> String {
+    shared
+        .options
+        .mirrors
+        .get(&image.registry)
+        .cloned()
+        .unwrap_or_else(|| image.registry.clone())
+}
+
 /// Whether `registry` (`host[:port]`) is this machine's loopback: `localhost`, 127.0.0.0/8 or
 /// `[::1]`. As Docker and containerd do, a registry there that does not answer HTTPS is
 /// reached over plain HTTP without being listed in `insecure_registries`; traffic to it
@@ -82,9 +92,10 @@ impl Fetcher {
         let name = image.to_string();
         let auth = oci_auth(&name, auth)?;
         let options = &shared.options;
+        let endpoint = endpoint(shared, image);
         let mut plain = options.insecure_registries.clone();
         if plain_http {
-            plain.push(image.registry.clone());
+            plain.push(endpoint.clone());
         }
         let config = ClientConfig {
             protocol: ClientProtocol::HttpsExcept(plain),
@@ -98,12 +109,12 @@ impl Fetcher {
         let client = Client::try_from(config).map_err(ImagesError::Client)?;
         let reference = match (&image.tag, &image.digest) {
             (_, Some(digest)) => Reference::with_digest(
-                image.registry.clone(),
+                endpoint.clone(),
                 image.repository.clone(),
                 digest.to_string(),
             ),
             (tag, None) => Reference::with_tag(
-                image.registry.clone(),
+                endpoint.clone(),
                 image.repository.clone(),
                 tag.clone()
                     .unwrap_or_else(|| super::reference::DEFAULT_TAG.to_owned()),

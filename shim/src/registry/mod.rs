@@ -34,7 +34,9 @@
 //! - **Transport**: HTTPS, trusting the system's roots and `extra_ca_files`; plain HTTP to
 //!   registries listed in `insecure_registries` (`host[:port]`, exactly as in the
 //!   reference), and to a loopback registry (`localhost`, 127.0.0.0/8, `[::1]`) that HTTPS
-//!   cannot reach, as Docker and containerd allow by default.
+//!   cannot reach, as Docker and containerd allow by default. A registry listed in `mirrors`
+//!   is pulled from its mirror (the choice of HTTP above is the mirror's), and the image
+//!   keeps the name it was asked for.
 //! - **Credentials** come with each pull and are used for that pull only: a registry token
 //!   (bearer), else username and password, else `auth` (base64 `user:password`), else an
 //!   identity token, which oci-client cannot exchange by the OAuth refresh-token grant;
@@ -122,6 +124,9 @@ pub struct RegistryOptions {
     pub read_timeout: Duration,
     /// Layer blobs downloaded at the same time by one pull.
     pub max_concurrent_downloads: usize,
+    /// Registry (`host[:port]` as written in references) to the `host[:port]` pulled from
+    /// instead, as containerd's mirrors: the image keeps the name it was asked for.
+    pub mirrors: std::collections::HashMap<String, String>,
 }
 
 impl Default for RegistryOptions {
@@ -132,6 +137,7 @@ impl Default for RegistryOptions {
             connect_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(120),
             max_concurrent_downloads: 3,
+            mirrors: std::collections::HashMap::new(),
         }
     }
 }

@@ -12,7 +12,7 @@ use futures_util::stream::{self, StreamExt, TryStreamExt};
 
 use crate::digest::Digest;
 use crate::oci::layout::{OciLayout, ResolvedImage};
-use crate::registry::fetch::{is_loopback, Fetcher, RemoteImage};
+use crate::registry::fetch::{endpoint, is_loopback, Fetcher, RemoteImage};
 use crate::registry::{
     catalog, ImageRecord, ImageReference, Images, ImagesError, RegistryAuth, Shared,
 };
@@ -56,9 +56,10 @@ impl Images {
     ) -> Result<(Fetcher, RemoteImage), ImagesError> {
         let fetcher = Fetcher::new(shared, image, auth, false)?;
         let first = fetcher.resolve().await;
-        let listed = shared.options.insecure_registries.contains(&image.registry);
+        let endpoint = endpoint(shared, image);
+        let listed = shared.options.insecure_registries.contains(&endpoint);
         match first {
-            Err(ImagesError::Registry { .. }) if !listed && is_loopback(&image.registry) => {
+            Err(ImagesError::Registry { .. }) if !listed && is_loopback(&endpoint) => {
                 let fetcher = Fetcher::new(shared, image, auth, true)?;
                 let remote = fetcher.resolve().await?;
                 Ok((fetcher, remote))

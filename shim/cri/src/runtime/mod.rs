@@ -148,6 +148,7 @@ impl Runtime {
         let options = RegistryOptions {
             insecure_registries: config.registry.insecure_registries.clone(),
             extra_ca_files: config.registry.extra_ca_files.clone(),
+            mirrors: config.registry.mirrors.clone(),
             ..RegistryOptions::default()
         };
         let images = Images::open(store, options)?;
