@@ -32,6 +32,28 @@ fn valid_hostname(name: &str) -> bool {
         })
 }
 
+/// The host's network, PID and IPC namespaces are outside the VM: asking for one is an
+/// error, not a silent namespace of the pod's own.
+fn refuse_host_namespaces(
+    namespaces: &cri::NamespaceOption,
+    field: &str,
+) -> Result<(), RuntimeError> {
+    let node = cri::NamespaceMode::Node as i32;
+    for (name, mode) in [
+        ("network", namespaces.network),
+        ("pid", namespaces.pid),
+        ("ipc", namespaces.ipc),
+    ] {
+        if mode == node {
+            return Err(RuntimeError::invalid(
+                format!("{field}.{name}"),
+                format!("the host's {name} namespace is not reachable from a VM pod"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A sysctl name: parts of letters, digits, `_` and `-` between dots or slashes.
 fn valid_sysctl(key: &str) -> bool {
     key.split(['.', '/']).all(|part| {
@@ -162,16 +184,15 @@ pub fn run_pod_request(request: cri::RunPodSandboxRequest) -> Result<RunPod, Run
             ));
         }
     }
-    if linux
+    if let Some(namespaces) = linux
         .security_context
         .as_ref()
         .and_then(|s| s.namespace_options.as_ref())
-        .is_some_and(|n| n.network == cri::NamespaceMode::Node as i32)
     {
-        return Err(RuntimeError::invalid(
-            "config.linux.security_context.namespace_options.network",
-            "host networking is not possible in a VM pod",
-        ));
+        refuse_host_namespaces(
+            namespaces,
+            "config.linux.security_context.namespace_options",
+        )?;
     }
     Ok(RunPod {
         name: metadata.name,
@@ -269,6 +290,12 @@ pub fn create_container_request(
             "config.linux.security_context.privileged",
             "privileged containers are not supported: the VM boundary has no host to expose",
         ));
+    }
+    if let Some(namespaces) = &security.namespace_options {
+        refuse_host_namespaces(
+            namespaces,
+            "config.linux.security_context.namespace_options",
+        )?;
     }
     let supplemental_groups = security
         .supplemental_groups
@@ -690,6 +717,59 @@ mod tests {
         let mut r = pod_request();
         r.config.as_mut().unwrap().log_directory = "relative".into();
         assert_eq!(field_of(run_pod_request(r)), "config.log_directory");
+    }
+
+    #[test]
+    fn host_namespaces_are_refused_by_name() {
+        for (which, set) in [
+            ("network", (2, 0, 0)),
+            ("pid", (0, 2, 0)),
+            ("ipc", (0, 0, 2)),
+        ] {
+            let namespaces = cri::NamespaceOption {
+                network: set.0,
+                pid: set.1,
+                ipc: set.2,
+                ..Default::default()
+            };
+            let mut r = pod_request();
+            r.config.as_mut().unwrap().linux = Some(cri::LinuxPodSandboxConfig {
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: Some(namespaces.clone()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            assert_eq!(
+                field_of(run_pod_request(r)),
+                format!("config.linux.security_context.namespace_options.{which}")
+            );
+            let mut c = container_request();
+            c.config.as_mut().unwrap().linux = Some(cri::LinuxContainerConfig {
+                security_context: Some(cri::LinuxContainerSecurityContext {
+                    namespace_options: Some(namespaces),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            assert_eq!(
+                field_of(create_container_request(c)),
+                format!("config.linux.security_context.namespace_options.{which}")
+            );
+        }
+        // Pod and container modes are fine.
+        let mut c = container_request();
+        c.config.as_mut().unwrap().linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    pid: cri::NamespaceMode::Container as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert!(create_container_request(c).is_ok());
     }
 
     #[test]
