@@ -902,3 +902,40 @@ async fn the_security_context_applies_groups_no_new_privs_masks_read_only_paths_
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_signal_sent_before_the_init_handles_it_arrives_once_it_does() {
+    bounded(async {
+        let Some(mut agent) = Agent::start().await else {
+            return;
+        };
+        // SIGTERM at once, while the shell (the namespace's init) has no handler yet: the
+        // kernel would drop it; the agent holds it until the trap is set.
+        let late_trap = agent.create_request(
+            "d1",
+            &[
+                "sh",
+                "-c",
+                "sleep 0.5; trap 'echo got-term; exit 143' TERM; echo ready; \
+                 while true; do sleep 0.05; done",
+            ],
+        );
+        agent.run(late_trap).await;
+        agent
+            .client
+            .signal_container(v1::SignalContainerRequest {
+                id: "d1".into(),
+                signal: libc::SIGTERM,
+            })
+            .await
+            .unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(10), agent.wait("d1"))
+            .await
+            .expect("the held-back SIGTERM ended the container");
+        assert_eq!(ended.status, Some(Ended::ExitCode(143)));
+        let (out, _) = agent.output("d1").await;
+        assert_eq!(out, "ready\ngot-term\n");
+        agent.remove("d1").await;
+    })
+    .await;
+}

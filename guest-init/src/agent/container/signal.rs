@@ -14,6 +14,34 @@ pub struct ExitReport {
     pub finished_at_ns: i64,
 }
 
+/// How long a held-back signal waits for its handler, and how often it looks.
+const DEFER_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+const DEFER_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Signals a program can catch or ignore.
+fn catchable(signal: i32) -> bool {
+    signal != libc::SIGKILL && signal != libc::SIGSTOP
+}
+
+/// Whether process `pid` catches or ignores `signal`, from /proc/PID/status (`None` when
+/// that cannot be read: the process is gone).
+pub fn handling(pid: libc::pid_t, signal: i32) -> Option<bool> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    sig_handled(&status, signal)
+}
+
+/// Whether the SigCgt or SigIgn mask of a /proc/PID/status text has `signal`.
+fn sig_handled(status: &str, signal: i32) -> Option<bool> {
+    let bit = 1u64.checked_shl(u32::try_from(signal - 1).ok()?)?;
+    let mask = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    };
+    Some((mask("SigCgt:")? | mask("SigIgn:")?) & bit != 0)
+}
+
 impl ContainerManager {
     /// Waits until the container's init has ended (also when it has not started yet).
     pub async fn wait(&self, id: &str) -> Result<ExitReport, ContainerError> {
@@ -40,9 +68,32 @@ impl ContainerManager {
         }
     }
 
+    /// Sends `signal` to the container's init. The init of a PID namespace gets a signal
+    /// from outside it only if it has a handler for it (SIGKILL and SIGSTOP aside): one sent
+    /// before the program set its handlers up (a StopContainer right after StartContainer,
+    /// as critest and impatient controllers do) would be dropped, and the container killed
+    /// at the end of its grace period. Such a signal is held back and sent as soon as the
+    /// init handles it (or never, if it never does: the kernel would have dropped it).
     pub fn signal(&self, id: &str, signal: i32) -> Result<(), ContainerError> {
         let container = self.get(id)?;
         let pid = container.running_pid("running")?;
+        if catchable(signal) && handling(pid, signal) == Some(false) {
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                while started.elapsed() < DEFER_LIMIT {
+                    tokio::time::sleep(DEFER_POLL).await;
+                    if !matches!(container.phase(), Phase::Running { pid: now, .. } if now == pid) {
+                        return;
+                    }
+                    if handling(pid, signal) != Some(false) {
+                        // SAFETY: kill takes plain integers.
+                        unsafe { libc::kill(pid, signal) };
+                        return;
+                    }
+                }
+            });
+            return Ok(());
+        }
         // SAFETY: kill takes plain integers.
         if unsafe { libc::kill(pid, signal) } != 0 {
             let e = std::io::Error::last_os_error();
@@ -101,5 +152,31 @@ impl ContainerManager {
         let container = self.get(id)?;
         container.stdin.lock().await.take();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handled_signals_are_read_from_the_status_masks() {
+        // busybox top: TERM (15) caught; HUP (1) caught.
+        let top = "Name:\ttop\nSigIgn:\t0000000000000000\nSigCgt:\t0000000003807a27\n";
+        assert_eq!(sig_handled(top, libc::SIGTERM), Some(true));
+        assert_eq!(sig_handled(top, libc::SIGHUP), Some(true));
+        // sleep: nothing caught; PIPE (13) ignored counts as handled (it is not dropped).
+        let sleep = "SigIgn:\t0000000000001000\nSigCgt:\t0000000000000000\n";
+        assert_eq!(sig_handled(sleep, libc::SIGTERM), Some(false));
+        assert_eq!(sig_handled(sleep, libc::SIGPIPE), Some(true));
+        assert_eq!(sig_handled("garbage", libc::SIGTERM), None);
+        assert_eq!(sig_handled(sleep, 0), None);
+        assert_eq!(sig_handled(sleep, 65), None);
+        // This test process is alive and, like every Rust program, ignores SIGPIPE.
+        assert_eq!(
+            handling(std::process::id() as i32, libc::SIGPIPE),
+            Some(true)
+        );
+        assert!(!catchable(libc::SIGKILL) && catchable(libc::SIGTERM));
     }
 }
