@@ -38,6 +38,24 @@ fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
+/// `block` as a HEADERS frame and CONTINUATION frames of at most `size` octets each.
+fn split_block(out: &mut Vec<u8>, stream: u32, block: &[u8], size: usize) {
+    let pieces: Vec<&[u8]> = block.chunks(size.max(1)).collect();
+    for (k, piece) in pieces.iter().enumerate() {
+        let kind = if k == 0 {
+            TYPE_HEADERS
+        } else {
+            TYPE_CONTINUATION
+        };
+        let flags = if k + 1 == pieces.len() {
+            FLAG_END_HEADERS
+        } else {
+            0
+        };
+        frame(out, kind, flags, stream, piece);
+    }
+}
+
 /// Runs `input` through a rewriter `chunk` octets at a time.
 fn run(input: &[u8], chunk: usize) -> (Vec<u8>, Rewriter) {
     let mut rewriter = Rewriter::new("localhost");
@@ -244,18 +262,7 @@ fn dynamic_table_size_updates_padding_priority_and_continuations() {
             }
             _ => {
                 // Cut into a HEADERS and several CONTINUATION frames.
-                let pieces: Vec<&[u8]> = block.chunks(block.len() / 3 + 1).collect();
-                headers_frame(&mut input, stream, 0, pieces[0]);
-                for (k, piece) in pieces[1..].iter().enumerate() {
-                    let last = k + 2 == pieces.len();
-                    frame(
-                        &mut input,
-                        TYPE_CONTINUATION,
-                        if last { FLAG_END_HEADERS } else { 0 },
-                        stream,
-                        piece,
-                    );
-                }
+                split_block(&mut input, stream, &block, block.len() / 3 + 1);
             }
         }
         let mut want = fields.clone();
@@ -285,18 +292,7 @@ fn large_blocks_are_cut_into_continuations() {
     let mut fields = request(Some("/run/x.sock"), "/a");
     fields.push((b"x-large".to_vec(), vec![b'a'; 40_000]));
     let block = encode(&mut encoder, &fields);
-    let pieces: Vec<&[u8]> = block.chunks(16_000).collect();
-    headers_frame(&mut input, 1, 0, pieces[0]);
-    for (k, piece) in pieces[1..].iter().enumerate() {
-        let last = k + 2 == pieces.len();
-        frame(
-            &mut input,
-            TYPE_CONTINUATION,
-            if last { FLAG_END_HEADERS } else { 0 },
-            1,
-            piece,
-        );
-    }
+    split_block(&mut input, 1, &block, 16_000);
     let (output, _) = run(&input, 1000);
     // server_view checks that no frame is over MAX_OUT_FRAME.
     let seen = server_view(&output);
@@ -401,18 +397,7 @@ fn an_hpack_bomb_is_not_expanded() {
         bomb.push(0x80 | 62);
     }
     let mut c = input.clone();
-    let pieces: Vec<&[u8]> = bomb.chunks(16_000).collect();
-    headers_frame(&mut c, 3, 0, pieces[0]);
-    for (k, piece) in pieces[1..].iter().enumerate() {
-        let last = k + 2 == pieces.len();
-        frame(
-            &mut c,
-            TYPE_CONTINUATION,
-            if last { FLAG_END_HEADERS } else { 0 },
-            3,
-            piece,
-        );
-    }
+    split_block(&mut c, 3, &bomb, 16_000);
     let (output, rewriter) = run(&c, c.len());
     assert!(rewriter.poisoned());
     // The first block was re-encoded; the bomb became a block the server cannot decode.
