@@ -939,3 +939,51 @@ async fn a_signal_sent_before_the_init_handles_it_arrives_once_it_does() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn containers_sharing_the_pod_pid_namespace_see_each_other() {
+    bounded(async {
+        let Some(mut agent) = Agent::start().await else {
+            return;
+        };
+        let mut first = agent.create_request("p1", &["sleep", "1234"]);
+        first.share_pod_pid_namespace = true;
+        agent.run(first).await;
+        let look = "cat /proc/[0-9]*/cmdline; echo; echo self=$$";
+        let mut second = agent.create_request("p2", &["sh", "-c", look]);
+        second.share_pod_pid_namespace = true;
+        agent.run(second).await;
+        let (out, err) = agent.output("p2").await;
+        assert!(
+            out.contains("sleep\x001234"),
+            "the shared namespace shows p1: {out:?} {err}"
+        );
+        // PID 1 is the holder, not a container's process.
+        assert!(!out.contains("self=1\n"), "{out:?}");
+        let alone = agent.create_request("p3", &["sh", "-c", look]);
+        agent.run(alone).await;
+        let (out, _) = agent.output("p3").await;
+        assert!(
+            !out.contains("1234"),
+            "a container of its own sees no other: {out:?}"
+        );
+        assert!(out.contains("self=1\n"), "{out:?}");
+        // Not its namespace's init, p1 gets SIGTERM at once (sleep does not handle it).
+        agent
+            .client
+            .signal_container(v1::SignalContainerRequest {
+                id: "p1".into(),
+                signal: libc::SIGTERM,
+            })
+            .await
+            .unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(10), agent.wait("p1"))
+            .await
+            .expect("SIGTERM ended p1");
+        assert_eq!(ended.status, Some(Ended::Signal(libc::SIGTERM)));
+        for id in ["p1", "p2", "p3"] {
+            agent.remove(id).await;
+        }
+    })
+    .await;
+}

@@ -192,6 +192,7 @@ pub fn create_request(request: v1::CreateContainerRequest) -> Result<ContainerSp
         masked_paths: clean_paths(request.masked_paths, "masked_paths")?,
         readonly_paths: clean_paths(request.readonly_paths, "readonly_paths")?,
         sysctls: sysctls(request.sysctls)?,
+        share_pod_pid: request.share_pod_pid_namespace,
     })
 }
 

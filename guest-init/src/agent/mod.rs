@@ -13,6 +13,7 @@ pub mod rootfs;
 pub mod service;
 pub mod setup;
 pub mod spawn;
+pub mod spawn_pod;
 pub mod spec;
 pub mod stdio;
 pub mod users;

@@ -407,6 +407,7 @@ mod tests {
             masked_paths: vec![],
             readonly_paths: vec![],
             sysctls: vec![],
+            share_pod_pid: false,
         }
     }
 

@@ -72,7 +72,7 @@ const STAGE_NAMES: &[&str] = &[
     "setting no_new_privs",
 ];
 const JOIN_CGROUP: usize = 0;
-const SETNS: usize = 1;
+pub(super) const SETNS: usize = 1;
 const RLIMIT: usize = 2;
 const CAPBSET: usize = 3;
 const SETGROUPS: usize = 4;
@@ -83,11 +83,11 @@ const CAPSET: usize = 8;
 const CHDIR: usize = 9;
 const DUP2: usize = 10;
 const EXEC_STAGE: usize = 11;
-const CLONE_GRANDCHILD: usize = 12;
+pub(super) const CLONE_GRANDCHILD: usize = 12;
 const NO_NEW_PRIVS: usize = 13;
 
-const TAG_ERROR: u32 = 1;
-const TAG_PID: u32 = 2;
+pub(super) const TAG_ERROR: u32 = 1;
+pub(super) const TAG_PID: u32 = 2;
 const RECORD_LEN: usize = 12;
 
 /// The descriptors the process gets as 0, 1 and 2 (the child's ends).
@@ -98,7 +98,7 @@ pub struct ChildStdio {
 }
 
 /// A process's identity and program, ready for a child that cannot allocate.
-struct ProcessPlan {
+pub(super) struct ProcessPlan {
     _argv: Vec<CString>,
     argv_ptrs: Vec<*const libc::c_char>,
     _envp: Vec<CString>,
@@ -115,7 +115,7 @@ struct ProcessPlan {
 }
 
 impl ProcessPlan {
-    fn new(spec: &ProcessSpec) -> Result<Self, SpawnError> {
+    pub(super) fn new(spec: &ProcessSpec) -> Result<Self, SpawnError> {
         let program = spec.args.first().ok_or(SpawnError::NoArgs)?;
         let argv = spec
             .args
@@ -338,7 +338,7 @@ pub fn spawn_exec(reaper: &Reaper, launch: ExecLaunch<'_>) -> Result<Spawned, Sp
     }
 }
 
-fn open_cgroup_procs(group: Option<&Path>) -> Result<Option<OwnedFd>, SpawnError> {
+pub(super) fn open_cgroup_procs(group: Option<&Path>) -> Result<Option<OwnedFd>, SpawnError> {
     let Some(group) = group else {
         return Ok(None);
     };
@@ -350,7 +350,7 @@ fn open_cgroup_procs(group: Option<&Path>) -> Result<Option<OwnedFd>, SpawnError
     Ok(Some(OwnedFd::from(file)))
 }
 
-fn child_error(steps: &[Step], stage: u32, errno: i32) -> SpawnError {
+pub(super) fn child_error(steps: &[Step], stage: u32, errno: i32) -> SpawnError {
     let stage = if stage >= STAGE_BASE {
         STAGE_NAMES
             .get((stage - STAGE_BASE) as usize)
@@ -384,7 +384,7 @@ pub fn dev_null() -> Result<OwnedFd, SpawnError> {
         .map_err(|e| SpawnError::Open("/dev/null".to_string(), e))
 }
 
-fn read_record(pipe: &mut File) -> Option<(u32, u32, i32)> {
+pub(super) fn read_record(pipe: &mut File) -> Option<(u32, u32, i32)> {
     let mut record = [0u8; RECORD_LEN];
     pipe.read_exact(&mut record).ok()?;
     let word = |i: usize| [record[i], record[i + 1], record[i + 2], record[i + 3]];
@@ -405,7 +405,7 @@ fn read_records(pipe: OwnedFd) -> Result<Vec<(u32, u32, i32)>, SpawnError> {
 }
 
 /// fork(2) with namespace flags, through the raw system call: returns None in the child.
-fn clone_process(flags: libc::c_ulong) -> Result<Option<libc::pid_t>, SpawnError> {
+pub(super) fn clone_process(flags: libc::c_ulong) -> Result<Option<libc::pid_t>, SpawnError> {
     let flags = flags | libc::SIGCHLD as libc::c_ulong;
     // SAFETY: without CLONE_VM and with no new stack, clone behaves like fork: the child
     // gets a copy of this address space and continues here. Callers make the child use only
@@ -419,7 +419,7 @@ fn clone_process(flags: libc::c_ulong) -> Result<Option<libc::pid_t>, SpawnError
 }
 
 /// One system call of the setup; returns errno on failure. Runs in the child.
-fn run_step(step: &Step, root: &mut RawFd) -> Result<(), i32> {
+pub(super) fn run_step(step: &Step, root: &mut RawFd) -> Result<(), i32> {
     let opt = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
     let (rc, tolerated) = match step {
         Step::MakeRootPrivate => (
@@ -689,8 +689,8 @@ fn errno() -> i32 {
 }
 
 /// What a child knows about reporting back. Methods make only system calls.
-struct ChildContext {
-    report: RawFd,
+pub(super) struct ChildContext {
+    pub(super) report: RawFd,
 }
 
 #[repr(C)]
@@ -710,7 +710,7 @@ struct CapData {
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
 impl ChildContext {
-    fn write_record(&self, tag: u32, stage: u32, value: i32) {
+    pub(super) fn write_record(&self, tag: u32, stage: u32, value: i32) {
         let mut record = [0u8; RECORD_LEN];
         record[..4].copy_from_slice(&tag.to_ne_bytes());
         record[4..8].copy_from_slice(&stage.to_ne_bytes());
@@ -720,24 +720,24 @@ impl ChildContext {
         unsafe { libc::write(self.report, record.as_ptr().cast(), RECORD_LEN) };
     }
 
-    fn exit(&self, code: i32) -> ! {
+    pub(super) fn exit(&self, code: i32) -> ! {
         // SAFETY: _exit ends this process without running anything of the parent's.
         unsafe { libc::_exit(code) }
     }
 
-    fn fail(&self, stage: u32, errno: i32) -> ! {
+    pub(super) fn fail(&self, stage: u32, errno: i32) -> ! {
         self.write_record(TAG_ERROR, stage, errno);
         self.exit(if errno == libc::ENOENT { 127 } else { 126 })
     }
 
-    fn fail_stage(&self, stage: usize) -> ! {
+    pub(super) fn fail_stage(&self, stage: usize) -> ! {
         self.fail(STAGE_BASE + stage as u32, errno())
     }
 
     /// No signal blocked and none ignored, as a process starts under runc: exec resets
     /// handled signals but keeps ignored ones, and the agent ignores SIGPIPE (Rust's
     /// runtime does), which a container's `yes | head` needs to end.
-    fn reset_signal_mask(&self) {
+    pub(super) fn reset_signal_mask(&self) {
         // SAFETY: sigset_t is plain data and sigemptyset initialises it; sigprocmask reads it.
         unsafe {
             let mut set: libc::sigset_t = std::mem::zeroed();
@@ -754,7 +754,7 @@ impl ChildContext {
         }
     }
 
-    fn join_cgroup(&self, procs: RawFd) {
+    pub(super) fn join_cgroup(&self, procs: RawFd) {
         // In cgroup v2, writing 0 to cgroup.procs moves the writer.
         // SAFETY: writes one byte from a static string to an open descriptor.
         if unsafe { libc::write(procs, c"0".as_ptr().cast(), 1) } != 1 {
@@ -763,7 +763,7 @@ impl ChildContext {
     }
 
     /// Limits, identity, capabilities, stdio, then exec. Never returns.
-    fn become_process(&self, plan: &ProcessPlan, stdio: &ChildStdio) -> ! {
+    pub(super) fn become_process(&self, plan: &ProcessPlan, stdio: &ChildStdio) -> ! {
         for (resource, limit) in &plan.rlimits {
             // SAFETY: setrlimit reads a live rlimit.
             if unsafe { libc::setrlimit(*resource, limit) } != 0 {

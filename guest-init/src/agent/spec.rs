@@ -43,6 +43,8 @@ pub struct ContainerSpec {
     pub readonly_paths: Vec<String>,
     /// (key under /proc/sys with slashes, value), written from the new namespaces.
     pub sysctls: Vec<(String, String)>,
+    /// Start in the pod's shared PID namespace rather than one of its own.
+    pub share_pod_pid: bool,
 }
 
 /// A file the agent writes into the container's root, replacing the image's.

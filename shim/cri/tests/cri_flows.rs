@@ -569,6 +569,35 @@ fn a_pod_runs_a_container_whose_log_exec_and_stats_work_and_removal_leaves_nothi
                 "{seen:?}"
             );
             assert!(seen.1.contains("Read-only file system"), "{seen:?}");
+            // Without namespace options, containers share the pod's PID namespace (as under
+            // containerd): guarded sees the sleep of locked and limited too.
+            let count_sleeps = "grep -lx sleep /proc/[0-9]*/comm | wc -l";
+            let shared = exec(&mut c, &guarded, &["sh", "-c", count_sleeps]).await;
+            let sleeps: u32 = shared.0.trim().parse().unwrap_or(0);
+            assert!(sleeps >= 3, "{shared:?}");
+            // With pid = CONTAINER, only its own.
+            let mut own = container_config("own-pid", &image_id, &["sleep", "3600"]);
+            own.linux = Some(LinuxContainerConfig {
+                security_context: Some(LinuxContainerSecurityContext {
+                    namespace_options: Some(NamespaceOption {
+                        pid: NamespaceMode::Container as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            let own = create_container(&mut c, &pod_id, &pod, own)
+                .await
+                .expect("CreateContainer with a PID namespace of its own");
+            c.runtime
+                .start_container(StartContainerRequest {
+                    container_id: own.clone(),
+                })
+                .await
+                .expect("StartContainer");
+            let alone = exec(&mut c, &own, &["sh", "-c", count_sleeps]).await;
+            assert_eq!(alone.0.trim(), "1", "{alone:?}");
 
             // An image in use is not removed.
             let in_use = c

@@ -57,6 +57,8 @@ pub struct ContainerSpec {
     pub readonly_paths: Vec<String>,
     /// The pod's sysctls, applied in each container's namespaces.
     pub sysctls: std::collections::HashMap<String, String>,
+    /// Run in the pod's shared PID namespace, not one of its own.
+    pub share_pod_pid: bool,
 }
 
 /// How a container's main process ended.
@@ -114,6 +116,7 @@ impl Sandbox {
                     masked_paths: spec.masked_paths,
                     readonly_paths: spec.readonly_paths,
                     sysctls: spec.sysctls,
+                    share_pod_pid_namespace: spec.share_pod_pid,
                     ..Default::default()
                 };
                 let mut agent = self.agent.clone();

@@ -128,6 +128,8 @@ pub struct ContainerManager {
     containers: Mutex<HashMap<String, Arc<Container>>>,
     /// Ids being created (locked after `containers` when both are needed).
     reserved: Mutex<HashSet<String>>,
+    /// The pod's shared PID namespace, made when the first container asks for it.
+    pod_pid: Arc<Mutex<Option<crate::agent::spawn_pod::PodPidNamespace>>>,
 }
 
 impl ContainerManager {
@@ -147,6 +149,7 @@ impl ContainerManager {
             }),
             containers: Mutex::new(HashMap::new()),
             reserved: Mutex::new(HashSet::new()),
+            pod_pid: Arc::new(Mutex::new(None)),
         }
     }
 

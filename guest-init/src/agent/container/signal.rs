@@ -23,6 +23,18 @@ fn catchable(signal: i32) -> bool {
     signal != libc::SIGKILL && signal != libc::SIGSTOP
 }
 
+/// Whether process `pid` is the init of its PID namespace (the last NSpid is 1); a
+/// container in the pod's shared namespace is not, and gets every signal at once.
+fn namespace_init(pid: libc::pid_t) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .and_then(|v| v.split_whitespace().last().map(|last| last == "1"))
+            .unwrap_or(false)
+    })
+}
+
 /// Whether process `pid` catches or ignores `signal`, from /proc/PID/status (`None` when
 /// that cannot be read: the process is gone).
 pub fn handling(pid: libc::pid_t, signal: i32) -> Option<bool> {
@@ -77,7 +89,7 @@ impl ContainerManager {
     pub fn signal(&self, id: &str, signal: i32) -> Result<(), ContainerError> {
         let container = self.get(id)?;
         let pid = container.running_pid("running")?;
-        if catchable(signal) && handling(pid, signal) == Some(false) {
+        if catchable(signal) && namespace_init(pid) && handling(pid, signal) == Some(false) {
             tokio::spawn(async move {
                 let started = std::time::Instant::now();
                 while started.elapsed() < DEFER_LIMIT {

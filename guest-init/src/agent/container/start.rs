@@ -9,6 +9,7 @@ use crate::agent::in_root::RootDir;
 use crate::agent::reaper::ExitStatus;
 use crate::agent::setup;
 use crate::agent::spawn::{self, ChildStdio, ContainerLaunch, SpawnError, Spawned};
+use crate::agent::spawn_pod::{spawn_in_pod, PodPidNamespace};
 use crate::agent::spec::ContainerSpec;
 use crate::agent::stdio::Stream;
 
@@ -83,20 +84,27 @@ impl ContainerManager {
             spawn::pipe_receiver(stderr_read).map_err(|e| spawn_error(SpawnError::Pipe(e)))?;
         let reaper = Arc::clone(&self.reaper);
         let task_container = Arc::clone(container);
+        let pod_pid = Arc::clone(&self.pod_pid);
         let spawned = tokio::task::spawn_blocking(move || {
-            spawn::spawn_container(
-                &reaper,
-                ContainerLaunch {
-                    steps: &steps,
-                    process: &task_container.spec.process,
-                    cgroup: task_container.cgroup.as_deref(),
-                    stdio: ChildStdio {
-                        stdin,
-                        stdout: stdout_write,
-                        stderr: stderr_write,
-                    },
+            let launch = ContainerLaunch {
+                steps: &steps,
+                process: &task_container.spec.process,
+                cgroup: task_container.cgroup.as_deref(),
+                stdio: ChildStdio {
+                    stdin,
+                    stdout: stdout_write,
+                    stderr: stderr_write,
                 },
-            )
+            };
+            if !task_container.spec.share_pod_pid {
+                return spawn::spawn_container(&reaper, launch);
+            }
+            let mut pod = pod_pid.lock().unwrap_or_else(|e| e.into_inner());
+            if !pod.as_ref().is_some_and(PodPidNamespace::alive) {
+                *pod = Some(PodPidNamespace::create(&reaper)?);
+            }
+            let pod = pod.as_ref().ok_or(SpawnError::LostHelper)?;
+            spawn_in_pod(&reaper, launch, pod)
         })
         .await
         .map_err(ContainerError::Task)?

@@ -45,6 +45,8 @@ pub struct CreateContainer {
     pub no_new_privs: bool,
     pub masked_paths: Vec<String>,
     pub readonly_paths: Vec<String>,
+    /// In the pod's shared PID namespace (CRI's pid = POD, the default, as containerd).
+    pub share_pod_pid: bool,
 }
 
 /// What ExecSync gives back.
@@ -208,6 +210,7 @@ impl Runtime {
             masked_paths: request.masked_paths.clone(),
             readonly_paths: request.readonly_paths.clone(),
             sysctls: pod_record.sysctls.clone(),
+            share_pod_pid: request.share_pod_pid,
         };
         let created = self.create_in_guest(&pod, record, spec).await;
         if created.is_err() {

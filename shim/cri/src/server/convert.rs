@@ -341,6 +341,12 @@ pub fn create_container_request(
             DEFAULT_READONLY_PATHS,
             "config.linux.security_context.readonly_paths",
         )?,
+        // containerd joins the sandbox's PID namespace unless CONTAINER is asked for (POD
+        // is the protocol's zero value, so a request without options shares too).
+        share_pod_pid: security
+            .namespace_options
+            .as_ref()
+            .is_none_or(|n| n.pid != cri::NamespaceMode::Container as i32),
     })
 }
 
@@ -769,7 +775,13 @@ mod tests {
             }),
             ..Default::default()
         });
-        assert!(create_container_request(c).is_ok());
+        assert!(!create_container_request(c).unwrap().share_pod_pid);
+        // POD, or no options at all, shares the pod's, as containerd does.
+        assert!(
+            create_container_request(container_request())
+                .unwrap()
+                .share_pod_pid
+        );
     }
 
     #[test]
