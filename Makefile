@@ -110,7 +110,7 @@ bench: all kvm-host
 	VPOD_BENCH_VSOCK_MIB=256 VPOD_BENCH_VSOCK_RUNS=5 VPOD_BENCH_JSONL=$(CURDIR)/bench/results/vsock-host-path.jsonl \
 	  $(CARGO) test -q --release -p vpod-vmm --test vsock_host_path -- --nocapture
 	VPOD_BENCH_LAYER_MIB=128 VPOD_BENCH_LAYER_RUNS=3 VPOD_BENCH_JSONL=$(CURDIR)/bench/results/conversion.jsonl \
-	  $(CARGO) test -q --release -p vpod-shim --test throughput -- --nocapture
+	  $(CARGO) test -q --release -p vpod-image --test throughput -- --nocapture
 	target/release/vpod-bench check
 
 clean:

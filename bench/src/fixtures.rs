@@ -18,10 +18,10 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use vpod_shim::oci::layout::OciLayout;
-use vpod_shim::oci::spec::ImageConfigFile;
-use vpod_shim::oci::writer::{encode_layer, LayerCompression, OciLayoutWriter};
-use vpod_shim::{DiffId, ImageConfig, ImageLayer, LayerStore};
+use vpod_image::oci::layout::OciLayout;
+use vpod_image::oci::spec::ImageConfigFile;
+use vpod_image::oci::writer::{encode_layer, LayerCompression, OciLayoutWriter};
+use vpod_image::{DiffId, ImageConfig, ImageLayer, LayerStore};
 
 /// Where the fixtures live, under the checkout.
 pub fn work_dir(root: &Path) -> PathBuf {
@@ -189,12 +189,12 @@ fn import_single_layer(
     store: &LayerStore,
     layout: &Path,
     tar: Vec<u8>,
-) -> Result<vpod_shim::ImportedImage> {
+) -> Result<vpod_image::ImportedImage> {
     let writer = OciLayoutWriter::create(layout)?;
     let layer = writer.write_layer(&encode_layer(&tar, LayerCompression::None)?)?;
     drop(tar);
     let config = ImageConfigFile {
-        architecture: vpod_shim::oci::layout::host_platform().to_owned(),
+        architecture: vpod_image::oci::layout::host_platform().to_owned(),
         os: "linux".to_owned(),
         ..Default::default()
     };

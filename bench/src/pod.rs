@@ -9,9 +9,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use vpod_bench::measure::timed_run;
 use vpod_bench::report::{table, write_jsonl, Row};
+use vpod_image::{ImageConfig, ImageLayer};
 use vpod_proto::v1::StdioStream;
-use vpod_shim::sandbox::{ContainerSpec, ProcessOverrides, Sandbox, SandboxConfig};
-use vpod_shim::{ImageConfig, ImageLayer};
+use vpod_sandbox::{ContainerSpec, ProcessOverrides, Sandbox, SandboxConfig};
 
 use crate::fixtures::{self, bundle, copy_tree, load_image, work_dir};
 

@@ -176,7 +176,7 @@ impl Config {
 
     /// The kernel, initrd and VMM: configured, else found beside this installation.
     pub fn assets(&self) -> Assets {
-        let home = vpod_shim::vpod_home();
+        let home = vpod_sandbox::vpod_home();
         let vmm = self.vmm.clone().unwrap_or_else(|| {
             std::env::current_exe()
                 .map(|exe| exe.with_file_name("vpod-vmm"))

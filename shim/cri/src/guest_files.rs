@@ -9,7 +9,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use vpod_shim::sandbox::container::ContainerFile;
+use vpod_sandbox::container::ContainerFile;
 
 use crate::state::{MountRecord, PodRecord};
 

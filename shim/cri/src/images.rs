@@ -1,5 +1,5 @@
 //! The images containers run, for the ImageService and CreateContainer: a thin async face
-//! over `vpod_shim::registry::Images` (pulls from OCI distribution registries, names, ids,
+//! over `vpod_image::registry::Images` (pulls from OCI distribution registries, names, ids,
 //! garbage collection of layer disks).
 //!
 //! Besides registry references, PullImage takes `oci:PATH[:TAG]`, an OCI layout on the
@@ -8,10 +8,10 @@
 
 use std::path::PathBuf;
 
-use vpod_shim::registry::{
+use vpod_image::registry::{
     ImageRecord, Images as Registry, ImagesError, RegistryAuth, RegistryOptions,
 };
-use vpod_shim::LayerStore;
+use vpod_image::LayerStore;
 
 /// Why an image operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +28,7 @@ pub enum ImageError {
 pub type ImageInfo = ImageRecord;
 
 /// Disk use of the image store.
-pub use vpod_shim::registry::FsUsage;
+pub use vpod_image::registry::FsUsage;
 
 /// The images of the runtime's layer store.
 pub struct Images {

@@ -1,5 +1,5 @@
 //! vpod-cri: a CRI runtime v1 server (RuntimeService and ImageService on a unix socket) in
-//! which every pod sandbox is a micro-VM booted by vpod-shim.
+//! which every pod sandbox is a micro-VM booted by the sandbox core (vpod-sandbox).
 //!
 //! - `config`: `/etc/vpod/config.toml`.
 //! - `runtime`: pods and containers, their persisted records (`state`), recovery after a

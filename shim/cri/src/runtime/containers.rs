@@ -5,7 +5,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use vpod_shim::sandbox::{ContainerSpec, ProcessOverrides, SandboxError};
+use vpod_sandbox::{ContainerSpec, ProcessOverrides, SandboxError};
 
 use super::ContainerEventKind;
 use super::{container_name_key, lock, Container, Runtime, RuntimeError};

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use vpod_proto::v1::StdioStream;
-use vpod_shim::sandbox::Sandbox;
+use vpod_sandbox::Sandbox;
 
 use super::{lock, Container, Runtime};
 use crate::logformat::{now_ns, CriLogFormatter, LogStream};

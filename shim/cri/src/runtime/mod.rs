@@ -20,10 +20,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::RwLock;
-pub use vpod_shim::error_chain;
-use vpod_shim::registry::RegistryOptions;
-use vpod_shim::sandbox::{Sandbox, SandboxError};
-use vpod_shim::LayerStore;
+pub use vpod_image::error_chain;
+use vpod_image::registry::RegistryOptions;
+use vpod_image::LayerStore;
+use vpod_sandbox::{Sandbox, SandboxError};
 
 pub use events::{ContainerEvent, ContainerEventKind};
 

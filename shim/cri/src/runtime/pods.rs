@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::RwLock;
 use vpod_proto::cri::LinuxContainerResources;
-use vpod_shim::sandbox::{Sandbox, SandboxConfig};
+use vpod_sandbox::{Sandbox, SandboxConfig};
 
 use super::{lock, pod_name_key, Pod, Runtime, RuntimeError};
 use crate::filters::PodFilter;

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::RwLock;
-use vpod_shim::sandbox::vmm::VmmProcess;
-use vpod_shim::sandbox::Sandbox;
+use vpod_sandbox::vmm::VmmProcess;
+use vpod_sandbox::Sandbox;
 
 use super::{container_name_key, lock, pod_name_key, Container, Pod, Runtime, RuntimeError};
 use crate::ids::is_runtime_id;

@@ -9,7 +9,7 @@ use vpod_proto::cri::*;
 use super::status;
 use crate::images::ImageInfo;
 use crate::runtime::{Runtime, RuntimeError};
-use vpod_shim::registry::RegistryAuth;
+use vpod_image::registry::RegistryAuth;
 
 pub struct ImageServer {
     runtime: Arc<Runtime>,

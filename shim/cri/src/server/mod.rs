@@ -20,7 +20,7 @@ use vpod_proto::cri::runtime_service_server::RuntimeServiceServer;
 use crate::ids::IdError;
 use crate::images::ImageError;
 use crate::runtime::{error_chain, Runtime, RuntimeError};
-use vpod_shim::registry::ImagesError;
+use vpod_image::registry::ImagesError;
 
 pub use image_service::ImageServer;
 pub use runtime_service::RuntimeServer;

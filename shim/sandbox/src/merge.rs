@@ -1,7 +1,7 @@
 //! The container's process: the image config (Env, Entrypoint, Cmd, WorkingDir, User)
 //! merged with what the request overrides, with Docker's rules.
 
-use crate::ImageConfig;
+use vpod_image::ImageConfig;
 
 /// Why a container's process cannot be decided.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

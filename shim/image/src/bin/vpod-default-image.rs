@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use vpod_shim::default_image::{build_default_image, DEFAULT_BUSYBOX, DEFAULT_IMAGE_TAG};
+use vpod_image::default_image::{build_default_image, DEFAULT_BUSYBOX, DEFAULT_IMAGE_TAG};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args_os().skip(1);

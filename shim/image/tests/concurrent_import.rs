@@ -7,8 +7,8 @@ use std::process::Command;
 use std::sync::{Arc, Barrier};
 
 use common::{dir_entries, write_layout, Fixture, LayerTar};
-use vpod_shim::oci::writer::LayerCompression;
-use vpod_shim::LayerStore;
+use vpod_image::oci::writer::LayerCompression;
+use vpod_image::LayerStore;
 
 fn big_layer_image(fixture: &Fixture) -> String {
     let mut tar = LayerTar::new();

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
-use vpod_shim::Digest;
+use vpod_image::Digest;
 
 /// How the registry is set up.
 #[derive(Debug, Clone, Copy, Default)]

@@ -36,11 +36,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{signal, SignalKind};
+use vpod_image::default_image::DEFAULT_IMAGE_TAG;
+use vpod_image::LayerStore;
 use vpod_proto::v1::StdioStream;
-use vpod_shim::default_image::DEFAULT_IMAGE_TAG;
-use vpod_shim::sandbox::container::ContainerFile;
-use vpod_shim::sandbox::{ContainerExit, ContainerSpec, ProcessOverrides, Sandbox, SandboxConfig};
-use vpod_shim::LayerStore;
+use vpod_sandbox::container::ContainerFile;
+use vpod_sandbox::{ContainerExit, ContainerSpec, ProcessOverrides, Sandbox, SandboxConfig};
 
 const USAGE: &str = "usage: vpod run [-d] [--pod ID --name NAME] [--vcpus N] [--memory MiB] \
 [--env K=V]... [--workdir DIR] [--user USER[:GROUP]] [--hostname NAME] [--add-host HOST:IP]... \
@@ -182,7 +182,7 @@ fn ms(d: Duration) -> String {
 
 async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let started = Instant::now();
-    let home = vpod_shim::vpod_home();
+    let home = vpod_sandbox::vpod_home();
     let vmm = match args.vmm {
         Some(vmm) => vmm,
         None => std::env::current_exe()
@@ -559,7 +559,7 @@ async fn remove(args: PodArgs) -> anyhow::Result<i32> {
                 let dir = args.root.join("sandboxes").join(pod);
                 if let Ok(pid) = std::fs::read_to_string(dir.join("vmm.pid")) {
                     if let Ok(pid) = pid.trim().parse() {
-                        vpod_shim::sandbox::vmm::VmmProcess::adopt(pid).kill_and_reap();
+                        vpod_sandbox::vmm::VmmProcess::adopt(pid).kill_and_reap();
                     }
                 }
                 std::fs::remove_dir_all(&dir)

@@ -6,7 +6,7 @@ use std::fs;
 use std::os::unix::fs::FileTypeExt;
 
 use common::{Fixture, MountedImage};
-use vpod_shim::default_image::{build_default_image, DEFAULT_BUSYBOX};
+use vpod_image::default_image::{build_default_image, DEFAULT_BUSYBOX};
 
 #[test]
 fn default_image_builds_reproducibly_and_imports() {

@@ -7,11 +7,11 @@ use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 use common::{dump_erofs_path, write_layout, Fixture, LayerTar, MountedImage, MTIME};
-use vpod_shim::oci::writer::LayerCompression;
+use vpod_image::oci::writer::LayerCompression;
 
 /// Layer 1 has /etc/hostname, /etc/motd and /data/{a,b}; layer 2 whites out /etc/motd,
 /// makes /data opaque and adds /data/c, a setuid file, a fifo, a hard link and a device.
-fn two_layer_image(fixture: &Fixture, name: &str) -> (String, Vec<vpod_shim::DiffId>) {
+fn two_layer_image(fixture: &Fixture, name: &str) -> (String, Vec<vpod_image::DiffId>) {
     let base = LayerTar::new()
         .dir("etc/")
         .file("etc/hostname", "base\n")

@@ -1,6 +1,6 @@
 //! Conversion throughput of a layer against plain `tar -xf` of the same tar. `make test`
 //! runs it on 8 MiB (a conversion check); `make bench` sets VPOD_BENCH_LAYER_MIB=128:
-//! `VPOD_BENCH_LAYER_MIB=128 cargo test --release -p vpod-shim --test throughput -- --nocapture`
+//! `VPOD_BENCH_LAYER_MIB=128 cargo test --release -p vpod-image --test throughput -- --nocapture`
 //! VPOD_BENCH_LAYER_RUNS repeats the whole comparison (3 under `make bench`); with
 //! VPOD_BENCH_JSONL naming a file, the figures are also written there as vpod-bench rows
 //! (`bench/results/conversion.jsonl` under `make bench`).
@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use common::{write_layout, Fixture};
-use vpod_shim::oci::writer::LayerCompression;
+use vpod_image::oci::writer::LayerCompression;
 
 /// Layer size: VPOD_BENCH_LAYER_MIB, 8 MiB by default.
 fn total_bytes() -> usize {
@@ -150,11 +150,11 @@ fn measure_once(tar: &[u8]) -> [f64; 5] {
     encoder.write_all(tar).unwrap();
     let gzip_blob = encoder.finish().unwrap();
     let writer =
-        vpod_shim::oci::writer::OciLayoutWriter::create(gzip_fixture.layout_dir("gzip")).unwrap();
+        vpod_image::oci::writer::OciLayoutWriter::create(gzip_fixture.layout_dir("gzip")).unwrap();
     let layer = writer
-        .write_layer(&vpod_shim::oci::writer::EncodedLayer {
+        .write_layer(&vpod_image::oci::writer::EncodedLayer {
             blob: gzip_blob,
-            diff_id: vpod_shim::Digest::of_bytes(tar),
+            diff_id: vpod_image::Digest::of_bytes(tar),
             media_type: LayerCompression::Gzip.oci_media_type(),
         })
         .unwrap();

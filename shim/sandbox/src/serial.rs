@@ -1,6 +1,6 @@
 //! virtio-blk serials (at most 20 bytes) naming a pod's disks to its agent.
 
-use crate::DiffId;
+use vpod_image::DiffId;
 
 /// The longest serial virtio-blk carries.
 pub const MAX_SERIAL_LEN: usize = 20;

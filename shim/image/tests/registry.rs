@@ -11,16 +11,16 @@ use std::path::PathBuf;
 use base64::Engine as _;
 use common::{dir_entries, Fixture, LayerTar};
 use registry_support::{Setup, TestRegistry};
-use vpod_shim::oci::layout::{OciLayout, ResolvedImage};
-use vpod_shim::oci::spec::{
+use vpod_image::oci::layout::{OciLayout, ResolvedImage};
+use vpod_image::oci::spec::{
     ContainerConfig, Descriptor, ImageConfigFile, ImageIndex, Platform, ANNOTATION_REF_NAME,
     MEDIA_TYPE_OCI_INDEX,
 };
-use vpod_shim::oci::writer::{encode_layer, LayerCompression, OciLayoutWriter};
-use vpod_shim::registry::{
+use vpod_image::oci::writer::{encode_layer, LayerCompression, OciLayoutWriter};
+use vpod_image::registry::{
     ImageRecord, Images, ImagesError, PullCounters, RegistryAuth, RegistryOptions,
 };
-use vpod_shim::{DiffId, LayerStore};
+use vpod_image::{DiffId, LayerStore};
 
 /// An error with its sources, for assertion messages.
 fn chain(error: &dyn std::error::Error) -> String {
@@ -35,7 +35,7 @@ fn chain(error: &dyn std::error::Error) -> String {
 }
 
 fn default_image_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../build/images/default");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../build/images/default");
     assert!(
         dir.join("index.json").is_file(),
         "the default image {} is missing: build it with `make image`",
@@ -632,7 +632,7 @@ fn resolved_import_needs_only_the_blobs_the_store_lacks() {
         .import_resolved(&layout, &second, "second")
         .unwrap_err();
     assert!(
-        matches!(error, vpod_shim::LayerStoreError::LayerBlobMissing { digest } if digest == shared[0].digest),
+        matches!(error, vpod_image::LayerStoreError::LayerBlobMissing { digest } if digest == shared[0].digest),
         "{}",
         chain(&error)
     );

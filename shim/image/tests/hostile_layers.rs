@@ -6,11 +6,11 @@ mod common;
 use std::fs;
 
 use common::{write_layout, Fixture, LayerTar};
-use vpod_shim::layer::extract::ExtractError;
-use vpod_shim::layer::tar_path::TarPathError;
-use vpod_shim::oci::layout::OciLayoutError;
-use vpod_shim::oci::writer::LayerCompression;
-use vpod_shim::LayerStoreError;
+use vpod_image::layer::extract::ExtractError;
+use vpod_image::layer::tar_path::TarPathError;
+use vpod_image::oci::layout::OciLayoutError;
+use vpod_image::oci::writer::LayerCompression;
+use vpod_image::LayerStoreError;
 
 fn import_single_layer(fixture: &Fixture, tar: Vec<u8>) -> Result<(), LayerStoreError> {
     write_layout(
@@ -45,7 +45,7 @@ fn layer_whose_digest_does_not_match_is_refused() {
         .layout_dir("bad")
         .join("blobs/sha256")
         .join(manifest.digest.hex());
-    let parsed: vpod_shim::oci::spec::ImageManifest =
+    let parsed: vpod_image::oci::spec::ImageManifest =
         serde_json::from_slice(&fs::read(manifest_path).unwrap()).unwrap();
     let blob = fixture
         .layout_dir("bad")
@@ -76,10 +76,10 @@ fn layer_whose_diff_id_does_not_match_the_config_is_refused() {
     let fixture = Fixture::new();
     let tar = LayerTar::new().file("f", "content").finish();
     let writer =
-        vpod_shim::oci::writer::OciLayoutWriter::create(fixture.layout_dir("bad")).unwrap();
-    let encoded = vpod_shim::oci::writer::encode_layer(&tar, LayerCompression::Gzip).unwrap();
+        vpod_image::oci::writer::OciLayoutWriter::create(fixture.layout_dir("bad")).unwrap();
+    let encoded = vpod_image::oci::writer::encode_layer(&tar, LayerCompression::Gzip).unwrap();
     let (descriptor, _) = writer.write_layer(&encoded).unwrap();
-    let wrong = vpod_shim::Digest::of_bytes(b"some other tar");
+    let wrong = vpod_image::Digest::of_bytes(b"some other tar");
     let manifest = writer
         .write_image(Default::default(), &[(descriptor, wrong)], Some("t"))
         .unwrap();

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use tempfile::TempDir;
-use vpod_shim::oci::spec::{ContainerConfig, Descriptor, ImageConfigFile};
-use vpod_shim::oci::writer::{encode_layer, LayerCompression, OciLayoutWriter};
-use vpod_shim::{DiffId, LayerStore};
+use vpod_image::oci::spec::{ContainerConfig, Descriptor, ImageConfigFile};
+use vpod_image::oci::writer::{encode_layer, LayerCompression, OciLayoutWriter};
+use vpod_image::{DiffId, LayerStore};
 
 pub const MTIME: u64 = 1_600_000_000;
 

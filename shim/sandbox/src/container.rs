@@ -14,7 +14,7 @@ use super::agent::{call, AgentError};
 use super::merge::{merge_process, ProcessOverrides};
 use super::serial::layer_serial;
 use super::{Sandbox, SandboxError};
-use crate::{ImageConfig, ImageLayer};
+use vpod_image::{ImageConfig, ImageLayer};
 
 /// A small file written into the container's root before it starts, replacing the
 /// image's: /etc/resolv.conf, /etc/hosts, /etc/hostname. The guest resolves `path` inside

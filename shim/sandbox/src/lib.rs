@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use vpod_proto::AgentClient;
 
-use crate::error_chain;
+use vpod_image::error_chain;
 
 pub use agent::AgentError;
 pub use api::{VmmApi, VmmApiError};
@@ -477,6 +477,22 @@ impl Drop for DirGuard {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// The checkout (or install) holding `build/vmlinux`: `$VPOD_HOME`, else the nearest
+/// ancestor of the running binary's directory that has it, else the working directory.
+pub fn vpod_home() -> PathBuf {
+    if let Some(home) = std::env::var_os("VPOD_HOME") {
+        return PathBuf::from(home);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            exe.ancestors()
+                .find(|dir| dir.join("build/vmlinux").exists())
+                .map(Path::to_path_buf)
+        })
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 #[cfg(test)]

@@ -1,0 +1,30 @@
+//! vpod's image subsystem: the layer store, which turns OCI image layers into read-only
+//! EROFS images that pod VMs attach as virtio-blk disks, image pulls from OCI registries
+//! with the names and ids the CRI ImageService reports (`registry`), OCI image layouts, and
+//! the default image. It knows nothing of sandboxes: the sandbox core and the front ends
+//! (the `vpod` CLI, the CRI server) depend on it, never the other way round.
+
+pub mod default_image;
+pub mod digest;
+pub mod layer;
+pub mod oci;
+pub mod registry;
+pub mod store;
+
+pub use digest::{DiffId, Digest};
+pub use store::{
+    ImageConfig, ImageLayer, ImportedImage, LayerRecord, LayerStore, LayerStoreError,
+    LayerStoreOptions,
+};
+
+/// An error and its sources on one line, joined by ": ".
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
