@@ -9,9 +9,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use vpod_bench::measure::timed_run;
 use vpod_bench::report::{table, write_jsonl, Row};
+use vpod_image::runtime_spec::{runtime_spec, ProcessOverrides};
 use vpod_image::{ImageConfig, ImageLayer};
 use vpod_proto::v1::StdioStream;
-use vpod_sandbox::{ContainerSpec, ProcessOverrides, Sandbox, SandboxConfig};
+use vpod_sandbox::{ContainerSpec, RootfsSource, Sandbox, SandboxConfig};
 
 use crate::fixtures::{self, bundle, copy_tree, load_image, work_dir};
 
@@ -91,17 +92,15 @@ pub fn spec(
     layers: Vec<ImageLayer>,
     args: &[&str],
 ) -> ContainerSpec {
+    let overrides = ProcessOverrides {
+        command: args.iter().map(|a| a.to_string()).collect(),
+        ..ProcessOverrides::default()
+    };
     ContainerSpec {
         id: id.to_string(),
-        layers,
-        image_config: config.clone(),
-        overrides: ProcessOverrides {
-            command: args.iter().map(|a| a.to_string()).collect(),
-            ..ProcessOverrides::default()
-        },
-        hostname: String::new(),
+        spec: runtime_spec(config, &overrides).expect("the benchmark's command makes a spec"),
+        rootfs: RootfsSource::Layers(layers),
         files: Vec::new(),
-        ..ContainerSpec::default()
     }
 }
 

@@ -37,10 +37,11 @@ use anyhow::{bail, Context};
 use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{signal, SignalKind};
 use vpod_image::default_image::DEFAULT_IMAGE_TAG;
+use vpod_image::runtime_spec::{runtime_spec, ProcessOverrides};
 use vpod_image::LayerStore;
 use vpod_proto::v1::StdioStream;
 use vpod_sandbox::container::ContainerFile;
-use vpod_sandbox::{ContainerExit, ContainerSpec, ProcessOverrides, Sandbox, SandboxConfig};
+use vpod_sandbox::{ContainerExit, ContainerSpec, RootfsSource, Sandbox, SandboxConfig};
 
 const USAGE: &str = "usage: vpod run [-d] [--pod ID --name NAME] [--vcpus N] [--memory MiB] \
 [--env K=V]... [--workdir DIR] [--user USER[:GROUP]] [--hostname NAME] [--add-host HOST:IP]... \
@@ -209,6 +210,9 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         .import_oci_layout(&image)
         .with_context(|| format!("importing {image}"))?;
     let import_time = started.elapsed();
+    let mut runtime_spec =
+        runtime_spec(&imported.config, &args.overrides).context("creating the container")?;
+    runtime_spec.set_hostname(args.hostname.clone());
 
     let mut sandbox = match &args.pod {
         Some(pod) => Sandbox::open(&args.root, pod, RPC_TIMEOUT)
@@ -238,12 +242,9 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let files = network_files(args.hostname.as_deref(), &args.add_hosts, &args.dns);
     let spec = ContainerSpec {
         id: id.clone(),
-        layers: imported.layers,
-        image_config: imported.config,
-        overrides: args.overrides,
-        hostname: args.hostname.unwrap_or_default(),
+        spec: runtime_spec,
+        rootfs: RootfsSource::Layers(imported.layers),
         files,
-        ..Default::default()
     };
     if args.detach {
         let created = create_and_start(&mut sandbox, spec).await;

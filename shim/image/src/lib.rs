@@ -9,6 +9,7 @@ pub mod digest;
 pub mod layer;
 pub mod oci;
 pub mod registry;
+pub mod runtime_spec;
 pub mod store;
 
 pub use digest::{DiffId, Digest};

@@ -5,16 +5,18 @@ use std::time::Duration;
 
 use tonic::Streaming;
 use vpod_proto::v1::{
-    self, wait_container_response::Status, CreateContainerRequest, ExecSyncRequest,
-    ExecSyncResponse, ReadStdioRequest, RemoveContainerRequest, SignalContainerRequest,
-    StartContainerRequest, StdioChunk, User, WaitContainerRequest,
+    wait_container_response::Status, ExecSyncRequest, ExecSyncResponse, ReadStdioRequest,
+    RemoveContainerRequest, SignalContainerRequest, StartContainerRequest, StdioChunk,
+    WaitContainerRequest,
 };
 
+use oci_spec::runtime::Spec;
+
 use super::agent::{call, AgentError};
-use super::merge::{merge_process, ProcessOverrides};
 use super::serial::layer_serial;
+use super::wire::create_request;
 use super::{Sandbox, SandboxError};
-use vpod_image::{ImageConfig, ImageLayer};
+use vpod_image::ImageLayer;
 
 /// A small file written into the container's root before it starts, replacing the
 /// image's: /etc/resolv.conf, /etc/hosts, /etc/hostname. The guest resolves `path` inside
@@ -28,37 +30,33 @@ pub struct ContainerFile {
     pub mode: u32,
 }
 
-/// What to run: an image's layers and config, and the request's overrides.
-#[derive(Debug, Clone, Default)]
+/// Where a container's root comes from.
+#[derive(Debug, Clone)]
+pub enum RootfsSource {
+    /// Image layers, lowest first: read-only disks overlaid under the container's writable
+    /// directory on the pod's disk.
+    Layers(Vec<ImageLayer>),
+}
+
+/// What to run: a finished OCI runtime spec, as a containerd shim receives one, and where
+/// its root comes from.
+///
+/// What the guest takes of the spec: the process (args, env, cwd, user with its username
+/// and additional gids, capabilities as one set, no_new_privileges), `hostname` (unset:
+/// the pod's), `root.readonly`, and under `linux` the resources (CPU shares, quota and
+/// period, memory and pids limits), sysctls, masked and read-only paths (unset: the guest's
+/// defaults, containerd's) and namespaces: without a PID namespace of its own the container
+/// joins the pod's. The [`GROUP_NAME_ANNOTATION`](vpod_image::runtime_spec::GROUP_NAME_ANNOTATION)
+/// names a group for the guest to look up. Mounts, seccomp and namespaces joined by path
+/// are refused ([`SpecError`]).
+#[derive(Debug, Clone)]
 pub struct ContainerSpec {
     /// `[A-Za-z0-9][A-Za-z0-9_.-]{0,127}`, unique in the pod.
     pub id: String,
-    /// Lowest first, as the image lists them.
-    pub layers: Vec<ImageLayer>,
-    pub image_config: ImageConfig,
-    pub overrides: ProcessOverrides,
-    /// Empty: the pod's.
-    pub hostname: String,
+    pub spec: Spec,
+    pub rootfs: RootfsSource,
     /// Written into the root after it is assembled, before the process starts.
     pub files: Vec<ContainerFile>,
-    /// The cgroup limits of the container in the guest; zeros: none.
-    pub limits: v1::CgroupLimits,
-    /// Capability names ("CAP_X" or "X") added to and dropped from the agent's default
-    /// set; "ALL" in either as containerd reads it (see agent.proto).
-    pub add_capabilities: Vec<String>,
-    pub drop_capabilities: Vec<String>,
-    /// Mount the container's root read-only.
-    pub readonly_rootfs: bool,
-    /// Groups added to the user's own (CRI's supplemental_groups).
-    pub supplemental_groups: Vec<u32>,
-    pub no_new_privs: bool,
-    /// Absolute paths hidden and made read-only in the container (see agent.proto).
-    pub masked_paths: Vec<String>,
-    pub readonly_paths: Vec<String>,
-    /// The pod's sysctls, applied in each container's namespaces.
-    pub sysctls: std::collections::HashMap<String, String>,
-    /// Run in the pod's shared PID namespace, not one of its own.
-    pub share_pod_pid: bool,
 }
 
 /// How a container's main process ended.
@@ -79,46 +77,20 @@ impl Sandbox {
         if self.containers.contains_key(&spec.id) {
             return Err(SandboxError::ContainerExists(spec.id));
         }
-        let process = merge_process(&spec.image_config, &spec.overrides)?;
+        // The spec is checked before any layer is attached; the serials come after.
+        let mut request = create_request(
+            &spec.id,
+            &spec.spec,
+            spec.files,
+            Vec::new(),
+            self.writable_serial.clone(),
+        )?;
+        let RootfsSource::Layers(layers) = &spec.rootfs;
         let mut serials = Vec::new();
-        let attached = self.attach_layers(&spec.layers, &mut serials).await;
+        let attached = self.attach_layers(layers, &mut serials).await;
         let result = match attached {
             Ok(()) => {
-                let request = CreateContainerRequest {
-                    id: spec.id.clone(),
-                    args: process.args,
-                    env: process.env,
-                    cwd: process.cwd,
-                    user: Some(User {
-                        uid: process.uid,
-                        gid: process.gid,
-                        additional_gids: spec.supplemental_groups,
-                        name: process.user_name.unwrap_or_default(),
-                        group: process.group_name.unwrap_or_default(),
-                    }),
-                    hostname: spec.hostname,
-                    files: spec
-                        .files
-                        .into_iter()
-                        .map(|f| v1::ContainerFile {
-                            path: f.path,
-                            content: f.content,
-                            mode: f.mode,
-                        })
-                        .collect(),
-                    layer_serials: serials.clone(),
-                    writable_serial: self.writable_serial.clone(),
-                    limits: Some(spec.limits),
-                    add_capabilities: spec.add_capabilities,
-                    drop_capabilities: spec.drop_capabilities,
-                    readonly_rootfs: spec.readonly_rootfs,
-                    no_new_privs: spec.no_new_privs,
-                    masked_paths: spec.masked_paths,
-                    readonly_paths: spec.readonly_paths,
-                    sysctls: spec.sysctls,
-                    share_pod_pid_namespace: spec.share_pod_pid,
-                    ..Default::default()
-                };
+                request.layer_serials = serials.clone();
                 let mut agent = self.agent.clone();
                 self.guarded(
                     "creating a container",

@@ -12,10 +12,10 @@ pub mod api;
 pub mod container;
 pub mod disk;
 pub mod layers;
-pub mod merge;
 pub mod runtime_ops;
 pub mod serial;
 pub mod vmm;
+mod wire;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -29,9 +29,9 @@ use vpod_image::error_chain;
 
 pub use agent::AgentError;
 pub use api::{VmmApi, VmmApiError};
-pub use container::{ContainerExit, ContainerSpec};
+pub use container::{ContainerExit, ContainerSpec, RootfsSource};
 pub use disk::DiskError;
-pub use merge::{merge_process, MergeError, MergedProcess, ProcessOverrides};
+pub use wire::SpecError;
 
 use layers::AttachedLayers;
 use vmm::{file_tail, VmmLaunch, VmmProcess};
@@ -118,7 +118,7 @@ pub enum SandboxError {
     #[error(transparent)]
     Api(#[from] VmmApiError),
     #[error(transparent)]
-    Merge(#[from] MergeError),
+    Spec(#[from] SpecError),
     #[error("The pod has no empty disk slot for layer {0} ({1} slots).")]
     NoFreeSlot(String, u32),
     #[error("No container {0:?} in this pod.")]

@@ -2,9 +2,10 @@
 //! and limits, the guest's memory, whether the VMM still runs, and undoing a container the guest may
 //! have created while its creator died before recording it.
 
+use oci_spec::runtime::LinuxResources;
 use vpod_proto::v1::{
-    CgroupLimits, ContainerStatsRequest, ContainerStatsResponse, GuestInfoRequest,
-    GuestInfoResponse, RemoveContainerRequest, UpdateContainerRequest,
+    ContainerStatsRequest, ContainerStatsResponse, GuestInfoRequest, GuestInfoResponse,
+    RemoveContainerRequest, UpdateContainerRequest,
 };
 
 use super::agent::{call, AgentError};
@@ -29,12 +30,13 @@ impl Sandbox {
         .await
     }
 
-    /// Rewrites the cgroup limits of a created or running container; limits left at zero
+    /// Rewrites the cgroup limits of a created or running container from the spec's
+    /// resources (CPU shares, quota and period, memory and pids limits); those left unset
     /// keep their value. An exited container is refused by the agent (FailedPrecondition).
     pub async fn update_container(
         &self,
         id: &str,
-        limits: CgroupLimits,
+        resources: &LinuxResources,
     ) -> Result<(), SandboxError> {
         if !self.containers.contains_key(id) {
             return Err(SandboxError::NoSuchContainer(id.to_string()));
@@ -42,7 +44,7 @@ impl Sandbox {
         let mut agent = self.agent.clone();
         let request = UpdateContainerRequest {
             id: id.to_string(),
-            limits: Some(limits),
+            limits: Some(super::wire::cgroup_limits(Some(resources))),
         };
         self.guarded(
             "changing a container's resource limits",

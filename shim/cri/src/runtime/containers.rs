@@ -5,7 +5,9 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use vpod_sandbox::{ContainerSpec, ProcessOverrides, SandboxError};
+use vpod_sandbox::{ContainerSpec, RootfsSource, SandboxError};
+
+use super::spec::{container_spec, resources};
 
 use super::ContainerEventKind;
 use super::{container_name_key, lock, Container, Runtime, RuntimeError};
@@ -151,6 +153,7 @@ impl Runtime {
                 ),
             ));
         }
+        let runtime_spec = container_spec(&image.image.config, &request, &pod_record, user)?;
         let name_key = container_name_key(&pod.id, &request.name, request.attempt);
         if !self.reserve_name(name_key.clone()) {
             return Err(RuntimeError::AlreadyExists(format!(
@@ -190,27 +193,9 @@ impl Runtime {
         let (files, _) = container_files(&pod_record, &request.mounts);
         let spec = ContainerSpec {
             id: id.clone(),
-            layers: image.image.layers.clone(),
-            image_config: image.image.config.clone(),
-            overrides: ProcessOverrides {
-                entrypoint: (!request.command.is_empty()).then(|| request.command.clone()),
-                command: request.args.clone(),
-                env: request.env.clone(),
-                workdir: (!request.working_dir.is_empty()).then(|| request.working_dir.clone()),
-                user,
-            },
-            hostname: pod_record.hostname.clone(),
+            spec: runtime_spec,
+            rootfs: RootfsSource::Layers(image.image.layers.clone()),
             files,
-            limits: cgroup_limits(&request.limits),
-            add_capabilities: request.add_capabilities.clone(),
-            drop_capabilities: request.drop_capabilities.clone(),
-            readonly_rootfs: request.readonly_rootfs,
-            supplemental_groups: request.supplemental_groups.clone(),
-            no_new_privs: request.no_new_privs,
-            masked_paths: request.masked_paths.clone(),
-            readonly_paths: request.readonly_paths.clone(),
-            sysctls: pod_record.sysctls.clone(),
-            share_pod_pid: request.share_pod_pid,
         };
         let created = self.create_in_guest(&pod, record, spec).await;
         if created.is_err() {
@@ -232,7 +217,7 @@ impl Runtime {
             let mut slot = pod.sandbox.write().await;
             match slot.as_mut() {
                 Some(sandbox) => sandbox.create_container(spec).await.map_err(|e| match e {
-                    SandboxError::Merge(m) => RuntimeError::invalid("config", m.to_string()),
+                    SandboxError::Spec(m) => RuntimeError::invalid("config", m.to_string()),
                     other => other.into(),
                 }),
                 None => Err(RuntimeError::FailedPrecondition(format!(
@@ -522,23 +507,12 @@ impl Runtime {
                 )));
             };
             sandbox
-                .update_container(&container.id, cgroup_limits(&limits))
+                .update_container(&container.id, &resources(&limits))
                 .await?;
         }
         self.update_container(&container, |c| c.limits = limits)?;
         tracing::info!(container = %container.id, ?limits, "container resources updated");
         Ok(())
-    }
-}
-
-/// The agent's cgroup limits for CRI's.
-fn cgroup_limits(limits: &ContainerLimits) -> vpod_proto::v1::CgroupLimits {
-    vpod_proto::v1::CgroupLimits {
-        cpu_shares: limits.cpu_shares,
-        cpu_quota_us: limits.cpu_quota_us,
-        cpu_period_us: limits.cpu_period_us,
-        memory_limit_bytes: limits.memory_limit_bytes,
-        pids_limit: 0,
     }
 }
 

@@ -12,6 +12,7 @@ mod events;
 mod follow;
 mod pods;
 mod recover;
+mod spec;
 mod stats;
 
 use std::collections::{HashMap, HashSet};

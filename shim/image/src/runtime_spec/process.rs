@@ -1,18 +1,18 @@
 //! The container's process: the image config (Env, Entrypoint, Cmd, WorkingDir, User)
 //! merged with what the request overrides, with Docker's rules.
 
-use vpod_image::ImageConfig;
+use crate::ImageConfig;
 
 /// Why a container's process cannot be decided.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MergeError {
-    #[error("Neither the image nor the request names a command to run.")]
+    #[error("neither the image nor the request names a command to run")]
     NoCommand,
-    #[error("The environment entry {0:?} is not KEY=VALUE.")]
+    #[error("the environment entry {0:?} is not KEY=VALUE")]
     BadEnv(String),
-    #[error("The working directory {0:?} is not absolute.")]
+    #[error("the working directory {0:?} is not absolute")]
     RelativeWorkdir(String),
-    #[error("The user {0:?} is not USER[:GROUP], each a name or a number.")]
+    #[error("the user {0:?} is not USER[:GROUP], each a name or a number")]
     BadUser(String),
 }
 
@@ -43,7 +43,7 @@ pub struct UserSpec {
     pub group: Option<String>,
 }
 
-/// The process to start, ready for `CreateContainer`.
+/// The process to start, before it becomes the runtime spec's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MergedProcess {
     pub args: Vec<String>,

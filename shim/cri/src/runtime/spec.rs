@@ -1,0 +1,115 @@
+//! A CRI CreateContainer request and its pod, merged with the image into the OCI runtime
+//! spec the sandbox runs: the image's process with the request's command, args, env,
+//! working directory and user, then the security context (capabilities, read-only root,
+//! no_new_privs, supplemental groups, masked and read-only paths, the PID namespace), the
+//! resources, and the pod's hostname and sysctls.
+
+use oci_spec::runtime::{
+    LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceType, LinuxResources, LinuxResourcesBuilder,
+    Spec,
+};
+use vpod_image::runtime_spec::{
+    capability_set, change_capabilities, runtime_spec, ProcessOverrides, RuntimeSpecError,
+};
+use vpod_image::ImageConfig;
+
+use super::containers::CreateContainer;
+use super::RuntimeError;
+use crate::state::{ContainerLimits, PodRecord};
+
+/// The runtime spec of `request`'s container in `pod`, from `image`'s config; `user` is
+/// the request's "USER[:GROUP]" override, if any.
+pub fn container_spec(
+    image: &ImageConfig,
+    request: &CreateContainer,
+    pod: &PodRecord,
+    user: Option<String>,
+) -> Result<Spec, RuntimeError> {
+    let overrides = ProcessOverrides {
+        entrypoint: (!request.command.is_empty()).then(|| request.command.clone()),
+        command: request.args.clone(),
+        env: request.env.clone(),
+        workdir: (!request.working_dir.is_empty()).then(|| request.working_dir.clone()),
+        user,
+    };
+    let mut spec = runtime_spec(image, &overrides).map_err(|e| match e {
+        RuntimeSpecError::Process(m) => RuntimeError::invalid("config", m.to_string()),
+        other => RuntimeError::invalid("config", other.to_string()),
+    })?;
+    spec.set_hostname(Some(pod.hostname.clone()));
+
+    let mut process = spec.process().clone().unwrap_or_default();
+    let mut user = process.user().clone();
+    user.set_additional_gids(Some(request.supplemental_groups.clone()));
+    process.set_user(user);
+    let current = process
+        .capabilities()
+        .as_ref()
+        .and_then(|c| c.bounding().clone())
+        .unwrap_or_default();
+    let capabilities = change_capabilities(
+        &current,
+        &request.add_capabilities,
+        &request.drop_capabilities,
+    )
+    .map_err(|e| {
+        RuntimeError::invalid("config.linux.security_context.capabilities", e.to_string())
+    })?;
+    process.set_capabilities(Some(capability_set(capabilities)));
+    process.set_no_new_privileges(Some(request.no_new_privs));
+    spec.set_process(Some(process));
+
+    if let Some(mut root) = spec.root().clone() {
+        root.set_readonly(Some(request.readonly_rootfs));
+        spec.set_root(Some(root));
+    }
+
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    if request.share_pod_pid {
+        let namespaces = linux.namespaces().clone().unwrap_or_default();
+        linux.set_namespaces(Some(
+            namespaces
+                .into_iter()
+                .filter(|n| n.typ() != LinuxNamespaceType::Pid)
+                .collect(),
+        ));
+    }
+    // Empty lists: the guest's defaults (containerd's), as before the spec carried them.
+    linux.set_masked_paths(non_empty(&request.masked_paths));
+    linux.set_readonly_paths(non_empty(&request.readonly_paths));
+    linux.set_sysctl(Some(pod.sysctls.clone()));
+    linux.set_resources(Some(resources(&request.limits)));
+    spec.set_linux(Some(linux));
+    Ok(spec)
+}
+
+fn non_empty(paths: &[String]) -> Option<Vec<String>> {
+    (!paths.is_empty()).then(|| paths.to_vec())
+}
+
+/// The spec's resources for CRI's limits; zeros stay unset.
+pub fn resources(limits: &ContainerLimits) -> LinuxResources {
+    let mut cpu = LinuxCpuBuilder::default();
+    if limits.cpu_shares != 0 {
+        cpu = cpu.shares(limits.cpu_shares);
+    }
+    if limits.cpu_quota_us != 0 {
+        cpu = cpu.quota(limits.cpu_quota_us);
+    }
+    if limits.cpu_period_us != 0 {
+        cpu = cpu.period(limits.cpu_period_us);
+    }
+    let mut resources = LinuxResourcesBuilder::default();
+    if let Ok(cpu) = cpu.build() {
+        resources = resources.cpu(cpu);
+    }
+    if limits.memory_limit_bytes != 0 {
+        if let Ok(memory) = LinuxMemoryBuilder::default()
+            .limit(limits.memory_limit_bytes)
+            .build()
+        {
+            resources = resources.memory(memory);
+        }
+    }
+    resources.build().unwrap_or_default()
+}

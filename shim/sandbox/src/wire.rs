@@ -1,0 +1,254 @@
+//! The boundary between the sandbox's API (OCI runtime specs, its own result types) and the
+//! agent's wire types: nothing from `vpod_proto::v1` leaves this crate's private modules.
+
+use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Spec};
+use vpod_image::runtime_spec::GROUP_NAME_ANNOTATION;
+use vpod_proto::v1;
+
+use crate::container::ContainerFile;
+
+/// A runtime spec the guest cannot run as it is.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("the runtime spec has no process")]
+    NoProcess,
+    #[error("the runtime spec's process has no arguments")]
+    NoArgs,
+    #[error("the runtime spec's process cwd {0:?} is not absolute")]
+    RelativeCwd(String),
+    #[error("the runtime spec has mounts ({0}); vpod does not pass volumes into the guest yet")]
+    Mounts(String),
+    #[error(
+        "the runtime spec asks for a seccomp profile, which vpod does not apply in the guest yet"
+    )]
+    Seccomp,
+    #[error("the runtime spec joins an existing {0} namespace by path, which the guest cannot do")]
+    NamespacePath(String),
+}
+
+/// What the agent needs to create a container, from its spec; the layer serials and the
+/// writable disk's are the sandbox's.
+pub(crate) fn create_request(
+    id: &str,
+    spec: &Spec,
+    files: Vec<ContainerFile>,
+    layer_serials: Vec<String>,
+    writable_serial: String,
+) -> Result<v1::CreateContainerRequest, SpecError> {
+    let process = spec.process().as_ref().ok_or(SpecError::NoProcess)?;
+    let args = process.args().clone().unwrap_or_default();
+    if args.is_empty() {
+        return Err(SpecError::NoArgs);
+    }
+    let cwd = process.cwd().to_string_lossy().into_owned();
+    if !cwd.starts_with('/') {
+        return Err(SpecError::RelativeCwd(cwd));
+    }
+    if let Some(mounts) = spec.mounts().as_ref().filter(|m| !m.is_empty()) {
+        let targets: Vec<String> = mounts
+            .iter()
+            .map(|m| m.destination().display().to_string())
+            .collect();
+        return Err(SpecError::Mounts(targets.join(", ")));
+    }
+    let linux = spec.linux().clone().unwrap_or_default();
+    if linux.seccomp().is_some() {
+        return Err(SpecError::Seccomp);
+    }
+    let namespaces = linux.namespaces().clone().unwrap_or_default();
+    if let Some(joined) = namespaces.iter().find(|n| n.path().is_some()) {
+        return Err(SpecError::NamespacePath(joined.typ().to_string()));
+    }
+    let user = process.user();
+    let group = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(GROUP_NAME_ANNOTATION))
+        .cloned()
+        .unwrap_or_default();
+    // An explicit set: "ALL" dropped, then the set added, so an empty set means none and
+    // not the agent's default.
+    let (add_capabilities, drop_capabilities) = match process
+        .capabilities()
+        .as_ref()
+        .and_then(|c| c.bounding().clone())
+    {
+        Some(set) => {
+            let mut names: Vec<String> = set.iter().map(|c| c.to_string()).collect();
+            names.sort();
+            (names, vec!["ALL".to_string()])
+        }
+        None => (Vec::new(), Vec::new()),
+    };
+    Ok(v1::CreateContainerRequest {
+        id: id.to_string(),
+        args,
+        env: process.env().clone().unwrap_or_default(),
+        cwd,
+        user: Some(v1::User {
+            uid: user.uid(),
+            gid: user.gid(),
+            additional_gids: user.additional_gids().clone().unwrap_or_default(),
+            name: user.username().clone().unwrap_or_default(),
+            group,
+        }),
+        hostname: spec.hostname().clone().unwrap_or_default(),
+        files: files
+            .into_iter()
+            .map(|f| v1::ContainerFile {
+                path: f.path,
+                content: f.content,
+                mode: f.mode,
+            })
+            .collect(),
+        layer_serials,
+        writable_serial,
+        limits: Some(cgroup_limits(linux.resources().as_ref())),
+        add_capabilities,
+        drop_capabilities,
+        readonly_rootfs: spec
+            .root()
+            .as_ref()
+            .and_then(|r| r.readonly())
+            .unwrap_or(false),
+        no_new_privs: process.no_new_privileges().unwrap_or(false),
+        masked_paths: linux.masked_paths().clone().unwrap_or_default(),
+        readonly_paths: linux.readonly_paths().clone().unwrap_or_default(),
+        sysctls: linux.sysctl().clone().unwrap_or_default(),
+        // No PID namespace of its own in the spec: the pod's, shared.
+        share_pod_pid_namespace: !namespaces
+            .iter()
+            .any(|n| n.typ() == LinuxNamespaceType::Pid),
+        ..Default::default()
+    })
+}
+
+/// The agent's cgroup limits from the spec's resources; what is unset stays 0 (none).
+pub(crate) fn cgroup_limits(resources: Option<&LinuxResources>) -> v1::CgroupLimits {
+    let cpu = resources.and_then(|r| r.cpu().as_ref());
+    v1::CgroupLimits {
+        cpu_shares: cpu.and_then(|c| c.shares()).unwrap_or(0),
+        cpu_quota_us: cpu.and_then(|c| c.quota()).unwrap_or(0),
+        cpu_period_us: cpu.and_then(|c| c.period()).unwrap_or(0),
+        memory_limit_bytes: resources
+            .and_then(|r| r.memory().as_ref())
+            .and_then(|m| m.limit())
+            .unwrap_or(0),
+        pids_limit: resources
+            .and_then(|r| r.pids().as_ref())
+            .map(|p| p.limit())
+            .unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_spec::runtime::{
+        LinuxBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder, MountBuilder,
+    };
+    use vpod_image::runtime_spec::{runtime_spec, ProcessOverrides};
+    use vpod_image::ImageConfig;
+
+    fn spec() -> Spec {
+        let image = ImageConfig {
+            cmd: vec!["/bin/top".into()],
+            user: "nobody:nogroup".into(),
+            ..ImageConfig::default()
+        };
+        runtime_spec(&image, &ProcessOverrides::default()).unwrap()
+    }
+
+    #[test]
+    fn a_default_spec_becomes_the_agents_request() {
+        let request =
+            create_request("c1", &spec(), Vec::new(), vec!["l1".into()], "w".into()).unwrap();
+        assert_eq!(request.args, vec!["/bin/top".to_string()]);
+        let user = request.user.unwrap();
+        assert_eq!(
+            (user.name.as_str(), user.group.as_str()),
+            ("nobody", "nogroup")
+        );
+        assert_eq!(request.drop_capabilities, vec!["ALL".to_string()]);
+        assert_eq!(request.add_capabilities.len(), 14);
+        assert!(request
+            .add_capabilities
+            .contains(&"NET_BIND_SERVICE".to_string()));
+        assert!(!request.share_pod_pid_namespace);
+        assert!(request.masked_paths.is_empty());
+        assert_eq!(request.layer_serials, vec!["l1".to_string()]);
+    }
+
+    #[test]
+    fn no_pid_namespace_shares_the_pods_and_resources_become_limits() {
+        let mut spec = spec();
+        let mut linux = spec.linux().clone().unwrap();
+        let namespaces = linux.namespaces().clone().unwrap();
+        linux.set_namespaces(Some(
+            namespaces
+                .into_iter()
+                .filter(|n| n.typ() != LinuxNamespaceType::Pid)
+                .collect(),
+        ));
+        linux.set_resources(Some(
+            LinuxResourcesBuilder::default()
+                .cpu(
+                    LinuxCpuBuilder::default()
+                        .quota(50_000i64)
+                        .period(100_000u64)
+                        .build()
+                        .unwrap(),
+                )
+                .memory(
+                    LinuxMemoryBuilder::default()
+                        .limit(64i64 << 20)
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap(),
+        ));
+        spec.set_linux(Some(linux));
+        let request = create_request("c1", &spec, Vec::new(), Vec::new(), "w".into()).unwrap();
+        assert!(request.share_pod_pid_namespace);
+        let limits = request.limits.unwrap();
+        assert_eq!(
+            (limits.cpu_quota_us, limits.cpu_period_us),
+            (50_000, 100_000)
+        );
+        assert_eq!(limits.memory_limit_bytes, 64 << 20);
+    }
+
+    #[test]
+    fn what_the_guest_cannot_do_is_refused_by_name() {
+        let mut with_mount = spec();
+        with_mount.set_mounts(Some(vec![MountBuilder::default()
+            .destination("/data")
+            .build()
+            .unwrap()]));
+        assert_eq!(
+            create_request("c", &with_mount, Vec::new(), Vec::new(), "w".into()),
+            Err(SpecError::Mounts("/data".into()))
+        );
+        let mut no_process = spec();
+        no_process.set_process(None);
+        assert_eq!(
+            create_request("c", &no_process, Vec::new(), Vec::new(), "w".into()),
+            Err(SpecError::NoProcess)
+        );
+        let mut joined = spec();
+        let linux = LinuxBuilder::default()
+            .namespaces(vec![oci_spec::runtime::LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Network)
+                .path("/proc/1/ns/net")
+                .build()
+                .unwrap()])
+            .build()
+            .unwrap();
+        joined.set_linux(Some(linux));
+        assert_eq!(
+            create_request("c", &joined, Vec::new(), Vec::new(), "w".into()),
+            Err(SpecError::NamespacePath("net".into()))
+        );
+    }
+}
