@@ -11,8 +11,7 @@ use vpod_bench::measure::timed_run;
 use vpod_bench::report::{table, write_jsonl, Row};
 use vpod_image::runtime_spec::{runtime_spec, ProcessOverrides};
 use vpod_image::{ImageConfig, ImageLayer};
-use vpod_proto::v1::StdioStream;
-use vpod_sandbox::{ContainerSpec, RootfsSource, Sandbox, SandboxConfig};
+use vpod_sandbox::{ContainerSpec, OutputStream, RootfsSource, Sandbox, SandboxConfig};
 
 use crate::fixtures::{self, bundle, copy_tree, load_image, work_dir};
 
@@ -134,12 +133,12 @@ pub async fn run_container(
     let mut stdout = String::new();
     let mut to_marker = None;
     loop {
-        let chunk = tokio::time::timeout(LIMIT, stdio.message())
+        let chunk = tokio::time::timeout(LIMIT, stdio.next_chunk())
             .await
             .context("the container's output stalled")?
             .context("reading the container's output")?;
         let Some(chunk) = chunk else { break };
-        if chunk.stream == StdioStream::Stdout as i32 {
+        if chunk.stream == OutputStream::Stdout {
             stdout.push_str(&String::from_utf8_lossy(&chunk.data));
         }
         if to_marker.is_none() && marker.is_some_and(|m| stdout.contains(m)) {

@@ -39,9 +39,11 @@ use tokio::signal::unix::{signal, SignalKind};
 use vpod_image::default_image::DEFAULT_IMAGE_TAG;
 use vpod_image::runtime_spec::{runtime_spec, ProcessOverrides};
 use vpod_image::LayerStore;
-use vpod_proto::v1::StdioStream;
 use vpod_sandbox::container::ContainerFile;
-use vpod_sandbox::{ContainerExit, ContainerSpec, RootfsSource, Sandbox, SandboxConfig};
+use vpod_sandbox::{
+    ContainerExit, ContainerOutput, ContainerSpec, OutputStream, RootfsSource, Sandbox,
+    SandboxConfig,
+};
 
 const USAGE: &str = "usage: vpod run [-d] [--pod ID --name NAME] [--vcpus N] [--memory MiB] \
 [--env K=V]... [--workdir DIR] [--user USER[:GROUP]] [--hostname NAME] [--add-host HOST:IP]... \
@@ -409,11 +411,11 @@ async fn wait_forwarding_signals(
     Ok(exit)
 }
 
-async fn pump_stdio(mut stdio: tonic::Streaming<vpod_proto::v1::StdioChunk>) {
+async fn pump_stdio(mut stdio: ContainerOutput) {
     let mut stdout = tokio::io::stdout();
     let mut stderr = tokio::io::stderr();
-    while let Ok(Some(chunk)) = stdio.message().await {
-        let result = if chunk.stream == StdioStream::Stderr as i32 {
+    while let Ok(Some(chunk)) = stdio.next_chunk().await {
+        let result = if chunk.stream == OutputStream::Stderr {
             stderr
                 .write_all(&chunk.data)
                 .await

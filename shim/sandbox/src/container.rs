@@ -3,16 +3,15 @@
 
 use std::time::Duration;
 
-use tonic::Streaming;
 use vpod_proto::v1::{
-    wait_container_response::Status, ExecSyncRequest, ExecSyncResponse, ReadStdioRequest,
-    RemoveContainerRequest, SignalContainerRequest, StartContainerRequest, StdioChunk,
-    WaitContainerRequest,
+    wait_container_response::Status, ExecSyncRequest, ReadStdioRequest, RemoveContainerRequest,
+    SignalContainerRequest, StartContainerRequest, WaitContainerRequest,
 };
 
 use oci_spec::runtime::Spec;
 
 use super::agent::{call, AgentError};
+use super::output::{ContainerOutput, ExecResult};
 use super::serial::layer_serial;
 use super::wire::create_request;
 use super::{Sandbox, SandboxError};
@@ -167,7 +166,7 @@ impl Sandbox {
     }
 
     /// The container's stdout and stderr: what is buffered, then live chunks until both close.
-    pub async fn stdio(&self, id: &str) -> Result<Streaming<StdioChunk>, SandboxError> {
+    pub async fn stdio(&self, id: &str) -> Result<ContainerOutput, SandboxError> {
         self.stdio_from(id, 0).await
     }
 
@@ -175,11 +174,7 @@ impl Sandbox {
     /// (each chunk carries its own `offset`, so a reader can persist where it got to). A
     /// chunk that holds `offset` comes cut there; bytes the guest no longer keeps are
     /// reported in the first chunk's `dropped_bytes`. 0 starts at the oldest kept byte.
-    pub async fn stdio_from(
-        &self,
-        id: &str,
-        offset: u64,
-    ) -> Result<Streaming<StdioChunk>, SandboxError> {
+    pub async fn stdio_from(&self, id: &str, offset: u64) -> Result<ContainerOutput, SandboxError> {
         self.read_stdio(id, offset, false).await
     }
 
@@ -189,7 +184,7 @@ impl Sandbox {
         &self,
         id: &str,
         offset: u64,
-    ) -> Result<Streaming<StdioChunk>, SandboxError> {
+    ) -> Result<ContainerOutput, SandboxError> {
         self.read_stdio(id, offset, true).await
     }
 
@@ -198,7 +193,7 @@ impl Sandbox {
         id: &str,
         offset: u64,
         no_follow: bool,
-    ) -> Result<Streaming<StdioChunk>, SandboxError> {
+    ) -> Result<ContainerOutput, SandboxError> {
         self.known(id)?;
         let mut agent = self.agent.clone();
         let request = ReadStdioRequest {
@@ -211,6 +206,7 @@ impl Sandbox {
             call("ReadStdio", self.rpc_timeout, agent.read_stdio(request)),
         )
         .await
+        .map(ContainerOutput::new)
     }
 
     /// Waits for the main process to end (no deadline: it fails when the VM ends or the
@@ -285,7 +281,7 @@ impl Sandbox {
         id: &str,
         args: Vec<String>,
         timeout: Duration,
-    ) -> Result<ExecSyncResponse, SandboxError> {
+    ) -> Result<ExecResult, SandboxError> {
         self.known(id)?;
         let mut agent = self.agent.clone();
         let request = ExecSyncRequest {
@@ -304,6 +300,7 @@ impl Sandbox {
             call("ExecSync", limit, agent.exec_sync(request)),
         )
         .await
+        .map(ExecResult::from)
     }
 
     /// Removes the container (killing it if it runs) and detaches layers no one else uses.

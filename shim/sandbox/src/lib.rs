@@ -12,6 +12,7 @@ pub mod api;
 pub mod container;
 pub mod disk;
 pub mod layers;
+pub mod output;
 pub mod runtime_ops;
 pub mod serial;
 pub mod vmm;
@@ -31,6 +32,9 @@ pub use agent::AgentError;
 pub use api::{VmmApi, VmmApiError};
 pub use container::{ContainerExit, ContainerSpec, RootfsSource};
 pub use disk::DiskError;
+pub use output::{
+    ContainerOutput, ContainerStats, ExecResult, GuestInfo, OutputChunk, OutputStream,
+};
 pub use wire::SpecError;
 
 use layers::AttachedLayers;

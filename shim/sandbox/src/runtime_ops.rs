@@ -4,16 +4,16 @@
 
 use oci_spec::runtime::LinuxResources;
 use vpod_proto::v1::{
-    ContainerStatsRequest, ContainerStatsResponse, GuestInfoRequest, GuestInfoResponse,
-    RemoveContainerRequest, UpdateContainerRequest,
+    ContainerStatsRequest, GuestInfoRequest, RemoveContainerRequest, UpdateContainerRequest,
 };
 
 use super::agent::{call, AgentError};
+use super::output::{ContainerStats, GuestInfo};
 use super::{Sandbox, SandboxError};
 
 impl Sandbox {
     /// CPU time, memory and pids of a container (its cgroup in the guest).
-    pub async fn container_stats(&self, id: &str) -> Result<ContainerStatsResponse, SandboxError> {
+    pub async fn container_stats(&self, id: &str) -> Result<ContainerStats, SandboxError> {
         if !self.containers.contains_key(id) {
             return Err(SandboxError::NoSuchContainer(id.to_string()));
         }
@@ -28,6 +28,7 @@ impl Sandbox {
             ),
         )
         .await
+        .map(ContainerStats::from)
     }
 
     /// Rewrites the cgroup limits of a created or running container from the spec's
@@ -59,7 +60,7 @@ impl Sandbox {
     }
 
     /// The guest's kernel, memory and vCPUs as the agent sees them.
-    pub async fn guest_info(&self) -> Result<GuestInfoResponse, SandboxError> {
+    pub async fn guest_info(&self) -> Result<GuestInfo, SandboxError> {
         let mut agent = self.agent.clone();
         self.guarded(
             "reading the guest's information",
@@ -70,6 +71,7 @@ impl Sandbox {
             ),
         )
         .await
+        .map(GuestInfo::from)
     }
 
     /// Whether the VMM process is still running.

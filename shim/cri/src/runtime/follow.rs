@@ -10,7 +10,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use vpod_proto::v1::StdioStream;
+use vpod_sandbox::OutputStream;
 use vpod_sandbox::Sandbox;
 
 use super::{lock, Container, Runtime};
@@ -90,11 +90,11 @@ impl Runtime {
         let mut formatter = CriLogFormatter::new();
         let mut out = Vec::new();
         loop {
-            let chunk = match stream.message().await {
+            let chunk = match stream.next_chunk().await {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => break,
-                Err(status) => {
-                    tracing::debug!(container = %container.id, %status, "output stream ended");
+                Err(e) => {
+                    tracing::debug!(container = %container.id, error = %super::error_chain(&e), "output stream ended");
                     break;
                 }
             };
@@ -116,7 +116,7 @@ impl Runtime {
             if data.is_empty() {
                 continue;
             }
-            let stream_kind = if chunk.stream == StdioStream::Stderr as i32 {
+            let stream_kind = if chunk.stream == OutputStream::Stderr {
                 LogStream::Stderr
             } else {
                 LogStream::Stdout
