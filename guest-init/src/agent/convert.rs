@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use tonic::Status;
-use vpod_proto::v1;
+use vpod_proto::{error_chain, v1};
 
 use super::cgroup::CgroupLimits;
 use super::container::ContainerError;
@@ -297,21 +297,10 @@ pub fn exec_request(
     })
 }
 
-/// The message with its causes, so the host sees why and not only what.
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}
-
 impl From<ContainerError> for Status {
     fn from(e: ContainerError) -> Self {
-        let message = with_causes(&e);
+        // The message with its causes, so the host sees why and not only what.
+        let message = error_chain(&e);
         match e {
             ContainerError::NotFound(_) => Status::not_found(message),
             ContainerError::AlreadyExists(_) => Status::already_exists(message),
