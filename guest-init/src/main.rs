@@ -42,7 +42,7 @@ fn main() {
     let mut vmm: Box<dyn VmmSignals> = match IoPorts::open() {
         Ok(ports) => Box::new(ports),
         Err(e) => {
-            eprintln!("vpod-init: warning: {e} Boot time and exit status will not reach the VMM.");
+            eprintln!("vpod-init: warning: {e}; boot time and exit status will not reach the VMM");
             Box::new(NoPorts)
         }
     };
