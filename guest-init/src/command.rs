@@ -10,7 +10,7 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 /// Why the command's status could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
-    #[error("Waiting for the command failed.")]
+    #[error("waiting for the command failed")]
     Wait(#[source] io::Error),
 }
 

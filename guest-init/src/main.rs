@@ -3,13 +3,13 @@
 //! Outside a VM, `vpod-init --agent-unix PATH [--state-dir DIR] [--cgroup-root DIR]
 //! [--sys-block DIR]` serves the agent API on a unix socket (tests, debugging).
 
-use std::error::Error as _;
 use std::path::PathBuf;
 
 use vpod_init::agent::guest_info::GuestClock;
 use vpod_init::agent::{self, AgentConfig, Listen};
 use vpod_init::vmm_port::{IoPorts, NoPorts, VmmSignals};
 use vpod_init::{cmdline, command, mounts};
+use vpod_proto::error_chain;
 
 fn main() {
     let since_boot = GuestClock::since_boot();
@@ -32,23 +32,17 @@ fn main() {
             .unwrap_or_else(|| "/init".to_string());
         let e = vpod_init::root_switch::move_to_tmpfs_root(&argv0, &argv);
         // Still on the initramfs: containers cannot pivot_root, but command mode works.
-        eprintln!(
-            "vpod-init: warning: {e}: {}",
-            e.source().map(|s| s.to_string()).unwrap_or_default()
-        );
+        eprintln!("vpod-init: warning: {}", error_chain(&e));
     }
     if let Err(e) = mounts::mount_all(&mut mounts::SystemMounts) {
-        eprintln!(
-            "vpod-init: error: {e}: {}",
-            e.source().map(|s| s.to_string()).unwrap_or_default()
-        );
+        eprintln!("vpod-init: error: {}", error_chain(&e));
     }
     let config = cmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
     set_hostname(&config.hostname);
     let mut vmm: Box<dyn VmmSignals> = match IoPorts::open() {
         Ok(ports) => Box::new(ports),
         Err(e) => {
-            eprintln!("vpod-init: warning: {e} Boot time and exit status will not reach the VMM.");
+            eprintln!("vpod-init: warning: {e}; boot time and exit status will not reach the VMM");
             Box::new(NoPorts)
         }
     };
@@ -61,7 +55,7 @@ fn main() {
         match agent::run(AgentConfig::default(), listen, GuestClock::new(since_boot)) {
             Ok(()) => 0,
             Err(e) => {
-                eprintln!("vpod-init: error: {}", chain(&e));
+                eprintln!("vpod-init: error: {}", error_chain(&e));
                 125
             }
         }
@@ -106,21 +100,10 @@ fn agent_on_unix_socket(argv: &[String], since_boot: std::time::Duration) -> i32
     match agent::run(config, Listen::Unix(socket), GuestClock::new(since_boot)) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("vpod-init: error: {}", chain(&e));
+            eprintln!("vpod-init: error: {}", error_chain(&e));
             1
         }
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }
 
 fn set_hostname(name: &str) {

@@ -6,16 +6,16 @@ use std::path::Path;
 /// A mount that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
-    #[error("Could not create the mount point {0}.")]
+    #[error("could not create the mount point {0}")]
     MountPoint(String, #[source] std::io::Error),
-    #[error("Could not mount {fstype} on {target}.")]
+    #[error("could not mount {fstype} on {target}")]
     Mount {
         fstype: String,
         target: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("Could not link {0}.")]
+    #[error("could not link {0}")]
     Link(String, #[source] std::io::Error),
 }
 

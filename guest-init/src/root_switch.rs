@@ -20,13 +20,13 @@ const NEW_ROOT: &str = "/.vpod-root";
 /// Why init could not move to a tmpfs root.
 #[derive(Debug, thiserror::Error)]
 pub enum RootSwitchError {
-    #[error("Could not prepare the tmpfs root at {0}.")]
+    #[error("could not prepare the tmpfs root at {0}")]
     Prepare(&'static str, #[source] io::Error),
-    #[error("Could not copy {0} into the tmpfs root.")]
+    #[error("could not copy {0} into the tmpfs root")]
     Copy(String, #[source] io::Error),
-    #[error("Could not move the tmpfs over / and enter it.")]
+    #[error("could not move the tmpfs over / and enter it")]
     Enter(#[source] io::Error),
-    #[error("Could not execute /init again from the tmpfs root.")]
+    #[error("could not execute /init again from the tmpfs root")]
     Exec(#[source] io::Error),
 }
 

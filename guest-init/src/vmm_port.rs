@@ -12,7 +12,7 @@ pub const EXIT_STATUS_PORT: u16 = 0x3f1;
 /// Why the ports could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum VmmPortError {
-    #[error("The kernel refused access to the VMM's I/O ports.")]
+    #[error("the kernel refused access to the VMM's I/O ports")]
     Ioperm(#[source] std::io::Error),
 }
 

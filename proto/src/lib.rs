@@ -5,6 +5,7 @@
 
 pub mod authority;
 pub mod client;
+pub mod error_chain;
 
 /// The generated messages, client (`agent_client`) and server (`agent_server`).
 pub mod v1 {
@@ -17,6 +18,7 @@ pub mod v1 {
 #[cfg(feature = "cri")]
 pub use k8s_cri::v1 as cri;
 
+pub use error_chain::error_chain;
 pub use v1::agent_client::AgentClient;
 pub use v1::agent_server::{Agent, AgentServer};
 

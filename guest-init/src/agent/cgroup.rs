@@ -16,20 +16,20 @@ const CONTROLLERS: &str = "+cpu +memory +pids";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
-    #[error("Could not create the cgroup {0}.")]
+    #[error("could not create the cgroup {0}")]
     Create(PathBuf, #[source] io::Error),
-    #[error("Could not write {value:?} to {file}.")]
+    #[error("could not write {value:?} to {file}")]
     Write {
         file: PathBuf,
         value: String,
         #[source]
         source: io::Error,
     },
-    #[error("Could not read {0}.")]
+    #[error("could not read {0}")]
     Read(PathBuf, #[source] io::Error),
-    #[error("Could not remove the cgroup {0}.")]
+    #[error("could not remove the cgroup {0}")]
     Remove(PathBuf, #[source] io::Error),
-    #[error("No cgroup2 filesystem is mounted at {0}; containers run without cgroups.")]
+    #[error("no cgroup2 filesystem is mounted at {0}; containers run without cgroups")]
     Unavailable(PathBuf),
 }
 

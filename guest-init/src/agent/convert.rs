@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use tonic::Status;
-use vpod_proto::v1;
+use vpod_proto::{error_chain, v1};
 
 use super::cgroup::CgroupLimits;
 use super::container::ContainerError;
@@ -12,7 +12,7 @@ use super::spec::{self, ContainerSpec, FileSpec, MountSpec, ProcessSpec, RlimitS
 
 /// A request field that cannot be used, named as in agent.proto.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("Invalid {field}: {reason}")]
+#[error("invalid {field}: {reason}")]
 pub struct FieldError {
     pub field: &'static str,
     pub reason: String,
@@ -44,7 +44,7 @@ pub fn container_id(id: &str, field: &'static str) -> Result<String, FieldError>
     } else {
         Err(invalid(
             field,
-            format!("{id:?} is not [A-Za-z0-9][A-Za-z0-9_.-]{{0,127}}."),
+            format!("{id:?} is not [A-Za-z0-9][A-Za-z0-9_.-]{{0,127}}"),
         ))
     }
 }
@@ -55,14 +55,14 @@ fn absolute(path: &str, field: &'static str) -> Result<String, FieldError> {
     } else if path.starts_with('/') {
         Ok(path.to_string())
     } else {
-        Err(invalid(field, format!("{path:?} is not an absolute path.")))
+        Err(invalid(field, format!("{path:?} is not an absolute path")))
     }
 }
 
 fn env(vars: &[String], field: &'static str) -> Result<Vec<String>, FieldError> {
     for var in vars {
         if !var.contains('=') || var.starts_with('=') {
-            return Err(invalid(field, format!("{var:?} is not KEY=VALUE.")));
+            return Err(invalid(field, format!("{var:?} is not KEY=VALUE")));
         }
     }
     Ok(vars.to_vec())
@@ -71,16 +71,16 @@ fn env(vars: &[String], field: &'static str) -> Result<Vec<String>, FieldError> 
 pub fn create_request(request: v1::CreateContainerRequest) -> Result<ContainerSpec, FieldError> {
     let id = container_id(&request.id, "id")?;
     if request.args.is_empty() || request.args[0].is_empty() {
-        return Err(invalid("args", "the program is missing."));
+        return Err(invalid("args", "the program is missing"));
     }
     if request.terminal {
-        return Err(invalid("terminal", "terminals are not supported yet."));
+        return Err(invalid("terminal", "terminals are not supported yet"));
     }
     let rootfs = if !request.rootfs_path.is_empty() {
         if !request.layer_serials.is_empty() {
             return Err(invalid(
                 "rootfs_path",
-                "give either rootfs_path or layer_serials.",
+                "give either rootfs_path or layer_serials",
             ));
         }
         RootfsSource::Directory(PathBuf::from(absolute(
@@ -89,10 +89,10 @@ pub fn create_request(request: v1::CreateContainerRequest) -> Result<ContainerSp
         )?))
     } else {
         if request.layer_serials.is_empty() {
-            return Err(invalid("layer_serials", "at least one layer is needed."));
+            return Err(invalid("layer_serials", "at least one layer is needed"));
         }
         if request.writable_serial.is_empty() {
-            return Err(invalid("writable_serial", "the writable disk is missing."));
+            return Err(invalid("writable_serial", "the writable disk is missing"));
         }
         for serial in request
             .layer_serials
@@ -102,7 +102,7 @@ pub fn create_request(request: v1::CreateContainerRequest) -> Result<ContainerSp
             if serial.contains('/') || serial.starts_with('.') {
                 return Err(invalid(
                     "layer_serials",
-                    format!("{serial:?} cannot name a directory."),
+                    format!("{serial:?} cannot name a directory"),
                 ));
             }
         }
@@ -131,13 +131,13 @@ pub fn create_request(request: v1::CreateContainerRequest) -> Result<ContainerSp
             if !m.destination.starts_with('/') || m.destination.split('/').any(|p| p == "..") {
                 return Err(invalid(
                     "mounts",
-                    format!("{:?} is not a clean absolute path.", m.destination),
+                    format!("{:?} is not a clean absolute path", m.destination),
                 ));
             }
             if m.r#type.is_empty() {
                 return Err(invalid(
                     "mounts",
-                    format!("the mount on {:?} has no type.", m.destination),
+                    format!("the mount on {:?} has no type", m.destination),
                 ));
             }
             let (flags, data) = spec::parse_mount_options(&m.r#type, &m.options);
@@ -157,7 +157,7 @@ pub fn create_request(request: v1::CreateContainerRequest) -> Result<ContainerSp
     } else {
         return Err(invalid(
             "hostname",
-            format!("{:?} is not a host name.", request.hostname),
+            format!("{:?} is not a host name", request.hostname),
         ));
     };
     let limits = request.limits.unwrap_or_default();
@@ -202,7 +202,7 @@ fn clean_paths(paths: Vec<String>, field: &'static str) -> Result<Vec<String>, F
         if !path.starts_with('/') || path.split('/').any(|p| p == "..") || path.contains('\0') {
             return Err(invalid(
                 field,
-                format!("{path:?} is not a clean absolute path."),
+                format!("{path:?} is not a clean absolute path"),
             ));
         }
     }
@@ -219,7 +219,7 @@ fn sysctls(
         if value.contains('\0') {
             return Err(invalid(
                 "sysctls",
-                format!("the value of {key:?} has a NUL byte."),
+                format!("the value of {key:?} has a NUL byte"),
             ));
         }
         out.push((path, value));
@@ -252,19 +252,19 @@ fn files(files: Vec<v1::ContainerFile>) -> Result<Vec<FileSpec>, FieldError> {
             if !clean {
                 return Err(invalid(
                     "files",
-                    format!("{:?} is not a clean absolute path of a file.", f.path),
+                    format!("{:?} is not a clean absolute path of a file", f.path),
                 ));
             }
             if f.content.len() > MAX_FILE {
                 return Err(invalid(
                     "files",
-                    format!("{:?} is larger than {MAX_FILE} bytes.", f.path),
+                    format!("{:?} is larger than {MAX_FILE} bytes", f.path),
                 ));
             }
             if f.mode > 0o7777 {
                 return Err(invalid(
                     "files",
-                    format!("{:o} is not a permission mode.", f.mode),
+                    format!("{:o} is not a permission mode", f.mode),
                 ));
             }
             Ok(FileSpec {
@@ -280,12 +280,12 @@ pub fn exec_request(
     request: v1::ExecSyncRequest,
 ) -> Result<super::container::ExecRequest, FieldError> {
     if request.args.is_empty() || request.args[0].is_empty() {
-        return Err(invalid("args", "the program is missing."));
+        return Err(invalid("args", "the program is missing"));
     }
     if !request.cwd.is_empty() && !request.cwd.starts_with('/') {
         return Err(invalid(
             "cwd",
-            format!("{:?} is not an absolute path.", request.cwd),
+            format!("{:?} is not an absolute path", request.cwd),
         ));
     }
     Ok(super::container::ExecRequest {
@@ -297,21 +297,10 @@ pub fn exec_request(
     })
 }
 
-/// The message with its causes, so the host sees why and not only what.
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}
-
 impl From<ContainerError> for Status {
     fn from(e: ContainerError) -> Self {
-        let message = with_causes(&e);
+        // The message with its causes, so the host sees why and not only what.
+        let message = error_chain(&e);
         match e {
             ContainerError::NotFound(_) => Status::not_found(message),
             ContainerError::AlreadyExists(_) => Status::already_exists(message),
@@ -328,7 +317,7 @@ impl From<ContainerError> for Status {
                 Status::invalid_argument(message)
             }
             ContainerError::Spawn(_, ref s) if s.is_not_found() => {
-                Status::invalid_argument(format!("Invalid args: {message}"))
+                Status::invalid_argument(format!("invalid args: {message}"))
             }
             _ => Status::internal(message),
         }

@@ -19,19 +19,19 @@ pub const RESOLVE_SAFE: u64 = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINK
 
 #[derive(Debug, thiserror::Error)]
 pub enum InRootError {
-    #[error("The path {0:?} is not an absolute path without '..'.")]
+    #[error("the path {0:?} is not an absolute path without '..'")]
     BadPath(String),
-    #[error("The path {0:?} contains a NUL byte.")]
+    #[error("the path {0:?} contains a NUL byte")]
     NulByte(String),
-    #[error("Could not open the container root {0}.")]
+    #[error("could not open the container root {0}")]
     OpenRoot(PathBuf, #[source] io::Error),
-    #[error("Could not create the directory {0} in the container.")]
+    #[error("could not create the directory {0} in the container")]
     CreateDir(String, #[source] io::Error),
-    #[error("Could not write {0} in the container.")]
+    #[error("could not write {0} in the container")]
     Write(String, #[source] io::Error),
-    #[error("Could not read {0} in the container.")]
+    #[error("could not read {0} in the container")]
     Read(String, #[source] io::Error),
-    #[error("{0} in the container is larger than {1} bytes.")]
+    #[error("{0} in the container is larger than {1} bytes")]
     TooLarge(String, u64),
 }
 

@@ -32,13 +32,13 @@ use rootfs::{RootfsPaths, SystemMounts};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("Could not start the agent's runtime.")]
+    #[error("could not start the agent's runtime")]
     Runtime(#[source] io::Error),
-    #[error("Could not start the reaper.")]
+    #[error("could not start the reaper")]
     Reaper(#[source] io::Error),
-    #[error("Could not listen on {0}.")]
+    #[error("could not listen on {0}")]
     Listen(String, #[source] io::Error),
-    #[error("The gRPC server failed.")]
+    #[error("the gRPC server failed")]
     Serve(#[source] tonic::transport::Error),
 }
 

@@ -16,22 +16,22 @@ const MAX_MOUNT_DATA: usize = 4095;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
-    #[error("No block device has the serial {0:?}.")]
+    #[error("no block device has the serial {0:?}")]
     NoSuchDisk(String),
-    #[error("Could not list the block devices in {0}.")]
+    #[error("could not list the block devices in {0}")]
     ListDisks(PathBuf, #[source] io::Error),
-    #[error("Could not create {0}.")]
+    #[error("could not create {0}")]
     CreateDir(PathBuf, #[source] io::Error),
-    #[error("Could not mount {source_name} on {target}.")]
+    #[error("could not mount {source_name} on {target}")]
     Mount {
         source_name: String,
         target: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("Could not unmount {0}.")]
+    #[error("could not unmount {0}")]
     Unmount(PathBuf, #[source] io::Error),
-    #[error("The overlay options for {0} exceed a page; use fewer layers.")]
+    #[error("the overlay options for {0} exceed a page; use fewer layers")]
     OptionsTooLong(PathBuf),
 }
 

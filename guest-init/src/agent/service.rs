@@ -94,7 +94,7 @@ impl vpod_proto::Agent for AgentService {
         let request = request.into_inner();
         if !(1..=64).contains(&request.signal) {
             return Err(Status::invalid_argument(format!(
-                "Invalid signal: {} is not 1..64.",
+                "invalid signal: {} is not 1..64",
                 request.signal
             )));
         }

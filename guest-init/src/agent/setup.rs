@@ -25,9 +25,9 @@ pub const DEV_LINKS: &[(&str, &str)] = &[
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SetupError {
-    #[error("The path {0:?} contains a NUL byte.")]
+    #[error("the path {0:?} contains a NUL byte")]
     NulByte(String),
-    #[error("The mount destination {0:?} is not an absolute path without '..'.")]
+    #[error("the mount destination {0:?} is not an absolute path without '..'")]
     BadDestination(String),
 }
 

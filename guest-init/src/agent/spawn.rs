@@ -25,23 +25,23 @@ pub use crate::command::DEFAULT_PATH;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
-    #[error("The process spec is not usable.")]
+    #[error("the process spec is not usable")]
     Spec(#[from] SetupError),
-    #[error("The process has no arguments.")]
+    #[error("the process has no arguments")]
     NoArgs,
-    #[error("Could not create a pipe.")]
+    #[error("could not create a pipe")]
     Pipe(#[source] io::Error),
-    #[error("Could not open {0}.")]
+    #[error("could not open {0}")]
     Open(String, #[source] io::Error),
-    #[error("Could not clone the process.")]
+    #[error("could not clone the process")]
     Clone(#[source] io::Error),
-    #[error("The container process failed while {stage}.")]
+    #[error("the container process failed while {stage}")]
     Child {
         stage: String,
         #[source]
         source: io::Error,
     },
-    #[error("The exec helper ended without reporting the process.")]
+    #[error("the exec helper ended without reporting the process")]
     LostHelper,
 }
 

@@ -98,9 +98,9 @@ impl MountSpec {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SpecError {
-    #[error("{0} is not a known capability.")]
+    #[error("{0} is not a known capability")]
     UnknownCapability(String),
-    #[error("{0} is not a known resource limit.")]
+    #[error("{0} is not a known resource limit")]
     UnknownRlimit(String),
 }
 

@@ -10,11 +10,11 @@ const MAX_DATABASE: u64 = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UserError {
-    #[error("The user {0:?} is not in the container's /etc/passwd.")]
+    #[error("the user {0:?} is not in the container's /etc/passwd")]
     UnknownUser(String),
-    #[error("The group {0:?} is not in the container's /etc/group.")]
+    #[error("the group {0:?} is not in the container's /etc/group")]
     UnknownGroup(String),
-    #[error("The container's user database could not be read.")]
+    #[error("the container's user database could not be read")]
     Read(#[source] InRootError),
 }
 

@@ -26,37 +26,37 @@ use super::users::UserError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
-    #[error("No container has the id {0:?}.")]
+    #[error("no container has the id {0:?}")]
     NotFound(String),
-    #[error("A container with the id {0:?} exists already.")]
+    #[error("a container with the id {0:?} exists already")]
     AlreadyExists(String),
-    #[error("Container {id:?} is {state}; this needs it {wanted}.")]
+    #[error("container {id:?} is {state}; this needs it {wanted}")]
     WrongState {
         id: String,
         state: &'static str,
         wanted: &'static str,
     },
-    #[error("The root filesystem of container {0:?} could not be prepared or released.")]
+    #[error("the root filesystem of container {0:?} could not be prepared or released")]
     Rootfs(String, #[source] RootfsError),
-    #[error("The files of container {0:?} could not be written into its root.")]
+    #[error("the files of container {0:?} could not be written into its root")]
     Files(String, #[source] InRootError),
-    #[error("The user of container {0:?} could not be resolved.")]
+    #[error("the user of container {0:?} could not be resolved")]
     User(String, #[source] UserError),
-    #[error("The cgroup of container {0:?} could not be set up, read or removed.")]
+    #[error("the cgroup of container {0:?} could not be set up, read or removed")]
     Cgroup(String, #[source] CgroupError),
-    #[error("Container {0:?} has no cgroup (cgroup2 is not available).")]
+    #[error("container {0:?} has no cgroup (cgroup2 is not available)")]
     NoCgroup(String),
-    #[error("The request for container {0:?} is not usable.")]
+    #[error("the request for container {0:?} is not usable")]
     Setup(String, #[source] SetupError),
-    #[error("A process of container {0:?} could not be started.")]
+    #[error("a process of container {0:?} could not be started")]
     Spawn(String, #[source] SpawnError),
-    #[error("Could not signal container {0:?}.")]
+    #[error("could not signal container {0:?}")]
     Signal(String, #[source] std::io::Error),
-    #[error("Container {0:?} has no stdin pipe, or it was closed.")]
+    #[error("container {0:?} has no stdin pipe, or it was closed")]
     NoStdin(String),
-    #[error("Could not write to the stdin of container {0:?}.")]
+    #[error("could not write to the stdin of container {0:?}")]
     Stdin(String, #[source] std::io::Error),
-    #[error("A background task of the agent failed.")]
+    #[error("a background task of the agent failed")]
     Task(#[source] tokio::task::JoinError),
 }
 
