@@ -17,15 +17,3 @@ pub use store::{
     ImageConfig, ImageLayer, ImportedImage, LayerRecord, LayerStore, LayerStoreError,
     LayerStoreOptions,
 };
-
-/// An error and its sources on one line, joined by ": ".
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
-}

@@ -24,12 +24,7 @@ use vpod_image::{DiffId, LayerStore};
 
 /// An error with its sources, for assertion messages.
 fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text += &format!(": {cause}");
-        source = cause.source();
-    }
+    let text = vpod_proto::error_chain(error);
     eprintln!("error as reported: {text}");
     text
 }

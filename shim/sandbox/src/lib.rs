@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use vpod_proto::AgentClient;
 
-use vpod_image::error_chain;
+use vpod_proto::error_chain;
 
 pub use agent::AgentError;
 pub use api::{VmmApi, VmmApiError};

@@ -21,9 +21,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::RwLock;
-pub use vpod_image::error_chain;
 use vpod_image::registry::RegistryOptions;
 use vpod_image::LayerStore;
+pub use vpod_proto::error_chain;
 use vpod_sandbox::{Sandbox, SandboxError};
 
 pub use events::{ContainerEvent, ContainerEventKind};
