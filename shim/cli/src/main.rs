@@ -39,7 +39,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use vpod_image::default_image::DEFAULT_IMAGE_TAG;
 use vpod_image::runtime_spec::{runtime_spec, ProcessOverrides};
 use vpod_image::LayerStore;
-use vpod_sandbox::container::ContainerFile;
+use vpod_sandbox::network_files::{DnsConfig, NetworkIdentity};
 use vpod_sandbox::{
     ContainerExit, ContainerOutput, ContainerSpec, OutputStream, RootfsSource, Sandbox,
     SandboxConfig,
@@ -241,7 +241,15 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         (None, Some(_)) => random_id()?,
         (None, None) => sandbox.id().to_string(),
     };
-    let files = network_files(args.hostname.as_deref(), &args.add_hosts, &args.dns);
+    let files = NetworkIdentity {
+        hostname: args.hostname.clone(),
+        extra_hosts: args.add_hosts.clone(),
+        dns: DnsConfig {
+            servers: args.dns.clone(),
+            ..DnsConfig::default()
+        },
+    }
+    .files();
     let spec = ContainerSpec {
         id: id.clone(),
         spec: runtime_spec,
@@ -285,45 +293,6 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         );
     }
     Ok(code)
-}
-
-/// /etc/hostname and /etc/hosts when a hostname or hosts are given, /etc/resolv.conf when
-/// name servers are; nothing otherwise (the image's stay).
-fn network_files(
-    hostname: Option<&str>,
-    add_hosts: &[(String, String)],
-    dns: &[String],
-) -> Vec<ContainerFile> {
-    let mut files = Vec::new();
-    if hostname.is_some() || !add_hosts.is_empty() {
-        let mut hosts =
-            String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
-        if let Some(name) = hostname {
-            hosts.push_str(&format!("127.0.1.1\t{name}\n"));
-            files.push(ContainerFile {
-                path: "/etc/hostname".into(),
-                content: format!("{name}\n").into_bytes(),
-                mode: 0o644,
-            });
-        }
-        for (host, ip) in add_hosts {
-            hosts.push_str(&format!("{ip}\t{host}\n"));
-        }
-        files.push(ContainerFile {
-            path: "/etc/hosts".into(),
-            content: hosts.into_bytes(),
-            mode: 0o644,
-        });
-    }
-    if !dns.is_empty() {
-        let resolv: String = dns.iter().map(|ip| format!("nameserver {ip}\n")).collect();
-        files.push(ContainerFile {
-            path: "/etc/resolv.conf".into(),
-            content: resolv.into_bytes(),
-            mode: 0o644,
-        });
-    }
-    files
 }
 
 /// Creates and starts the container; how long that took.

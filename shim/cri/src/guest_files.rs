@@ -10,34 +10,24 @@ use std::io::Read;
 use std::path::Path;
 
 use vpod_sandbox::container::ContainerFile;
+use vpod_sandbox::network_files::{DnsConfig, NetworkIdentity};
 
 use crate::state::{MountRecord, PodRecord};
 
 /// The largest host file a mount copies in.
 pub const MAX_MOUNT_FILE: u64 = 1 << 20;
 
-/// `/etc/resolv.conf` for the pod's DNS config; `None` when it has none (the image's stays).
-pub fn resolv_conf(pod: &PodRecord) -> Option<String> {
-    if pod.dns_servers.is_empty() && pod.dns_searches.is_empty() && pod.dns_options.is_empty() {
-        return None;
+/// The pod's hostname and DNS config as the sandbox writes them.
+pub fn network_identity(pod: &PodRecord) -> NetworkIdentity {
+    NetworkIdentity {
+        hostname: Some(pod.hostname.clone()),
+        extra_hosts: Vec::new(),
+        dns: DnsConfig {
+            servers: pod.dns_servers.clone(),
+            searches: pod.dns_searches.clone(),
+            options: pod.dns_options.clone(),
+        },
     }
-    let mut text = String::new();
-    if !pod.dns_searches.is_empty() {
-        text.push_str(&format!("search {}\n", pod.dns_searches.join(" ")));
-    }
-    for server in &pod.dns_servers {
-        text.push_str(&format!("nameserver {server}\n"));
-    }
-    if !pod.dns_options.is_empty() {
-        text.push_str(&format!("options {}\n", pod.dns_options.join(" ")));
-    }
-    Some(text)
-}
-
-pub fn hosts(hostname: &str) -> String {
-    format!(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
-    )
 }
 
 /// Why a mount was not copied in.
@@ -53,25 +43,7 @@ pub fn container_files(
     pod: &PodRecord,
     mounts: &[MountRecord],
 ) -> (Vec<ContainerFile>, Vec<SkippedMount>) {
-    let mut files = vec![
-        ContainerFile {
-            path: "/etc/hostname".into(),
-            content: format!("{}\n", pod.hostname).into_bytes(),
-            mode: 0o644,
-        },
-        ContainerFile {
-            path: "/etc/hosts".into(),
-            content: hosts(&pod.hostname).into_bytes(),
-            mode: 0o644,
-        },
-    ];
-    if let Some(resolv) = resolv_conf(pod) {
-        files.push(ContainerFile {
-            path: "/etc/resolv.conf".into(),
-            content: resolv.into_bytes(),
-            mode: 0o644,
-        });
-    }
+    let mut files = network_identity(pod).files();
     let mut skipped = Vec::new();
     for mount in mounts {
         match read_small_file(Path::new(&mount.host_path)) {
@@ -146,7 +118,7 @@ mod tests {
     #[test]
     fn resolv_conf_has_searches_servers_and_options() {
         assert_eq!(
-            resolv_conf(&pod()).unwrap(),
+            network_identity(&pod()).resolv_conf().unwrap(),
             "search ns.svc.cluster.local svc.cluster.local\nnameserver 10.0.0.10\n\
              nameserver 10.0.0.11\noptions ndots:5\n"
         );
@@ -154,7 +126,7 @@ mod tests {
         bare.dns_servers.clear();
         bare.dns_searches.clear();
         bare.dns_options.clear();
-        assert_eq!(resolv_conf(&bare), None);
+        assert_eq!(network_identity(&bare).resolv_conf(), None);
     }
 
     #[test]

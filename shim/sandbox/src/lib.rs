@@ -12,6 +12,7 @@ pub mod api;
 pub mod container;
 pub mod disk;
 pub mod layers;
+pub mod network_files;
 pub mod output;
 pub mod runtime_ops;
 pub mod serial;
