@@ -169,22 +169,7 @@ impl Daemon {
     /// PIDs of the `vpod-vmm` processes whose command line names `<root>/sandboxes/<pod>/`
     /// (every pod's when `pod` is empty).
     pub fn vmm_pids(&self, pod: &str) -> Vec<u32> {
-        let needle = format!("{}/sandboxes/{pod}", self.root.display());
-        let mut pids = Vec::new();
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
-                continue;
-            };
-            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-            if comm.trim_end() != "vpod-vmm" {
-                continue;
-            }
-            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmdline).contains(&needle) {
-                pids.push(pid);
-            }
-        }
-        pids
+        vpod_sandbox::vmm::vmm_processes_under(&self.root.join("sandboxes").join(pod))
     }
 }
 

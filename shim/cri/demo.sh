@@ -10,17 +10,17 @@ bin=$PWD/target/release
 dir=$(mktemp -d /tmp/vpod-cri-demo.XXXXXX)
 daemon=
 
-# Stops the daemon by its PID, then any VMM it left under our root (also by PID).
+# Removes what pods are left through the daemon (their VMMs outlive it by design), then
+# stops the daemon by its PID.
 cleanup() {
   local status=$?
   if [ -n "$daemon" ] && kill -0 "$daemon" 2>/dev/null; then
+    for p in $("$bin/vpod-crictl" --runtime-endpoint "unix://$dir/cri.sock" pods -q 2>/dev/null); do
+      echo "demo 3/3: removing pod $p, left behind"
+      "$bin/vpod-crictl" --runtime-endpoint "unix://$dir/cri.sock" rmp "$p" >/dev/null 2>&1 || true
+    done
     kill "$daemon"; wait "$daemon" 2>/dev/null || true
   fi
-  for p in /proc/[0-9]*; do
-    if [ "$(cat "$p/comm" 2>/dev/null)" = vpod-vmm ] && tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q "$dir/"; then
-      echo "demo 3/3: killing a VMM left behind (pid ${p#/proc/})"; kill -9 "${p#/proc/}" 2>/dev/null || true
-    fi
-  done
   if [ $status -ne 0 ] && [ -f "$dir/vpod-cri.log" ]; then
     echo "demo 3/3: failed ($status); the daemon's log:"; tail -n 30 "$dir/vpod-cri.log"
   fi

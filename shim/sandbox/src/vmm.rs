@@ -101,9 +101,7 @@ impl VmmProcess {
 
     /// Whether an adopted PID still names a live vpod-vmm (not one reused by another program).
     fn adopted_alive(&self) -> bool {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
-        // "pid (comm) state ...": the name is "vpod-vmm", a zombie's state is Z.
-        stat.contains("(vpod-vmm) ") && !stat.contains(") Z ")
+        is_live_vmm(self.pid)
     }
 
     /// The exit status once the VMM has ended (and is reaped), without blocking. An adopted
@@ -165,4 +163,46 @@ pub fn file_tail(path: &Path, max: usize) -> String {
     };
     let start = bytes.len().saturating_sub(max);
     String::from_utf8_lossy(&bytes[start..]).into_owned()
+}
+
+/// Whether `pid` is a live `vpod-vmm` process (not a zombie, not a PID reused by another
+/// program). The one test of "is this one of our VMMs" with [`vmm_processes_under`].
+pub fn is_live_vmm(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // "pid (comm) state ...": the name is "vpod-vmm", a zombie's state is Z.
+    stat.contains("(vpod-vmm) ") && !stat.contains(") Z ")
+}
+
+/// PIDs of the live `vpod-vmm` processes whose command line names a path inside `dir` (a
+/// sandbox's directory, or a state root holding many): the VMMs a runtime started there,
+/// found again after it lost track of them.
+pub fn vmm_processes_under(dir: &Path) -> Vec<u32> {
+    let Some(dir) = dir.to_str() else {
+        return Vec::new();
+    };
+    let inside = format!("{}/", dir.trim_end_matches('/'));
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !is_live_vmm(pid) {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let names_dir = cmdline
+            .split(|&b| b == 0)
+            .any(|arg| arg.windows(inside.len()).any(|w| w == inside.as_bytes()));
+        if names_dir {
+            pids.push(pid);
+        }
+    }
+    pids
 }

@@ -36,7 +36,6 @@ use crate::state::{ContainerRecord, PodRecord, StateDir, StateError};
 
 pub use containers::CreateContainer;
 pub use pods::RunPod;
-pub use recover::vmm_processes_of;
 pub use stats::{ContainerUsage, PodUsage};
 
 /// Why a runtime operation failed; each variant maps to one gRPC code.

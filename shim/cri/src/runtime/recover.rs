@@ -3,11 +3,10 @@
 //! left (a VMM process, a sandbox directory with its disk and sockets, a record).
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::RwLock;
-use vpod_sandbox::vmm::VmmProcess;
+use vpod_sandbox::vmm::{vmm_processes_under, VmmProcess};
 use vpod_sandbox::Sandbox;
 
 use super::{container_name_key, lock, pod_name_key, Container, Pod, Runtime, RuntimeError};
@@ -15,45 +14,11 @@ use crate::ids::is_runtime_id;
 use crate::logformat::now_ns;
 use crate::state::{ContainerPhase, PodPhase};
 
-/// PIDs of `vpod-vmm` processes whose command line names a path inside `dir`.
-pub fn vmm_processes_of(dir: &Path) -> Vec<u32> {
-    let Some(dir) = dir.to_str() else {
-        return Vec::new();
-    };
-    let inside = format!("{}/", dir.trim_end_matches('/'));
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut pids = Vec::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-        if comm.trim_end() != "vpod-vmm" {
-            continue;
-        }
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let names_dir = cmdline.split(|&b| b == 0).any(|arg| {
-            arg.starts_with(inside.as_bytes())
-                || arg.windows(inside.len()).any(|w| w == inside.as_bytes())
-        });
-        if names_dir {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
 impl Runtime {
     /// Kills every VMM of the sandbox directory `id` and removes the directory.
     fn destroy_sandbox_leftovers(&self, id: &str) {
         let dir = self.root.join("sandboxes").join(id);
-        for pid in vmm_processes_of(&dir) {
+        for pid in vmm_processes_under(&dir) {
             tracing::info!(pod = %id, pid, "killing a leftover VMM");
             VmmProcess::adopt(pid).kill_and_reap();
         }

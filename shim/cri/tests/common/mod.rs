@@ -211,7 +211,7 @@ impl Daemon {
 
     /// PIDs of the VMM processes that run pods of this daemon's root.
     pub fn vmm_pids(&self) -> Vec<u32> {
-        vpod_cri::runtime::vmm_processes_of(&self.root.join("sandboxes"))
+        vpod_sandbox::vmm::vmm_processes_under(&self.root.join("sandboxes"))
     }
 
     /// Directories under `<root>/sandboxes`.
