@@ -8,7 +8,8 @@
 //! - host memory per idle pod ([`crate::cri_memory`]).
 //!
 //! `vpod-cri` runs with its root, socket and logs in a scratch directory on /tmp (a tmpfs
-//! inside the emulated KVM host), pods sized by its config (`--pod-mib`, default 128).
+//! inside the emulated KVM host), pods sized by its config (`VPOD_BENCH_CRI_POD_MIB`,
+//! default 128).
 //! runc runs `echo` (to its line) and `create` + `start` of `sleep` (to running) on the
 //! default image's root filesystem from `vpod-bench prepare`.
 

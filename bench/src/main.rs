@@ -6,6 +6,7 @@
 //! socket's `:authority` normalisation) and `check` (targets).
 
 use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -24,60 +25,123 @@ mod pod;
 
 const STUB_MARKER: &str = "vpod-stub: ready";
 const LIMIT: Duration = Duration::from_secs(120);
-const USAGE: &str =
-    "usage: vpod-bench startup|linux-boot|prepare|pod-start|run-true|layer-read|vsock|cri|cri-memory|cri-rpc|check \
-[--runs N] [--host kvm|emulated] [--mib MiB (vsock)]";
+
+/// vpod-bench: measures vpod beside its peers in one run; run from the checkout's top
+/// directory (results go to bench/results/).
+#[derive(Parser)]
+#[command(
+    name = "vpod-bench",
+    arg_required_else_help = true,
+    args_override_self = true
+)]
+struct CommandLine {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// VMM start-up and idle memory on the stub guests, beside QEMU microvm (native)
+    Startup {
+        /// Measured runs of each implementation
+        #[arg(long, value_name = "N", default_value_t = 20)]
+        runs: usize,
+    },
+    /// Linux boot to init and to exit, beside QEMU microvm (emulated KVM host here)
+    LinuxBoot {
+        /// Measured runs of each implementation
+        #[arg(long, value_name = "N", default_value_t = 10)]
+        runs: usize,
+        #[command(flatten)]
+        host: Host,
+    },
+    /// The fixtures of the container benchmarks (native, before them)
+    Prepare,
+    /// A container's start in a running pod, beside runc and crun
+    PodStart {
+        /// Measured runs of each implementation
+        #[arg(long, value_name = "N", default_value_t = 10)]
+        runs: usize,
+        #[command(flatten)]
+        host: Host,
+    },
+    /// `vpod run -- true` end to end, beside runc and crun
+    RunTrue {
+        /// Measured runs of each implementation
+        #[arg(long, value_name = "N", default_value_t = 5)]
+        runs: usize,
+        #[command(flatten)]
+        host: Host,
+    },
+    /// A sequential read from a layer disk, beside the host's read
+    LayerRead {
+        /// Measured runs of each implementation
+        #[arg(long, value_name = "N", default_value_t = 3)]
+        runs: usize,
+        #[command(flatten)]
+        host: Host,
+    },
+    /// vsock throughput through a pod VM, both ways
+    Vsock {
+        /// Measured runs of each implementation
+        #[arg(long, value_name = "N", default_value_t = 3)]
+        runs: usize,
+        /// Bytes sent each way
+        #[arg(long, value_name = "MiB", default_value_t = 64)]
+        mib: u64,
+        #[command(flatten)]
+        host: Host,
+    },
+    /// Pods through vpod-cri (RunPodSandbox, pod to running), beside runc
+    Cri {
+        /// Measured runs of each implementation
+        #[arg(long, value_name = "N", default_value_t = 10)]
+        runs: usize,
+        #[command(flatten)]
+        host: Host,
+    },
+    /// The host memory of idle pods through vpod-cri
+    CriMemory {
+        #[command(flatten)]
+        host: Host,
+    },
+    /// The per-RPC cost of the CRI socket's `:authority` normalisation (native)
+    CriRpc {
+        /// Measured runs of each implementation
+        #[arg(long, value_name = "N", default_value_t = 10)]
+        runs: usize,
+    },
+    /// Every target against bench/results/*.jsonl; fails when one is missed
+    Check,
+}
+
+/// Where the guests ran, as the results label it.
+#[derive(Args)]
+struct Host {
+    /// kvm: real KVM; emulated: inside the emulated KVM host (only ratios mean anything)
+    #[arg(long, value_name = "HOST", default_value = "kvm", value_parser = ["kvm", "emulated"])]
+    host: String,
+}
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut runs = None;
-    let mut mib = None;
-    let mut host = "kvm".to_string();
-    let mut words = args.iter();
-    let verb = words.next().cloned().unwrap_or_default();
-    while let Some(w) = words.next() {
-        match w.as_str() {
-            "--runs" => {
-                runs = Some(
-                    words
-                        .next()
-                        .context("--runs needs a number")?
-                        .parse::<usize>()?,
-                )
-            }
-            "--host" => {
-                host = words
-                    .next()
-                    .context("--host needs kvm or emulated")?
-                    .clone()
-            }
-            "--mib" => {
-                mib = Some(
-                    words
-                        .next()
-                        .context("--mib needs a number")?
-                        .parse::<u64>()?,
-                )
-            }
-            other => bail!("unknown argument {other}\n{USAGE}"),
-        }
-    }
+    let bench = CommandLine::parse().bench;
     let root = std::env::current_dir()?;
-    match verb.as_str() {
-        "startup" => startup(&root, runs.unwrap_or(20)),
-        "linux-boot" => linux_boot(&root, runs.unwrap_or(10), &host),
-        "prepare" => fixtures::prepare(&root),
-        "pod-start" => pod::pod_start(&root, runs.unwrap_or(10), &host).map(drop),
-        "run-true" => pod::run_true(&root, runs.unwrap_or(5), &host).map(drop),
-        "layer-read" => guest_io::layer_read(&root, runs.unwrap_or(3), &host).map(drop),
-        "vsock" => guest_io::vsock(&root, runs.unwrap_or(3), mib.unwrap_or(64), &host).map(drop),
-        "cri" => cri::cri(&root, &cri::CriBench::from_env(runs.unwrap_or(10), &host)?).map(drop),
-        "cri-memory" => {
-            cri_memory::idle_memory(&root, &cri::CriBench::from_env(0, &host)?).map(drop)
+    match bench {
+        Bench::Startup { runs } => startup(&root, runs),
+        Bench::LinuxBoot { runs, host } => linux_boot(&root, runs, &host.host),
+        Bench::Prepare => fixtures::prepare(&root),
+        Bench::PodStart { runs, host } => pod::pod_start(&root, runs, &host.host).map(drop),
+        Bench::RunTrue { runs, host } => pod::run_true(&root, runs, &host.host).map(drop),
+        Bench::LayerRead { runs, host } => guest_io::layer_read(&root, runs, &host.host).map(drop),
+        Bench::Vsock { runs, mib, host } => guest_io::vsock(&root, runs, mib, &host.host).map(drop),
+        Bench::Cri { runs, host } => {
+            cri::cri(&root, &cri::CriBench::from_env(runs, &host.host)?).map(drop)
         }
-        "cri-rpc" => cri_rpc::cri_rpc(&root, runs.unwrap_or(10)).map(drop),
-        "check" => check::check(&results_dir(&root)),
-        _ => bail!("{USAGE}"),
+        Bench::CriMemory { host } => {
+            cri_memory::idle_memory(&root, &cri::CriBench::from_env(0, &host.host)?).map(drop)
+        }
+        Bench::CriRpc { runs } => cri_rpc::cri_rpc(&root, runs).map(drop),
+        Bench::Check => check::check(&results_dir(&root)),
     }
 }
 
@@ -341,4 +405,61 @@ fn linux_boot(root: &Path, runs: usize, host: &str) -> Result<()> {
     print!("{}", table(&rows));
     write_jsonl(&results_dir(root), "linux-boot", &rows)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(line: &str) -> Result<Bench, clap::Error> {
+        CommandLine::try_parse_from(line.split_whitespace()).map(|c| c.bench)
+    }
+
+    #[test]
+    fn command_line_is_consistent() {
+        CommandLine::command().debug_assert();
+    }
+
+    #[test]
+    fn the_makefiles_command_lines_parse() {
+        assert!(matches!(
+            parse("vpod-bench vsock --runs 3 --mib 64 --host emulated"),
+            Ok(Bench::Vsock { runs: 3, mib: 64, host }) if host.host == "emulated"
+        ));
+        assert!(matches!(
+            parse("vpod-bench cri-memory"),
+            Ok(Bench::CriMemory { host }) if host.host == "kvm"
+        ));
+        assert!(matches!(
+            parse("vpod-bench run-true"),
+            Ok(Bench::RunTrue { runs: 5, .. })
+        ));
+        for line in [
+            "vpod-bench startup --runs 20",
+            "vpod-bench linux-boot --runs 10 --host kvm",
+            "vpod-bench prepare",
+            "vpod-bench pod-start --runs 10 --host emulated",
+            "vpod-bench layer-read --runs 3 --host kvm",
+            "vpod-bench cri --runs 10 --host kvm",
+            "vpod-bench cri-rpc --runs 10",
+            "vpod-bench check",
+        ] {
+            assert!(parse(line).is_ok(), "{line}");
+        }
+    }
+
+    #[test]
+    fn bad_arguments_are_usage_errors() {
+        for line in [
+            "vpod-bench",
+            "vpod-bench frob",
+            "vpod-bench startup --runs many",
+            "vpod-bench cri --host qemu",
+            "vpod-bench check --runs 3",
+        ] {
+            let err = parse(line).err().unwrap_or_else(|| panic!("{line} parsed"));
+            assert_eq!(err.exit_code(), 2, "{line}: {err}");
+        }
+    }
 }

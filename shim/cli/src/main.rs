@@ -1,32 +1,12 @@
-//! `vpod`: runs a container in its own micro-VM.
+//! `vpod`: runs a container in its own micro-VM; `vpod --help` and `vpod run --help` say
+//! how (the command line is in [`args`]).
 //!
-//! ```text
-//! vpod run [--vcpus N] [--memory MiB] [--env K=V]... [--workdir DIR] [--user USER[:GROUP]]
-//!          [--hostname NAME] [--add-host HOST:IP]... [--dns IP]...
-//!          [--entrypoint PROG] [--root DIR] [--stop-timeout SECS] [--timings]
-//!          [IMAGE] [--] [CMD ARGS...]
-//! ```
-//!
-//! IMAGE is `oci:PATH[:TAG]`; without it, the default image in `build/images/default`
-//! (made by `make image`, i.e. `target/release/vpod-default-image build/images/default`).
-//! The image is imported into the store at `--root` (default `/var/lib/vpod`), a pod VM boots,
-//! the container runs with its output streamed to ours, and `vpod` exits with the container's
-//! exit code (128 + the signal when killed; 125 when vpod itself failed). SIGINT and SIGTERM
-//! are forwarded to the container as SIGTERM, followed by SIGKILL after `--stop-timeout`.
-//!
-//! `-d` leaves the pod running and prints the container's id (for a new pod, the pod's id);
-//! `--pod ID` (with `--name NAME`) adds the container to a running pod instead of booting one.
-//! `vpod exec [--timeout SECS] POD[:CONTAINER] -- CMD...` runs a process in a container and
-//! exits with its code; `vpod logs [-f] NAME` prints a detached container's output (stdout
-//! to stdout, stderr to stderr; `-f` follows it until the container ends); `vpod rm POD`
-//! stops a pod; `vpod ps` lists pods.
-//!
-//! `--user` takes `USER[:GROUP]`, numbers or names (resolved in the container's /etc/passwd
-//! and /etc/group). `--hostname NAME` and `--add-host HOST:IP` write the container's
-//! /etc/hostname and /etc/hosts, `--dns IP` its /etc/resolv.conf.
-//!
-//! Assets: `vpod-vmm` next to this binary, `build/vmlinux` and `build/initrd.img` of the
-//! checkout holding this binary (or `$VPOD_HOME`); `--vmm`, `--kernel`, `--initrd` override.
+//! `run` imports the image into the layer store at `--root`, boots a pod VM, runs the
+//! container with its output streamed to ours, and exits with the container's exit code.
+//! `-d` leaves the pod running; `--pod ID` adds the container to a running pod instead of
+//! booting one. `exec`, `logs`, `rm` and `ps` work on pods left running.
+
+mod args;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -45,22 +25,15 @@ use vpod_sandbox::{
     SandboxConfig,
 };
 
-const USAGE: &str = "usage: vpod run [-d] [--pod ID --name NAME] [--vcpus N] [--memory MiB] \
-[--env K=V]... [--workdir DIR] [--user USER[:GROUP]] [--hostname NAME] [--add-host HOST:IP]... \
-[--dns IP]... [--entrypoint PROG] [--root DIR] \
-[--stop-timeout SECS] [--timings] [--vmm PATH] [--kernel PATH] [--initrd PATH] [IMAGE] [--] [CMD ARGS...]
-       vpod exec [--root DIR] [--timeout SECS] POD[:CONTAINER] -- CMD ARGS...
-       vpod logs [-f] [--root DIR] NAME|POD:CONTAINER
-       vpod rm [--root DIR] POD...
-       vpod ps [--root DIR]";
+use args::{Cli, ExecCommand, LogsCommand, PsCommand, RmCommand, VpodCommand};
 
-const DEFAULT_ROOT: &str = "/var/lib/vpod";
 /// Deadline of agent calls from `exec`, `rm` and `--pod`.
 const RPC_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// vpod's own failures, as Docker reports them.
 const EXIT_VPOD_ERROR: u8 = 125;
 
+/// What `vpod run` was asked for ([`args::RunCommand`] reads it).
 #[derive(Debug)]
 struct RunArgs {
     vcpus: u8,
@@ -79,96 +52,6 @@ struct RunArgs {
     hostname: Option<String>,
     add_hosts: Vec<(String, String)>,
     dns: Vec<String>,
-}
-
-fn parse_run(args: Vec<String>) -> anyhow::Result<RunArgs> {
-    let mut run = RunArgs {
-        vcpus: 1,
-        memory_mib: 256,
-        overrides: ProcessOverrides::default(),
-        root: PathBuf::from(DEFAULT_ROOT),
-        stop_timeout: Duration::from_secs(10),
-        timings: false,
-        image: None,
-        vmm: None,
-        kernel: None,
-        initrd: None,
-        detach: false,
-        pod: None,
-        name: None,
-        hostname: None,
-        add_hosts: Vec::new(),
-        dns: Vec::new(),
-    };
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        if arg == "--" {
-            run.overrides.command = args.collect();
-            break;
-        }
-        if !arg.starts_with('-') {
-            if run.image.is_none() && arg.starts_with("oci:") {
-                run.image = Some(arg);
-                continue;
-            }
-            run.overrides.command = std::iter::once(arg).chain(args).collect();
-            break;
-        }
-        let (flag, inline) = match arg.split_once('=') {
-            Some((flag, value)) if flag.starts_with("--") => {
-                (flag.to_string(), Some(value.to_string()))
-            }
-            _ => (arg.clone(), None),
-        };
-        if flag == "--timings" {
-            run.timings = true;
-            continue;
-        }
-        if flag == "-d" || flag == "--detach" {
-            run.detach = true;
-            continue;
-        }
-        let value = match inline {
-            Some(value) => value,
-            None => args
-                .next()
-                .with_context(|| format!("{flag} needs a value\n{USAGE}"))?,
-        };
-        match flag.as_str() {
-            "--vcpus" => run.vcpus = value.parse().context("--vcpus takes a number")?,
-            "--memory" | "-m" => run.memory_mib = value.parse().context("--memory takes MiB")?,
-            "--env" | "-e" => run.overrides.env.push(value),
-            "--workdir" | "-w" => run.overrides.workdir = Some(value),
-            "--user" | "-u" => run.overrides.user = Some(value),
-            "--entrypoint" => run.overrides.entrypoint = Some(vec![value]),
-            "--root" => run.root = PathBuf::from(value),
-            "--stop-timeout" => {
-                run.stop_timeout =
-                    Duration::from_secs(value.parse().context("--stop-timeout takes seconds")?)
-            }
-            "--vmm" => run.vmm = Some(PathBuf::from(value)),
-            "--kernel" => run.kernel = Some(PathBuf::from(value)),
-            "--initrd" => run.initrd = Some(PathBuf::from(value)),
-            "--pod" => run.pod = Some(value),
-            "--name" => run.name = Some(value),
-            "--hostname" | "-h" => run.hostname = Some(value),
-            "--add-host" => {
-                let (host, ip) = value
-                    .split_once(':')
-                    .filter(|(h, ip)| !h.is_empty() && ip.parse::<std::net::IpAddr>().is_ok())
-                    .with_context(|| format!("--add-host takes HOST:IP, not {value}"))?;
-                run.add_hosts.push((host.to_string(), ip.to_string()));
-            }
-            "--dns" => {
-                value
-                    .parse::<std::net::IpAddr>()
-                    .with_context(|| format!("--dns takes an IP address, not {value}"))?;
-                run.dns.push(value);
-            }
-            _ => bail!("unknown flag {flag}\n{USAGE}"),
-        }
-    }
-    Ok(run)
 }
 
 fn random_id() -> anyhow::Result<String> {
@@ -401,52 +284,8 @@ async fn pump_stdio(mut stdio: ContainerOutput) {
     }
 }
 
-/// `--root DIR` and `--timeout SECS` before the operands of exec, rm and ps.
-struct PodArgs {
-    root: PathBuf,
-    timeout: Duration,
-    /// `logs -f`.
-    follow: bool,
-    operands: Vec<String>,
-    command: Vec<String>,
-}
-
-fn parse_pod_args(args: Vec<String>) -> anyhow::Result<PodArgs> {
-    let mut parsed = PodArgs {
-        root: PathBuf::from(DEFAULT_ROOT),
-        timeout: Duration::ZERO,
-        follow: false,
-        operands: Vec::new(),
-        command: Vec::new(),
-    };
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--" => {
-                parsed.command = args.collect();
-                break;
-            }
-            "--root" => parsed.root = args.next().context("--root needs a value")?.into(),
-            "-f" | "--follow" => parsed.follow = true,
-            "--timeout" => {
-                let secs: f64 = args
-                    .next()
-                    .context("--timeout needs seconds")?
-                    .parse()
-                    .context("--timeout takes seconds")?;
-                parsed.timeout = Duration::from_secs_f64(secs);
-            }
-            flag if flag.starts_with('-') => bail!("unknown flag {flag}\n{USAGE}"),
-            _ => parsed.operands.push(arg),
-        }
-    }
-    Ok(parsed)
-}
-
-async fn exec(args: PodArgs) -> anyhow::Result<i32> {
-    let [target] = args.operands.as_slice() else {
-        bail!("exec takes one POD[:CONTAINER]\n{USAGE}");
-    };
+async fn exec(args: ExecCommand) -> anyhow::Result<i32> {
+    let target = &args.target;
     let (pod, container) = target.split_once(':').unwrap_or((target, target));
     let sandbox = Sandbox::open(&args.root, pod, RPC_TIMEOUT)
         .await
@@ -500,11 +339,8 @@ fn find_container(root: &Path, target: &str) -> anyhow::Result<(String, String)>
     )
 }
 
-async fn logs(args: PodArgs) -> anyhow::Result<i32> {
-    let [target] = args.operands.as_slice() else {
-        bail!("logs takes one NAME or POD:CONTAINER\n{USAGE}");
-    };
-    let (pod, container) = find_container(&args.root, target)?;
+async fn logs(args: LogsCommand) -> anyhow::Result<i32> {
+    let (pod, container) = find_container(&args.root, &args.target)?;
     let sandbox = Sandbox::open(&args.root, &pod, RPC_TIMEOUT)
         .await
         .with_context(|| format!("opening pod {pod}"))?;
@@ -518,8 +354,8 @@ async fn logs(args: PodArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-async fn remove(args: PodArgs) -> anyhow::Result<i32> {
-    for pod in &args.operands {
+async fn remove(args: RmCommand) -> anyhow::Result<i32> {
+    for pod in &args.pods {
         match Sandbox::open(&args.root, pod, RPC_TIMEOUT).await {
             Ok(sandbox) => sandbox
                 .stop()
@@ -542,7 +378,7 @@ async fn remove(args: PodArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn list(args: PodArgs) -> anyhow::Result<i32> {
+fn list(args: PsCommand) -> anyhow::Result<i32> {
     let dir = args.root.join("sandboxes");
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return Ok(0);
@@ -573,18 +409,12 @@ fn block_on(work: impl std::future::Future<Output = anyhow::Result<i32>>) -> any
 }
 
 fn main() -> ExitCode {
-    let mut args = std::env::args().skip(1);
-    let result = match args.next().as_deref() {
-        Some("run") => parse_run(args.collect()).and_then(|a| block_on(run(a))),
-        Some("exec") => parse_pod_args(args.collect()).and_then(|a| block_on(exec(a))),
-        Some("rm") => parse_pod_args(args.collect()).and_then(|a| block_on(remove(a))),
-        Some("logs") => parse_pod_args(args.collect()).and_then(|a| block_on(logs(a))),
-        Some("ps") => parse_pod_args(args.collect()).and_then(list),
-        Some("-h" | "--help") => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        _ => Err(anyhow::anyhow!("{USAGE}")),
+    let result = match Cli::parse_with_image().command {
+        VpodCommand::Run(args) => block_on(run(args.into_run_args())),
+        VpodCommand::Exec(args) => block_on(exec(args)),
+        VpodCommand::Rm(args) => block_on(remove(args)),
+        VpodCommand::Logs(args) => block_on(logs(args)),
+        VpodCommand::Ps(args) => list(args),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),

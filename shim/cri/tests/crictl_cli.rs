@@ -69,19 +69,23 @@ fn crictl_pulls_lists_and_removes_an_image_and_refuses_a_misspelt_config() {
         err.contains("UpdateContainerResources failed: NotFound"),
         "{err}"
     );
+    // Bad command lines are clap's usage errors: status 2, before any call.
     for (args, said) in [
-        (&["update", "0123456789abcdef"][..], "nothing to update"),
+        (
+            &["update", "0123456789abcdef"][..],
+            "required arguments were not provided",
+        ),
         (
             &["update", "--memory", "lots", "0123456789abcdef"][..],
-            "--memory needs a positive whole number",
+            "invalid value 'lots' for '--memory <BYTES>': needs a positive whole number",
         ),
         (
             &["update", "--cpus", "2", "0123456789abcdef"][..],
-            "unknown flag --cpus",
+            "unexpected argument '--cpus'",
         ),
     ] {
         let refused = crictl(&daemon, args);
-        assert_eq!(refused.status.code(), Some(1), "{args:?}");
+        assert_eq!(refused.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&refused.stderr);
         assert!(err.contains(said), "{args:?}: {err}");
     }

@@ -3,17 +3,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::Parser;
+
 /// Why the options could not be understood.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("No command given: usage is `run [OPTIONS] [--] COMMAND [ARGS...]`.")]
-    NoCommand,
-    #[error("Option {0} needs a value.")]
-    MissingValue(String),
     #[error("Option {option} wants a positive whole number, not `{value}`.")]
     NotANumber { option: String, value: String },
-    #[error("Unknown option {0}; put `--` before a command that starts with a dash.")]
-    UnknownOption(String),
     #[error("Path {0} cannot be shared with the emulated host: it must be absolute UTF-8 without whitespace.")]
     UnshareablePath(PathBuf),
 }
@@ -39,7 +35,7 @@ impl Default for Limits {
     }
 }
 
-/// Everything one run needs to know, parsed from the arguments and environment.
+/// Everything one run needs to know, from the arguments and the environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
     pub command: Vec<String>,
@@ -47,100 +43,91 @@ pub struct Options {
     pub limits: Limits,
     /// How many times a stalled or crashed host is started again.
     pub retries: u32,
-    pub help: bool,
 }
 
-pub const USAGE: &str = "usage: tests/kvm-host/run [--memory MIB] [--timeout SECS] [--stall SECS] \
-[--boot SECS] [--retries N] [--] COMMAND [ARGS...]
-
-Runs COMMAND inside an emulated KVM host (QEMU TCG, AMD SVM, kvm_amd) in the current
-directory, with the machine's root shared read-only (writable overlay) and the checkout
-shared writable. Exits with COMMAND's status; 124 when the time limit passes; 125 when the
-emulated host fails or stalls after its retry.
+const AFTER_HELP: &str = "\
+Exits with COMMAND's status; 124 when the time limit passes; 125 when the emulated host
+fails or stalls after its retry; 2, before any host starts, for a bad command line.
 Environment defaults: VPOD_KVM_HOST_MEMORY_MIB, VPOD_KVM_HOST_TIMEOUT_SECS,
 VPOD_KVM_HOST_STALL_SECS, VPOD_KVM_HOST_BOOT_SECS, VPOD_KVM_HOST_SHARE (the writable
 share; default the git top level of the current directory), VPOD_KVM_HOST_RETRY_LOG (a
 file each retry is appended to).";
 
-fn number(option: &str, value: &str) -> Result<u64, ConfigError> {
+/// Runs COMMAND inside an emulated KVM host (QEMU TCG, AMD SVM, kvm_amd) in the current
+/// directory, with the machine's root shared read-only (writable overlay) and the checkout
+/// shared writable.
+#[derive(Debug, Parser)]
+#[command(
+    name = "vpod-kvm-host",
+    bin_name = "tests/kvm-host/run",
+    args_override_self = true,
+    after_help = AFTER_HELP
+)]
+pub struct CommandLine {
+    /// Memory of the emulated host [default: 4096]
+    #[arg(long, value_name = "MIB", value_parser = positive)]
+    memory: Option<u64>,
+    /// Time limit of the whole run, boot included, per attempt [default: 3600]
+    #[arg(long, value_name = "SECS", value_parser = positive)]
+    timeout: Option<u64>,
+    /// Longest silence (no heartbeat, no output) once the command runs [default: 30]
+    #[arg(long, value_name = "SECS", value_parser = positive)]
+    stall: Option<u64>,
+    /// Time from QEMU's start to the host's "ready" line [default: 90]
+    #[arg(long, value_name = "SECS", value_parser = positive)]
+    boot: Option<u64>,
+    /// How many times a stalled or crashed host is started again
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    retries: u32,
+    /// The command and its arguments; a command that starts with a dash needs `--` first
+    #[arg(value_name = "COMMAND", required = true, trailing_var_arg = true)]
+    command: Vec<String>,
+}
+
+fn positive(value: &str) -> Result<u64, String> {
     match value.parse::<u64>() {
         Ok(n) if n > 0 => Ok(n),
-        _ => Err(ConfigError::NotANumber {
-            option: option.to_string(),
-            value: value.to_string(),
-        }),
+        _ => Err("wants a positive whole number".to_string()),
     }
 }
 
+fn number(option: &str, value: &str) -> Result<u64, ConfigError> {
+    positive(value).map_err(|_| ConfigError::NotANumber {
+        option: option.to_string(),
+        value: value.to_string(),
+    })
+}
+
 impl Options {
-    /// Parses `args` (without the program name); `env` looks up environment defaults.
-    pub fn parse(
-        args: &[String],
+    /// The options of `cli`; `env` looks up the environment defaults of those it leaves out.
+    pub fn new(
+        cli: CommandLine,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let mut opts = Options {
-            command: Vec::new(),
-            memory_mib: 4096,
-            limits: Limits::default(),
-            retries: 1,
-            help: false,
-        };
         let env_number = |name: &str| -> Result<Option<u64>, ConfigError> {
             env(name).map(|v| number(name, v.trim())).transpose()
         };
-        if let Some(n) = env_number("VPOD_KVM_HOST_MEMORY_MIB")? {
-            opts.memory_mib = u32::try_from(n).unwrap_or(u32::MAX);
-        }
-        if let Some(n) = env_number("VPOD_KVM_HOST_TIMEOUT_SECS")? {
-            opts.limits.total = Duration::from_secs(n);
-        }
-        if let Some(n) = env_number("VPOD_KVM_HOST_STALL_SECS")? {
-            opts.limits.stall = Duration::from_secs(n);
-        }
-        if let Some(n) = env_number("VPOD_KVM_HOST_BOOT_SECS")? {
-            opts.limits.boot = Duration::from_secs(n);
-        }
-
-        let mut rest = args.iter();
-        while let Some(arg) = rest.next() {
-            let mut value = |name: &str| -> Result<u64, ConfigError> {
-                let v = rest
-                    .next()
-                    .ok_or_else(|| ConfigError::MissingValue(name.to_string()))?;
-                number(name, v)
-            };
-            match arg.as_str() {
-                "--" => {
-                    opts.command.extend(rest.by_ref().cloned());
-                    break;
-                }
-                "-h" | "--help" => opts.help = true,
-                "--memory" => opts.memory_mib = u32::try_from(value(arg)?).unwrap_or(u32::MAX),
-                "--timeout" => opts.limits.total = Duration::from_secs(value(arg)?),
-                "--stall" => opts.limits.stall = Duration::from_secs(value(arg)?),
-                "--boot" => opts.limits.boot = Duration::from_secs(value(arg)?),
-                "--retries" => {
-                    let name = arg.clone();
-                    let v = rest
-                        .next()
-                        .ok_or_else(|| ConfigError::MissingValue(name.clone()))?;
-                    opts.retries = v.parse().map_err(|_| ConfigError::NotANumber {
-                        option: name,
-                        value: v.clone(),
-                    })?;
-                }
-                s if s.starts_with('-') => return Err(ConfigError::UnknownOption(s.to_string())),
-                _ => {
-                    opts.command.push(arg.clone());
-                    opts.command.extend(rest.by_ref().cloned());
-                    break;
-                }
-            }
-        }
-        if opts.command.is_empty() && !opts.help {
-            return Err(ConfigError::NoCommand);
-        }
-        Ok(opts)
+        let memory_mib = cli
+            .memory
+            .or(env_number("VPOD_KVM_HOST_MEMORY_MIB")?)
+            .unwrap_or(4096);
+        let defaults = Limits::default();
+        let secs = |flag: Option<u64>, name: &str, default: Duration| {
+            Ok::<_, ConfigError>(match flag.or(env_number(name)?) {
+                Some(n) => Duration::from_secs(n),
+                None => default,
+            })
+        };
+        Ok(Options {
+            command: cli.command,
+            memory_mib: u32::try_from(memory_mib).unwrap_or(u32::MAX),
+            limits: Limits {
+                boot: secs(cli.boot, "VPOD_KVM_HOST_BOOT_SECS", defaults.boot)?,
+                stall: secs(cli.stall, "VPOD_KVM_HOST_STALL_SECS", defaults.stall)?,
+                total: secs(cli.timeout, "VPOD_KVM_HOST_TIMEOUT_SECS", defaults.total)?,
+            },
+            retries: cli.retries,
+        })
     }
 }
 
@@ -155,9 +142,14 @@ pub fn shareable(path: PathBuf) -> Result<PathBuf, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
-    fn args(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
+    fn parse(args: &[&str]) -> Result<CommandLine, clap::Error> {
+        CommandLine::try_parse_from(std::iter::once("run").chain(args.iter().copied()))
+    }
+
+    fn options(args: &[&str], env: &dyn Fn(&str) -> Option<String>) -> Options {
+        Options::new(parse(args).expect("parses"), env).expect("valid")
     }
 
     fn no_env(_: &str) -> Option<String> {
@@ -165,52 +157,42 @@ mod tests {
     }
 
     #[test]
+    fn command_line_is_consistent() {
+        CommandLine::command().debug_assert();
+    }
+
+    #[test]
     fn command_after_double_dash_keeps_its_own_flags() {
-        let o = Options::parse(&args(&["--", "ls", "-l", "--", "x"]), &no_env).unwrap();
-        assert_eq!(o.command, args(&["ls", "-l", "--", "x"]));
+        let o = options(&["--", "ls", "-l", "--", "x"], &no_env);
+        assert_eq!(o.command, ["ls", "-l", "--", "x"]);
     }
 
     #[test]
     fn command_without_double_dash_stops_option_parsing() {
-        let o =
-            Options::parse(&args(&["--memory", "2048", "sh", "-c", "exit 3"]), &no_env).unwrap();
+        let o = options(&["--memory", "2048", "sh", "-c", "exit 3"], &no_env);
         assert_eq!(o.memory_mib, 2048);
-        assert_eq!(o.command, args(&["sh", "-c", "exit 3"]));
+        assert_eq!(o.command, ["sh", "-c", "exit 3"]);
+        let o = options(&["true", "--timeout", "5"], &no_env);
+        assert_eq!(o.command, ["true", "--timeout", "5"]);
+        assert_eq!(o.limits, Limits::default());
     }
 
     #[test]
-    fn missing_command_is_an_error() {
-        assert_eq!(
-            Options::parse(&args(&["--"]), &no_env),
-            Err(ConfigError::NoCommand)
-        );
-        assert_eq!(Options::parse(&[], &no_env), Err(ConfigError::NoCommand));
-    }
-
-    #[test]
-    fn bad_numbers_and_unknown_flags_are_named() {
-        assert_eq!(
-            Options::parse(&args(&["--timeout", "soon", "true"]), &no_env),
-            Err(ConfigError::NotANumber {
-                option: "--timeout".into(),
-                value: "soon".into()
-            })
-        );
-        assert_eq!(
-            Options::parse(&args(&["--stall", "0", "true"]), &no_env),
-            Err(ConfigError::NotANumber {
-                option: "--stall".into(),
-                value: "0".into()
-            })
-        );
-        assert_eq!(
-            Options::parse(&args(&["--frobnicate", "true"]), &no_env),
-            Err(ConfigError::UnknownOption("--frobnicate".into()))
-        );
-        assert_eq!(
-            Options::parse(&args(&["--boot"]), &no_env),
-            Err(ConfigError::MissingValue("--boot".into()))
-        );
+    fn missing_command_bad_numbers_and_unknown_flags_are_usage_errors() {
+        for args in [
+            &["--"][..],
+            &[],
+            &["--timeout", "soon", "true"],
+            &["--stall", "0", "true"],
+            &["--retries", "-1", "true"],
+            &["--frobnicate", "true"],
+            &["--boot"],
+        ] {
+            let err = parse(args)
+                .err()
+                .unwrap_or_else(|| panic!("{args:?} parsed"));
+            assert_eq!(err.exit_code(), 2, "{args:?}: {err}");
+        }
     }
 
     #[test]
@@ -218,19 +200,32 @@ mod tests {
         let env = |k: &str| match k {
             "VPOD_KVM_HOST_TIMEOUT_SECS" => Some("60".to_string()),
             "VPOD_KVM_HOST_STALL_SECS" => Some("5".to_string()),
+            "VPOD_KVM_HOST_MEMORY_MIB" => Some(" 1024\n".to_string()),
             _ => None,
         };
-        let o = Options::parse(&args(&["--stall", "7", "true"]), &env).unwrap();
+        let o = options(&["--stall", "7", "true"], &env);
         assert_eq!(o.limits.total, Duration::from_secs(60));
         assert_eq!(o.limits.stall, Duration::from_secs(7));
         assert_eq!(o.limits.boot, Limits::default().boot);
+        assert_eq!(o.memory_mib, 1024);
         assert_eq!(o.retries, 1);
     }
 
     #[test]
+    fn a_bad_environment_number_is_named() {
+        let env = |k: &str| (k == "VPOD_KVM_HOST_BOOT_SECS").then(|| "0".to_string());
+        assert_eq!(
+            Options::new(parse(&["true"]).unwrap(), &env),
+            Err(ConfigError::NotANumber {
+                option: "VPOD_KVM_HOST_BOOT_SECS".into(),
+                value: "0".into()
+            })
+        );
+    }
+
+    #[test]
     fn retries_may_be_zero() {
-        let o = Options::parse(&args(&["--retries", "0", "true"]), &no_env).unwrap();
-        assert_eq!(o.retries, 0);
+        assert_eq!(options(&["--retries", "0", "true"], &no_env).retries, 0);
     }
 
     #[test]

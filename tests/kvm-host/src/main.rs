@@ -1,11 +1,12 @@
 //! `vpod-kvm-host`: runs a command inside an emulated KVM host. See `--help`.
 
 use anyhow::{Context, Result};
+use clap::Parser;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use vpod_kvm_host::config::{shareable, Options, USAGE};
+use vpod_kvm_host::config::{shareable, CommandLine, Options};
 use vpod_kvm_host::qemu::Assets;
 use vpod_kvm_host::runner::{run, Job};
 
@@ -20,7 +21,8 @@ fn git_top_level() -> Option<PathBuf> {
 }
 
 fn main() {
-    match real_main() {
+    let cli = CommandLine::parse();
+    match real_main(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("vpod-kvm-host: error: {e:#}");
@@ -29,13 +31,8 @@ fn main() {
     }
 }
 
-fn real_main() -> Result<i32> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let opts = Options::parse(&args, &|k| std::env::var(k).ok())?;
-    if opts.help {
-        println!("{USAGE}");
-        return Ok(0);
-    }
+fn real_main(cli: CommandLine) -> Result<i32> {
+    let opts = Options::new(cli, &|k| std::env::var(k).ok())?;
     let cwd = std::env::current_dir().context("The current directory is unreadable.")?;
     let share = match std::env::var_os("VPOD_KVM_HOST_SHARE") {
         Some(s) if s.is_empty() => None,

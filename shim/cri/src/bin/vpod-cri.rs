@@ -1,4 +1,4 @@
-//! `vpod-cri [--config FILE] [--socket PATH] [--root DIR]`: the CRI runtime server.
+//! `vpod-cri`: the CRI runtime server (`vpod-cri --help`).
 //!
 //! Reads `/etc/vpod/config.toml` (absent: defaults), serves on `/run/vpod/cri.sock`, keeps
 //! state, images and layer disks in `/var/lib/vpod`. SIGTERM or SIGINT stops serving and
@@ -8,52 +8,30 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
+use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 use vpod_cri::config::{Config, DEFAULT_CONFIG};
 use vpod_cri::runtime::Runtime;
 
-const USAGE: &str = "usage: vpod-cri [--config FILE] [--socket PATH] [--root DIR]";
-
+/// vpod-cri: the CRI runtime v1 server, in which every pod sandbox is a micro-VM.
+///
+/// SIGTERM or SIGINT stops serving and leaves the pods running for the next start to
+/// re-attach. Logs go to stderr; set RUST_LOG (e.g. vpod_cri=debug) for more.
+#[derive(Parser)]
+#[command(name = "vpod-cri", args_override_self = true)]
 struct Args {
+    /// The config file; a missing /etc/vpod/config.toml means all defaults, a missing FILE
+    /// is an error [default: /etc/vpod/config.toml]
+    #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// The unix socket to serve on; replaces the config's `socket`
+    /// [default: /run/vpod/cri.sock]
+    #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// State, images and layer disks; replaces the config's `root` [default: /var/lib/vpod]
+    #[arg(long, value_name = "DIR")]
     root: Option<PathBuf>,
-}
-
-fn parse_args() -> anyhow::Result<Args> {
-    let mut parsed = Args {
-        config: None,
-        socket: None,
-        root: None,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((flag, value)) => (flag.to_string(), Some(value.to_string())),
-            None => (arg.clone(), None),
-        };
-        if flag == "-h" || flag == "--help" {
-            println!("{USAGE}");
-            std::process::exit(0);
-        }
-        let mut value = || -> anyhow::Result<PathBuf> {
-            match inline.clone() {
-                Some(v) => Ok(PathBuf::from(v)),
-                None => args
-                    .next()
-                    .map(PathBuf::from)
-                    .with_context(|| format!("{flag} needs a value\n{USAGE}")),
-            }
-        };
-        match flag.as_str() {
-            "--config" => parsed.config = Some(value()?),
-            "--socket" => parsed.socket = Some(value()?),
-            "--root" => parsed.root = Some(value()?),
-            _ => bail!("unknown argument {arg}\n{USAGE}"),
-        }
-    }
-    Ok(parsed)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -99,13 +77,12 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let result = parse_args().and_then(|args| {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("starting the async runtime")?
-            .block_on(run(args))
-    });
+    let args = Args::parse();
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+        .and_then(|runtime| runtime.block_on(run(args)));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -1,54 +1,22 @@
 //! `vpod-crictl`: a small CRI client for the flows of crictl that the demo and the
 //! benchmarks use (Debian bookworm ships no cri-tools). Same verbs and config files as
-//! crictl; see [`USAGE`].
+//! crictl; see `vpod-crictl --help` ([`args`]).
 
+mod args;
 mod config_json;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
+use clap::Parser;
 use tonic::transport::Channel;
 use vpod_proto::cri::image_service_client::ImageServiceClient;
 use vpod_proto::cri::runtime_service_client::RuntimeServiceClient;
 use vpod_proto::cri::*;
 
+use args::{CommandLine, Verb};
 use config_json::from_crictl_json;
-
-const USAGE: &str = "\
-usage: vpod-crictl [--runtime-endpoint unix:///PATH] [--image-endpoint unix:///PATH]
-                   [--timings] COMMAND [ARGS]
-
-The runtime endpoint defaults to $CONTAINER_RUNTIME_ENDPOINT, else
-unix:///run/vpod/cri.sock; the image endpoint to $IMAGE_SERVICE_ENDPOINT, else the
-runtime endpoint.
---timings prints each call's time on stderr (`vpod-crictl: <call> <ms> ms`).
-
-  version                               runtime name and versions
-  pull IMAGE                            pull an image, print its id
-  images [-q]                           list images
-  rmi IMAGE...                          remove images
-  runp POD.json                         run a pod sandbox, print its id
-  pods [-q]                             list pod sandboxes
-  inspectp POD                          a pod's status as JSON
-  stopp POD...                          stop pods
-  rmp POD...                            remove pods (running ones are stopped first)
-  create POD CONTAINER.json POD.json    create a container in a pod, print its id
-  start CONTAINER...                    start containers
-  ps [-a] [-q] [--pod POD]              list containers (running ones unless -a)
-  inspect CONTAINER                     a container's status as JSON
-  logs CONTAINER                        a container's log (read from its log file)
-  exec [-s] [--timeout SECS] CONTAINER CMD [ARG...]
-                                        run a command in a container, wait for it
-  stop [--timeout SECS] CONTAINER...    stop containers (SIGTERM, SIGKILL after SECS)
-  rm CONTAINER...                       remove containers
-  update [--cpu-share N] [--cpu-quota N] [--cpu-period N] [--memory BYTES] CONTAINER...
-                                        change running containers' limits (limits
-                                        not given keep their values)
-
-POD.json and CONTAINER.json are crictl's files: the CRI PodSandboxConfig and
-ContainerConfig with proto field names (log_directory, or logDirectory); fields left out
-take their zero values; enums are numbers. `-` reads the file from stdin.";
 
 const DEFAULT_ENDPOINT: &str = "unix:///run/vpod/cri.sock";
 
@@ -120,93 +88,6 @@ fn read_config<T: serde::de::DeserializeOwned>(path: &str, what: &'static str) -
     from_crictl_json(&text, what).with_context(|| format!("reading {path}"))
 }
 
-/// Options of one verb: flags (with or without a value) then positional words.
-struct VerbArgs {
-    flags: Vec<(String, Option<String>)>,
-    words: Vec<String>,
-}
-
-impl VerbArgs {
-    /// Splits `args`; `valued` flags take the next word; flags end at the first word when
-    /// `stop_at_word` (exec's command keeps its own flags).
-    fn parse(args: &[String], valued: &[&str], stop_at_word: bool) -> Result<VerbArgs> {
-        let mut parsed = VerbArgs {
-            flags: Vec::new(),
-            words: Vec::new(),
-        };
-        let mut rest = args.iter();
-        while let Some(arg) = rest.next() {
-            if arg == "--" {
-                parsed.words.extend(rest.cloned());
-                break;
-            }
-            if arg.starts_with('-') && arg.len() > 1 {
-                let (flag, inline) = match arg.split_once('=') {
-                    Some((f, v)) => (f.to_string(), Some(v.to_string())),
-                    None => (arg.clone(), None),
-                };
-                let value = if valued.contains(&flag.as_str()) {
-                    Some(match inline {
-                        Some(v) => v,
-                        None => rest
-                            .next()
-                            .cloned()
-                            .context(format!("{flag} needs a value"))?,
-                    })
-                } else {
-                    None
-                };
-                parsed.flags.push((flag, value));
-                continue;
-            }
-            parsed.words.push(arg.clone());
-            if stop_at_word {
-                parsed.words.extend(rest.cloned());
-                break;
-            }
-        }
-        Ok(parsed)
-    }
-
-    fn has(&self, names: &[&str]) -> bool {
-        self.flags.iter().any(|(f, _)| names.contains(&f.as_str()))
-    }
-
-    fn value(&self, names: &[&str]) -> Option<&str> {
-        self.flags
-            .iter()
-            .rev()
-            .find(|(f, _)| names.contains(&f.as_str()))
-            .and_then(|(_, v)| v.as_deref())
-    }
-
-    /// Refuses flags outside `known`.
-    fn only(&self, known: &[&str]) -> Result<()> {
-        match self
-            .flags
-            .iter()
-            .find(|(f, _)| !known.contains(&f.as_str()))
-        {
-            Some((flag, _)) => bail!("unknown flag {flag}\n{USAGE}"),
-            None => Ok(()),
-        }
-    }
-
-    fn exactly(&self, n: usize, what: &str) -> Result<&[String]> {
-        if self.words.len() != n {
-            bail!("expected {what}\n{USAGE}");
-        }
-        Ok(&self.words)
-    }
-
-    fn at_least_one(&self, what: &str) -> Result<&[String]> {
-        if self.words.is_empty() {
-            bail!("expected {what}\n{USAGE}");
-        }
-        Ok(&self.words)
-    }
-}
-
 fn state_name(name: &str) -> String {
     let short = name
         .trim_start_matches("CONTAINER_")
@@ -263,11 +144,27 @@ fn print_log(path: &str) -> Result<()> {
     Ok(())
 }
 
+async fn container_status(
+    cli: &Cli,
+    container_id: String,
+    verbose: bool,
+) -> Result<ContainerStatusResponse> {
+    let request = ContainerStatusRequest {
+        container_id,
+        verbose,
+    };
+    cli.timed(
+        "ContainerStatus",
+        cli.runtime.clone().container_status(request),
+    )
+    .await
+    .map_err(rpc_error("ContainerStatus"))
+}
+
 /// Runs one verb; the process's exit status (exec passes the command's on).
-async fn run(cli: &mut Cli, verb: &str, args: &[String]) -> Result<i32> {
+async fn run(cli: &mut Cli, verb: Verb) -> Result<i32> {
     match verb {
-        "version" => {
-            VerbArgs::parse(args, &[], false)?.exactly(0, "no arguments")?;
+        Verb::Version => {
             let v = cli
                 .timed(
                     "Version",
@@ -280,12 +177,10 @@ async fn run(cli: &mut Cli, verb: &str, args: &[String]) -> Result<i32> {
             println!("RuntimeVersion:  {}", v.runtime_version);
             println!("RuntimeApiVersion:  {}", v.runtime_api_version);
         }
-        "pull" => {
-            let a = VerbArgs::parse(args, &[], false)?;
-            let image = &a.exactly(1, "IMAGE")?[0];
+        Verb::Pull { image } => {
             let request = PullImageRequest {
                 image: Some(ImageSpec {
-                    image: image.clone(),
+                    image,
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -296,9 +191,7 @@ async fn run(cli: &mut Cli, verb: &str, args: &[String]) -> Result<i32> {
                 .map_err(rpc_error("PullImage"))?;
             println!("Image is up to date for {}", r.image_ref);
         }
-        "images" => {
-            let a = VerbArgs::parse(args, &[], false)?;
-            a.only(&["-q", "--quiet"])?;
+        Verb::Images { quiet } => {
             let r = cli
                 .timed(
                     "ListImages",
@@ -306,7 +199,7 @@ async fn run(cli: &mut Cli, verb: &str, args: &[String]) -> Result<i32> {
                 )
                 .await
                 .map_err(rpc_error("ListImages"))?;
-            if a.has(&["-q", "--quiet"]) {
+            if quiet {
                 r.images.iter().for_each(|i| println!("{}", i.id));
             } else {
                 println!("{:<72} {:<40} {:>10}", "IMAGE ID", "REPO TAGS", "SIZE");
@@ -315,8 +208,8 @@ async fn run(cli: &mut Cli, verb: &str, args: &[String]) -> Result<i32> {
                 }
             }
         }
-        "rmi" => {
-            for image in VerbArgs::parse(args, &[], false)?.at_least_one("IMAGE...")? {
+        Verb::Rmi { images } => {
+            for image in images {
                 let request = RemoveImageRequest {
                     image: Some(ImageSpec {
                         image: image.clone(),
@@ -329,13 +222,11 @@ async fn run(cli: &mut Cli, verb: &str, args: &[String]) -> Result<i32> {
                 println!("Deleted: {image}");
             }
         }
-        "runp" => {
-            let a = VerbArgs::parse(args, &["--runtime"], false)?;
-            let path = &a.exactly(1, "POD.json")?[0];
-            let config: PodSandboxConfig = read_config(path, "pod sandbox config")?;
+        Verb::Runp { runtime, config } => {
+            let config: PodSandboxConfig = read_config(&config, "pod sandbox config")?;
             let request = RunPodSandboxRequest {
                 config: Some(config),
-                runtime_handler: a.value(&["--runtime"]).unwrap_or_default().to_string(),
+                runtime_handler: runtime.unwrap_or_default(),
             };
             let r = cli
                 .timed(
@@ -346,9 +237,7 @@ async fn run(cli: &mut Cli, verb: &str, args: &[String]) -> Result<i32> {
                 .map_err(rpc_error("RunPodSandbox"))?;
             println!("{}", r.pod_sandbox_id);
         }
-        "pods" => {
-            let a = VerbArgs::parse(args, &[], false)?;
-            a.only(&["-q", "--quiet"])?;
+        Verb::Pods { quiet } => {
             let r = cli
                 .timed(
                     "ListPodSandbox",
@@ -358,7 +247,7 @@ async fn run(cli: &mut Cli, verb: &str, args: &[String]) -> Result<i32> {
                 )
                 .await
                 .map_err(rpc_error("ListPodSandbox"))?;
-            if a.has(&["-q", "--quiet"]) {
+            if quiet {
                 r.items.iter().for_each(|p| println!("{}", p.id));
             } else {
                 println!(
@@ -382,10 +271,9 @@ async fn run(cli: &mut Cli, verb: &str, args: &[String]) -> Result<i32> {
                 }
             }
         }
-        "inspectp" => {
-            let a = VerbArgs::parse(args, &[], false)?;
+        Verb::Inspectp { pod } => {
             let request = PodSandboxStatusRequest {
-                pod_sandbox_id: a.exactly(1, "POD")?[0].clone(),
+                pod_sandbox_id: pod,
                 verbose: true,
             };
             let r = cli
@@ -397,42 +285,45 @@ async fn run(cli: &mut Cli, verb: &str, args: &[String]) -> Result<i32> {
                 .map_err(rpc_error("PodSandboxStatus"))?;
             print_json(&r)?;
         }
-        "stopp" | "rmp" => {
-            for pod in VerbArgs::parse(args, &[], false)?.at_least_one("POD...")? {
-                if verb == "stopp" {
-                    let request = StopPodSandboxRequest {
-                        pod_sandbox_id: pod.clone(),
-                    };
-                    cli.timed(
-                        "StopPodSandbox",
-                        cli.runtime.clone().stop_pod_sandbox(request),
-                    )
-                    .await
-                    .map_err(rpc_error("StopPodSandbox"))?;
-                    println!("Stopped sandbox {pod}");
-                } else {
-                    let request = RemovePodSandboxRequest {
-                        pod_sandbox_id: pod.clone(),
-                    };
-                    cli.timed(
-                        "RemovePodSandbox",
-                        cli.runtime.clone().remove_pod_sandbox(request),
-                    )
-                    .await
-                    .map_err(rpc_error("RemovePodSandbox"))?;
-                    println!("Removed sandbox {pod}");
-                }
+        Verb::Stopp { pods } => {
+            for pod in pods {
+                let request = StopPodSandboxRequest {
+                    pod_sandbox_id: pod.clone(),
+                };
+                cli.timed(
+                    "StopPodSandbox",
+                    cli.runtime.clone().stop_pod_sandbox(request),
+                )
+                .await
+                .map_err(rpc_error("StopPodSandbox"))?;
+                println!("Stopped sandbox {pod}");
             }
         }
-        "create" => {
-            let a = VerbArgs::parse(args, &[], false)?;
-            let words = a.exactly(3, "POD CONTAINER.json POD.json")?;
-            let config: ContainerConfig = read_config(&words[1], "container config")?;
-            let pod: PodSandboxConfig = read_config(&words[2], "pod sandbox config")?;
+        Verb::Rmp { pods } => {
+            for pod in pods {
+                let request = RemovePodSandboxRequest {
+                    pod_sandbox_id: pod.clone(),
+                };
+                cli.timed(
+                    "RemovePodSandbox",
+                    cli.runtime.clone().remove_pod_sandbox(request),
+                )
+                .await
+                .map_err(rpc_error("RemovePodSandbox"))?;
+                println!("Removed sandbox {pod}");
+            }
+        }
+        Verb::Create {
+            pod,
+            container_config,
+            pod_config,
+        } => {
+            let config: ContainerConfig = read_config(&container_config, "container config")?;
+            let sandbox: PodSandboxConfig = read_config(&pod_config, "pod sandbox config")?;
             let request = CreateContainerRequest {
-                pod_sandbox_id: words[0].clone(),
+                pod_sandbox_id: pod,
                 config: Some(config),
-                sandbox_config: Some(pod),
+                sandbox_config: Some(sandbox),
             };
             let r = cli
                 .timed(
@@ -443,8 +334,8 @@ async fn run(cli: &mut Cli, verb: &str, args: &[String]) -> Result<i32> {
                 .map_err(rpc_error("CreateContainer"))?;
             println!("{}", r.container_id);
         }
-        "start" => {
-            for id in VerbArgs::parse(args, &[], false)?.at_least_one("CONTAINER...")? {
+        Verb::Start { containers } => {
+            for id in containers {
                 let request = StartContainerRequest {
                     container_id: id.clone(),
                 };
@@ -457,12 +348,10 @@ async fn run(cli: &mut Cli, verb: &str, args: &[String]) -> Result<i32> {
                 println!("{id}");
             }
         }
-        "ps" => {
-            let a = VerbArgs::parse(args, &["--pod", "-p"], false)?;
-            a.only(&["-a", "--all", "-q", "--quiet", "--pod", "-p"])?;
+        Verb::Ps { all, quiet, pod } => {
             let filter = ContainerFilter {
-                pod_sandbox_id: a.value(&["--pod", "-p"]).unwrap_or_default().to_string(),
-                state: (!a.has(&["-a", "--all"])).then_some(ContainerStateValue {
+                pod_sandbox_id: pod.unwrap_or_default(),
+                state: (!all).then_some(ContainerStateValue {
                     state: ContainerState::ContainerRunning as i32,
                 }),
                 ..Default::default()
@@ -477,7 +366,7 @@ async fn run(cli: &mut Cli, verb: &str, args: &[String]) -> Result<i32> {
                 )
                 .await
                 .map_err(rpc_error("ListContainers"))?;
-            if a.has(&["-q", "--quiet"]) {
+            if quiet {
                 r.containers.iter().for_each(|c| println!("{}", c.id));
             } else {
                 println!(
@@ -503,42 +392,28 @@ async fn run(cli: &mut Cli, verb: &str, args: &[String]) -> Result<i32> {
                 }
             }
         }
-        "inspect" | "logs" => {
-            let a = VerbArgs::parse(args, &[], false)?;
-            let request = ContainerStatusRequest {
-                container_id: a.exactly(1, "CONTAINER")?[0].clone(),
-                verbose: verb == "inspect",
-            };
-            let r = cli
-                .timed(
-                    "ContainerStatus",
-                    cli.runtime.clone().container_status(request),
-                )
-                .await
-                .map_err(rpc_error("ContainerStatus"))?;
-            if verb == "inspect" {
-                print_json(&r)?;
-            } else {
-                let status = r.status.context("the runtime returned no status")?;
-                if status.log_path.is_empty() {
-                    bail!("the container has no log file (its config set no log_path)");
-                }
-                print_log(&status.log_path)?;
-            }
+        Verb::Inspect { container } => {
+            print_json(&container_status(cli, container, true).await?)?;
         }
-        "exec" => {
-            let a = VerbArgs::parse(args, &["--timeout"], true)?;
-            a.only(&["-s", "--sync", "--timeout"])?;
-            if a.words.len() < 2 {
-                bail!("expected CONTAINER CMD [ARG...]\n{USAGE}");
+        Verb::Logs { container } => {
+            let status = container_status(cli, container, false)
+                .await?
+                .status
+                .context("the runtime returned no status")?;
+            if status.log_path.is_empty() {
+                bail!("the container has no log file (its config set no log_path)");
             }
-            let timeout = match a.value(&["--timeout"]) {
-                Some(t) => t.parse().context("--timeout needs whole seconds")?,
-                None => 0,
-            };
+            print_log(&status.log_path)?;
+        }
+        Verb::Exec {
+            sync: _,
+            timeout,
+            mut words,
+        } => {
+            let cmd = words.split_off(1);
             let request = ExecSyncRequest {
-                container_id: a.words[0].clone(),
-                cmd: a.words[1..].to_vec(),
+                container_id: words.remove(0),
+                cmd,
                 timeout,
             };
             let r = cli
@@ -550,59 +425,51 @@ async fn run(cli: &mut Cli, verb: &str, args: &[String]) -> Result<i32> {
             std::io::stderr().write_all(&r.stderr)?;
             return Ok(r.exit_code);
         }
-        "stop" | "rm" => {
-            let a = VerbArgs::parse(args, &["--timeout"], false)?;
-            let timeout: i64 = match a.value(&["--timeout"]) {
-                Some(t) => t.parse().context("--timeout needs whole seconds")?,
-                None => 0,
-            };
-            for id in a.at_least_one("CONTAINER...")? {
-                if verb == "stop" {
-                    let request = StopContainerRequest {
-                        container_id: id.clone(),
-                        timeout,
-                    };
-                    cli.timed("StopContainer", cli.runtime.clone().stop_container(request))
-                        .await
-                        .map_err(rpc_error("StopContainer"))?;
-                } else {
-                    let request = RemoveContainerRequest {
-                        container_id: id.clone(),
-                    };
-                    cli.timed(
-                        "RemoveContainer",
-                        cli.runtime.clone().remove_container(request),
-                    )
+        Verb::Stop {
+            timeout,
+            containers,
+        } => {
+            for id in containers {
+                let request = StopContainerRequest {
+                    container_id: id.clone(),
+                    timeout,
+                };
+                cli.timed("StopContainer", cli.runtime.clone().stop_container(request))
                     .await
-                    .map_err(rpc_error("RemoveContainer"))?;
-                }
+                    .map_err(rpc_error("StopContainer"))?;
                 println!("{id}");
             }
         }
-        "update" => {
-            let valued = ["--cpu-share", "--cpu-quota", "--cpu-period", "--memory"];
-            let a = VerbArgs::parse(args, &valued, false)?;
-            a.only(&valued)?;
-            let number = |flag: &str| -> Result<i64> {
-                match a.value(&[flag]) {
-                    None => Ok(0),
-                    Some(v) => match v.parse::<i64>() {
-                        Ok(n) if n > 0 => Ok(n),
-                        _ => bail!("{flag} needs a positive whole number, not {v:?}"),
-                    },
-                }
-            };
+        Verb::Rm { containers } => {
+            for id in containers {
+                let request = RemoveContainerRequest {
+                    container_id: id.clone(),
+                };
+                cli.timed(
+                    "RemoveContainer",
+                    cli.runtime.clone().remove_container(request),
+                )
+                .await
+                .map_err(rpc_error("RemoveContainer"))?;
+                println!("{id}");
+            }
+        }
+        Verb::Update {
+            cpu_share,
+            cpu_quota,
+            cpu_period,
+            memory,
+            containers,
+        } => {
+            // Zero: keep the container's value (clap has refused a call that changes none).
             let linux = LinuxContainerResources {
-                cpu_shares: number("--cpu-share")?,
-                cpu_quota: number("--cpu-quota")?,
-                cpu_period: number("--cpu-period")?,
-                memory_limit_in_bytes: number("--memory")?,
+                cpu_shares: cpu_share.unwrap_or(0),
+                cpu_quota: cpu_quota.unwrap_or(0),
+                cpu_period: cpu_period.unwrap_or(0),
+                memory_limit_in_bytes: memory.unwrap_or(0),
                 ..Default::default()
             };
-            if linux == LinuxContainerResources::default() {
-                bail!("nothing to update: give --cpu-share, --cpu-quota, --cpu-period or --memory\n{USAGE}");
-            }
-            for id in a.at_least_one("CONTAINER...")? {
+            for id in containers {
                 let request = UpdateContainerResourcesRequest {
                     container_id: id.clone(),
                     linux: Some(linux.clone()),
@@ -617,69 +484,38 @@ async fn run(cli: &mut Cli, verb: &str, args: &[String]) -> Result<i32> {
                 println!("{id}");
             }
         }
-        _ => bail!("unknown command {verb:?}\n{USAGE}"),
     }
     Ok(0)
 }
 
-async fn main_async() -> Result<i32> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut endpoint = std::env::var("CONTAINER_RUNTIME_ENDPOINT")
-        .ok()
-        .filter(|e| !e.is_empty())
-        .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
-    let mut image_endpoint = std::env::var("IMAGE_SERVICE_ENDPOINT")
-        .ok()
-        .filter(|e| !e.is_empty());
-    let mut timings = false;
-    let mut rest = args.iter();
-    let verb = loop {
-        let Some(arg) = rest.next() else {
-            bail!("{USAGE}");
-        };
-        match arg.split_once('=') {
-            Some(("--runtime-endpoint" | "-r", value)) => endpoint = value.to_string(),
-            Some(("--image-endpoint" | "-i", value)) => image_endpoint = Some(value.to_string()),
-            _ => match arg.as_str() {
-                "--runtime-endpoint" | "-r" => {
-                    endpoint = rest
-                        .next()
-                        .context("--runtime-endpoint needs a value")?
-                        .clone()
-                }
-                "--image-endpoint" | "-i" => {
-                    image_endpoint = Some(
-                        rest.next()
-                            .context("--image-endpoint needs a value")?
-                            .clone(),
-                    )
-                }
-                "--timings" => timings = true,
-                "-h" | "--help" | "help" => {
-                    println!("{USAGE}");
-                    return Ok(0);
-                }
-                flag if flag.starts_with('-') => bail!("unknown flag {flag}\n{USAGE}"),
-                verb => break verb.to_string(),
-            },
-        }
-    };
-    let args: Vec<String> = rest.cloned().collect();
+async fn main_async(args: CommandLine) -> Result<i32> {
+    let endpoint = args.runtime_endpoint.unwrap_or_else(|| {
+        std::env::var("CONTAINER_RUNTIME_ENDPOINT")
+            .ok()
+            .filter(|e| !e.is_empty())
+            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string())
+    });
+    let image_endpoint = args.image_endpoint.or_else(|| {
+        std::env::var("IMAGE_SERVICE_ENDPOINT")
+            .ok()
+            .filter(|e| !e.is_empty())
+    });
     let mut cli = tokio::time::timeout(
         Duration::from_secs(30),
-        connect(&endpoint, image_endpoint.as_deref(), timings),
+        connect(&endpoint, image_endpoint.as_deref(), args.timings),
     )
     .await
     .context("connecting to the runtime took over 30 s")??;
-    run(&mut cli, &verb, &args).await
+    run(&mut cli, args.verb).await
 }
 
 fn main() -> std::process::ExitCode {
+    let args = CommandLine::parse();
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")
-        .and_then(|rt| rt.block_on(main_async()));
+        .and_then(|rt| rt.block_on(main_async(args)));
     match result {
         Ok(code) => std::process::ExitCode::from(u8::try_from(code).unwrap_or(255)),
         Err(e) => {
@@ -693,19 +529,6 @@ fn main() -> std::process::ExitCode {
 mod tests {
     use super::*;
 
-    fn words(s: &str) -> Vec<String> {
-        s.split_whitespace().map(str::to_string).collect()
-    }
-
-    #[test]
-    fn exec_keeps_the_commands_own_flags() {
-        let a =
-            VerbArgs::parse(&words("-s --timeout 5 abc ls -l /"), &["--timeout"], true).unwrap();
-        assert_eq!(a.value(&["--timeout"]), Some("5"));
-        assert!(a.has(&["-s"]));
-        assert_eq!(a.words, words("abc ls -l /"));
-    }
-
     #[test]
     fn endpoints_and_state_names_read_like_crictls() {
         assert_eq!(
@@ -715,8 +538,5 @@ mod tests {
         assert!(socket_path("tcp://127.0.0.1:1").is_err());
         assert_eq!(state_name("CONTAINER_RUNNING"), "Running");
         assert_eq!(state_name("SANDBOX_NOTREADY"), "NotReady");
-        let a = VerbArgs::parse(&words("--pod=p1 -a"), &["--pod"], false).unwrap();
-        assert_eq!(a.value(&["--pod", "-p"]), Some("p1"));
-        assert!(a.only(&["-a", "--pod"]).is_ok() && a.only(&["-a"]).is_err());
     }
 }
