@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
-use vpod_sandbox::ProcessOverrides;
+use vpod_image::runtime_spec::ProcessOverrides;
 
 use crate::RunArgs;
 
