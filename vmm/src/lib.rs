@@ -23,9 +23,10 @@
 //!   runtime) and virtio-vsock (user space, mapped to unix sockets: see
 //!   [`devices::virtio::vsock`]). Devices signal the guest through the
 //!   [`devices::virtio::VirtioInterrupt`] trait and never see the transport.
-//! - [`event_loop`]: the main thread's epoll over queue ioeventfds, lifecycle notifications,
-//!   SIGTERM/SIGINT (through a signalfd), the vsock device's host sockets and the control
-//!   socket; one thread for all of them.
+//! - [`event_loop`]: one thread's epoll (rust-vmm's event-manager) over sources that register
+//!   their own descriptors: each virtio device (queue ioeventfds, then its own host side, such
+//!   as vsock's unix sockets and timer), the control socket, and lifecycle notifications with
+//!   SIGTERM/SIGINT (through a signalfd) and the panic grace. The loop names none of them.
 //! - [`api`]: the control socket, newline-delimited JSON (its module documents the protocol).
 //!
 //! # Command line

@@ -236,9 +236,10 @@ impl VmControl {
         self.events.request_stop(StopReason::Signal(libc::SIGTERM));
     }
 
-    /// Forces a graceful stop whose time is up.
+    /// Forces a graceful stop whose time is up; the deadline is then spent.
     pub fn expire(&mut self, now: Instant) {
         if self.stop_deadline.is_some_and(|d| d <= now) {
+            self.stop_deadline = None;
             self.force_stop();
         }
     }

@@ -379,7 +379,10 @@ impl BusDevice for MmioTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::virtio::{ActivateError, QueueEvents};
+    use crate::devices::virtio::event_handler::VirtioEvents;
+    use crate::devices::virtio::{ActivateError, DeviceEvents};
+    use crate::event_loop::EventLoop;
+    use crate::lifecycle::{GuestEvents, StopReason};
     use std::sync::Mutex;
     use vm_memory::GuestAddress;
 
@@ -393,7 +396,7 @@ mod tests {
 
     struct FakeDevice(Arc<Mutex<Probe>>);
 
-    impl QueueEvents for FakeDevice {
+    impl DeviceEvents for FakeDevice {
         fn process_queue(&mut self, queue: usize) {
             self.0.lock().expect("lock").processed.push(queue);
         }
@@ -551,6 +554,40 @@ mod tests {
         assert_eq!(read32(&mut t, REG_CONFIG_GENERATION), 1);
         write32(&mut t, REG_INTERRUPT_ACK, 1);
         assert_eq!(read32(&mut t, REG_INTERRUPT_STATUS), 2);
+    }
+
+    #[test]
+    fn a_queue_notification_reaches_the_device_through_the_event_loop() {
+        let (mut t, probe, _) = transport();
+        negotiate(&mut t);
+        set_up_queue(&mut t);
+        write32(&mut t, REG_STATUS, 0xf);
+        let notify = t.queue_events()[0].try_clone().expect("clone");
+        let events = Arc::new(GuestEvents::new().expect("eventfd"));
+        let mut event_loop = EventLoop::without_signals(events.clone());
+        let transport = Arc::new(Mutex::new(t));
+        event_loop
+            .add(Box::new(VirtioEvents::new(transport)))
+            .expect("registered");
+        // What KVM does when the guest writes the notify register.
+        notify.write(1).expect("notify");
+        let watcher = std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            while probe.lock().expect("lock").processed.is_empty() {
+                assert!(started.elapsed().as_secs() < 10, "never processed");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            events.request_stop(StopReason::PowerOff);
+            probe
+        });
+        assert_eq!(event_loop.run(), StopReason::PowerOff);
+        let probe = watcher.join().expect("watcher");
+        assert_eq!(probe.lock().expect("lock").processed, vec![0]);
+        assert_eq!(
+            notify.read().ok(),
+            None,
+            "the loop consumed the notification"
+        );
     }
 
     #[test]
