@@ -389,7 +389,7 @@ fn load_initrd_if_any(
     let path = match initrd {
         InitrdConfig::Required(path) => path,
         InitrdConfig::IfPresent(path) if path.exists() => path,
-        InitrdConfig::IfPresent(_) => return Ok(None),
+        InitrdConfig::IfPresent(_) | InitrdConfig::None => return Ok(None),
     };
     Ok(Some(load_initrd(memory, memory_size, kernel, path)?))
 }

@@ -2,14 +2,17 @@
 //! server itself, and the timer that turns a graceful stop into a forced one.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, IoSliceMut, Write};
+use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::control::VmControl;
-use super::protocol::{decode_request, encode_reply, error_reply};
+use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+use vpod_proto::vmm::{decode_request, encode_line, Reply, MAX_FDS_PER_REQUEST};
+
+use super::control::{PassedFds, VmControl};
 use super::MAX_LINE;
 use crate::devices::virtio::vsock::muxer::{bind_unix_listener, MuxerError};
 use crate::event_loop::{DeadlineTimer, EventOps, EventSet, Events, Subscriber};
@@ -32,8 +35,29 @@ struct Client {
     stream: UnixStream,
     input: Vec<u8>,
     output: Vec<u8>,
+    /// Descriptors that came with the input, for the requests that name them.
+    fds: PassedFds,
     /// Close once the output is written.
     closing: bool,
+}
+
+/// Reads what a client sent, keeping the descriptors that came with it.
+fn receive(stream: &UnixStream, buf: &mut [u8], fds: &mut PassedFds) -> io::Result<usize> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_REQUEST))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    // More descriptors than the buffer holds are closed by the kernel (MSG_CTRUNC).
+    let received = recvmsg(
+        stream,
+        &mut [IoSliceMut::new(buf)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(passed) = message {
+            passed.for_each(|fd| fds.push(fd));
+        }
+    }
+    Ok(received.bytes)
 }
 
 pub struct ApiServer {
@@ -74,6 +98,7 @@ impl ApiServer {
                         stream,
                         input: Vec::new(),
                         output: Vec::new(),
+                        fds: PassedFds::default(),
                         closing: false,
                     },
                 );
@@ -95,7 +120,7 @@ impl ApiServer {
         let mut eof = false;
         let mut buf = [0u8; 4096];
         while !client.closing {
-            match client.stream.read(&mut buf) {
+            match receive(&client.stream, &mut buf, &mut client.fds) {
                 Ok(0) => {
                     eof = true;
                     break;
@@ -122,23 +147,24 @@ impl ApiServer {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let reply = match decode_request(line) {
-                Ok(request) => match self.control.handle(request) {
-                    Ok(reply) => reply,
-                    Err(e) => error_reply(&e.to_string()),
-                },
-                Err(sentence) => error_reply(&sentence),
+            let Some(client) = self.clients.get_mut(&client_fd) else {
+                return;
             };
-            if let Some(client) = self.clients.get_mut(&client_fd) {
-                client.output.extend(encode_reply(&reply));
-            }
+            let reply = match decode_request(line) {
+                Ok(request) => match self.control.handle(request, &mut client.fds) {
+                    Ok(reply) => reply,
+                    Err(e) => Reply::error(e.to_string()),
+                },
+                Err(e) => Reply::error(e.to_string()),
+            };
+            client.output.extend(encode_line(&reply));
         }
         let Some(client) = self.clients.get_mut(&client_fd) else {
             return;
         };
         if too_long {
-            let reply = error_reply(&format!("the request is longer than {MAX_LINE} bytes"));
-            client.output.extend(encode_reply(&reply));
+            let reply = Reply::error(format!("the request is longer than {MAX_LINE} bytes"));
+            client.output.extend(encode_line(&reply));
             client.input.clear();
             client.closing = true;
         }

@@ -671,7 +671,7 @@ mod tests {
     /// Property tests: a hostile driver poking the register window of a real block device.
     mod hostile {
         use super::*;
-        use crate::config::DiskConfig;
+        use crate::config::{DiskConfig, DiskSource};
         use crate::devices::virtio::block::BlockDevice;
         use proptest::prelude::*;
         use std::path::PathBuf;
@@ -771,7 +771,7 @@ mod tests {
                 let contents: Vec<u8> = (0..DISK_FILE_LEN).map(|i| (i % 251) as u8).collect();
                 std::fs::write(&disk.0, &contents).expect("temp disk");
                 let device = BlockDevice::open(&DiskConfig {
-                    path: disk.0.clone(),
+                    source: DiskSource::Path(disk.0.clone()),
                     read_only: false,
                     serial: b"prop".to_vec(),
                 })
