@@ -6,7 +6,8 @@
 //! folder with the same files: `device.rs` (config and activation), `handler.rs` (the queue
 //! processing, a pure type generic over how it signals the guest), `event_handler.rs` (the
 //! glue to queue notifications and to the host descriptors the device watches itself).
-//! [`event_handler::VirtioEvents`] registers it all with the event loop.
+//! [`event_handler::VirtioEvents`] registers a device's queue notifications with the event
+//! loop; its host side, if any, is a source of its own ([`DeviceEvents::host_events`]).
 
 pub mod block;
 pub mod event_handler;
