@@ -2,12 +2,8 @@
 //! one write marks "init reached" (the boot timer, as Firecracker times boot), another
 //! carries the command's exit status before the guest reboots.
 
-/// A write of [`BOOT_MARK`] here marks the moment init started.
-pub const BOOT_TIMER_PORT: u16 = 0x3f0;
-/// The value written to the boot timer port.
-pub const BOOT_MARK: u8 = 123;
-/// One byte written here is the guest command's exit status.
-pub const EXIT_STATUS_PORT: u16 = 0x3f1;
+/// The numbers are the VMM's, from the one definition both sides build with.
+pub use vpod_proto::vmm::port::{BOOT_MARK, BOOT_TIMER_PORT, EXIT_STATUS_PORT, PORT_COUNT};
 
 /// Why the ports could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +25,13 @@ impl IoPorts {
     pub fn open() -> Result<Self, VmmPortError> {
         // SAFETY: ioperm only changes this process's I/O permission bitmap for two ports
         // the VMM owns; no memory is touched.
-        let rc = unsafe { libc::ioperm(libc::c_ulong::from(BOOT_TIMER_PORT), 2, 1) };
+        let rc = unsafe {
+            libc::ioperm(
+                libc::c_ulong::from(BOOT_TIMER_PORT),
+                libc::c_ulong::from(PORT_COUNT),
+                1,
+            )
+        };
         if rc != 0 {
             return Err(VmmPortError::Ioperm(std::io::Error::last_os_error()));
         }

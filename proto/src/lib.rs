@@ -1,13 +1,24 @@
-//! `vpod-proto`: the gRPC API between the vpod host and the agent (vpod-init) inside each
-//! micro-VM, generated from `agent.proto` at build time, plus the host-side ways to reach
-//! the agent: a plain unix socket (tests, debugging) and the hybrid vsock unix socket of the
-//! VMM (`CONNECT <port>\n` / `OK <host_port>\n`, as Firecracker and Cloud Hypervisor do).
+//! `vpod-proto`: the wires of vpod.
+//!
+//! - `grpc` (default): the gRPC API between the vpod host and the agent (vpod-init) inside
+//!   each micro-VM, generated from `agent.proto` at build time, plus the host-side ways to
+//!   reach the agent: a plain unix socket (tests, debugging) and the hybrid vsock unix socket
+//!   of the VMM (`CONNECT <port>\n` / `OK <host_port>\n`, as Firecracker and Cloud Hypervisor
+//!   do). `cri` adds the CRI bindings.
+//! - `vmm`: the contract between the host and vpod-vmm ([`vmm`]): the VM configuration, every
+//!   control request and reply, and the guest port ABI, as serde types only. `vmm-client`
+//!   adds a small blocking client of the control socket.
 
+#[cfg(feature = "grpc")]
 pub mod authority;
+#[cfg(feature = "grpc")]
 pub mod client;
 pub mod error_chain;
+#[cfg(feature = "vmm")]
+pub mod vmm;
 
 /// The generated messages, client (`agent_client`) and server (`agent_server`).
+#[cfg(feature = "grpc")]
 pub mod v1 {
     tonic::include_proto!("vpod.agent.v1");
 }
@@ -19,7 +30,9 @@ pub mod v1 {
 pub use k8s_cri::v1 as cri;
 
 pub use error_chain::error_chain;
+#[cfg(feature = "grpc")]
 pub use v1::agent_client::AgentClient;
+#[cfg(feature = "grpc")]
 pub use v1::agent_server::{Agent, AgentServer};
 
 /// The guest vsock port the agent listens on.
@@ -37,6 +50,7 @@ pub enum VersionError {
 }
 
 /// The host's check of the agent's `GetVersion` answer.
+#[cfg(feature = "grpc")]
 pub fn check_compatible(agent: &v1::GetVersionResponse) -> Result<(), VersionError> {
     if agent.protocol_major == PROTOCOL_MAJOR {
         Ok(())
@@ -48,7 +62,7 @@ pub fn check_compatible(agent: &v1::GetVersionResponse) -> Result<(), VersionErr
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "grpc"))]
 mod tests {
     use super::v1::*;
     use super::*;

@@ -8,7 +8,8 @@
 //! 5. load the kernel, the initrd and the command line,
 //! 6. configure boot (MP table, PVH start info or zero page, entry registers),
 //! 7. start the vCPU threads (paused until [`MicroVm::run`]),
-//! 8. the event loop, with the vsock sockets and the control socket.
+//! 8. the event loop, with every virtio device (each registers its own descriptors) and the
+//!    control socket.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -37,11 +38,12 @@ use crate::devices::legacy::{
     I8042, I8042_PORT_BASE, I8042_PORT_LEN, SERIAL_PORT_BASE, SERIAL_PORT_LEN,
 };
 use crate::devices::virtio::block::{BlockDevice, BlockError};
+use crate::devices::virtio::event_handler::VirtioEvents;
 use crate::devices::virtio::mmio::{MmioError, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
-use crate::devices::virtio::vsock::{VsockDevice, VsockError, VsockHostSide};
+use crate::devices::virtio::vsock::{VsockDevice, VsockError, VsockMetrics};
 use crate::devices::virtio::{MmioInterrupt, MmioTransport, VirtioDevice};
 use crate::devices::Bus;
-use crate::event_loop::{EventLoop, EventLoopError, TerminationSignals};
+use crate::event_loop::{EventLoop, EventLoopError, Subscriber, TerminationSignals};
 use crate::lifecycle::{GuestEvents, StopReason, VmOutcome};
 use crate::vstate::memory::{create_guest_memory, register_guest_memory, MemoryError};
 use crate::vstate::vcpu::{install_kick_handler, Vcpu, VcpuError, VcpuHandle, VcpuMessage};
@@ -113,7 +115,9 @@ struct Devices {
     transports: Vec<Arc<Mutex<MmioTransport>>>,
     cmdline_entries: Vec<MmioDeviceEntry>,
     blocks: Vec<BlockHandle>,
-    vsock: Option<VsockHostSide>,
+    vsock_metrics: Option<Arc<VsockMetrics>>,
+    /// The host sides of the virtio devices that watch descriptors of their own.
+    host_events: Vec<Box<dyn Subscriber>>,
 }
 
 /// Builds the VM `config` describes.
@@ -162,10 +166,10 @@ pub fn build_microvm(
 
     let mut event_loop = EventLoop::new(events.clone(), signals)?;
     for transport in &devices.transports {
-        event_loop.add_transport(transport.clone())?;
+        event_loop.add(Box::new(VirtioEvents::new(transport.clone())))?;
     }
-    if let Some(vsock) = &devices.vsock {
-        event_loop.add_vsock(vsock.clone())?;
+    for host_side in devices.host_events {
+        event_loop.add(host_side)?;
     }
     if let Some(path) = &config.api_socket {
         let control = VmControl {
@@ -173,10 +177,10 @@ pub fn build_microvm(
             vcpus: config.vcpus,
             memory_mib: config.memory_mib,
             blocks: devices.blocks,
-            vsock: devices.vsock.as_ref().map(|v| v.metrics().clone()),
+            vsock: devices.vsock_metrics,
             stop_deadline: None,
         };
-        event_loop.add_api(ApiServer::new(path, control)?)?;
+        event_loop.add(Box::new(ApiServer::new(path, control)?))?;
     }
     Ok(MicroVm {
         vcpus,
@@ -289,6 +293,7 @@ fn attach_devices(
         mmio_bus: Bus::new(),
         transports: Vec::new(),
         cmdline_entries: Vec::new(),
+        host_events: Vec::new(),
     };
     let mut blocks = Vec::new();
     for disk in &config.disks {
@@ -305,12 +310,12 @@ fn attach_devices(
             slot: Some(slot),
         });
     }
-    let vsock = match &config.vsock {
+    let vsock_metrics = match &config.vsock {
         Some(vsock) => {
             let device = VsockDevice::new(&vsock.uds_path, vsock.guest_cid)?;
-            let host_side = device.host_side();
+            let metrics = device.metrics().clone();
             virtio.attach(vm, memory, Box::new(device))?;
-            Some(host_side)
+            Some(metrics)
         }
         None => None,
     };
@@ -318,6 +323,7 @@ fn attach_devices(
         mmio_bus,
         transports,
         cmdline_entries,
+        host_events,
     } = virtio;
     Ok(Devices {
         pio_bus,
@@ -326,7 +332,8 @@ fn attach_devices(
         transports,
         cmdline_entries,
         blocks,
-        vsock,
+        vsock_metrics,
+        host_events,
     })
 }
 
@@ -335,6 +342,7 @@ struct VirtioDevices {
     mmio_bus: Bus,
     transports: Vec<Arc<Mutex<MmioTransport>>>,
     cmdline_entries: Vec<MmioDeviceEntry>,
+    host_events: Vec<Box<dyn Subscriber>>,
 }
 
 impl VirtioDevices {
@@ -342,8 +350,9 @@ impl VirtioDevices {
         &mut self,
         vm: &VmFd,
         memory: &Arc<GuestMemoryMmap>,
-        device: Box<dyn VirtioDevice>,
+        mut device: Box<dyn VirtioDevice>,
     ) -> Result<Arc<Mutex<MmioTransport>>, BuildError> {
+        self.host_events.extend(device.host_events());
         let slot = self.transports.len() as u32;
         let address = virtio_mmio_slot(slot);
         let irq = VIRTIO_IRQ_FIRST + slot;
@@ -380,7 +389,7 @@ fn load_initrd_if_any(
     let path = match initrd {
         InitrdConfig::Required(path) => path,
         InitrdConfig::IfPresent(path) if path.exists() => path,
-        InitrdConfig::IfPresent(_) => return Ok(None),
+        InitrdConfig::IfPresent(_) | InitrdConfig::None => return Ok(None),
     };
     Ok(Some(load_initrd(memory, memory_size, kernel, path)?))
 }

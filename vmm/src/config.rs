@@ -1,10 +1,14 @@
-//! The VM's configuration and the command-line syntax that produces it.
+//! The VM's configuration and the command-line syntax that produces it: flags for humans, or
+//! `--config FILE` with the typed configuration a launcher writes
+//! ([`vpod_proto::vmm::VmConfig`], checked and converted in [`crate::convert`]).
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
 
 use crate::arch::layout::{MAX_MEMORY_MIB, MIN_MEMORY_MIB};
 use crate::arch::mptable::MAX_VCPUS;
+use crate::convert::ConvertError;
 
 /// Longest serial a virtio-blk disk can report (the GET_ID answer).
 pub const DISK_SERIAL_LEN: usize = 20;
@@ -20,10 +24,7 @@ tsc=reliable no_timer_check";
 pub const DEFAULT_KERNEL: &str = "build/vmlinux";
 /// Default initrd, used only when it exists.
 pub const DEFAULT_INITRD: &str = "build/initrd.img";
-/// Default vCPU count.
-pub const DEFAULT_VCPUS: u8 = 1;
-/// Default guest memory in MiB.
-pub const DEFAULT_MEMORY_MIB: u64 = 128;
+pub use vpod_proto::vmm::config::{DEFAULT_MEMORY_MIB, DEFAULT_VCPUS};
 
 /// Where the guest's serial console goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,10 +34,21 @@ pub enum ConsoleConfig {
     File(PathBuf),
 }
 
+/// Where a disk's bytes come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskSource {
+    /// A file the VMM opens.
+    Path(PathBuf),
+    /// A descriptor the VMM inherited from its launcher, checked open when the configuration
+    /// was read (so its number cannot have been reused since) and duplicated when the disk
+    /// is opened.
+    Inherited(RawFd),
+}
+
 /// One virtio-blk disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskConfig {
-    pub path: PathBuf,
+    pub source: DiskSource,
     pub read_only: bool,
     /// Up to [`DISK_SERIAL_LEN`] bytes, zero-padded when reported.
     pub serial: Vec<u8>,
@@ -60,6 +72,8 @@ pub enum InitrdConfig {
     Required(PathBuf),
     /// The default path: used if it exists.
     IfPresent(PathBuf),
+    /// No initrd (a configuration file that names none).
+    None,
 }
 
 /// Everything needed to build and run one VM.
@@ -140,6 +154,14 @@ pub enum ConfigError {
         "guest argument {0:?} contains a double quote, which the kernel command line cannot carry"
     )]
     QuoteInInitArg(String),
+    #[error("--config cannot be combined with {0} (the file holds the whole configuration)")]
+    ConfigWithFlags(String),
+    #[error("cannot read the configuration file {0}: {1}")]
+    ReadConfig(PathBuf, String),
+    #[error("the configuration file {0} is not a VM configuration: {1}")]
+    ParseConfig(PathBuf, String),
+    #[error("the configuration file {0}: {1}")]
+    InvalidConfig(PathBuf, ConvertError),
 }
 
 fn parse_disk(spec: &str) -> Result<DiskConfig, ConfigError> {
@@ -150,7 +172,7 @@ fn parse_disk(spec: &str) -> Result<DiskConfig, ConfigError> {
         return Err(bad("the path is empty"));
     }
     let mut disk = DiskConfig {
-        path: PathBuf::from(path),
+        source: DiskSource::Path(PathBuf::from(path)),
         read_only: false,
         serial: Vec::new(),
     };
@@ -210,18 +232,37 @@ fn parse_console(value: &str) -> Result<ConsoleConfig, ConfigError> {
     }
 }
 
+/// Whether the VMM runs `vcpus` vCPUs (flags and configuration files alike).
+pub fn valid_vcpus(vcpus: u8) -> bool {
+    (1..=MAX_VCPUS).contains(&vcpus)
+}
+
+/// Whether the VMM gives a guest `memory_mib` MiB.
+pub fn valid_memory_mib(memory_mib: u64) -> bool {
+    (MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&memory_mib)
+}
+
 fn parse_vcpus(value: &str) -> Result<u8, ConfigError> {
     match value.parse::<u8>() {
-        Ok(n) if (1..=MAX_VCPUS).contains(&n) => Ok(n),
+        Ok(n) if valid_vcpus(n) => Ok(n),
         _ => Err(ConfigError::BadVcpus(value.to_string())),
     }
 }
 
 fn parse_memory(value: &str) -> Result<u64, ConfigError> {
     match value.parse::<u64>() {
-        Ok(n) if (MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&n) => Ok(n),
+        Ok(n) if valid_memory_mib(n) => Ok(n),
         _ => Err(ConfigError::BadMemory(value.to_string())),
     }
+}
+
+/// Reads and checks the configuration file `--config` names.
+fn read_config_file(path: &Path) -> Result<VmConfig, ConfigError> {
+    let text =
+        std::fs::read(path).map_err(|e| ConfigError::ReadConfig(path.into(), e.to_string()))?;
+    let wire = vpod_proto::vmm::VmConfig::from_json(&text)
+        .map_err(|e| ConfigError::ParseConfig(path.into(), e.to_string()))?;
+    VmConfig::try_from(wire).map_err(|e| ConfigError::InvalidConfig(path.into(), e))
 }
 
 /// Parses the arguments after the program name.
@@ -230,12 +271,16 @@ where
     I: IntoIterator<Item = OsString>,
 {
     let mut config = VmConfig::default();
+    let mut config_file: Option<PathBuf> = None;
+    // The first flag or word that sets something, to refuse beside --config.
+    let mut first_setting: Option<String> = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let arg = arg
             .into_string()
             .map_err(|raw| ConfigError::NotUtf8(raw.to_string_lossy().into_owned()))?;
         if arg == "--" {
+            first_setting.get_or_insert_with(|| arg.clone());
             for word in args.by_ref() {
                 let word = word
                     .into_string()
@@ -257,11 +302,15 @@ where
             "-h" | "--help" => return Ok(CliAction::Help),
             "-V" | "--version" => return Ok(CliAction::Version),
             "--timings" => {
+                first_setting.get_or_insert_with(|| flag.clone());
                 config.timings = true;
                 continue;
             }
+            "--config" => {}
             "--kernel" | "--initrd" | "--cmdline" | "--vcpus" | "--memory" | "--disk"
-            | "--console" | "--vsock" | "--disk-slots" | "--api" => {}
+            | "--console" | "--vsock" | "--disk-slots" | "--api" => {
+                first_setting.get_or_insert_with(|| flag.clone());
+            }
             _ if flag.starts_with('-') => return Err(ConfigError::UnknownFlag(flag)),
             _ => return Err(ConfigError::UnexpectedArgument(arg)),
         }
@@ -285,8 +334,16 @@ where
             "--disk-slots" => config.disk_slots = parse_disk_slots(&value)?,
             "--api" if !value.is_empty() => config.api_socket = Some(PathBuf::from(value)),
             "--api" => return Err(ConfigError::MissingValue(flag)),
+            "--config" if !value.is_empty() => config_file = Some(PathBuf::from(value)),
+            "--config" => return Err(ConfigError::MissingValue(flag)),
             _ => return Err(ConfigError::UnknownFlag(flag)),
         }
+    }
+    if let Some(path) = config_file {
+        if let Some(setting) = first_setting {
+            return Err(ConfigError::ConfigWithFlags(setting));
+        }
+        config = read_config_file(&path)?;
     }
     Ok(CliAction::Run(Box::new(config)))
 }
@@ -444,6 +501,58 @@ mod tests {
         assert!(matches!(
             parse(&["--disk-slots", "17"]),
             Err(ConfigError::BadDiskSlots(_))
+        ));
+    }
+
+    #[test]
+    fn a_config_file_holds_the_whole_configuration() {
+        let path = std::env::temp_dir().join(format!("vpod-config-{}.json", std::process::id()));
+        let wire = vpod_proto::vmm::VmConfig {
+            vcpus: 2,
+            disks: vec![vpod_proto::vmm::DiskConfig::path("/a.img").serial("layer0")],
+            api_socket: Some("/run/api.sock".into()),
+            ..vpod_proto::vmm::VmConfig::new("/k")
+        };
+        std::fs::write(&path, wire.to_json()).expect("config file");
+        let file = path.to_str().expect("UTF-8");
+        let c = config(&["--config", file]);
+        assert_eq!(c.kernel, PathBuf::from("/k"));
+        assert_eq!(c.initrd, InitrdConfig::None);
+        assert_eq!(c.vcpus, 2);
+        assert_eq!(c.disks[0].source, DiskSource::Path("/a.img".into()));
+        assert_eq!(c.disks[0].serial, b"layer0");
+        assert_eq!(c.api_socket, Some(PathBuf::from("/run/api.sock")));
+        assert!(matches!(
+            parse(&["--vcpus", "2", "--config", file]),
+            Err(ConfigError::ConfigWithFlags(flag)) if flag == "--vcpus"
+        ));
+        assert!(matches!(
+            parse(&["--config", file, "--", "sh"]),
+            Err(ConfigError::ConfigWithFlags(_))
+        ));
+
+        std::fs::write(&path, r#"{"kernel": "/k", "vcpus": 0}"#).expect("config file");
+        assert_eq!(
+            parse(&["--config", file]),
+            Err(ConfigError::InvalidConfig(
+                path.clone(),
+                ConvertError::Vcpus(0)
+            ))
+        );
+        std::fs::write(&path, r#"{"kernel": "/k", "vcpu": 2}"#).expect("config file");
+        let error = parse(&["--config", file]).expect_err("a typo");
+        assert!(
+            error.to_string().contains("unknown field `vcpu`"),
+            "{error}"
+        );
+        let _ = std::fs::remove_file(&path);
+        assert!(matches!(
+            parse(&["--config", file]),
+            Err(ConfigError::ReadConfig(..))
+        ));
+        assert!(matches!(
+            parse(&["--config", ""]),
+            Err(ConfigError::MissingValue(_))
         ));
     }
 

@@ -1,40 +1,123 @@
-//! The device event loop: one epoll on the main thread for queue notifications
-//! (ioeventfds), lifecycle changes reported by vCPUs and devices, and termination signals.
+//! The event loop: one epoll on the main thread, run by rust-vmm's `event-manager`, that knows
+//! none of its sources. Each source is a [`Subscriber`] that registers its own descriptors
+//! (and a [`DeadlineTimer`] when it has timeouts) in `init`, is called back with `process`
+//! when one is ready, and adds or removes descriptors as it goes: every virtio device through
+//! its transport (queue notifications, then the device's own sockets and timers, see
+//! `devices/virtio/event_handler.rs`), the control socket, and the loop's own
+//! [`LifecycleWatch`] (lifecycle changes, termination signals, the panic grace). A new
+//! device or API plugs in by implementing [`Subscriber`]; the loop does not change.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::EventFd;
+use event_manager::{EventManager, MutEventSubscriber, SubscriberId, SubscriberOps};
+use vmm_sys_util::timerfd::TimerFd;
 
-use crate::api::ApiServer;
-use crate::devices::virtio::vsock::VsockHostSide;
-use crate::devices::virtio::MmioTransport;
+pub use event_manager::{EventOps, EventSet, Events};
+
 use crate::lifecycle::{GuestEvents, StopReason};
 
 /// How long a panicking kernel may keep printing before the VM is stopped anyway (with
 /// `panic=-1` it resets well before that).
-const PANIC_GRACE: Duration = Duration::from_millis(500);
-
-const TOKEN_LIFECYCLE: u64 = 0;
-const TOKEN_SIGNAL: u64 = 1;
-const TOKEN_VSOCK: u64 = 2;
-const TOKEN_API: u64 = 3;
-const TOKEN_FIRST_QUEUE: u64 = 4;
+pub const PANIC_GRACE: Duration = Duration::from_millis(500);
 
 /// Errors of the event loop.
 #[derive(Debug, thiserror::Error)]
 pub enum EventLoopError {
     #[error("cannot set up epoll")]
-    Epoll(#[source] io::Error),
+    Epoll(#[source] event_manager::Error),
+    #[error("cannot watch the descriptors of an event source")]
+    Register(#[source] event_manager::Error),
     #[error("cannot block the termination signals")]
     SignalMask(#[source] io::Error),
     #[error("cannot create the signal file descriptor")]
     SignalFd(#[source] io::Error),
-    #[error("cannot duplicate a queue eventfd")]
-    EventFd(#[source] io::Error),
+    #[error("cannot create a timer")]
+    Timer(#[source] io::Error),
+}
+
+/// A source of events for the loop: event-manager's `MutEventSubscriber`, with an `init`
+/// that can fail. A source that cannot watch its descriptors would leave its device deaf, so
+/// [`EventLoop::add`] refuses it and the VM does not start.
+pub trait Subscriber: Send {
+    /// Registers the source's descriptors.
+    fn init(&mut self, ops: &mut EventOps) -> Result<(), event_manager::Error>;
+    /// One of its descriptors is ready.
+    fn process(&mut self, events: Events, ops: &mut EventOps);
+}
+
+/// A subscriber as event-manager holds it, with the outcome of its `init`.
+struct Registered {
+    subscriber: Box<dyn Subscriber>,
+    init_error: Option<event_manager::Error>,
+}
+
+impl MutEventSubscriber for Registered {
+    fn init(&mut self, ops: &mut EventOps) {
+        self.init_error = self.subscriber.init(ops).err();
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        self.subscriber.process(events, ops);
+    }
+}
+
+/// A timerfd armed for one deadline at a time: how a subscriber with timeouts (connect
+/// timeouts, a graceful stop, the panic grace) gets woken without the loop knowing.
+pub struct DeadlineTimer {
+    timer: TimerFd,
+    armed: Option<Instant>,
+}
+
+impl DeadlineTimer {
+    pub fn new() -> io::Result<Self> {
+        Ok(DeadlineTimer {
+            timer: TimerFd::new()?,
+            armed: None,
+        })
+    }
+
+    /// Arms the timer for `deadline` (a past one fires at once), or disarms it for `None`;
+    /// nothing to do when that is already so.
+    pub fn set(&mut self, deadline: Option<Instant>) -> io::Result<()> {
+        if deadline == self.armed {
+            return Ok(());
+        }
+        match deadline {
+            // A zero duration would disarm the timer instead.
+            Some(deadline) => self.timer.reset(
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_nanos(1)),
+                None,
+            )?,
+            None => self.timer.clear()?,
+        }
+        self.armed = deadline;
+        Ok(())
+    }
+
+    /// The deadline the timer is armed for.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.armed
+    }
+
+    /// Call when the descriptor was reported ready: disarming also clears the expiry, so the
+    /// level-triggered epoll stops reporting it, and never blocks as a read could (the timer
+    /// may have been re-armed since epoll saw it fire).
+    pub fn fired(&mut self) {
+        // Clearing a valid timerfd cannot fail; if it did, the timer would only fire again.
+        let _ = self.timer.clear();
+        self.armed = None;
+    }
+}
+
+impl AsRawFd for DeadlineTimer {
+    fn as_raw_fd(&self) -> RawFd {
+        self.timer.as_raw_fd()
+    }
 }
 
 /// SIGTERM and SIGINT, blocked in every thread and read from a signalfd instead.
@@ -86,174 +169,271 @@ impl TerminationSignals {
     }
 }
 
-struct QueueSource {
-    event: EventFd,
-    transport: Arc<Mutex<MmioTransport>>,
-    queue: usize,
-}
-
-/// The loop and what it watches.
-pub struct EventLoop {
-    epoll: Epoll,
+/// The loop's own source: lifecycle notifications (a stop was asked for, the kernel
+/// panicked), SIGTERM and SIGINT, and the panic grace that stops a panicking guest which
+/// does not reset by itself.
+pub struct LifecycleWatch {
     events: Arc<GuestEvents>,
     signals: TerminationSignals,
-    queues: Vec<QueueSource>,
-    vsock: Option<VsockHostSide>,
-    api: Option<ApiServer>,
+    panic_grace: DeadlineTimer,
+    /// The grace started (it is given once).
+    panic_seen: bool,
 }
 
-impl EventLoop {
+impl LifecycleWatch {
     pub fn new(
         events: Arc<GuestEvents>,
         signals: TerminationSignals,
     ) -> Result<Self, EventLoopError> {
-        let epoll = Epoll::new().map_err(EventLoopError::Epoll)?;
-        let event_loop = EventLoop {
-            epoll,
+        Ok(LifecycleWatch {
             events,
             signals,
-            queues: Vec::new(),
-            vsock: None,
-            api: None,
+            panic_grace: DeadlineTimer::new().map_err(EventLoopError::Timer)?,
+            panic_seen: false,
+        })
+    }
+}
+
+impl Subscriber for LifecycleWatch {
+    fn init(&mut self, ops: &mut EventOps) -> Result<(), event_manager::Error> {
+        ops.add(Events::new(self.events.wake_fd(), EventSet::IN))?;
+        ops.add(Events::new(&self.signals.fd, EventSet::IN))?;
+        ops.add(Events::new(&self.panic_grace, EventSet::IN))
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let fd = events.fd();
+        if fd == self.events.wake_fd().as_raw_fd() {
+            let _ = self.events.wake_fd().read();
+            if self.events.panicked() && !self.panic_seen {
+                self.panic_seen = true;
+                let deadline = Instant::now() + PANIC_GRACE;
+                if self.panic_grace.set(Some(deadline)).is_err() {
+                    // Without a timer there is no grace to give.
+                    self.events.request_stop(StopReason::Panic);
+                }
+            }
+        } else if fd == self.signals.fd.as_raw_fd() {
+            if let Some(signal) = self.signals.read() {
+                self.events.request_stop(StopReason::Signal(signal));
+            }
+        } else if fd == self.panic_grace.as_raw_fd() {
+            self.panic_grace.fired();
+            self.events.request_stop(StopReason::Panic);
+        }
+    }
+}
+
+/// The loop and its sources.
+pub struct EventLoop {
+    manager: EventManager<Registered>,
+    events: Arc<GuestEvents>,
+}
+
+impl EventLoop {
+    /// A loop that watches the lifecycle and `signals`; sources are added with [`Self::add`].
+    pub fn new(
+        events: Arc<GuestEvents>,
+        signals: TerminationSignals,
+    ) -> Result<Self, EventLoopError> {
+        let mut event_loop = EventLoop {
+            manager: EventManager::new().map_err(EventLoopError::Epoll)?,
+            events: events.clone(),
         };
-        event_loop.watch(event_loop.events.wake_fd().as_raw_fd(), TOKEN_LIFECYCLE)?;
-        event_loop.watch(event_loop.signals.fd.as_raw_fd(), TOKEN_SIGNAL)?;
+        event_loop.add(Box::new(LifecycleWatch::new(events, signals)?))?;
         Ok(event_loop)
     }
 
-    fn watch(&self, fd: RawFd, token: u64) -> Result<(), EventLoopError> {
-        self.epoll
-            .ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(EventSet::IN, token),
-            )
-            .map_err(EventLoopError::Epoll)
-    }
-
-    /// Watches every queue eventfd of `transport`.
-    pub fn add_transport(
-        &mut self,
-        transport: Arc<Mutex<MmioTransport>>,
-    ) -> Result<(), EventLoopError> {
-        let events: Vec<EventFd> = transport
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .queue_events()
-            .iter()
-            .map(|e| e.try_clone().map_err(EventLoopError::EventFd))
-            .collect::<Result<_, _>>()?;
-        for (queue, event) in events.into_iter().enumerate() {
-            let token = TOKEN_FIRST_QUEUE + self.queues.len() as u64;
-            self.watch(event.as_raw_fd(), token)?;
-            self.queues.push(QueueSource {
-                event,
-                transport: transport.clone(),
-                queue,
-            });
+    /// Adds a source, which registers its descriptors now.
+    pub fn add(&mut self, subscriber: Box<dyn Subscriber>) -> Result<SubscriberId, EventLoopError> {
+        let id = self.manager.add_subscriber(Registered {
+            subscriber,
+            init_error: None,
+        });
+        let init_error = self
+            .manager
+            .subscriber_mut(id)
+            .ok()
+            .and_then(|registered| registered.init_error.take());
+        if let Some(error) = init_error {
+            // Unwatches whatever it did register.
+            let _ = self.manager.remove_subscriber(id);
+            return Err(EventLoopError::Register(error));
         }
-        Ok(())
+        Ok(id)
     }
 
-    /// Watches the vsock device's host sockets.
-    pub fn add_vsock(&mut self, vsock: VsockHostSide) -> Result<(), EventLoopError> {
-        self.watch(vsock.fd(), TOKEN_VSOCK)?;
-        self.vsock = Some(vsock);
-        Ok(())
-    }
-
-    /// Serves the control socket.
-    pub fn add_api(&mut self, api: ApiServer) -> Result<(), EventLoopError> {
-        self.watch(api.fd(), TOKEN_API)?;
-        self.api = Some(api);
-        Ok(())
-    }
-
-    /// The earliest moment a timer of the vsock device or the control socket is due.
-    fn next_deadline(&self) -> Option<Instant> {
-        let vsock = self.vsock.as_ref().and_then(|v| v.next_deadline());
-        let api = self.api.as_ref().and_then(|a| a.next_deadline());
-        vsock.into_iter().chain(api).min()
-    }
-
-    fn expire(&mut self, now: Instant) {
-        if let Some(vsock) = &self.vsock {
-            vsock.expire(now);
-        }
-        if let Some(api) = self.api.as_mut() {
-            api.expire(now);
-        }
+    /// A loop that watches no signal, for tests that must not block the harness's.
+    #[cfg(test)]
+    pub(crate) fn without_signals(events: Arc<GuestEvents>) -> Self {
+        // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
+        let mut mask: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `mask` is a valid sigset_t owned by this frame.
+        unsafe { libc::sigemptyset(&mut mask) };
+        // SAFETY: `mask` is initialised; the return value is checked.
+        let fd = unsafe { libc::signalfd(-1, &mask, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
+        assert!(fd >= 0, "signalfd");
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        EventLoop::new(events, TerminationSignals { fd }).expect("event loop")
     }
 
     /// Runs until the VM must stop, and says why.
     pub fn run(&mut self) -> StopReason {
-        let mut ready = vec![EpollEvent::default(); 8 + self.queues.len()];
-        let mut panic_deadline: Option<Instant> = None;
         loop {
             if let Some(reason) = self.events.stop_reason() {
                 return reason;
             }
-            if self.events.panicked() && panic_deadline.is_none() {
-                panic_deadline = Some(Instant::now() + PANIC_GRACE);
-            }
-            if let Some(deadline) = panic_deadline {
-                if deadline <= Instant::now() {
-                    return StopReason::Panic;
-                }
-            }
-            let now = Instant::now();
-            if self.next_deadline().is_some_and(|d| d <= now) {
-                self.expire(now);
-                continue;
-            }
-            let deadline = panic_deadline.into_iter().chain(self.next_deadline()).min();
-            let timeout = match deadline {
-                // Rounded up, so the loop does not wake just before the deadline.
-                Some(deadline) => {
-                    let left = deadline.saturating_duration_since(now);
-                    (left.as_micros().div_ceil(1000)).clamp(1, i32::MAX as u128) as i32
-                }
-                None => -1,
-            };
-            let count = match self.epoll.wait(timeout, &mut ready) {
-                Ok(count) => count,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // Interrupted waits come back as Ok(0).
+            if let Err(e) = self.manager.run() {
                 // epoll on valid descriptors does not fail otherwise; stop rather than spin.
-                Err(e) => return StopReason::VcpuFailed(format!("epoll failed: {e}")),
-            };
-            for event in &ready[..count] {
-                match event.data() {
-                    TOKEN_LIFECYCLE => {
-                        let _ = self.events.wake_fd().read();
-                    }
-                    TOKEN_SIGNAL => {
-                        if let Some(signal) = self.signals.read() {
-                            self.events.request_stop(StopReason::Signal(signal));
-                        }
-                    }
-                    TOKEN_VSOCK => {
-                        if let Some(vsock) = &self.vsock {
-                            vsock.process_host_events();
-                        }
-                    }
-                    TOKEN_API => {
-                        if let Some(api) = self.api.as_mut() {
-                            api.process_events();
-                        }
-                    }
-                    token => {
-                        let index = (token - TOKEN_FIRST_QUEUE) as usize;
-                        if let Some(source) = self.queues.get(index) {
-                            let _ = source.event.read();
-                            source
-                                .transport
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .process_queue(source.queue);
-                        }
-                    }
-                }
+                return StopReason::VcpuFailed(format!("epoll failed: {e}"));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    fn readable(fd: RawFd, timeout_ms: i32) -> bool {
+        let mut poll = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, living for the call.
+        unsafe { libc::poll(&mut poll, 1, timeout_ms) == 1 }
+    }
+
+    #[test]
+    fn a_deadline_timer_fires_once_and_is_quiet_after_fired() {
+        let mut timer = DeadlineTimer::new().expect("timerfd");
+        assert!(!readable(timer.as_raw_fd(), 0));
+        timer
+            .set(Some(Instant::now() + Duration::from_millis(20)))
+            .expect("armed");
+        assert!(!readable(timer.as_raw_fd(), 0));
+        assert!(readable(timer.as_raw_fd(), 2000));
+        timer.fired();
+        assert_eq!(timer.deadline(), None);
+        assert!(!readable(timer.as_raw_fd(), 50));
+    }
+
+    #[test]
+    fn a_past_deadline_fires_at_once_and_none_disarms() {
+        let mut timer = DeadlineTimer::new().expect("timerfd");
+        timer
+            .set(Some(Instant::now() - Duration::from_secs(1)))
+            .expect("armed");
+        assert!(readable(timer.as_raw_fd(), 1000));
+        timer.fired();
+        timer
+            .set(Some(Instant::now() + Duration::from_millis(30)))
+            .expect("armed");
+        timer.set(None).expect("disarmed");
+        assert!(!readable(timer.as_raw_fd(), 80));
+    }
+
+    /// A source with one eventfd that counts its events and stops the VM on the second.
+    struct Counter {
+        event: EventFd,
+        seen: Arc<Mutex<u32>>,
+        events: Arc<GuestEvents>,
+    }
+
+    impl Subscriber for Counter {
+        fn init(&mut self, ops: &mut EventOps) -> Result<(), event_manager::Error> {
+            ops.add(Events::new(&self.event, EventSet::IN))
+        }
+
+        fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+            let _ = self.event.read();
+            let mut seen = self.seen.lock().expect("lock");
+            *seen += 1;
+            if *seen == 2 {
+                self.events.request_stop(StopReason::PowerOff);
+            }
+        }
+    }
+
+    /// A source whose descriptor is already watched by another.
+    struct Duplicate(RawFd);
+
+    impl Subscriber for Duplicate {
+        fn init(&mut self, ops: &mut EventOps) -> Result<(), event_manager::Error> {
+            ops.add(Events::new_raw(self.0, EventSet::IN))
+        }
+
+        fn process(&mut self, _events: Events, _ops: &mut EventOps) {}
+    }
+
+    fn new_loop() -> (EventLoop, Arc<GuestEvents>) {
+        let events = Arc::new(GuestEvents::new().expect("eventfd"));
+        (EventLoop::without_signals(events.clone()), events)
+    }
+
+    #[test]
+    fn sources_are_called_back_until_one_stops_the_vm() {
+        let (mut event_loop, events) = new_loop();
+        let seen = Arc::new(Mutex::new(0));
+        let event = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+        let writer = event.try_clone().expect("clone");
+        event_loop
+            .add(Box::new(Counter {
+                event,
+                seen: seen.clone(),
+                events: events.clone(),
+            }))
+            .expect("registered");
+        let poker = std::thread::spawn(move || {
+            for _ in 0..2 {
+                writer.write(1).expect("write");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        assert_eq!(event_loop.run(), StopReason::PowerOff);
+        poker.join().expect("poker");
+        assert_eq!(*seen.lock().expect("lock"), 2);
+    }
+
+    #[test]
+    fn a_source_that_cannot_register_is_refused() {
+        let (mut event_loop, events) = new_loop();
+        let error = event_loop
+            .add(Box::new(Duplicate(events.wake_fd().as_raw_fd())))
+            .expect_err("the wake eventfd is the lifecycle's");
+        assert!(matches!(error, EventLoopError::Register(_)), "{error}");
+    }
+
+    #[test]
+    fn a_panic_stops_the_vm_after_the_grace() {
+        let (mut event_loop, events) = new_loop();
+        let started = Instant::now();
+        events.record_panic();
+        assert_eq!(event_loop.run(), StopReason::Panic);
+        let waited = started.elapsed();
+        assert!(
+            waited >= PANIC_GRACE && waited < PANIC_GRACE * 4,
+            "{waited:?}"
+        );
+    }
+
+    #[test]
+    fn a_reset_during_the_panic_grace_wins() {
+        let (mut event_loop, events) = new_loop();
+        events.record_panic();
+        let resetter = {
+            let events = events.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                events.request_stop(StopReason::Reset);
+            })
+        };
+        assert_eq!(event_loop.run(), StopReason::Reset);
+        resetter.join().expect("resetter");
     }
 }

@@ -23,10 +23,14 @@
 //!   runtime) and virtio-vsock (user space, mapped to unix sockets: see
 //!   [`devices::virtio::vsock`]). Devices signal the guest through the
 //!   [`devices::virtio::VirtioInterrupt`] trait and never see the transport.
-//! - [`event_loop`]: the main thread's epoll over queue ioeventfds, lifecycle notifications,
-//!   SIGTERM/SIGINT (through a signalfd), the vsock device's host sockets and the control
-//!   socket; one thread for all of them.
-//! - [`api`]: the control socket, newline-delimited JSON (its module documents the protocol).
+//! - [`event_loop`]: one thread's epoll (rust-vmm's event-manager) over sources that register
+//!   their own descriptors: each virtio device (queue ioeventfds, then its own host side, such
+//!   as vsock's unix sockets and timer), the control socket, and lifecycle notifications with
+//!   SIGTERM/SIGINT (through a signalfd) and the panic grace. The loop names none of them.
+//! - [`api`]: the control socket, newline-delimited JSON; its requests and replies are the
+//!   typed contract in [`vpod_proto::vmm`], which the host's launcher and client share.
+//! - [`config`] and [`convert`]: the flags, or `--config FILE` with the launcher's typed
+//!   configuration, turned into the VMM's own.
 //!
 //! # Command line
 //!
@@ -34,7 +38,12 @@
 //! vpod-vmm [--kernel PATH] [--initrd PATH] [--cmdline TEXT] [--vcpus N] [--memory MiB]
 //!          [--disk PATH[,ro][,serial=ID]]... [--disk-slots N] [--vsock PATH[,cid=N]]
 //!          [--api PATH] [--console stdio|off|file:PATH] [--timings] [-- COMMAND ARGS...]
+//! vpod-vmm --config FILE
 //! ```
+//!
+//! `--config FILE` reads the whole configuration as JSON ([`vpod_proto::vmm::VmConfig`], what
+//! a launcher writes) instead of the flags; there a disk may also be `{"fd": N}`, a
+//! descriptor the VMM inherited, and an absent initrd means none.
 //!
 //! `--disk-slots N` adds N empty virtio-blk devices (capacity 0) after the disks, filled and
 //! emptied through the control socket. `--vsock PATH` adds virtio-vsock: host clients connect
@@ -53,6 +62,8 @@
 //! CLOCK_MONOTONIC, for a parent that timed the process from its own spawn.
 //!
 //! # Guest port protocol
+//!
+//! Defined once in [`vpod_proto::vmm::port`], where vpod-init takes the same numbers.
 //!
 //! - Port 0x3f0: writing the byte 123 means "init reached"; the VMM records the time.
 //! - Port 0x3f1: a byte written is the guest command's exit status, kept until the VMM exits.
@@ -76,6 +87,7 @@ pub mod arch;
 pub mod builder;
 pub mod cmdline;
 pub mod config;
+pub mod convert;
 pub mod devices;
 pub mod event_loop;
 pub mod lifecycle;

@@ -15,6 +15,7 @@ vpod-vmm: run one KVM micro-VM
 usage: vpod-vmm [--kernel PATH] [--initrd PATH] [--cmdline TEXT] [--vcpus N] [--memory MiB]
                 [--disk PATH[,ro][,serial=ID]]... [--disk-slots N] [--vsock PATH[,cid=N]]
                 [--api PATH] [--console stdio|off|file:PATH] [--timings] [-- COMMAND ARGS...]
+       vpod-vmm --config FILE
 
   --kernel PATH      ELF vmlinux (PVH note or not) or bzImage [build/vmlinux]
   --initrd PATH      initramfs [build/initrd.img, if it exists]
@@ -34,6 +35,8 @@ usage: vpod-vmm [--kernel PATH] [--initrd PATH] [--cmdline TEXT] [--vcpus N] [--
   --console WHERE    serial console: stdio, off or file:PATH [stdio]
   --timings          print `vpod-vmm: timings init_ms=.. exit_ms=.. init_at_ns=..` on stderr at exit
   -- COMMAND ARGS    passed to the guest's init as its arguments
+  --config FILE      the whole configuration as JSON (vpod_proto::vmm::VmConfig), instead of
+                     the flags above; a disk may be {\"fd\": N}, a descriptor the VMM inherited
 
 guest ports: 0x3f0 <- 123 marks init reached; 0x3f1 <- the command's exit status.
 

@@ -1,14 +1,18 @@
 //! The control socket and the vsock unix socket on real KVM with the idle stub guest (which
-//! has no drivers): requests and error replies, disk slots, vsock's connect timeout, and
-//! `stop`. Every VMM is killed by PID if it outlives its time limit.
+//! has no drivers): requests and error replies, disk slots, disks passed as descriptors
+//! (over the socket, and inherited with `--config`), vsock's connect timeout, and `stop`.
+//! Every VMM is killed by PID if it outlives its time limit.
 
+use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use vpod_proto::vmm::{ClientError, ReplyError, VmmClient};
 
 const VMM: &str = env!("CARGO_BIN_EXE_vpod-vmm");
 
@@ -56,15 +60,37 @@ fn wait_for(path: &Path) {
     }
 }
 
-fn start_vm(name: &str) -> Vm {
+fn vm_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("vpod-control-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+fn idle_stub() -> PathBuf {
     let stub = repo_root().join("build/stub-idle.elf");
     assert!(stub.exists(), "build/stub-idle.elf is missing: run make");
-    let child = Command::new(VMM)
+    stub
+}
+
+fn spawn_vm(dir: PathBuf, command: &mut Command) -> Vm {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the VMM starts");
+    let vm = Vm { dir, child };
+    wait_for(&vm.dir.join("api.sock"));
+    vm
+}
+
+fn start_vm(name: &str) -> Vm {
+    let dir = vm_dir(name);
+    let mut command = Command::new(VMM);
+    command
         .arg("--kernel")
-        .arg(&stub)
+        .arg(idle_stub())
         .args([
             "--initrd",
             "/dev/null",
@@ -76,15 +102,18 @@ fn start_vm(name: &str) -> Vm {
         .arg("--vsock")
         .arg(dir.join("v.sock"))
         .arg("--api")
-        .arg(dir.join("api.sock"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the VMM starts");
-    let vm = Vm { dir, child };
-    wait_for(&vm.dir.join("api.sock"));
-    vm
+        .arg(dir.join("api.sock"));
+    spawn_vm(dir, &mut command)
+}
+
+/// The targets of the VMM's open descriptors.
+fn open_files(vm: &Vm) -> Vec<String> {
+    let fds = format!("/proc/{}/fd", vm.child.id());
+    std::fs::read_dir(&fds)
+        .expect("the VMM's descriptors")
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .map(|target| target.display().to_string())
+        .collect()
 }
 
 struct Client {
@@ -232,4 +261,108 @@ fn vsock_connect_to_a_silent_guest_times_out_and_stop_ends_the_vmm() {
         !vm.dir.join("api.sock").exists(),
         "the control socket is removed"
     );
+}
+
+#[test]
+fn a_disk_passed_as_a_descriptor_is_attached_though_its_path_is_gone() {
+    if !kvm_available() {
+        eprintln!("skipped: no usable /dev/kvm");
+        return;
+    }
+    let vm = start_vm("passed-fd");
+    let api = VmmClient::new(vm.dir.join("api.sock"));
+
+    // The VMM could not open this path any more: only the descriptor reaches it.
+    let path = vm.dir.join("hidden.img");
+    std::fs::write(&path, vec![7u8; 2 << 20]).expect("disk");
+    let writable = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("open");
+    let read_only = File::open(&path).expect("open");
+    std::fs::remove_file(&path).expect("unlink");
+
+    let attached = api
+        .attach_disk_fd(writable.as_fd(), Some(1), false, "passed")
+        .expect("attached");
+    assert_eq!(attached.slot, 1);
+    assert_eq!(attached.capacity_bytes, 2 << 20);
+    assert_eq!(
+        (attached.serial.as_str(), attached.read_only),
+        ("passed", false)
+    );
+    let metrics = api.metrics().expect("metrics");
+    let slot = &metrics.block[1];
+    assert!(slot.attached && slot.serial == "passed", "{slot:?}");
+    assert!(
+        open_files(&vm)
+            .iter()
+            .any(|f| f.ends_with("hidden.img (deleted)")),
+        "the VMM holds the disk: {:?}",
+        open_files(&vm)
+    );
+
+    // A descriptor opened read-only cannot back a writable disk; read-only it can.
+    let refusal = api
+        .attach_disk_fd(read_only.as_fd(), Some(0), false, "ro")
+        .expect_err("read-only descriptor");
+    assert!(
+        matches!(&refusal, ClientError::Reply(ReplyError::Refused { message, .. })
+            if message.contains("open read-only")),
+        "{refusal}"
+    );
+    let attached = api
+        .attach_disk_fd(read_only.as_fd(), Some(0), true, "ro")
+        .expect("attached read-only");
+    assert_eq!((attached.slot, attached.read_only), (0, true));
+
+    // A request that names a descriptor nobody passed is refused, and the socket stays up.
+    let mut raw = Client::connect(&vm.dir.join("api.sock"));
+    let reply = raw.call(json!({"op": "attach_disk", "fd": 0}));
+    assert!(error_of(&reply).contains("no descriptor 0"), "{reply}");
+    assert_eq!(raw.call(json!({"op": "state"}))["state"], "running");
+}
+
+#[test]
+fn a_config_file_starts_the_vm_with_an_inherited_disk_descriptor() {
+    if !kvm_available() {
+        eprintln!("skipped: no usable /dev/kvm");
+        return;
+    }
+    let dir = vm_dir("config");
+    let path = dir.join("inherited.img");
+    std::fs::write(&path, vec![0u8; 1 << 20]).expect("disk");
+    let disk = File::open(&path).expect("open");
+    // Inherited by the VMM: std opens files close-on-exec.
+    rustix::io::fcntl_setfd(&disk, rustix::io::FdFlags::empty()).expect("inheritable");
+    let config = vpod_proto::vmm::VmConfig {
+        disks: vec![vpod_proto::vmm::DiskConfig {
+            source: vpod_proto::vmm::DiskSource::Fd(disk.as_raw_fd() as u32),
+            read_only: true,
+            serial: "inherited".into(),
+        }],
+        disk_slots: 1,
+        console: vpod_proto::vmm::Console::Off,
+        api_socket: Some(dir.join("api.sock")),
+        ..vpod_proto::vmm::VmConfig::new(idle_stub())
+    };
+    let config_file = dir.join("vmm.json");
+    std::fs::write(&config_file, config.to_json()).expect("config file");
+    let vm = spawn_vm(dir, Command::new(VMM).arg("--config").arg(&config_file));
+    drop(disk);
+
+    let api = VmmClient::new(vm.dir.join("api.sock"));
+    let state = api.state().expect("state");
+    assert_eq!((state.vcpus, state.memory_mib), (1, 128));
+    let metrics = api.metrics().expect("metrics");
+    assert_eq!(metrics.block.len(), 2, "{metrics:?}");
+    let disk = &metrics.block[0];
+    assert_eq!(disk.slot, None);
+    assert!(disk.attached && disk.read_only, "{disk:?}");
+    assert_eq!(
+        (disk.serial.as_str(), disk.capacity_bytes),
+        ("inherited", 1 << 20)
+    );
+    assert!(metrics.vsock.is_none());
 }

@@ -25,6 +25,7 @@ use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
+use vpod_proto::vmm::DiskConfig;
 use vpod_proto::AgentClient;
 
 use vpod_proto::error_chain;
@@ -215,10 +216,11 @@ impl Sandbox {
             vcpus: config.vcpus,
             memory_mib: config.memory_mib,
             disk_slots: config.layer_slots,
-            disks: vec![format!("{},serial={writable_serial}", writable.display())],
+            disks: vec![DiskConfig::path(&writable).serial(&writable_serial)],
             console_log: dir.join("console.log"),
             vsock_socket: dir.join("vsock.sock"),
             api_socket: dir.join("api.sock"),
+            config_file: dir.join("vmm.json"),
             stderr_log: dir.join("vmm.log"),
             die_with_parent: config.die_with_parent,
         };

@@ -1,4 +1,5 @@
-//! The pod's `vpod-vmm` process: started in its own process group, killed by its PID.
+//! The pod's `vpod-vmm` process: started in its own process group on a typed configuration
+//! (`--config`, [`vpod_proto::vmm::VmConfig`]), killed by its PID.
 
 use std::fs::File;
 use std::os::unix::process::CommandExt;
@@ -8,6 +9,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal};
+use vpod_proto::vmm::config::DEFAULT_GUEST_CID;
+use vpod_proto::vmm::{Console, DiskConfig, VmConfig, VsockConfig};
 
 /// How to start the VMM of one pod.
 #[derive(Debug, Clone)]
@@ -18,11 +21,13 @@ pub struct VmmLaunch {
     pub vcpus: u8,
     pub memory_mib: u64,
     pub disk_slots: u32,
-    /// `--disk` arguments (`PATH[,ro][,serial=ID]`).
-    pub disks: Vec<String>,
+    /// The disks, in the order the guest sees them.
+    pub disks: Vec<DiskConfig>,
     pub console_log: PathBuf,
     pub vsock_socket: PathBuf,
     pub api_socket: PathBuf,
+    /// Where the VMM's configuration is written for it to read.
+    pub config_file: PathBuf,
     /// Where the VMM's own stderr goes.
     pub stderr_log: PathBuf,
     /// Kill the VMM when the thread that started it ends (the foreground `vpod run`).
@@ -38,34 +43,36 @@ pub struct VmmProcess {
 }
 
 impl VmmLaunch {
-    fn command(&self) -> Command {
-        let mut cmd = Command::new(&self.program);
-        cmd.arg("--kernel")
-            .arg(&self.kernel)
-            .arg("--initrd")
-            .arg(&self.initrd)
-            .arg("--vcpus")
-            .arg(self.vcpus.to_string())
-            .arg("--memory")
-            .arg(self.memory_mib.to_string())
-            .arg("--disk-slots")
-            .arg(self.disk_slots.to_string())
-            .arg("--console")
-            .arg(format!("file:{}", self.console_log.display()))
-            .arg("--vsock")
-            .arg(&self.vsock_socket)
-            .arg("--api")
-            .arg(&self.api_socket);
-        for disk in &self.disks {
-            cmd.arg("--disk").arg(disk);
+    /// What the VMM is told: no command after `--`, so the guest's init serves the agent.
+    pub fn vm_config(&self) -> VmConfig {
+        VmConfig {
+            initrd: Some(self.initrd.clone()),
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            disks: self.disks.clone(),
+            disk_slots: self.disk_slots,
+            console: Console::File(self.console_log.clone()),
+            vsock: Some(VsockConfig {
+                uds_path: self.vsock_socket.clone(),
+                guest_cid: DEFAULT_GUEST_CID,
+            }),
+            api_socket: Some(self.api_socket.clone()),
+            ..VmConfig::new(&self.kernel)
         }
-        cmd
     }
 
-    /// Starts the VMM with no command after `--`, so the guest's init serves the agent.
+    /// Writes the configuration file and returns the command that reads it.
+    fn command(&self) -> std::io::Result<Command> {
+        std::fs::write(&self.config_file, self.vm_config().to_json())?;
+        let mut cmd = Command::new(&self.program);
+        cmd.arg("--config").arg(&self.config_file);
+        Ok(cmd)
+    }
+
+    /// Starts the VMM.
     pub fn spawn(&self) -> std::io::Result<VmmProcess> {
         let stderr = File::create(&self.stderr_log)?;
-        let mut cmd = self.command();
+        let mut cmd = self.command()?;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -205,4 +212,53 @@ pub fn vmm_processes_under(dir: &Path) -> Vec<u32> {
         }
     }
     pids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_launch_becomes_one_typed_config_file() {
+        let dir = std::env::temp_dir().join(format!("vpod-launch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let launch = VmmLaunch {
+            program: "/usr/bin/vpod-vmm".into(),
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            vcpus: 2,
+            memory_mib: 512,
+            disk_slots: 8,
+            disks: vec![DiskConfig::path("/pod/writable.img").serial("rw-p1")],
+            console_log: "/pod/console.log".into(),
+            vsock_socket: "/pod/vsock.sock".into(),
+            api_socket: "/pod/api.sock".into(),
+            config_file: dir.join("vmm.json"),
+            stderr_log: "/pod/vmm.log".into(),
+            die_with_parent: false,
+        };
+        let cmd = launch.command().expect("config written");
+        let args: Vec<_> = cmd.get_args().collect();
+        assert_eq!(
+            args,
+            [
+                std::ffi::OsStr::new("--config"),
+                launch.config_file.as_os_str()
+            ]
+        );
+        let text = std::fs::read(&launch.config_file).expect("config file");
+        let config = VmConfig::from_json(&text).expect("a VM configuration");
+        assert_eq!(config, launch.vm_config());
+        assert_eq!(config.kernel, PathBuf::from("/k"));
+        assert_eq!(config.initrd, Some(PathBuf::from("/i")));
+        assert_eq!(
+            (config.vcpus, config.memory_mib, config.disk_slots),
+            (2, 512, 8)
+        );
+        assert_eq!(config.disks[0].serial, "rw-p1");
+        assert_eq!(config.console, Console::File("/pod/console.log".into()));
+        assert_eq!(config.api_socket, Some(PathBuf::from("/pod/api.sock")));
+        assert!(config.init_args.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

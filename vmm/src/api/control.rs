@@ -1,13 +1,18 @@
-//! What the control socket can do to a VM: the domain functions behind each request.
+//! What the control socket can do to a VM: the domain functions behind each request, each
+//! answering with its typed reply from [`vpod_proto::vmm`].
 
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use vpod_proto::vmm::{
+    AttachDisk, AttachDiskReply, BlockStats, BootTimeReply, DetachDiskReply, DiskSource,
+    MetricsReply, Reply, Request, StateReply, StopReply, VmState, VsockStats,
+};
 
-use super::protocol::ApiRequest;
-use crate::config::{DiskConfig, DISK_SERIAL_LEN};
+use crate::config::{self, DiskConfig, DISK_SERIAL_LEN};
 use crate::devices::virtio::block::{BlockDevice, BlockError};
 use crate::devices::virtio::vsock::metrics::DropReason;
 use crate::devices::virtio::vsock::VsockMetrics;
@@ -27,8 +32,48 @@ pub enum ApiError {
     NoSlotNamed,
     #[error("the serial is longer than {DISK_SERIAL_LEN} bytes")]
     SerialTooLong,
+    #[error("no descriptor {0} was passed on this connection ({1} unused)")]
+    NoSuchDescriptor(u32, usize),
     #[error("slot {0}: {1}")]
     Slot(u32, String),
+}
+
+/// Descriptors a client passed over the control socket (SCM_RIGHTS) that no request has used
+/// yet, oldest first; closed with the connection.
+#[derive(Debug, Default)]
+pub struct PassedFds(VecDeque<OwnedFd>);
+
+impl PassedFds {
+    /// Most descriptors a connection may hold unused; more are closed on arrival.
+    pub const MAX: usize = 8;
+
+    pub fn push(&mut self, fd: OwnedFd) {
+        if self.0.len() < Self::MAX {
+            self.0.push_back(fd);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Takes the `index`-th unused descriptor.
+    fn take(&mut self, index: u32) -> Result<OwnedFd, ApiError> {
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| self.0.remove(i))
+            .ok_or(ApiError::NoSuchDescriptor(index, self.0.len()))
+    }
+}
+
+/// What an attach puts in a slot.
+enum Image {
+    Path(PathBuf),
+    Passed(OwnedFd),
 }
 
 /// A block device the control socket can see: its transport (for config-change interrupts).
@@ -66,81 +111,84 @@ fn with_block<T>(handle: &BlockHandle, f: impl FnOnce(&mut BlockDevice) -> T) ->
 }
 
 impl VmControl {
-    /// Runs one request; the reply or the error sentence.
-    pub fn handle(&mut self, request: ApiRequest) -> Result<Value, ApiError> {
-        match request {
-            ApiRequest::State => Ok(self.state()),
-            ApiRequest::BootTime => Ok(json!({
-                "init_ms": self.events.init_reached().map(|d| d.as_secs_f64() * 1000.0)
-            })),
-            ApiRequest::Metrics => Ok(self.metrics()),
-            ApiRequest::AttachDisk {
-                slot,
-                path,
-                read_only,
-                serial,
-            } => self.attach_disk(slot, path, read_only, serial),
-            ApiRequest::DetachDisk { slot, serial } => self.detach_disk(slot, serial),
-            ApiRequest::Stop { timeout_ms } => Ok(self.stop(Duration::from_millis(timeout_ms))),
-        }
+    /// Runs one request, which may use descriptors its connection passed; the reply or the
+    /// error sentence.
+    pub fn handle(&mut self, request: Request, fds: &mut PassedFds) -> Result<Reply, ApiError> {
+        Ok(match request {
+            Request::State => Reply::State(self.state()),
+            Request::BootTime => Reply::BootTime(BootTimeReply {
+                init_ms: self.events.init_reached().map(|d| d.as_secs_f64() * 1000.0),
+            }),
+            Request::Metrics => Reply::Metrics(self.metrics()),
+            Request::AttachDisk(attach) => Reply::AttachDisk(self.attach_disk(attach, fds)?),
+            Request::DetachDisk { slot, serial } => {
+                Reply::DetachDisk(self.detach_disk(slot, serial)?)
+            }
+            Request::Stop { timeout_ms } => {
+                Reply::Stop(self.stop(Duration::from_millis(timeout_ms)))
+            }
+        })
     }
 
     fn stopping(&self) -> bool {
         self.stop_deadline.is_some() || self.events.stop_reason().is_some()
     }
 
-    fn state(&self) -> Value {
-        json!({
-            "state": if self.stopping() { "stopping" } else { "running" },
-            "vcpus": self.vcpus,
-            "memory_mib": self.memory_mib,
-            "uptime_ms": since_process_start().as_millis() as u64,
-        })
+    fn state(&self) -> StateReply {
+        StateReply {
+            state: if self.stopping() {
+                VmState::Stopping
+            } else {
+                VmState::Running
+            },
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            uptime_ms: since_process_start().as_millis() as u64,
+        }
     }
 
-    fn metrics(&self) -> Value {
+    fn metrics(&self) -> MetricsReply {
         let vsock = self.vsock.as_ref().map(|m| {
-            let dropped: serde_json::Map<String, Value> = DropReason::ALL
-                .iter()
-                .map(|&r| (r.name().to_string(), json!(m.dropped(r))))
-                .collect();
             let get = VsockMetrics::get;
-            json!({
-                "host_connections": get(&m.host_connections),
-                "guest_connections": get(&m.guest_connections),
-                "connections_active": get(&m.connections_active),
-                "connect_timeouts": get(&m.connect_timeouts),
-                "connect_refused": get(&m.connect_refused),
-                "bytes_to_guest": get(&m.bytes_to_guest),
-                "bytes_to_host": get(&m.bytes_to_host),
-                "packets_from_guest": get(&m.packets_from_guest),
-                "packets_to_guest": get(&m.packets_to_guest),
-                "dropped_total": m.dropped_total(),
-                "dropped": dropped,
-            })
+            VsockStats {
+                host_connections: get(&m.host_connections),
+                guest_connections: get(&m.guest_connections),
+                connections_active: get(&m.connections_active),
+                connect_timeouts: get(&m.connect_timeouts),
+                connect_refused: get(&m.connect_refused),
+                bytes_to_guest: get(&m.bytes_to_guest),
+                bytes_to_host: get(&m.bytes_to_host),
+                packets_from_guest: get(&m.packets_from_guest),
+                packets_to_guest: get(&m.packets_to_guest),
+                dropped_total: m.dropped_total(),
+                dropped: DropReason::ALL
+                    .iter()
+                    .map(|&r| (r.name().to_string(), m.dropped(r)))
+                    .collect(),
+            }
         });
-        let block: Vec<Value> = self
+        let block = self
             .blocks
             .iter()
             .enumerate()
             .filter_map(|(index, handle)| {
                 let (status, _) = with_block(handle, |d| d.status())?;
                 let [requests, read_bytes, write_bytes, errors] = status.metrics;
-                Some(json!({
-                    "index": index,
-                    "slot": handle.slot,
-                    "attached": status.attached,
-                    "serial": status.serial,
-                    "read_only": status.read_only,
-                    "capacity_bytes": status.capacity_bytes,
-                    "requests": requests,
-                    "read_bytes": read_bytes,
-                    "write_bytes": write_bytes,
-                    "errors": errors,
-                }))
+                Some(BlockStats {
+                    index: index as u32,
+                    slot: handle.slot,
+                    attached: status.attached,
+                    serial: status.serial,
+                    read_only: status.read_only,
+                    capacity_bytes: status.capacity_bytes,
+                    requests,
+                    read_bytes,
+                    write_bytes,
+                    errors,
+                })
             })
             .collect();
-        json!({ "vsock": vsock, "block": block })
+        MetricsReply { vsock, block }
     }
 
     fn slots(&self) -> impl Iterator<Item = (u32, &BlockHandle)> {
@@ -158,14 +206,23 @@ impl VmControl {
 
     fn attach_disk(
         &mut self,
-        slot: Option<u32>,
-        path: PathBuf,
-        read_only: bool,
-        serial: String,
-    ) -> Result<Value, ApiError> {
+        attach: AttachDisk,
+        fds: &mut PassedFds,
+    ) -> Result<AttachDiskReply, ApiError> {
+        let AttachDisk {
+            slot,
+            source,
+            read_only,
+            serial,
+        } = attach;
         if serial.len() > DISK_SERIAL_LEN {
             return Err(ApiError::SerialTooLong);
         }
+        // A passed descriptor is used up (closed on failure) whether or not the rest works.
+        let image = match source {
+            DiskSource::Path(path) => Image::Path(path),
+            DiskSource::Fd(index) => Image::Passed(fds.take(index)?),
+        };
         let slot = match slot {
             Some(slot) => slot,
             None => self
@@ -176,29 +233,33 @@ impl VmControl {
                 .map(|(slot, _)| slot)
                 .ok_or(ApiError::NoFreeSlot)?,
         };
-        let config = DiskConfig {
-            path,
-            read_only,
-            serial: serial.into_bytes(),
-        };
         let handle = self.slot(slot)?;
-        let (result, _) = with_block(handle, |d| d.attach(&config).map(|()| d.status()))
+        let attach = |device: &mut BlockDevice| match image {
+            Image::Path(path) => device.attach(&DiskConfig {
+                source: config::DiskSource::Path(path),
+                read_only,
+                serial: serial.into_bytes(),
+            }),
+            Image::Passed(fd) => BlockDevice::open_descriptor(fd, read_only)
+                .and_then(|file| device.attach_image(file, read_only, serial.as_bytes())),
+        };
+        let (result, _) = with_block(handle, |d| attach(d).map(|()| d.status()))
             .ok_or(ApiError::NoSuchSlot(slot, 0))?;
         let status = result.map_err(|e| slot_error(slot, e))?;
-        Ok(json!({
-            "ok": true,
-            "slot": slot,
-            "capacity_bytes": status.capacity_bytes,
-            "serial": status.serial,
-            "read_only": status.read_only,
-        }))
+        Ok(AttachDiskReply {
+            ok: true,
+            slot,
+            capacity_bytes: status.capacity_bytes,
+            serial: status.serial,
+            read_only: status.read_only,
+        })
     }
 
     fn detach_disk(
         &mut self,
         slot: Option<u32>,
         serial: Option<String>,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<DetachDiskReply, ApiError> {
         let slot = match (slot, serial) {
             (Some(slot), _) => slot,
             (None, Some(serial)) => self
@@ -218,27 +279,31 @@ impl VmControl {
         let (result, _) =
             with_block(handle, |d| d.detach()).ok_or(ApiError::NoSuchSlot(slot, 0))?;
         result.map_err(|e| slot_error(slot, e))?;
-        Ok(json!({ "ok": true, "slot": slot }))
+        Ok(DetachDiskReply { ok: true, slot })
     }
 
     /// Stops the VM: at once with a zero timeout, else when the guest ends by itself or the
     /// timeout passes, whichever comes first.
-    fn stop(&mut self, timeout: Duration) -> Value {
+    fn stop(&mut self, timeout: Duration) -> StopReply {
         if timeout.is_zero() {
             self.force_stop();
         } else if self.stop_deadline.is_none() {
             self.stop_deadline = Some(Instant::now() + timeout);
         }
-        json!({ "ok": true, "state": "stopping" })
+        StopReply {
+            ok: true,
+            state: VmState::Stopping,
+        }
     }
 
     fn force_stop(&mut self) {
         self.events.request_stop(StopReason::Signal(libc::SIGTERM));
     }
 
-    /// Forces a graceful stop whose time is up.
+    /// Forces a graceful stop whose time is up; the deadline is then spent.
     pub fn expire(&mut self, now: Instant) {
         if self.stop_deadline.is_some_and(|d| d <= now) {
+            self.stop_deadline = None;
             self.force_stop();
         }
     }

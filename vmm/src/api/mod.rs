@@ -1,16 +1,7 @@
 //! The control socket (`--api PATH`): newline-delimited JSON, one reply line per request
-//! line, many clients at once, served from the event loop's thread.
-//!
-//! # Protocol
-//!
-//! | request | reply |
-//! |---|---|
-//! | `{"op":"state"}` | `{"state":"running"\|"stopping","vcpus":N,"memory_mib":N,"uptime_ms":N}` |
-//! | `{"op":"boot_time"}` | `{"init_ms":F}`, or `{"init_ms":null}` before the guest's init wrote port 0x3f0 |
-//! | `{"op":"metrics"}` | `{"vsock":{host_connections, guest_connections, connections_active, connect_timeouts, connect_refused, bytes_to_guest, bytes_to_host, packets_from_guest, packets_to_guest, dropped_total, dropped:{reason:N}}\|null, "block":[{index, slot, attached, serial, read_only, capacity_bytes, requests, read_bytes, write_bytes, errors}]}` |
-//! | `{"op":"attach_disk","slot":N,"path":P,"read_only":B,"serial":S}` | `{"ok":true,"slot":N,"capacity_bytes":N,"serial":S,"read_only":B}`; `slot` defaults to the first empty one, `read_only` to false, `serial` to empty |
-//! | `{"op":"detach_disk","slot":N}` or `{"op":"detach_disk","serial":S}` | `{"ok":true,"slot":N}` |
-//! | `{"op":"stop","timeout_ms":N}` | `{"ok":true,"state":"stopping"}`, then the VMM ends |
+//! line, many clients at once, served from the event loop's thread. The requests, the replies
+//! and their wire form are [`vpod_proto::vmm`]'s (its documentation has the table); this
+//! module is the VMM's side of them.
 //!
 //! Errors (malformed JSON, an unknown op, a bad slot, a missing file) reply
 //! `{"error":"<sentence>"}` and leave the connection open. A line longer than
@@ -23,6 +14,12 @@
 //! A read-only attach is enforced by the device (writes fail) but the guest's `ro` flag was
 //! fixed when its driver started, so the guest must mount the disk read-only itself.
 //!
+//! A disk can come as a descriptor instead of a path (`"fd": I`), passed with the request
+//! over the socket (SCM_RIGHTS), so a VMM that cannot see the host's paths still gets it.
+//! Each connection keeps the descriptors it passed until a request uses them (at most
+//! [`control::PassedFds::MAX`]; more are closed) and closes the rest when it ends. A
+//! descriptor open read-only can only be attached read-only.
+//!
 //! `stop` with `timeout_ms` 0 (or absent) stops the VM at once; otherwise the VM keeps
 //! running until the guest ends by itself (the host asks its agent to shut down, e.g. over
 //! vsock) or the timeout passes, whichever is first. The VMM then exits as on SIGTERM (143)
@@ -30,10 +27,9 @@
 //! device model (no ACPI, and the i8042 has no keyboard interrupt to carry Ctrl+Alt+Del).
 
 pub mod control;
-pub mod protocol;
 pub mod server;
 
-pub use control::{ApiError, BlockHandle, VmControl};
+pub use control::{ApiError, BlockHandle, PassedFds, VmControl};
 pub use server::{ApiServer, ApiServerError};
 
 /// The longest request line.

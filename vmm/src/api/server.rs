@@ -1,108 +1,87 @@
-//! The control socket's listener and clients, on their own epoll that the event loop watches.
+//! The control socket's listener and clients, each registered with the event loop by the
+//! server itself, and the timer that turns a graceful stop into a forced one.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, IoSliceMut, Write};
+use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+use vpod_proto::vmm::{decode_request, encode_line, Reply, MAX_FDS_PER_REQUEST};
 
-use super::control::VmControl;
-use super::protocol::{decode_request, encode_reply, error_reply};
+use super::control::{PassedFds, VmControl};
 use super::MAX_LINE;
 use crate::devices::virtio::vsock::muxer::{bind_unix_listener, MuxerError};
+use crate::event_loop::{DeadlineTimer, EventOps, EventSet, Events, Subscriber};
 
 /// Most clients at once.
 const MAX_CLIENTS: usize = 32;
 /// Most reply bytes a client may leave unread before it is dropped.
 const MAX_PENDING_OUTPUT: usize = 1 << 20;
-const TOKEN_LISTENER: u64 = 0;
 
 /// Errors setting up the control socket.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiServerError {
     #[error(transparent)]
     Listen(#[from] MuxerError),
-    #[error("cannot set up the control socket's epoll")]
-    Epoll(#[source] io::Error),
+    #[error("cannot create the control socket's timer")]
+    Timer(#[source] io::Error),
 }
 
 struct Client {
     stream: UnixStream,
     input: Vec<u8>,
     output: Vec<u8>,
+    /// Descriptors that came with the input, for the requests that name them.
+    fds: PassedFds,
     /// Close once the output is written.
     closing: bool,
+}
+
+/// Reads what a client sent, keeping the descriptors that came with it.
+fn receive(stream: &UnixStream, buf: &mut [u8], fds: &mut PassedFds) -> io::Result<usize> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_REQUEST))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    // More descriptors than the buffer holds are closed by the kernel (MSG_CTRUNC).
+    let received = recvmsg(
+        stream,
+        &mut [IoSliceMut::new(buf)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(passed) = message {
+            passed.for_each(|fd| fds.push(fd));
+        }
+    }
+    Ok(received.bytes)
 }
 
 pub struct ApiServer {
     path: PathBuf,
     listener: UnixListener,
-    epoll: Epoll,
-    clients: HashMap<u64, Client>,
-    next_token: u64,
+    clients: HashMap<RawFd, Client>,
+    /// Armed while a graceful stop waits to be forced.
+    stop_timer: DeadlineTimer,
     pub control: VmControl,
 }
 
 impl ApiServer {
     pub fn new(path: &Path, control: VmControl) -> Result<Self, ApiServerError> {
         let listener = bind_unix_listener(path)?;
-        let epoll = Epoll::new().map_err(ApiServerError::Epoll)?;
-        epoll
-            .ctl(
-                ControlOperation::Add,
-                listener.as_raw_fd(),
-                EpollEvent::new(EventSet::IN, TOKEN_LISTENER),
-            )
-            .map_err(ApiServerError::Epoll)?;
         Ok(ApiServer {
             path: path.to_path_buf(),
             listener,
-            epoll,
             clients: HashMap::new(),
-            next_token: TOKEN_LISTENER + 1,
+            stop_timer: DeadlineTimer::new().map_err(ApiServerError::Timer)?,
             control,
         })
     }
 
-    /// The descriptor the event loop watches.
-    pub fn fd(&self) -> RawFd {
-        self.epoll.as_raw_fd()
-    }
-
-    /// Serves whatever the sockets have, without blocking.
-    pub fn process_events(&mut self) {
-        let mut events = [EpollEvent::default(); 16];
-        loop {
-            let count = match self.epoll.wait(0, &mut events) {
-                Ok(count) => count,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return,
-            };
-            for event in &events[..count] {
-                match event.data() {
-                    TOKEN_LISTENER => self.accept_clients(),
-                    token => self.serve(token),
-                }
-            }
-            if count < events.len() {
-                return;
-            }
-        }
-    }
-
-    /// When a graceful stop turns forced.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.control.stop_deadline
-    }
-
-    pub fn expire(&mut self, now: Instant) {
-        self.control.expire(now);
-    }
-
-    fn accept_clients(&mut self) {
+    fn accept_clients(&mut self, ops: &mut EventOps) {
         loop {
             let stream = match self.listener.accept() {
                 Ok((stream, _)) => stream,
@@ -112,23 +91,14 @@ impl ApiServer {
             if self.clients.len() >= MAX_CLIENTS || stream.set_nonblocking(true).is_err() {
                 continue; // dropped: the client sees the connection close
             }
-            let token = self.next_token;
-            self.next_token += 1;
-            if self
-                .epoll
-                .ctl(
-                    ControlOperation::Add,
-                    stream.as_raw_fd(),
-                    EpollEvent::new(EventSet::IN, token),
-                )
-                .is_ok()
-            {
+            if ops.add(Events::new(&stream, EventSet::IN)).is_ok() {
                 self.clients.insert(
-                    token,
+                    stream.as_raw_fd(),
                     Client {
                         stream,
                         input: Vec::new(),
                         output: Vec::new(),
+                        fds: PassedFds::default(),
                         closing: false,
                     },
                 );
@@ -136,24 +106,21 @@ impl ApiServer {
         }
     }
 
-    fn drop_client(&mut self, token: u64) {
-        if let Some(client) = self.clients.remove(&token) {
-            let _ = self.epoll.ctl(
-                ControlOperation::Delete,
-                client.stream.as_raw_fd(),
-                EpollEvent::default(),
-            );
+    fn drop_client(&mut self, client_fd: RawFd, ops: &mut EventOps) {
+        if let Some(client) = self.clients.remove(&client_fd) {
+            // Unwatched before it closes, or its number could not be watched again.
+            let _ = ops.remove(Events::empty(&client.stream));
         }
     }
 
-    fn serve(&mut self, token: u64) {
-        let Some(client) = self.clients.get_mut(&token) else {
+    fn serve(&mut self, client_fd: RawFd, ops: &mut EventOps) {
+        let Some(client) = self.clients.get_mut(&client_fd) else {
             return;
         };
         let mut eof = false;
         let mut buf = [0u8; 4096];
         while !client.closing {
-            match client.stream.read(&mut buf) {
+            match receive(&client.stream, &mut buf, &mut client.fds) {
                 Ok(0) => {
                     eof = true;
                     break;
@@ -161,7 +128,7 @@ impl ApiServer {
                 Ok(n) => client.input.extend_from_slice(&buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => return self.drop_client(token),
+                Err(_) => return self.drop_client(client_fd, ops),
             }
             if client.input.len() > MAX_LINE && !client.input[..MAX_LINE].contains(&b'\n') {
                 break;
@@ -180,34 +147,35 @@ impl ApiServer {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let reply = match decode_request(line) {
-                Ok(request) => match self.control.handle(request) {
-                    Ok(reply) => reply,
-                    Err(e) => error_reply(&e.to_string()),
-                },
-                Err(sentence) => error_reply(&sentence),
+            let Some(client) = self.clients.get_mut(&client_fd) else {
+                return;
             };
-            if let Some(client) = self.clients.get_mut(&token) {
-                client.output.extend(encode_reply(&reply));
-            }
+            let reply = match decode_request(line) {
+                Ok(request) => match self.control.handle(request, &mut client.fds) {
+                    Ok(reply) => reply,
+                    Err(e) => Reply::error(e.to_string()),
+                },
+                Err(e) => Reply::error(e.to_string()),
+            };
+            client.output.extend(encode_line(&reply));
         }
-        let Some(client) = self.clients.get_mut(&token) else {
+        let Some(client) = self.clients.get_mut(&client_fd) else {
             return;
         };
         if too_long {
-            let reply = error_reply(&format!("the request is longer than {MAX_LINE} bytes"));
-            client.output.extend(encode_reply(&reply));
+            let reply = Reply::error(format!("the request is longer than {MAX_LINE} bytes"));
+            client.output.extend(encode_line(&reply));
             client.input.clear();
             client.closing = true;
         }
         if eof {
             client.closing = true;
         }
-        self.flush(token);
+        self.flush(client_fd, ops);
     }
 
-    fn flush(&mut self, token: u64) {
-        let Some(client) = self.clients.get_mut(&token) else {
+    fn flush(&mut self, client_fd: RawFd, ops: &mut EventOps) {
+        let Some(client) = self.clients.get_mut(&client_fd) else {
             return;
         };
         while !client.output.is_empty() {
@@ -218,12 +186,12 @@ impl ApiServer {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => return self.drop_client(token),
+                Err(_) => return self.drop_client(client_fd, ops),
             }
         }
         if client.output.len() > MAX_PENDING_OUTPUT || (client.output.is_empty() && client.closing)
         {
-            return self.drop_client(token);
+            return self.drop_client(client_fd, ops);
         }
         let events = if client.closing {
             EventSet::OUT
@@ -232,11 +200,31 @@ impl ApiServer {
         } else {
             EventSet::IN | EventSet::OUT
         };
-        let _ = self.epoll.ctl(
-            ControlOperation::Modify,
-            client.stream.as_raw_fd(),
-            EpollEvent::new(events, token),
-        );
+        let _ = ops.modify(Events::new(&client.stream, events));
+    }
+}
+
+impl Subscriber for ApiServer {
+    fn init(&mut self, ops: &mut EventOps) -> Result<(), event_manager::Error> {
+        ops.add(Events::new(&self.listener, EventSet::IN))?;
+        ops.add(Events::new(&self.stop_timer, EventSet::IN))
+    }
+
+    /// Serves whatever the sockets have, without blocking, and forces a graceful stop whose
+    /// time is up.
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let fd = events.fd();
+        if fd == self.listener.as_raw_fd() {
+            self.accept_clients(ops);
+        } else if fd == self.stop_timer.as_raw_fd() {
+            self.stop_timer.fired();
+            self.control.expire(Instant::now());
+        } else {
+            self.serve(fd, ops);
+        }
+        // A stop request may have set a deadline. Setting a valid timerfd does not fail; if
+        // it did, the VM would stop when the guest ends rather than at the deadline.
+        let _ = self.stop_timer.set(self.control.stop_deadline);
     }
 }
 

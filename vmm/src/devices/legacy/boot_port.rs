@@ -1,17 +1,18 @@
-//! The boot-progress ports. Port 0x3f0: a write of 123 means "init reached" (the VMM records
-//! the time since it started, like Firecracker's boot timer). Port 0x3f1: a byte write is the
-//! guest command's exit status, remembered until the VMM exits.
+//! The boot-progress ports of the guest port ABI ([`vpod_proto::vmm::port`], where vpod-init
+//! takes the same numbers): a write of [`BOOT_MARK`] to [`BOOT_TIMER_PORT`] means "init
+//! reached" (the VMM records the time since it started, like Firecracker's boot timer); a
+//! byte written to [`EXIT_STATUS_PORT`] is the guest command's exit status, remembered until
+//! the VMM exits.
 
 use std::sync::Arc;
+
+pub use vpod_proto::vmm::port::{BOOT_MARK, BOOT_TIMER_PORT, EXIT_STATUS_PORT, PORT_COUNT};
 
 use crate::devices::BusDevice;
 use crate::lifecycle::GuestEvents;
 
-/// The value the guest writes to port 0x3f0 when its init starts.
-pub const INIT_REACHED_MAGIC: u8 = 123;
-
 const INIT_OFFSET: u64 = 0;
-const STATUS_OFFSET: u64 = 1;
+const STATUS_OFFSET: u64 = (EXIT_STATUS_PORT - BOOT_TIMER_PORT) as u64;
 
 pub struct BootPort {
     events: Arc<GuestEvents>,
@@ -31,7 +32,7 @@ impl BusDevice for BootPort {
     fn write(&mut self, offset: u64, data: &[u8]) {
         let Some(&value) = data.first() else { return };
         match offset {
-            INIT_OFFSET if value == INIT_REACHED_MAGIC => self.events.record_init_reached(),
+            INIT_OFFSET if value == BOOT_MARK => self.events.record_init_reached(),
             STATUS_OFFSET => self.events.record_status(value),
             _ => {}
         }
@@ -48,7 +49,7 @@ mod tests {
         let mut port = BootPort::new(events.clone());
         port.write(0, &[1]);
         assert_eq!(events.init_reached(), None);
-        port.write(0, &[INIT_REACHED_MAGIC]);
+        port.write(0, &[BOOT_MARK]);
         assert!(events.init_reached().is_some());
         port.write(1, &[3]);
         assert_eq!(events.status(), Some(3));

@@ -16,5 +16,5 @@ pub const SERIAL_PORT_LEN: u64 = 8;
 pub const I8042_PORT_BASE: u64 = 0x60;
 pub const I8042_PORT_LEN: u64 = 5;
 /// The boot-progress ports: 0x3f0 "init reached", 0x3f1 the command's status.
-pub const BOOT_PORT_BASE: u64 = 0x3f0;
-pub const BOOT_PORT_LEN: u64 = 2;
+pub const BOOT_PORT_BASE: u64 = boot_port::BOOT_TIMER_PORT as u64;
+pub const BOOT_PORT_LEN: u64 = boot_port::PORT_COUNT as u64;

@@ -379,7 +379,10 @@ impl BusDevice for MmioTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::virtio::{ActivateError, QueueEvents};
+    use crate::devices::virtio::event_handler::VirtioEvents;
+    use crate::devices::virtio::{ActivateError, DeviceEvents};
+    use crate::event_loop::EventLoop;
+    use crate::lifecycle::{GuestEvents, StopReason};
     use std::sync::Mutex;
     use vm_memory::GuestAddress;
 
@@ -393,7 +396,7 @@ mod tests {
 
     struct FakeDevice(Arc<Mutex<Probe>>);
 
-    impl QueueEvents for FakeDevice {
+    impl DeviceEvents for FakeDevice {
         fn process_queue(&mut self, queue: usize) {
             self.0.lock().expect("lock").processed.push(queue);
         }
@@ -554,6 +557,40 @@ mod tests {
     }
 
     #[test]
+    fn a_queue_notification_reaches_the_device_through_the_event_loop() {
+        let (mut t, probe, _) = transport();
+        negotiate(&mut t);
+        set_up_queue(&mut t);
+        write32(&mut t, REG_STATUS, 0xf);
+        let notify = t.queue_events()[0].try_clone().expect("clone");
+        let events = Arc::new(GuestEvents::new().expect("eventfd"));
+        let mut event_loop = EventLoop::without_signals(events.clone());
+        let transport = Arc::new(Mutex::new(t));
+        event_loop
+            .add(Box::new(VirtioEvents::new(transport)))
+            .expect("registered");
+        // What KVM does when the guest writes the notify register.
+        notify.write(1).expect("notify");
+        let watcher = std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            while probe.lock().expect("lock").processed.is_empty() {
+                assert!(started.elapsed().as_secs() < 10, "never processed");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            events.request_stop(StopReason::PowerOff);
+            probe
+        });
+        assert_eq!(event_loop.run(), StopReason::PowerOff);
+        let probe = watcher.join().expect("watcher");
+        assert_eq!(probe.lock().expect("lock").processed, vec![0]);
+        assert_eq!(
+            notify.read().ok(),
+            None,
+            "the loop consumed the notification"
+        );
+    }
+
+    #[test]
     fn notify_register_write_fires_the_queue_eventfd() {
         let (mut t, _, _) = transport();
         write32(&mut t, REG_QUEUE_NOTIFY, 0);
@@ -634,7 +671,7 @@ mod tests {
     /// Property tests: a hostile driver poking the register window of a real block device.
     mod hostile {
         use super::*;
-        use crate::config::DiskConfig;
+        use crate::config::{DiskConfig, DiskSource};
         use crate::devices::virtio::block::BlockDevice;
         use proptest::prelude::*;
         use std::path::PathBuf;
@@ -734,7 +771,7 @@ mod tests {
                 let contents: Vec<u8> = (0..DISK_FILE_LEN).map(|i| (i % 251) as u8).collect();
                 std::fs::write(&disk.0, &contents).expect("temp disk");
                 let device = BlockDevice::open(&DiskConfig {
-                    path: disk.0.clone(),
+                    source: DiskSource::Path(disk.0.clone()),
                     read_only: false,
                     serial: b"prop".to_vec(),
                 })

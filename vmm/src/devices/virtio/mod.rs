@@ -1,12 +1,16 @@
 //! Virtio devices and their transport.
 //!
-//! A device implements [`VirtioDevice`] (features, config space, activation, queue events) and
-//! signals the guest only through [`VirtioInterrupt`], so it never knows whether it sits
-//! behind MMIO (today) or PCI. Each device has its own folder with the same files:
-//! `device.rs` (config and activation), `handler.rs` (the queue processing, a pure type
-//! generic over how it signals the guest), `event_handler.rs` (the glue to queue events).
+//! A device implements [`VirtioDevice`] (features, config space, activation) and
+//! [`DeviceEvents`] (its event glue), and signals the guest only through [`VirtioInterrupt`],
+//! so it never knows whether it sits behind MMIO (today) or PCI. Each device has its own
+//! folder with the same files: `device.rs` (config and activation), `handler.rs` (the queue
+//! processing, a pure type generic over how it signals the guest), `event_handler.rs` (the
+//! glue to queue notifications and to the host descriptors the device watches itself).
+//! [`event_handler::VirtioEvents`] registers a device's queue notifications with the event
+//! loop; its host side, if any, is a source of its own ([`DeviceEvents::host_events`]).
 
 pub mod block;
+pub mod event_handler;
 pub mod mmio;
 #[cfg(test)]
 pub(crate) mod test_queue;
@@ -17,6 +21,8 @@ use std::sync::Arc;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
+
+use crate::event_loop::Subscriber;
 
 pub use mmio::{MmioInterrupt, MmioTransport};
 
@@ -61,7 +67,7 @@ pub enum ActivateError {
 }
 
 /// A virtio device, independent of its transport.
-pub trait VirtioDevice: QueueEvents + Send {
+pub trait VirtioDevice: DeviceEvents + Send {
     /// The virtio device id.
     fn device_type(&self) -> u32;
     /// The largest size of each of the device's queues.
@@ -87,11 +93,20 @@ pub trait VirtioDevice: QueueEvents + Send {
     fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
 }
 
-/// The event glue: what a device does when the guest notifies one of its queues. Kept apart
-/// from [`VirtioDevice`] so each device implements it in its own `event_handler.rs`.
-pub trait QueueEvents {
-    /// The guest notified `queue`: process it.
+/// The event glue: what a device does when the guest notifies one of its queues, and the
+/// descriptors it watches on the host side (sockets, a tap, timers). Kept apart from
+/// [`VirtioDevice`] so each device implements it in its own `event_handler.rs`. The queue
+/// notifications themselves are registered by [`event_handler::VirtioEvents`].
+pub trait DeviceEvents {
+    /// The guest notified `queue` (only once the device is active): process it.
     fn process_queue(&mut self, queue: usize);
+
+    /// The device's host side as an event source of its own, taken once before the guest
+    /// runs. It is apart from the queue notifications so that host traffic does not hold the
+    /// transport, which every vCPU register access locks.
+    fn host_events(&mut self) -> Option<Box<dyn Subscriber>> {
+        None
+    }
 }
 
 /// Copies the bytes of `config` at `offset` into `data`; bytes past its end read as zero.

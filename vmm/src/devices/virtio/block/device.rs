@@ -1,8 +1,12 @@
 //! The virtio-blk device: features, configuration space and activation.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
+
+use rustix::fs::OFlags;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
@@ -10,7 +14,7 @@ use vm_memory::GuestMemoryMmap;
 use super::disk::{DiskImage, RawFile, SlotDisk};
 use super::handler::{BlockMetrics, BlockQueueHandler};
 use super::{SECTOR_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
-use crate::config::{DiskConfig, DISK_SERIAL_LEN};
+use crate::config::{DiskConfig, DiskSource, DISK_SERIAL_LEN};
 use crate::devices::virtio::{
     read_config_bytes, ActivateError, VirtioDevice, VirtioInterrupt, QUEUE_MAX_SIZE, TYPE_BLOCK,
     VIRTIO_F_VERSION_1,
@@ -21,6 +25,14 @@ use crate::devices::virtio::{
 pub enum BlockError {
     #[error("cannot open disk {0}")]
     Open(PathBuf, #[source] std::io::Error),
+    #[error("cannot use inherited descriptor {0} as a disk")]
+    Inherited(RawFd, #[source] std::io::Error),
+    #[error("cannot use the passed descriptor as a disk")]
+    Descriptor(#[source] std::io::Error),
+    #[error("the descriptor is open read-only but the disk is not")]
+    ReadOnlyDescriptor,
+    #[error("the descriptor is open write-only")]
+    WriteOnlyDescriptor,
     #[error("the slot already holds a disk (detach it first)")]
     SlotInUse,
     #[error("the slot is empty")]
@@ -59,6 +71,19 @@ pub struct BlockStatus {
     pub metrics: [u64; 4],
 }
 
+/// A copy of descriptor `fd`, inherited from the launcher and checked open when the
+/// configuration was read; the original stays open.
+fn duplicate_inherited(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC touches no memory; a descriptor that is not open makes it fail,
+    // which is checked.
+    let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if copy < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `copy` is a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(copy) })
+}
+
 /// The configuration space: capacity in sectors, size_max (unused), seg_max.
 fn config_space(capacity_bytes: u64) -> Vec<u8> {
     let mut config = Vec::with_capacity(16);
@@ -71,13 +96,37 @@ fn config_space(capacity_bytes: u64) -> Vec<u8> {
 
 impl BlockDevice {
     fn open_file(config: &DiskConfig) -> Result<RawFile, BlockError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!config.read_only)
-            .open(&config.path)
-            .map_err(|e| BlockError::Open(config.path.clone(), e))?;
-        let disk = RawFile::new(file).map_err(|e| BlockError::Open(config.path.clone(), e))?;
-        Ok(disk)
+        match &config.source {
+            DiskSource::Path(path) => {
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(!config.read_only)
+                    .open(path)
+                    .map_err(|e| BlockError::Open(path.clone(), e))?;
+                RawFile::new(file).map_err(|e| BlockError::Open(path.clone(), e))
+            }
+            DiskSource::Inherited(fd) => {
+                let copy = duplicate_inherited(*fd).map_err(|e| BlockError::Inherited(*fd, e))?;
+                Self::open_descriptor(copy, config.read_only).map_err(|e| match e {
+                    BlockError::Descriptor(e) => BlockError::Inherited(*fd, e),
+                    other => other,
+                })
+            }
+        }
+    }
+
+    /// The disk behind a descriptor someone else opened (passed over the control socket, or
+    /// inherited), which must allow writing unless the disk is read-only.
+    pub fn open_descriptor(fd: OwnedFd, read_only: bool) -> Result<RawFile, BlockError> {
+        let flags = rustix::fs::fcntl_getfl(&fd).map_err(|e| BlockError::Descriptor(e.into()))?;
+        let access = flags & OFlags::ACCMODE;
+        if access == OFlags::WRONLY {
+            return Err(BlockError::WriteOnlyDescriptor);
+        }
+        if !read_only && access == OFlags::RDONLY {
+            return Err(BlockError::ReadOnlyDescriptor);
+        }
+        RawFile::new(File::from(fd)).map_err(BlockError::Descriptor)
     }
 
     /// Opens the disk image `config` names.
@@ -144,11 +193,27 @@ impl BlockDevice {
             return Err(BlockError::SlotInUse);
         }
         let file = Self::open_file(config)?;
+        self.attach_image(file, config.read_only, &config.serial)
+    }
+
+    /// Puts an already opened image into this empty slot, as [`Self::attach`] does.
+    pub fn attach_image(
+        &mut self,
+        file: RawFile,
+        read_only: bool,
+        serial: &[u8],
+    ) -> Result<(), BlockError> {
+        if !self.hot_swappable {
+            return Err(BlockError::NotASlot);
+        }
+        if self.slot_disk().is_some_and(|d| d.is_attached()) {
+            return Err(BlockError::SlotInUse);
+        }
         let size = file.size();
         if let Some(disk) = self.slot_disk() {
             disk.replace(Some(file));
         }
-        self.set_identity(config.read_only, serial_bytes(&config.serial), size);
+        self.set_identity(read_only, serial_bytes(serial), size);
         Ok(())
     }
 
@@ -286,13 +351,13 @@ mod tests {
         let path = std::env::temp_dir().join(format!("vpod-blk-device-{}", std::process::id()));
         std::fs::write(&path, vec![0u8; 4096]).expect("temp disk");
         let ro = BlockDevice::open(&DiskConfig {
-            path: path.clone(),
+            source: DiskSource::Path(path.clone()),
             read_only: true,
             serial: b"abc".to_vec(),
         })
         .expect("opens");
         let rw = BlockDevice::open(&DiskConfig {
-            path: path.clone(),
+            source: DiskSource::Path(path.clone()),
             read_only: false,
             serial: Vec::new(),
         })
@@ -307,7 +372,7 @@ mod tests {
     #[test]
     fn missing_disk_is_an_open_error() {
         let result = BlockDevice::open(&DiskConfig {
-            path: PathBuf::from("/nonexistent/vpod/disk.img"),
+            source: DiskSource::Path(PathBuf::from("/nonexistent/vpod/disk.img")),
             read_only: true,
             serial: Vec::new(),
         });

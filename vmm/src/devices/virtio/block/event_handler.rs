@@ -1,9 +1,10 @@
-//! The glue between queue notifications and the block queue handler.
+//! The glue between queue notifications and the block queue handler. A raw file needs no
+//! host descriptors of its own.
 
 use super::device::BlockDevice;
-use crate::devices::virtio::QueueEvents;
+use crate::devices::virtio::DeviceEvents;
 
-impl QueueEvents for BlockDevice {
+impl DeviceEvents for BlockDevice {
     fn process_queue(&mut self, queue: usize) {
         if queue != 0 {
             return;

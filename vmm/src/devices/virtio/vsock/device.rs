@@ -1,13 +1,12 @@
-//! The virtio-vsock device: the guest CID in the configuration space, activation, and the
-//! host-side handle the event loop drives.
+//! The virtio-vsock device: the guest CID in the configuration space and activation.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
+use super::event_handler::VsockHostEvents;
 use super::handler::VsockQueueHandler;
 use super::metrics::VsockMetrics;
 use super::muxer::{MuxerError, VsockMuxer};
@@ -15,6 +14,7 @@ use crate::devices::virtio::{
     read_config_bytes, ActivateError, VirtioDevice, VirtioInterrupt, QUEUE_MAX_SIZE, TYPE_VSOCK,
     VIRTIO_F_VERSION_1,
 };
+use crate::event_loop::DeadlineTimer;
 
 /// Errors creating the vsock device.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +23,8 @@ pub enum VsockError {
     ReservedCid(u64),
     #[error(transparent)]
     Muxer(#[from] MuxerError),
+    #[error("cannot create the vsock device's timer")]
+    Timer(#[source] std::io::Error),
 }
 
 const QUEUE_SIZES: [u16; 3] = [QUEUE_MAX_SIZE; 3];
@@ -48,53 +50,17 @@ impl VsockCore {
     }
 }
 
-fn lock(core: &Mutex<VsockCore>) -> MutexGuard<'_, VsockCore> {
+pub(super) fn lock(core: &Mutex<VsockCore>) -> MutexGuard<'_, VsockCore> {
     core.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 pub struct VsockDevice {
     pub(super) core: Arc<Mutex<VsockCore>>,
+    /// The host side, until the event loop takes it.
+    pub(super) host_events: Option<VsockHostEvents>,
     guest_cid: u64,
     metrics: Arc<VsockMetrics>,
     acked_features: u64,
-}
-
-/// The event loop's handle on the device's host sockets.
-#[derive(Clone)]
-pub struct VsockHostSide {
-    core: Arc<Mutex<VsockCore>>,
-    epoll_fd: std::os::fd::RawFd,
-    metrics: Arc<VsockMetrics>,
-}
-
-impl VsockHostSide {
-    /// The descriptor that becomes readable when a host socket has news.
-    pub fn fd(&self) -> std::os::fd::RawFd {
-        self.epoll_fd
-    }
-
-    /// Handles host socket events and passes what they produced to the guest.
-    pub fn process_host_events(&self) {
-        let mut core = lock(&self.core);
-        core.muxer.process_host_events();
-        core.deliver();
-    }
-
-    /// The next moment [`Self::expire`] has work.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        lock(&self.core).muxer.next_deadline()
-    }
-
-    /// Times out late handshakes and connects.
-    pub fn expire(&self, now: Instant) {
-        let mut core = lock(&self.core);
-        core.muxer.expire(now);
-        core.deliver();
-    }
-
-    pub fn metrics(&self) -> &Arc<VsockMetrics> {
-        &self.metrics
-    }
 }
 
 impl VsockDevice {
@@ -105,24 +71,23 @@ impl VsockDevice {
         }
         let metrics = Arc::new(VsockMetrics::default());
         let muxer = VsockMuxer::new(uds_path, guest_cid, metrics.clone())?;
+        let core = Arc::new(Mutex::new(VsockCore {
+            muxer,
+            active: None,
+        }));
+        let timer = DeadlineTimer::new().map_err(VsockError::Timer)?;
         Ok(VsockDevice {
-            core: Arc::new(Mutex::new(VsockCore {
-                muxer,
-                active: None,
-            })),
+            host_events: Some(VsockHostEvents::new(core.clone(), timer)),
+            core,
             guest_cid,
             metrics,
             acked_features: 0,
         })
     }
 
-    pub fn host_side(&self) -> VsockHostSide {
-        let core = lock(&self.core);
-        VsockHostSide {
-            core: self.core.clone(),
-            epoll_fd: core.muxer.epoll_fd(),
-            metrics: self.metrics.clone(),
-        }
+    /// The device's counters, for the control socket.
+    pub fn metrics(&self) -> &Arc<VsockMetrics> {
+        &self.metrics
     }
 }
 

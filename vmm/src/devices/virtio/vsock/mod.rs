@@ -12,9 +12,10 @@
 //! Files: [`packet`] (the 44-byte header, pure), [`connection`] (one stream's state machine
 //! and credit accounting, generic over the host stream), [`muxer`] (the unix sockets),
 //! [`handler`] (the rx/tx queue processing, generic over the interrupt and the backend),
-//! [`device`] (configuration and activation) and `event_handler.rs` (queue events and host
-//! socket events). Every packet the guest sends is hostile until checked: malformed ones are
-//! dropped and counted in [`VsockMetrics`], and every host-side buffer is bounded.
+//! [`device`] (configuration and activation) and [`event_handler`] (queue events, and the
+//! host sockets and timeouts as an event source of their own). Every packet the guest sends
+//! is hostile until checked: malformed ones are dropped and counted in [`VsockMetrics`], and
+//! every host-side buffer is bounded.
 
 pub mod connection;
 pub mod device;
@@ -24,7 +25,7 @@ pub mod metrics;
 pub mod muxer;
 pub mod packet;
 
-pub use device::{VsockDevice, VsockError, VsockHostSide};
+pub use device::{VsockDevice, VsockError};
 pub use metrics::VsockMetrics;
 
 /// The host's CID, the only destination the guest may address.

@@ -1,0 +1,331 @@
+//! The VM configuration a launcher hands vpod-vmm (`--config FILE`, JSON): what the command
+//! line flags say, as one typed value. The VMM checks the values (ranges, serial lengths)
+//! when it turns this into its own configuration.
+//!
+//! ```json
+//! {"kernel": "/var/lib/vpod/vmlinux", "initrd": "/var/lib/vpod/initrd.img",
+//!  "vcpus": 2, "memory_mib": 512,
+//!  "disks": [{"path": "/pods/p1/writable.img", "serial": "rw-p1"},
+//!            {"fd": 3, "read_only": true, "serial": "layer-0"}],
+//!  "disk_slots": 8, "console": {"file": "/pods/p1/console.log"},
+//!  "vsock": {"uds_path": "/pods/p1/vsock.sock"}, "api_socket": "/pods/p1/api.sock"}
+//! ```
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The guest's vCPUs when the configuration does not say.
+pub const DEFAULT_VCPUS: u8 = 1;
+/// The guest's memory in MiB when the configuration does not say.
+pub const DEFAULT_MEMORY_MIB: u64 = 128;
+/// The guest's vsock CID when the configuration does not say.
+pub const DEFAULT_GUEST_CID: u32 = 3;
+
+/// Everything needed to build and run one VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// ELF vmlinux (PVH note or not) or bzImage.
+    pub kernel: PathBuf,
+    /// The initramfs; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<PathBuf>,
+    /// The base kernel command line; the VMM's default when absent. The virtio devices and
+    /// the guest command are appended either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u8,
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u64,
+    /// virtio-blk disks, in the order the guest sees them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<DiskConfig>,
+    /// Empty virtio-blk devices after the disks, filled and emptied through the control
+    /// socket.
+    #[serde(default)]
+    pub disk_slots: u32,
+    #[serde(default)]
+    pub console: Console,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<VsockConfig>,
+    /// Where the control socket listens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_socket: Option<PathBuf>,
+    /// Handed to the guest's init as its arguments (after ` -- ` on the kernel command line).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub init_args: Vec<String>,
+    /// Print the timings line on stderr at exit.
+    #[serde(default)]
+    pub timings: bool,
+}
+
+fn default_vcpus() -> u8 {
+    DEFAULT_VCPUS
+}
+
+fn default_memory_mib() -> u64 {
+    DEFAULT_MEMORY_MIB
+}
+
+impl VmConfig {
+    /// A VM of `kernel` with every other setting at its default.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        VmConfig {
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline: None,
+            vcpus: DEFAULT_VCPUS,
+            memory_mib: DEFAULT_MEMORY_MIB,
+            disks: Vec::new(),
+            disk_slots: 0,
+            console: Console::default(),
+            vsock: None,
+            api_socket: None,
+            init_args: Vec::new(),
+            timings: false,
+        }
+    }
+
+    /// The configuration as JSON, for `--config FILE`.
+    pub fn to_json(&self) -> String {
+        // Plain structs with string keys: serialising them cannot fail.
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Reads a configuration; the error says where the JSON is wrong.
+    pub fn from_json(text: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(text)
+    }
+}
+
+/// Where the guest's serial console goes: `"stdio"`, `"off"` or `{"file": PATH}`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Console {
+    #[default]
+    Stdio,
+    Off,
+    File(PathBuf),
+}
+
+/// The virtio-vsock device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// Host clients connect here and send `CONNECT <port>\n`; guest connections to host port
+    /// P reach the unix socket `<uds_path>_P`.
+    pub uds_path: PathBuf,
+    /// 3 or more.
+    #[serde(default = "default_guest_cid")]
+    pub guest_cid: u32,
+}
+
+fn default_guest_cid() -> u32 {
+    DEFAULT_GUEST_CID
+}
+
+/// Where a disk's bytes come from. On the wire the source is flat beside the disk's other
+/// fields: `"path": P` or `"fd": N`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskSource {
+    /// A file the VMM opens itself.
+    Path(PathBuf),
+    /// A descriptor. In a [`VmConfig`], one the VMM inherited from its launcher (so a VMM that
+    /// cannot see host paths still gets its disks); in an `attach_disk` request, the index
+    /// among the descriptors the client passed over the control socket (SCM_RIGHTS) and no
+    /// request has used yet, oldest first (usually 0, the one sent with the request).
+    Fd(u32),
+}
+
+/// Why a disk's source is not one of path or fd.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DiskSourceError {
+    #[error("a disk needs a \"path\" or an \"fd\"")]
+    Missing,
+    #[error("a disk takes a \"path\" or an \"fd\", not both")]
+    Both,
+}
+
+impl DiskSource {
+    /// The source from its flat wire fields.
+    pub(super) fn from_fields(
+        path: Option<PathBuf>,
+        fd: Option<u32>,
+    ) -> Result<Self, DiskSourceError> {
+        match (path, fd) {
+            (Some(path), None) => Ok(DiskSource::Path(path)),
+            (None, Some(fd)) => Ok(DiskSource::Fd(fd)),
+            (None, None) => Err(DiskSourceError::Missing),
+            (Some(_), Some(_)) => Err(DiskSourceError::Both),
+        }
+    }
+
+    /// The flat wire fields `path` and `fd`.
+    pub(super) fn into_fields(self) -> (Option<PathBuf>, Option<u32>) {
+        match self {
+            DiskSource::Path(path) => (Some(path), None),
+            DiskSource::Fd(fd) => (None, Some(fd)),
+        }
+    }
+}
+
+/// One virtio-blk disk: `{"path": P | "fd": N, "read_only": B, "serial": S}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "DiskFields", into = "DiskFields")]
+pub struct DiskConfig {
+    pub source: DiskSource,
+    pub read_only: bool,
+    /// The id the guest reads from `/sys/block/vdX/serial`: at most 20 bytes.
+    pub serial: String,
+}
+
+impl DiskConfig {
+    /// A writable disk on the file at `path`, without a serial.
+    pub fn path(path: impl Into<PathBuf>) -> Self {
+        DiskConfig {
+            source: DiskSource::Path(path.into()),
+            read_only: false,
+            serial: String::new(),
+        }
+    }
+
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
+        self
+    }
+
+    pub fn serial(mut self, serial: impl Into<String>) -> Self {
+        self.serial = serial.into();
+        self
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiskFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    path: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fd: Option<u32>,
+    #[serde(default)]
+    read_only: bool,
+    #[serde(default)]
+    serial: String,
+}
+
+impl TryFrom<DiskFields> for DiskConfig {
+    type Error = DiskSourceError;
+
+    fn try_from(fields: DiskFields) -> Result<Self, Self::Error> {
+        Ok(DiskConfig {
+            source: DiskSource::from_fields(fields.path, fields.fd)?,
+            read_only: fields.read_only,
+            serial: fields.serial,
+        })
+    }
+}
+
+impl From<DiskConfig> for DiskFields {
+    fn from(disk: DiskConfig) -> Self {
+        let (path, fd) = disk.source.into_fields();
+        DiskFields {
+            path,
+            fd,
+            read_only: disk.read_only,
+            serial: disk.serial,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full() -> VmConfig {
+        VmConfig {
+            initrd: Some("/i.img".into()),
+            cmdline: Some("console=ttyS0".into()),
+            vcpus: 4,
+            memory_mib: 2048,
+            disks: vec![
+                DiskConfig::path("/rw.img").serial("rw-p1"),
+                DiskConfig {
+                    source: DiskSource::Fd(3),
+                    read_only: true,
+                    serial: "layer-0".into(),
+                },
+            ],
+            disk_slots: 8,
+            console: Console::File("/console.log".into()),
+            vsock: Some(VsockConfig {
+                uds_path: "/v.sock".into(),
+                guest_cid: 7,
+            }),
+            api_socket: Some("/api.sock".into()),
+            init_args: vec!["sh".into(), "-c".into(), "echo hi".into()],
+            timings: true,
+            ..VmConfig::new("/vmlinux")
+        }
+    }
+
+    #[test]
+    fn a_full_config_survives_json() {
+        let config = full();
+        assert_eq!(
+            VmConfig::from_json(config.to_json().as_bytes()).ok(),
+            Some(config)
+        );
+        let minimal = VmConfig::new("/vmlinux");
+        assert_eq!(
+            VmConfig::from_json(minimal.to_json().as_bytes()).ok(),
+            Some(minimal)
+        );
+    }
+
+    #[test]
+    fn only_the_kernel_is_required_and_defaults_fill_the_rest() {
+        let config = VmConfig::from_json(br#"{"kernel": "/k"}"#).expect("valid");
+        assert_eq!(config, VmConfig::new("/k"));
+        assert_eq!((config.vcpus, config.memory_mib), (1, 128));
+        assert_eq!(config.console, Console::Stdio);
+        let vsock: VsockConfig = serde_json::from_str(r#"{"uds_path": "/v"}"#).expect("valid");
+        assert_eq!(vsock.guest_cid, 3);
+    }
+
+    #[test]
+    fn disks_are_flat_on_the_wire() {
+        let disk = DiskConfig::path("/a.img").read_only(true).serial("s");
+        assert_eq!(
+            serde_json::to_value(&disk).expect("encodes"),
+            serde_json::json!({"path": "/a.img", "read_only": true, "serial": "s"})
+        );
+        let fd: DiskConfig = serde_json::from_str(r#"{"fd": 4}"#).expect("valid");
+        assert_eq!(fd.source, DiskSource::Fd(4));
+        assert!(!fd.read_only);
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_a_reason() {
+        let error = |text: &str| {
+            VmConfig::from_json(text.as_bytes())
+                .expect_err("refused")
+                .to_string()
+        };
+        assert!(error("{").contains("EOF"));
+        assert!(error("{}").contains("missing field `kernel`"));
+        assert!(error(r#"{"kernel": "/k", "vcpu": 2}"#).contains("unknown field `vcpu`"));
+        assert!(error(r#"{"kernel": "/k", "vcpus": 300}"#).contains("invalid value"));
+        assert!(error(r#"{"kernel": "/k", "disks": [{"serial": "x"}]}"#)
+            .contains("a disk needs a \"path\" or an \"fd\""));
+        assert!(
+            error(r#"{"kernel": "/k", "disks": [{"path": "/a", "fd": 3}]}"#).contains("not both")
+        );
+        assert!(
+            error(r#"{"kernel": "/k", "disks": [{"path": "/a", "ro": true}]}"#)
+                .contains("unknown field")
+        );
+        assert!(error(r#"{"kernel": "/k", "console": "tty"}"#).contains("unknown variant"));
+    }
+}

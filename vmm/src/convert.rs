@@ -1,0 +1,276 @@
+//! The wire configuration of [`vpod_proto::vmm`] turned into the VMM's own, checked the way
+//! the flags are: the wire types stop here.
+
+use std::os::fd::RawFd;
+
+use vpod_proto::vmm as wire;
+
+use crate::arch::layout::{MAX_MEMORY_MIB, MIN_MEMORY_MIB};
+use crate::arch::mptable::MAX_VCPUS;
+use crate::config::{
+    valid_memory_mib, valid_vcpus, ConsoleConfig, DiskConfig, DiskSource, InitrdConfig, VmConfig,
+    VsockConfig, DEFAULT_CMDLINE, DISK_SERIAL_LEN, MAX_DISK_SLOTS,
+};
+
+/// What is wrong with a wire configuration.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConvertError {
+    #[error("vcpus must be from 1 to {MAX_VCPUS}, not {0}")]
+    Vcpus(u8),
+    #[error("memory_mib must be from {MIN_MEMORY_MIB} to {MAX_MEMORY_MIB}, not {0}")]
+    Memory(u64),
+    #[error("disk_slots must be at most {MAX_DISK_SLOTS}, not {0}")]
+    DiskSlots(u32),
+    #[error("disk {0}: the path is empty")]
+    EmptyDiskPath(usize),
+    #[error("disk {0}: the serial is longer than {DISK_SERIAL_LEN} bytes")]
+    SerialTooLong(usize),
+    #[error("disk {0}: descriptor {1} is not open in the VMM")]
+    DescriptorNotOpen(usize, u32),
+    #[error("disk {0}: descriptor {1} is standard input, output or error")]
+    StdioDescriptor(usize, u32),
+    #[error("the vsock guest_cid must be 3 or more, not {0}")]
+    ReservedCid(u32),
+    #[error(
+        "guest argument {0:?} contains a double quote, which the kernel command line cannot carry"
+    )]
+    QuoteInInitArg(String),
+}
+
+/// Whether descriptor `fd` is open in this process.
+fn descriptor_is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD reads the descriptor's flags and touches no memory; a descriptor that
+    // is not open makes it fail with EBADF.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+}
+
+fn disk(index: usize, disk: wire::DiskConfig) -> Result<DiskConfig, ConvertError> {
+    if disk.serial.len() > DISK_SERIAL_LEN {
+        return Err(ConvertError::SerialTooLong(index));
+    }
+    let source = match disk.source {
+        wire::DiskSource::Path(path) if path.as_os_str().is_empty() => {
+            return Err(ConvertError::EmptyDiskPath(index))
+        }
+        wire::DiskSource::Path(path) => DiskSource::Path(path),
+        wire::DiskSource::Fd(fd) if fd <= 2 => {
+            return Err(ConvertError::StdioDescriptor(index, fd))
+        }
+        wire::DiskSource::Fd(fd) => match RawFd::try_from(fd) {
+            Ok(raw) if descriptor_is_open(raw) => DiskSource::Inherited(raw),
+            _ => return Err(ConvertError::DescriptorNotOpen(index, fd)),
+        },
+    };
+    Ok(DiskConfig {
+        source,
+        read_only: disk.read_only,
+        serial: disk.serial.into_bytes(),
+    })
+}
+
+impl TryFrom<wire::VmConfig> for VmConfig {
+    type Error = ConvertError;
+
+    fn try_from(config: wire::VmConfig) -> Result<Self, Self::Error> {
+        if !valid_vcpus(config.vcpus) {
+            return Err(ConvertError::Vcpus(config.vcpus));
+        }
+        if !valid_memory_mib(config.memory_mib) {
+            return Err(ConvertError::Memory(config.memory_mib));
+        }
+        if config.disk_slots > MAX_DISK_SLOTS {
+            return Err(ConvertError::DiskSlots(config.disk_slots));
+        }
+        if let Some(word) = config.init_args.iter().find(|w| w.contains('"')) {
+            return Err(ConvertError::QuoteInInitArg(word.clone()));
+        }
+        let vsock = match config.vsock {
+            Some(vsock) if vsock.guest_cid < 3 => {
+                return Err(ConvertError::ReservedCid(vsock.guest_cid))
+            }
+            Some(vsock) => Some(VsockConfig {
+                uds_path: vsock.uds_path,
+                guest_cid: u64::from(vsock.guest_cid),
+            }),
+            None => None,
+        };
+        let disks = config
+            .disks
+            .into_iter()
+            .enumerate()
+            .map(|(index, d)| disk(index, d))
+            .collect::<Result<_, _>>()?;
+        Ok(VmConfig {
+            kernel: config.kernel,
+            initrd: config
+                .initrd
+                .map_or(InitrdConfig::None, InitrdConfig::Required),
+            cmdline: config
+                .cmdline
+                .unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
+            vcpus: config.vcpus,
+            memory_mib: config.memory_mib,
+            disks,
+            console: match config.console {
+                wire::Console::Stdio => ConsoleConfig::Stdio,
+                wire::Console::Off => ConsoleConfig::Off,
+                wire::Console::File(path) => ConsoleConfig::File(path),
+            },
+            timings: config.timings,
+            init_args: config.init_args,
+            disk_slots: config.disk_slots,
+            vsock,
+            api_socket: config.api_socket,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+    use std::path::PathBuf;
+
+    fn convert(config: wire::VmConfig) -> Result<VmConfig, ConvertError> {
+        VmConfig::try_from(config)
+    }
+
+    #[test]
+    fn a_full_wire_config_becomes_the_vmm_config() {
+        let file = std::fs::File::open("/dev/null").expect("open");
+        let fd = file.as_raw_fd() as u32;
+        let config = convert(wire::VmConfig {
+            initrd: Some("/i".into()),
+            vcpus: 2,
+            memory_mib: 512,
+            disks: vec![
+                wire::DiskConfig::path("/rw.img").serial("rw-p1"),
+                wire::DiskConfig {
+                    source: wire::DiskSource::Fd(fd),
+                    read_only: true,
+                    serial: "layer-0".into(),
+                },
+            ],
+            disk_slots: 4,
+            console: wire::Console::File("/c.log".into()),
+            vsock: Some(wire::VsockConfig {
+                uds_path: "/v.sock".into(),
+                guest_cid: 9,
+            }),
+            api_socket: Some("/api.sock".into()),
+            init_args: vec!["echo".into(), "hi there".into()],
+            timings: true,
+            ..wire::VmConfig::new("/k")
+        })
+        .expect("valid");
+        assert_eq!(config.kernel, PathBuf::from("/k"));
+        assert_eq!(config.initrd, InitrdConfig::Required("/i".into()));
+        assert_eq!(config.cmdline, DEFAULT_CMDLINE);
+        assert_eq!(
+            (config.vcpus, config.memory_mib, config.disk_slots),
+            (2, 512, 4)
+        );
+        assert_eq!(
+            config.disks[0],
+            DiskConfig {
+                source: DiskSource::Path("/rw.img".into()),
+                read_only: false,
+                serial: b"rw-p1".to_vec(),
+            }
+        );
+        assert_eq!(config.disks[1].source, DiskSource::Inherited(fd as RawFd));
+        assert!(config.disks[1].read_only);
+        assert_eq!(config.console, ConsoleConfig::File("/c.log".into()));
+        assert_eq!(config.vsock.expect("vsock").guest_cid, 9);
+        assert_eq!(config.api_socket, Some(PathBuf::from("/api.sock")));
+        assert!(config.timings);
+    }
+
+    #[test]
+    fn a_minimal_wire_config_has_no_initrd_and_the_default_command_line() {
+        let config = convert(wire::VmConfig::new("/k")).expect("valid");
+        assert_eq!(config.initrd, InitrdConfig::None);
+        assert_eq!((config.vcpus, config.memory_mib), (1, 128));
+        assert_eq!(config.console, ConsoleConfig::Stdio);
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused() {
+        let base = || wire::VmConfig::new("/k");
+        let with_disk = |disk: wire::DiskConfig| wire::VmConfig {
+            disks: vec![wire::DiskConfig::path("/ok.img"), disk],
+            ..base()
+        };
+        let cases = [
+            (
+                wire::VmConfig { vcpus: 0, ..base() },
+                ConvertError::Vcpus(0),
+            ),
+            (
+                wire::VmConfig {
+                    vcpus: 33,
+                    ..base()
+                },
+                ConvertError::Vcpus(33),
+            ),
+            (
+                wire::VmConfig {
+                    memory_mib: 1,
+                    ..base()
+                },
+                ConvertError::Memory(1),
+            ),
+            (
+                wire::VmConfig {
+                    disk_slots: 17,
+                    ..base()
+                },
+                ConvertError::DiskSlots(17),
+            ),
+            (
+                with_disk(wire::DiskConfig::path("/a").serial("x".repeat(21))),
+                ConvertError::SerialTooLong(1),
+            ),
+            (
+                with_disk(wire::DiskConfig::path("")),
+                ConvertError::EmptyDiskPath(1),
+            ),
+            (
+                with_disk(wire::DiskConfig {
+                    source: wire::DiskSource::Fd(1),
+                    read_only: false,
+                    serial: String::new(),
+                }),
+                ConvertError::StdioDescriptor(1, 1),
+            ),
+            (
+                with_disk(wire::DiskConfig {
+                    source: wire::DiskSource::Fd(987_654),
+                    read_only: false,
+                    serial: String::new(),
+                }),
+                ConvertError::DescriptorNotOpen(1, 987_654),
+            ),
+            (
+                wire::VmConfig {
+                    vsock: Some(wire::VsockConfig {
+                        uds_path: "/v".into(),
+                        guest_cid: 2,
+                    }),
+                    ..base()
+                },
+                ConvertError::ReservedCid(2),
+            ),
+            (
+                wire::VmConfig {
+                    init_args: vec!["say \"hi\"".into()],
+                    ..base()
+                },
+                ConvertError::QuoteInInitArg("say \"hi\"".into()),
+            ),
+        ];
+        for (config, expected) in cases {
+            assert_eq!(convert(config), Err(expected));
+        }
+    }
+}
