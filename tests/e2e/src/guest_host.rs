@@ -53,22 +53,6 @@ pub fn inside_emulated_host() -> bool {
     std::env::var_os(INSIDE).is_some()
 }
 
-/// `program args...` as a command that can boot a guest on this machine.
-pub fn guest_command<I, S>(program: impl AsRef<OsStr>, args: I) -> Command
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    match guest_mode() {
-        GuestMode::Native => {
-            let mut cmd = Command::new(program);
-            cmd.args(args);
-            cmd
-        }
-        GuestMode::Emulated => kvm_host_command(program, args),
-    }
-}
-
 /// `program args...` inside the emulated KVM host, whatever this machine's KVM.
 pub fn kvm_host_command<I, S>(program: impl AsRef<OsStr>, args: I) -> Command
 where

@@ -17,9 +17,7 @@ pub mod vpod;
 use std::path::{Path, PathBuf};
 
 pub use checks::Checks;
-pub use guest_host::{
-    guest_command, guest_mode, in_guest_host, kvm_host_command, GuestHost, GuestMode,
-};
+pub use guest_host::{guest_mode, in_guest_host, kvm_host_command, GuestHost, GuestMode};
 pub use process::{run_with_limit, Background, Finished};
 
 /// The checkout's top directory.
