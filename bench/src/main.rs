@@ -3,7 +3,9 @@
 //! fixtures of the container benchmarks), `pod-start`, `run-true`, `layer-read` and `vsock`
 //! (pod VMs; inside the emulated KVM host here), `cri` and `cri-memory` (pods through
 //! `vpod-cri`, beside runc; there too), `cri-rpc` (native: the per-RPC cost of the CRI
-//! socket's `:authority` normalisation) and `check` (targets).
+//! socket's `:authority` normalisation), `conversion`, `vsock-host-path` and `vsock-queue`
+//! (native: the layer store's conversion against `tar -xf`, the vsock device's host-side
+//! path, its queue handler alone) and `check` (targets).
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -14,6 +16,7 @@ use vpod_bench::report::{table, write_jsonl, Row};
 use vpod_bench::stats::median_u64;
 
 mod check;
+mod conversion;
 mod cri;
 mod cri_check;
 mod cri_memory;
@@ -21,12 +24,15 @@ mod cri_rpc;
 mod fixtures;
 mod guest_io;
 mod pod;
+mod vsock_host_path;
+mod vsock_queue;
 
 const STUB_MARKER: &str = "vpod-stub: ready";
 const LIMIT: Duration = Duration::from_secs(120);
 const USAGE: &str =
-    "usage: vpod-bench startup|linux-boot|prepare|pod-start|run-true|layer-read|vsock|cri|cri-memory|cri-rpc|check \
-[--runs N] [--host kvm|emulated] [--mib MiB (vsock)]";
+    "usage: vpod-bench startup|linux-boot|prepare|pod-start|run-true|layer-read|vsock|cri|cri-memory|cri-rpc|\
+conversion|vsock-host-path|vsock-queue|check [--runs N] [--host kvm|emulated] \
+[--mib MiB (vsock, conversion, vsock-host-path, vsock-queue)]";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -76,6 +82,13 @@ fn main() -> Result<()> {
             cri_memory::idle_memory(&root, &cri::CriBench::from_env(0, &host)?).map(drop)
         }
         "cri-rpc" => cri_rpc::cri_rpc(&root, runs.unwrap_or(10)).map(drop),
+        "conversion" => {
+            conversion::conversion(&root, runs.unwrap_or(3), mib.unwrap_or(128)).map(drop)
+        }
+        "vsock-host-path" => {
+            vsock_host_path::vsock_host_path(&root, runs.unwrap_or(5), mib.unwrap_or(256)).map(drop)
+        }
+        "vsock-queue" => vsock_queue::vsock_queue(mib.unwrap_or(1600)),
         "check" => check::check(&results_dir(&root)),
         _ => bail!("{USAGE}"),
     }
