@@ -69,7 +69,9 @@ test: all kvm-host lint
 	[ "$$n" = 0 ] || sed 's/^/  retry: /' $(BUILD)/kvm-host-retries.log; \
 	exit $$status
 
-# Runs a command prefixed by the emulated KVM host's runner where guests cannot boot here.
+# Runs a command prefixed by the emulated KVM host's runner where guests cannot boot here:
+# the shell side of the decision Rust tests get from vpod_e2e::guest_host (both ask
+# tests/guest-mode).
 IN_GUEST_HOST = mode=$$(tests/guest-mode 2>/dev/null); \
 	run=(); [ "$$mode" = emulated ] && run=(tests/kvm-host/run --)
 
@@ -106,11 +108,9 @@ bench: all kvm-host
 	@echo "bench: the CRI socket's :authority normalisation, per RPC (native)"
 	target/release/vpod-bench cri-rpc --runs 10
 	@echo "bench: host-side device and image paths (native)"
-	VPOD_BENCH_VSOCK_ROUNDS=400 $(CARGO) test -q --release -p vpod-vmm --lib vsock_queue_throughput -- --nocapture
-	VPOD_BENCH_VSOCK_MIB=256 VPOD_BENCH_VSOCK_RUNS=5 VPOD_BENCH_JSONL=$(CURDIR)/bench/results/vsock-host-path.jsonl \
-	  $(CARGO) test -q --release -p vpod-vmm --test vsock_host_path -- --nocapture
-	VPOD_BENCH_LAYER_MIB=128 VPOD_BENCH_LAYER_RUNS=3 VPOD_BENCH_JSONL=$(CURDIR)/bench/results/conversion.jsonl \
-	  $(CARGO) test -q --release -p vpod-image --test throughput -- --nocapture
+	target/release/vpod-bench vsock-queue --mib 1600
+	target/release/vpod-bench vsock-host-path --runs 5 --mib 256
+	target/release/vpod-bench conversion --runs 3 --mib 128
 	target/release/vpod-bench check
 
 clean:

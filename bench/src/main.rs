@@ -3,7 +3,9 @@
 //! fixtures of the container benchmarks), `pod-start`, `run-true`, `layer-read` and `vsock`
 //! (pod VMs; inside the emulated KVM host here), `cri` and `cri-memory` (pods through
 //! `vpod-cri`, beside runc; there too), `cri-rpc` (native: the per-RPC cost of the CRI
-//! socket's `:authority` normalisation) and `check` (targets).
+//! socket's `:authority` normalisation), `conversion`, `vsock-host-path` and `vsock-queue`
+//! (native: the layer store's conversion against `tar -xf`, the vsock device's host-side
+//! path, its queue handler alone) and `check` (targets).
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -15,6 +17,7 @@ use vpod_bench::report::{table, write_jsonl, Row};
 use vpod_bench::stats::median_u64;
 
 mod check;
+mod conversion;
 mod cri;
 mod cri_check;
 mod cri_memory;
@@ -22,6 +25,8 @@ mod cri_rpc;
 mod fixtures;
 mod guest_io;
 mod pod;
+mod vsock_host_path;
+mod vsock_queue;
 
 const STUB_MARKER: &str = "vpod-stub: ready";
 const LIMIT: Duration = Duration::from_secs(120);
@@ -111,6 +116,30 @@ enum Bench {
         #[arg(long, value_name = "N", default_value_t = 10)]
         runs: usize,
     },
+    /// Layer conversion (tar to EROFS) throughput, beside tar extraction (native)
+    Conversion {
+        /// Measured runs of each implementation
+        #[arg(long, value_name = "N", default_value_t = 3)]
+        runs: usize,
+        /// The layer's size
+        #[arg(long, value_name = "MiB", default_value_t = 128)]
+        mib: u64,
+    },
+    /// The vsock device's host path with a simulated guest driver, both ways (native)
+    VsockHostPath {
+        /// Measured runs
+        #[arg(long, value_name = "N", default_value_t = 5)]
+        runs: usize,
+        /// Bytes sent each way
+        #[arg(long, value_name = "MiB", default_value_t = 256)]
+        mib: u64,
+    },
+    /// The vsock queue handler's throughput on plain memory (native; prints only)
+    VsockQueue {
+        /// Bytes moved each way
+        #[arg(long, value_name = "MiB", default_value_t = 1600)]
+        mib: u64,
+    },
     /// Every target against bench/results/*.jsonl; fails when one is missed
     Check,
 }
@@ -142,6 +171,11 @@ fn main() -> Result<()> {
         }
         Bench::CriRpc { runs } => cri_rpc::cri_rpc(&root, runs).map(drop),
         Bench::Check => check::check(&results_dir(&root)),
+        Bench::Conversion { runs, mib } => conversion::conversion(&root, runs, mib).map(drop),
+        Bench::VsockHostPath { runs, mib } => {
+            vsock_host_path::vsock_host_path(&root, runs, mib).map(drop)
+        }
+        Bench::VsockQueue { mib } => vsock_queue::vsock_queue(mib),
     }
 }
 

@@ -1,6 +1,7 @@
-//! The harness of the CRI end-to-end tests: where guests can boot, each test re-runs itself
-//! there (inside the emulated KVM host on machines whose KVM cannot boot Linux), starts a
-//! `vpod-cri` with a fresh root and socket, and talks CRI to it over the unix socket.
+//! The harness of the CRI end-to-end tests: each test runs where guests boot (through
+//! `vpod_e2e`'s guest host: inside the emulated KVM host on machines whose KVM cannot boot
+//! Linux), starts a `vpod-cri` with a fresh root and socket, and talks CRI to it over the
+//! unix socket.
 
 #![allow(dead_code)]
 
@@ -11,18 +12,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rustix::process::{Pid, Signal};
+use rustix::process::Signal;
 use tonic::transport::Channel;
-use vpod_e2e::{built, guest_mode, kvm_host_command, repo_root, run_with_limit, GuestMode};
+use vpod_e2e::process::send_signal;
+use vpod_e2e::{built, repo_root, GuestHost};
 use vpod_proto::cri::image_service_client::ImageServiceClient;
 use vpod_proto::cri::runtime_service_client::RuntimeServiceClient;
 use vpod_proto::cri::*;
 
-/// Set in the re-run that does the work.
-const INSIDE: &str = "VPOD_CRI_E2E_INSIDE";
-
-/// Runs `body` where guests boot: here when this is the inner run or KVM is native, else
-/// this test again inside the emulated host, failing with its output when it fails.
+/// Runs `body`, the test `test_name`, where guests boot (see `vpod_e2e::guest_host`), on a
+/// tokio runtime.
 pub fn in_guest_host<F, Fut>(test_name: &str, limit: Duration, body: F)
 where
     F: FnOnce() -> Fut,
@@ -41,8 +40,19 @@ pub fn in_guest_host_with_memory<F, Fut>(
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let inside = std::env::var_os(INSIDE).is_some();
-    if inside || guest_mode() == GuestMode::Native {
+    let mut host = GuestHost::new(limit).test_name(test_name);
+    if let Some(mib) = memory_mib {
+        host = host.memory_mib(mib);
+    }
+    run_where_guests_boot(host, body)
+}
+
+fn run_where_guests_boot<F, Fut>(host: GuestHost, body: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    host.run(|| {
         built("target/release/vpod-cri");
         built("target/release/vpod-vmm");
         built("build/vmlinux");
@@ -53,39 +63,7 @@ pub fn in_guest_host_with_memory<F, Fut>(
             .build()
             .expect("a tokio runtime")
             .block_on(body());
-        return;
-    }
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let mut cmd = kvm_host_command(
-        "env",
-        [
-            format!("{INSIDE}=1"),
-            exe.display().to_string(),
-            "--exact".into(),
-            test_name.into(),
-            "--nocapture".into(),
-            "--test-threads=1".into(),
-        ],
-    );
-    cmd.env(
-        "VPOD_KVM_HOST_TIMEOUT_SECS",
-        (limit.as_secs() + 60).to_string(),
-    );
-    if let Some(mib) = memory_mib {
-        cmd.env("VPOD_KVM_HOST_MEMORY_MIB", mib.to_string());
-    }
-    let done = run_with_limit(&mut cmd, limit + Duration::from_secs(120));
-    let output = format!(
-        "--- inner stdout\n{}\n--- inner stderr\n{}",
-        done.stdout_text(),
-        done.stderr_text()
-    );
-    assert!(
-        done.status.success(),
-        "the test failed inside the emulated KVM host ({:?})\n{output}",
-        done.code()
-    );
-    println!("{output}");
+    })
 }
 
 /// A `vpod-cri` with its own root and socket; killed (by PID) and cleaned up on drop,
@@ -196,7 +174,7 @@ impl Daemon {
     /// SIGTERM and wait: a clean stop.
     pub fn terminate(&mut self) {
         if let Some(mut child) = self.child.take() {
-            signal(child.id(), Signal::TERM);
+            send_signal(child.id(), Signal::TERM);
             let _ = child.wait();
         }
     }
@@ -243,18 +221,11 @@ impl Daemon {
     }
 }
 
-/// Signals `pid` (our child, or a VMM of this test's root found by name and command line).
-fn signal(pid: u32, signal: Signal) {
-    if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
-        let _ = rustix::process::kill_process(pid, signal);
-    }
-}
-
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
         for pid in self.vmm_pids() {
-            signal(pid, Signal::KILL);
+            send_signal(pid, Signal::KILL);
         }
         if std::thread::panicking() {
             eprintln!("--- vpod-cri log\n{}", self.log());

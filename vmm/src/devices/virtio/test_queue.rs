@@ -1,4 +1,5 @@
-//! A guest driver's side of a split virtqueue for device tests (compiled for tests only).
+//! A guest driver's side of a split virtqueue for device tests (compiled for tests only, and
+//! into `vpod-bench vsock-queue`, which includes this file: keep it free of `crate::` paths).
 
 use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_NEXT;
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};

@@ -1,0 +1,172 @@
+//! Detached pods through `vpod run -d`, `ps`, `exec`, `logs` and `rm`: a second container
+//! shares the pod but not its namespaces, exec returns the command's streams and status and
+//! honours its timeout, logs (followed or not) keep stdout and stderr apart, and removal
+//! leaves nothing. One emulated host (where guests need one) runs every check here.
+
+use std::time::Duration;
+
+use vpod_e2e::vpod::VpodRoot;
+use vpod_e2e::{in_guest_host, Checks};
+
+const LIMIT: Duration = Duration::from_secs(900);
+
+#[test]
+fn detached_pods_list_exec_log_and_are_removed() {
+    in_guest_host(LIMIT, || {
+        let root = VpodRoot::new("pods");
+        let pod = root.run_detached(&["--", "sh", "-c", "echo one > /marker; exec sleep 1000"]);
+        let second = root.run(&["-d", "--pod", &pod, "--name", "c2", "--", "sleep", "1000"]);
+        let mut checks = Checks::new();
+        checks
+            .check("a_second_container_joins_the_pod", || {
+                assert_eq!(second.code(), Some(0), "{}", second.explain());
+            })
+            .check("ps_lists_the_pod_with_both_containers", || {
+                ps_lists(&root, &pod)
+            })
+            .check("exec_returns_the_command_s_streams_and_status", || {
+                exec_streams_and_status(&root, &pod)
+            })
+            .check("exec_timeout_ends_a_long_command", || {
+                exec_timeout(&root, &pod)
+            })
+            .check("containers_of_a_pod_have_their_own_namespaces", || {
+                own_namespaces(&root, &pod)
+            })
+            .check("rm_removes_the_pod", || remove(&root, &pod))
+            .check("logs_of_a_detached_container_keep_their_streams", || {
+                logs(&root)
+            });
+        checks.finish();
+    });
+}
+
+fn ps_lists(root: &VpodRoot, pod: &str) {
+    let done = root.vpod("ps", &[]);
+    assert_eq!(done.code(), Some(0), "{}", done.explain());
+    // `<pod> vmm_pid=<pid> containers=<name>,<name>`
+    let line = done
+        .stdout_lines()
+        .into_iter()
+        .find(|l| l.split(' ').next() == Some(pod))
+        .unwrap_or_else(|| panic!("no line for {pod}\n{}", done.explain()));
+    let containers = line
+        .split(' ')
+        .find_map(|w| w.strip_prefix("containers="))
+        .unwrap_or_default();
+    let mut containers: Vec<&str> = containers.split(',').collect();
+    containers.sort_unstable();
+    let mut want = vec![pod, "c2"];
+    want.sort_unstable();
+    assert_eq!(containers, want, "{line}");
+}
+
+fn exec_streams_and_status(root: &VpodRoot, pod: &str) {
+    let done = root.vpod(
+        "exec",
+        &[
+            pod,
+            "--",
+            "sh",
+            "-c",
+            "echo exec-out; echo exec-err >&2; exit 5",
+        ],
+    );
+    assert_eq!(done.code(), Some(5), "{}", done.explain());
+    assert!(done.has_stdout_line("exec-out"), "{}", done.explain());
+    assert!(done.has_stderr_line("exec-err"), "{}", done.explain());
+}
+
+fn exec_timeout(root: &VpodRoot, pod: &str) {
+    let done = root.vpod("exec", &["--timeout", "1", pod, "--", "sleep", "30"]);
+    assert_ne!(done.code(), Some(0), "{}", done.explain());
+    assert!(
+        done.elapsed < Duration::from_secs(15),
+        "exec --timeout 1 took {:?}\n{}",
+        done.elapsed,
+        done.explain()
+    );
+}
+
+/// What a container of the pod sees of itself.
+#[derive(Debug)]
+struct Seen {
+    pid_namespace: String,
+    mount_namespace: String,
+    marker: String,
+    sleeps: String,
+}
+
+fn seen_from(root: &VpodRoot, target: &str) -> Seen {
+    let done = root.vpod(
+        "exec",
+        &[
+            target,
+            "--",
+            "sh",
+            "-c",
+            "readlink /proc/self/ns/pid; readlink /proc/self/ns/mnt; \
+             cat /marker 2>/dev/null || echo none; ps -o comm | grep -c sleep",
+        ],
+    );
+    assert_eq!(done.code(), Some(0), "{}", done.explain());
+    match done.stdout_lines().as_slice() {
+        [pid, mnt, marker, sleeps] => Seen {
+            pid_namespace: pid.clone(),
+            mount_namespace: mnt.clone(),
+            marker: marker.clone(),
+            sleeps: sleeps.clone(),
+        },
+        _ => panic!("four lines expected from {target}\n{}", done.explain()),
+    }
+}
+
+fn own_namespaces(root: &VpodRoot, pod: &str) {
+    let first = seen_from(root, pod);
+    let second = seen_from(root, &format!("{pod}:c2"));
+    assert_ne!(
+        first.pid_namespace, second.pid_namespace,
+        "same PID namespace"
+    );
+    assert_ne!(
+        first.mount_namespace, second.mount_namespace,
+        "same mount namespace"
+    );
+    assert_eq!(
+        (first.marker.as_str(), second.marker.as_str()),
+        ("one", "none")
+    );
+    // Each sees only its own sleep.
+    assert_eq!((first.sleeps.as_str(), second.sleeps.as_str()), ("1", "1"));
+}
+
+fn remove(root: &VpodRoot, pod: &str) {
+    let done = root.vpod("rm", &[pod]);
+    assert_eq!(done.code(), Some(0), "{}", done.explain());
+    assert_eq!(root.pods(), Vec::<String>::new(), "pods left after rm");
+}
+
+fn logs(root: &VpodRoot) {
+    let pod = root.run_detached(&[
+        "--user",
+        "nobody",
+        "--",
+        "sh",
+        "-c",
+        "echo out1; echo err1 >&2; sleep 3; echo out2",
+    ]);
+    let followed = root.vpod("logs", &["-f", &pod]);
+    let container = format!("{pod}:{pod}");
+    let read = root.vpod("logs", &[&container]);
+    for done in [&followed, &read] {
+        assert_eq!(done.code(), Some(0), "{}", done.explain());
+        for (line, on_stdout) in [("out1", true), ("out2", true), ("err1", false)] {
+            assert_eq!(done.has_stdout_line(line), on_stdout, "{}", done.explain());
+            assert_eq!(done.has_stderr_line(line), !on_stdout, "{}", done.explain());
+        }
+    }
+    let missing = root.vpod("logs", &["nosuch"]);
+    assert_ne!(missing.code(), Some(0), "{}", missing.explain());
+    let done = root.vpod("rm", &[&pod]);
+    assert_eq!(done.code(), Some(0), "{}", done.explain());
+}
