@@ -1,24 +1,27 @@
 //! `vpod-proto`: the wires of vpod.
 //!
-//! - `grpc` (default): the gRPC API between the vpod host and the agent (vpod-init) inside
-//!   each micro-VM, generated from `agent.proto` at build time, plus the host-side ways to
-//!   reach the agent: a plain unix socket (tests, debugging) and the hybrid vsock unix socket
-//!   of the VMM (`CONNECT <port>\n` / `OK <host_port>\n`, as Firecracker and Cloud Hypervisor
-//!   do). `cri` adds the CRI bindings.
+//! - `agent-server` and `agent-client`: the gRPC API between the vpod host and the agent
+//!   (vpod-init) inside each micro-VM, generated from `agent.proto` at build time. The guest
+//!   takes only the server; the client brings the host-side ways to reach the agent: a plain
+//!   unix socket (tests, debugging) and the hybrid vsock unix socket of the VMM
+//!   (`CONNECT <port>\n` / `OK <host_port>\n`, as Firecracker and Cloud Hypervisor do).
+//! - `authority`: the HTTP/2 `:authority` normaliser in front of the CRI socket.
+//! - `grpc` (default): all three, the host's set. `cri` adds the CRI bindings.
 //! - `vmm`: the contract between the host and vpod-vmm ([`vmm`]): the VM configuration, every
 //!   control request and reply, and the guest port ABI, as serde types only. `vmm-client`
 //!   adds a small blocking client of the control socket.
 
-#[cfg(feature = "grpc")]
+#[cfg(feature = "authority")]
 pub mod authority;
-#[cfg(feature = "grpc")]
+#[cfg(feature = "agent-client")]
 pub mod client;
 pub mod error_chain;
 #[cfg(feature = "vmm")]
 pub mod vmm;
 
-/// The generated messages, client (`agent_client`) and server (`agent_server`).
-#[cfg(feature = "grpc")]
+/// The generated messages, client (`agent_client`) and server (`agent_server`), each with
+/// its feature.
+#[cfg(any(feature = "agent-server", feature = "agent-client"))]
 pub mod v1 {
     tonic::include_proto!("vpod.agent.v1");
 }
@@ -30,9 +33,9 @@ pub mod v1 {
 pub use k8s_cri::v1 as cri;
 
 pub use error_chain::error_chain;
-#[cfg(feature = "grpc")]
+#[cfg(feature = "agent-client")]
 pub use v1::agent_client::AgentClient;
-#[cfg(feature = "grpc")]
+#[cfg(feature = "agent-server")]
 pub use v1::agent_server::{Agent, AgentServer};
 
 /// The guest vsock port the agent listens on.
@@ -45,12 +48,12 @@ pub const PROTOCOL_MINOR: u32 = 2;
 /// Why the host must not talk to an agent.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum VersionError {
-    #[error("The agent speaks protocol {agent}.x, the host speaks {host}.x.")]
+    #[error("the agent speaks protocol {agent}.x, the host speaks {host}.x")]
     MajorMismatch { agent: u32, host: u32 },
 }
 
 /// The host's check of the agent's `GetVersion` answer.
-#[cfg(feature = "grpc")]
+#[cfg(feature = "agent-client")]
 pub fn check_compatible(agent: &v1::GetVersionResponse) -> Result<(), VersionError> {
     if agent.protocol_major == PROTOCOL_MAJOR {
         Ok(())
