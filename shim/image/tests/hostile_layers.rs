@@ -44,13 +44,13 @@ fn layer_whose_digest_does_not_match_is_refused() {
     let manifest_path = fixture
         .layout_dir("bad")
         .join("blobs/sha256")
-        .join(manifest.digest.hex());
-    let parsed: vpod_image::oci::spec::ImageManifest =
+        .join(manifest.digest().digest());
+    let parsed: oci_spec::image::ImageManifest =
         serde_json::from_slice(&fs::read(manifest_path).unwrap()).unwrap();
     let blob = fixture
         .layout_dir("bad")
         .join("blobs/sha256")
-        .join(parsed.layers[0].digest.hex());
+        .join(parsed.layers()[0].digest().digest());
     let mut bytes = fs::read(&blob).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;

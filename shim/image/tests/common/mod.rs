@@ -6,8 +6,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use oci_spec::image::{Arch, ConfigBuilder, Descriptor, ImageConfigurationBuilder, Os};
 use tempfile::TempDir;
-use vpod_image::oci::spec::{ContainerConfig, Descriptor, ImageConfigFile};
 use vpod_image::oci::writer::{encode_layer, LayerCompression, OciLayoutWriter};
 use vpod_image::{DiffId, LayerStore};
 
@@ -120,20 +120,22 @@ pub fn write_layout(
         let encoded = encode_layer(tar, *compression).expect("encode layer");
         written.push(writer.write_layer(&encoded).expect("write layer"));
     }
-    let config = ImageConfigFile {
-        architecture: "amd64".into(),
-        os: "linux".into(),
-        config: Some(ContainerConfig {
-            env: Some(vec!["PATH=/bin".into()]),
-            cmd: Some(vec!["sh".into()]),
-            entrypoint: Some(vec!["/bin/entry".into()]),
-            working_dir: Some("/work".into()),
-            user: Some("1000:1000".into()),
-            labels: Some([("purpose".to_owned(), "test".to_owned())].into()),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let config = ImageConfigurationBuilder::default()
+        .architecture(Arch::Amd64)
+        .os(Os::Linux)
+        .config(
+            ConfigBuilder::default()
+                .env(vec!["PATH=/bin".into()])
+                .cmd(vec!["sh".into()])
+                .entrypoint(vec!["/bin/entry".into()])
+                .working_dir("/work")
+                .user("1000:1000")
+                .labels([("purpose".to_owned(), "test".to_owned())])
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
     let manifest = writer
         .write_image(config, &written, Some(tag))
         .expect("write image");
