@@ -293,3 +293,82 @@ impl<'a> ContainerConfigJson<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use oci_spec::image::{Arch, HistoryBuilder, Os};
+
+    use super::*;
+    use crate::oci::convert::parse_image_config;
+
+    fn image_config(run: Config) -> ImageConfiguration {
+        let mut config = ImageConfiguration::default();
+        config
+            .set_architecture(Arch::Amd64)
+            .set_os(Os::Linux)
+            .set_created(Some("2024-01-01T00:00:00Z".to_owned()))
+            .set_config(Some(run));
+        config
+    }
+
+    #[test]
+    fn image_config_keeps_the_writers_key_order_and_sorts_labels() {
+        let mut run = Config::default();
+        run.set_user(Some("1000".to_owned()))
+            .set_env(Some(vec!["A=1".to_owned()]))
+            .set_entrypoint(Some(vec!["/e".to_owned()]))
+            .set_cmd(Some(vec!["c".to_owned()]))
+            .set_working_dir(Some("/w".to_owned()))
+            .set_labels(Some(HashMap::from(
+                [("b", "2"), ("a", "1"), ("c", "3")].map(|(k, v)| (k.to_owned(), v.to_owned())),
+            )))
+            .set_stop_signal(Some("SIGTERM".to_owned()));
+        let config = image_config(run);
+        let json = ConfigJson::new(&config, vec![Digest::of_bytes(b"")]);
+        assert_eq!(
+            String::from_utf8(to_json("image config", &json).unwrap()).unwrap(),
+            concat!(
+                r#"{"architecture":"amd64","os":"linux","created":"2024-01-01T00:00:00Z","#,
+                r#""config":{"User":"1000","Env":["A=1"],"Entrypoint":["/e"],"Cmd":["c"],"#,
+                r#""WorkingDir":"/w","Labels":{"a":"1","b":"2","c":"3"},"StopSignal":"SIGTERM"},"#,
+                r#""rootfs":{"type":"layers","diff_ids":["#,
+                r#""sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"]}}"#,
+            )
+        );
+    }
+
+    #[test]
+    fn image_config_fields_beyond_the_old_ones_are_written_not_dropped() {
+        let mut run = Config::default();
+        run.set_exposed_ports(Some(vec!["80/tcp".to_owned()]))
+            .set_volumes(Some(vec!["/data".to_owned()]));
+        let mut config = image_config(run);
+        config
+            .set_author(Some("someone".to_owned()))
+            .set_variant(Some("v8".to_owned()))
+            .set_os_version(Some("1".to_owned()))
+            .set_os_features(Some(vec!["f".to_owned()]))
+            .set_history(Some(vec![HistoryBuilder::default()
+                .created_by("build")
+                .empty_layer(true)
+                .build()
+                .unwrap()]));
+        let bytes = to_json("image config", &ConfigJson::new(&config, Vec::new())).unwrap();
+        assert_eq!(parse_image_config(&bytes).unwrap(), config);
+    }
+
+    #[test]
+    fn go_sets_are_written_sorted() {
+        let mut run = Config::default();
+        let ports = ["443/tcp", "80/tcp", "8080/tcp"];
+        // oci-spec reads Go's `map[string]struct{}` into a Vec in hash order.
+        run.set_exposed_ports(Some(ports.iter().rev().map(|p| p.to_string()).collect()));
+        let config = image_config(run);
+        let bytes = to_json("image config", &ConfigJson::new(&config, Vec::new())).unwrap();
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(
+            text.contains(r#""ExposedPorts":{"443/tcp":{},"80/tcp":{},"8080/tcp":{}}"#),
+            "{text}"
+        );
+    }
+}

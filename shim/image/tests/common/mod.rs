@@ -6,7 +6,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use oci_spec::image::{Arch, ConfigBuilder, Descriptor, ImageConfigurationBuilder, Os};
+use oci_spec::image::{
+    Arch, ConfigBuilder, Descriptor, ImageConfigurationBuilder, ImageManifestBuilder, MediaType,
+    Os, ANNOTATION_REF_NAME,
+};
 use tempfile::TempDir;
 use vpod_image::oci::writer::{encode_layer, LayerCompression, OciLayoutWriter};
 use vpod_image::{DiffId, LayerStore};
@@ -144,6 +147,34 @@ pub fn write_layout(
         .expect("write index");
     let diff_ids = written.iter().map(|(_, d)| *d).collect();
     (manifest, diff_ids)
+}
+
+/// Writes a one-layer OCI layout (the layer gzipped) tagged `tag` whose config blob is
+/// `config`, byte for byte: for configs the writer would not write.
+pub fn write_layout_with_raw_config(dir: &Path, tar: &[u8], config: &str, tag: &str) {
+    let writer = OciLayoutWriter::create(dir).expect("create layout");
+    let encoded = encode_layer(tar, LayerCompression::Gzip).expect("encode layer");
+    let (layer, _) = writer.write_layer(&encoded).expect("write layer");
+    let config = writer
+        .write_blob(MediaType::ImageConfig, config.as_bytes())
+        .expect("write config");
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(config)
+        .layers(vec![layer])
+        .build()
+        .unwrap();
+    let mut descriptor = writer
+        .write_blob(
+            MediaType::ImageManifest,
+            &serde_json::to_vec(&manifest).unwrap(),
+        )
+        .expect("write manifest");
+    descriptor.set_annotations(Some(
+        [(ANNOTATION_REF_NAME.to_owned(), tag.to_owned())].into(),
+    ));
+    writer.write_index(vec![descriptor]).expect("write index");
 }
 
 /// A store, an image layout and a canary directory side by side in one temp directory.
