@@ -14,12 +14,12 @@
 //! - `images.json`: each image's config and layers (diffID, size), read by [`load_image`].
 
 use anyhow::{bail, Context, Result};
+use oci_spec::image::{Arch, ImageConfiguration, Os};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use vpod_image::oci::layout::OciLayout;
-use vpod_image::oci::spec::ImageConfigFile;
 use vpod_image::oci::writer::{encode_layer, LayerCompression, OciLayoutWriter};
 use vpod_image::{DiffId, ImageConfig, ImageLayer, LayerStore};
 
@@ -193,11 +193,10 @@ fn import_single_layer(
     let writer = OciLayoutWriter::create(layout)?;
     let layer = writer.write_layer(&encode_layer(&tar, LayerCompression::None)?)?;
     drop(tar);
-    let config = ImageConfigFile {
-        architecture: vpod_image::oci::layout::host_platform().to_owned(),
-        os: "linux".to_owned(),
-        ..Default::default()
-    };
+    let mut config = ImageConfiguration::default();
+    config
+        .set_architecture(Arch::from(vpod_image::oci::layout::host_platform()))
+        .set_os(Os::Linux);
     let manifest = writer.write_image(config, &[layer], Some("latest"))?;
     writer.write_index(vec![manifest])?;
     Ok(store.import_oci_layout(&format!("oci:{}:latest", layout.display()))?)
@@ -208,9 +207,9 @@ fn unpack_image(layout_dir: &Path, dir: &Path) -> Result<()> {
     let layout = OciLayout::new(layout_dir);
     let resolved = layout.resolve(Some("latest"))?;
     std::fs::create_dir_all(dir)?;
-    for descriptor in &resolved.manifest.layers {
-        let blob = std::fs::File::open(layout.blob_path(&descriptor.digest))?;
-        let reader: Box<dyn Read> = if descriptor.media_type.ends_with("gzip") {
+    for layer in &resolved.layers {
+        let blob = std::fs::File::open(layout.blob_path(&layer.blob.digest))?;
+        let reader: Box<dyn Read> = if layer.blob.media_type.as_ref().ends_with("gzip") {
             Box::new(flate2::read::GzDecoder::new(blob))
         } else {
             Box::new(blob)

@@ -13,8 +13,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use oci_spec::image::{Arch, Config, Descriptor, ImageConfiguration, Os};
+
 use crate::oci::layout::host_platform;
-use crate::oci::spec::{ContainerConfig, Descriptor, ImageConfigFile};
 use crate::oci::writer::{encode_layer, LayerCompression, OciLayoutWriter, OciWriteError};
 
 /// Where Debian's busybox-static installs the binary.
@@ -117,26 +118,23 @@ pub fn build_default_image(
         let encoded = encode_layer(&tar, LayerCompression::Gzip)?;
         layers.push(writer.write_layer(&encoded)?);
     }
-    let config = ImageConfigFile {
-        architecture: host_platform().to_owned(),
-        os: "linux".to_owned(),
-        created: Some("2024-01-01T00:00:00Z".to_owned()),
-        config: Some(ContainerConfig {
-            env: Some(vec![DEFAULT_PATH.to_owned()]),
-            cmd: Some(vec!["sh".to_owned()]),
-            working_dir: Some("/".to_owned()),
-            labels: Some(
-                [(
-                    "org.opencontainers.image.title".to_owned(),
-                    "vpod default image".to_owned(),
-                )]
-                .into_iter()
-                .collect(),
-            ),
-            ..ContainerConfig::default()
-        }),
-        rootfs: Default::default(),
-    };
+    let mut run = Config::default();
+    run.set_env(Some(vec![DEFAULT_PATH.to_owned()]))
+        .set_cmd(Some(vec!["sh".to_owned()]))
+        .set_working_dir(Some("/".to_owned()))
+        .set_labels(Some(
+            [(
+                "org.opencontainers.image.title".to_owned(),
+                "vpod default image".to_owned(),
+            )]
+            .into(),
+        ));
+    let mut config = ImageConfiguration::default();
+    config
+        .set_architecture(Arch::from(host_platform()))
+        .set_os(Os::Linux)
+        .set_created(Some("2024-01-01T00:00:00Z".to_owned()))
+        .set_config(Some(run));
     let manifest = writer.write_image(config, &layers, Some(DEFAULT_IMAGE_TAG))?;
     writer.write_index(vec![manifest.clone()])?;
     Ok(manifest)

@@ -5,12 +5,31 @@ mod common;
 
 use std::fs;
 
-use common::{write_layout, Fixture, LayerTar};
+use common::{write_layout, write_layout_with_raw_config, Fixture, LayerTar};
 use vpod_image::layer::extract::ExtractError;
 use vpod_image::layer::tar_path::TarPathError;
 use vpod_image::oci::layout::OciLayoutError;
-use vpod_image::oci::writer::LayerCompression;
+use vpod_image::oci::writer::{encode_layer, LayerCompression, OciLayoutWriter};
 use vpod_image::LayerStoreError;
+
+/// Digests oci-spec accepts but the store, which keys blobs and layers by sha256, does not.
+fn digests_of_other_algorithms() -> [String; 2] {
+    [format!("sha512:{}", "ab".repeat(64)), "foo:bar".to_owned()]
+}
+
+/// Asserts `error` is `what` (a document of the layout) refused as malformed, naming the
+/// `digest` it could not use.
+fn assert_refused_for_digest(error: &LayerStoreError, what: &str, digest: &str) {
+    assert!(
+        matches!(
+            error,
+            LayerStoreError::Layout(OciLayoutError::Json { what: refused, .. }) if *refused == what
+        ),
+        "{error:?}"
+    );
+    let chain = vpod_proto::error_chain(error);
+    assert!(chain.contains(digest), "{chain}");
+}
 
 fn import_single_layer(fixture: &Fixture, tar: Vec<u8>) -> Result<(), LayerStoreError> {
     write_layout(
@@ -44,13 +63,13 @@ fn layer_whose_digest_does_not_match_is_refused() {
     let manifest_path = fixture
         .layout_dir("bad")
         .join("blobs/sha256")
-        .join(manifest.digest.hex());
-    let parsed: vpod_image::oci::spec::ImageManifest =
+        .join(manifest.digest().digest());
+    let parsed: oci_spec::image::ImageManifest =
         serde_json::from_slice(&fs::read(manifest_path).unwrap()).unwrap();
     let blob = fixture
         .layout_dir("bad")
         .join("blobs/sha256")
-        .join(parsed.layers[0].digest.hex());
+        .join(parsed.layers()[0].digest().digest());
     let mut bytes = fs::read(&blob).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
@@ -289,4 +308,72 @@ fn missing_tag_is_refused() {
         "{error:?}"
     );
     fixture.assert_nothing_written();
+}
+
+#[test]
+fn layer_digest_of_another_algorithm_is_refused() {
+    for digest in digests_of_other_algorithms() {
+        let fixture = Fixture::new();
+        let writer = OciLayoutWriter::create(fixture.layout_dir("bad")).unwrap();
+        let tar = LayerTar::new().file("f", "content").finish();
+        let encoded = encode_layer(&tar, LayerCompression::Gzip).unwrap();
+        let (mut layer, diff_id) = writer.write_layer(&encoded).unwrap();
+        layer.set_digest(digest.as_str().try_into().unwrap());
+        let manifest = writer
+            .write_image(Default::default(), &[(layer, diff_id)], Some("t"))
+            .unwrap();
+        writer.write_index(vec![manifest]).unwrap();
+        let error = fixture
+            .store
+            .import_oci_layout(&fixture.reference("bad", "t"))
+            .unwrap_err();
+        assert_refused_for_digest(&error, "image manifest", &digest);
+        fixture.assert_nothing_written();
+    }
+}
+
+#[test]
+fn manifest_digest_of_another_algorithm_in_index_json_is_refused() {
+    for digest in digests_of_other_algorithms() {
+        let fixture = Fixture::new();
+        let tar = LayerTar::new().file("f", "content").finish();
+        let (mut manifest, _) = write_layout(
+            &fixture.layout_dir("bad"),
+            &[(tar, LayerCompression::Gzip)],
+            "t",
+        );
+        manifest.set_digest(digest.as_str().try_into().unwrap());
+        OciLayoutWriter::create(fixture.layout_dir("bad"))
+            .unwrap()
+            .write_index(vec![manifest])
+            .unwrap();
+        let error = fixture
+            .store
+            .import_oci_layout(&fixture.reference("bad", "t"))
+            .unwrap_err();
+        assert_refused_for_digest(&error, "index.json", &digest);
+        fixture.assert_nothing_written();
+    }
+}
+
+#[test]
+fn diff_id_of_another_algorithm_is_refused() {
+    for digest in digests_of_other_algorithms() {
+        let fixture = Fixture::new();
+        let tar = LayerTar::new().file("f", "content").finish();
+        write_layout_with_raw_config(
+            &fixture.layout_dir("bad"),
+            &tar,
+            &format!(
+                r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{digest}"]}}}}"#
+            ),
+            "t",
+        );
+        let error = fixture
+            .store
+            .import_oci_layout(&fixture.reference("bad", "t"))
+            .unwrap_err();
+        assert_refused_for_digest(&error, "image config", &digest);
+        fixture.assert_nothing_written();
+    }
 }

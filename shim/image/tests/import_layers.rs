@@ -6,7 +6,10 @@ mod common;
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
-use common::{dump_erofs_path, write_layout, Fixture, LayerTar, MountedImage, MTIME};
+use common::{
+    dump_erofs_path, write_layout, write_layout_with_raw_config, Fixture, LayerTar, MountedImage,
+    MTIME,
+};
 use vpod_image::oci::writer::LayerCompression;
 
 /// Layer 1 has /etc/hostname, /etc/motd and /data/{a,b}; layer 2 whites out /etc/motd,
@@ -309,4 +312,30 @@ fn pax_xattrs_are_kept_except_overlay_ones() {
         &mut value[..]
     )
     .is_err());
+}
+
+/// Some image builders leave `architecture` and `os` out of the config, which oci-spec
+/// requires; such an image imports with them empty, as before oci-spec read configs.
+#[test]
+fn config_without_platform_fields_imports_with_them_empty() {
+    let fixture = Fixture::new();
+    let tar = LayerTar::new().file("f", "x").finish();
+    let diff_id = vpod_image::DiffId::of_bytes(&tar);
+    write_layout_with_raw_config(
+        &fixture.layout_dir("bare"),
+        &tar,
+        &format!(
+            r#"{{"config":{{"Cmd":["sh"]}},"rootfs":{{"type":"layers","diff_ids":["{diff_id}"]}}}}"#
+        ),
+        "t",
+    );
+    let image = fixture
+        .store
+        .import_oci_layout(&fixture.reference("bare", "t"))
+        .expect("import");
+    assert_eq!(image.config.architecture, "");
+    assert_eq!(image.config.os, "");
+    assert_eq!(image.config.cmd, ["sh"]);
+    assert_eq!(image.layers.len(), 1);
+    assert_eq!(image.layers[0].diff_id, diff_id);
 }

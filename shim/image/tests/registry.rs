@@ -10,12 +10,12 @@ use std::path::PathBuf;
 
 use base64::Engine as _;
 use common::{dir_entries, Fixture, LayerTar};
+use oci_spec::image::{
+    Arch, ConfigBuilder, Descriptor, ImageConfiguration, ImageConfigurationBuilder, ImageIndex,
+    MediaType, Os, PlatformBuilder, ANNOTATION_REF_NAME,
+};
 use registry_support::{Setup, TestRegistry};
 use vpod_image::oci::layout::{OciLayout, ResolvedImage};
-use vpod_image::oci::spec::{
-    ContainerConfig, Descriptor, ImageConfigFile, ImageIndex, Platform, ANNOTATION_REF_NAME,
-    MEDIA_TYPE_OCI_INDEX,
-};
 use vpod_image::oci::writer::{encode_layer, LayerCompression, OciLayoutWriter};
 use vpod_image::registry::{
     ImageRecord, Images, ImagesError, PullCounters, RegistryAuth, RegistryOptions,
@@ -75,6 +75,15 @@ fn erofs_name(diff_id: &DiffId) -> String {
     format!("{}.erofs", diff_id.hex())
 }
 
+/// A linux config for `architecture`, running nothing in particular.
+fn linux_config(architecture: &str) -> ImageConfiguration {
+    ImageConfigurationBuilder::default()
+        .architecture(Arch::from(architecture))
+        .os(Os::Linux)
+        .build()
+        .unwrap()
+}
+
 fn layer_ids(record: &ImageRecord) -> Vec<DiffId> {
     record
         .image
@@ -90,17 +99,12 @@ fn write_second_image(dir: &std::path::Path) -> ResolvedImage {
     let source = OciLayout::new(default_image_dir());
     let writer = OciLayoutWriter::create(dir).expect("create layout");
     let mut layers: Vec<(Descriptor, DiffId)> = Vec::new();
-    for (descriptor, diff_id) in default
-        .manifest
-        .layers
-        .iter()
-        .zip(&default.config.rootfs.diff_ids)
-    {
-        let bytes = std::fs::read(source.blob_path(&descriptor.digest)).expect("read layer");
+    for layer in &default.layers {
+        let bytes = std::fs::read(source.blob_path(&layer.blob.digest)).expect("read layer");
         let written = writer
-            .write_blob(&descriptor.media_type, &bytes)
+            .write_blob(layer.blob.media_type.clone(), &bytes)
             .expect("write layer");
-        layers.push((written, *diff_id));
+        layers.push((written, layer.diff_id));
     }
     for (tar, compression) in [
         (
@@ -118,15 +122,13 @@ fn write_second_image(dir: &std::path::Path) -> ResolvedImage {
         let encoded = encode_layer(&tar, compression).expect("encode");
         layers.push(writer.write_layer(&encoded).expect("write layer"));
     }
-    let config = ImageConfigFile {
-        architecture: "amd64".into(),
-        os: "linux".into(),
-        config: Some(ContainerConfig {
-            cmd: Some(vec!["cat".into(), "/etc/second".into()]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let mut config = linux_config("amd64");
+    config.set_config(Some(
+        ConfigBuilder::default()
+            .cmd(vec!["cat".into(), "/etc/second".into()])
+            .build()
+            .unwrap(),
+    ));
     let manifest = writer
         .write_image(config, &layers, Some("v1"))
         .expect("write image");
@@ -156,7 +158,7 @@ async fn pulled_image_has_tags_digests_layers_and_is_found_every_way() {
     assert_eq!(record.repo_tags, vec![tag.clone()]);
     assert_eq!(record.repo_digests, vec![repo_digest.clone()]);
     assert_eq!(record.image.manifest_digest, expected.manifest_digest);
-    assert_eq!(layer_ids(&record), expected.config.rootfs.diff_ids);
+    assert_eq!(layer_ids(&record), expected.diff_ids());
     assert_eq!(record.image.config.cmd, vec!["sh".to_owned()]);
     for layer in &record.image.layers {
         assert!(layer.path.is_file(), "{} missing", layer.path.display());
@@ -277,7 +279,7 @@ async fn a_mirrored_registry_is_pulled_from_its_mirror_under_its_own_name() {
 async fn concurrent_pulls_of_one_reference_fetch_and_convert_once() {
     let registry = TestRegistry::start(Setup::default());
     registry.push(&default_image_source(), "vpod/default:latest", false);
-    let layer_count = default_image().manifest.layers.len() as u64;
+    let layer_count = default_image().layers.len() as u64;
     let fixture = Fixture::new();
     let images = images_over(open_store(&fixture), &registry);
     let reference = format!("{}/vpod/default:latest", registry.address);
@@ -339,7 +341,7 @@ async fn shared_layers_are_reused_and_removal_collects_only_unshared_ones() {
         .await
         .expect("pull second");
     let second_ids = layer_ids(&second);
-    assert_eq!(second_ids, second_layout.config.rootfs.diff_ids);
+    assert_eq!(second_ids, second_layout.diff_ids());
     assert_eq!(&second_ids[..shared.len()], &shared[..]);
     let unshared = &second_ids[shared.len()..];
     assert_eq!(unshared.len(), 2);
@@ -460,10 +462,10 @@ async fn tampered_layer_blob_is_a_digest_error_and_leaves_no_image() {
     registry.push(&default_image_source(), "vpod/default:latest", false);
     let expected = default_image();
     let biggest = expected
-        .manifest
         .layers
         .iter()
-        .max_by_key(|layer| layer.size)
+        .map(|layer| &layer.blob)
+        .max_by_key(|blob| blob.size)
         .unwrap();
     let path = registry.blob_data_path(&biggest.digest);
     let mut bytes = std::fs::read(&path).expect("registry blob");
@@ -505,30 +507,28 @@ async fn image_index_resolves_to_linux_amd64() {
         let layer = writer
             .write_layer(&encode_layer(&tar, LayerCompression::Gzip).unwrap())
             .unwrap();
-        let config = ImageConfigFile {
-            architecture: architecture.into(),
-            os: "linux".into(),
-            ..Default::default()
-        };
-        let mut manifest = writer.write_image(config, &[layer], None).unwrap();
-        manifest.platform = Some(Platform {
-            architecture: architecture.into(),
-            os: "linux".into(),
-            variant: None,
-        });
+        let mut manifest = writer
+            .write_image(linux_config(architecture), &[layer], None)
+            .unwrap();
+        manifest.set_platform(Some(
+            PlatformBuilder::default()
+                .architecture(Arch::from(architecture))
+                .os(Os::Linux)
+                .build()
+                .unwrap(),
+        ));
         entries.push(manifest);
     }
-    let index = ImageIndex {
-        schema_version: 2,
-        media_type: Some(MEDIA_TYPE_OCI_INDEX.into()),
-        manifests: entries.clone(),
-    };
+    let mut index = ImageIndex::default();
+    index
+        .set_media_type(Some(MediaType::ImageIndex))
+        .set_manifests(entries.clone());
     let mut index_descriptor = writer
-        .write_blob(MEDIA_TYPE_OCI_INDEX, &serde_json::to_vec(&index).unwrap())
+        .write_blob(MediaType::ImageIndex, &serde_json::to_vec(&index).unwrap())
         .unwrap();
-    index_descriptor
-        .annotations
-        .insert(ANNOTATION_REF_NAME.into(), "multi".into());
+    index_descriptor.set_annotations(Some(
+        [(ANNOTATION_REF_NAME.to_owned(), "multi".to_owned())].into(),
+    ));
     writer.write_index(vec![index_descriptor.clone()]).unwrap();
     registry.push(
         &format!("oci:{}:multi", dir.path().display()),
@@ -543,11 +543,15 @@ async fn image_index_resolves_to_linux_amd64() {
         .await
         .expect("pull multi-platform image");
     assert_eq!(record.image.config.architecture, "amd64");
-    assert_eq!(record.image.manifest_digest, entries[1].digest);
+    assert_eq!(
+        record.image.manifest_digest.to_string(),
+        entries[1].digest().to_string()
+    );
     // The repo digest names the index, as containerd reports it.
     let repo_digest = format!(
         "{}/vpod/multi@{}",
-        registry.address, index_descriptor.digest
+        registry.address,
+        index_descriptor.digest()
     );
     assert_eq!(record.repo_digests, vec![repo_digest.clone()]);
     assert_eq!(images.status(&repo_digest).unwrap(), Some(record.clone()));
@@ -617,9 +621,9 @@ fn resolved_import_needs_only_the_blobs_the_store_lacks() {
     let dir = tempfile::tempdir().unwrap();
     let second = write_second_image(dir.path());
     let layout = OciLayout::new(dir.path());
-    let shared = &second.manifest.layers[..2];
-    for descriptor in shared {
-        std::fs::remove_file(layout.blob_path(&descriptor.digest)).unwrap();
+    let shared = &second.layers[..2];
+    for layer in shared {
+        std::fs::remove_file(layout.blob_path(&layer.blob.digest)).unwrap();
     }
 
     // The store lacks the shared layers too: refused, and no image is recorded.
@@ -627,7 +631,7 @@ fn resolved_import_needs_only_the_blobs_the_store_lacks() {
         .import_resolved(&layout, &second, "second")
         .unwrap_err();
     assert!(
-        matches!(error, vpod_image::LayerStoreError::LayerBlobMissing { digest } if digest == shared[0].digest),
+        matches!(error, vpod_image::LayerStoreError::LayerBlobMissing { digest } if digest == shared[0].blob.digest),
         "{}",
         chain(&error)
     );
@@ -635,16 +639,13 @@ fn resolved_import_needs_only_the_blobs_the_store_lacks() {
 
     // Once the default image brought them, the missing blobs are not needed.
     store.import_oci_layout(&default_image_source()).unwrap();
-    for (descriptor, diff_id) in shared.iter().zip(&second.config.rootfs.diff_ids) {
+    for layer in shared {
         assert!(store
-            .has_verified_layer(diff_id, &descriptor.digest)
+            .has_verified_layer(&layer.diff_id, &layer.blob.digest)
             .unwrap());
     }
     let imported = store.import_resolved(&layout, &second, "second").unwrap();
-    assert_eq!(
-        imported.converted,
-        second.config.rootfs.diff_ids[2..].to_vec()
-    );
+    assert_eq!(imported.converted, second.diff_ids()[2..].to_vec());
     assert_eq!(imported.image.manifest_digest, second.manifest_digest);
     assert_eq!(store.list_images().unwrap().len(), 2);
 }
@@ -675,7 +676,7 @@ async fn tampered_manifest_is_a_digest_error() {
     let error = pull_tampered(|registry, image| {
         let path = registry.blob_data_path(&image.manifest_digest);
         let text = std::fs::read_to_string(&path).unwrap();
-        let layer = image.manifest.layers[0].digest.to_string();
+        let layer = image.layers[0].blob.digest.to_string();
         let forged = format!("{}0", &layer[..layer.len() - 1]);
         assert_ne!(layer, forged);
         std::fs::write(&path, text.replace(&layer, &forged)).unwrap();
@@ -697,7 +698,12 @@ async fn tampered_manifest_is_a_digest_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blob_longer_than_its_descriptor_is_refused() {
     let error = pull_tampered(|registry, image| {
-        let smallest = image.manifest.layers.iter().min_by_key(|l| l.size).unwrap();
+        let smallest = image
+            .layers
+            .iter()
+            .map(|layer| &layer.blob)
+            .min_by_key(|blob| blob.size)
+            .unwrap();
         let path = registry.blob_data_path(&smallest.digest);
         let mut bytes = std::fs::read(&path).unwrap();
         bytes.extend_from_slice(&[0; 4096]);
@@ -718,15 +724,14 @@ async fn unsupported_layer_media_type_is_refused_before_any_download() {
     let writer = OciLayoutWriter::create(dir.path()).unwrap();
     let tar = LayerTar::new().file("x", "y").finish();
     let layer = writer
-        .write_blob("application/vnd.example.layer.v1.tar+lz4", &tar)
+        .write_blob(
+            MediaType::from("application/vnd.example.layer.v1.tar+lz4"),
+            &tar,
+        )
         .unwrap();
     let manifest = writer
         .write_image(
-            ImageConfigFile {
-                architecture: "amd64".into(),
-                os: "linux".into(),
-                ..Default::default()
-            },
+            linux_config("amd64"),
             &[(layer, DiffId::of_bytes(&tar))],
             Some("odd"),
         )

@@ -30,7 +30,7 @@ fn main() -> anyhow::Result<()> {
     println!(
         "oci:{}:{DEFAULT_IMAGE_TAG} {}",
         out_dir.display(),
-        manifest.digest
+        manifest.digest()
     );
     Ok(())
 }

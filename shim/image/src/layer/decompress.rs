@@ -6,7 +6,7 @@
 
 use std::io::{self, BufRead, BufReader, Read};
 
-use crate::oci::spec::LAYER_MEDIA_TYPES;
+use crate::oci::media_types::LAYER_MEDIA_TYPES;
 
 const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
 const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
@@ -85,7 +85,7 @@ mod tests {
             let layer = encode_layer(&tar, compression).unwrap();
             // The media type is any layer type: the magic bytes decide.
             let (mut reader, _) = open_decompressed(
-                crate::oci::spec::MEDIA_TYPE_DOCKER_LAYER_GZIP,
+                crate::oci::media_types::MEDIA_TYPE_DOCKER_LAYER_GZIP,
                 &layer.blob[..],
             )
             .unwrap();

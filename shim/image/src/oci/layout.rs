@@ -5,12 +5,11 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use crate::digest::{Digest, HashingReader};
-use crate::oci::spec::{
-    Descriptor, ImageConfigFile, ImageIndex, ImageManifest, ANNOTATION_REF_NAME,
-    MEDIA_TYPE_DOCKER_CONFIG, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST_LIST,
-    MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST,
-};
+use oci_spec::image::{Arch, Descriptor, ImageConfiguration, ImageIndex, ImageManifest, Os};
+
+use crate::digest::{DiffId, Digest, DigestError, HashingReader};
+use crate::oci::convert::{self, BlobRef};
+use crate::oci::media_types::{self, ANNOTATION_REF_NAME};
 
 /// JSON documents (index, manifest, config) larger than this are refused unread.
 pub const MAX_JSON_BLOB_BYTES: u64 = 8 << 20;
@@ -106,13 +105,30 @@ pub struct OciLayout {
     dir: PathBuf,
 }
 
-/// The manifest chosen from a layout, with its parsed config.
+/// The manifest chosen from a layout (or fetched from a registry), with its parsed config:
+/// everything importing it needs, its digests checked to be sha256.
 #[derive(Debug, Clone)]
 pub struct ResolvedImage {
     pub manifest_digest: Digest,
-    pub manifest: ImageManifest,
     pub config_digest: Digest,
-    pub config: ImageConfigFile,
+    pub config: ImageConfiguration,
+    /// The manifest's layers, lowest first, each with its diffID from the config.
+    pub layers: Vec<ResolvedLayer>,
+}
+
+/// One layer of a resolved image: the blob the manifest names and the diffID the config
+/// gives its uncompressed tar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedLayer {
+    pub blob: BlobRef,
+    pub diff_id: DiffId,
+}
+
+impl ResolvedImage {
+    /// The layers' diffIDs, lowest first.
+    pub fn diff_ids(&self) -> Vec<DiffId> {
+        self.layers.iter().map(|layer| layer.diff_id).collect()
+    }
 }
 
 impl OciLayout {
@@ -141,74 +157,92 @@ impl OciLayout {
                 source,
             })?;
         let chosen = choose_from_layout_index(&index, tag)?;
-        let (manifest_digest, manifest) = self.read_manifest(chosen, 0)?;
-        if !matches!(
-            manifest.config.media_type.as_str(),
-            MEDIA_TYPE_OCI_CONFIG | MEDIA_TYPE_DOCKER_CONFIG
-        ) {
+        let chosen = blob_ref(chosen, "index.json", &index_path)?;
+        let (manifest_digest, manifest) = self.read_manifest(&chosen, 0)?;
+        let manifest_path = self.blob_path(&manifest_digest);
+        let config_blob = blob_ref(manifest.config(), "image manifest", &manifest_path)?;
+        let layer_blobs = manifest
+            .layers()
+            .iter()
+            .map(|layer| blob_ref(layer, "image manifest", &manifest_path))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !media_types::is_config(&config_blob.media_type) {
             return Err(OciLayoutError::UnsupportedConfigType(
-                manifest.config.media_type.clone(),
+                config_blob.media_type.to_string(),
             ));
         }
-        let config: ImageConfigFile = self.read_json_blob("image config", &manifest.config)?;
-        if config.rootfs.fs_type != "layers" {
+        let config_path = self.blob_path(&config_blob.digest);
+        let config_bytes = self.read_json_blob("image config", &config_blob)?;
+        let config = convert::parse_image_config(&config_bytes)
+            .map_err(json_error("image config", &config_path))?;
+        let diff_ids = convert::diff_ids(&config)
+            .map_err(|e| json_error("image config", &config_path)(digest_json_error(e)))?;
+        if config.rootfs().typ() != "layers" {
             return Err(OciLayoutError::UnsupportedRootFsType(
-                config.rootfs.fs_type.clone(),
+                config.rootfs().typ().clone(),
             ));
         }
-        if config.rootfs.diff_ids.len() != manifest.layers.len() {
+        if diff_ids.len() != layer_blobs.len() {
             return Err(OciLayoutError::LayerCountMismatch {
-                layers: manifest.layers.len(),
-                diff_ids: config.rootfs.diff_ids.len(),
+                layers: layer_blobs.len(),
+                diff_ids: diff_ids.len(),
             });
         }
         Ok(ResolvedImage {
             manifest_digest,
-            config_digest: manifest.config.digest,
-            manifest,
+            config_digest: config_blob.digest,
             config,
+            layers: layer_blobs
+                .into_iter()
+                .zip(diff_ids)
+                .map(|(blob, diff_id)| ResolvedLayer { blob, diff_id })
+                .collect(),
         })
     }
 
     fn read_manifest(
         &self,
-        descriptor: &Descriptor,
+        descriptor: &BlobRef,
         depth: usize,
     ) -> Result<(Digest, ImageManifest), OciLayoutError> {
         if depth > MAX_INDEX_DEPTH {
             return Err(OciLayoutError::IndexTooDeep);
         }
-        match descriptor.media_type.as_str() {
-            MEDIA_TYPE_OCI_MANIFEST | MEDIA_TYPE_DOCKER_MANIFEST => {
-                let manifest = self.read_json_blob("image manifest", descriptor)?;
-                Ok((descriptor.digest, manifest))
-            }
-            MEDIA_TYPE_OCI_INDEX | MEDIA_TYPE_DOCKER_MANIFEST_LIST => {
-                let index: ImageIndex = self.read_json_blob("image index", descriptor)?;
-                let wanted = host_platform();
-                let child = index
-                    .manifests
-                    .iter()
-                    .find(|m| {
-                        m.platform
-                            .as_ref()
-                            .is_some_and(|p| p.os == "linux" && p.architecture == wanted)
+        let path = self.blob_path(&descriptor.digest);
+        if media_types::is_manifest(&descriptor.media_type) {
+            let bytes = self.read_json_blob("image manifest", descriptor)?;
+            let manifest =
+                serde_json::from_slice(&bytes).map_err(json_error("image manifest", &path))?;
+            Ok((descriptor.digest, manifest))
+        } else if media_types::is_index(&descriptor.media_type) {
+            let bytes = self.read_json_blob("image index", descriptor)?;
+            let index: ImageIndex =
+                serde_json::from_slice(&bytes).map_err(json_error("image index", &path))?;
+            let wanted = host_platform();
+            let child = index
+                .manifests()
+                .iter()
+                .find(|m| {
+                    m.platform().as_ref().is_some_and(|p| {
+                        *p.os() == Os::Linux && *p.architecture() == Arch::from(wanted)
                     })
-                    .ok_or_else(|| {
-                        OciLayoutError::NoManifestForPlatform(format!("linux/{wanted}"))
-                    })?;
-                self.read_manifest(child, depth + 1)
-            }
-            other => Err(OciLayoutError::UnsupportedManifestType(other.to_owned())),
+                })
+                .ok_or_else(|| OciLayoutError::NoManifestForPlatform(format!("linux/{wanted}")))?;
+            let child = blob_ref(child, "image index", &path)?;
+            self.read_manifest(&child, depth + 1)
+        } else {
+            Err(OciLayoutError::UnsupportedManifestType(
+                descriptor.media_type.to_string(),
+            ))
         }
     }
 
-    /// Reads a small JSON blob, checks its size and digest, then parses it.
-    fn read_json_blob<T: serde::de::DeserializeOwned>(
+    /// Reads a small JSON blob and checks its size and digest; the caller parses it.
+    fn read_json_blob(
         &self,
         what: &'static str,
-        descriptor: &Descriptor,
-    ) -> Result<T, OciLayoutError> {
+        descriptor: &BlobRef,
+    ) -> Result<Vec<u8>, OciLayoutError> {
         if descriptor.size > MAX_JSON_BLOB_BYTES {
             return Err(OciLayoutError::JsonBlobTooLarge {
                 what,
@@ -232,11 +266,11 @@ impl OciLayout {
                 actual,
             });
         }
-        serde_json::from_slice(&bytes).map_err(|source| OciLayoutError::Json { what, path, source })
+        Ok(bytes)
     }
 
     /// Hashes a whole blob and checks it against its descriptor, without keeping it.
-    pub fn verify_blob(&self, descriptor: &Descriptor) -> Result<(), OciLayoutError> {
+    pub fn verify_blob(&self, descriptor: &BlobRef) -> Result<(), OciLayoutError> {
         let path = self.blob_path(&descriptor.digest);
         let file = self.open_blob_checked_size(descriptor)?;
         let (actual, size) = HashingReader::new(file.take(descriptor.size.saturating_add(1)))
@@ -259,7 +293,7 @@ impl OciLayout {
     }
 
     /// Opens a blob after checking that its file size matches the descriptor.
-    pub fn open_blob_checked_size(&self, descriptor: &Descriptor) -> Result<File, OciLayoutError> {
+    pub fn open_blob_checked_size(&self, descriptor: &BlobRef) -> Result<File, OciLayoutError> {
         let path = self.blob_path(&descriptor.digest);
         let file = File::open(&path).map_err(|source| OciLayoutError::Read {
             path: path.clone(),
@@ -286,16 +320,43 @@ fn choose_from_layout_index<'a>(
 ) -> Result<&'a Descriptor, OciLayoutError> {
     match tag {
         Some(tag) => index
-            .manifests
+            .manifests()
             .iter()
-            .find(|m| m.annotations.get(ANNOTATION_REF_NAME).map(String::as_str) == Some(tag))
+            .find(|m| {
+                m.annotations()
+                    .as_ref()
+                    .and_then(|annotations| annotations.get(ANNOTATION_REF_NAME))
+                    .map(String::as_str)
+                    == Some(tag)
+            })
             .ok_or_else(|| OciLayoutError::TagNotFound(tag.to_owned())),
-        None => match index.manifests.as_slice() {
+        None => match index.manifests().as_slice() {
             [] => Err(OciLayoutError::NoManifest),
             [only] => Ok(only),
             many => Err(OciLayoutError::AmbiguousManifest(many.len())),
         },
     }
+}
+
+/// The blob `descriptor` names, read from the document `what` at `path`; a digest the
+/// store cannot use makes that document one of an unexpected shape, as a malformed digest
+/// does.
+fn blob_ref(
+    descriptor: &Descriptor,
+    what: &'static str,
+    path: &Path,
+) -> Result<BlobRef, OciLayoutError> {
+    BlobRef::try_from(descriptor).map_err(|e| json_error(what, path)(digest_json_error(e)))
+}
+
+fn json_error(what: &'static str, path: &Path) -> impl FnOnce(serde_json::Error) -> OciLayoutError {
+    let path = path.to_owned();
+    move |source| OciLayoutError::Json { what, path, source }
+}
+
+/// A digest the store refuses, as the JSON error a stricter parser would have given.
+fn digest_json_error(error: DigestError) -> serde_json::Error {
+    serde::de::Error::custom(error)
 }
 
 /// The OCI architecture name of this host.

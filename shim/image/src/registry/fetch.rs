@@ -11,16 +11,14 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth as OciAuth;
 use oci_client::{Client, Reference, RegistryOperation};
+use oci_spec::image::{Arch, Descriptor, ImageIndex, ImageManifest, MediaType, Os};
 use serde::Deserialize;
 use tokio::io::AsyncWrite;
 
 use crate::digest::Digest;
-use crate::oci::layout::{host_platform, MAX_JSON_BLOB_BYTES};
-use crate::oci::spec::{
-    Descriptor, ImageConfigFile, ImageIndex, ImageManifest, LAYER_MEDIA_TYPES,
-    MEDIA_TYPE_DOCKER_CONFIG, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST_LIST,
-    MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST,
-};
+use crate::oci::convert::{self, BlobRef};
+use crate::oci::layout::{host_platform, ResolvedImage, ResolvedLayer, MAX_JSON_BLOB_BYTES};
+use crate::oci::media_types::{self, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST_LIST};
 use crate::registry::reference::ImageReference;
 use crate::registry::{ImagesError, RegistryAuth, Shared};
 
@@ -51,12 +49,15 @@ pub fn is_loopback(registry: &str) -> bool {
 }
 
 /// Manifest media types asked for, most wanted first.
-const ACCEPTED_MANIFESTS: &[&str] = &[
-    MEDIA_TYPE_OCI_MANIFEST,
-    MEDIA_TYPE_OCI_INDEX,
-    MEDIA_TYPE_DOCKER_MANIFEST,
-    MEDIA_TYPE_DOCKER_MANIFEST_LIST,
-];
+fn accepted_manifests() -> [MediaType; 4] {
+    [
+        MediaType::ImageManifest,
+        MediaType::ImageIndex,
+        MediaType::from(MEDIA_TYPE_DOCKER_MANIFEST),
+        MediaType::from(MEDIA_TYPE_DOCKER_MANIFEST_LIST),
+    ]
+}
+
 /// Image indexes pointing at image indexes deeper than this are refused.
 const MAX_INDEX_DEPTH: usize = 4;
 
@@ -64,11 +65,9 @@ const MAX_INDEX_DEPTH: usize = 4;
 pub(super) struct RemoteImage {
     /// The digest of the document the reference named (an index, or the manifest).
     pub top_digest: Digest,
-    pub manifest_digest: Digest,
     pub manifest_bytes: Vec<u8>,
-    pub manifest: ImageManifest,
     pub config_bytes: Vec<u8>,
-    pub config: ImageConfigFile,
+    pub image: ResolvedImage,
 }
 
 /// The registry side of one pull.
@@ -142,105 +141,110 @@ impl Fetcher {
         let mut depth = 0;
         let manifest: ImageManifest = loop {
             let media_type = manifest_media_type(&bytes).map_err(|e| self.invalid(e))?;
-            match media_type.as_str() {
-                MEDIA_TYPE_OCI_MANIFEST | MEDIA_TYPE_DOCKER_MANIFEST => {
-                    break serde_json::from_slice(&bytes).map_err(|e| self.invalid(e))?;
-                }
-                MEDIA_TYPE_OCI_INDEX | MEDIA_TYPE_DOCKER_MANIFEST_LIST => {
-                    depth += 1;
-                    if depth > MAX_INDEX_DEPTH {
-                        return Err(ImagesError::InvalidManifest {
-                            reference: self.name.clone(),
-                            reason: format!("image indexes nest deeper than {MAX_INDEX_DEPTH}"),
-                        });
-                    }
-                    let index: ImageIndex =
-                        serde_json::from_slice(&bytes).map_err(|e| self.invalid(e))?;
-                    let child =
-                        choose_platform(&index).ok_or_else(|| ImagesError::NoMatchingPlatform {
-                            reference: self.name.clone(),
-                            platform: format!("linux/{}", host_platform()),
-                        })?;
-                    let child_digest = child.digest.to_string();
-                    let child_reference = self.reference.clone_with_digest(child_digest.clone());
-                    (manifest_digest, bytes) = self
-                        .fetch_manifest(&child_reference, Some(&child_digest))
-                        .await?;
-                }
-                other => {
-                    return Err(ImagesError::UnsupportedMediaType {
-                        reference: self.name.clone(),
-                        what: "manifest",
-                        media_type: other.to_owned(),
-                    })
-                }
+            if media_types::is_manifest(&media_type) {
+                break serde_json::from_slice(&bytes).map_err(|e| self.invalid(e))?;
             }
+            if !media_types::is_index(&media_type) {
+                return Err(ImagesError::UnsupportedMediaType {
+                    reference: self.name.clone(),
+                    what: "manifest",
+                    media_type: media_type.to_string(),
+                });
+            }
+            depth += 1;
+            if depth > MAX_INDEX_DEPTH {
+                return Err(ImagesError::InvalidManifest {
+                    reference: self.name.clone(),
+                    reason: format!("image indexes nest deeper than {MAX_INDEX_DEPTH}"),
+                });
+            }
+            let index: ImageIndex = serde_json::from_slice(&bytes).map_err(|e| self.invalid(e))?;
+            let child = choose_platform(&index).ok_or_else(|| ImagesError::NoMatchingPlatform {
+                reference: self.name.clone(),
+                platform: format!("linux/{}", host_platform()),
+            })?;
+            let child_digest = BlobRef::try_from(child)
+                .map_err(|e| self.invalid(e))?
+                .digest
+                .to_string();
+            let child_reference = self.reference.clone_with_digest(child_digest.clone());
+            (manifest_digest, bytes) = self
+                .fetch_manifest(&child_reference, Some(&child_digest))
+                .await?;
         };
+        let config_blob = BlobRef::try_from(manifest.config()).map_err(|e| self.invalid(e))?;
+        let layer_blobs = manifest
+            .layers()
+            .iter()
+            .map(BlobRef::try_from)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.invalid(e))?;
 
-        if !matches!(
-            manifest.config.media_type.as_str(),
-            MEDIA_TYPE_OCI_CONFIG | MEDIA_TYPE_DOCKER_CONFIG
-        ) {
+        if !media_types::is_config(&config_blob.media_type) {
             return Err(ImagesError::UnsupportedMediaType {
                 reference: self.name.clone(),
                 what: "config",
-                media_type: manifest.config.media_type.clone(),
+                media_type: config_blob.media_type.to_string(),
             });
         }
-        if let Some(layer) = manifest
-            .layers
+        if let Some(layer) = layer_blobs
             .iter()
-            .find(|layer| !LAYER_MEDIA_TYPES.contains(&layer.media_type.as_str()))
+            .find(|layer| !media_types::is_layer(&layer.media_type))
         {
             return Err(ImagesError::UnsupportedMediaType {
                 reference: self.name.clone(),
                 what: "layer",
-                media_type: layer.media_type.clone(),
+                media_type: layer.media_type.to_string(),
             });
         }
-        if manifest.config.size > MAX_JSON_BLOB_BYTES {
+        if config_blob.size > MAX_JSON_BLOB_BYTES {
             return Err(ImagesError::TooLarge {
                 reference: self.name.clone(),
                 what: "config",
-                size: manifest.config.size,
+                size: config_blob.size,
                 limit: MAX_JSON_BLOB_BYTES,
             });
         }
         let mut config_bytes = Vec::new();
-        self.fetch_blob(&manifest.config, "config blob", &mut config_bytes)
+        self.fetch_blob(&config_blob, "config blob", &mut config_bytes)
             .await?;
         // oci-client checked it while streaming; checked here too, not to depend on that.
         let config_digest = Digest::of_bytes(&config_bytes);
-        if config_digest != manifest.config.digest {
+        if config_digest != config_blob.digest {
             return Err(ImagesError::DigestMismatch {
                 reference: self.name.clone(),
                 what: "config blob",
-                expected: manifest.config.digest.to_string(),
+                expected: config_blob.digest.to_string(),
                 actual: config_digest.to_string(),
             });
         }
-        let config: ImageConfigFile =
-            serde_json::from_slice(&config_bytes).map_err(|e| self.invalid(e))?;
-        if config.rootfs.fs_type != "layers"
-            || config.rootfs.diff_ids.len() != manifest.layers.len()
-        {
+        let config = convert::parse_image_config(&config_bytes).map_err(|e| self.invalid(e))?;
+        let diff_ids = convert::diff_ids(&config).map_err(|e| self.invalid(e))?;
+        if config.rootfs().typ() != "layers" || diff_ids.len() != layer_blobs.len() {
             return Err(ImagesError::InvalidManifest {
                 reference: self.name.clone(),
                 reason: format!(
                     "the config's rootfs ({:?}, {} diffIDs) does not match the manifest's {} layers",
-                    config.rootfs.fs_type,
-                    config.rootfs.diff_ids.len(),
-                    manifest.layers.len()
+                    config.rootfs().typ(),
+                    diff_ids.len(),
+                    layer_blobs.len()
                 ),
             });
         }
         Ok(RemoteImage {
             top_digest,
-            manifest_digest,
             manifest_bytes: bytes,
-            manifest,
             config_bytes,
-            config,
+            image: ResolvedImage {
+                manifest_digest,
+                config_digest,
+                config,
+                layers: layer_blobs
+                    .into_iter()
+                    .zip(diff_ids)
+                    .map(|(blob, diff_id)| ResolvedLayer { blob, diff_id })
+                    .collect(),
+            },
         })
     }
 
@@ -248,7 +252,7 @@ impl Fetcher {
     /// its digest.
     pub async fn download_blob(
         &self,
-        descriptor: &Descriptor,
+        descriptor: &BlobRef,
         path: &Path,
     ) -> Result<(), ImagesError> {
         let file = tokio::fs::File::create(path)
@@ -267,7 +271,7 @@ impl Fetcher {
     /// is held to the descriptor's.
     async fn fetch_blob<W: AsyncWrite + Unpin>(
         &self,
-        descriptor: &Descriptor,
+        descriptor: &BlobRef,
         what: &'static str,
         out: &mut W,
     ) -> Result<(), ImagesError> {
@@ -308,9 +312,11 @@ impl Fetcher {
         reference: &Reference,
         expected: Option<&str>,
     ) -> Result<(Digest, Vec<u8>), ImagesError> {
+        let accepted = accepted_manifests();
+        let accepted: Vec<&str> = accepted.iter().map(AsRef::as_ref).collect();
         let (bytes, _) = self
             .client
-            .pull_manifest_raw(reference, &self.auth, ACCEPTED_MANIFESTS)
+            .pull_manifest_raw(reference, &self.auth, &accepted)
             .await
             .map_err(|e| self.registry_error(e, "manifest"))?;
         if bytes.len() as u64 > MAX_JSON_BLOB_BYTES {
@@ -447,7 +453,7 @@ fn oci_auth(reference: &str, auth: Option<&RegistryAuth>) -> Result<OciAuth, Ima
 
 /// The media type of a manifest document: its `mediaType` field, or, for documents that
 /// leave it out (allowed by OCI), what its fields say it is.
-fn manifest_media_type(bytes: &[u8]) -> Result<String, serde_json::Error> {
+fn manifest_media_type(bytes: &[u8]) -> Result<MediaType, serde_json::Error> {
     #[derive(Deserialize)]
     struct Probe {
         #[serde(rename = "schemaVersion")]
@@ -459,28 +465,26 @@ fn manifest_media_type(bytes: &[u8]) -> Result<String, serde_json::Error> {
     }
     let probe: Probe = serde_json::from_slice(bytes)?;
     Ok(match probe.media_type {
-        Some(media_type) => media_type,
-        None if probe.schema_version != 2 => {
-            format!(
-                "application/vnd.docker.distribution.manifest.v{}+json",
-                probe.schema_version
-            )
-        }
-        None if probe.manifests.is_some() => MEDIA_TYPE_OCI_INDEX.to_owned(),
-        None if probe.layers.is_some() => MEDIA_TYPE_OCI_MANIFEST.to_owned(),
-        None => String::new(),
+        Some(media_type) => MediaType::from(media_type.as_str()),
+        None if probe.schema_version != 2 => MediaType::Other(format!(
+            "application/vnd.docker.distribution.manifest.v{}+json",
+            probe.schema_version
+        )),
+        None if probe.manifests.is_some() => MediaType::ImageIndex,
+        None if probe.layers.is_some() => MediaType::ImageManifest,
+        None => MediaType::Other(String::new()),
     })
 }
 
 /// The index entry for linux on this host's architecture (for arm64, variant v8 or none).
 fn choose_platform(index: &ImageIndex) -> Option<&Descriptor> {
-    let architecture = host_platform();
-    index.manifests.iter().find(|entry| {
-        entry.platform.as_ref().is_some_and(|platform| {
-            platform.os == "linux"
-                && platform.architecture == architecture
-                && (architecture != "arm64"
-                    || matches!(platform.variant.as_deref(), None | Some("v8")))
+    let architecture = Arch::from(host_platform());
+    index.manifests().iter().find(|entry| {
+        entry.platform().as_ref().is_some_and(|platform| {
+            *platform.os() == Os::Linux
+                && *platform.architecture() == architecture
+                && (architecture != Arch::ARM64
+                    || matches!(platform.variant().as_deref(), None | Some("v8")))
         })
     })
 }
@@ -607,14 +611,16 @@ mod tests {
     fn manifest_kind_is_read_from_fields_when_media_type_is_absent() {
         assert_eq!(
             manifest_media_type(br#"{"schemaVersion":2,"manifests":[]}"#).unwrap(),
-            MEDIA_TYPE_OCI_INDEX
+            MediaType::ImageIndex
         );
         assert_eq!(
             manifest_media_type(br#"{"schemaVersion":2,"config":{},"layers":[]}"#).unwrap(),
-            MEDIA_TYPE_OCI_MANIFEST
+            MediaType::ImageManifest
         );
         assert_eq!(
-            manifest_media_type(br#"{"schemaVersion":1,"fsLayers":[]}"#).unwrap(),
+            manifest_media_type(br#"{"schemaVersion":1,"fsLayers":[]}"#)
+                .unwrap()
+                .as_ref(),
             "application/vnd.docker.distribution.manifest.v1+json"
         );
     }

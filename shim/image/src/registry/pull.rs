@@ -11,7 +11,7 @@ use std::sync::Arc;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
 use crate::digest::Digest;
-use crate::oci::layout::{OciLayout, ResolvedImage};
+use crate::oci::layout::{OciLayout, ResolvedImage, ResolvedLayer};
 use crate::registry::fetch::{endpoint, is_loopback, Fetcher, RemoteImage};
 use crate::registry::{
     catalog, ImageRecord, ImageReference, Images, ImagesError, RegistryAuth, Shared,
@@ -78,12 +78,7 @@ impl Images {
         let (fetcher, remote) = Self::resolve(shared, image, auth).await?;
         let staging = Staging::create(&shared.store.staging_dir())?;
         let layout = staging.write_documents(&remote)?;
-        let resolved = ResolvedImage {
-            manifest_digest: remote.manifest_digest,
-            config_digest: remote.manifest.config.digest,
-            manifest: remote.manifest,
-            config: remote.config,
-        };
+        let resolved = remote.image;
         let reference_text = image.to_string();
         let top_digest = remote.top_digest;
         let mut attempt = 0;
@@ -137,16 +132,11 @@ impl Images {
     ) -> Result<(), ImagesError> {
         let store = &self.shared.store;
         let mut missing = Vec::new();
-        for (descriptor, diff_id) in resolved
-            .manifest
-            .layers
-            .iter()
-            .zip(&resolved.config.rootfs.diff_ids)
-        {
-            let path = layout.blob_path(&descriptor.digest);
+        for ResolvedLayer { blob, diff_id } in &resolved.layers {
+            let path = layout.blob_path(&blob.digest);
             let already_fetched = path.exists() || missing.iter().any(|(_, p)| *p == path);
-            if !already_fetched && !store.has_verified_layer(diff_id, &descriptor.digest)? {
-                missing.push((descriptor.clone(), path));
+            if !already_fetched && !store.has_verified_layer(diff_id, &blob.digest)? {
+                missing.push((blob.clone(), path));
             }
         }
         let concurrency = self.shared.options.max_concurrent_downloads.max(1);
@@ -220,8 +210,8 @@ impl Staging {
     fn write_documents(&self, remote: &RemoteImage) -> Result<OciLayout, ImagesError> {
         let layout = OciLayout::new(&self.dir);
         for (digest, bytes) in [
-            (&remote.manifest_digest, &remote.manifest_bytes),
-            (&remote.manifest.config.digest, &remote.config_bytes),
+            (&remote.image.manifest_digest, &remote.manifest_bytes),
+            (&remote.image.config_digest, &remote.config_bytes),
         ] {
             let path = layout.blob_path(digest);
             fs::write(&path, bytes).map_err(ImagesError::io("write", &path))?;

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use crate::digest::{DiffId, HashingReader};
 use crate::layer::decompress::open_decompressed;
 use crate::layer::extract::LayerExtractor;
+use crate::oci::convert::BlobRef;
 use crate::oci::layout::OciLayout;
-use crate::oci::spec::Descriptor;
 use crate::store::files::{self, TempDirGuard, TempFileGuard};
 use crate::store::{LayerRecord, LayerStore, LayerStoreError};
 
@@ -20,7 +20,7 @@ impl LayerStore {
     pub(crate) fn ensure_layer_reporting(
         &self,
         layout: &OciLayout,
-        descriptor: &Descriptor,
+        descriptor: &BlobRef,
         diff_id: DiffId,
     ) -> Result<(LayerRecord, bool), LayerStoreError> {
         layout.verify_blob(descriptor)?;
@@ -48,7 +48,7 @@ impl LayerStore {
     /// The record, if the image exists and this very blob was already proven to be it.
     pub(super) fn reusable_record(
         &self,
-        descriptor: &Descriptor,
+        descriptor: &BlobRef,
         diff_id: &DiffId,
     ) -> Result<Option<LayerRecord>, LayerStoreError> {
         if !self.has_layer(diff_id) {
@@ -64,13 +64,13 @@ impl LayerStore {
     fn verify_blob_against_existing_layer(
         &self,
         layout: &OciLayout,
-        descriptor: &Descriptor,
+        descriptor: &BlobRef,
         diff_id: DiffId,
     ) -> Result<LayerRecord, LayerStoreError> {
         let digest = descriptor.digest;
         let blob = layout.open_blob_checked_size(descriptor)?;
         let mut compressed = HashingReader::new(blob);
-        let (decompressed, _) = open_decompressed(&descriptor.media_type, &mut compressed)
+        let (decompressed, _) = open_decompressed(descriptor.media_type.as_ref(), &mut compressed)
             .map_err(|source| LayerStoreError::Decompress { digest, source })?;
         let (actual, tar_size) = HashingReader::new(decompressed)
             .finish()
@@ -104,7 +104,7 @@ impl LayerStore {
     fn convert_layer(
         &self,
         layout: &OciLayout,
-        descriptor: &Descriptor,
+        descriptor: &BlobRef,
         diff_id: DiffId,
     ) -> Result<LayerRecord, LayerStoreError> {
         let digest = descriptor.digest;
@@ -116,7 +116,7 @@ impl LayerStore {
 
         let blob = layout.open_blob_checked_size(descriptor)?;
         let mut compressed = HashingReader::new(blob);
-        let (decompressed, _) = open_decompressed(&descriptor.media_type, &mut compressed)
+        let (decompressed, _) = open_decompressed(descriptor.media_type.as_ref(), &mut compressed)
             .map_err(|source| LayerStoreError::Decompress { digest, source })?;
         let mut archive = tar::Archive::new(HashingReader::new(decompressed));
         let stats = LayerExtractor::new(staging.path())
@@ -197,7 +197,7 @@ impl LayerStore {
 /// Reads the rest of the blob and checks that what was decompressed is what was verified.
 fn check_blob_unchanged<R: Read>(
     compressed: HashingReader<R>,
-    descriptor: &Descriptor,
+    descriptor: &BlobRef,
 ) -> Result<(), LayerStoreError> {
     let digest = descriptor.digest;
     let (actual, size) = compressed

@@ -3,11 +3,11 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use oci_spec::image::ImageConfiguration;
 use serde::{Deserialize, Serialize};
 
 use crate::digest::{DiffId, Digest};
 use crate::oci::layout::{OciLayout, OciReference};
-use crate::oci::spec::ImageConfigFile;
 use crate::store::{LayerStore, LayerStoreError};
 
 /// An image in the store, ready to run: its layers' disks, lowest first, and how to run it.
@@ -48,18 +48,23 @@ pub struct ImageConfig {
 }
 
 impl ImageConfig {
-    pub(super) fn from_config_file(file: &ImageConfigFile) -> ImageConfig {
-        let run = file.config.clone().unwrap_or_default();
+    pub(super) fn from_config_file(file: &ImageConfiguration) -> ImageConfig {
+        let run = file.config().clone().unwrap_or_default();
         ImageConfig {
-            architecture: file.architecture.clone(),
-            os: file.os.clone(),
-            env: run.env.unwrap_or_default(),
-            entrypoint: run.entrypoint.unwrap_or_default(),
-            cmd: run.cmd.unwrap_or_default(),
-            working_dir: run.working_dir.unwrap_or_default(),
-            user: run.user.unwrap_or_default(),
-            labels: run.labels.unwrap_or_default(),
-            stop_signal: run.stop_signal,
+            architecture: file.architecture().to_string(),
+            os: file.os().to_string(),
+            env: run.env().clone().unwrap_or_default(),
+            entrypoint: run.entrypoint().clone().unwrap_or_default(),
+            cmd: run.cmd().clone().unwrap_or_default(),
+            working_dir: run.working_dir().clone().unwrap_or_default(),
+            user: run.user().clone().unwrap_or_default(),
+            labels: run
+                .labels()
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+            stop_signal: run.stop_signal().clone(),
         }
     }
 }

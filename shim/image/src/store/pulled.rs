@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use crate::digest::{DiffId, Digest};
-use crate::oci::layout::{OciLayout, ResolvedImage};
+use crate::oci::layout::{OciLayout, ResolvedImage, ResolvedLayer};
 use crate::store::import::ImageConfig;
 use crate::store::{files, ImageLayer, ImportedImage, LayerStore, LayerStoreError};
 
@@ -44,37 +44,23 @@ impl LayerStore {
         resolved: &ResolvedImage,
         reference: &str,
     ) -> Result<ResolvedImport, LayerStoreError> {
-        if resolved.config.rootfs.diff_ids.len() != resolved.manifest.layers.len() {
-            return Err(crate::oci::layout::OciLayoutError::LayerCountMismatch {
-                layers: resolved.manifest.layers.len(),
-                diff_ids: resolved.config.rootfs.diff_ids.len(),
-            }
-            .into());
-        }
         let lock_path = self.store_lock_path();
         let _store_lock =
             files::lock_shared(&lock_path).map_err(LayerStoreError::io("lock", &lock_path))?;
-        let mut layers = Vec::with_capacity(resolved.manifest.layers.len());
+        let mut layers = Vec::with_capacity(resolved.layers.len());
         let mut converted = Vec::new();
-        for (descriptor, diff_id) in resolved
-            .manifest
-            .layers
-            .iter()
-            .zip(&resolved.config.rootfs.diff_ids)
-        {
-            let record = if layout.blob_path(&descriptor.digest).exists() {
-                let (record, did_convert) =
-                    self.ensure_layer_reporting(layout, descriptor, *diff_id)?;
+        for ResolvedLayer { blob, diff_id } in &resolved.layers {
+            let record = if layout.blob_path(&blob.digest).exists() {
+                let (record, did_convert) = self.ensure_layer_reporting(layout, blob, *diff_id)?;
                 if did_convert {
                     converted.push(*diff_id);
                 }
                 record
             } else {
-                self.reusable_record(descriptor, diff_id)?.ok_or(
-                    LayerStoreError::LayerBlobMissing {
-                        digest: descriptor.digest,
-                    },
-                )?
+                self.reusable_record(blob, diff_id)?
+                    .ok_or(LayerStoreError::LayerBlobMissing {
+                        digest: blob.digest,
+                    })?
             };
             layers.push(ImageLayer {
                 diff_id: *diff_id,

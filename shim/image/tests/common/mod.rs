@@ -6,8 +6,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use oci_spec::image::{
+    Arch, ConfigBuilder, Descriptor, ImageConfigurationBuilder, ImageManifestBuilder, MediaType,
+    Os, ANNOTATION_REF_NAME,
+};
 use tempfile::TempDir;
-use vpod_image::oci::spec::{ContainerConfig, Descriptor, ImageConfigFile};
 use vpod_image::oci::writer::{encode_layer, LayerCompression, OciLayoutWriter};
 use vpod_image::{DiffId, LayerStore};
 
@@ -120,20 +123,22 @@ pub fn write_layout(
         let encoded = encode_layer(tar, *compression).expect("encode layer");
         written.push(writer.write_layer(&encoded).expect("write layer"));
     }
-    let config = ImageConfigFile {
-        architecture: "amd64".into(),
-        os: "linux".into(),
-        config: Some(ContainerConfig {
-            env: Some(vec!["PATH=/bin".into()]),
-            cmd: Some(vec!["sh".into()]),
-            entrypoint: Some(vec!["/bin/entry".into()]),
-            working_dir: Some("/work".into()),
-            user: Some("1000:1000".into()),
-            labels: Some([("purpose".to_owned(), "test".to_owned())].into()),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let config = ImageConfigurationBuilder::default()
+        .architecture(Arch::Amd64)
+        .os(Os::Linux)
+        .config(
+            ConfigBuilder::default()
+                .env(vec!["PATH=/bin".into()])
+                .cmd(vec!["sh".into()])
+                .entrypoint(vec!["/bin/entry".into()])
+                .working_dir("/work")
+                .user("1000:1000")
+                .labels([("purpose".to_owned(), "test".to_owned())])
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
     let manifest = writer
         .write_image(config, &written, Some(tag))
         .expect("write image");
@@ -142,6 +147,34 @@ pub fn write_layout(
         .expect("write index");
     let diff_ids = written.iter().map(|(_, d)| *d).collect();
     (manifest, diff_ids)
+}
+
+/// Writes a one-layer OCI layout (the layer gzipped) tagged `tag` whose config blob is
+/// `config`, byte for byte: for configs the writer would not write.
+pub fn write_layout_with_raw_config(dir: &Path, tar: &[u8], config: &str, tag: &str) {
+    let writer = OciLayoutWriter::create(dir).expect("create layout");
+    let encoded = encode_layer(tar, LayerCompression::Gzip).expect("encode layer");
+    let (layer, _) = writer.write_layer(&encoded).expect("write layer");
+    let config = writer
+        .write_blob(MediaType::ImageConfig, config.as_bytes())
+        .expect("write config");
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(config)
+        .layers(vec![layer])
+        .build()
+        .unwrap();
+    let mut descriptor = writer
+        .write_blob(
+            MediaType::ImageManifest,
+            &serde_json::to_vec(&manifest).unwrap(),
+        )
+        .expect("write manifest");
+    descriptor.set_annotations(Some(
+        [(ANNOTATION_REF_NAME.to_owned(), tag.to_owned())].into(),
+    ));
+    writer.write_index(vec![descriptor]).expect("write index");
 }
 
 /// A store, an image layout and a canary directory side by side in one temp directory.
