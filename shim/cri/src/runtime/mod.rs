@@ -7,12 +7,11 @@
 //! and written for create, remove and stop. Long waits (a container's output and exit) use
 //! their own connection to the agent ([`Sandbox::open`]) and hold no lock.
 
-mod containers;
+mod container;
 mod events;
 mod follow;
-mod pods;
+mod pod;
 mod recover;
-mod spec;
 mod stats;
 
 use std::collections::{HashMap, HashSet};
@@ -34,8 +33,8 @@ use crate::images::{ImageError, Images};
 
 use crate::state::{ContainerRecord, PodRecord, StateDir, StateError};
 
-pub use containers::CreateContainer;
-pub use pods::RunPod;
+pub use container::{CreateContainer, ExecOutput};
+pub use pod::RunPod;
 pub use stats::{ContainerUsage, PodUsage};
 
 /// Why a runtime operation failed; each variant maps to one gRPC code.
@@ -265,6 +264,12 @@ impl Runtime {
             }
         }
     }
+}
+
+/// What a call that needs the pod's VM fails with when the pod has none (it was stopped,
+/// or its VM died).
+fn pod_not_ready(pod_id: &str) -> RuntimeError {
+    RuntimeError::FailedPrecondition(format!("The pod sandbox {pod_id} is not ready."))
 }
 
 /// The pod name key of AlreadyExists checks.

@@ -149,7 +149,7 @@ impl Runtime {
             ));
             let running = record.phase == ContainerPhase::Running;
             let log = if running {
-                super::containers::open_log(&record.log_path).unwrap_or(None)
+                super::container::open_log(&record.log_path).unwrap_or(None)
             } else {
                 None
             };

@@ -1,9 +1,17 @@
 //! The gRPC face of the runtime: CRI runtime v1 RuntimeService and ImageService on a unix
-//! socket. Handlers convert messages ([`convert`]) and call [`crate::runtime::Runtime`].
+//! socket. The services hand each RPC to its verb's room, one file per verb as the runtime
+//! has them: `pod`, `container` and `image` (containerd's `internal/cri/server` is laid
+//! out so). A verb's file validates and converts the CRI request into the runtime's terms,
+//! calls [`crate::runtime::Runtime`], converts the answer back and maps the error with
+//! [`status`], the one error-to-status map; `common` holds what several verbs share.
 
-pub mod convert;
+mod common;
+mod container;
+mod image;
 mod image_service;
+mod pod;
 mod runtime_service;
+mod runtime_status;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

@@ -1,4 +1,5 @@
-//! Pod sandboxes: run (boot the VM), stop, remove, and what the status calls show.
+//! RunPodSandbox: boot the pod's VM, its record written first so that a daemon killed
+//! during the boot leaves something for recovery to undo.
 
 use std::sync::{Arc, Mutex};
 
@@ -6,11 +7,10 @@ use tokio::sync::RwLock;
 use vpod_proto::cri::LinuxContainerResources;
 use vpod_sandbox::{Sandbox, SandboxConfig};
 
-use super::{lock, pod_name_key, Pod, Runtime, RuntimeError};
-use crate::filters::PodFilter;
 use crate::logformat::now_ns;
+use crate::runtime::{lock, pod_name_key, Pod, Runtime, RuntimeError};
 use crate::sizing::pod_size;
-use crate::state::{ContainerPhase, PodPhase, PodRecord};
+use crate::state::{PodPhase, PodRecord};
 
 /// A validated RunPodSandbox request.
 #[derive(Debug, Clone, Default)]
@@ -134,127 +134,5 @@ impl Runtime {
         });
         lock(&self.pods).insert(id.clone(), pod);
         Ok(id)
-    }
-
-    /// Stops the pod's VM (and so every container in it); a stopped pod is not an error.
-    pub async fn stop_pod(&self, wanted: &str) -> Result<(), RuntimeError> {
-        let pod = self.pod(wanted)?;
-        self.stop_pod_vm(&pod, "PodStopped", "").await
-    }
-
-    /// Stops the VM of `pod` if it runs; containers not exited are marked exited with
-    /// `reason`, and the pod NotReady with `pod_reason`.
-    pub(super) async fn stop_pod_vm(
-        &self,
-        pod: &Pod,
-        reason: &str,
-        pod_reason: &str,
-    ) -> Result<(), RuntimeError> {
-        let mut slot = pod.sandbox.write().await;
-        let containers = self.containers_of(&pod.id);
-        for container in &containers {
-            if let Some(task) = lock(&container.follower).take() {
-                task.abort();
-            }
-        }
-        let stopped = match slot.take() {
-            Some(sandbox) => {
-                tracing::info!(pod = %pod.id, reason, "stopping pod VM");
-                sandbox.stop().await
-            }
-            None => Ok(()),
-        };
-        let now = now_ns();
-        for container in &containers {
-            let record = container.record();
-            if matches!(
-                record.phase,
-                ContainerPhase::Running | ContainerPhase::Created
-            ) {
-                self.update_container(container, |c| {
-                    if c.phase == ContainerPhase::Running {
-                        c.exit_code = 137;
-                        c.finished_at_ns = now;
-                    }
-                    c.phase = ContainerPhase::Exited;
-                    c.reason = reason.to_string();
-                })?;
-            }
-            *lock(&container.log) = None;
-        }
-        self.update_pod(pod, |p| {
-            if p.phase != PodPhase::NotReady {
-                p.reason = pod_reason.to_string();
-            }
-            p.phase = PodPhase::NotReady;
-        })?;
-        stopped.map_err(RuntimeError::from)
-    }
-
-    /// Removes the pod, stopping it first, and its containers.
-    pub async fn remove_pod(&self, wanted: &str) -> Result<(), RuntimeError> {
-        let pod = self.pod(wanted)?;
-        self.stop_pod_vm(&pod, "PodRemoved", "").await?;
-        for container in self.containers_of(&pod.id) {
-            self.forget_container(&container)?;
-        }
-        let record = pod.record();
-        self.state.remove_pod(&pod.id)?;
-        lock(&self.pods).remove(&pod.id);
-        self.release_name(&pod_name_key(
-            &record.name,
-            &record.namespace,
-            &record.uid,
-            record.attempt,
-        ));
-        tracing::info!(pod = %pod.id, "pod removed");
-        Ok(())
-    }
-
-    /// The pod's record, after checking that its VM still runs.
-    pub async fn pod_status(&self, wanted: &str) -> Result<PodRecord, RuntimeError> {
-        let pod = self.pod(wanted)?;
-        self.check_vm(&pod).await;
-        Ok(pod.record())
-    }
-
-    pub async fn list_pods(&self, filter: &PodFilter) -> Vec<PodRecord> {
-        let mut pods = Vec::new();
-        for pod in self.all_pods() {
-            self.check_vm(&pod).await;
-            let record = pod.record();
-            if filter.matches(&record) {
-                pods.push(record);
-            }
-        }
-        pods.sort_by_key(|p| p.created_at_ns);
-        pods
-    }
-
-    /// Marks the pod NotReady (and its containers Exited) when its VMM has died.
-    pub(super) async fn check_vm(&self, pod: &Pod) {
-        let dead = match pod.sandbox.try_read() {
-            Ok(slot) => slot.as_ref().is_some_and(|s| !s.vmm_running()),
-            // Someone is changing the sandbox; they will see a dead VM themselves.
-            Err(_) => false,
-        };
-        if dead {
-            tracing::warn!(pod = %pod.id, "the pod's VM has exited");
-            if let Err(e) = self.stop_pod_vm(pod, "VmExited", "VmExited").await {
-                tracing::warn!(pod = %pod.id, error = %e, "cleaning up after a dead VM");
-            }
-        }
-    }
-
-    /// Watches every pod's VM every `period`.
-    pub async fn watch_vms(self: Arc<Self>, period: std::time::Duration) {
-        loop {
-            tokio::time::sleep(period).await;
-            for pod in self.all_pods() {
-                if pod.record().phase == PodPhase::Ready {
-                    self.check_vm(&pod).await;
-                }
-            }
-        }
     }
 }

@@ -13,8 +13,8 @@ use vpod_image::runtime_spec::{
 };
 use vpod_image::ImageConfig;
 
-use super::containers::CreateContainer;
-use super::RuntimeError;
+use super::CreateContainer;
+use crate::runtime::RuntimeError;
 use crate::state::{ContainerLimits, PodRecord};
 
 /// The runtime spec of `request`'s container in `pod`, from `image`'s config; `user` is
