@@ -64,10 +64,9 @@ pub enum PodPhase {
     NotReady,
 }
 
-/// A pod: what the kubelet asked for and what the runtime made of it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PodRecord {
-    pub id: String,
+/// What the kubelet asked of a pod (RunPodSandbox's config, validated), kept as asked.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodSettings {
     pub name: String,
     pub uid: String,
     pub namespace: String,
@@ -83,6 +82,16 @@ pub struct PodRecord {
     /// Applied in every container's namespaces (records before this field have none).
     #[serde(default)]
     pub sysctls: HashMap<String, String>,
+}
+
+/// A pod: what the kubelet asked for and what the runtime made of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRecord {
+    pub id: String,
+    /// Flattened: the record's JSON has the settings' fields beside the others, as records
+    /// written before the settings were a struct of their own have them.
+    #[serde(flatten)]
+    pub settings: PodSettings,
     pub created_at_ns: i64,
     pub vcpus: u8,
     pub memory_mib: u64,
@@ -102,17 +111,36 @@ pub enum ContainerPhase {
     Exited,
 }
 
+/// What CreateContainer asked of a container that its record keeps.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSettings {
+    pub name: String,
+    pub attempt: u32,
+    /// The image as the request named it.
+    pub image: String,
+    pub labels: HashMap<String, String>,
+    pub annotations: HashMap<String, String>,
+    /// Mounts as requested (for ContainerStatus).
+    #[serde(default)]
+    pub mounts: Vec<MountRecord>,
+    /// The security context's run_as_user and run_as_group.
+    #[serde(default)]
+    pub run_as_uid: Option<i64>,
+    #[serde(default)]
+    pub run_as_gid: Option<i64>,
+    /// The resource limits last applied (CreateContainer's, then UpdateContainerResources').
+    #[serde(default)]
+    pub limits: ContainerLimits,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerRecord {
     pub id: String,
     pub pod_id: String,
-    pub name: String,
-    pub attempt: u32,
-    /// The image as the request named it, and the image's id.
-    pub image: String,
+    /// Flattened, as [`PodRecord::settings`] is.
+    #[serde(flatten)]
+    pub settings: ContainerSettings,
     pub image_id: String,
-    pub labels: HashMap<String, String>,
-    pub annotations: HashMap<String, String>,
     /// Absolute on the host; empty when the pod has no log directory or the container no
     /// log path.
     pub log_path: String,
@@ -123,16 +151,6 @@ pub struct ContainerRecord {
     pub phase: ContainerPhase,
     pub reason: String,
     pub message: String,
-    /// Mounts as requested (for ContainerStatus).
-    #[serde(default)]
-    pub mounts: Vec<MountRecord>,
-    #[serde(default)]
-    pub run_as_uid: Option<i64>,
-    #[serde(default)]
-    pub run_as_gid: Option<i64>,
-    /// The resource limits last applied (CreateContainer or UpdateContainerResources).
-    #[serde(default)]
-    pub limits: ContainerLimits,
 }
 
 /// A container's cgroup limits in CRI's terms; zero: not set.
@@ -379,25 +397,116 @@ mod tests {
     pub fn pod(id: &str) -> PodRecord {
         PodRecord {
             id: id.to_string(),
-            name: "web".into(),
-            uid: "u1".into(),
-            namespace: "default".into(),
-            attempt: 0,
-            hostname: "web".into(),
-            log_directory: "/var/log/pods/x".into(),
-            dns_servers: vec!["10.0.0.10".into()],
-            dns_searches: vec![],
-            dns_options: vec![],
-            labels: HashMap::from([("app".to_string(), "web".to_string())]),
-            annotations: HashMap::new(),
-            runtime_handler: String::new(),
-            sysctls: Default::default(),
+            settings: PodSettings {
+                name: "web".into(),
+                uid: "u1".into(),
+                namespace: "default".into(),
+                attempt: 0,
+                hostname: "web".into(),
+                log_directory: "/var/log/pods/x".into(),
+                dns_servers: vec!["10.0.0.10".into()],
+                dns_searches: vec![],
+                dns_options: vec![],
+                labels: HashMap::from([("app".to_string(), "web".to_string())]),
+                annotations: HashMap::new(),
+                runtime_handler: String::new(),
+                sysctls: Default::default(),
+            },
             created_at_ns: 1,
             vcpus: 1,
             memory_mib: 256,
             phase: PodPhase::Ready,
             reason: String::new(),
         }
+    }
+
+    /// A pod record as this runtime wrote them before its settings were a struct of their
+    /// own, and before `sysctls` and `reason` existed.
+    const OLD_POD_RECORD: &str = r#"{
+  "id": "0123456789abcdef0123456789abcdef",
+  "name": "web",
+  "uid": "u1",
+  "namespace": "default",
+  "attempt": 0,
+  "hostname": "web",
+  "log_directory": "/var/log/pods/x",
+  "dns_servers": ["10.0.0.10"],
+  "dns_searches": [],
+  "dns_options": [],
+  "labels": {"app": "web"},
+  "annotations": {},
+  "runtime_handler": "",
+  "created_at_ns": 1,
+  "vcpus": 1,
+  "memory_mib": 256,
+  "phase": "Ready"
+}"#;
+
+    /// A container record as this runtime wrote them before its settings were a struct of
+    /// their own, with every field they had then.
+    const OLD_CONTAINER_RECORD: &str = r#"{
+  "id": "fedcba9876543210fedcba9876543210",
+  "pod_id": "0123456789abcdef0123456789abcdef",
+  "name": "app",
+  "attempt": 2,
+  "image": "busybox",
+  "image_id": "sha256:abc",
+  "labels": {"tier": "front"},
+  "annotations": {},
+  "log_path": "/var/log/pods/x/app/2.log",
+  "created_at_ns": 10,
+  "started_at_ns": 11,
+  "finished_at_ns": 0,
+  "exit_code": 0,
+  "phase": "Running",
+  "reason": "",
+  "message": "",
+  "mounts": [{"container_path": "/etc/cfg", "host_path": "/srv/cfg", "readonly": true}],
+  "run_as_uid": 1000,
+  "run_as_gid": null,
+  "limits": {"cpu_shares": 512, "cpu_quota_us": 0, "cpu_period_us": 0, "memory_limit_bytes": 0}
+}"#;
+
+    fn keys(json: &str) -> Vec<String> {
+        let value: serde_json::Value = serde_json::from_str(json).unwrap();
+        let mut keys: Vec<String> = value.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    }
+
+    #[test]
+    fn records_written_before_the_settings_structs_still_load() {
+        let old: PodRecord = serde_json::from_str(OLD_POD_RECORD).unwrap();
+        assert_eq!(old, pod("0123456789abcdef0123456789abcdef"));
+        let old: ContainerRecord = serde_json::from_str(OLD_CONTAINER_RECORD).unwrap();
+        assert_eq!(old.settings.name, "app");
+        assert_eq!(old.settings.attempt, 2);
+        assert_eq!(old.settings.labels["tier"], "front");
+        assert_eq!(old.settings.mounts[0].host_path, "/srv/cfg");
+        assert_eq!(
+            (old.settings.run_as_uid, old.settings.run_as_gid),
+            (Some(1000), None)
+        );
+        assert_eq!(old.settings.limits.cpu_shares, 512);
+        assert_eq!(old.phase, ContainerPhase::Running);
+    }
+
+    #[test]
+    fn records_are_written_with_the_keys_they_always_had() {
+        let mut pod = pod("0123456789abcdef0123456789abcdef");
+        pod.reason = "VmExited".into();
+        let written = serde_json::to_string(&pod).unwrap();
+        let mut old_keys = keys(OLD_POD_RECORD);
+        old_keys.extend(["reason".to_string(), "sysctls".to_string()]);
+        old_keys.sort();
+        assert_eq!(keys(&written), old_keys);
+        let container: ContainerRecord = serde_json::from_str(OLD_CONTAINER_RECORD).unwrap();
+        let written = serde_json::to_string(&container).unwrap();
+        assert_eq!(keys(&written), keys(OLD_CONTAINER_RECORD));
+        assert_eq!(
+            serde_json::from_str::<ContainerRecord>(&written).unwrap(),
+            container
+        );
     }
 
     #[test]

@@ -31,7 +31,9 @@ use crate::config::{Assets, Config};
 use crate::ids::IdError;
 use crate::images::{ImageError, Images};
 
-use crate::state::{ContainerRecord, PodRecord, StateDir, StateError};
+use crate::state::{
+    ContainerRecord, ContainerSettings, PodRecord, PodSettings, StateDir, StateError,
+};
 
 pub use container::{CreateContainer, ExecOutput};
 pub use pod::RunPod;
@@ -273,11 +275,19 @@ fn pod_not_ready(pod_id: &str) -> RuntimeError {
 }
 
 /// The pod name key of AlreadyExists checks.
-fn pod_name_key(name: &str, namespace: &str, uid: &str, attempt: u32) -> String {
+fn pod_name_key(pod: &PodSettings) -> String {
+    let PodSettings {
+        name,
+        namespace,
+        uid,
+        attempt,
+        ..
+    } = pod;
     format!("pod\0{name}\0{namespace}\0{uid}\0{attempt}")
 }
 
-fn container_name_key(pod_id: &str, name: &str, attempt: u32) -> String {
+fn container_name_key(pod_id: &str, container: &ContainerSettings) -> String {
+    let ContainerSettings { name, attempt, .. } = container;
     format!("container\0{pod_id}\0{name}\0{attempt}")
 }
 

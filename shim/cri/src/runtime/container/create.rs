@@ -16,15 +16,15 @@ use crate::runtime::{
     container_name_key, lock, pod_not_ready, Container, ContainerEventKind, Pod, Runtime,
     RuntimeError,
 };
-use crate::state::{ContainerLimits, ContainerPhase, ContainerRecord, MountRecord, PodPhase};
+use crate::state::{ContainerPhase, ContainerRecord, ContainerSettings, PodPhase};
 
-/// A validated CreateContainer request.
+/// A validated CreateContainer request: the settings its record keeps and what only goes
+/// into the runtime spec.
 #[derive(Debug, Clone, Default)]
 pub struct CreateContainer {
+    /// The pod as the request names it (an id or a unique prefix of one).
     pub pod_id: String,
-    pub name: String,
-    pub attempt: u32,
-    pub image: String,
+    pub settings: ContainerSettings,
     /// Replaces the image's Entrypoint when not empty (Kubernetes' `command`).
     pub command: Vec<String>,
     /// Replaces the image's Cmd when not empty (Kubernetes' `args`).
@@ -32,15 +32,10 @@ pub struct CreateContainer {
     pub working_dir: String,
     /// "KEY=VALUE".
     pub env: Vec<String>,
-    pub mounts: Vec<MountRecord>,
-    pub labels: std::collections::HashMap<String, String>,
-    pub annotations: std::collections::HashMap<String, String>,
     /// Relative to the pod's log directory.
     pub log_path: String,
-    pub run_as_user: Option<i64>,
-    pub run_as_group: Option<i64>,
+    /// The security context's run_as_username; its uid and gid are in the settings.
     pub run_as_username: String,
-    pub limits: ContainerLimits,
     /// Capability names added to and dropped from the default set ("ALL" allowed).
     pub add_capabilities: Vec<String>,
     pub drop_capabilities: Vec<String>,
@@ -76,8 +71,9 @@ pub fn host_log_path(log_directory: &str, log_path: &str) -> Result<String, Runt
 
 /// The user the process runs as, as the merge understands it ("UID[:GID]", a name).
 fn user_override(request: &CreateContainer) -> Result<Option<String>, RuntimeError> {
-    if request.run_as_group.is_some()
-        && request.run_as_user.is_none()
+    let settings = &request.settings;
+    if settings.run_as_gid.is_some()
+        && settings.run_as_uid.is_none()
         && request.run_as_username.is_empty()
     {
         return Err(RuntimeError::invalid(
@@ -93,11 +89,11 @@ fn user_override(request: &CreateContainer) -> Result<Option<String>, RuntimeErr
             )
         })
     };
-    let gid = request
-        .run_as_group
+    let gid = settings
+        .run_as_gid
         .map(|g| id(g, "run_as_group"))
         .transpose()?;
-    if let Some(uid) = request.run_as_user {
+    if let Some(uid) = settings.run_as_uid {
         let uid = id(uid, "run_as_user")?;
         return Ok(Some(match gid {
             Some(gid) => format!("{uid}:{gid}"),
@@ -122,17 +118,19 @@ impl Runtime {
         if pod_record.phase != PodPhase::Ready {
             return Err(pod_not_ready(&pod.id));
         }
-        let log_path = host_log_path(&pod_record.log_directory, &request.log_path)?;
+        let log_path = host_log_path(&pod_record.settings.log_directory, &request.log_path)?;
         let user = user_override(&request)?;
-        let Some(image) = self.images.status(&request.image).await? else {
+        let settings = &request.settings;
+        let Some(image) = self.images.status(&settings.image).await? else {
             return Err(RuntimeError::NotFound(format!(
                 "The image {:?} is not present; pull it first.",
-                request.image
+                settings.image
             )));
         };
         // A container must not start without a volume it asked for: refuse what cannot be
         // given to the VM (directories until volumes are shared) before anything is made.
-        if let Some(mount) = container_files(&pod_record, &request.mounts).1.first() {
+        let (files, refused) = container_files(&pod_record, &settings.mounts);
+        if let Some(mount) = refused.first() {
             return Err(RuntimeError::invalid(
                 "config.mounts",
                 format!(
@@ -142,11 +140,11 @@ impl Runtime {
             ));
         }
         let runtime_spec = container_spec(&image.image.config, &request, &pod_record, user)?;
-        let name_key = container_name_key(&pod.id, &request.name, request.attempt);
+        let name_key = container_name_key(&pod.id, settings);
         if !self.reserve_name(name_key.clone()) {
             return Err(RuntimeError::AlreadyExists(format!(
                 "A container named {:?} (attempt {}) already exists in pod {}.",
-                request.name, request.attempt, pod.id
+                settings.name, settings.attempt, pod.id
             )));
         }
         let id = match crate::ids::new_id() {
@@ -159,12 +157,8 @@ impl Runtime {
         let record = ContainerRecord {
             id: id.clone(),
             pod_id: pod.id.clone(),
-            name: request.name.clone(),
-            attempt: request.attempt,
-            image: request.image.clone(),
+            settings: request.settings,
             image_id: image.id.clone(),
-            labels: request.labels.clone(),
-            annotations: request.annotations.clone(),
             log_path,
             created_at_ns: now_ns(),
             started_at_ns: 0,
@@ -173,12 +167,7 @@ impl Runtime {
             phase: ContainerPhase::Creating,
             reason: String::new(),
             message: String::new(),
-            mounts: request.mounts.clone(),
-            run_as_uid: request.run_as_user,
-            run_as_gid: request.run_as_group,
-            limits: request.limits,
         };
-        let (files, _) = container_files(&pod_record, &request.mounts);
         let spec = ContainerSpec {
             id: id.clone(),
             spec: runtime_spec,
@@ -221,7 +210,7 @@ impl Runtime {
         }
         record.phase = ContainerPhase::Created;
         self.state.write_container(&record)?;
-        tracing::info!(container = %id, pod = %pod.id, name = %record.name, "container created");
+        tracing::info!(container = %id, pod = %pod.id, name = %record.settings.name, "container created");
         self.emit(&id, &pod.id, ContainerEventKind::Created);
         lock(&self.containers).insert(
             id.clone(),
@@ -272,8 +261,11 @@ mod tests {
     #[test]
     fn users_combine_uid_gid_and_name() {
         let request = |uid, gid, name: &str| CreateContainer {
-            run_as_user: uid,
-            run_as_group: gid,
+            settings: ContainerSettings {
+                run_as_uid: uid,
+                run_as_gid: gid,
+                ..Default::default()
+            },
             run_as_username: name.to_string(),
             ..Default::default()
         };

@@ -44,11 +44,7 @@ impl Runtime {
         self.state.remove_log_offset(&container.id)?;
         lock(&self.containers).remove(&container.id);
         self.emit(&container.id, &record.pod_id, ContainerEventKind::Deleted);
-        self.release_name(&container_name_key(
-            &record.pod_id,
-            &record.name,
-            record.attempt,
-        ));
+        self.release_name(&container_name_key(&record.pod_id, &record.settings));
         Ok(())
     }
 }

@@ -25,7 +25,7 @@ impl Runtime {
                 container.id, record.phase
             )));
         }
-        let limits = limits.over(record.limits);
+        let limits = limits.over(record.settings.limits);
         let pod = self.pod(&record.pod_id)?;
         {
             let slot = pod.sandbox.read().await;
@@ -36,7 +36,7 @@ impl Runtime {
                 .update_container(&container.id, &resources(&limits))
                 .await?;
         }
-        self.update_container(&container, |c| c.limits = limits)?;
+        self.update_container(&container, |c| c.settings.limits = limits)?;
         tracing::info!(container = %container.id, ?limits, "container resources updated");
         Ok(())
     }

@@ -13,12 +13,7 @@ impl Runtime {
         let record = pod.record();
         self.state.remove_pod(&pod.id)?;
         lock(&self.pods).remove(&pod.id);
-        self.release_name(&pod_name_key(
-            &record.name,
-            &record.namespace,
-            &record.uid,
-            record.attempt,
-        ));
+        self.release_name(&pod_name_key(&record.settings));
         tracing::info!(pod = %pod.id, "pod removed");
         Ok(())
     }

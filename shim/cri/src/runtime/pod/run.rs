@@ -10,41 +10,25 @@ use vpod_sandbox::{Sandbox, SandboxConfig};
 use crate::logformat::now_ns;
 use crate::runtime::{lock, pod_name_key, Pod, Runtime, RuntimeError};
 use crate::sizing::pod_size;
-use crate::state::{PodPhase, PodRecord};
+use crate::state::{PodPhase, PodRecord, PodSettings};
 
-/// A validated RunPodSandbox request.
+/// A validated RunPodSandbox request: the settings its record keeps and what sizes its VM.
 #[derive(Debug, Clone, Default)]
 pub struct RunPod {
-    pub name: String,
-    pub uid: String,
-    pub namespace: String,
-    pub attempt: u32,
-    pub hostname: String,
-    pub log_directory: String,
-    pub dns_servers: Vec<String>,
-    pub dns_searches: Vec<String>,
-    pub dns_options: Vec<String>,
-    pub labels: std::collections::HashMap<String, String>,
-    pub annotations: std::collections::HashMap<String, String>,
-    pub runtime_handler: String,
+    pub settings: PodSettings,
     pub resources: Option<LinuxContainerResources>,
     pub overhead: Option<LinuxContainerResources>,
-    pub sysctls: std::collections::HashMap<String, String>,
 }
 
 impl Runtime {
     /// Boots the pod's VM; its id.
     pub async fn run_pod(&self, request: RunPod) -> Result<String, RuntimeError> {
-        let name_key = pod_name_key(
-            &request.name,
-            &request.namespace,
-            &request.uid,
-            request.attempt,
-        );
+        let pod = &request.settings;
+        let name_key = pod_name_key(pod);
         if !self.reserve_name(name_key.clone()) {
             return Err(RuntimeError::AlreadyExists(format!(
                 "A pod sandbox named {:?} in namespace {:?} (uid {:?}, attempt {}) already exists.",
-                request.name, request.namespace, request.uid, request.attempt
+                pod.name, pod.namespace, pod.uid, pod.attempt
             )));
         }
         let result = self.boot_pod(request).await;
@@ -63,19 +47,7 @@ impl Runtime {
         );
         let mut record = PodRecord {
             id: id.clone(),
-            name: request.name,
-            uid: request.uid,
-            namespace: request.namespace,
-            attempt: request.attempt,
-            hostname: request.hostname,
-            log_directory: request.log_directory,
-            dns_servers: request.dns_servers,
-            dns_searches: request.dns_searches,
-            dns_options: request.dns_options,
-            labels: request.labels,
-            annotations: request.annotations,
-            runtime_handler: request.runtime_handler,
-            sysctls: request.sysctls,
+            settings: request.settings,
             created_at_ns: now_ns(),
             vcpus: size.vcpus,
             memory_mib: size.memory_mib,
@@ -101,7 +73,7 @@ impl Runtime {
         config.rpc_timeout = self.rpc_timeout;
         // The VM outlives the daemon: a restarted vpod-cri re-attaches to it.
         config.die_with_parent = false;
-        tracing::info!(pod = %id, name = %record.name, vcpus = size.vcpus, memory_mib = size.memory_mib, "booting pod VM");
+        tracing::info!(pod = %id, name = %record.settings.name, vcpus = size.vcpus, memory_mib = size.memory_mib, "booting pod VM");
         let _slot = self
             .boot_slots
             .acquire()

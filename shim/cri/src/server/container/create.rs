@@ -10,7 +10,7 @@ use super::limits;
 use crate::runtime::{CreateContainer, Runtime, RuntimeError};
 use crate::server::common::{detached, missing, refuse_host_namespaces};
 use crate::server::status;
-use crate::state::MountRecord;
+use crate::state::{ContainerSettings, MountRecord};
 
 pub(in crate::server) async fn create_container(
     runtime: &Arc<Runtime>,
@@ -158,21 +158,23 @@ fn create_container_request(
         .collect::<Result<Vec<_>, _>>()?;
     Ok(CreateContainer {
         pod_id: request.pod_sandbox_id,
-        name: metadata.name,
-        attempt: metadata.attempt,
-        image,
+        settings: ContainerSettings {
+            name: metadata.name,
+            attempt: metadata.attempt,
+            image,
+            labels: config.labels,
+            annotations: config.annotations,
+            mounts,
+            run_as_uid: security.run_as_user.map(|v| v.value),
+            run_as_gid: security.run_as_group.map(|v| v.value),
+            limits,
+        },
         command: config.command,
         args: config.args,
         working_dir: config.working_dir,
         env,
-        mounts,
-        labels: config.labels,
-        annotations: config.annotations,
         log_path: config.log_path,
-        run_as_user: security.run_as_user.map(|v| v.value),
-        run_as_group: security.run_as_group.map(|v| v.value),
         run_as_username: security.run_as_username,
-        limits,
         add_capabilities: capabilities.add_capabilities,
         drop_capabilities: capabilities.drop_capabilities,
         readonly_rootfs: security.readonly_rootfs,
@@ -235,7 +237,7 @@ mod tests {
     fn a_complete_container_request_converts() {
         let c = create_container_request(container_request()).unwrap();
         assert_eq!(c.env, vec!["A=b=c".to_string()]);
-        assert_eq!(c.image, "busybox");
+        assert_eq!(c.settings.image, "busybox");
     }
 
     #[test]
@@ -266,7 +268,7 @@ mod tests {
             cpu_period_us: 100_000,
             memory_limit_bytes: 64 << 20,
         };
-        assert_eq!(c.limits, limits);
+        assert_eq!(c.settings.limits, limits);
         assert_eq!(c.add_capabilities, vec!["NET_ADMIN".to_string()]);
         assert_eq!(c.drop_capabilities, vec!["ALL".to_string()]);
         assert!(c.readonly_rootfs);

@@ -50,8 +50,8 @@ fn container(c: &ContainerRecord) -> cri::Container {
         image_ref: c.image_id.clone(),
         state: state(c),
         created_at: c.created_at_ns,
-        labels: c.labels.clone(),
-        annotations: c.annotations.clone(),
+        labels: c.settings.labels.clone(),
+        annotations: c.settings.annotations.clone(),
         image_id: c.image_id.clone(),
     }
 }

@@ -19,8 +19,8 @@ use crate::state::{ContainerLimits, ContainerPhase, ContainerRecord};
 
 fn metadata(c: &ContainerRecord) -> cri::ContainerMetadata {
     cri::ContainerMetadata {
-        name: c.name.clone(),
-        attempt: c.attempt,
+        name: c.settings.name.clone(),
+        attempt: c.settings.attempt,
     }
 }
 
@@ -35,7 +35,7 @@ fn state(c: &ContainerRecord) -> i32 {
 
 fn image_spec(c: &ContainerRecord) -> cri::ImageSpec {
     cri::ImageSpec {
-        image: c.image.clone(),
+        image: c.settings.image.clone(),
         ..Default::default()
     }
 }

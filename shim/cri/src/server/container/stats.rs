@@ -50,8 +50,8 @@ fn attributes(c: &ContainerRecord) -> cri::ContainerAttributes {
     cri::ContainerAttributes {
         id: c.id.clone(),
         metadata: Some(metadata(c)),
-        labels: c.labels.clone(),
-        annotations: c.annotations.clone(),
+        labels: c.settings.labels.clone(),
+        annotations: c.settings.annotations.clone(),
     }
 }
 

@@ -59,9 +59,10 @@ pub(in crate::server) fn cri_status(c: &ContainerRecord) -> cri::ContainerStatus
         image_ref: c.image_id.clone(),
         reason: c.reason.clone(),
         message: c.message.clone(),
-        labels: c.labels.clone(),
-        annotations: c.annotations.clone(),
+        labels: c.settings.labels.clone(),
+        annotations: c.settings.annotations.clone(),
         mounts: c
+            .settings
             .mounts
             .iter()
             .map(|m| cri::Mount {
@@ -72,12 +73,12 @@ pub(in crate::server) fn cri_status(c: &ContainerRecord) -> cri::ContainerStatus
             })
             .collect(),
         log_path: c.log_path.clone(),
-        resources: container_resources(&c.limits),
+        resources: container_resources(&c.settings.limits),
         image_id: c.image_id.clone(),
-        user: c.run_as_uid.map(|uid| cri::ContainerUser {
+        user: c.settings.run_as_uid.map(|uid| cri::ContainerUser {
             linux: Some(cri::LinuxContainerUser {
                 uid,
-                gid: c.run_as_gid.unwrap_or(0),
+                gid: c.settings.run_as_gid.unwrap_or(0),
                 supplemental_groups: Vec::new(),
             }),
         }),

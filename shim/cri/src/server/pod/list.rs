@@ -38,9 +38,9 @@ fn pod_sandbox(pod: &PodRecord) -> cri::PodSandbox {
         metadata: Some(metadata(pod)),
         state: state(pod),
         created_at: pod.created_at_ns,
-        labels: pod.labels.clone(),
-        annotations: pod.annotations.clone(),
-        runtime_handler: pod.runtime_handler.clone(),
+        labels: pod.settings.labels.clone(),
+        annotations: pod.settings.annotations.clone(),
+        runtime_handler: pod.settings.runtime_handler.clone(),
     }
 }
 

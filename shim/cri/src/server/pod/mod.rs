@@ -14,10 +14,10 @@ use crate::state::{PodPhase, PodRecord};
 
 fn metadata(pod: &PodRecord) -> cri::PodSandboxMetadata {
     cri::PodSandboxMetadata {
-        name: pod.name.clone(),
-        uid: pod.uid.clone(),
-        namespace: pod.namespace.clone(),
-        attempt: pod.attempt,
+        name: pod.settings.name.clone(),
+        uid: pod.settings.uid.clone(),
+        namespace: pod.settings.namespace.clone(),
+        attempt: pod.settings.attempt,
     }
 }
 

@@ -9,6 +9,7 @@ use vpod_proto::cri;
 use crate::runtime::{RunPod, Runtime, RuntimeError};
 use crate::server::common::{detached, missing, refuse_host_namespaces};
 use crate::server::status;
+use crate::state::PodSettings;
 
 pub(in crate::server) async fn run_pod_sandbox(
     runtime: &Arc<Runtime>,
@@ -133,21 +134,23 @@ fn run_pod_request(request: cri::RunPodSandboxRequest) -> Result<RunPod, Runtime
         )?;
     }
     Ok(RunPod {
-        name: metadata.name,
-        uid: metadata.uid,
-        namespace: metadata.namespace,
-        attempt: metadata.attempt,
-        hostname,
-        log_directory: config.log_directory,
-        dns_servers: dns.servers,
-        dns_searches: dns.searches,
-        dns_options: dns.options,
-        labels: config.labels,
-        annotations: config.annotations,
-        runtime_handler: request.runtime_handler,
+        settings: PodSettings {
+            name: metadata.name,
+            uid: metadata.uid,
+            namespace: metadata.namespace,
+            attempt: metadata.attempt,
+            hostname,
+            log_directory: config.log_directory,
+            dns_servers: dns.servers,
+            dns_searches: dns.searches,
+            dns_options: dns.options,
+            labels: config.labels,
+            annotations: config.annotations,
+            runtime_handler: request.runtime_handler,
+            sysctls: linux.sysctls,
+        },
         resources: linux.resources,
         overhead: linux.overhead,
-        sysctls: linux.sysctls,
     })
 }
 
@@ -181,7 +184,7 @@ mod tests {
 
     #[test]
     fn a_complete_pod_request_converts() {
-        let pod = run_pod_request(pod_request()).unwrap();
+        let pod = run_pod_request(pod_request()).unwrap().settings;
         assert_eq!(
             (pod.name.as_str(), pod.hostname.as_str(), pod.attempt),
             ("web", "web-0", 1)
@@ -262,14 +265,14 @@ mod tests {
         let config = r.config.as_mut().unwrap();
         config.hostname = String::new();
         config.metadata.as_mut().unwrap().name = name.into();
-        assert_eq!(run_pod_request(r).unwrap().hostname, made);
+        assert_eq!(run_pod_request(r).unwrap().settings.hostname, made);
     }
 
     #[test]
     fn an_empty_hostname_is_the_pod_name() {
         let mut r = pod_request();
         r.config.as_mut().unwrap().hostname = String::new();
-        assert_eq!(run_pod_request(r).unwrap().hostname, "web");
+        assert_eq!(run_pod_request(r).unwrap().settings.hostname, "web");
     }
 
     #[test]

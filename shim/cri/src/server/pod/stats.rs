@@ -52,8 +52,8 @@ fn cri_stats(u: &PodUsage) -> cri::PodSandboxStats {
         attributes: Some(cri::PodSandboxAttributes {
             id: u.record.id.clone(),
             metadata: Some(metadata(&u.record)),
-            labels: u.record.labels.clone(),
-            annotations: u.record.annotations.clone(),
+            labels: u.record.settings.labels.clone(),
+            annotations: u.record.settings.annotations.clone(),
         }),
         linux: Some(cri::LinuxPodSandboxStats {
             cpu: Some(cpu_usage(t, u.cpu_ns)),

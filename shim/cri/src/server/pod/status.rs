@@ -64,9 +64,9 @@ pub(in crate::server) fn cri_status(pod: &PodRecord) -> cri::PodSandboxStatus {
                 }),
             }),
         }),
-        labels: pod.labels.clone(),
-        annotations: pod.annotations.clone(),
-        runtime_handler: pod.runtime_handler.clone(),
+        labels: pod.settings.labels.clone(),
+        annotations: pod.settings.annotations.clone(),
+        runtime_handler: pod.settings.runtime_handler.clone(),
     }
 }
 
@@ -75,8 +75,8 @@ fn pod_info(pod: &PodRecord) -> HashMap<String, String> {
     let info = serde_json::json!({
         "vcpus": pod.vcpus,
         "memoryMiB": pod.memory_mib,
-        "hostname": pod.hostname,
-        "dns": {"servers": pod.dns_servers, "searches": pod.dns_searches, "options": pod.dns_options},
+        "hostname": pod.settings.hostname,
+        "dns": {"servers": pod.settings.dns_servers, "searches": pod.settings.dns_searches, "options": pod.settings.dns_options},
         "reason": pod.reason,
     });
     HashMap::from([("info".to_string(), info.to_string())])
