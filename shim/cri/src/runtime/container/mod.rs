@@ -47,18 +47,12 @@ pub(in crate::runtime) fn open_log(path: &str) -> Result<Option<std::fs::File>, 
     }
     let path = PathBuf::from(path);
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| RuntimeError::Io(format!("Could not create {}: {e}", parent.display())))?;
+        std::fs::create_dir_all(parent).map_err(RuntimeError::io("create", parent))?;
     }
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&path)
         .map(Some)
-        .map_err(|e| {
-            RuntimeError::Io(format!(
-                "Could not open the log file {}: {e}",
-                path.display()
-            ))
-        })
+        .map_err(RuntimeError::io("open the log file", &path))
 }

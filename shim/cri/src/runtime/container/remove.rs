@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::runtime::{
-    container_name_key, lock, Container, ContainerEventKind, Runtime, RuntimeError,
+    container_name_key, error_chain, lock, Container, ContainerEventKind, Runtime, RuntimeError,
 };
 use crate::state::ContainerPhase;
 
@@ -14,7 +14,7 @@ impl Runtime {
         let record = container.record();
         if record.phase == ContainerPhase::Running {
             if let Err(e) = self.stop_container(&container.id, Duration::ZERO).await {
-                tracing::warn!(container = %container.id, error = %e, "killing before removal");
+                tracing::warn!(container = %container.id, error = %error_chain(&e), "killing before removal");
             }
         }
         if let Ok(pod) = self.pod(&record.pod_id) {

@@ -14,7 +14,7 @@ use vpod_image::runtime_spec::{
 use vpod_image::ImageConfig;
 
 use super::CreateContainer;
-use crate::runtime::RuntimeError;
+use crate::runtime::{error_chain, RuntimeError};
 use crate::state::{ContainerLimits, PodRecord};
 
 /// The runtime spec of `request`'s container in `pod`, from `image`'s config; `user` is
@@ -34,7 +34,7 @@ pub fn container_spec(
     };
     let mut spec = runtime_spec(image, &overrides).map_err(|e| match e {
         RuntimeSpecError::Process(m) => RuntimeError::invalid("config", m.to_string()),
-        other => RuntimeError::invalid("config", other.to_string()),
+        other => RuntimeError::invalid("config", error_chain(&other)),
     })?;
     spec.set_hostname(Some(pod.settings.hostname.clone()));
 

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::open_log;
 use crate::logformat::now_ns;
-use crate::runtime::{lock, pod_not_ready, Runtime, RuntimeError};
+use crate::runtime::{error_chain, lock, pod_not_ready, Runtime, RuntimeError};
 use crate::state::ContainerPhase;
 
 impl Runtime {
@@ -36,7 +36,7 @@ impl Runtime {
                 c.finished_at_ns = now_ns();
                 c.exit_code = 128;
                 c.reason = "StartError".into();
-                c.message = e.to_string();
+                c.message = error_chain(&e);
             })?;
             return Err(e);
         }

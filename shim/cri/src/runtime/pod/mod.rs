@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 pub use run::RunPod;
 
-use super::{Pod, Runtime};
+use super::{error_chain, Pod, Runtime};
 use crate::state::PodPhase;
 
 impl Runtime {
@@ -25,7 +25,7 @@ impl Runtime {
         if dead {
             tracing::warn!(pod = %pod.id, "the pod's VM has exited");
             if let Err(e) = self.stop_pod_vm(pod, "VmExited", "VmExited").await {
-                tracing::warn!(pod = %pod.id, error = %e, "cleaning up after a dead VM");
+                tracing::warn!(pod = %pod.id, error = %error_chain(&e), "cleaning up after a dead VM");
             }
         }
     }

@@ -78,13 +78,13 @@ impl Runtime {
             .boot_slots
             .acquire()
             .await
-            .map_err(|_| RuntimeError::Sandbox("The runtime is shutting down.".into()))?;
+            .map_err(|_| RuntimeError::ShuttingDown)?;
         // Booting blocks in places (mkfs of the writable disk, spawning the VMM): on its
         // own thread, so that neither the other requests nor concurrent boots wait for it.
         let handle = tokio::runtime::Handle::current();
         let booted = tokio::task::spawn_blocking(move || handle.block_on(Sandbox::start(config)))
             .await
-            .map_err(|e| RuntimeError::Sandbox(format!("The boot task failed: {e}")));
+            .map_err(RuntimeError::BootTask);
         let sandbox = match booted.and_then(|b| b.map_err(RuntimeError::from)) {
             Ok(sandbox) => sandbox,
             Err(e) => {
