@@ -30,14 +30,14 @@ use crate::ids::is_runtime_id;
 /// Why a record could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("Could not {operation} {path}.")]
+    #[error("could not {operation} {path}")]
     Io {
         operation: &'static str,
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("The state record {path} is not valid.")]
+    #[error("the state record {path} is not valid")]
     Record {
         path: PathBuf,
         #[source]

@@ -284,7 +284,7 @@ impl Runtime {
 /// What a call that needs the pod's VM fails with when the pod has none (it was stopped,
 /// or its VM died).
 fn pod_not_ready(pod_id: &str) -> RuntimeError {
-    RuntimeError::FailedPrecondition(format!("The pod sandbox {pod_id} is not ready."))
+    RuntimeError::FailedPrecondition(format!("the pod sandbox {pod_id} is not ready"))
 }
 
 /// The pod name key of AlreadyExists checks.

@@ -29,7 +29,7 @@ pub(super) async fn detached<T: Send + 'static>(
 ) -> Result<T, Status> {
     match tokio::spawn(work).await {
         Ok(result) => result.map_err(status),
-        Err(e) => Err(Status::internal(format!("The request's task failed: {e}"))),
+        Err(e) => Err(Status::internal(format!("the request's task failed: {e}"))),
     }
 }
 

@@ -162,19 +162,19 @@ impl RuntimeService for RuntimeServer {
 
     async fn exec(&self, _: Request<ExecRequest>) -> Reply<ExecResponse> {
         Err(Status::unimplemented(
-            "Exec (streaming) is not implemented by vpod yet; use ExecSync (crictl exec -s).",
+            "Exec (streaming) is not implemented by vpod yet; use ExecSync (crictl exec -s)",
         ))
     }
 
     async fn attach(&self, _: Request<AttachRequest>) -> Reply<AttachResponse> {
         Err(Status::unimplemented(
-            "Attach is not implemented by vpod yet; read the container's log instead.",
+            "Attach is not implemented by vpod yet; read the container's log instead",
         ))
     }
 
     async fn port_forward(&self, _: Request<PortForwardRequest>) -> Reply<PortForwardResponse> {
         Err(Status::unimplemented(
-            "PortForward is not implemented by vpod yet: pods have no network.",
+            "PortForward is not implemented by vpod yet: pods have no network",
         ))
     }
 
@@ -235,7 +235,7 @@ impl RuntimeService for RuntimeServer {
         _: Request<CheckpointContainerRequest>,
     ) -> Reply<CheckpointContainerResponse> {
         Err(Status::unimplemented(
-            "CheckpointContainer is not implemented by vpod.",
+            "CheckpointContainer is not implemented by vpod",
         ))
     }
 

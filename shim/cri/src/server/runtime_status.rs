@@ -25,14 +25,14 @@ pub(super) fn status(runtime: &Arc<Runtime>, request: cri::StatusRequest) -> cri
         message: if missing.is_empty() {
             String::new()
         } else {
-            format!("Missing: {}", missing.join(", "))
+            format!("missing: {}", missing.join(", "))
         },
     };
     let network_ready = cri::RuntimeCondition {
         r#type: "NetworkReady".into(),
         status: false,
         reason: "NoNetwork".into(),
-        message: "vpod pods have no network yet.".into(),
+        message: "vpod pods have no network yet".into(),
     };
     let info = if request.verbose {
         let config = serde_json::json!({

@@ -123,7 +123,7 @@ impl Runtime {
         let settings = &request.settings;
         let Some(image) = self.images.status(&settings.image).await? else {
             return Err(RuntimeError::NotFound(format!(
-                "The image {:?} is not present; pull it first.",
+                "the image {:?} is not present; pull it first",
                 settings.image
             )));
         };
@@ -143,7 +143,7 @@ impl Runtime {
         let name_key = container_name_key(&pod.id, settings);
         if !self.reserve_name(name_key.clone()) {
             return Err(RuntimeError::AlreadyExists(format!(
-                "A container named {:?} (attempt {}) already exists in pod {}.",
+                "a container named {:?} (attempt {}) already exists in pod {}",
                 settings.name, settings.attempt, pod.id
             )));
         }

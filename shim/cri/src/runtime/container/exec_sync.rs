@@ -32,7 +32,7 @@ impl Runtime {
         let reply = sandbox.exec_sync(&container.id, cmd, timeout).await?;
         if reply.timed_out {
             return Err(RuntimeError::DeadlineExceeded(format!(
-                "The command timed out after {timeout:?} and was killed."
+                "the command timed out after {timeout:?} and was killed"
             )));
         }
         let cap = |mut bytes: Vec<u8>| {

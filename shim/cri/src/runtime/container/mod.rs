@@ -32,7 +32,7 @@ impl Runtime {
         let record = container.record();
         if record.phase != ContainerPhase::Running {
             return Err(RuntimeError::FailedPrecondition(format!(
-                "The container {} is not running.",
+                "the container {} is not running",
                 container.id
             )));
         }

@@ -14,7 +14,7 @@ impl Runtime {
         let record = container.record();
         if record.phase != ContainerPhase::Created {
             return Err(RuntimeError::FailedPrecondition(format!(
-                "The container {} is {:?}, not Created.",
+                "the container {} is {:?}, not Created",
                 container.id, record.phase
             )));
         }

@@ -20,8 +20,8 @@ impl Runtime {
             ContainerPhase::Created | ContainerPhase::Running
         ) {
             return Err(RuntimeError::FailedPrecondition(format!(
-                "The container {} is {:?}; only a created or running container's resources \
-                 can be updated.",
+                "the container {} is {:?}; only a created or running container's resources \
+                 can be updated",
                 container.id, record.phase
             )));
         }

@@ -27,7 +27,7 @@ impl Runtime {
         let name_key = pod_name_key(pod);
         if !self.reserve_name(name_key.clone()) {
             return Err(RuntimeError::AlreadyExists(format!(
-                "A pod sandbox named {:?} in namespace {:?} (uid {:?}, attempt {}) already exists.",
+                "a pod sandbox named {:?} in namespace {:?} (uid {:?}, attempt {}) already exists",
                 pod.name, pod.namespace, pod.uid, pod.attempt
             )));
         }
