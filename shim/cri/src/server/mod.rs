@@ -24,10 +24,11 @@ use tonic::{Code, Status};
 use vpod_proto::authority::AuthorityStream;
 use vpod_proto::cri::image_service_server::ImageServiceServer;
 use vpod_proto::cri::runtime_service_server::RuntimeServiceServer;
+use vpod_proto::error_chain;
 
 use crate::ids::IdError;
 use crate::images::ImageError;
-use crate::runtime::{error_chain, Runtime, RuntimeError};
+use crate::runtime::{Runtime, RuntimeError};
 use vpod_image::registry::ImagesError;
 
 pub use image_service::ImageServer;
