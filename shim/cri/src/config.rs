@@ -35,11 +35,11 @@ use serde::Deserialize;
 /// Why the configuration could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("Could not read the configuration file {0}.")]
+    #[error("could not read the configuration file {0}")]
     Read(PathBuf, #[source] std::io::Error),
-    #[error("The configuration file {0} is not valid.")]
+    #[error("the configuration file {0} is not valid")]
     Parse(PathBuf, #[source] Box<toml::de::Error>),
-    #[error("The configuration is inconsistent: {0}")]
+    #[error("the configuration is inconsistent: {0}")]
     Invalid(String),
 }
 
@@ -155,21 +155,21 @@ impl Config {
         let pod = &self.pod;
         let bad = |what: &str| Err(ConfigError::Invalid(what.to_string()));
         if pod.default_vcpus == 0 || pod.max_vcpus == 0 || pod.default_vcpus > pod.max_vcpus {
-            return bad("pod.default_vcpus must be between 1 and pod.max_vcpus.");
+            return bad("pod.default_vcpus must be between 1 and pod.max_vcpus");
         }
         if pod.min_memory_mib == 0 || pod.min_memory_mib > pod.max_memory_mib {
-            return bad("pod.min_memory_mib must be between 1 and pod.max_memory_mib.");
+            return bad("pod.min_memory_mib must be between 1 and pod.max_memory_mib");
         }
         if pod.default_memory_mib < pod.min_memory_mib
             || pod.default_memory_mib > pod.max_memory_mib
         {
-            return bad("pod.default_memory_mib must be between min and max_memory_mib.");
+            return bad("pod.default_memory_mib must be between min and max_memory_mib");
         }
         if pod.layer_slots == 0 || pod.layer_slots > 16 {
-            return bad("pod.layer_slots must be between 1 and 16.");
+            return bad("pod.layer_slots must be between 1 and 16");
         }
         if pod.writable_disk_mib < 16 {
-            return bad("pod.writable_disk_mib must be at least 16.");
+            return bad("pod.writable_disk_mib must be at least 16");
         }
         Ok(())
     }

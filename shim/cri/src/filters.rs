@@ -35,7 +35,7 @@ impl PodFilter {
         pod.id.starts_with(&self.id)
             && self.ready.is_none_or(|wanted| wanted == ready)
             && pod.phase != PodPhase::Creating
-            && labels_match(&self.labels, &pod.labels)
+            && labels_match(&self.labels, &pod.settings.labels)
     }
 }
 
@@ -45,33 +45,29 @@ impl ContainerFilter {
             && container.pod_id.starts_with(&self.pod_id)
             && self.phase.is_none_or(|wanted| wanted == container.phase)
             && container.phase != ContainerPhase::Creating
-            && labels_match(&self.labels, &container.labels)
+            && labels_match(&self.labels, &container.settings.labels)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::{ContainerSettings, PodSettings};
 
     fn pod(id: &str, phase: PodPhase, labels: &[(&str, &str)]) -> PodRecord {
         PodRecord {
             id: id.into(),
-            name: "n".into(),
-            uid: "u".into(),
-            namespace: "ns".into(),
-            attempt: 0,
-            hostname: "h".into(),
-            log_directory: String::new(),
-            dns_servers: vec![],
-            dns_searches: vec![],
-            dns_options: vec![],
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            annotations: HashMap::new(),
-            runtime_handler: String::new(),
-            sysctls: Default::default(),
+            settings: PodSettings {
+                name: "n".into(),
+                uid: "u".into(),
+                namespace: "ns".into(),
+                hostname: "h".into(),
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                ..Default::default()
+            },
             created_at_ns: 1,
             vcpus: 1,
             memory_mib: 128,
@@ -84,12 +80,13 @@ mod tests {
         ContainerRecord {
             id: id.into(),
             pod_id: pod_id.into(),
-            name: "c".into(),
-            attempt: 0,
-            image: "img".into(),
+            settings: ContainerSettings {
+                name: "c".into(),
+                image: "img".into(),
+                labels: HashMap::from([("tier".to_string(), "web".to_string())]),
+                ..Default::default()
+            },
             image_id: "sha256:x".into(),
-            labels: HashMap::from([("tier".to_string(), "web".to_string())]),
-            annotations: HashMap::new(),
             log_path: String::new(),
             created_at_ns: 1,
             started_at_ns: 0,
@@ -98,10 +95,6 @@ mod tests {
             phase,
             reason: String::new(),
             message: String::new(),
-            mounts: vec![],
-            run_as_uid: None,
-            run_as_gid: None,
-            limits: Default::default(),
         }
     }
 

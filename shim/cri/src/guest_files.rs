@@ -20,12 +20,12 @@ pub const MAX_MOUNT_FILE: u64 = 1 << 20;
 /// The pod's hostname and DNS config as the sandbox writes them.
 pub fn network_identity(pod: &PodRecord) -> NetworkIdentity {
     NetworkIdentity {
-        hostname: Some(pod.hostname.clone()),
+        hostname: Some(pod.settings.hostname.clone()),
         extra_hosts: Vec::new(),
         dns: DnsConfig {
-            servers: pod.dns_servers.clone(),
-            searches: pod.dns_searches.clone(),
-            options: pod.dns_options.clone(),
+            servers: pod.settings.dns_servers.clone(),
+            searches: pod.settings.dns_searches.clone(),
+            options: pod.settings.dns_options.clone(),
         },
     }
 }
@@ -89,24 +89,21 @@ fn read_small_file(path: &Path) -> Result<(Vec<u8>, u32), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
+    use crate::state::PodSettings;
 
     fn pod() -> PodRecord {
         PodRecord {
             id: "p".into(),
-            name: "web".into(),
-            uid: "u".into(),
-            namespace: "ns".into(),
-            attempt: 0,
-            hostname: "web-0".into(),
-            log_directory: String::new(),
-            dns_servers: vec!["10.0.0.10".into(), "10.0.0.11".into()],
-            dns_searches: vec!["ns.svc.cluster.local".into(), "svc.cluster.local".into()],
-            dns_options: vec!["ndots:5".into()],
-            labels: HashMap::new(),
-            annotations: HashMap::new(),
-            runtime_handler: String::new(),
-            sysctls: Default::default(),
+            settings: PodSettings {
+                name: "web".into(),
+                uid: "u".into(),
+                namespace: "ns".into(),
+                hostname: "web-0".into(),
+                dns_servers: vec!["10.0.0.10".into(), "10.0.0.11".into()],
+                dns_searches: vec!["ns.svc.cluster.local".into(), "svc.cluster.local".into()],
+                dns_options: vec!["ndots:5".into()],
+                ..Default::default()
+            },
             created_at_ns: 1,
             vcpus: 1,
             memory_mib: 128,
@@ -123,9 +120,9 @@ mod tests {
              nameserver 10.0.0.11\noptions ndots:5\n"
         );
         let mut bare = pod();
-        bare.dns_servers.clear();
-        bare.dns_searches.clear();
-        bare.dns_options.clear();
+        bare.settings.dns_servers.clear();
+        bare.settings.dns_searches.clear();
+        bare.settings.dns_options.clear();
         assert_eq!(network_identity(&bare).resolv_conf(), None);
     }
 

@@ -6,17 +6,17 @@ use std::io::Read;
 /// Why an id could not be made or resolved.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IdError {
-    #[error("Could not read random bytes for an id.")]
+    #[error("could not read random bytes for an id")]
     Random,
-    #[error("No {kind} has an id starting with {prefix:?}.")]
+    #[error("no {kind} has an id starting with {prefix:?}")]
     NotFound { kind: &'static str, prefix: String },
-    #[error("The {kind} id prefix {prefix:?} is ambiguous ({count} match).")]
+    #[error("the {kind} id prefix {prefix:?} is ambiguous ({count} match)")]
     Ambiguous {
         kind: &'static str,
         prefix: String,
         count: usize,
     },
-    #[error("The {kind} id is empty.")]
+    #[error("the {kind} id is empty")]
     Empty { kind: &'static str },
 }
 

@@ -16,11 +16,11 @@ use vpod_image::LayerStore;
 /// Why an image operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error("No image {0:?} is in the store.")]
+    #[error("no image {0:?} is in the store")]
     NotFound(String),
     #[error(transparent)]
     Registry(#[from] ImagesError),
-    #[error("The image task failed.")]
+    #[error("the image task failed")]
     Task(#[from] tokio::task::JoinError),
 }
 

@@ -13,16 +13,16 @@ use vpod_proto::AgentClient;
 /// Why a call to the agent failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("The agent failed {call}: {status}")]
+    #[error("the agent failed {call}: {status}")]
     Status {
         call: &'static str,
         status: Box<tonic::Status>,
     },
-    #[error("The agent did not answer {call} within {after:?}.")]
+    #[error("the agent did not answer {call} within {after:?}")]
     Timeout { call: &'static str, after: Duration },
-    #[error("Could not open a channel to the agent.")]
+    #[error("could not open a channel to the agent")]
     Connect(#[source] tonic::transport::Error),
-    #[error("The agent is incompatible.")]
+    #[error("the agent is incompatible")]
     Version(#[source] vpod_proto::VersionError),
 }
 

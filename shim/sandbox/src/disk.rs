@@ -7,9 +7,9 @@ use std::process::Command;
 /// Why the writable disk could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
-    #[error("Could not create the disk file {0}.")]
+    #[error("could not create the disk file {0}")]
     Create(PathBuf, #[source] std::io::Error),
-    #[error("Could not run mkfs.ext4 (install e2fsprogs).")]
+    #[error("could not run mkfs.ext4 (install e2fsprogs)")]
     Mkfs(#[source] std::io::Error),
     #[error("mkfs.ext4 failed on {0}: {1}")]
     MkfsFailed(PathBuf, String),

@@ -95,25 +95,25 @@ impl SandboxConfig {
 /// Why a sandbox operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
-    #[error("The sandbox id {0:?} is not [A-Za-z0-9][A-Za-z0-9_.-]{{0,31}}.")]
+    #[error("the sandbox id {0:?} is not [A-Za-z0-9][A-Za-z0-9_.-]{{0,31}}")]
     BadId(String),
-    #[error("The sandbox directory {0} already exists.")]
+    #[error("the sandbox directory {0} already exists")]
     Exists(PathBuf),
-    #[error("Could not prepare the sandbox directory {0}.")]
+    #[error("could not prepare the sandbox directory {0}")]
     Dir(PathBuf, #[source] std::io::Error),
-    #[error("Could not make the writable disk.")]
+    #[error("could not make the writable disk")]
     Disk(#[from] DiskError),
-    #[error("Could not start the VMM {0}.")]
+    #[error("could not start the VMM {0}")]
     Spawn(PathBuf, #[source] std::io::Error),
-    #[error("The VMM exited ({status}) before the agent answered.\n{log}")]
+    #[error("the VMM exited ({status}) before the agent answered\n{log}")]
     VmmExitedDuringBoot { status: ExitStatus, log: String },
-    #[error("The agent did not answer within {after:?} ({last}).\n{log}")]
+    #[error("the agent did not answer within {after:?} ({last})\n{log}")]
     AgentNotReady {
         after: Duration,
         last: String,
         log: String,
     },
-    #[error("The pod's VM ended ({status}) while {what}.\n{log}")]
+    #[error("the pod's VM ended ({status}) while {what}\n{log}")]
     VmmExited {
         what: &'static str,
         status: ExitStatus,
@@ -125,11 +125,11 @@ pub enum SandboxError {
     Api(#[from] VmmApiError),
     #[error(transparent)]
     Spec(#[from] SpecError),
-    #[error("The pod has no empty disk slot for layer {0} ({1} slots).")]
+    #[error("the pod has no empty disk slot for layer {0} ({1} slots)")]
     NoFreeSlot(String, u32),
-    #[error("No container {0:?} in this pod.")]
+    #[error("no container {0:?} in this pod")]
     NoSuchContainer(String),
-    #[error("A container {0:?} already exists in this pod.")]
+    #[error("a container {0:?} already exists in this pod")]
     ContainerExists(String),
 }
 

@@ -115,7 +115,7 @@ fn vm_dies() {
         done.explain()
     );
     assert!(
-        done.stderr_text().contains("The pod's VM ended"),
+        done.stderr_text().contains("the pod's VM ended"),
         "{}",
         done.explain()
     );

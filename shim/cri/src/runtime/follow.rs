@@ -48,7 +48,7 @@ impl Runtime {
         match exit {
             Ok(exit) => {
                 if let Err(e) = self.record_exit(&container, exit.code, "") {
-                    tracing::warn!(container = %id, error = %e, "recording the exit");
+                    tracing::warn!(container = %id, error = %super::error_chain(&e), "recording the exit");
                 }
             }
             Err(e) if handle.vmm_running() => {

@@ -7,12 +7,11 @@
 //! and written for create, remove and stop. Long waits (a container's output and exit) use
 //! their own connection to the agent ([`Sandbox::open`]) and hold no lock.
 
-mod containers;
+mod container;
 mod events;
 mod follow;
-mod pods;
+mod pod;
 mod recover;
-mod spec;
 mod stats;
 
 use std::collections::{HashMap, HashSet};
@@ -22,7 +21,7 @@ use std::time::Duration;
 
 use tokio::sync::RwLock;
 use vpod_image::registry::RegistryOptions;
-use vpod_image::LayerStore;
+use vpod_image::{LayerStore, LayerStoreError};
 pub use vpod_proto::error_chain;
 use vpod_sandbox::{Sandbox, SandboxError};
 
@@ -32,13 +31,16 @@ use crate::config::{Assets, Config};
 use crate::ids::IdError;
 use crate::images::{ImageError, Images};
 
-use crate::state::{ContainerRecord, PodRecord, StateDir, StateError};
+use crate::state::{
+    ContainerRecord, ContainerSettings, PodRecord, PodSettings, StateDir, StateError,
+};
 
-pub use containers::CreateContainer;
-pub use pods::RunPod;
+pub use container::{CreateContainer, ExecOutput};
+pub use pod::RunPod;
 pub use stats::{ContainerUsage, PodUsage};
 
-/// Why a runtime operation failed; each variant maps to one gRPC code.
+/// Why a runtime operation failed; each variant maps to one gRPC code
+/// ([`crate::server::status`], which sends the whole chain of sources as the message).
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("{field}: {problem}")]
@@ -55,14 +57,25 @@ pub enum RuntimeError {
     Unimplemented(String),
     #[error("{0}")]
     DeadlineExceeded(String),
-    #[error("The pod's VM failed: {0}")]
-    Sandbox(String),
+    #[error("the pod's VM failed")]
+    Sandbox(#[from] SandboxError),
+    #[error("the runtime is shutting down")]
+    ShuttingDown,
+    #[error("the pod's boot task failed")]
+    BootTask(#[source] tokio::task::JoinError),
     #[error(transparent)]
     State(#[from] StateError),
     #[error(transparent)]
     Image(#[from] ImageError),
-    #[error("{0}")]
-    Io(String),
+    #[error("could not open the layer store")]
+    LayerStore(#[source] LayerStoreError),
+    #[error("could not {operation} {path}")]
+    Io {
+        operation: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl RuntimeError {
@@ -72,11 +85,15 @@ impl RuntimeError {
             problem: problem.into(),
         }
     }
-}
 
-impl From<SandboxError> for RuntimeError {
-    fn from(e: SandboxError) -> RuntimeError {
-        RuntimeError::Sandbox(error_chain(&e))
+    /// A file system call on `path` that failed.
+    pub fn io(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.to_owned();
+        move |source| RuntimeError::Io {
+            operation,
+            path,
+            source,
+        }
     }
 }
 
@@ -138,13 +155,10 @@ impl Runtime {
     /// Opens the state under `config.root`, cleans up what a crash left and re-attaches to
     /// the pods that still run.
     pub async fn open(config: Config) -> Result<Arc<Runtime>, RuntimeError> {
-        let root = std::path::absolute(&config.root)
-            .map_err(|e| RuntimeError::Io(format!("resolving {}: {e}", config.root.display())))?;
-        std::fs::create_dir_all(&root)
-            .map_err(|e| RuntimeError::Io(format!("creating {}: {e}", root.display())))?;
-        let store = LayerStore::open(&root).map_err(|e| {
-            RuntimeError::Io(format!("opening the layer store: {}", error_chain(&e)))
-        })?;
+        let root =
+            std::path::absolute(&config.root).map_err(RuntimeError::io("resolve", &config.root))?;
+        std::fs::create_dir_all(&root).map_err(RuntimeError::io("create", &root))?;
+        let store = LayerStore::open(&root).map_err(RuntimeError::LayerStore)?;
         let options = RegistryOptions {
             insecure_registries: config.registry.insecure_registries.clone(),
             extra_ca_files: config.registry.extra_ca_files.clone(),
@@ -267,12 +281,26 @@ impl Runtime {
     }
 }
 
+/// What a call that needs the pod's VM fails with when the pod has none (it was stopped,
+/// or its VM died).
+fn pod_not_ready(pod_id: &str) -> RuntimeError {
+    RuntimeError::FailedPrecondition(format!("the pod sandbox {pod_id} is not ready"))
+}
+
 /// The pod name key of AlreadyExists checks.
-fn pod_name_key(name: &str, namespace: &str, uid: &str, attempt: u32) -> String {
+fn pod_name_key(pod: &PodSettings) -> String {
+    let PodSettings {
+        name,
+        namespace,
+        uid,
+        attempt,
+        ..
+    } = pod;
     format!("pod\0{name}\0{namespace}\0{uid}\0{attempt}")
 }
 
-fn container_name_key(pod_id: &str, name: &str, attempt: u32) -> String {
+fn container_name_key(pod_id: &str, container: &ContainerSettings) -> String {
+    let ContainerSettings { name, attempt, .. } = container;
     format!("container\0{pod_id}\0{name}\0{attempt}")
 }
 

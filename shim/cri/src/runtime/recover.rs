@@ -68,12 +68,7 @@ impl Runtime {
             } else {
                 None
             };
-            self.reserve_name(pod_name_key(
-                &record.name,
-                &record.namespace,
-                &record.uid,
-                record.attempt,
-            ));
+            self.reserve_name(pod_name_key(&record.settings));
             lock(&self.pods).insert(
                 record.id.clone(),
                 Arc::new(Pod {
@@ -142,14 +137,10 @@ impl Runtime {
                 record.reason = "VmExited".into();
                 self.state.write_container(&record)?;
             }
-            self.reserve_name(container_name_key(
-                &record.pod_id,
-                &record.name,
-                record.attempt,
-            ));
+            self.reserve_name(container_name_key(&record.pod_id, &record.settings));
             let running = record.phase == ContainerPhase::Running;
             let log = if running {
-                super::containers::open_log(&record.log_path).unwrap_or(None)
+                super::container::open_log(&record.log_path).unwrap_or(None)
             } else {
                 None
             };

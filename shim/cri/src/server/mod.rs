@@ -1,9 +1,17 @@
 //! The gRPC face of the runtime: CRI runtime v1 RuntimeService and ImageService on a unix
-//! socket. Handlers convert messages ([`convert`]) and call [`crate::runtime::Runtime`].
+//! socket. The services hand each RPC to its verb's room, one file per verb as the runtime
+//! has them: `pod`, `container` and `image` (containerd's `internal/cri/server` is laid
+//! out so). A verb's file validates and converts the CRI request into the runtime's terms,
+//! calls [`crate::runtime::Runtime`], converts the answer back and maps the error with
+//! [`status`], the one error-to-status map; `common` holds what several verbs share.
 
-pub mod convert;
+mod common;
+mod container;
+mod image;
 mod image_service;
+mod pod;
 mod runtime_service;
+mod runtime_status;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -16,10 +24,11 @@ use tonic::{Code, Status};
 use vpod_proto::authority::AuthorityStream;
 use vpod_proto::cri::image_service_server::ImageServiceServer;
 use vpod_proto::cri::runtime_service_server::RuntimeServiceServer;
+use vpod_proto::error_chain;
 
 use crate::ids::IdError;
 use crate::images::ImageError;
-use crate::runtime::{error_chain, Runtime, RuntimeError};
+use crate::runtime::{Runtime, RuntimeError};
 use vpod_image::registry::ImagesError;
 
 pub use image_service::ImageServer;
@@ -28,9 +37,9 @@ pub use runtime_service::RuntimeServer;
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("Could not prepare the socket {0}.")]
+    #[error("could not prepare the socket {0}")]
     Socket(std::path::PathBuf, #[source] std::io::Error),
-    #[error("The gRPC server failed.")]
+    #[error("the gRPC server failed")]
     Serve(#[source] tonic::transport::Error),
 }
 
@@ -126,4 +135,36 @@ fn bind(socket: &Path) -> Result<UnixListener, ServerError> {
     let listener = UnixListener::bind(socket).map_err(err)?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vpod_sandbox::{DiskError, SandboxError};
+
+    #[test]
+    fn a_status_has_the_code_of_its_error_and_the_whole_chain_as_its_message() {
+        let mkfs = std::io::Error::new(std::io::ErrorKind::NotFound, "no mkfs.ext4 here");
+        let failed = status(RuntimeError::from(SandboxError::Disk(DiskError::Mkfs(
+            mkfs,
+        ))));
+        assert_eq!(failed.code(), Code::Internal);
+        assert_eq!(
+            failed.message(),
+            "the pod's VM failed: could not make the writable disk: \
+             could not run mkfs.ext4 (install e2fsprogs): no mkfs.ext4 here"
+        );
+        let unknown = status(RuntimeError::Id(IdError::NotFound {
+            kind: "container",
+            prefix: "abc".into(),
+        }));
+        assert_eq!(unknown.code(), Code::NotFound);
+        assert_eq!(
+            unknown.message(),
+            "no container has an id starting with \"abc\""
+        );
+        let refused = status(RuntimeError::invalid("config.tty", "is not supported"));
+        assert_eq!(refused.code(), Code::InvalidArgument);
+        assert_eq!(refused.message(), "config.tty: is not supported");
+    }
 }

@@ -20,9 +20,9 @@ use serde_json::{Map, Value};
 /// Why a config file could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigJsonError {
-    #[error("The file is not valid JSON.")]
+    #[error("the file is not valid JSON")]
     Syntax(#[source] serde_json::Error),
-    #[error("The file does not describe a {what}: {source}")]
+    #[error("the file does not describe a {what}: {source}")]
     Shape {
         what: &'static str,
         #[source]

@@ -13,8 +13,8 @@ use vpod_image::runtime_spec::{
 };
 use vpod_image::ImageConfig;
 
-use super::containers::CreateContainer;
-use super::RuntimeError;
+use super::CreateContainer;
+use crate::runtime::{error_chain, RuntimeError};
 use crate::state::{ContainerLimits, PodRecord};
 
 /// The runtime spec of `request`'s container in `pod`, from `image`'s config; `user` is
@@ -34,9 +34,9 @@ pub fn container_spec(
     };
     let mut spec = runtime_spec(image, &overrides).map_err(|e| match e {
         RuntimeSpecError::Process(m) => RuntimeError::invalid("config", m.to_string()),
-        other => RuntimeError::invalid("config", other.to_string()),
+        other => RuntimeError::invalid("config", error_chain(&other)),
     })?;
-    spec.set_hostname(Some(pod.hostname.clone()));
+    spec.set_hostname(Some(pod.settings.hostname.clone()));
 
     let mut process = spec.process().clone().unwrap_or_default();
     let mut user = process.user().clone();
@@ -77,8 +77,8 @@ pub fn container_spec(
     // Empty lists: the guest's defaults (containerd's), as before the spec carried them.
     linux.set_masked_paths(non_empty(&request.masked_paths));
     linux.set_readonly_paths(non_empty(&request.readonly_paths));
-    linux.set_sysctl(Some(pod.sysctls.clone()));
-    linux.set_resources(Some(resources(&request.limits)));
+    linux.set_sysctl(Some(pod.settings.sysctls.clone()));
+    linux.set_resources(Some(resources(&request.settings.limits)));
     spec.set_linux(Some(linux));
     Ok(spec)
 }

@@ -17,27 +17,33 @@
 //! VM, creating a container in the guest) starts, so a daemon killed in the middle leaves a
 //! record that the next start finds and undoes.
 
-use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::ids::is_runtime_id;
+
+mod records;
+
+pub use records::{
+    ContainerLimits, ContainerPhase, ContainerRecord, ContainerSettings, MountRecord, PodPhase,
+    PodRecord, PodSettings,
+};
 
 /// Why a record could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("Could not {operation} {path}.")]
+    #[error("could not {operation} {path}")]
     Io {
         operation: &'static str,
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("The state record {path} is not valid.")]
+    #[error("the state record {path} is not valid")]
     Record {
         path: PathBuf,
         #[source]
@@ -52,128 +58,6 @@ fn io_error(operation: &'static str, path: &Path) -> impl FnOnce(io::Error) -> S
         path,
         source,
     }
-}
-
-/// Where a pod is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PodPhase {
-    /// RunPodSandbox started; the VM may or may not exist.
-    Creating,
-    Ready,
-    /// Stopped (or its VM died): no VM, the record stays until RemovePodSandbox.
-    NotReady,
-}
-
-/// A pod: what the kubelet asked for and what the runtime made of it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PodRecord {
-    pub id: String,
-    pub name: String,
-    pub uid: String,
-    pub namespace: String,
-    pub attempt: u32,
-    pub hostname: String,
-    pub log_directory: String,
-    pub dns_servers: Vec<String>,
-    pub dns_searches: Vec<String>,
-    pub dns_options: Vec<String>,
-    pub labels: HashMap<String, String>,
-    pub annotations: HashMap<String, String>,
-    pub runtime_handler: String,
-    /// Applied in every container's namespaces (records before this field have none).
-    #[serde(default)]
-    pub sysctls: HashMap<String, String>,
-    pub created_at_ns: i64,
-    pub vcpus: u8,
-    pub memory_mib: u64,
-    pub phase: PodPhase,
-    /// Why the pod is NotReady when it did not stop on request (e.g. its VM died).
-    #[serde(default)]
-    pub reason: String,
-}
-
-/// Where a container is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ContainerPhase {
-    /// CreateContainer started; the guest may or may not have it.
-    Creating,
-    Created,
-    Running,
-    Exited,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ContainerRecord {
-    pub id: String,
-    pub pod_id: String,
-    pub name: String,
-    pub attempt: u32,
-    /// The image as the request named it, and the image's id.
-    pub image: String,
-    pub image_id: String,
-    pub labels: HashMap<String, String>,
-    pub annotations: HashMap<String, String>,
-    /// Absolute on the host; empty when the pod has no log directory or the container no
-    /// log path.
-    pub log_path: String,
-    pub created_at_ns: i64,
-    pub started_at_ns: i64,
-    pub finished_at_ns: i64,
-    pub exit_code: i32,
-    pub phase: ContainerPhase,
-    pub reason: String,
-    pub message: String,
-    /// Mounts as requested (for ContainerStatus).
-    #[serde(default)]
-    pub mounts: Vec<MountRecord>,
-    #[serde(default)]
-    pub run_as_uid: Option<i64>,
-    #[serde(default)]
-    pub run_as_gid: Option<i64>,
-    /// The resource limits last applied (CreateContainer or UpdateContainerResources).
-    #[serde(default)]
-    pub limits: ContainerLimits,
-}
-
-/// A container's cgroup limits in CRI's terms; zero: not set.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ContainerLimits {
-    pub cpu_shares: u64,
-    pub cpu_quota_us: i64,
-    pub cpu_period_us: u64,
-    pub memory_limit_bytes: i64,
-}
-
-impl ContainerLimits {
-    pub fn is_empty(&self) -> bool {
-        *self == ContainerLimits::default()
-    }
-
-    /// An update's limits applied over the `current` ones: a field the update leaves at zero
-    /// keeps its current value, as containerd treats UpdateContainerResources (so that
-    /// `crictl update --memory N` does not lift the container's CPU limits).
-    pub fn over(self, current: ContainerLimits) -> ContainerLimits {
-        fn pick<T: Default + PartialEq>(update: T, current: T) -> T {
-            if update == T::default() {
-                current
-            } else {
-                update
-            }
-        }
-        ContainerLimits {
-            cpu_shares: pick(self.cpu_shares, current.cpu_shares),
-            cpu_quota_us: pick(self.cpu_quota_us, current.cpu_quota_us),
-            cpu_period_us: pick(self.cpu_period_us, current.cpu_period_us),
-            memory_limit_bytes: pick(self.memory_limit_bytes, current.memory_limit_bytes),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MountRecord {
-    pub container_path: String,
-    pub host_path: String,
-    pub readonly: bool,
 }
 
 /// The state directory.
@@ -354,58 +238,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_update_keeps_the_limits_it_leaves_at_zero() {
-        let current = ContainerLimits {
-            cpu_shares: 512,
-            cpu_quota_us: 50_000,
-            cpu_period_us: 100_000,
-            memory_limit_bytes: 64 << 20,
-        };
-        let memory_only = ContainerLimits {
-            memory_limit_bytes: 32 << 20,
-            ..Default::default()
-        };
-        assert_eq!(
-            memory_only.over(current),
-            ContainerLimits {
-                memory_limit_bytes: 32 << 20,
-                ..current
-            }
-        );
-        assert_eq!(ContainerLimits::default().over(current), current);
-        assert_eq!(current.over(ContainerLimits::default()), current);
-    }
-
-    pub fn pod(id: &str) -> PodRecord {
-        PodRecord {
-            id: id.to_string(),
-            name: "web".into(),
-            uid: "u1".into(),
-            namespace: "default".into(),
-            attempt: 0,
-            hostname: "web".into(),
-            log_directory: "/var/log/pods/x".into(),
-            dns_servers: vec!["10.0.0.10".into()],
-            dns_searches: vec![],
-            dns_options: vec![],
-            labels: HashMap::from([("app".to_string(), "web".to_string())]),
-            annotations: HashMap::new(),
-            runtime_handler: String::new(),
-            sysctls: Default::default(),
-            created_at_ns: 1,
-            vcpus: 1,
-            memory_mib: 256,
-            phase: PodPhase::Ready,
-            reason: String::new(),
-        }
-    }
-
-    #[test]
     fn records_round_trip_and_removal_is_idempotent() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::open(dir.path()).unwrap();
         let id = "0123456789abcdef0123456789abcdef";
-        let mut p = pod(id);
+        let mut p = records::sample_pod(id);
         state.write_pod(&p).unwrap();
         p.phase = PodPhase::NotReady;
         state.write_pod(&p).unwrap();

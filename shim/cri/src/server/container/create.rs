@@ -1,0 +1,357 @@
+//! CreateContainer: the container's config, validated (a missing or invalid field is
+//! InvalidArgument naming it; what a VM cannot give is refused by name), made in its pod.
+
+use std::sync::Arc;
+
+use tonic::Status;
+use vpod_proto::cri;
+
+use super::limits;
+use crate::runtime::{CreateContainer, Runtime, RuntimeError};
+use crate::server::common::{detached, missing, refuse_host_namespaces};
+use crate::server::status;
+use crate::state::{ContainerSettings, MountRecord};
+
+pub(in crate::server) async fn create_container(
+    runtime: &Arc<Runtime>,
+    request: cri::CreateContainerRequest,
+) -> Result<cri::CreateContainerResponse, Status> {
+    let create = create_container_request(request).map_err(status)?;
+    let runtime = runtime.clone();
+    let container_id = detached(async move { runtime.create_container(create).await }).await?;
+    Ok(cri::CreateContainerResponse { container_id })
+}
+
+/// The paths containerd hides and makes read-only in a container whose security context
+/// names none (its default OCI spec's lists).
+const DEFAULT_MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+];
+const DEFAULT_READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// The given paths, or `defaults` when there are none; each must be absolute.
+fn security_paths(
+    given: Vec<String>,
+    defaults: &[&str],
+    field: &str,
+) -> Result<Vec<String>, RuntimeError> {
+    if given.is_empty() {
+        return Ok(defaults.iter().map(|p| p.to_string()).collect());
+    }
+    for path in &given {
+        if !path.starts_with('/') || path.split('/').any(|p| p == "..") {
+            return Err(RuntimeError::invalid(
+                field,
+                format!("{path:?} is not a clean absolute path"),
+            ));
+        }
+    }
+    Ok(given)
+}
+
+fn create_container_request(
+    request: cri::CreateContainerRequest,
+) -> Result<CreateContainer, RuntimeError> {
+    if request.pod_sandbox_id.is_empty() {
+        return Err(missing("pod_sandbox_id"));
+    }
+    let config = request.config.ok_or_else(|| missing("config"))?;
+    let metadata = config.metadata.ok_or_else(|| missing("config.metadata"))?;
+    if metadata.name.is_empty() {
+        return Err(missing("config.metadata.name"));
+    }
+    let image = config
+        .image
+        .map(|i| i.image)
+        .filter(|i| !i.is_empty())
+        .ok_or_else(|| missing("config.image.image"))?;
+    if config.tty {
+        return Err(RuntimeError::invalid(
+            "config.tty",
+            "terminals are not supported yet",
+        ));
+    }
+    if config.stdin {
+        return Err(RuntimeError::invalid(
+            "config.stdin",
+            "attaching stdin is not supported yet",
+        ));
+    }
+    if !config.devices.is_empty() || !config.cdi_devices.is_empty() {
+        return Err(RuntimeError::invalid(
+            "config.devices",
+            "host devices cannot be passed into a VM pod",
+        ));
+    }
+    if !config.working_dir.is_empty() && !config.working_dir.starts_with('/') {
+        return Err(RuntimeError::invalid(
+            "config.working_dir",
+            "must be an absolute path",
+        ));
+    }
+    let mut env = Vec::with_capacity(config.envs.len());
+    for (i, kv) in config.envs.iter().enumerate() {
+        if kv.key.is_empty() || kv.key.contains('=') {
+            return Err(RuntimeError::invalid(
+                format!("config.envs[{i}].key"),
+                format!("{:?} is not a variable name", kv.key),
+            ));
+        }
+        env.push(format!("{}={}", kv.key, kv.value));
+    }
+    let mut mounts = Vec::new();
+    for (i, mount) in config.mounts.iter().enumerate() {
+        if !mount.container_path.starts_with('/') {
+            return Err(RuntimeError::invalid(
+                format!("config.mounts[{i}].container_path"),
+                "must be an absolute path",
+            ));
+        }
+        mounts.push(MountRecord {
+            container_path: mount.container_path.clone(),
+            host_path: mount.host_path.clone(),
+            readonly: mount.readonly,
+        });
+    }
+    let linux = config.linux.unwrap_or_default();
+    let limits = linux.resources.as_ref().map(limits).unwrap_or_default();
+    let security = linux.security_context.unwrap_or_default();
+    let capabilities = security.capabilities.clone().unwrap_or_default();
+    if security.privileged {
+        return Err(RuntimeError::invalid(
+            "config.linux.security_context.privileged",
+            "privileged containers are not supported: the VM boundary has no host to expose",
+        ));
+    }
+    if let Some(namespaces) = &security.namespace_options {
+        refuse_host_namespaces(
+            namespaces,
+            "config.linux.security_context.namespace_options",
+        )?;
+    }
+    let supplemental_groups = security
+        .supplemental_groups
+        .iter()
+        .map(|&g| {
+            u32::try_from(g).map_err(|_| {
+                RuntimeError::invalid(
+                    "config.linux.security_context.supplemental_groups",
+                    format!("{g} is not a group id"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(CreateContainer {
+        pod_id: request.pod_sandbox_id,
+        settings: ContainerSettings {
+            name: metadata.name,
+            attempt: metadata.attempt,
+            image,
+            labels: config.labels,
+            annotations: config.annotations,
+            mounts,
+            run_as_uid: security.run_as_user.map(|v| v.value),
+            run_as_gid: security.run_as_group.map(|v| v.value),
+            limits,
+        },
+        command: config.command,
+        args: config.args,
+        working_dir: config.working_dir,
+        env,
+        log_path: config.log_path,
+        run_as_username: security.run_as_username,
+        add_capabilities: capabilities.add_capabilities,
+        drop_capabilities: capabilities.drop_capabilities,
+        readonly_rootfs: security.readonly_rootfs,
+        supplemental_groups,
+        no_new_privs: security.no_new_privs,
+        masked_paths: security_paths(
+            security.masked_paths,
+            DEFAULT_MASKED_PATHS,
+            "config.linux.security_context.masked_paths",
+        )?,
+        readonly_paths: security_paths(
+            security.readonly_paths,
+            DEFAULT_READONLY_PATHS,
+            "config.linux.security_context.readonly_paths",
+        )?,
+        // containerd joins the sandbox's PID namespace unless CONTAINER is asked for (POD
+        // is the protocol's zero value, so a request without options shares too).
+        share_pod_pid: security
+            .namespace_options
+            .as_ref()
+            .is_none_or(|n| n.pid != cri::NamespaceMode::Container as i32),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::ContainerLimits;
+
+    fn container_request() -> cri::CreateContainerRequest {
+        cri::CreateContainerRequest {
+            pod_sandbox_id: "abc".into(),
+            config: Some(cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata {
+                    name: "app".into(),
+                    attempt: 0,
+                }),
+                image: Some(cri::ImageSpec {
+                    image: "busybox".into(),
+                    ..Default::default()
+                }),
+                envs: vec![cri::KeyValue {
+                    key: "A".into(),
+                    value: "b=c".into(),
+                }],
+                ..Default::default()
+            }),
+            sandbox_config: None,
+        }
+    }
+
+    fn field_of(result: Result<CreateContainer, RuntimeError>) -> String {
+        match result {
+            Err(RuntimeError::InvalidArgument { field, .. }) => field,
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_complete_container_request_converts() {
+        let c = create_container_request(container_request()).unwrap();
+        assert_eq!(c.env, vec!["A=b=c".to_string()]);
+        assert_eq!(c.settings.image, "busybox");
+    }
+
+    #[test]
+    fn resources_and_security_context_convert() {
+        let mut r = container_request();
+        r.config.as_mut().unwrap().linux = Some(cri::LinuxContainerConfig {
+            resources: Some(cri::LinuxContainerResources {
+                cpu_shares: 512,
+                cpu_quota: -1,
+                cpu_period: 100_000,
+                memory_limit_in_bytes: 64 << 20,
+                ..Default::default()
+            }),
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                capabilities: Some(cri::Capability {
+                    add_capabilities: vec!["NET_ADMIN".into()],
+                    drop_capabilities: vec!["ALL".into()],
+                    ..Default::default()
+                }),
+                readonly_rootfs: true,
+                ..Default::default()
+            }),
+        });
+        let c = create_container_request(r).unwrap();
+        let limits = ContainerLimits {
+            cpu_shares: 512,
+            cpu_quota_us: 0,
+            cpu_period_us: 100_000,
+            memory_limit_bytes: 64 << 20,
+        };
+        assert_eq!(c.settings.limits, limits);
+        assert_eq!(c.add_capabilities, vec!["NET_ADMIN".to_string()]);
+        assert_eq!(c.drop_capabilities, vec!["ALL".to_string()]);
+        assert!(c.readonly_rootfs);
+    }
+
+    #[test]
+    fn missing_and_invalid_container_fields_are_named() {
+        let mut r = container_request();
+        r.pod_sandbox_id = String::new();
+        assert_eq!(field_of(create_container_request(r)), "pod_sandbox_id");
+        let mut r = container_request();
+        r.config.as_mut().unwrap().image = None;
+        assert_eq!(field_of(create_container_request(r)), "config.image.image");
+        let mut r = container_request();
+        r.config.as_mut().unwrap().metadata = None;
+        assert_eq!(field_of(create_container_request(r)), "config.metadata");
+        let mut r = container_request();
+        r.config.as_mut().unwrap().envs[0].key = String::new();
+        assert_eq!(field_of(create_container_request(r)), "config.envs[0].key");
+        let mut r = container_request();
+        r.config.as_mut().unwrap().tty = true;
+        assert_eq!(field_of(create_container_request(r)), "config.tty");
+        let mut r = container_request();
+        r.config.as_mut().unwrap().working_dir = "srv".into();
+        assert_eq!(field_of(create_container_request(r)), "config.working_dir");
+        let mut r = container_request();
+        r.config.as_mut().unwrap().linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                privileged: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert_eq!(
+            field_of(create_container_request(r)),
+            "config.linux.security_context.privileged"
+        );
+    }
+
+    fn with_namespaces(namespaces: cri::NamespaceOption) -> cri::CreateContainerRequest {
+        let mut c = container_request();
+        c.config.as_mut().unwrap().linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(namespaces),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        c
+    }
+
+    #[test]
+    fn host_namespaces_are_refused_by_name() {
+        for (which, set) in [
+            ("network", (2, 0, 0)),
+            ("pid", (0, 2, 0)),
+            ("ipc", (0, 0, 2)),
+        ] {
+            let c = with_namespaces(cri::NamespaceOption {
+                network: set.0,
+                pid: set.1,
+                ipc: set.2,
+                ..Default::default()
+            });
+            assert_eq!(
+                field_of(create_container_request(c)),
+                format!("config.linux.security_context.namespace_options.{which}")
+            );
+        }
+    }
+
+    #[test]
+    fn the_pod_pid_namespace_is_shared_unless_container_is_asked_for() {
+        let own = with_namespaces(cri::NamespaceOption {
+            pid: cri::NamespaceMode::Container as i32,
+            ..Default::default()
+        });
+        assert!(!create_container_request(own).unwrap().share_pod_pid);
+        // POD, or no options at all, shares the pod's, as containerd does.
+        assert!(
+            create_container_request(container_request())
+                .unwrap()
+                .share_pod_pid
+        );
+    }
+}
