@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 /// Why a run could not be measured.
 #[derive(Debug, thiserror::Error)]
 pub enum MeasureError {
-    #[error("Could not start {0}.")]
+    #[error("could not start {0}")]
     Spawn(String, #[source] std::io::Error),
     #[error("{program} did not print {marker:?} within {limit:?}; it printed: {seen}")]
     NoMarker {
@@ -18,15 +18,15 @@ pub enum MeasureError {
         limit: Duration,
         seen: String,
     },
-    #[error("{0} did not exit within the time limit.")]
+    #[error("{0} did not exit within the time limit")]
     NoExit(String),
-    #[error("{program} exited with {code:?}, not the expected {expected}.")]
+    #[error("{program} exited with {code:?}, not the expected {expected}")]
     BadExit {
         program: String,
         code: Option<i32>,
         expected: i32,
     },
-    #[error("Waiting for the child failed.")]
+    #[error("waiting for the child failed")]
     Wait(#[source] std::io::Error),
 }
 

@@ -12,9 +12,9 @@ use crate::AgentClient;
 /// Why the agent could not be reached.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("Could not connect to the agent.")]
+    #[error("could not connect to the agent")]
     Connect(#[source] tonic::transport::Error),
-    #[error("The VMM's vsock socket answered {0:?} instead of OK.")]
+    #[error("the VMM's vsock socket answered {0:?} instead of OK")]
     Handshake(String),
 }
 

@@ -8,9 +8,9 @@ use clap::Parser;
 /// Why the options could not be understood.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("Option {option} wants a positive whole number, not `{value}`.")]
+    #[error("option {option} wants a positive whole number, not `{value}`")]
     NotANumber { option: String, value: String },
-    #[error("Path {0} cannot be shared with the emulated host: it must be absolute UTF-8 without whitespace.")]
+    #[error("path {0} cannot be shared with the emulated host: it must be absolute UTF-8 without whitespace")]
     UnshareablePath(PathBuf),
 }
 

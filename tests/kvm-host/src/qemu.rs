@@ -6,18 +6,18 @@ use std::process::Command;
 /// Why the emulated host's kernel and initramfs could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum AssetsError {
-    #[error("Could not run the preparation script {script}.")]
+    #[error("could not run the preparation script {script}")]
     Spawn {
         script: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("The preparation script {script} failed ({status}); its messages are above.")]
+    #[error("the preparation script {script} failed ({status}); its messages are above")]
     Failed {
         script: PathBuf,
         status: std::process::ExitStatus,
     },
-    #[error("The preparation script named {0}, which lacks vmlinuz or initrd.cpio.")]
+    #[error("the preparation script named {0}, which lacks vmlinuz or initrd.cpio")]
     Incomplete(PathBuf),
 }
 

@@ -25,19 +25,19 @@ const POLL: Duration = Duration::from_millis(20);
 /// Why a run could not even be attempted.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("Could not create the io directory {path}.")]
+    #[error("could not create the io directory {path}")]
     IoDir {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("Could not start {program}; is qemu-system-x86 installed?")]
+    #[error("could not start {program}; is qemu-system-x86 installed?")]
     Spawn {
         program: String,
         #[source]
         source: io::Error,
     },
-    #[error("Lost track of the emulated host.")]
+    #[error("lost track of the emulated host")]
     Follow(#[source] io::Error),
 }
 
