@@ -47,7 +47,7 @@ pub enum RootfsSource {
 /// defaults, containerd's) and namespaces: without a PID namespace of its own the container
 /// joins the pod's. The [`GROUP_NAME_ANNOTATION`](vpod_image::runtime_spec::GROUP_NAME_ANNOTATION)
 /// names a group for the guest to look up. Mounts, seccomp and namespaces joined by path
-/// are refused ([`SpecError`]).
+/// are refused ([`SpecError`](crate::SpecError)).
 #[derive(Debug, Clone)]
 pub struct ContainerSpec {
     /// `[A-Za-z0-9][A-Za-z0-9_.-]{0,127}`, unique in the pod.

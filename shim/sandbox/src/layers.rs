@@ -47,10 +47,6 @@ impl AttachedLayers {
     pub fn len(&self) -> usize {
         self.by_serial.len()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_serial.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -65,7 +61,7 @@ mod tests {
         assert!(layers.acquire("l-a"));
         assert_eq!(layers.release("l-a"), None);
         assert_eq!(layers.release("l-a"), Some(3));
-        assert!(layers.is_empty());
+        assert_eq!(layers.len(), 0);
         assert_eq!(layers.release("l-a"), None);
     }
 }

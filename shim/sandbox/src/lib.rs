@@ -7,15 +7,15 @@
 //! Every agent call has a deadline or races the VMM's exit, so a dead guest is an error.
 //! Dropping a sandbox that was not stopped kills its VMM by PID and removes its directory.
 
-pub mod agent;
+mod agent;
 pub mod api;
 pub mod container;
-pub mod disk;
-pub mod layers;
+mod disk;
+mod layers;
 pub mod network_files;
 pub mod output;
-pub mod runtime_ops;
-pub mod serial;
+mod runtime_ops;
+mod serial;
 pub mod vmm;
 mod wire;
 
