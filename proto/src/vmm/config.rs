@@ -8,7 +8,8 @@
 //!  "disks": [{"path": "/pods/p1/writable.img", "serial": "rw-p1"},
 //!            {"fd": 3, "read_only": true, "serial": "layer-0"}],
 //!  "disk_slots": 8, "console": {"file": "/pods/p1/console.log"},
-//!  "vsock": {"uds_path": "/pods/p1/vsock.sock"}, "api_socket": "/pods/p1/api.sock"}
+//!  "vsock": {"uds_path": "/pods/p1/vsock.sock"}, "net": [{"fd": 4, "mac": "02:00:00:00:00:01"}],
+//!  "api_socket": "/pods/p1/api.sock"}
 //! ```
 
 use std::path::PathBuf;
@@ -50,6 +51,10 @@ pub struct VmConfig {
     pub console: Console,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock: Option<VsockConfig>,
+    /// virtio-net NICs backed by taps, in the order the guest sees them (eth0 first before
+    /// the guest renames anything).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub net: Vec<NetConfig>,
     /// Where the control socket listens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_socket: Option<PathBuf>,
@@ -82,6 +87,7 @@ impl VmConfig {
             disk_slots: 0,
             console: Console::default(),
             vsock: None,
+            net: Vec::new(),
             api_socket: None,
             init_args: Vec::new(),
             timings: false,
@@ -239,6 +245,95 @@ impl From<DiskConfig> for DiskFields {
     }
 }
 
+/// Where a NIC's tap comes from. On the wire the source is flat beside the NIC's other
+/// fields: `"tap": NAME` or `"fd": N`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TapSource {
+    /// A tap the VMM opens by name in its own network namespace (`/dev/net/tun`,
+    /// `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`; created if it does not exist).
+    Name(String),
+    /// A tap descriptor the VMM inherited from its launcher, opened with
+    /// `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR` (the launcher may have opened it inside the pod's
+    /// network namespace, which the VMM need not be in).
+    Fd(u32),
+}
+
+/// Why a NIC's source is not one of tap or fd.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TapSourceError {
+    #[error("a nic needs a \"tap\" or an \"fd\"")]
+    Missing,
+    #[error("a nic takes a \"tap\" or an \"fd\", not both")]
+    Both,
+}
+
+/// One virtio-net NIC: `{"tap": NAME | "fd": N, "mac": "02:00:00:00:00:01"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "NetFields", into = "NetFields")]
+pub struct NetConfig {
+    pub source: TapSource,
+    /// The guest NIC's MAC, `xx:xx:xx:xx:xx:xx`; the VMM picks a locally administered one when
+    /// absent.
+    pub mac: Option<String>,
+}
+
+impl NetConfig {
+    /// A NIC on the tap named `name`, MAC chosen by the VMM.
+    pub fn tap(name: impl Into<String>) -> Self {
+        NetConfig {
+            source: TapSource::Name(name.into()),
+            mac: None,
+        }
+    }
+
+    pub fn mac(mut self, mac: impl Into<String>) -> Self {
+        self.mac = Some(mac.into());
+        self
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tap: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fd: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mac: Option<String>,
+}
+
+impl TryFrom<NetFields> for NetConfig {
+    type Error = TapSourceError;
+
+    fn try_from(fields: NetFields) -> Result<Self, Self::Error> {
+        let source = match (fields.tap, fields.fd) {
+            (Some(name), None) => TapSource::Name(name),
+            (None, Some(fd)) => TapSource::Fd(fd),
+            (None, None) => return Err(TapSourceError::Missing),
+            (Some(_), Some(_)) => return Err(TapSourceError::Both),
+        };
+        Ok(NetConfig {
+            source,
+            mac: fields.mac,
+        })
+    }
+}
+
+impl From<NetConfig> for NetFields {
+    fn from(net: NetConfig) -> Self {
+        let (tap, fd) = match net.source {
+            TapSource::Name(name) => (Some(name), None),
+            TapSource::Fd(fd) => (None, Some(fd)),
+        };
+        NetFields {
+            tap,
+            fd,
+            mac: net.mac,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,6 +358,13 @@ mod tests {
                 uds_path: "/v.sock".into(),
                 guest_cid: 7,
             }),
+            net: vec![
+                NetConfig::tap("tap0").mac("02:00:00:00:00:01"),
+                NetConfig {
+                    source: TapSource::Fd(5),
+                    mac: None,
+                },
+            ],
             api_socket: Some("/api.sock".into()),
             init_args: vec!["sh".into(), "-c".into(), "echo hi".into()],
             timings: true,
@@ -327,5 +429,10 @@ mod tests {
                 .contains("unknown field")
         );
         assert!(error(r#"{"kernel": "/k", "console": "tty"}"#).contains("unknown variant"));
+        assert!(
+            error(r#"{"kernel": "/k", "net": [{"mac": "02:00:00:00:00:01"}]}"#)
+                .contains("a nic needs a \"tap\" or an \"fd\"")
+        );
+        assert!(error(r#"{"kernel": "/k", "net": [{"tap": "t", "fd": 3}]}"#).contains("not both"));
     }
 }

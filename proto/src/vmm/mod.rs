@@ -38,4 +38,7 @@ pub use api::{
 };
 #[cfg(feature = "vmm-client")]
 pub use client::{ClientError, VmmClient};
-pub use config::{Console, DiskConfig, DiskSource, DiskSourceError, VmConfig, VsockConfig};
+pub use config::{
+    Console, DiskConfig, DiskSource, DiskSourceError, NetConfig, TapSource, TapSourceError,
+    VmConfig, VsockConfig,
+};
