@@ -19,6 +19,12 @@
 //! agent_timeout_secs = 60
 //! max_concurrent_boots = 0   # 0: the host's CPU count
 //!
+//! [network]
+//! conf_dir = "/etc/cni/net.d"             # the first configuration here is the pods' network
+//! bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
+//! netns_dir = "/var/run/netns"            # pods' namespaces: vpod-<pod id>
+//! plugin_timeout_secs = 30
+//!
 //! [registry]
 //! insecure_registries = ["registry.lan:5000"]   # plain HTTP (loopback needs no entry)
 //! extra_ca_files = ["/etc/vpod/registry-ca.pem"]
@@ -57,7 +63,34 @@ pub struct Config {
     pub initrd: Option<PathBuf>,
     pub vmm: Option<PathBuf>,
     pub pod: PodSizing,
+    pub network: NetworkConfig,
     pub registry: RegistryConfig,
+}
+
+/// Where the pods' network comes from: CNI plugins and their configuration, as on any node.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// The first configuration here (by file name: `*.conflist`, `*.conf`, `*.json`) is the
+    /// pods' network; none: pods have no network and Status says NetworkReady false.
+    pub conf_dir: PathBuf,
+    /// Where plugin binaries are looked for, in order.
+    pub bin_dirs: Vec<PathBuf>,
+    /// Where each pod's network namespace is bind-mounted (`vpod-<pod id>`).
+    pub netns_dir: PathBuf,
+    /// How long one plugin may run.
+    pub plugin_timeout_secs: u64,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> NetworkConfig {
+        NetworkConfig {
+            conf_dir: PathBuf::from("/etc/cni/net.d"),
+            bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
+            netns_dir: PathBuf::from("/var/run/netns"),
+            plugin_timeout_secs: 30,
+        }
+    }
 }
 
 /// How registries are reached.
@@ -123,6 +156,7 @@ impl Default for Config {
             initrd: None,
             vmm: None,
             pod: PodSizing::default(),
+            network: NetworkConfig::default(),
             registry: RegistryConfig::default(),
         }
     }
@@ -170,6 +204,9 @@ impl Config {
         }
         if pod.writable_disk_mib < 16 {
             return bad("pod.writable_disk_mib must be at least 16");
+        }
+        if self.network.plugin_timeout_secs == 0 {
+            return bad("network.plugin_timeout_secs must be at least 1");
         }
         Ok(())
     }
@@ -226,6 +263,12 @@ mod tests {
         assert_eq!(c.pod.default_memory_mib, 512);
         assert_eq!(c.pod.default_vcpus, 1);
         assert_eq!(c.assets().kernel, PathBuf::from("/k"));
+        assert_eq!(c.network, NetworkConfig::default());
+        let c =
+            Config::parse("[network]\nconf_dir = \"/t/net.d\"\nbin_dirs = [\"/t/bin\"]\n").unwrap();
+        assert_eq!(c.network.conf_dir, PathBuf::from("/t/net.d"));
+        assert_eq!(c.network.bin_dirs, [PathBuf::from("/t/bin")]);
+        assert_eq!(c.network.netns_dir, PathBuf::from("/var/run/netns"));
     }
 
     #[test]

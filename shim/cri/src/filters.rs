@@ -73,6 +73,7 @@ mod tests {
             memory_mib: 128,
             phase,
             reason: String::new(),
+            network: None,
         }
     }
 

@@ -109,6 +109,7 @@ mod tests {
             memory_mib: 128,
             phase: crate::state::PodPhase::Ready,
             reason: String::new(),
+            network: None,
         }
     }
 

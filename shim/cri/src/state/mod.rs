@@ -29,8 +29,8 @@ use crate::ids::is_runtime_id;
 mod records;
 
 pub use records::{
-    ContainerLimits, ContainerPhase, ContainerRecord, ContainerSettings, MountRecord, PodPhase,
-    PodRecord, PodSettings,
+    ContainerLimits, ContainerPhase, ContainerRecord, ContainerSettings, MountRecord,
+    PodNetworkRecord, PodPhase, PodRecord, PodSettings, PortMappingRecord,
 };
 
 /// Why a record could not be read or written.

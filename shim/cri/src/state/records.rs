@@ -34,6 +34,30 @@ pub struct PodSettings {
     /// Applied in every container's namespaces (records before this field have none).
     #[serde(default)]
     pub sysctls: HashMap<String, String>,
+    /// Host ports forwarded to the pod (those with a host port only).
+    #[serde(default)]
+    pub port_mappings: Vec<PortMappingRecord>,
+}
+
+/// A host port forwarded to a port of the pod, as RunPodSandbox asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMappingRecord {
+    /// `tcp`, `udp` or `sctp`.
+    pub protocol: String,
+    pub container_port: u16,
+    pub host_port: u16,
+    /// Empty: every address of the host.
+    #[serde(default)]
+    pub host_ip: String,
+}
+
+/// The pod's network as CNI made it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodNetworkRecord {
+    /// The pod's network namespace on the host.
+    pub netns: std::path::PathBuf,
+    /// The pod's addresses, the first one its primary IP (no prefix length).
+    pub ips: Vec<String>,
 }
 
 /// A pod: what the kubelet asked for and what the runtime made of it.
@@ -51,6 +75,10 @@ pub struct PodRecord {
     /// Why the pod is NotReady when it did not stop on request (e.g. its VM died).
     #[serde(default)]
     pub reason: String,
+    /// The pod's network while it has one (none without a CNI configuration, and after
+    /// StopPodSandbox).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<PodNetworkRecord>,
 }
 
 /// Where a container is in its life.
@@ -165,12 +193,14 @@ pub(super) fn sample_pod(id: &str) -> PodRecord {
             annotations: HashMap::new(),
             runtime_handler: String::new(),
             sysctls: Default::default(),
+            port_mappings: Vec::new(),
         },
         created_at_ns: 1,
         vcpus: 1,
         memory_mib: 256,
         phase: PodPhase::Ready,
         reason: String::new(),
+        network: None,
     }
 }
 
@@ -278,7 +308,7 @@ mod tests {
         pod.reason = "VmExited".into();
         let written = serde_json::to_string(&pod).unwrap();
         let mut old_keys = keys(OLD_POD_RECORD);
-        old_keys.extend(["reason".to_string(), "sysctls".to_string()]);
+        old_keys.extend(["reason", "sysctls", "port_mappings"].map(String::from));
         old_keys.sort();
         assert_eq!(keys(&written), old_keys);
         let container: ContainerRecord = serde_json::from_str(OLD_CONTAINER_RECORD).unwrap();

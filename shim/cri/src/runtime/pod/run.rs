@@ -53,6 +53,7 @@ impl Runtime {
             memory_mib: size.memory_mib,
             phase: PodPhase::Creating,
             reason: String::new(),
+            network: None,
         };
         // The intent: a daemon killed from here on leaves this record for recovery.
         self.state.write_pod(&record)?;

@@ -9,7 +9,7 @@ use vpod_proto::cri;
 use crate::runtime::{RunPod, Runtime, RuntimeError};
 use crate::server::common::{detached, missing, refuse_host_namespaces};
 use crate::server::status;
-use crate::state::PodSettings;
+use crate::state::{PodSettings, PortMappingRecord};
 
 pub(in crate::server) async fn run_pod_sandbox(
     runtime: &Arc<Runtime>,
@@ -72,6 +72,45 @@ fn hostname_from_name(name: &str) -> String {
     } else {
         trimmed
     }
+}
+
+/// The host ports to forward, as containerd takes them: a mapping without a host port is
+/// only informative and is left out; a port out of range is refused.
+fn port_mappings(mappings: &[cri::PortMapping]) -> Result<Vec<PortMappingRecord>, RuntimeError> {
+    let field = "config.port_mappings";
+    let port = |value: i32, what: &str| {
+        u16::try_from(value)
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| RuntimeError::invalid(field, format!("{what} {value} is not a port")))
+    };
+    let mut records = Vec::new();
+    for mapping in mappings.iter().filter(|m| m.host_port != 0) {
+        let protocol = match cri::Protocol::try_from(mapping.protocol) {
+            Ok(cri::Protocol::Tcp) => "tcp",
+            Ok(cri::Protocol::Udp) => "udp",
+            Ok(cri::Protocol::Sctp) => "sctp",
+            Err(_) => {
+                return Err(RuntimeError::invalid(
+                    field,
+                    format!("protocol {} is not tcp, udp or sctp", mapping.protocol),
+                ))
+            }
+        };
+        if !mapping.host_ip.is_empty() && mapping.host_ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(RuntimeError::invalid(
+                field,
+                format!("host_ip {:?} is not an IP address", mapping.host_ip),
+            ));
+        }
+        records.push(PortMappingRecord {
+            protocol: protocol.to_string(),
+            container_port: port(mapping.container_port, "container_port")?,
+            host_port: port(mapping.host_port, "host_port")?,
+            host_ip: mapping.host_ip.clone(),
+        });
+    }
+    Ok(records)
 }
 
 /// What the kubelet can ask for in a pod that a VM cannot give, refused by name.
@@ -148,6 +187,7 @@ fn run_pod_request(request: cri::RunPodSandboxRequest) -> Result<RunPod, Runtime
             annotations: config.annotations,
             runtime_handler: request.runtime_handler,
             sysctls: linux.sysctls,
+            port_mappings: port_mappings(&config.port_mappings)?,
         },
         resources: linux.resources,
         overhead: linux.overhead,
@@ -266,6 +306,45 @@ mod tests {
         config.hostname = String::new();
         config.metadata.as_mut().unwrap().name = name.into();
         assert_eq!(run_pod_request(r).unwrap().settings.hostname, made);
+    }
+
+    #[test]
+    fn port_mappings_keep_those_with_a_host_port_and_refuse_bad_ones() {
+        let mapping = |container_port, host_port, protocol| cri::PortMapping {
+            protocol,
+            container_port,
+            host_port,
+            host_ip: String::new(),
+        };
+        let mut r = pod_request();
+        r.config.as_mut().unwrap().port_mappings = vec![
+            mapping(80, 8080, cri::Protocol::Tcp as i32),
+            mapping(53, 0, cri::Protocol::Udp as i32),
+            mapping(53, 5353, cri::Protocol::Udp as i32),
+        ];
+        let kept = run_pod_request(r).unwrap().settings.port_mappings;
+        assert_eq!(
+            kept.iter()
+                .map(|m| (m.protocol.as_str(), m.container_port, m.host_port))
+                .collect::<Vec<_>>(),
+            [("tcp", 80, 8080), ("udp", 53, 5353)]
+        );
+        for bad in [
+            mapping(0, 8080, 0),
+            mapping(70000, 8080, 0),
+            mapping(80, -1, 0),
+            mapping(80, 8080, 9),
+        ] {
+            let mut r = pod_request();
+            r.config.as_mut().unwrap().port_mappings = vec![bad];
+            assert_eq!(field_of(run_pod_request(r)), "config.port_mappings");
+        }
+        let mut r = pod_request();
+        r.config.as_mut().unwrap().port_mappings = vec![cri::PortMapping {
+            host_ip: "not-an-ip".into(),
+            ..mapping(80, 8080, 0)
+        }];
+        assert_eq!(field_of(run_pod_request(r)), "config.port_mappings");
     }
 
     #[test]

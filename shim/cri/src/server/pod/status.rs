@@ -53,7 +53,17 @@ pub(in crate::server) fn cri_status(pod: &PodRecord) -> cri::PodSandboxStatus {
         created_at: pod.created_at_ns,
         // No network status until the pod has an address: a kubelet takes an empty IP for a
         // broken sandbox and re-creates it.
-        network: None,
+        network: pod
+            .network
+            .as_ref()
+            .and_then(|network| network.ips.split_first())
+            .map(|(ip, more)| cri::PodSandboxNetworkStatus {
+                ip: ip.clone(),
+                additional_ips: more
+                    .iter()
+                    .map(|ip| cri::PodIp { ip: ip.clone() })
+                    .collect(),
+            }),
         linux: Some(cri::LinuxPodSandboxStatus {
             namespaces: Some(cri::Namespace {
                 options: Some(cri::NamespaceOption {
@@ -78,6 +88,8 @@ fn pod_info(pod: &PodRecord) -> HashMap<String, String> {
         "hostname": pod.settings.hostname,
         "dns": {"servers": pod.settings.dns_servers, "searches": pod.settings.dns_searches, "options": pod.settings.dns_options},
         "reason": pod.reason,
+        "netns": pod.network.as_ref().map(|n| &n.netns),
+        "portMappings": pod.settings.port_mappings,
     });
     HashMap::from([("info".to_string(), info.to_string())])
 }
