@@ -47,12 +47,45 @@ pub fn in_guest_host_with_memory<F, Fut>(
     run_where_guests_boot(host, body)
 }
 
+/// As [`in_guest_host`], in a network namespace of the test's own (loopback up), so that
+/// the bridges, veths and iptables rules CNI plugins make in the "host" namespace never touch
+/// the machine's network and go with the test. The daemon and every command the test runs
+/// inherit it.
+pub fn in_guest_host_own_network<F, Fut>(test_name: &str, limit: Duration, body: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let host = GuestHost::new(limit).test_name(test_name);
+    run_where_guests_boot_in(host, true, body)
+}
+
 fn run_where_guests_boot<F, Fut>(host: GuestHost, body: F)
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
+    run_where_guests_boot_in(host, false, body)
+}
+
+fn run_where_guests_boot_in<F, Fut>(host: GuestHost, own_network: bool, body: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     host.run(|| {
+        if own_network {
+            // Before the runtime's threads exist: they inherit this thread's namespace.
+            // SAFETY: CLONE_NEWNET changes only this thread's network namespace; no file
+            // descriptor table is unshared, so no descriptor of ours changes meaning.
+            unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }
+                .expect("a network namespace of the test's own");
+            let up = Command::new("ip")
+                .args(["link", "set", "lo", "up"])
+                .status()
+                .expect("running ip");
+            assert!(up.success(), "bringing lo up in the test's namespace");
+        }
         built("target/release/vpod-cri");
         built("target/release/vpod-vmm");
         built("build/vmlinux");
