@@ -8,6 +8,7 @@ pub mod container;
 pub mod convert;
 pub mod guest_info;
 pub mod in_root;
+pub mod network;
 pub mod reaper;
 pub mod rootfs;
 pub mod service;
@@ -105,6 +106,10 @@ async fn serve(config: AgentConfig, listen: Listen, clock: GuestClock) -> Result
                 .map_err(AgentError::Serve)
         }
         Listen::Vsock { port } => {
+            // Containers talk to each other over localhost, with or without a NIC.
+            if let Err(e) = bring_up_loopback().await {
+                eprintln!("vpod-init: warning: {}", vpod_proto::error_chain(&e));
+            }
             let address = tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, port);
             let listener = tokio_vsock::VsockListener::bind(address)
                 .map_err(|e| AgentError::Listen(format!("vsock port {port}"), e))?;
@@ -114,6 +119,10 @@ async fn serve(config: AgentConfig, listen: Listen, clock: GuestClock) -> Result
                 .map_err(AgentError::Serve)
         }
     }
+}
+
+async fn bring_up_loopback() -> Result<(), network::NetworkError> {
+    network::bring_up_loopback(&network::Rtnetlink::connect()?).await
 }
 
 pub(crate) fn c_string(s: &str) -> io::Result<CString> {

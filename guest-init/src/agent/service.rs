@@ -1,4 +1,4 @@
-//! The gRPC handlers: decode, call the container manager, map the error.
+//! The gRPC handlers: decode, call the container manager (or the network), map the error.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use vpod_proto::v1;
 use super::container::ContainerManager;
 use super::convert;
 use super::guest_info::{guest_info, GuestClock};
+use super::network::{self, Rtnetlink};
 use super::reaper::ExitStatus;
 use super::stdio::Stream as StdioStream;
 
@@ -190,6 +191,15 @@ impl vpod_proto::Agent for AgentService {
             .close_stdin(&request.into_inner().container_id)
             .await?;
         Ok(Response::new(v1::CloseStdinResponse {}))
+    }
+
+    async fn configure_network(
+        &self,
+        request: Request<v1::ConfigureNetworkRequest>,
+    ) -> Result<Response<v1::ConfigureNetworkResponse>, Status> {
+        let config = convert::network_request(request.into_inner())?;
+        network::configure(&Rtnetlink::connect()?, &config).await?;
+        Ok(Response::new(v1::ConfigureNetworkResponse {}))
     }
 }
 

@@ -2,7 +2,8 @@
 //! (`<state_dir>/sandboxes/<id>/`: the writable disk, the VMM's sockets, its console log),
 //! one `vpod-vmm` process, and a gRPC channel to the agent (vpod-init) in the guest. It
 //! attaches image layers to the VMM's empty disk slots and runs containers through the
-//! agent (see [`container`]).
+//! agent (see [`container`]). A pod with NICs ([`network`]) hands their taps to the VMM and
+//! has the agent configure the guest's side before [`Sandbox::start`] returns.
 //!
 //! Every agent call has a deadline or races the VMM's exit, so a dead guest is an error.
 //! Dropping a sandbox that was not stopped kills its VMM by PID and removes its directory.
@@ -12,6 +13,7 @@ pub mod api;
 pub mod container;
 mod disk;
 mod layers;
+pub mod network;
 pub mod network_files;
 pub mod output;
 mod runtime_ops;
@@ -40,6 +42,7 @@ pub use output::{
 pub use wire::SpecError;
 
 use layers::AttachedLayers;
+use network::GuestNetwork;
 use vmm::{file_tail, VmmLaunch, VmmProcess};
 
 /// What a pod's VM is made of.
@@ -64,6 +67,8 @@ pub struct SandboxConfig {
     pub rpc_timeout: Duration,
     /// Kill the VMM if the thread that started it ends (a foreground `vpod run`).
     pub die_with_parent: bool,
+    /// The pod's NICs and routes; none by default.
+    pub network: GuestNetwork,
 }
 
 impl SandboxConfig {
@@ -88,6 +93,7 @@ impl SandboxConfig {
             agent_timeout: Duration::from_secs(30),
             rpc_timeout: Duration::from_secs(30),
             die_with_parent: true,
+            network: GuestNetwork::default(),
         }
     }
 }
@@ -142,6 +148,8 @@ pub struct BootTimings {
     pub vmm_to_agent: Duration,
     /// The VMM's own measure: its start to the guest init's first instruction.
     pub vmm_to_init_ms: Option<f64>,
+    /// The agent's ConfigureNetwork call (zero for a pod without a network).
+    pub network: Duration,
 }
 
 /// A running pod VM.
@@ -185,7 +193,8 @@ fn valid_id(id: &str) -> bool {
 }
 
 impl Sandbox {
-    /// Makes the pod directory and writable disk, starts the VMM and waits for the agent.
+    /// Makes the pod directory and writable disk, starts the VMM (with the NICs' taps),
+    /// waits for the agent and has it configure the pod's network.
     pub async fn start(config: SandboxConfig) -> Result<Sandbox, SandboxError> {
         if !valid_id(&config.id) {
             return Err(SandboxError::BadId(config.id));
@@ -217,6 +226,7 @@ impl Sandbox {
             memory_mib: config.memory_mib,
             disk_slots: config.layer_slots,
             disks: vec![DiskConfig::path(&writable).serial(&writable_serial)],
+            nics: config.network.nics.clone(),
             console_log: dir.join("console.log"),
             vsock_socket: dir.join("vsock.sock"),
             api_socket: dir.join("api.sock"),
@@ -241,7 +251,8 @@ impl Sandbox {
         let api = VmmApi::new(&launch.api_socket);
         let vmm_to_init_ms = api.boot_time_ms().await.ok().flatten();
         guard.keep();
-        Ok(Sandbox {
+        // From here on a failure kills the VMM and removes the directory (Drop).
+        let mut sandbox = Sandbox {
             id: config.id,
             dir,
             vmm,
@@ -256,11 +267,34 @@ impl Sandbox {
                 disk: disk_time,
                 vmm_to_agent,
                 vmm_to_init_ms,
+                network: Duration::ZERO,
             },
             torn_down: false,
             kill_on_drop: true,
-        })
-        .and_then(|sandbox| sandbox.persist().map(|()| sandbox))
+        };
+        if !config.network.is_empty() {
+            let started = Instant::now();
+            sandbox.configure_network(&config.network).await?;
+            sandbox.timings.network = started.elapsed();
+        }
+        sandbox.persist()?;
+        Ok(sandbox)
+    }
+
+    /// Has the agent give the guest's NICs their names, addresses and routes.
+    async fn configure_network(&self, network: &GuestNetwork) -> Result<(), SandboxError> {
+        let request = wire::network_request(network);
+        let mut agent = self.agent.clone();
+        self.guarded(
+            "configuring the network",
+            agent::call(
+                "ConfigureNetwork",
+                self.rpc_timeout,
+                agent.configure_network(request),
+            ),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Opens the running pod `id` that another `vpod` started and left running.

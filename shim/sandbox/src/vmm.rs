@@ -1,7 +1,9 @@
 //! The pod's `vpod-vmm` process: started in its own process group on a typed configuration
-//! (`--config`, [`vpod_proto::vmm::VmConfig`]), killed by its PID.
+//! (`--config`, [`vpod_proto::vmm::VmConfig`]), killed by its PID. Each NIC's tap reaches
+//! it as an inherited descriptor under the number it has here, named in the configuration.
 
 use std::fs::File;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -10,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal};
 use vpod_proto::vmm::config::DEFAULT_GUEST_CID;
-use vpod_proto::vmm::{Console, DiskConfig, VmConfig, VsockConfig};
+use vpod_proto::vmm::{Console, DiskConfig, NetConfig, TapSource, VmConfig, VsockConfig};
+
+use crate::network::Nic;
 
 /// How to start the VMM of one pod.
 #[derive(Debug, Clone)]
@@ -23,6 +27,8 @@ pub struct VmmLaunch {
     pub disk_slots: u32,
     /// The disks, in the order the guest sees them.
     pub disks: Vec<DiskConfig>,
+    /// The NICs, in the order the guest finds them: their taps are inherited.
+    pub nics: Vec<Nic>,
     pub console_log: PathBuf,
     pub vsock_socket: PathBuf,
     pub api_socket: PathBuf,
@@ -51,6 +57,14 @@ impl VmmLaunch {
             memory_mib: self.memory_mib,
             disks: self.disks.clone(),
             disk_slots: self.disk_slots,
+            net: self
+                .nics
+                .iter()
+                .map(|nic| NetConfig {
+                    source: TapSource::Fd(nic.tap.as_raw_fd() as u32),
+                    mac: Some(nic.interface.mac.to_string()),
+                })
+                .collect(),
             console: Console::File(self.console_log.clone()),
             vsock: Some(VsockConfig {
                 uds_path: self.vsock_socket.clone(),
@@ -71,6 +85,17 @@ impl VmmLaunch {
 
     /// Starts the VMM.
     pub fn spawn(&self) -> std::io::Result<VmmProcess> {
+        // The child's stdio is set up before the taps are made inheritable: 0 to 2 would go.
+        if let Some(nic) = self.nics.iter().find(|nic| nic.tap.as_raw_fd() < 3) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "the tap of {} is descriptor {}, which the VMM's stdio replaces",
+                    nic.interface.name,
+                    nic.tap.as_raw_fd()
+                ),
+            ));
+        }
         let stderr = File::create(&self.stderr_log)?;
         let mut cmd = self.command()?;
         cmd.stdin(Stdio::null())
@@ -78,6 +103,10 @@ impl VmmLaunch {
             .stderr(stderr)
             // Its own group: a terminal's Ctrl-C goes to `vpod`, which stops the pod itself.
             .process_group(0);
+        inherit_fds(
+            &mut cmd,
+            self.nics.iter().map(|nic| nic.tap.as_raw_fd()).collect(),
+        );
         if self.die_with_parent {
             // SAFETY: between fork and exec only the async-signal-safe prctl system call
             // runs; it touches no memory of the parent.
@@ -93,6 +122,29 @@ impl VmmLaunch {
             pid: child.id(),
             child: Some(Mutex::new(child)),
         })
+    }
+}
+
+/// Lets the program `cmd` runs inherit `fds` under their numbers: their close-on-exec flag
+/// is cleared in the child only (the flag belongs to the descriptor table, which the child
+/// has its own copy of), so nothing else this process starts inherits them. The caller
+/// keeps them open until the spawn returns.
+fn inherit_fds(cmd: &mut Command, fds: Vec<RawFd>) {
+    if fds.is_empty() {
+        return;
+    }
+    // SAFETY: between fork and exec only fcntl runs, an async-signal-safe system call, on
+    // descriptors that the caller keeps open across the spawn; `fds` was allocated before
+    // the fork and is only read.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &fd in &fds {
+                // SAFETY: `fd` is open in this child, a copy of the parent's table.
+                let fd = BorrowedFd::borrow_raw(fd);
+                rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+            }
+            Ok(())
+        });
     }
 }
 
@@ -230,6 +282,7 @@ mod tests {
             memory_mib: 512,
             disk_slots: 8,
             disks: vec![DiskConfig::path("/pod/writable.img").serial("rw-p1")],
+            nics: Vec::new(),
             console_log: "/pod/console.log".into(),
             vsock_socket: "/pod/vsock.sock".into(),
             api_socket: "/pod/api.sock".into(),
@@ -259,6 +312,86 @@ mod tests {
         assert_eq!(config.console, Console::File("/pod/console.log".into()));
         assert_eq!(config.api_socket, Some(PathBuf::from("/pod/api.sock")));
         assert!(config.init_args.is_empty());
+        assert!(config.net.is_empty());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn nic(tap: std::fs::File, name: &str, mac: [u8; 6]) -> Nic {
+        use crate::network::{GuestInterface, MacAddress};
+        Nic {
+            tap: std::sync::Arc::new(tap.into()),
+            interface: GuestInterface {
+                name: name.into(),
+                mac: MacAddress(mac),
+                mtu: 0,
+                addresses: Vec::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn each_nic_is_its_tap_descriptor_and_mac_in_the_vm_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let eth0 = nic(tempfile::tempfile().unwrap(), "eth0", [2, 0, 0, 0, 0, 1]);
+        let eth1 = nic(tempfile::tempfile().unwrap(), "eth1", [2, 0, 0, 0, 0, 0xa2]);
+        let fds = [eth0.tap.as_raw_fd() as u32, eth1.tap.as_raw_fd() as u32];
+        let launch = VmmLaunch {
+            program: "/usr/bin/vpod-vmm".into(),
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            vcpus: 1,
+            memory_mib: 256,
+            disk_slots: 0,
+            disks: Vec::new(),
+            nics: vec![eth0, eth1],
+            console_log: "/pod/console.log".into(),
+            vsock_socket: "/pod/vsock.sock".into(),
+            api_socket: "/pod/api.sock".into(),
+            config_file: dir.path().join("vmm.json"),
+            stderr_log: "/pod/vmm.log".into(),
+            die_with_parent: false,
+        };
+        launch.command().expect("config written");
+        let text = std::fs::read(&launch.config_file).expect("config file");
+        let config = VmConfig::from_json(&text).expect("a VM configuration");
+        assert_eq!(
+            config.net,
+            [
+                NetConfig {
+                    source: TapSource::Fd(fds[0]),
+                    mac: Some("02:00:00:00:00:01".into()),
+                },
+                NetConfig {
+                    source: TapSource::Fd(fds[1]),
+                    mac: Some("02:00:00:00:00:a2".into()),
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn an_inherited_descriptor_reaches_the_child_and_stays_close_on_exec_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tap-stand-in");
+        // std opens files close-on-exec, as the network crate opens taps.
+        let file = std::fs::File::create(&path).unwrap();
+        let fd = file.as_raw_fd();
+        let mut cmd = Command::new("readlink");
+        cmd.arg(format!("/proc/self/fd/{fd}"));
+        inherit_fds(&mut cmd, vec![fd]);
+        let output = cmd.output().expect("readlink runs");
+        assert!(output.status.success(), "{output:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout).trim(),
+            path.to_str().unwrap()
+        );
+        let flags = rustix::io::fcntl_getfd(&file).unwrap();
+        assert!(flags.contains(rustix::io::FdFlags::CLOEXEC));
+        // Without it, the child does not see the descriptor.
+        let output = Command::new("readlink")
+            .arg(format!("/proc/self/fd/{fd}"))
+            .output()
+            .expect("readlink runs");
+        assert!(!output.status.success());
     }
 }

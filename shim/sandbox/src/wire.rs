@@ -6,6 +6,7 @@ use vpod_image::runtime_spec::GROUP_NAME_ANNOTATION;
 use vpod_proto::v1;
 
 use crate::container::ContainerFile;
+use crate::network::GuestNetwork;
 
 /// A runtime spec the guest cannot run as it is.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -141,6 +142,38 @@ pub(crate) fn cgroup_limits(resources: Option<&LinuxResources>) -> v1::CgroupLim
     }
 }
 
+/// The agent's ConfigureNetwork request: each NIC's guest side, then the routes. Text
+/// forms are the agent's: CIDR prefixes, colon-separated MAC addresses, an empty gateway
+/// for on-link routes.
+pub(crate) fn network_request(network: &GuestNetwork) -> v1::ConfigureNetworkRequest {
+    v1::ConfigureNetworkRequest {
+        interfaces: network
+            .nics
+            .iter()
+            .map(|nic| v1::Interface {
+                mac: nic.interface.mac.to_string(),
+                name: nic.interface.name.clone(),
+                mtu: nic.interface.mtu,
+                addresses: nic
+                    .interface
+                    .addresses
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+            })
+            .collect(),
+        routes: network
+            .routes
+            .iter()
+            .map(|route| v1::Route {
+                destination: route.destination.to_string(),
+                gateway: route.gateway.map(|g| g.to_string()).unwrap_or_default(),
+                interface: route.interface.clone(),
+            })
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,6 +282,62 @@ mod tests {
         assert_eq!(
             create_request("c", &joined, Vec::new(), Vec::new(), "w".into()),
             Err(SpecError::NamespacePath("net".into()))
+        );
+    }
+
+    #[test]
+    fn a_network_becomes_the_agents_text_forms() {
+        use crate::network::{GuestInterface, GuestRoute, IpPrefix, MacAddress, Nic};
+        use std::net::IpAddr;
+        let prefix = |a: &str, len| IpPrefix::new(a.parse::<IpAddr>().unwrap(), len).unwrap();
+        let tap = std::fs::File::open("/dev/null").unwrap();
+        let network = GuestNetwork {
+            nics: vec![Nic {
+                tap: std::sync::Arc::new(tap.into()),
+                interface: GuestInterface {
+                    name: "eth0".into(),
+                    mac: MacAddress([2, 0, 0, 0, 0, 0x1f]),
+                    mtu: 1450,
+                    addresses: vec![prefix("10.88.0.5", 16), prefix("fd00::5", 64)],
+                },
+            }],
+            routes: vec![
+                GuestRoute {
+                    destination: prefix("0.0.0.0", 0),
+                    gateway: Some([10, 88, 0, 1].into()),
+                    interface: "eth0".into(),
+                },
+                GuestRoute {
+                    destination: prefix("::", 0),
+                    gateway: None,
+                    interface: "eth0".into(),
+                },
+            ],
+        };
+        let request = network_request(&network);
+        assert_eq!(
+            request.interfaces,
+            [v1::Interface {
+                mac: "02:00:00:00:00:1f".into(),
+                name: "eth0".into(),
+                mtu: 1450,
+                addresses: vec!["10.88.0.5/16".into(), "fd00::5/64".into()],
+            }]
+        );
+        assert_eq!(
+            request.routes,
+            [
+                v1::Route {
+                    destination: "0.0.0.0/0".into(),
+                    gateway: "10.88.0.1".into(),
+                    interface: "eth0".into(),
+                },
+                v1::Route {
+                    destination: "::/0".into(),
+                    gateway: String::new(),
+                    interface: "eth0".into(),
+                },
+            ]
         );
     }
 }

@@ -1,9 +1,14 @@
-//! Protocol messages to the agent's own types, and its errors to gRPC status codes.
+//! Protocol messages to the agent's own types, and its errors to gRPC status codes: the
+//! containers' here, the network's in [`network`].
+
+mod network;
 
 use std::path::PathBuf;
 
 use tonic::Status;
 use vpod_proto::{error_chain, v1};
+
+pub use network::network_request;
 
 use super::cgroup::CgroupLimits;
 use super::container::ContainerError;
