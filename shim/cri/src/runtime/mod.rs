@@ -69,6 +69,10 @@ pub enum RuntimeError {
     Image(#[from] ImageError),
     #[error("could not open the layer store")]
     LayerStore(#[source] LayerStoreError),
+    #[error("the pod's network failed")]
+    Network(#[source] vpod_network::NetworkError),
+    #[error("the pod's network has an unusable {0}")]
+    NetworkResult(String),
     #[error("could not {operation} {path}")]
     Io {
         operation: &'static str,
@@ -149,6 +153,8 @@ pub struct Runtime {
     boot_slots: tokio::sync::Semaphore,
     /// Container lifecycle events for GetContainerEvents.
     events: tokio::sync::broadcast::Sender<ContainerEvent>,
+    /// The pods' networks (CNI).
+    cni: vpod_network::Cni,
 }
 
 impl Runtime {
@@ -171,7 +177,9 @@ impl Runtime {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
+        let cni = pod::network::cni(&config, &root);
         let runtime = Arc::new(Runtime {
+            cni,
             assets: config.assets(),
             config,
             root,

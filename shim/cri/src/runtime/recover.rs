@@ -43,12 +43,18 @@ impl Runtime {
                     // RunPodSandbox was interrupted: nothing of it stays.
                     tracing::info!(pod = %record.id, "undoing an interrupted RunPodSandbox");
                     self.destroy_sandbox_leftovers(&record.id);
+                    self.tear_down_network(&record.id).await?;
                     self.state.remove_pod(&record.id)?;
                     known.remove(&record.id);
                     continue;
                 }
                 PodPhase::Ready => {}
-                PodPhase::NotReady => self.destroy_sandbox_leftovers(&record.id),
+                PodPhase::NotReady => {
+                    self.destroy_sandbox_leftovers(&record.id);
+                    // A stop interrupted between the VM and the network.
+                    self.tear_down_network_logged(&record.id).await;
+                    record.network = None;
+                }
             }
             let sandbox = if record.phase == PodPhase::Ready {
                 match Sandbox::open(&self.root, &record.id, self.rpc_timeout).await {
@@ -59,6 +65,8 @@ impl Runtime {
                     Err(e) => {
                         tracing::warn!(pod = %record.id, error = %super::error_chain(&e), "the pod's VM is gone");
                         self.destroy_sandbox_leftovers(&record.id);
+                        self.tear_down_network_logged(&record.id).await;
+                        record.network = None;
                         record.phase = PodPhase::NotReady;
                         record.reason = "VmExited".into();
                         self.state.write_pod(&record)?;

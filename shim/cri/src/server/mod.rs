@@ -56,6 +56,7 @@ pub fn status(error: RuntimeError) -> Status {
         RuntimeError::FailedPrecondition(_) => Code::FailedPrecondition,
         RuntimeError::NotFound(_) => Code::NotFound,
         RuntimeError::Unimplemented(_) => Code::Unimplemented,
+        RuntimeError::Network(vpod_network::NetworkError::Config(_)) => Code::FailedPrecondition,
         RuntimeError::DeadlineExceeded(_) => Code::DeadlineExceeded,
         RuntimeError::Image(ImageError::NotFound(_)) => Code::NotFound,
         RuntimeError::Image(ImageError::Registry(e)) => match e {

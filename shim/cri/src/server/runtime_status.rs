@@ -1,5 +1,6 @@
 //! Status: whether the runtime is ready (its kernel, initrd and VMM are there) and whether
-//! the pod network is (it is not yet); verbose adds the configuration.
+//! the pod network is (a CNI configuration whose plugins are all installed); verbose adds
+//! the configuration.
 
 use std::sync::Arc;
 
@@ -28,11 +29,18 @@ pub(super) fn status(runtime: &Arc<Runtime>, request: cri::StatusRequest) -> cri
             format!("missing: {}", missing.join(", "))
         },
     };
+    let network = runtime.network_status();
     let network_ready = cri::RuntimeCondition {
         r#type: "NetworkReady".into(),
-        status: false,
-        reason: "NoNetwork".into(),
-        message: "vpod pods have no network yet".into(),
+        status: network.is_ok(),
+        reason: match network {
+            Ok(()) => String::new(),
+            Err(_) => "NetworkPluginNotReady".into(),
+        },
+        message: match network {
+            Ok(()) => String::new(),
+            Err(e) => format!("network plugin is not ready: {e}"),
+        },
     };
     let info = if request.verbose {
         let config = serde_json::json!({

@@ -2,6 +2,7 @@
 //! the watch that finds a pod whose VM died.
 
 mod list;
+pub(in crate::runtime) mod network;
 mod remove;
 mod run;
 mod status;

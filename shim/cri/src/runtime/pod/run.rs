@@ -1,5 +1,5 @@
-//! RunPodSandbox: boot the pod's VM, its record written first so that a daemon killed
-//! during the boot leaves something for recovery to undo.
+//! RunPodSandbox: the pod's network (CNI), then its VM, the record written first so that a
+//! daemon killed on the way leaves something for recovery to undo.
 
 use std::sync::{Arc, Mutex};
 
@@ -9,7 +9,8 @@ use vpod_sandbox::{Sandbox, SandboxConfig};
 
 use crate::logformat::now_ns;
 use crate::runtime::{lock, pod_name_key, Pod, Runtime, RuntimeError};
-use crate::sizing::pod_size;
+use crate::runtime::pod::network::PodNetworkSetup;
+use crate::sizing::{pod_size, PodSize};
 use crate::state::{PodPhase, PodRecord, PodSettings};
 
 /// A validated RunPodSandbox request: the settings its record keeps and what sizes its VM.
@@ -57,6 +58,30 @@ impl Runtime {
         };
         // The intent: a daemon killed from here on leaves this record for recovery.
         self.state.write_pod(&record)?;
+        let network = match self.set_up_network(&record).await {
+            Ok(network) => network,
+            Err(e) => {
+                let _ = self.state.remove_pod(&id);
+                return Err(e);
+            }
+        };
+        test_delay_after_network().await;
+        let booted = self.boot_vm(&mut record, size, network).await;
+        if booted.is_err() {
+            self.tear_down_network_logged(&id).await;
+            let _ = self.state.remove_pod(&id);
+        }
+        booted
+    }
+
+    /// Boots the pod's VM on its network and records the pod Ready.
+    async fn boot_vm(
+        &self,
+        record: &mut PodRecord,
+        size: PodSize,
+        network: Option<PodNetworkSetup>,
+    ) -> Result<String, RuntimeError> {
+        let id = record.id.clone();
 
         let rules = &self.config.pod;
         let mut config = SandboxConfig::new(
@@ -74,6 +99,11 @@ impl Runtime {
         config.rpc_timeout = self.rpc_timeout;
         // The VM outlives the daemon: a restarted vpod-cri re-attaches to it.
         config.die_with_parent = false;
+        if let Some(network) = network {
+            record.network = Some(network.record);
+            self.state.write_pod(record)?;
+            config.network = network.guest;
+        }
         tracing::info!(pod = %id, name = %record.settings.name, vcpus = size.vcpus, memory_mib = size.memory_mib, "booting pod VM");
         let _slot = self
             .boot_slots
@@ -86,26 +116,31 @@ impl Runtime {
         let booted = tokio::task::spawn_blocking(move || handle.block_on(Sandbox::start(config)))
             .await
             .map_err(RuntimeError::BootTask);
-        let sandbox = match booted.and_then(|b| b.map_err(RuntimeError::from)) {
-            Ok(sandbox) => sandbox,
-            Err(e) => {
-                let _ = self.state.remove_pod(&id);
-                return Err(e);
-            }
-        };
+        let sandbox = booted.and_then(|b| b.map_err(RuntimeError::from))?;
         tracing::info!(pod = %id, vmm_pid = sandbox.vmm_pid(), vmm_to_agent_ms = sandbox.timings().vmm_to_agent.as_millis() as u64, "pod ready");
         record.phase = PodPhase::Ready;
-        if let Err(e) = self.state.write_pod(&record) {
+        if let Err(e) = self.state.write_pod(record) {
             let _ = sandbox.stop().await;
-            let _ = self.state.remove_pod(&id);
             return Err(e.into());
         }
         let pod = Arc::new(Pod {
             id: id.clone(),
-            record: Mutex::new(record),
+            record: Mutex::new(record.clone()),
             sandbox: RwLock::new(Some(sandbox)),
         });
         lock(&self.pods).insert(id.clone(), pod);
         Ok(id)
+    }
+}
+
+/// A fault-injection hook for the crash tests: `VPOD_CRI_TEST_DELAY_RUNP_MS` pauses
+/// RunPodSandbox once the pod's network exists and before its VM boots.
+async fn test_delay_after_network() {
+    let delay = std::env::var("VPOD_CRI_TEST_DELAY_RUNP_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(ms) = delay {
+        tracing::warn!(ms, "test hook: pausing after the pod's network");
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
 }

@@ -1,4 +1,5 @@
-//! StopPodSandbox: stop the pod's VM and so every container in it.
+//! StopPodSandbox: stop the pod's VM and so every container in it, then release its
+//! network (CNI's DEL), as containerd does at this point.
 
 use crate::logformat::now_ns;
 use crate::runtime::{lock, Pod, Runtime, RuntimeError};
@@ -51,12 +52,18 @@ impl Runtime {
             }
             *lock(&container.log) = None;
         }
+        // After the VM: its tap holds the pod's side of the link until the VMM is gone.
+        let released = self.tear_down_network(&pod.id).await;
         self.update_pod(pod, |p| {
             if p.phase != PodPhase::NotReady {
                 p.reason = pod_reason.to_string();
             }
             p.phase = PodPhase::NotReady;
+            if released.is_ok() {
+                p.network = None;
+            }
         })?;
-        stopped.map_err(RuntimeError::from)
+        stopped.map_err(RuntimeError::from)?;
+        released
     }
 }

@@ -1,0 +1,224 @@
+//! The pod's network: CNI's ADD before the VM boots (its tap handed to the VM, its addresses
+//! and routes to the guest), DEL when the pod stops, is removed, or was left half made by a
+//! crash. Without a CNI configuration pods have no network (Status says NetworkReady false).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use vpod_network::config::ConfigError;
+use vpod_network::{
+    Cni, CniSettings, DnsCapability, NetworkError, PodNetwork, PodNetworkRequest, PortMapping,
+    Protocol,
+};
+use vpod_sandbox::network::{
+    GuestInterface, GuestNetwork, GuestRoute, IpPrefix, MacAddress, Nic,
+};
+
+use crate::config::Config;
+use crate::runtime::{Runtime, RuntimeError};
+use crate::state::{PodNetworkRecord, PodRecord, PortMappingRecord};
+
+/// The guest's name for the pod's NIC, as CNI names the pod's interface.
+const GUEST_IFNAME: &str = vpod_network::POD_IFNAME;
+
+/// The CNI settings of `config`, the per-pod records under `<root>/network`.
+pub fn cni(config: &Config, root: &std::path::Path) -> Cni {
+    let network = &config.network;
+    Cni::new(CniSettings {
+        conf_dir: network.conf_dir.clone(),
+        bin_dirs: network.bin_dirs.clone(),
+        cache_dir: root.join("network"),
+        netns_dir: network.netns_dir.clone(),
+        plugin_timeout: std::time::Duration::from_secs(network.plugin_timeout_secs),
+    })
+}
+
+/// What a pod's network gave: the record's part and the VM's part.
+pub struct PodNetworkSetup {
+    pub record: PodNetworkRecord,
+    pub guest: GuestNetwork,
+}
+
+impl Runtime {
+    /// CNI's ADD for the pod; `None` when there is no CNI configuration at all.
+    pub(in crate::runtime) async fn set_up_network(
+        &self,
+        pod: &PodRecord,
+    ) -> Result<Option<PodNetworkSetup>, RuntimeError> {
+        let request = network_request(pod);
+        let cni = self.cni.clone();
+        let made = tokio::task::spawn_blocking(move || cni.setup(&request))
+            .await
+            .map_err(RuntimeError::BootTask)?;
+        match made {
+            Ok(network) => {
+                tracing::info!(pod = %pod.id, netns = %network.netns.display(), ips = ?network.addresses, "pod network ready");
+                Ok(Some(setup(network)?))
+            }
+            Err(NetworkError::Config(ConfigError::NoConfig(_) | ConfigError::ReadDir(..))) => {
+                tracing::debug!(pod = %pod.id, "no CNI configuration: a pod without a network");
+                Ok(None)
+            }
+            Err(e) => Err(RuntimeError::Network(e)),
+        }
+    }
+
+    /// CNI's DEL for the pod and its namespace removed; nothing to do is fine.
+    pub(in crate::runtime) async fn tear_down_network(
+        &self,
+        pod_id: &str,
+    ) -> Result<(), RuntimeError> {
+        let cni = self.cni.clone();
+        let id = pod_id.to_owned();
+        tokio::task::spawn_blocking(move || cni.teardown(&id))
+            .await
+            .map_err(RuntimeError::BootTask)?
+            .map_err(RuntimeError::Network)
+    }
+
+    /// As [`Runtime::tear_down_network`], logging instead of failing (clean-up paths).
+    pub(in crate::runtime) async fn tear_down_network_logged(&self, pod_id: &str) {
+        if let Err(e) = self.tear_down_network(pod_id).await {
+            tracing::warn!(pod = %pod_id, error = %super::error_chain(&e), "tearing down the pod's network");
+        }
+    }
+
+    /// Whether pods get a network: `Err` says why not (Status's NetworkReady).
+    pub fn network_status(&self) -> Result<(), vpod_network::NotReady> {
+        self.cni.status()
+    }
+}
+
+/// The pod as the plugins are told of it (containerd's CNI_ARGS and capabilities).
+fn network_request(pod: &PodRecord) -> PodNetworkRequest {
+    let settings = &pod.settings;
+    PodNetworkRequest {
+        sandbox_id: pod.id.clone(),
+        pod_name: settings.name.clone(),
+        pod_namespace: settings.namespace.clone(),
+        pod_uid: settings.uid.clone(),
+        port_mappings: settings.port_mappings.iter().map(port_mapping).collect(),
+        dns: Some(DnsCapability {
+            servers: settings.dns_servers.clone(),
+            searches: settings.dns_searches.clone(),
+            options: settings.dns_options.clone(),
+        }),
+    }
+}
+
+fn port_mapping(mapping: &PortMappingRecord) -> PortMapping {
+    PortMapping {
+        host_port: mapping.host_port,
+        container_port: mapping.container_port,
+        protocol: match mapping.protocol.as_str() {
+            "udp" => Protocol::Udp,
+            "sctp" => Protocol::Sctp,
+            _ => Protocol::Tcp,
+        },
+        host_ip: mapping.host_ip.parse::<IpAddr>().ok(),
+    }
+}
+
+/// The CNI result as the record keeps it and the VM takes it: the guest's eth0 copies the
+/// CNI interface's MAC, MTU, addresses and routes.
+fn setup(network: PodNetwork) -> Result<PodNetworkSetup, RuntimeError> {
+    let bad = |what: String| RuntimeError::NetworkResult(what);
+    let mac = parse_mac(&network.mac).ok_or_else(|| bad(format!("mac {:?}", network.mac)))?;
+    let addresses = network
+        .addresses
+        .iter()
+        .map(|a| IpPrefix::new(a.address, a.prefix_len).map_err(|e| bad(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let routes = network
+        .routes
+        .iter()
+        .map(|r| {
+            Ok(GuestRoute {
+                destination: IpPrefix::new(r.destination, r.prefix_len)
+                    .map_err(|e| bad(e.to_string()))?,
+                gateway: r.gateway,
+                interface: GUEST_IFNAME.to_owned(),
+            })
+        })
+        .collect::<Result<Vec<_>, RuntimeError>>()?;
+    let record = PodNetworkRecord {
+        netns: network.netns.clone(),
+        ips: addresses.iter().map(|a| a.address().to_string()).collect(),
+    };
+    let guest = GuestNetwork {
+        nics: vec![Nic {
+            tap: Arc::new(network.tap),
+            interface: GuestInterface {
+                name: GUEST_IFNAME.to_owned(),
+                mac,
+                mtu: network.mtu,
+                addresses,
+            },
+        }],
+        routes,
+    };
+    Ok(PodNetworkSetup { record, guest })
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+fn parse_mac(text: &str) -> Option<MacAddress> {
+    let mut bytes = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut bytes {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(MacAddress(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_parse_exactly() {
+        assert_eq!(
+            parse_mac("02:0a:ff:00:10:Ab"),
+            Some(MacAddress([2, 10, 255, 0, 16, 0xab]))
+        );
+        for bad in ["", "02:0a:ff:00:10", "02:0a:ff:00:10:ab:01", "2:0a:ff:00:10:ab", "zz:0a:ff:00:10:ab"] {
+            assert_eq!(parse_mac(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn port_mappings_and_dns_reach_the_plugins() {
+        let mut pod = crate::state::PodRecord {
+            id: "p1".into(),
+            settings: Default::default(),
+            created_at_ns: 0,
+            vcpus: 1,
+            memory_mib: 128,
+            phase: crate::state::PodPhase::Creating,
+            reason: String::new(),
+            network: None,
+        };
+        pod.settings.port_mappings = vec![PortMappingRecord {
+            protocol: "udp".into(),
+            container_port: 53,
+            host_port: 5353,
+            host_ip: "127.0.0.1".into(),
+        }];
+        pod.settings.dns_servers = vec!["10.96.0.10".into()];
+        let request = network_request(&pod);
+        assert_eq!(request.sandbox_id, "p1");
+        assert_eq!(
+            request.port_mappings,
+            [PortMapping {
+                host_port: 5353,
+                container_port: 53,
+                protocol: Protocol::Udp,
+                host_ip: Some("127.0.0.1".parse().unwrap()),
+            }]
+        );
+        assert_eq!(request.dns.unwrap().servers, ["10.96.0.10"]);
+    }
+}
