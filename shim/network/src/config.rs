@@ -105,7 +105,11 @@ fn invalid(file: &Path, problem: impl Into<String>) -> ConfigError {
     }
 }
 
-fn string_field(object: &Map<String, Value>, key: &str, file: &Path) -> Result<String, ConfigError> {
+fn string_field(
+    object: &Map<String, Value>,
+    key: &str,
+    file: &Path,
+) -> Result<String, ConfigError> {
     match object.get(key) {
         Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
         _ => Err(invalid(file, format!("no {key:?} string"))),
@@ -157,7 +161,10 @@ fn wrap_single(value: Value, file: &Path) -> Result<NetworkConfigList, ConfigErr
 fn check_plugin_type(plugin: &Map<String, Value>, file: &Path) -> Result<(), ConfigError> {
     let kind = string_field(plugin, "type", file)?;
     if kind.contains('/') || kind == "." || kind == ".." {
-        return Err(invalid(file, format!("plugin type {kind:?} is not a plain name")));
+        return Err(invalid(
+            file,
+            format!("plugin type {kind:?} is not a plain name"),
+        ));
     }
     Ok(())
 }
@@ -168,7 +175,8 @@ pub fn find_plugin(plugin: &str, dirs: &[PathBuf]) -> Result<PathBuf, ConfigErro
     dirs.iter()
         .map(|dir| dir.join(plugin))
         .find(|path| {
-            std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            std::fs::metadata(path)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         })
         .ok_or_else(|| ConfigError::PluginNotFound {
             plugin: plugin.to_owned(),
@@ -187,19 +195,34 @@ mod tests {
     #[test]
     fn first_file_by_name_wins_and_other_extensions_are_ignored() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "20-b.conflist", r#"{"name":"b","cniVersion":"1.0.0","plugins":[{"type":"bridge"}]}"#);
-        write(dir.path(), "10-a.conflist", r#"{"name":"a","cniVersion":"0.4.0","plugins":[{"type":"bridge"},{"type":"portmap"}]}"#);
+        write(
+            dir.path(),
+            "20-b.conflist",
+            r#"{"name":"b","cniVersion":"1.0.0","plugins":[{"type":"bridge"}]}"#,
+        );
+        write(
+            dir.path(),
+            "10-a.conflist",
+            r#"{"name":"a","cniVersion":"0.4.0","plugins":[{"type":"bridge"},{"type":"portmap"}]}"#,
+        );
         write(dir.path(), "00-ignored.txt", "not a config");
         let list = load_first(dir.path()).unwrap();
         assert_eq!(list.name, "a");
         assert_eq!(list.cni_version, "0.4.0");
-        assert_eq!(list.plugin_types().collect::<Vec<_>>(), ["bridge", "portmap"]);
+        assert_eq!(
+            list.plugin_types().collect::<Vec<_>>(),
+            ["bridge", "portmap"]
+        );
     }
 
     #[test]
     fn single_plugin_conf_is_wrapped_into_a_list() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "10-one.conf", r#"{"name":"one","cniVersion":"0.3.1","type":"bridge","bridge":"cni9"}"#);
+        write(
+            dir.path(),
+            "10-one.conf",
+            r#"{"name":"one","cniVersion":"0.3.1","type":"bridge","bridge":"cni9"}"#,
+        );
         let list = load_first(dir.path()).unwrap();
         assert_eq!(list.name, "one");
         assert_eq!(list.plugins.len(), 1);
@@ -210,20 +233,34 @@ mod tests {
     fn empty_dir_says_no_config_in_that_dir() {
         let dir = tempfile::tempdir().unwrap();
         let err = load_first(dir.path()).unwrap_err();
-        assert!(err.to_string().contains(&dir.path().display().to_string()), "{err}");
+        assert!(
+            err.to_string().contains(&dir.path().display().to_string()),
+            "{err}"
+        );
     }
 
     #[test]
     fn bad_conf_names_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "10-bad.conflist", r#"{"name":"x","cniVersion":"1.0.0","plugins":[]}"#);
+        write(
+            dir.path(),
+            "10-bad.conflist",
+            r#"{"name":"x","cniVersion":"1.0.0","plugins":[]}"#,
+        );
         let err = load_first(dir.path()).unwrap_err();
         assert!(err.to_string().contains("10-bad.conflist"), "{err}");
         write(dir.path(), "05-garbage.conf", "{not json");
         let err = load_first(dir.path()).unwrap_err();
         assert!(err.to_string().contains("05-garbage.conf"), "{err}");
-        write(dir.path(), "01-path.conf", r#"{"name":"x","cniVersion":"1.0.0","type":"../bin/sh"}"#);
-        assert!(matches!(load_first(dir.path()), Err(ConfigError::Invalid { .. })));
+        write(
+            dir.path(),
+            "01-path.conf",
+            r#"{"name":"x","cniVersion":"1.0.0","type":"../bin/sh"}"#,
+        );
+        assert!(matches!(
+            load_first(dir.path()),
+            Err(ConfigError::Invalid { .. })
+        ));
     }
 
     #[test]

@@ -32,7 +32,10 @@ pub enum ExecError {
     },
     #[error("cni plugin {plugin} printed more than {limit} bytes")]
     OutputTooLarge { plugin: String, limit: usize },
-    #[error("cni plugin {plugin} failed {command} (code {code}): {msg}{}", details_suffix(details))]
+    #[error(
+        "cni plugin {plugin} failed {command} (code {code}): {msg}{}",
+        details_suffix(details)
+    )]
     Plugin {
         plugin: String,
         command: &'static str,
@@ -268,7 +271,11 @@ mod tests {
     #[test]
     fn plugin_sees_environment_and_stdin() {
         let dir = tempfile::tempdir().unwrap();
-        let path = script(dir.path(), "fake", "echo \"$CNI_COMMAND $CNI_CONTAINERID $CNI_IFNAME $CNI_ARGS\"; cat");
+        let path = script(
+            dir.path(),
+            "fake",
+            "echo \"$CNI_COMMAND $CNI_CONTAINERID $CNI_IFNAME $CNI_ARGS\"; cat",
+        );
         let out = run(&path, Duration::from_secs(10)).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
@@ -286,7 +293,10 @@ mod tests {
         );
         let err = run(&path, Duration::from_secs(10)).unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("fake") && text.contains("no more addresses") && text.contains("code 11"), "{text}");
+        assert!(
+            text.contains("fake") && text.contains("no more addresses") && text.contains("code 11"),
+            "{text}"
+        );
     }
 
     #[test]

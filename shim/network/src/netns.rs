@@ -99,8 +99,11 @@ where
         scope
             .spawn(|| {
                 let netns = File::open(path).map_err(|e| NetnsError::Open(path.to_owned(), e))?;
-                rustix::thread::move_into_link_name_space(std::os::fd::AsFd::as_fd(&netns), Some(LinkNameSpaceType::Network))
-                    .map_err(|e| NetnsError::Enter(path.to_owned(), e.into()))?;
+                rustix::thread::move_into_link_name_space(
+                    std::os::fd::AsFd::as_fd(&netns),
+                    Some(LinkNameSpaceType::Network),
+                )
+                .map_err(|e| NetnsError::Enter(path.to_owned(), e.into()))?;
                 work()
             })
             .join()

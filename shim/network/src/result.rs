@@ -174,7 +174,10 @@ mod tests {
         assert_eq!(eth0.mac.as_deref(), Some("0a:58:0a:16:00:05"));
         assert_eq!(result.ips[0].version.as_deref(), Some("4"));
         assert_eq!(result.ips[0].interface, Some(2));
-        assert_eq!(parse_cidr(&result.ips[0].address).unwrap(), ("10.22.0.5".parse().unwrap(), 16));
+        assert_eq!(
+            parse_cidr(&result.ips[0].address).unwrap(),
+            ("10.22.0.5".parse().unwrap(), 16)
+        );
         assert_eq!(result.routes[0].gw, None);
         assert!(result.dns.is_empty());
     }
@@ -211,8 +214,14 @@ mod tests {
             assert!(CniResult::parse(garbage).is_err());
         }
         let bad_cidr = br#"{"cniVersion": "1.0.0", "ips": [{"address": "10.0.0.300/24"}]}"#;
-        assert!(matches!(CniResult::parse(bad_cidr), Err(ResultError::BadCidr(_))));
+        assert!(matches!(
+            CniResult::parse(bad_cidr),
+            Err(ResultError::BadCidr(_))
+        ));
         let bad_prefix = br#"{"cniVersion": "1.0.0", "ips": [{"address": "10.0.0.3/33"}]}"#;
-        assert!(matches!(CniResult::parse(bad_prefix), Err(ResultError::BadCidr(_))));
+        assert!(matches!(
+            CniResult::parse(bad_prefix),
+            Err(ResultError::BadCidr(_))
+        ));
     }
 }

@@ -4,8 +4,8 @@
 //! where an async runtime (rtnetlink's) would be one more thread for nothing.
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_EXCL, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REQUEST,
 };
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::route::{
@@ -13,9 +13,8 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::tc::{
     TcAction, TcActionAttribute, TcActionGeneric, TcActionMirror, TcActionMirrorOption,
-    TcActionOption, TcActionType, TcAttribute, TcFilterU32, TcFilterU32Option, TcHandle,
-    TcMessage, TcMirror, TcMirrorActionType, TcOption, TcU32Key, TcU32Selector,
-    TcU32SelectorFlags,
+    TcActionOption, TcActionType, TcAttribute, TcFilterU32, TcFilterU32Option, TcHandle, TcMessage,
+    TcMirror, TcMirrorActionType, TcOption, TcU32Key, TcU32Selector, TcU32SelectorFlags,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -99,11 +98,15 @@ impl Rtnl {
         let mut replies = Vec::new();
         let mut receive = vec![0u8; 64 * 1024];
         loop {
-            let size = self.socket.recv(&mut &mut receive[..], 0).map_err(RtnlError::Io)?;
+            let size = self
+                .socket
+                .recv(&mut &mut receive[..], 0)
+                .map_err(RtnlError::Io)?;
             let mut offset = 0;
             while offset < size {
-                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&receive[offset..size])
-                    .map_err(|e| RtnlError::Decode(e.to_string()))?;
+                let reply =
+                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(&receive[offset..size])
+                        .map_err(|e| RtnlError::Decode(e.to_string()))?;
                 let length = reply.header.length as usize;
                 if length == 0 {
                     return Err(RtnlError::Decode("a zero-length message".into()));
@@ -132,11 +135,15 @@ impl Rtnl {
 
     pub fn link_by_name(&mut self, name: &str) -> Result<LinkInfo, RtnlError> {
         let mut message = LinkMessage::default();
-        message.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        message
+            .attributes
+            .push(LinkAttribute::IfName(name.to_owned()));
         let replies = self
             .request("the link lookup", RouteNetlinkMessage::GetLink(message), 0)
             .map_err(|e| match e {
-                RtnlError::Refused { source, .. } if source.raw_os_error() == Some(libc::ENODEV) => {
+                RtnlError::Refused { source, .. }
+                    if source.raw_os_error() == Some(libc::ENODEV) =>
+                {
                     RtnlError::NoSuchLink(name.to_owned())
                 }
                 e => e,
@@ -166,26 +173,42 @@ impl Rtnl {
         message.header.flags = LinkFlags::Up;
         message.header.change_mask = LinkFlags::Up;
         message.attributes.push(LinkAttribute::Mtu(mtu));
-        self.request("setting the link up", RouteNetlinkMessage::SetLink(message), NLM_F_ACK)
-            .map(drop)
+        self.request(
+            "setting the link up",
+            RouteNetlinkMessage::SetLink(message),
+            NLM_F_ACK,
+        )
+        .map(drop)
     }
 
     /// `tc qdisc add dev <index> ingress`
     pub fn add_ingress_qdisc(&mut self, index: u32) -> Result<(), RtnlError> {
         let mut message = TcMessage::with_index(index as i32);
         message.header.parent = TcHandle::INGRESS;
-        message.header.handle = TcHandle { major: 0xffff, minor: 0 };
-        message.attributes.push(TcAttribute::Kind("ingress".to_owned()));
+        message.header.handle = TcHandle {
+            major: 0xffff,
+            minor: 0,
+        };
+        message
+            .attributes
+            .push(TcAttribute::Kind("ingress".to_owned()));
         let flags = NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
-        self.request("the ingress qdisc", RouteNetlinkMessage::NewQueueDiscipline(message), flags)
-            .map(drop)
+        self.request(
+            "the ingress qdisc",
+            RouteNetlinkMessage::NewQueueDiscipline(message),
+            flags,
+        )
+        .map(drop)
     }
 
     /// `tc filter add dev <from> parent ffff: protocol all u32 match u8 0 0
     /// action mirred egress redirect dev <to>`, Kata's tcfilter join.
     pub fn add_redirect_filter(&mut self, from: u32, to: u32) -> Result<(), RtnlError> {
         let mut message = TcMessage::with_index(from as i32);
-        message.header.parent = TcHandle { major: 0xffff, minor: 0 };
+        message.header.parent = TcHandle {
+            major: 0xffff,
+            minor: 0,
+        };
         message.header.info = (u32::from(FILTER_PRIORITY) << 16) | u32::from(ETH_P_ALL_BE);
 
         let mut selector = TcU32Selector::default();
@@ -204,27 +227,39 @@ impl Rtnl {
         action.tab = 1;
         action.attributes = vec![
             TcActionAttribute::Kind(TcActionMirror::KIND.to_owned()),
-            TcActionAttribute::Options(vec![TcActionOption::Mirror(
-                TcActionMirrorOption::Parms(mirror),
-            )]),
+            TcActionAttribute::Options(vec![TcActionOption::Mirror(TcActionMirrorOption::Parms(
+                mirror,
+            ))]),
         ];
 
-        message.attributes.push(TcAttribute::Kind(TcFilterU32::KIND.to_owned()));
+        message
+            .attributes
+            .push(TcAttribute::Kind(TcFilterU32::KIND.to_owned()));
         message.attributes.push(TcAttribute::Options(vec![
             TcOption::U32(TcFilterU32Option::Selector(selector)),
             TcOption::U32(TcFilterU32Option::Action(vec![action])),
         ]));
         let flags = NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
-        self.request("the redirect filter", RouteNetlinkMessage::NewTrafficFilter(message), flags)
-            .map(drop)
+        self.request(
+            "the redirect filter",
+            RouteNetlinkMessage::NewTrafficFilter(message),
+            flags,
+        )
+        .map(drop)
     }
 
     /// The kinds of the filters on a link's ingress (for checks).
     pub fn ingress_filter_kinds(&mut self, index: u32) -> Result<Vec<String>, RtnlError> {
         let mut message = TcMessage::with_index(index as i32);
-        message.header.parent = TcHandle { major: 0xffff, minor: 0 };
-        let replies =
-            self.request("the filter dump", RouteNetlinkMessage::GetTrafficFilter(message), NLM_F_DUMP)?;
+        message.header.parent = TcHandle {
+            major: 0xffff,
+            minor: 0,
+        };
+        let replies = self.request(
+            "the filter dump",
+            RouteNetlinkMessage::GetTrafficFilter(message),
+            NLM_F_DUMP,
+        )?;
         Ok(replies
             .into_iter()
             .filter_map(|reply| match reply {
@@ -246,8 +281,11 @@ impl Rtnl {
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut message = RouteMessage::default();
             message.header.address_family = family;
-            let replies =
-                self.request("the route dump", RouteNetlinkMessage::GetRoute(message), NLM_F_DUMP)?;
+            let replies = self.request(
+                "the route dump",
+                RouteNetlinkMessage::GetRoute(message),
+                NLM_F_DUMP,
+            )?;
             for reply in replies {
                 let RouteNetlinkMessage::NewRoute(route) = reply else {
                     continue;
