@@ -1,0 +1,124 @@
+//! The per-pod record under the cache dir, `<cache_dir>/<sandbox_id>.json`, written
+//! atomically (a temporary file, fsync, rename) before each step of setup: first the
+//! intent (the network as it will be run and the pod's arguments), then how many plugins
+//! were started, then each result. Teardown needs nothing else, whether setup finished,
+//! stopped half way, or never ran a plugin.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+
+/// Why the pod record could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cannot create the cni cache dir {0}")]
+    CreateDir(PathBuf, #[source] std::io::Error),
+    #[error("cannot write the cni cache file {0}")]
+    Write(PathBuf, #[source] std::io::Error),
+    #[error("cannot read the cni cache file {0}")]
+    Read(PathBuf, #[source] std::io::Error),
+    #[error("the cni cache file {0} is not a pod network record")]
+    Corrupt(PathBuf, #[source] serde_json::Error),
+    #[error("cannot remove the cni cache file {0}")]
+    Remove(PathBuf, #[source] std::io::Error),
+}
+
+/// What this crate remembers of one pod's network.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PodRecord {
+    pub sandbox_id: String,
+    pub netns: PathBuf,
+    pub ifname: String,
+    /// The network configuration list as ADD ran it (DEL must run the same one).
+    pub network: Value,
+    pub cni_args: String,
+    /// Every capability argument of the pod; each plugin gets those it declares.
+    pub capability_args: serde_json::Map<String, Value>,
+    /// How many plugins' ADD were started, in order: DEL runs for these, in reverse.
+    pub started: usize,
+    /// The latest plugin's result (the final one once `complete`), as it printed it.
+    pub result: Option<Value>,
+    /// ADD finished for every plugin and the tap was joined.
+    pub complete: bool,
+}
+
+pub fn path(dir: &Path, sandbox_id: &str) -> PathBuf {
+    dir.join(format!("{sandbox_id}.json"))
+}
+
+/// Writes the record atomically.
+pub fn write(dir: &Path, record: &PodRecord) -> Result<(), CacheError> {
+    std::fs::create_dir_all(dir).map_err(|e| CacheError::CreateDir(dir.to_owned(), e))?;
+    let target = path(dir, &record.sandbox_id);
+    let temporary = dir.join(format!(".{}.json.tmp", record.sandbox_id));
+    let write_error = |e| CacheError::Write(target.clone(), e);
+    let bytes = serde_json::to_vec_pretty(record).map_err(|e| write_error(e.into()))?;
+    let mut file = std::fs::File::create(&temporary).map_err(write_error)?;
+    file.write_all(&bytes).map_err(write_error)?;
+    file.sync_all().map_err(write_error)?;
+    std::fs::rename(&temporary, &target).map_err(write_error)
+}
+
+/// The record of `sandbox_id`, if there is one.
+pub fn read(dir: &Path, sandbox_id: &str) -> Result<Option<PodRecord>, CacheError> {
+    let file = path(dir, sandbox_id);
+    match std::fs::read(&file) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| CacheError::Corrupt(file, e)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(CacheError::Read(file, e)),
+    }
+}
+
+/// Removes the record; a missing one is not an error.
+pub fn remove(dir: &Path, sandbox_id: &str) -> Result<(), CacheError> {
+    let file = path(dir, sandbox_id);
+    match std::fs::remove_file(&file) {
+        Err(e) if e.kind() != ErrorKind::NotFound => Err(CacheError::Remove(file, e)),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_round_trips_and_remove_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("network");
+        let record = PodRecord {
+            sandbox_id: "abc".into(),
+            netns: "/run/netns/vpod-abc".into(),
+            ifname: "eth0".into(),
+            network: serde_json::json!({"name": "n", "cniVersion": "1.0.0", "plugins": []}),
+            cni_args: "IgnoreUnknown=1".into(),
+            capability_args: Default::default(),
+            started: 1,
+            result: None,
+            complete: false,
+        };
+        write(&cache, &record).unwrap();
+        let back = read(&cache, "abc").unwrap().unwrap();
+        assert_eq!(back.started, 1);
+        assert_eq!(back.netns, record.netns);
+        remove(&cache, "abc").unwrap();
+        remove(&cache, "abc").unwrap();
+        assert!(read(&cache, "abc").unwrap().is_none());
+        assert_eq!(
+            std::fs::read_dir(&cache).unwrap().count(),
+            0,
+            "no temporary left"
+        );
+    }
+
+    #[test]
+    fn corrupt_record_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(path(dir.path(), "x"), b"{half").unwrap();
+        let err = read(dir.path(), "x").unwrap_err();
+        assert!(err.to_string().contains("x.json"), "{err}");
+    }
+}
