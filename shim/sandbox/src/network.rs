@@ -115,9 +115,98 @@ impl GuestNetwork {
     }
 }
 
+/// The guest's name for a pod's CNI interface: the same as inside the pod's namespace.
+pub const POD_IFNAME: &str = vpod_network::POD_IFNAME;
+
+/// Why a CNI result cannot become the guest's network.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum GuestNetworkError {
+    #[error("the cni interface's mac {0:?} is not a mac address")]
+    Mac(String),
+    #[error("the cni result has a bad address or route")]
+    Prefix(#[from] PrefixLengthError),
+}
+
+impl std::str::FromStr for MacAddress {
+    type Err = GuestNetworkError;
+
+    /// `aa:bb:cc:dd:ee:ff`, either case.
+    fn from_str(text: &str) -> Result<MacAddress, GuestNetworkError> {
+        let bad = || GuestNetworkError::Mac(text.to_owned());
+        let mut bytes = [0u8; 6];
+        let mut parts = text.split(':');
+        for byte in &mut bytes {
+            let part = parts.next().filter(|p| p.len() == 2).ok_or_else(bad)?;
+            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        }
+        match parts.next() {
+            None => Ok(MacAddress(bytes)),
+            Some(_) => Err(bad()),
+        }
+    }
+}
+
+impl TryFrom<vpod_network::PodNetwork> for GuestNetwork {
+    type Error = GuestNetworkError;
+
+    /// The pod's CNI network as the VM takes it: its tap for the VMM, and a guest `eth0`
+    /// with the CNI interface's MAC, MTU, addresses and routes.
+    fn try_from(network: vpod_network::PodNetwork) -> Result<GuestNetwork, GuestNetworkError> {
+        let mac: MacAddress = network.mac.parse()?;
+        let addresses = network
+            .addresses
+            .iter()
+            .map(|a| IpPrefix::new(a.address, a.prefix_len))
+            .collect::<Result<Vec<_>, _>>()?;
+        let routes = network
+            .routes
+            .iter()
+            .map(|r| {
+                Ok(GuestRoute {
+                    destination: IpPrefix::new(r.destination, r.prefix_len)?,
+                    gateway: r.gateway,
+                    interface: POD_IFNAME.to_owned(),
+                })
+            })
+            .collect::<Result<Vec<_>, GuestNetworkError>>()?;
+        Ok(GuestNetwork {
+            nics: vec![Nic {
+                tap: Arc::new(network.tap),
+                interface: GuestInterface {
+                    name: POD_IFNAME.to_owned(),
+                    mac,
+                    mtu: network.mtu,
+                    addresses,
+                },
+            }],
+            routes,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mac_addresses_parse_exactly() {
+        assert_eq!(
+            "02:0a:ff:00:10:Ab".parse(),
+            Ok(MacAddress([2, 10, 255, 0, 16, 0xab]))
+        );
+        for bad in [
+            "",
+            "02:0a:ff:00:10",
+            "02:0a:ff:00:10:ab:01",
+            "2:0a:ff:00:10:ab",
+            "zz:0a:ff:00:10:ab",
+        ] {
+            assert_eq!(
+                bad.parse::<MacAddress>(),
+                Err(GuestNetworkError::Mac(bad.into()))
+            );
+        }
+    }
 
     #[test]
     fn mac_addresses_print_as_the_vmm_and_the_agent_take_them() {

@@ -71,8 +71,8 @@ pub enum RuntimeError {
     LayerStore(#[source] LayerStoreError),
     #[error("the pod's network failed")]
     Network(#[source] vpod_network::NetworkError),
-    #[error("the pod's network has an unusable {0}")]
-    NetworkResult(String),
+    #[error("the pod's network cannot be given to its VM")]
+    NetworkResult(#[source] vpod_sandbox::network::GuestNetworkError),
     #[error("could not {operation} {path}")]
     Io {
         operation: &'static str,

@@ -3,23 +3,17 @@
 //! crash. Without a CNI configuration pods have no network (Status says NetworkReady false).
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use vpod_network::config::ConfigError;
 use vpod_network::{
     Cni, CniSettings, DnsCapability, NetworkError, PodNetwork, PodNetworkRequest, PortMapping,
     Protocol,
 };
-use vpod_sandbox::network::{
-    GuestInterface, GuestNetwork, GuestRoute, IpPrefix, MacAddress, Nic,
-};
+use vpod_sandbox::network::GuestNetwork;
 
 use crate::config::Config;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::state::{PodNetworkRecord, PodRecord, PortMappingRecord};
-
-/// The guest's name for the pod's NIC, as CNI names the pod's interface.
-const GUEST_IFNAME: &str = vpod_network::POD_IFNAME;
 
 /// The CNI settings of `config`, the per-pod records under `<root>/network`.
 pub fn cni(config: &Config, root: &std::path::Path) -> Cni {
@@ -119,75 +113,23 @@ fn port_mapping(mapping: &PortMappingRecord) -> PortMapping {
     }
 }
 
-/// The CNI result as the record keeps it and the VM takes it: the guest's eth0 copies the
-/// CNI interface's MAC, MTU, addresses and routes.
+/// The CNI result as the record keeps it and the VM takes it.
 fn setup(network: PodNetwork) -> Result<PodNetworkSetup, RuntimeError> {
-    let bad = |what: String| RuntimeError::NetworkResult(what);
-    let mac = parse_mac(&network.mac).ok_or_else(|| bad(format!("mac {:?}", network.mac)))?;
-    let addresses = network
-        .addresses
-        .iter()
-        .map(|a| IpPrefix::new(a.address, a.prefix_len).map_err(|e| bad(e.to_string())))
-        .collect::<Result<Vec<_>, _>>()?;
-    let routes = network
-        .routes
-        .iter()
-        .map(|r| {
-            Ok(GuestRoute {
-                destination: IpPrefix::new(r.destination, r.prefix_len)
-                    .map_err(|e| bad(e.to_string()))?,
-                gateway: r.gateway,
-                interface: GUEST_IFNAME.to_owned(),
-            })
-        })
-        .collect::<Result<Vec<_>, RuntimeError>>()?;
     let record = PodNetworkRecord {
         netns: network.netns.clone(),
-        ips: addresses.iter().map(|a| a.address().to_string()).collect(),
+        ips: network
+            .addresses
+            .iter()
+            .map(|a| a.address.to_string())
+            .collect(),
     };
-    let guest = GuestNetwork {
-        nics: vec![Nic {
-            tap: Arc::new(network.tap),
-            interface: GuestInterface {
-                name: GUEST_IFNAME.to_owned(),
-                mac,
-                mtu: network.mtu,
-                addresses,
-            },
-        }],
-        routes,
-    };
+    let guest = GuestNetwork::try_from(network).map_err(RuntimeError::NetworkResult)?;
     Ok(PodNetworkSetup { record, guest })
-}
-
-/// `aa:bb:cc:dd:ee:ff`.
-fn parse_mac(text: &str) -> Option<MacAddress> {
-    let mut bytes = [0u8; 6];
-    let mut parts = text.split(':');
-    for byte in &mut bytes {
-        let part = parts.next()?;
-        if part.len() != 2 {
-            return None;
-        }
-        *byte = u8::from_str_radix(part, 16).ok()?;
-    }
-    parts.next().is_none().then_some(MacAddress(bytes))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn macs_parse_exactly() {
-        assert_eq!(
-            parse_mac("02:0a:ff:00:10:Ab"),
-            Some(MacAddress([2, 10, 255, 0, 16, 0xab]))
-        );
-        for bad in ["", "02:0a:ff:00:10", "02:0a:ff:00:10:ab:01", "2:0a:ff:00:10:ab", "zz:0a:ff:00:10:ab"] {
-            assert_eq!(parse_mac(bad), None, "{bad}");
-        }
-    }
 
     #[test]
     fn port_mappings_and_dns_reach_the_plugins() {

@@ -8,8 +8,8 @@ use vpod_proto::cri::LinuxContainerResources;
 use vpod_sandbox::{Sandbox, SandboxConfig};
 
 use crate::logformat::now_ns;
-use crate::runtime::{lock, pod_name_key, Pod, Runtime, RuntimeError};
 use crate::runtime::pod::network::PodNetworkSetup;
+use crate::runtime::{lock, pod_name_key, Pod, Runtime, RuntimeError};
 use crate::sizing::{pod_size, PodSize};
 use crate::state::{PodPhase, PodRecord, PodSettings};
 
