@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{ArgAction, Args, Parser, Subcommand};
 use vpod_image::runtime_spec::ProcessOverrides;
 
+use crate::network::Publish;
 use crate::RunArgs;
 
 const DEFAULT_ROOT: &str = "/var/lib/vpod";
@@ -95,6 +96,13 @@ pub struct RunCommand {
     /// Replaces the image's Entrypoint, and then also its Cmd (as in `docker run`)
     #[arg(long, value_name = "PROG")]
     entrypoint: Option<String>,
+    /// The pod's network: none (loopback only), or bridge: vpod's CNI bridge (10.89.0.0/16,
+    /// NAT to the outside; the configuration is <root>/cni/net.d)
+    #[arg(long, value_name = "none|bridge", default_value = "none", value_parser = ["none", "bridge"])]
+    network: String,
+    /// Forward a host port to the container (on the bridge network); repeatable
+    #[arg(short = 'p', long, value_name = "[IP:]HOST:CONTAINER[/PROTO]")]
+    publish: Vec<Publish>,
     /// The state root: the layer store and the pods
     #[arg(long, value_name = "DIR", default_value = DEFAULT_ROOT)]
     root: PathBuf,
@@ -232,6 +240,8 @@ impl RunCommand {
             hostname: self.hostname,
             add_hosts: self.add_host,
             dns: self.dns,
+            network: self.network == "bridge" || !self.publish.is_empty(),
+            publish: self.publish,
         }
     }
 }
@@ -289,6 +299,17 @@ mod tests {
         assert_eq!(r.stop_timeout, Duration::from_secs(10));
         assert!(r.image.is_none() && r.overrides.command.is_empty());
         assert!(!r.detach && !r.timings);
+        assert!(!r.network && r.publish.is_empty());
+    }
+
+    #[test]
+    fn publish_implies_the_bridge_network() {
+        assert!(run("vpod run --network bridge").network);
+        let r = run("vpod run -p 8080:80 -p 127.0.0.1:5353:53/udp");
+        assert!(r.network);
+        assert_eq!(r.publish.len(), 2);
+        assert!(parse("vpod run --network host").is_err());
+        assert!(parse("vpod run -p 80").is_err());
     }
 
     #[test]

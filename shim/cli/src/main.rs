@@ -7,6 +7,7 @@
 //! booting one. `exec`, `logs`, `rm` and `ps` work on pods left running.
 
 mod args;
+mod network;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -52,6 +53,9 @@ struct RunArgs {
     hostname: Option<String>,
     add_hosts: Vec<(String, String)>,
     dns: Vec<String>,
+    /// On vpod's bridge network (`--network bridge` or a `--publish`).
+    network: bool,
+    publish: Vec<network::Publish>,
 }
 
 fn random_id() -> anyhow::Result<String> {
@@ -99,13 +103,17 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         runtime_spec(&imported.config, &args.overrides).context("creating the container")?;
     runtime_spec.set_hostname(args.hostname.clone());
 
+    if args.pod.is_some() && args.network {
+        bail!("--network and --publish apply to a new pod, not to one joined with --pod");
+    }
     let mut sandbox = match &args.pod {
         Some(pod) => Sandbox::open(&args.root, pod, RPC_TIMEOUT)
             .await
             .with_context(|| format!("opening pod {pod}"))?,
         None => {
+            let pod_id = random_id()?;
             let mut config = SandboxConfig::new(
-                random_id()?,
+                pod_id.clone(),
                 &args.root,
                 vmm,
                 args.kernel.unwrap_or_else(|| home.join("build/vmlinux")),
@@ -114,9 +122,19 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
             config.vcpus = args.vcpus;
             config.memory_mib = args.memory_mib;
             config.die_with_parent = !args.detach;
-            Sandbox::start(config)
-                .await
-                .context("starting the pod VM")?
+            if args.network {
+                let (guest, _ip) = network::set_up(&args.root, &pod_id, &args.publish)?;
+                config.network = guest;
+            }
+            match Sandbox::start(config).await {
+                Ok(sandbox) => sandbox,
+                Err(e) => {
+                    if args.network {
+                        network::tear_down(&args.root, &pod_id)?;
+                    }
+                    return Err(anyhow::Error::new(e).context("starting the pod VM"));
+                }
+            }
         }
     };
     let id = match (&args.name, &args.pod) {
@@ -147,7 +165,9 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
                 .leave_running()
                 .context("recording the pod's state")?;
         } else if args.pod.is_none() {
+            let pod_id = sandbox.id().to_string();
             sandbox.stop().await.context("stopping the pod VM")?;
+            network::tear_down(&args.root, &pod_id)?;
         }
         return created.map(|_| 0);
     }
@@ -158,7 +178,9 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
             .leave_running()
             .context("recording the pod's state")?;
     } else {
+        let pod_id = sandbox.id().to_string();
         sandbox.stop().await.context("stopping the pod VM")?;
+        network::tear_down(&args.root, &pod_id)?;
     }
     let (code, create_start) = outcome?;
     if args.timings {
@@ -374,6 +396,8 @@ async fn remove(args: RmCommand) -> anyhow::Result<i32> {
                     .with_context(|| format!("removing {}", dir.display()))?;
             }
         }
+        // After the VM: a pod run with --network or --publish releases its address and ports.
+        network::tear_down(&args.root, pod)?;
     }
     Ok(0)
 }
