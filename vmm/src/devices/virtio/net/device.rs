@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::event_handler::NetHostEvents;
 use super::handler::NetQueueHandler;
@@ -27,6 +28,8 @@ use crate::devices::virtio::{
 pub enum NetError {
     #[error(transparent)]
     Tap(#[from] TapError),
+    #[error("cannot create the device's eventfd")]
+    EventFd(#[source] std::io::Error),
 }
 
 const QUEUE_SIZES: [u16; 2] = [QUEUE_MAX_SIZE; 2];
@@ -57,6 +60,9 @@ pub(super) struct ActiveQueues {
 pub struct NetCore {
     pub(super) tap: Tap,
     pub(super) active: Option<ActiveQueues>,
+    /// Written when a pass stopped at its frame budget: the host events come back for the
+    /// rest after the loop's other events.
+    pub(super) again: EventFd,
 }
 
 impl NetCore {
@@ -65,12 +71,24 @@ impl NetCore {
         if let Some(active) = self.active.as_mut() {
             active.handler.process_rx(&active.memory, &mut self.tap);
         }
+        self.come_back_if_unfinished();
     }
 
     /// Sends the guest's queued frames to the tap.
     pub(super) fn transmit(&mut self) {
         if let Some(active) = self.active.as_mut() {
             active.handler.process_tx(&active.memory, &mut self.tap);
+        }
+        self.come_back_if_unfinished();
+    }
+
+    fn come_back_if_unfinished(&mut self) {
+        if let Some(active) = self.active.as_mut() {
+            if active.handler.take_unfinished() {
+                // Writing a valid eventfd fails only when its counter is full, and then it
+                // is readable anyway.
+                let _ = self.again.write(1);
+            }
         }
     }
 }
@@ -104,19 +122,24 @@ impl NetDevice {
             TapSource::Name(name) => Tap::open(name)?,
             TapSource::Inherited(fd) => Tap::from_inherited(*fd)?,
         };
-        Ok(Self::with_tap(tap, config.mac))
+        Self::with_tap(tap, config.mac)
     }
 
     /// A device on a tap already set up.
-    pub fn with_tap(tap: Tap, mac: MacAddress) -> Self {
-        let core = Arc::new(Mutex::new(NetCore { tap, active: None }));
-        NetDevice {
+    pub fn with_tap(tap: Tap, mac: MacAddress) -> Result<Self, NetError> {
+        let again = EventFd::new(EFD_NONBLOCK).map_err(NetError::EventFd)?;
+        let core = Arc::new(Mutex::new(NetCore {
+            tap,
+            active: None,
+            again,
+        }));
+        Ok(NetDevice {
             host_events: Some(NetHostEvents::new(core.clone())),
             core,
             config_space: config_space(mac),
             acked_features: 0,
             metrics: Arc::default(),
-        }
+        })
     }
 
     /// The device's counters, for the control socket.

@@ -5,8 +5,11 @@
 //! buffers does not wake the loop again and again; an edge comes with each new frame.
 //! Reading stops only when the tap is empty (the next frame brings an edge) or when the
 //! guest has no rx buffers (its rx notification, when it posts some, resumes reading): no
-//! frame is left behind without something to wake it.
+//! frame is left behind without something to wake it. A pass that stops at its frame budget
+//! ([`super::handler::FRAMES_PER_CALL`]) writes the core's `again` eventfd, which brings
+//! both queues back after the loop's other events.
 
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
 use super::device::{lock, NetCore, NetDevice};
@@ -46,11 +49,17 @@ impl NetHostEvents {
 impl Subscriber for NetHostEvents {
     fn init(&mut self, ops: &mut EventOps) -> Result<(), event_manager::Error> {
         let core = lock(&self.core);
-        ops.add(Events::new(&core.tap, EventSet::IN | EventSet::EDGE_TRIGGERED))
+        ops.add(Events::new(&core.tap, EventSet::IN | EventSet::EDGE_TRIGGERED))?;
+        ops.add(Events::new(&core.again, EventSet::IN))
     }
 
-    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let mut core = lock(&self.core);
+        if events.fd() == core.again.as_raw_fd() {
+            let _ = core.again.read();
+            core.transmit();
+        }
         // Readable, or an error (the interface went away): reading tells which.
-        lock(&self.core).receive();
+        core.receive();
     }
 }

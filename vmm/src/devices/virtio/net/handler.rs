@@ -19,6 +19,13 @@ use super::metrics::{NetDropReason, NetMetrics};
 use super::{MAX_FRAME_LEN, NET_HDR_LEN, NUM_BUFFERS_OFFSET, RX_QUEUE, TX_QUEUE};
 use crate::devices::virtio::QueueSignal;
 
+/// Most frames one call of [`NetQueueHandler::process_tx`] or
+/// [`NetQueueHandler::process_rx`] moves, so that a guest that keeps its tx queue full, or a
+/// peer that floods the tap, cannot hold the event loop (and with it the control socket and
+/// the termination signals); the caller comes back for the rest
+/// ([`NetQueueHandler::take_unfinished`]).
+pub const FRAMES_PER_CALL: usize = 256;
+
 /// Where frames go and come from: the tap, or a fake in tests.
 pub trait NetBackend {
     /// Reads one frame, `virtio_net_hdr_v1` first, into `buf`; fails with `WouldBlock` when
@@ -154,6 +161,8 @@ pub struct NetQueueHandler<S: QueueSignal, L: NetRateLimit = Unlimited> {
     rx_malformed: Vec<u16>,
     segments: Segments,
     first_segments: Segments,
+    /// A call stopped at [`FRAMES_PER_CALL`] with work perhaps left.
+    unfinished: bool,
 }
 
 impl<S: QueueSignal> NetQueueHandler<S, Unlimited> {
@@ -186,7 +195,14 @@ impl<S: QueueSignal, L: NetRateLimit> NetQueueHandler<S, L> {
             rx_malformed: Vec::with_capacity(chains),
             segments: Segments::with_capacity(chains),
             first_segments: Segments::with_capacity(chains),
+            unfinished: false,
         }
+    }
+
+    /// Whether a call since the last one of these stopped at [`FRAMES_PER_CALL`]: the
+    /// caller should process both queues again soon (after other events).
+    pub fn take_unfinished(&mut self) -> bool {
+        std::mem::take(&mut self.unfinished)
     }
 
     /// Whether a frame read from the backend waits for guest buffers.
@@ -230,13 +246,16 @@ impl<S: QueueSignal, L: NetRateLimit> NetQueueHandler<S, L> {
     /// whether the guest was signalled.
     pub fn process_tx<B: NetBackend>(&mut self, memory: &GuestMemoryMmap, backend: &mut B) -> bool {
         let mut used_any = false;
-        while let Some(chain) = self.tx.pop_descriptor_chain(memory) {
+        for _ in 0..FRAMES_PER_CALL {
+            let Some(chain) = self.tx.pop_descriptor_chain(memory) else {
+                return self.signal_if(used_any, TX_QUEUE);
+            };
             let head = chain.head_index();
             match self.read_tx_chain(memory, chain) {
                 Ok(len) if !self.limiter.admit_tx(len) => {
                     // Read again when the limiter lets it through.
                     self.tx.go_to_previous_position();
-                    break;
+                    return self.signal_if(used_any, TX_QUEUE);
                 }
                 Ok(len) => match backend.write_frame(&self.tx_frame[..len]) {
                     Ok(()) => {
@@ -250,9 +269,10 @@ impl<S: QueueSignal, L: NetRateLimit> NetQueueHandler<S, L> {
             match self.tx.add_used(memory, head, 0) {
                 Ok(()) => used_any = true,
                 Err(virtio_queue::Error::InvalidDescriptorIndex) => {}
-                Err(_) => break,
+                Err(_) => return self.signal_if(used_any, TX_QUEUE),
             }
         }
+        self.unfinished = true;
         self.signal_if(used_any, TX_QUEUE)
     }
 
@@ -261,7 +281,13 @@ impl<S: QueueSignal, L: NetRateLimit> NetQueueHandler<S, L> {
     /// notification). Returns whether the guest was signalled.
     pub fn process_rx<B: NetBackend>(&mut self, memory: &GuestMemoryMmap, backend: &mut B) -> bool {
         let mut used_any = false;
+        let mut frames = 0;
         loop {
+            if frames == FRAMES_PER_CALL {
+                self.unfinished = true;
+                break;
+            }
+            frames += 1;
             if self.rx_pending == 0 {
                 match backend.read_frame(&mut self.rx_frame) {
                     Ok(len) if len > NET_HDR_LEN => self.rx_pending = len.min(MAX_FRAME_LEN),

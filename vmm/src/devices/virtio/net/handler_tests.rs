@@ -181,6 +181,23 @@ fn tx_frames_the_backend_refuses_are_counted() {
     assert_eq!(rings.tx.used_idx(), 1);
 }
 
+#[test]
+fn a_full_tx_queue_is_sent_in_budgeted_passes() {
+    let m = memory();
+    let signal = CountingSignal::default();
+    let (rings, mut handler, metrics) = setup(&m, &signal, 256, true);
+    let chains: Vec<_> = (0..256).map(|_| raw(BUFFERS, 100, 0, 0)).collect();
+    rings.tx.add_desc_chains(&chains, 0).expect("chains");
+    let mut backend = FrameBackend::default();
+    handler.process_tx(&m, &mut backend);
+    assert_eq!(backend.sent.len(), FRAMES_PER_CALL);
+    assert!(handler.take_unfinished(), "the caller is told to come back");
+    assert!(!handler.take_unfinished());
+    handler.process_tx(&m, &mut backend);
+    assert!(!handler.take_unfinished());
+    assert_eq!(NetMetrics::get(&metrics.tx_frames), 256);
+}
+
 /// Refuses everything: a limiter that would have to wake the handler later.
 struct Closed;
 

@@ -29,7 +29,7 @@ pub mod metrics;
 pub mod tap;
 
 pub use device::{NetDevice, NetError};
-pub use handler::{NetBackend, NetQueueHandler, NetRateLimit, Unlimited};
+pub use handler::{NetBackend, NetQueueHandler, NetRateLimit, Unlimited, FRAMES_PER_CALL};
 pub use metrics::{NetDropReason, NetMetrics};
 pub use tap::{Tap, TapError};
 
