@@ -11,7 +11,11 @@ use net_guest::{
     ethernet_frame, in_new_netns, tcp_frame, test_tap, GuestNic, PacketSocket, DEVICE_HDR,
     MSS, SETTLE, TCP_HEADERS, TEST_ETHERTYPE,
 };
-use vpod_vmm::devices::virtio::net::{NetMetrics, Tap, TapError, NUM_BUFFERS_OFFSET};
+use std::sync::Arc;
+use vpod_vmm::devices::virtio::net::{
+    NetDevice, NetMetrics, Tap, TapError, NUM_BUFFERS_OFFSET, RX_QUEUE, TX_QUEUE,
+};
+use vpod_vmm::devices::virtio::{DeviceEvents, VirtioDevice, VirtioInterrupt};
 
 fn is_test_frame(frame: &[u8]) -> bool {
     frame.get(12..14) == Some(&TEST_ETHERTYPE.to_be_bytes()[..])
@@ -117,11 +121,12 @@ fn rx_waits_for_buffers_and_then_loses_no_frame() {
     in_new_netns(|| {
         let mut tap = test_tap("vpodstall0");
         let host = PacketSocket::bind("vpodstall0", false).expect("packet socket");
-        // 300 frames for 256 buffers: the device must stop and resume.
-        let mut guest = GuestNic::new(2048);
+        // 300 frames of two 1 KiB buffers each, 256 buffers: the device must stop for want
+        // of buffers and resume when they come back.
+        let mut guest = GuestNic::new(1024);
         let count = 300;
         for i in 0..count {
-            host.send(&ethernet_frame(500, i as u8)).expect("send");
+            host.send(&ethernet_frame(1400, i as u8)).expect("send");
         }
         std::thread::sleep(SETTLE);
         let mut got = 0;
@@ -148,5 +153,59 @@ fn an_inherited_tap_is_adopted_and_anything_else_refused() {
         let refused = Tap::from_inherited(std::os::fd::AsRawFd::as_raw_fd(&file));
         assert!(matches!(refused, Err(TapError::Inherited(..))), "{refused:?}");
         assert!(matches!(Tap::open("a-name-far-too-long"), Err(TapError::BadName(_))));
+    });
+}
+
+/// Counts the interrupts a device raises.
+#[derive(Default)]
+struct CountingInterrupt(std::sync::atomic::AtomicUsize);
+
+impl VirtioInterrupt for CountingInterrupt {
+    fn signal_used_queue(&self, _queue: u16) -> std::io::Result<()> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+    fn signal_config_changed(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn the_device_sets_the_guests_offloads_and_moves_frames_on_queue_notifications() {
+    in_new_netns(|| {
+        let tap = Tap::open("vpoddev0").expect("tap");
+        net_guest::set_link_up("vpoddev0").expect("link up");
+        let host = PacketSocket::bind("vpoddev0", true).expect("packet socket");
+        let mut device = NetDevice::with_tap(tap, [2, 0, 0, 0, 0, 9]).expect("device");
+        let mut mac = [0u8; 6];
+        device.read_config(0, &mut mac);
+        assert_eq!(mac, [2, 0, 0, 0, 0, 9]);
+        assert!(device.host_events().is_some(), "the tap is an event source");
+        device.set_acked_features(device.avail_features());
+        let mut guest = GuestNic::new(4096);
+        let interrupt = Arc::new(CountingInterrupt::default());
+        device
+            .activate(guest.memory(), interrupt.clone(), guest.device_queues())
+            .expect("activate");
+
+        guest.queue_frame(&tcp_frame(DEVICE_HDR, 30_000, true));
+        device.process_queue(TX_QUEUE);
+        assert_eq!(guest.tx_used(), 1);
+        let got = recv_matching(&host, |f| f.len() == 10 + TCP_HEADERS + 30_000);
+        assert_eq!(got[1], 1, "gso_type TCPV4");
+
+        // TSO reaches the guest only because activation gave the tap the guest's offloads.
+        host.send(&tcp_frame(10, 60_000, true)).expect("send");
+        std::thread::sleep(SETTLE);
+        device.process_queue(RX_QUEUE);
+        let frames = guest.collect_rx();
+        let got = frames
+            .iter()
+            .find(|f| f.len() == DEVICE_HDR + TCP_HEADERS + 60_000)
+            .expect("the TSO frame, whole");
+        assert_eq!(got[1], 1, "gso_type TCPV4");
+        assert!(interrupt.0.load(std::sync::atomic::Ordering::Relaxed) >= 2);
+        assert_eq!(device.metrics().dropped_total(), 0);
+        device.reset();
     });
 }

@@ -292,7 +292,7 @@ impl QueueSignal for NoSignal {
 /// handler over them. The tx buffers are `QUEUE_SIZE` slots of a frame each; the rx
 /// buffers `QUEUE_SIZE` mergeable buffers of `rx_buffer` bytes.
 pub struct GuestNic {
-    memory: GuestMemoryMmap,
+    memory: Arc<GuestMemoryMmap>,
     handler: NetQueueHandler<NoSignal>,
     pub metrics: Arc<NetMetrics>,
     rx_buffer: u32,
@@ -304,8 +304,10 @@ pub struct GuestNic {
 impl GuestNic {
     pub fn new(rx_buffer: u32) -> Self {
         assert!(u64::from(rx_buffer) * u64::from(QUEUE_SIZE) <= MEMORY_SIZE - RX_BUFFERS);
-        let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEMORY_SIZE as usize)])
-            .expect("guest memory");
+        let memory = Arc::new(
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEMORY_SIZE as usize)])
+                .expect("guest memory"),
+        );
         let (rx, tx) = {
             let rx = GuestQueue::new(&memory, RX_RING, QUEUE_SIZE);
             let tx = GuestQueue::new(&memory, TX_RING, QUEUE_SIZE);
@@ -349,9 +351,40 @@ impl GuestNic {
         }
     }
 
+    /// The guest's memory, for a device to use.
+    pub fn memory(&self) -> Arc<GuestMemoryMmap> {
+        self.memory.clone()
+    }
+
+    /// The rx and tx queues as the driver set them up, for a device to activate with
+    /// (instead of this driver's own handler).
+    pub fn device_queues(&self) -> Vec<virtio_queue::Queue> {
+        vec![self.rx_ring().create_queue(), self.tx_ring().create_queue()]
+    }
+
     /// Queues `count` (at most a queue's worth) of the frames of `len` bytes in the tx slots
     /// and has the device send them to `tap`.
     pub fn send_slots(&mut self, tap: &mut Tap, count: u16, len: u32) {
+        self.queue_slots(count, len);
+        self.handler.process_tx(&self.memory, tap);
+        self.tx_used = self.tx_ring().used_idx();
+    }
+
+    /// Queues one frame (device header first) without processing it.
+    pub fn queue_frame(&mut self, frame: &[u8]) {
+        let slot = u64::from(self.tx_next % QUEUE_SIZE);
+        self.memory
+            .write_slice(frame, GuestAddress(TX_BUFFERS + slot * TX_SLOT))
+            .expect("tx slot");
+        self.queue_slots(1, frame.len() as u32);
+    }
+
+    /// The tx chains the device has given back.
+    pub fn tx_used(&self) -> u16 {
+        self.tx_ring().used_idx()
+    }
+
+    fn queue_slots(&mut self, count: u16, len: u32) {
         let descriptors: Vec<RawDescriptor> = (0..count.min(QUEUE_SIZE))
             .map(|i| {
                 let slot = u64::from(self.tx_next.wrapping_add(i) % QUEUE_SIZE);
@@ -362,17 +395,13 @@ impl GuestNic {
             .add_desc_chains(&descriptors, self.tx_next % QUEUE_SIZE)
             .expect("tx chains");
         self.tx_next = self.tx_next.wrapping_add(descriptors.len() as u16);
-        self.handler.process_tx(&self.memory, tap);
-        self.tx_used = self.tx_ring().used_idx();
     }
 
     /// Sends one frame (device header first).
     pub fn send(&mut self, tap: &mut Tap, frame: &[u8]) {
-        let slot = u64::from(self.tx_next % QUEUE_SIZE);
-        self.memory
-            .write_slice(frame, GuestAddress(TX_BUFFERS + slot * TX_SLOT))
-            .expect("tx slot");
-        self.send_slots(tap, 1, frame.len() as u32);
+        self.queue_frame(frame);
+        self.handler.process_tx(&self.memory, tap);
+        self.tx_used = self.tx_ring().used_idx();
     }
 
     /// Has the device move what the tap holds into rx buffers; returns each frame received
@@ -380,6 +409,12 @@ impl GuestNic {
     /// gives the buffers back.
     pub fn receive(&mut self, tap: &mut Tap) -> Vec<Vec<u8>> {
         self.handler.process_rx(&self.memory, tap);
+        self.collect_rx()
+    }
+
+    /// The frames some device put in the rx buffers since the last call, the buffers given
+    /// back.
+    pub fn collect_rx(&mut self) -> Vec<Vec<u8>> {
         let mut frames = Vec::new();
         self.take_used(|memory, pieces| {
             let mut frame = Vec::new();
