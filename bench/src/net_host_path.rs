@@ -75,7 +75,9 @@ fn guest_to_host(frames: u64) -> Result<Transfer> {
             guest.send_slots(&mut tap, batch, frame.len() as u32);
             sent += u64::from(batch);
         }
-        reader.join().map_err(|_| anyhow::anyhow!("the reader panicked"))
+        reader
+            .join()
+            .map_err(|_| anyhow::anyhow!("the reader panicked"))
     })
 }
 
@@ -122,10 +124,9 @@ pub fn net_host_path(root: &Path, runs: usize, frames: u64) -> Result<Vec<Row>> 
     let (mut tx_bytes, mut rx_bytes) = (0u64, 0u64);
     // Interleaved, so drift on a shared machine hits both directions alike.
     for _ in 0..runs.max(1) {
-        let (tx, rx) = in_new_netns(|| -> Result<_> {
-            Ok((guest_to_host(frames)?, host_to_guest(frames)?))
-        })
-        .context("cannot make a network namespace (run as root)")??;
+        let (tx, rx) =
+            in_new_netns(|| -> Result<_> { Ok((guest_to_host(frames)?, host_to_guest(frames)?)) })
+                .context("cannot make a network namespace (run as root)")??;
         if tx.frames != frames {
             bail!("guest to host: {} of {frames} frames arrived", tx.frames);
         }

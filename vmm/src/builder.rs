@@ -39,8 +39,8 @@ use crate::devices::legacy::{
 };
 use crate::devices::virtio::block::{BlockDevice, BlockError};
 use crate::devices::virtio::event_handler::VirtioEvents;
-use crate::devices::virtio::net::{NetDevice, NetError};
 use crate::devices::virtio::mmio::{MmioError, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
+use crate::devices::virtio::net::{NetDevice, NetError};
 use crate::devices::virtio::vsock::{VsockDevice, VsockError, VsockMetrics};
 use crate::devices::virtio::{MmioInterrupt, MmioTransport, VirtioDevice};
 use crate::devices::Bus;

@@ -112,7 +112,14 @@ pub fn generated_mac() -> MacAddress {
     hasher.write_u32(std::process::id());
     let bytes = hasher.finish().to_le_bytes();
     // Locally administered (bit 1) and unicast (bit 0 clear).
-    [(bytes[0] & 0xfc) | 0x02, bytes[1], bytes[2], bytes[3], bytes[4], bytes[5]]
+    [
+        (bytes[0] & 0xfc) | 0x02,
+        bytes[1],
+        bytes[2],
+        bytes[3],
+        bytes[4],
+        bytes[5],
+    ]
 }
 
 /// Most empty disk slots (`--disk-slots`).
@@ -649,11 +656,7 @@ mod tests {
 
     #[test]
     fn net_flags_parse_with_and_without_a_mac() {
-        let c = config(&[
-            "--net",
-            "tap=tap0,mac=02:AB:cd:00:00:01",
-            "--net=tap=vpod1",
-        ]);
+        let c = config(&["--net", "tap=tap0,mac=02:AB:cd:00:00:01", "--net=tap=vpod1"]);
         assert_eq!(c.net.len(), 2);
         assert_eq!(c.net[0].tap, TapSource::Name("tap0".into()));
         assert_eq!(c.net[0].mac, [0x02, 0xab, 0xcd, 0, 0, 1]);
@@ -673,11 +676,26 @@ mod tests {
             ("mac=02:00:00:00:00:01", "tap=NAME is missing"),
             ("tap=", "the tap name must be 1 to 15 bytes"),
             ("tap=0123456789abcdef", "the tap name must be 1 to 15 bytes"),
-            ("tap=t,mac=02:00:00:00:00", "the mac must be six hex bytes xx:xx:xx:xx:xx:xx"),
-            ("tap=t,mac=02:00:00:00:00:0g", "the mac must be six hex bytes xx:xx:xx:xx:xx:xx"),
-            ("tap=t,mac=02:00:00:00:00:01:02", "the mac must be six hex bytes xx:xx:xx:xx:xx:xx"),
-            ("tap=t,mac=2:00:00:00:00:01", "the mac must be six hex bytes xx:xx:xx:xx:xx:xx"),
-            ("tap=t,mac=01:00:5e:00:00:01", "the mac is a multicast address"),
+            (
+                "tap=t,mac=02:00:00:00:00",
+                "the mac must be six hex bytes xx:xx:xx:xx:xx:xx",
+            ),
+            (
+                "tap=t,mac=02:00:00:00:00:0g",
+                "the mac must be six hex bytes xx:xx:xx:xx:xx:xx",
+            ),
+            (
+                "tap=t,mac=02:00:00:00:00:01:02",
+                "the mac must be six hex bytes xx:xx:xx:xx:xx:xx",
+            ),
+            (
+                "tap=t,mac=2:00:00:00:00:01",
+                "the mac must be six hex bytes xx:xx:xx:xx:xx:xx",
+            ),
+            (
+                "tap=t,mac=01:00:5e:00:00:01",
+                "the mac is a multicast address",
+            ),
             ("tap=t,queues=2", "unknown option \"queues=2\""),
         ] {
             assert_eq!(

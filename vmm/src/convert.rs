@@ -8,9 +8,9 @@ use vpod_proto::vmm as wire;
 use crate::arch::layout::{MAX_MEMORY_MIB, MIN_MEMORY_MIB};
 use crate::arch::mptable::MAX_VCPUS;
 use crate::config::{
-    generated_mac, is_unicast, parse_mac, valid_memory_mib, valid_vcpus, ConsoleConfig,
-    DiskConfig, DiskSource, InitrdConfig, NetConfig, TapSource, VmConfig, VsockConfig,
-    DEFAULT_CMDLINE, DISK_SERIAL_LEN, MAX_DISK_SLOTS, MAX_TAP_NAME_LEN,
+    generated_mac, is_unicast, parse_mac, valid_memory_mib, valid_vcpus, ConsoleConfig, DiskConfig,
+    DiskSource, InitrdConfig, NetConfig, TapSource, VmConfig, VsockConfig, DEFAULT_CMDLINE,
+    DISK_SERIAL_LEN, MAX_DISK_SLOTS, MAX_TAP_NAME_LEN,
 };
 
 /// What is wrong with a wire configuration.

@@ -8,8 +8,8 @@
 mod net_guest;
 
 use net_guest::{
-    ethernet_frame, in_new_netns, tcp_frame, test_tap, GuestNic, PacketSocket, DEVICE_HDR,
-    MSS, SETTLE, TCP_HEADERS, TEST_ETHERTYPE,
+    ethernet_frame, in_new_netns, tcp_frame, test_tap, GuestNic, PacketSocket, DEVICE_HDR, MSS,
+    SETTLE, TCP_HEADERS, TEST_ETHERTYPE,
 };
 use std::sync::Arc;
 use vpod_vmm::devices::virtio::net::{
@@ -66,7 +66,10 @@ fn guest_tso_frame_crosses_the_tap_whole_with_its_gso_header() {
         assert_eq!(got[1], 1, "gso_type TCPV4");
         assert_eq!(u16::from_le_bytes([got[4], got[5]]), MSS);
         assert_eq!(got[10..], sent[DEVICE_HDR..]);
-        assert_eq!(NetMetrics::get(&guest.metrics.tx_bytes), sent.len() as u64 - 12);
+        assert_eq!(
+            NetMetrics::get(&guest.metrics.tx_bytes),
+            sent.len() as u64 - 12
+        );
     });
 }
 
@@ -76,7 +79,9 @@ fn host_frames_land_in_rx_buffers_with_a_header_and_num_buffers() {
         let mut tap = test_tap("vpodrx0");
         let host = PacketSocket::bind("vpodrx0", false).expect("packet socket");
         let mut guest = GuestNic::new(2048);
-        let frames: Vec<_> = (0..3).map(|i| ethernet_frame(1000 + i * 100, i as u8)).collect();
+        let frames: Vec<_> = (0..3)
+            .map(|i| ethernet_frame(1000 + i * 100, i as u8))
+            .collect();
         for frame in &frames {
             host.send(frame).expect("send");
         }
@@ -151,8 +156,14 @@ fn an_inherited_tap_is_adopted_and_anything_else_refused() {
         assert_eq!(adopted.name(), "vpodfd0");
         let file = std::fs::File::open("/dev/null").expect("open");
         let refused = Tap::from_inherited(std::os::fd::AsRawFd::as_raw_fd(&file));
-        assert!(matches!(refused, Err(TapError::Inherited(..))), "{refused:?}");
-        assert!(matches!(Tap::open("a-name-far-too-long"), Err(TapError::BadName(_))));
+        assert!(
+            matches!(refused, Err(TapError::Inherited(..))),
+            "{refused:?}"
+        );
+        assert!(matches!(
+            Tap::open("a-name-far-too-long"),
+            Err(TapError::BadName(_))
+        ));
     });
 }
 

@@ -101,7 +101,12 @@ pub fn set_link_up(name: &str) -> io::Result<()> {
     Ok(())
 }
 
-fn set_socket_option<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: T) -> io::Result<()> {
+fn set_socket_option<T>(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: T,
+) -> io::Result<()> {
     // SAFETY: `value` is a live T of the size passed, read by the call only.
     let rc = unsafe {
         libc::setsockopt(
@@ -129,10 +134,25 @@ impl PacketSocket {
         let protocol = (libc::ETH_P_ALL as u16).to_be();
         let fd = socket(libc::AF_PACKET, libc::SOCK_RAW, libc::c_int::from(protocol))?;
         if vnet_hdr {
-            set_socket_option(&fd, libc::SOL_PACKET, libc::PACKET_VNET_HDR, 1 as libc::c_int)?;
+            set_socket_option(
+                &fd,
+                libc::SOL_PACKET,
+                libc::PACKET_VNET_HDR,
+                1 as libc::c_int,
+            )?;
         }
-        set_socket_option(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, (64 << 20) as libc::c_int)?;
-        set_socket_option(&fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, (64 << 20) as libc::c_int)?;
+        set_socket_option(
+            &fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (64 << 20) as libc::c_int,
+        )?;
+        set_socket_option(
+            &fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUFFORCE,
+            (64 << 20) as libc::c_int,
+        )?;
         let timeout = libc::timeval {
             tv_sec: 2,
             tv_usec: 0,
@@ -184,7 +204,7 @@ impl PacketSocket {
             if n < 0 {
                 return Err(io::Error::last_os_error());
             }
-            if from.sll_pkttype != libc::PACKET_OUTGOING as u8 {
+            if from.sll_pkttype != libc::PACKET_OUTGOING {
                 return Ok(n as usize);
             }
         }
@@ -324,7 +344,9 @@ impl GuestNic {
             rx_used: 0,
         };
         let buffers: Vec<RawDescriptor> = (0..QUEUE_SIZE).map(|d| nic.rx_descriptor(d)).collect();
-        nic.rx_ring().add_desc_chains(&buffers, 0).expect("rx buffers");
+        nic.rx_ring()
+            .add_desc_chains(&buffers, 0)
+            .expect("rx buffers");
         nic
     }
 
@@ -420,7 +442,9 @@ impl GuestNic {
             let mut frame = Vec::new();
             for &(addr, len) in pieces {
                 let mut data = vec![0u8; len as usize];
-                memory.read_slice(&mut data, GuestAddress(addr)).expect("rx data");
+                memory
+                    .read_slice(&mut data, GuestAddress(addr))
+                    .expect("rx data");
                 frame.extend_from_slice(&data);
             }
             frames.push(frame);
@@ -472,7 +496,8 @@ impl GuestNic {
         self.rx_used = next;
         for head in heads {
             let descriptor = self.rx_descriptor(head);
-            ring.add_desc_chains(&[descriptor], head).expect("rx buffer back");
+            ring.add_desc_chains(&[descriptor], head)
+                .expect("rx buffer back");
         }
     }
 }

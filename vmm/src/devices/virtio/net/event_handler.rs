@@ -49,7 +49,10 @@ impl NetHostEvents {
 impl Subscriber for NetHostEvents {
     fn init(&mut self, ops: &mut EventOps) -> Result<(), event_manager::Error> {
         let core = lock(&self.core);
-        ops.add(Events::new(&core.tap, EventSet::IN | EventSet::EDGE_TRIGGERED))?;
+        ops.add(Events::new(
+            &core.tap,
+            EventSet::IN | EventSet::EDGE_TRIGGERED,
+        ))?;
         ops.add(Events::new(&core.again, EventSet::IN))
     }
 

@@ -58,8 +58,7 @@ impl NetBackend for FrameBackend {
 }
 
 fn memory() -> GuestMemoryMmap {
-    GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEMORY_SIZE as usize)])
-        .expect("memory")
+    GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEMORY_SIZE as usize)]).expect("memory")
 }
 
 fn raw(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
@@ -76,7 +75,11 @@ fn setup<'a>(
     signal: &'a CountingSignal,
     size: u16,
     mergeable: bool,
-) -> (Rings<'a>, NetQueueHandler<&'a CountingSignal>, Arc<NetMetrics>) {
+) -> (
+    Rings<'a>,
+    NetQueueHandler<&'a CountingSignal>,
+    Arc<NetMetrics>,
+) {
     let rings = Rings {
         rx: GuestQueue::new(memory, RX_RING, size),
         tx: GuestQueue::new(memory, TX_RING, size),
@@ -101,7 +104,9 @@ fn frame(len: usize, seed: u8) -> Vec<u8> {
 
 fn read(memory: &GuestMemoryMmap, at: u64, len: usize) -> Vec<u8> {
     let mut data = vec![0u8; len];
-    memory.read_slice(&mut data, GuestAddress(at)).expect("read");
+    memory
+        .read_slice(&mut data, GuestAddress(at))
+        .expect("read");
     data
 }
 
@@ -238,13 +243,7 @@ fn a_refusing_rate_limit_leaves_frames_queued() {
     assert_eq!((tx.used_idx(), rx.used_idx()), (0, 0));
     assert!(handler.rx_waiting());
     // Without the limit, the same frame goes.
-    let mut open = NetQueueHandler::new(
-        handler.rx,
-        handler.tx,
-        &signal,
-        true,
-        Arc::default(),
-    );
+    let mut open = NetQueueHandler::new(handler.rx, handler.tx, &signal, true, Arc::default());
     open.process_tx(&m, &mut backend);
     assert_eq!(backend.sent.len(), 1);
 }
