@@ -23,6 +23,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vpod_vmm::devices::virtio::net::{
     NetMetrics, NetQueueHandler, Tap, MAX_FRAME_LEN, NET_HDR_LEN, NUM_BUFFERS_OFFSET,
     VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_MRG_RXBUF,
 };
 use vpod_vmm::devices::virtio::QueueSignal;
 
@@ -335,7 +336,13 @@ impl GuestNic {
         };
         let metrics = Arc::new(NetMetrics::default());
         let nic = GuestNic {
-            handler: NetQueueHandler::new(rx, tx, NoSignal, true, metrics.clone()),
+            handler: NetQueueHandler::new(
+                rx,
+                tx,
+                NoSignal,
+                GUEST_OFFLOADS | VIRTIO_NET_F_MRG_RXBUF,
+                metrics.clone(),
+            ),
             memory,
             metrics,
             rx_buffer,

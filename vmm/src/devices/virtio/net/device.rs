@@ -193,9 +193,9 @@ impl VirtioDevice for NetDevice {
         }
         // If the tap refuses, it keeps sending plain frames, which every driver takes.
         let _ = core.tap.set_offloads(self.acked_features);
-        let mergeable = self.acked_features & VIRTIO_NET_F_MRG_RXBUF != 0;
+        let features = self.acked_features;
         core.active = Some(ActiveQueues {
-            handler: NetQueueHandler::new(rx, tx, interrupt, mergeable, self.metrics.clone()),
+            handler: NetQueueHandler::new(rx, tx, interrupt, features, self.metrics.clone()),
             memory,
         });
         // Frames that came before the driver did wait in the tap (their edge is gone).

@@ -16,7 +16,10 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::metrics::{NetDropReason, NetMetrics};
-use super::{MAX_FRAME_LEN, NET_HDR_LEN, NUM_BUFFERS_OFFSET, RX_QUEUE, TX_QUEUE};
+use super::{
+    MAX_FRAME_LEN, NET_HDR_LEN, NUM_BUFFERS_OFFSET, RX_QUEUE, TX_QUEUE, VIRTIO_NET_F_GUEST_CSUM,
+    VIRTIO_NET_F_MRG_RXBUF,
+};
 use crate::devices::virtio::QueueSignal;
 
 /// Most frames one call of [`NetQueueHandler::process_tx`] or
@@ -150,6 +153,8 @@ pub struct NetQueueHandler<S: QueueSignal, L: NetRateLimit = Unlimited> {
     pub limiter: L,
     /// `VIRTIO_NET_F_MRG_RXBUF` was negotiated: a frame may span several rx chains.
     mergeable: bool,
+    /// `VIRTIO_NET_F_GUEST_CSUM` was not negotiated: rx headers carry no flags.
+    clear_rx_flags: bool,
     metrics: Arc<NetMetrics>,
     tx_frame: Box<[u8]>,
     rx_frame: Box<[u8]>,
@@ -166,8 +171,9 @@ pub struct NetQueueHandler<S: QueueSignal, L: NetRateLimit = Unlimited> {
 }
 
 impl<S: QueueSignal> NetQueueHandler<S, Unlimited> {
-    pub fn new(rx: Queue, tx: Queue, signal: S, mergeable: bool, metrics: Arc<NetMetrics>) -> Self {
-        Self::with_limiter(rx, tx, signal, Unlimited, mergeable, metrics)
+    /// A handler for a driver that accepted `features`.
+    pub fn new(rx: Queue, tx: Queue, signal: S, features: u64, metrics: Arc<NetMetrics>) -> Self {
+        Self::with_limiter(rx, tx, signal, Unlimited, features, metrics)
     }
 }
 
@@ -177,7 +183,7 @@ impl<S: QueueSignal, L: NetRateLimit> NetQueueHandler<S, L> {
         tx: Queue,
         signal: S,
         limiter: L,
-        mergeable: bool,
+        features: u64,
         metrics: Arc<NetMetrics>,
     ) -> Self {
         let chains = usize::from(rx.size().max(1));
@@ -186,7 +192,8 @@ impl<S: QueueSignal, L: NetRateLimit> NetQueueHandler<S, L> {
             tx,
             signal,
             limiter,
-            mergeable,
+            mergeable: features & VIRTIO_NET_F_MRG_RXBUF != 0,
+            clear_rx_flags: features & VIRTIO_NET_F_GUEST_CSUM == 0,
             metrics,
             tx_frame: vec![0u8; MAX_FRAME_LEN].into_boxed_slice(),
             rx_frame: vec![0u8; MAX_FRAME_LEN].into_boxed_slice(),
@@ -322,6 +329,10 @@ impl<S: QueueSignal, L: NetRateLimit> NetQueueHandler<S, L> {
     /// buffers), or puts every chain back when the guest has too few.
     fn deliver_pending(&mut self, memory: &GuestMemoryMmap) -> Delivery {
         let frame_len = self.rx_pending;
+        if self.clear_rx_flags {
+            // DATA_VALID is for drivers that take checksum offload (virtio 1.2, 5.1.6.4.1).
+            self.rx_frame[0] = 0;
+        }
         let start = self.rx.next_avail();
         let most_chains = self.rx.size();
         self.rx_used.clear();

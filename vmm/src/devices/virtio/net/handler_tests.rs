@@ -4,6 +4,7 @@
 //! `vpod-bench net-host-path`.
 
 use super::*;
+use crate::devices::virtio::net::VIRTIO_NET_F_GUEST_TSO4;
 use crate::devices::virtio::test_queue::GuestQueue;
 use proptest::prelude::*;
 use std::cell::Cell;
@@ -89,10 +90,20 @@ fn setup<'a>(
         rings.rx.create_queue(),
         rings.tx.create_queue(),
         signal,
-        mergeable,
+        features(mergeable),
         metrics.clone(),
     );
     (rings, handler, metrics)
+}
+
+/// What a Linux guest accepts, with or without mergeable rx buffers.
+fn features(mergeable: bool) -> u64 {
+    let base = VIRTIO_NET_F_GUEST_CSUM | VIRTIO_NET_F_GUEST_TSO4;
+    if mergeable {
+        base | VIRTIO_NET_F_MRG_RXBUF
+    } else {
+        base
+    }
 }
 
 /// A frame with a zero header and `len` bytes of a pattern after it.
@@ -226,7 +237,7 @@ fn a_refusing_rate_limit_leaves_frames_queued() {
         tx.create_queue(),
         &signal,
         Closed,
-        true,
+        features(true),
         Arc::default(),
     );
     tx.add_desc_chains(&[raw(BUFFERS, 100, 0, 0)], 0)
@@ -243,7 +254,13 @@ fn a_refusing_rate_limit_leaves_frames_queued() {
     assert_eq!((tx.used_idx(), rx.used_idx()), (0, 0));
     assert!(handler.rx_waiting());
     // Without the limit, the same frame goes.
-    let mut open = NetQueueHandler::new(handler.rx, handler.tx, &signal, true, Arc::default());
+    let mut open = NetQueueHandler::new(
+        handler.rx,
+        handler.tx,
+        &signal,
+        features(true),
+        Arc::default(),
+    );
     open.process_tx(&m, &mut backend);
     assert_eq!(backend.sent.len(), 1);
 }
@@ -276,6 +293,31 @@ fn rx_frame_lands_in_one_buffer_with_num_buffers_one() {
     assert_eq!(read(&m, BUFFERS + 0x1000, 3000), incoming[NET_HDR_LEN..]);
     assert_eq!(NetMetrics::get(&metrics.rx_bytes), 3000);
     assert!(!handler.rx_waiting());
+}
+
+#[test]
+fn rx_header_flags_are_cleared_for_a_driver_without_checksum_offload() {
+    let m = memory();
+    let signal = CountingSignal::default();
+    let rx = GuestQueue::new(&m, RX_RING, 16);
+    let tx = GuestQueue::new(&m, TX_RING, 16);
+    let mut handler = NetQueueHandler::new(
+        rx.create_queue(),
+        tx.create_queue(),
+        &signal,
+        0,
+        Arc::default(),
+    );
+    rx.add_desc_chains(&[raw(BUFFERS, 2048, WRITE, 0)], 0)
+        .expect("chain");
+    let mut incoming = frame(100, 0);
+    incoming[0] = 2; // VIRTIO_NET_HDR_F_DATA_VALID, as a tap sets it
+    let mut backend = FrameBackend {
+        incoming: VecDeque::from([incoming]),
+        ..FrameBackend::default()
+    };
+    assert!(handler.process_rx(&m, &mut backend));
+    assert_eq!(read(&m, BUFFERS, 1), [0]);
 }
 
 #[test]
