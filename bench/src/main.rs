@@ -27,6 +27,10 @@ mod fixtures;
 mod guest_io;
 mod net_host_path;
 mod pod;
+/// The VMM's test-only guest queue (same crates), for the device benchmarks.
+#[allow(dead_code)]
+#[path = "../../vmm/src/devices/virtio/test_queue.rs"]
+mod test_queue;
 mod vsock_host_path;
 mod vsock_queue;
 

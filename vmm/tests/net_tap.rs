@@ -6,6 +6,9 @@
 //! `target/release/vpod-bench net-host-path`.
 
 mod net_guest;
+#[allow(dead_code)]
+#[path = "../src/devices/virtio/test_queue.rs"]
+mod test_queue;
 
 use net_guest::{
     ethernet_frame, in_new_netns, tcp_frame, test_tap, GuestNic, PacketSocket, DEVICE_HDR, MSS,

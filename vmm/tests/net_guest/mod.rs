@@ -3,12 +3,10 @@
 //! queue handler, and the host's end a packet socket on the tap. Shared by the native test
 //! `vmm/tests/net_tap.rs` and `vpod-bench net-host-path` (which includes this file), so both
 //! drive the device alike. Nothing here touches the machine's own network: every tap and
-//! socket is made in a namespace that goes away with the thread that made it.
+//! socket is made in a namespace that goes away with the thread that made it. The including
+//! crate also includes `vmm/src/devices/virtio/test_queue.rs` as `test_queue` at its root.
 
 #![allow(dead_code)]
-
-#[path = "../../src/devices/virtio/test_queue.rs"]
-mod test_queue;
 
 use std::io;
 use std::mem::size_of;
@@ -16,7 +14,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use test_queue::GuestQueue;
+use crate::test_queue::GuestQueue;
 use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
