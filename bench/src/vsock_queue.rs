@@ -5,8 +5,8 @@
 //! host-side path (`vsock-host-path`) leaves out. Prints its figures; writes no rows.
 //!
 //! The guest's side of the queues is the VMM's own test driver
-//! (`vmm/src/devices/virtio/test_queue.rs`, included at this crate's root: it is compiled for tests only and
-//! not part of the VMM's API).
+//! (`vmm/src/devices/virtio/test_queue.rs`, included at this crate's root: it is compiled for
+//! tests only and not part of the VMM's API).
 
 use anyhow::{ensure, Context, Result};
 use std::cell::Cell;
