@@ -496,6 +496,7 @@ mod tests {
             "vpod-bench layer-read --runs 3 --host kvm",
             "vpod-bench cri --runs 10 --host kvm",
             "vpod-bench cri-rpc --runs 10",
+            "vpod-bench net-host-path --runs 5 --frames 20000",
             "vpod-bench check",
         ] {
             assert!(parse(line).is_ok(), "{line}");
