@@ -110,6 +110,7 @@ bench: all kvm-host
 	@echo "bench: host-side device and image paths (native)"
 	target/release/vpod-bench vsock-queue --mib 1600
 	target/release/vpod-bench vsock-host-path --runs 5 --mib 256
+	target/release/vpod-bench net-host-path --runs 5 --frames 20000
 	target/release/vpod-bench conversion --runs 3 --mib 128
 	target/release/vpod-bench check
 

@@ -3,9 +3,10 @@
 //! fixtures of the container benchmarks), `pod-start`, `run-true`, `layer-read` and `vsock`
 //! (pod VMs; inside the emulated KVM host here), `cri` and `cri-memory` (pods through
 //! `vpod-cri`, beside runc; there too), `cri-rpc` (native: the per-RPC cost of the CRI
-//! socket's `:authority` normalisation), `conversion`, `vsock-host-path` and `vsock-queue`
-//! (native: the layer store's conversion against `tar -xf`, the vsock device's host-side
-//! path, its queue handler alone) and `check` (targets).
+//! socket's `:authority` normalisation), `conversion`, `vsock-host-path`, `vsock-queue` and
+//! `net-host-path` (native: the layer store's conversion against `tar -xf`, the vsock
+//! device's host-side path, its queue handler alone, the virtio-net device through a tap)
+//! and `check` (targets).
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -24,7 +25,12 @@ mod cri_memory;
 mod cri_rpc;
 mod fixtures;
 mod guest_io;
+mod net_host_path;
 mod pod;
+/// The VMM's test-only guest queue (same crates), for the device benchmarks.
+#[allow(dead_code)]
+#[path = "../../vmm/src/devices/virtio/test_queue.rs"]
+mod test_queue;
 mod vsock_host_path;
 mod vsock_queue;
 
@@ -140,6 +146,16 @@ enum Bench {
         #[arg(long, value_name = "MiB", default_value_t = 1600)]
         mib: u64,
     },
+    /// The virtio-net device's path through a tap with 64 KiB TSO frames, both ways (native,
+    /// root: it makes a network namespace)
+    NetHostPath {
+        /// Measured runs
+        #[arg(long, value_name = "N", default_value_t = 5)]
+        runs: usize,
+        /// Frames sent each way
+        #[arg(long, value_name = "N", default_value_t = 20_000)]
+        frames: u64,
+    },
     /// Every target against bench/results/*.jsonl; fails when one is missed
     Check,
 }
@@ -176,6 +192,9 @@ fn main() -> Result<()> {
             vsock_host_path::vsock_host_path(&root, runs, mib).map(drop)
         }
         Bench::VsockQueue { mib } => vsock_queue::vsock_queue(mib),
+        Bench::NetHostPath { runs, frames } => {
+            net_host_path::net_host_path(&root, runs, frames).map(drop)
+        }
     }
 }
 
@@ -477,6 +496,7 @@ mod tests {
             "vpod-bench layer-read --runs 3 --host kvm",
             "vpod-bench cri --runs 10 --host kvm",
             "vpod-bench cri-rpc --runs 10",
+            "vpod-bench net-host-path --runs 5 --frames 20000",
             "vpod-bench check",
         ] {
             assert!(parse(line).is_ok(), "{line}");

@@ -5,8 +5,8 @@
 //! host-side path (`vsock-host-path`) leaves out. Prints its figures; writes no rows.
 //!
 //! The guest's side of the queues is the VMM's own test driver
-//! (`vmm/src/devices/virtio/test_queue.rs`, included here: it is compiled for tests only and
-//! not part of the VMM's API).
+//! (`vmm/src/devices/virtio/test_queue.rs`, included at this crate's root: it is compiled for
+//! tests only and not part of the VMM's API).
 
 use anyhow::{ensure, Context, Result};
 use std::cell::Cell;
@@ -22,11 +22,7 @@ use vpod_vmm::devices::virtio::vsock::packet::{Op, PacketHeader, TYPE_STREAM};
 use vpod_vmm::devices::virtio::vsock::{VsockMetrics, HOST_CID, MAX_PAYLOAD};
 use vpod_vmm::devices::virtio::QueueSignal;
 
-#[allow(dead_code)]
-#[path = "../../vmm/src/devices/virtio/test_queue.rs"]
-mod test_queue;
-
-use test_queue::GuestQueue;
+use crate::test_queue::GuestQueue;
 
 const WRITE: u16 = VRING_DESC_F_WRITE as u16;
 const NEXT: u16 = VRING_DESC_F_NEXT as u16;

@@ -4,7 +4,7 @@
 //! 2. guest memory,
 //! 3. vCPUs (CPUID, MSRs, FPU, local APIC),
 //! 4. devices (COM1, i8042, boot ports, virtio-blk disks and empty disk slots, virtio-vsock,
-//!    all over MMIO),
+//!    virtio-net NICs on taps, all over MMIO),
 //! 5. load the kernel, the initrd and the command line,
 //! 6. configure boot (MP table, PVH start info or zero page, entry registers),
 //! 7. start the vCPU threads (paused until [`MicroVm::run`]),
@@ -40,6 +40,7 @@ use crate::devices::legacy::{
 use crate::devices::virtio::block::{BlockDevice, BlockError};
 use crate::devices::virtio::event_handler::VirtioEvents;
 use crate::devices::virtio::mmio::{MmioError, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
+use crate::devices::virtio::net::{NetDevice, NetError};
 use crate::devices::virtio::vsock::{VsockDevice, VsockError, VsockMetrics};
 use crate::devices::virtio::{MmioInterrupt, MmioTransport, VirtioDevice};
 use crate::devices::Bus;
@@ -79,6 +80,8 @@ pub enum BuildError {
     Mmio(#[from] MmioError),
     #[error(transparent)]
     Vsock(#[from] VsockError),
+    #[error("nic {0}")]
+    Net(usize, #[source] NetError),
     #[error(transparent)]
     Api(#[from] ApiServerError),
     #[error(transparent)]
@@ -87,7 +90,7 @@ pub enum BuildError {
     Vcpu(#[from] VcpuError),
     #[error("cannot place a device on the bus")]
     Bus(#[from] BusError),
-    #[error("at most {0} virtio devices (disks, disk slots and vsock) are supported")]
+    #[error("at most {0} virtio devices (disks, disk slots, vsock and nics) are supported")]
     TooManyDisks(u32),
     #[error("cannot open the console file {0}")]
     ConsoleFile(PathBuf, #[source] std::io::Error),
@@ -284,8 +287,10 @@ fn attach_devices(
         BOOT_PORT_LEN,
     )?;
 
-    let device_count =
-        config.disks.len() + config.disk_slots as usize + usize::from(config.vsock.is_some());
+    let device_count = config.disks.len()
+        + config.disk_slots as usize
+        + usize::from(config.vsock.is_some())
+        + config.net.len();
     if device_count > VIRTIO_MMIO_SLOTS as usize {
         return Err(BuildError::TooManyDisks(VIRTIO_MMIO_SLOTS));
     }
@@ -319,6 +324,10 @@ fn attach_devices(
         }
         None => None,
     };
+    for (index, nic) in config.net.iter().enumerate() {
+        let device = NetDevice::new(nic).map_err(|e| BuildError::Net(index, e))?;
+        virtio.attach(vm, memory, Box::new(device))?;
+    }
     let VirtioDevices {
         mmio_bus,
         transports,

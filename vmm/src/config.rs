@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use crate::arch::layout::{MAX_MEMORY_MIB, MIN_MEMORY_MIB};
 use crate::arch::mptable::MAX_VCPUS;
 use crate::convert::ConvertError;
+use crate::devices::virtio::net::MacAddress;
 
 /// Longest serial a virtio-blk disk can report (the GET_ID answer).
 pub const DISK_SERIAL_LEN: usize = 20;
@@ -62,6 +63,65 @@ pub struct VsockConfig {
     pub guest_cid: u64,
 }
 
+/// Where a NIC's tap comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TapSource {
+    /// A tap the VMM opens (or creates) by name in its own network namespace.
+    Name(String),
+    /// A tap descriptor the VMM inherited from its launcher, opened with `IFF_TAP |
+    /// IFF_NO_PI | IFF_VNET_HDR` (perhaps in another network namespace), checked open when
+    /// the configuration was read and duplicated when the device is made.
+    Inherited(RawFd),
+}
+
+/// One virtio-net NIC (`--net tap=NAME[,mac=MAC]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    pub tap: TapSource,
+    pub mac: MacAddress,
+}
+
+/// Longest tap name (IFNAMSIZ less the terminating zero).
+pub const MAX_TAP_NAME_LEN: usize = 15;
+
+/// Parses `xx:xx:xx:xx:xx:xx` (hex digits of either case).
+pub fn parse_mac(text: &str) -> Option<MacAddress> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// Whether `mac` can be a NIC's own address (not a group address).
+pub fn is_unicast(mac: &MacAddress) -> bool {
+    mac[0] & 1 == 0
+}
+
+/// A locally administered unicast MAC for a NIC given none: random, unlikely to repeat
+/// across the VMs of one host.
+pub fn generated_mac() -> MacAddress {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS's randomness once per process, then stepped.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    let bytes = hasher.finish().to_le_bytes();
+    // Locally administered (bit 1) and unicast (bit 0 clear).
+    [
+        (bytes[0] & 0xfc) | 0x02,
+        bytes[1],
+        bytes[2],
+        bytes[3],
+        bytes[4],
+        bytes[5],
+    ]
+}
+
 /// Most empty disk slots (`--disk-slots`).
 pub const MAX_DISK_SLOTS: u32 = 16;
 
@@ -94,6 +154,8 @@ pub struct VmConfig {
     /// Empty virtio-blk devices after the disks, filled at runtime through the API.
     pub disk_slots: u32,
     pub vsock: Option<VsockConfig>,
+    /// virtio-net NICs, in the order the guest finds them.
+    pub net: Vec<NetConfig>,
     /// The control socket (`--api PATH`).
     pub api_socket: Option<PathBuf>,
 }
@@ -112,6 +174,7 @@ impl Default for VmConfig {
             init_args: Vec::new(),
             disk_slots: 0,
             vsock: None,
+            net: Vec::new(),
             api_socket: None,
         }
     }
@@ -146,6 +209,8 @@ pub enum ConfigError {
     BadDisk(String, String),
     #[error("--vsock {0:?}: {1}")]
     BadVsock(String, String),
+    #[error("--net {0:?}: {1}")]
+    BadNet(String, String),
     #[error("--disk-slots must be a number from 0 to {MAX_DISK_SLOTS}, not {0:?}")]
     BadDiskSlots(String),
     #[error("unexpected argument {0:?} (guest command words go after --)")]
@@ -212,6 +277,32 @@ fn parse_vsock(spec: &str) -> Result<VsockConfig, ConfigError> {
         }
     }
     Ok(vsock)
+}
+
+fn parse_net(spec: &str) -> Result<NetConfig, ConfigError> {
+    let bad = |why: &str| ConfigError::BadNet(spec.to_string(), why.to_string());
+    let mut tap = None;
+    let mut mac = None;
+    for option in spec.split(',') {
+        if let Some(name) = option.strip_prefix("tap=") {
+            if name.is_empty() || name.len() > MAX_TAP_NAME_LEN {
+                return Err(bad("the tap name must be 1 to 15 bytes"));
+            }
+            tap = Some(TapSource::Name(name.to_string()));
+        } else if let Some(text) = option.strip_prefix("mac=") {
+            match parse_mac(text) {
+                Some(address) if is_unicast(&address) => mac = Some(address),
+                Some(_) => return Err(bad("the mac is a multicast address")),
+                None => return Err(bad("the mac must be six hex bytes xx:xx:xx:xx:xx:xx")),
+            }
+        } else {
+            return Err(bad(&format!("unknown option {option:?}")));
+        }
+    }
+    Ok(NetConfig {
+        tap: tap.ok_or_else(|| bad("tap=NAME is missing"))?,
+        mac: mac.unwrap_or_else(generated_mac),
+    })
 }
 
 fn parse_disk_slots(value: &str) -> Result<u32, ConfigError> {
@@ -308,7 +399,7 @@ where
             }
             "--config" => {}
             "--kernel" | "--initrd" | "--cmdline" | "--vcpus" | "--memory" | "--disk"
-            | "--console" | "--vsock" | "--disk-slots" | "--api" => {
+            | "--console" | "--vsock" | "--net" | "--disk-slots" | "--api" => {
                 first_setting.get_or_insert_with(|| flag.clone());
             }
             _ if flag.starts_with('-') => return Err(ConfigError::UnknownFlag(flag)),
@@ -331,6 +422,7 @@ where
             "--disk" => config.disks.push(parse_disk(&value)?),
             "--console" => config.console = parse_console(&value)?,
             "--vsock" => config.vsock = Some(parse_vsock(&value)?),
+            "--net" => config.net.push(parse_net(&value)?),
             "--disk-slots" => config.disk_slots = parse_disk_slots(&value)?,
             "--api" if !value.is_empty() => config.api_socket = Some(PathBuf::from(value)),
             "--api" => return Err(ConfigError::MissingValue(flag)),
@@ -560,5 +652,57 @@ mod tests {
     fn help_and_version_win() {
         assert_eq!(parse(&["--help"]), Ok(CliAction::Help));
         assert_eq!(parse(&["-V"]), Ok(CliAction::Version));
+    }
+
+    #[test]
+    fn net_flags_parse_with_and_without_a_mac() {
+        let c = config(&["--net", "tap=tap0,mac=02:AB:cd:00:00:01", "--net=tap=vpod1"]);
+        assert_eq!(c.net.len(), 2);
+        assert_eq!(c.net[0].tap, TapSource::Name("tap0".into()));
+        assert_eq!(c.net[0].mac, [0x02, 0xab, 0xcd, 0, 0, 1]);
+        assert_eq!(c.net[1].tap, TapSource::Name("vpod1".into()));
+        let generated = c.net[1].mac;
+        assert_eq!(generated[0] & 0b11, 0b10, "locally administered unicast");
+    }
+
+    #[test]
+    fn generated_macs_differ() {
+        assert_ne!(generated_mac(), generated_mac());
+    }
+
+    #[test]
+    fn bad_net_flags_are_refused_with_the_reason() {
+        for (spec, why) in [
+            ("mac=02:00:00:00:00:01", "tap=NAME is missing"),
+            ("tap=", "the tap name must be 1 to 15 bytes"),
+            ("tap=0123456789abcdef", "the tap name must be 1 to 15 bytes"),
+            (
+                "tap=t,mac=02:00:00:00:00",
+                "the mac must be six hex bytes xx:xx:xx:xx:xx:xx",
+            ),
+            (
+                "tap=t,mac=02:00:00:00:00:0g",
+                "the mac must be six hex bytes xx:xx:xx:xx:xx:xx",
+            ),
+            (
+                "tap=t,mac=02:00:00:00:00:01:02",
+                "the mac must be six hex bytes xx:xx:xx:xx:xx:xx",
+            ),
+            (
+                "tap=t,mac=2:00:00:00:00:01",
+                "the mac must be six hex bytes xx:xx:xx:xx:xx:xx",
+            ),
+            (
+                "tap=t,mac=01:00:5e:00:00:01",
+                "the mac is a multicast address",
+            ),
+            ("tap=t,queues=2", "unknown option \"queues=2\""),
+        ] {
+            assert_eq!(
+                parse(&["--net", spec]),
+                Err(ConfigError::BadNet(spec.into(), why.into())),
+                "{spec}"
+            );
+        }
     }
 }

@@ -8,8 +8,9 @@ use vpod_proto::vmm as wire;
 use crate::arch::layout::{MAX_MEMORY_MIB, MIN_MEMORY_MIB};
 use crate::arch::mptable::MAX_VCPUS;
 use crate::config::{
-    valid_memory_mib, valid_vcpus, ConsoleConfig, DiskConfig, DiskSource, InitrdConfig, VmConfig,
-    VsockConfig, DEFAULT_CMDLINE, DISK_SERIAL_LEN, MAX_DISK_SLOTS,
+    generated_mac, is_unicast, parse_mac, valid_memory_mib, valid_vcpus, ConsoleConfig, DiskConfig,
+    DiskSource, InitrdConfig, NetConfig, TapSource, VmConfig, VsockConfig, DEFAULT_CMDLINE,
+    DISK_SERIAL_LEN, MAX_DISK_SLOTS, MAX_TAP_NAME_LEN,
 };
 
 /// What is wrong with a wire configuration.
@@ -29,6 +30,16 @@ pub enum ConvertError {
     DescriptorNotOpen(usize, u32),
     #[error("disk {0}: descriptor {1} is standard input, output or error")]
     StdioDescriptor(usize, u32),
+    #[error("nic {0}: the tap name must be 1 to {MAX_TAP_NAME_LEN} bytes, not {1:?}")]
+    TapName(usize, String),
+    #[error("nic {0}: the mac must be six hex bytes xx:xx:xx:xx:xx:xx, not {1:?}")]
+    BadMac(usize, String),
+    #[error("nic {0}: the mac {1} is a multicast address")]
+    MulticastMac(usize, String),
+    #[error("nic {0}: descriptor {1} is not open in the VMM")]
+    TapNotOpen(usize, u32),
+    #[error("nic {0}: descriptor {1} is standard input, output or error")]
+    TapStdio(usize, u32),
     #[error("the vsock guest_cid must be 3 or more, not {0}")]
     ReservedCid(u32),
     #[error(
@@ -68,6 +79,29 @@ fn disk(index: usize, disk: wire::DiskConfig) -> Result<DiskConfig, ConvertError
     })
 }
 
+fn nic(index: usize, nic: wire::NetConfig) -> Result<NetConfig, ConvertError> {
+    let tap = match nic.source {
+        wire::TapSource::Name(name) if name.is_empty() || name.len() > MAX_TAP_NAME_LEN => {
+            return Err(ConvertError::TapName(index, name))
+        }
+        wire::TapSource::Name(name) => TapSource::Name(name),
+        wire::TapSource::Fd(fd) if fd <= 2 => return Err(ConvertError::TapStdio(index, fd)),
+        wire::TapSource::Fd(fd) => match RawFd::try_from(fd) {
+            Ok(raw) if descriptor_is_open(raw) => TapSource::Inherited(raw),
+            _ => return Err(ConvertError::TapNotOpen(index, fd)),
+        },
+    };
+    let mac = match nic.mac {
+        None => generated_mac(),
+        Some(text) => match parse_mac(&text) {
+            Some(mac) if is_unicast(&mac) => mac,
+            Some(_) => return Err(ConvertError::MulticastMac(index, text)),
+            None => return Err(ConvertError::BadMac(index, text)),
+        },
+    };
+    Ok(NetConfig { tap, mac })
+}
+
 impl TryFrom<wire::VmConfig> for VmConfig {
     type Error = ConvertError;
 
@@ -100,6 +134,12 @@ impl TryFrom<wire::VmConfig> for VmConfig {
             .enumerate()
             .map(|(index, d)| disk(index, d))
             .collect::<Result<_, _>>()?;
+        let net = config
+            .net
+            .into_iter()
+            .enumerate()
+            .map(|(index, n)| nic(index, n))
+            .collect::<Result<_, _>>()?;
         Ok(VmConfig {
             kernel: config.kernel,
             initrd: config
@@ -120,6 +160,7 @@ impl TryFrom<wire::VmConfig> for VmConfig {
             init_args: config.init_args,
             disk_slots: config.disk_slots,
             vsock,
+            net,
             api_socket: config.api_socket,
         })
     }
@@ -271,6 +312,74 @@ mod tests {
         ];
         for (config, expected) in cases {
             assert_eq!(convert(config), Err(expected));
+        }
+    }
+
+    #[test]
+    fn nics_become_taps_with_their_mac_or_a_generated_one() {
+        let file = std::fs::File::open("/dev/null").expect("open");
+        let fd = file.as_raw_fd() as u32;
+        let config = convert(wire::VmConfig {
+            net: vec![
+                wire::NetConfig::tap("tap0").mac("02:00:00:0A:0b:01"),
+                wire::NetConfig {
+                    source: wire::TapSource::Fd(fd),
+                    mac: None,
+                },
+            ],
+            ..wire::VmConfig::new("/k")
+        })
+        .expect("valid");
+        assert_eq!(config.net[0].tap, TapSource::Name("tap0".into()));
+        assert_eq!(config.net[0].mac, [2, 0, 0, 0x0a, 0x0b, 1]);
+        assert_eq!(config.net[1].tap, TapSource::Inherited(fd as RawFd));
+        assert_eq!(config.net[1].mac[0] & 0b11, 0b10);
+    }
+
+    #[test]
+    fn bad_nics_are_refused_with_a_lowercase_reason() {
+        let with_nic = |nic: wire::NetConfig| wire::VmConfig {
+            net: vec![wire::NetConfig::tap("ok"), nic],
+            ..wire::VmConfig::new("/k")
+        };
+        let cases = [
+            (
+                wire::NetConfig::tap("ok").mac("02:00:00:00:00"),
+                ConvertError::BadMac(1, "02:00:00:00:00".into()),
+            ),
+            (
+                wire::NetConfig::tap("ok").mac("02-00-00-00-00-01"),
+                ConvertError::BadMac(1, "02-00-00-00-00-01".into()),
+            ),
+            (
+                wire::NetConfig::tap("ok").mac("ff:ff:ff:ff:ff:ff"),
+                ConvertError::MulticastMac(1, "ff:ff:ff:ff:ff:ff".into()),
+            ),
+            (
+                wire::NetConfig::tap("a-name-far-too-long"),
+                ConvertError::TapName(1, "a-name-far-too-long".into()),
+            ),
+            (
+                wire::NetConfig {
+                    source: wire::TapSource::Fd(2),
+                    mac: None,
+                },
+                ConvertError::TapStdio(1, 2),
+            ),
+            (
+                wire::NetConfig {
+                    source: wire::TapSource::Fd(987_654),
+                    mac: None,
+                },
+                ConvertError::TapNotOpen(1, 987_654),
+            ),
+        ];
+        for (nic, expected) in cases {
+            let error = convert(with_nic(nic)).expect_err("refused");
+            let text = error.to_string();
+            assert_eq!(error, expected);
+            assert!(!text.ends_with('.'), "{text}");
+            assert!(text.starts_with("nic 1: "), "{text}");
         }
     }
 }

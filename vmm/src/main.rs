@@ -14,7 +14,7 @@ vpod-vmm: run one KVM micro-VM
 
 usage: vpod-vmm [--kernel PATH] [--initrd PATH] [--cmdline TEXT] [--vcpus N] [--memory MiB]
                 [--disk PATH[,ro][,serial=ID]]... [--disk-slots N] [--vsock PATH[,cid=N]]
-                [--api PATH] [--console stdio|off|file:PATH] [--timings] [-- COMMAND ARGS...]
+                [--net tap=NAME[,mac=MAC]]... [--api PATH] [--console stdio|off|file:PATH] [--timings] [-- COMMAND ARGS...]
        vpod-vmm --config FILE
 
   --kernel PATH      ELF vmlinux (PVH note or not) or bzImage [build/vmlinux]
@@ -30,13 +30,17 @@ usage: vpod-vmm [--kernel PATH] [--initrd PATH] [--cmdline TEXT] [--vcpus N] [--
   --vsock PATH       virtio-vsock; host clients connect to the unix socket PATH and send
                      `CONNECT <port>\\n`; guest connections to host port P reach PATH_P;
                      cid=N sets the guest's CID [3]
+  --net SPEC         virtio-net NIC on the tap NAME (opened, or created with CAP_NET_ADMIN,
+                     in the VMM's network namespace); mac = the guest's MAC,
+                     xx:xx:xx:xx:xx:xx [a random locally administered one]; repeatable
   --api PATH         control socket: newline-delimited JSON (state, boot_time, metrics,
                      attach_disk, detach_disk, stop)
   --console WHERE    serial console: stdio, off or file:PATH [stdio]
   --timings          print `vpod-vmm: timings init_ms=.. exit_ms=.. init_at_ns=..` on stderr at exit
   -- COMMAND ARGS    passed to the guest's init as its arguments
   --config FILE      the whole configuration as JSON (vpod_proto::vmm::VmConfig), instead of
-                     the flags above; a disk may be {\"fd\": N}, a descriptor the VMM inherited
+                     the flags above; a disk may be {\"fd\": N}, a descriptor the VMM inherited,
+                     and so may a nic ({\"fd\": N}, a tap opened with IFF_VNET_HDR)
 
 guest ports: 0x3f0 <- 123 marks init reached; 0x3f1 <- the command's exit status.
 

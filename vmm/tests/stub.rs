@@ -297,3 +297,58 @@ fn help_lists_the_exit_codes() {
         assert!(result.stdout.contains(needle), "help lacks {needle}");
     }
 }
+
+#[test]
+fn stub_runs_with_a_nic_on_a_tap_in_a_network_namespace_of_its_own() {
+    if !kvm_available() {
+        eprintln!("skipped: no usable /dev/kvm");
+        return;
+    }
+    let stub = built("build/stub.elf");
+    let stub = stub.to_str().expect("UTF-8 path");
+    // The VMM inherits this thread's namespace, made for the test and gone after it.
+    let result = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: unshare touches no memory; CLONE_NEWNET moves only this thread.
+                if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                    return None;
+                }
+                let args = ["--kernel", stub, "--initrd", "/dev/null"];
+                let nics = [
+                    "--net",
+                    "tap=vpodvm0",
+                    "--net",
+                    "tap=vpodvm1,mac=02:00:00:00:00:07",
+                ];
+                Some(run_vmm(
+                    &[&args[..], &nics[..]].concat(),
+                    None,
+                    Duration::from_secs(20),
+                ))
+            })
+            .join()
+            .expect("netns thread")
+    });
+    let Some(result) = result else {
+        eprintln!("skipped: cannot make a network namespace");
+        return;
+    };
+    assert_eq!(
+        result.stdout, "vpod-stub: ready\n",
+        "stderr: {}",
+        result.stderr
+    );
+    assert_eq!(result.status.code(), Some(0), "stderr: {}", result.stderr);
+}
+
+#[test]
+fn bad_mac_is_a_one_line_error() {
+    let result = run_vmm(
+        &["--net", "tap=t0,mac=02:00:00:00:00"],
+        None,
+        Duration::from_secs(20),
+    );
+    assert_one_line_error(&result, "the mac must be six hex bytes xx:xx:xx:xx:xx:xx");
+    assert!(!result.stderr.trim_end().ends_with('.'));
+}

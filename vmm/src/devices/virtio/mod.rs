@@ -12,6 +12,7 @@
 pub mod block;
 pub mod event_handler;
 pub mod mmio;
+pub mod net;
 #[cfg(test)]
 pub(crate) mod test_queue;
 pub mod vsock;
@@ -32,6 +33,7 @@ pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 pub const QUEUE_MAX_SIZE: u16 = 256;
 
 /// Virtio device ids.
+pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_VSOCK: u32 = 19;
 

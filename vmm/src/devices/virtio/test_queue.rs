@@ -28,21 +28,26 @@ pub(crate) struct GuestQueue<'a> {
 
 impl<'a> GuestQueue<'a> {
     pub(crate) fn new(memory: &'a GuestMemoryMmap, base: u64, size: u16) -> Self {
+        let queue = Self::attach(memory, base, size);
+        for at in [queue.avail, queue.avail + 2, queue.used, queue.used + 2] {
+            queue.write_u16(at, 0);
+        }
+        queue
+    }
+
+    /// The queue at `base` as [`Self::new`] laid it out, its rings as they are.
+    pub(crate) fn attach(memory: &'a GuestMemoryMmap, base: u64, size: u16) -> Self {
         let desc_table = base;
         let avail = desc_table + 16 * u64::from(size);
         // flags, idx, ring, used_event; the used ring is 4-byte aligned.
         let used = (avail + 6 + 2 * u64::from(size)).next_multiple_of(4);
-        let queue = GuestQueue {
+        GuestQueue {
             memory,
             size,
             desc_table,
             avail,
             used,
-        };
-        for at in [avail, avail + 2, used, used + 2] {
-            queue.write_u16(at, 0);
         }
-        queue
     }
 
     fn write_u16(&self, at: u64, value: u16) {
