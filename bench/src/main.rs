@@ -5,7 +5,8 @@
 //! `vpod-cri`, beside runc; there too), `cri-rpc` (native: the per-RPC cost of the CRI
 //! socket's `:authority` normalisation), `conversion`, `vsock-host-path` and `vsock-queue`
 //! (native: the layer store's conversion against `tar -xf`, the vsock device's host-side
-//! path, its queue handler alone) and `check` (targets).
+//! path, its queue handler alone), `cni` (native: a pod network's setup and teardown
+//! through vpod-network) and `check` (targets).
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -17,6 +18,7 @@ use vpod_bench::report::{table, write_jsonl, Row};
 use vpod_bench::stats::median_u64;
 
 mod check;
+mod cni;
 mod conversion;
 mod cri;
 mod cri_check;
@@ -140,6 +142,13 @@ enum Bench {
         #[arg(long, value_name = "MiB", default_value_t = 1600)]
         mib: u64,
     },
+    /// A pod network's setup and teardown through vpod-network with Debian's CNI plugins
+    /// (native, root; inside a throwaway network namespace)
+    Cni {
+        /// Measured runs
+        #[arg(long, value_name = "N", default_value_t = 20)]
+        runs: usize,
+    },
     /// Every target against bench/results/*.jsonl; fails when one is missed
     Check,
 }
@@ -170,6 +179,7 @@ fn main() -> Result<()> {
             cri_memory::idle_memory(&root, &cri::CriBench::from_env(0, &host.host)?).map(drop)
         }
         Bench::CriRpc { runs } => cri_rpc::cri_rpc(&root, runs).map(drop),
+        Bench::Cni { runs } => cni::cni(&root, runs).map(drop),
         Bench::Check => check::check(&results_dir(&root)),
         Bench::Conversion { runs, mib } => conversion::conversion(&root, runs, mib).map(drop),
         Bench::VsockHostPath { runs, mib } => {

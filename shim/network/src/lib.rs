@@ -226,7 +226,7 @@ impl Cni {
             result: None,
             complete: false,
         };
-        cache::write(&self.settings.cache_dir, &record)?;
+        cache::write(&self.settings.cache_dir, &record, true)?;
         match self.add(&mut record, &network, &plugin_paths) {
             Ok(pod_network) => Ok(pod_network),
             Err(error) => match self.undo(&record) {
@@ -308,7 +308,7 @@ impl Cni {
         for (index, (plugin, path)) in network.plugins.iter().zip(plugin_paths).enumerate() {
             let kind = plugin.get("type").and_then(Value::as_str).unwrap_or("");
             record.started = index + 1;
-            cache::write(&self.settings.cache_dir, record)?;
+            cache::write(&self.settings.cache_dir, record, false)?;
             let input = args::plugin_input(
                 plugin,
                 &network.name,
@@ -327,7 +327,7 @@ impl Cni {
             let raw: Value =
                 serde_json::from_slice(&output).map_err(|e| parse_error(ResultError::Json(e)))?;
             record.result = Some(raw);
-            cache::write(&self.settings.cache_dir, record)?;
+            cache::write(&self.settings.cache_dir, record, false)?;
             last = Some(parsed);
         }
         let result = last.ok_or_else(|| NetworkError::NoPodInterface(POD_IFNAME.to_owned()))?;
@@ -336,7 +336,7 @@ impl Cni {
         }
         let joined = tap::create_and_join(&record.netns, POD_IFNAME, TAP_NAME)?;
         record.complete = true;
-        cache::write(&self.settings.cache_dir, record)?;
+        cache::write(&self.settings.cache_dir, record, false)?;
         Ok(PodNetwork {
             netns: record.netns.clone(),
             tap: joined.fd,
