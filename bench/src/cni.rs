@@ -53,16 +53,21 @@ pub fn cni(root: &Path, runs: usize) -> Result<Vec<Row>> {
             &teardown,
         ));
     }
-    // vpod-network's own share without any plugin: a netns made and removed.
+    // vpod-network's own share without any plugin: a netns made and removed, and the tap
+    // joined to a stand-in eth0 (a veth with its peer in the same netns) by its tc redirects.
     let netns = measure_netns(&scratch.join("netns-only"), runs);
+    let tap = measure_tap(&scratch.join("tap-only"), runs);
     let _ = std::fs::remove_dir_all(&scratch);
-    rows.push(Row::timing(
-        "cni",
-        "vpod-network",
-        "netns create+remove",
-        "native",
-        &netns?,
-    ));
+    let own = [("netns create+remove", netns?), ("tap+tc join", tap?)];
+    for (config, samples) in own {
+        rows.push(Row::timing(
+            "cni",
+            "vpod-network",
+            config,
+            "native",
+            &samples,
+        ));
+    }
     println!("{}", table(&rows));
     write_jsonl(&root.join("bench/results"), "cni", &rows)?;
     Ok(rows)
@@ -165,6 +170,39 @@ fn measure_netns(scratch: &Path, runs: usize) -> Result<Vec<f64>> {
         vpod_network::netns::remove(&path)?;
         if run > 0 {
             samples.push(start.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    Ok(samples)
+}
+
+fn measure_tap(scratch: &Path, runs: usize) -> Result<Vec<f64>> {
+    let mut samples = Vec::new();
+    for run in 0..=runs {
+        let path = scratch.join(format!("vpod-bench{run}"));
+        vpod_network::netns::create(&path)?;
+        let measured = vpod_network::netns::run_in(&path, || -> Result<f64> {
+            // The child inherits this thread's netns: the veth is made inside it.
+            let status = std::process::Command::new("ip")
+                .args([
+                    "link", "add", "eth0", "up", "type", "veth", "peer", "name", "peer0",
+                ])
+                .status()
+                .context("running ip")?;
+            if !status.success() {
+                bail!("ip link add eth0 type veth: {status}");
+            }
+            Ok(0.0)
+        })
+        .and_then(|_| {
+            let start = Instant::now();
+            let joined = vpod_network::tap::create_and_join(&path, "eth0", vpod_network::TAP_NAME)?;
+            let elapsed = start.elapsed().as_secs_f64() * 1000.0;
+            drop(joined);
+            Ok(elapsed)
+        });
+        vpod_network::netns::remove(&path)?;
+        if run > 0 {
+            samples.push(measured?);
         }
     }
     Ok(samples)
