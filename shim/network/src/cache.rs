@@ -53,11 +53,41 @@ pub fn path(dir: &Path, sandbox_id: &str) -> PathBuf {
     dir.join(format!("{sandbox_id}.json"))
 }
 
-/// Writes the record atomically; `durable` also fsyncs it.
-pub fn write(dir: &Path, record: &PodRecord, durable: bool) -> Result<(), CacheError> {
+/// Writes the first record of a pod, durably, failing with `Ok(false)` when the pod
+/// already has one (the new file is linked into place, which never replaces a file).
+pub fn create(dir: &Path, record: &PodRecord) -> Result<bool, CacheError> {
+    let (temporary, target) = write_temporary(dir, record, true)?;
+    let linked = std::fs::hard_link(&temporary, &target);
+    let _ = std::fs::remove_file(&temporary);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(CacheError::Write(target, e)),
+    }
+}
+
+/// Replaces the record atomically (not fsynced, see the module's doc).
+pub fn write(dir: &Path, record: &PodRecord) -> Result<(), CacheError> {
+    let (temporary, target) = write_temporary(dir, record, false)?;
+    std::fs::rename(&temporary, &target).map_err(|e| {
+        let _ = std::fs::remove_file(&temporary);
+        CacheError::Write(target, e)
+    })
+}
+
+/// The record in a temporary file of this thread's own, and the record's path.
+fn write_temporary(
+    dir: &Path,
+    record: &PodRecord,
+    durable: bool,
+) -> Result<(PathBuf, PathBuf), CacheError> {
     std::fs::create_dir_all(dir).map_err(|e| CacheError::CreateDir(dir.to_owned(), e))?;
     let target = path(dir, &record.sandbox_id);
-    let temporary = dir.join(format!(".{}.json.tmp", record.sandbox_id));
+    let temporary = dir.join(format!(
+        ".{}.json.{}.tmp",
+        record.sandbox_id,
+        rustix::thread::gettid().as_raw_nonzero()
+    ));
     let write_error = |e| CacheError::Write(target.clone(), e);
     let bytes = serde_json::to_vec_pretty(record).map_err(|e| write_error(e.into()))?;
     let mut file = std::fs::File::create(&temporary).map_err(write_error)?;
@@ -65,7 +95,7 @@ pub fn write(dir: &Path, record: &PodRecord, durable: bool) -> Result<(), CacheE
     if durable {
         file.sync_all().map_err(write_error)?;
     }
-    std::fs::rename(&temporary, &target).map_err(write_error)
+    Ok((temporary, target))
 }
 
 /// The record of `sandbox_id`, if there is one.
@@ -108,7 +138,12 @@ mod tests {
             result: None,
             complete: false,
         };
-        write(&cache, &record, true).unwrap();
+        assert!(create(&cache, &record).unwrap());
+        assert!(
+            !create(&cache, &record).unwrap(),
+            "a second create is refused"
+        );
+        write(&cache, &record).unwrap();
         let back = read(&cache, "abc").unwrap().unwrap();
         assert_eq!(back.started, 1);
         assert_eq!(back.netns, record.netns);

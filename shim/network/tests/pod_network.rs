@@ -379,7 +379,7 @@ fn simulate_crash(fixture: &Fixture, id: &str, plugins_run: usize) {
         result: None,
         complete: false,
     };
-    cache::write(&fixture.cni.settings().cache_dir, &record, true).unwrap();
+    assert!(cache::create(&fixture.cni.settings().cache_dir, &record).unwrap());
     if plugins_run == 0 {
         // Killed between creating the netns file and bind-mounting it.
         std::fs::create_dir_all(&fixture.cni.settings().netns_dir).unwrap();
@@ -413,7 +413,7 @@ fn simulate_crash(fixture: &Fixture, id: &str, plugins_run: usize) {
         // Killed before the last result reached the cache: it stays at the one before.
         if record.result.is_none() {
             record.result = Some(serde_json::from_slice(&output).unwrap());
-            cache::write(&fixture.cni.settings().cache_dir, &record, true).unwrap();
+            cache::write(&fixture.cni.settings().cache_dir, &record).unwrap();
         }
     }
 }
