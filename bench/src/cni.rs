@@ -78,23 +78,34 @@ struct Network {
     label: &'static str,
     ip_masq: bool,
     portmap: bool,
+    /// The pod asks for a host port (most pods do not; portmap's ADD is then a no-op).
+    host_port: bool,
 }
 
-const NETWORKS: [Network; 3] = [
+const NETWORKS: [Network; 4] = [
     Network {
         label: "bridge+host-local+portmap",
         ip_masq: true,
         portmap: true,
+        host_port: true,
+    },
+    Network {
+        label: "bridge+host-local+portmap no-hostport",
+        ip_masq: true,
+        portmap: true,
+        host_port: false,
     },
     Network {
         label: "bridge+host-local",
         ip_masq: true,
         portmap: false,
+        host_port: false,
     },
     Network {
         label: "bridge+host-local no-masq",
         ip_masq: false,
         portmap: false,
+        host_port: false,
     },
 ];
 
@@ -135,12 +146,16 @@ fn measure(scratch: &Path, network: &Network, runs: usize) -> Result<(Vec<f64>, 
             pod_name: "bench".into(),
             pod_namespace: "default".into(),
             pod_uid: format!("uid-{run}"),
-            port_mappings: vec![PortMapping {
-                host_port: 18080,
-                container_port: 80,
-                protocol: Protocol::Tcp,
-                host_ip: None,
-            }],
+            port_mappings: network
+                .host_port
+                .then_some(PortMapping {
+                    host_port: 18080,
+                    container_port: 80,
+                    protocol: Protocol::Tcp,
+                    host_ip: None,
+                })
+                .into_iter()
+                .collect(),
             dns: None,
         };
         let start = Instant::now();
