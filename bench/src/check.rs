@@ -101,11 +101,32 @@ pub fn check(dir: &Path) -> Result<()> {
     vmm_targets(&r, &mut v);
     container_targets(&r, &mut v);
     io_targets(&r, &mut v);
+    network_targets(dir, &mut v);
     v.missed += crate::cri_check::check(dir)?;
     if v.missed > 0 {
         bail!("{} target(s) missed", v.missed);
     }
     Ok(())
+}
+
+/// CNI setup on the RunPodSandbox path (`vpod-bench cni`, not part of `make bench`: it
+/// needs the CNI plugins, so its file is optional).
+fn network_targets(dir: &Path, v: &mut Verdicts) {
+    let Ok(text) = std::fs::read_to_string(dir.join("cni.jsonl")) else {
+        println!("n/a    cni setup: run `vpod-bench cni` to measure it");
+        return;
+    };
+    let r = Results {
+        lines: text.lines().map(str::to_string).collect(),
+    };
+    let config = "setup bridge+host-local+portmap";
+    v.target(
+        "cni setup (netns, ADD, tap, tc) p50",
+        r.get("cni", "vpod-network", config, "p50_ms"),
+        30.0,
+        false,
+        " ms",
+    );
 }
 
 fn vmm_targets(r: &Results, v: &mut Verdicts) {

@@ -3,10 +3,10 @@
 //! fixtures of the container benchmarks), `pod-start`, `run-true`, `layer-read` and `vsock`
 //! (pod VMs; inside the emulated KVM host here), `cri` and `cri-memory` (pods through
 //! `vpod-cri`, beside runc; there too), `cri-rpc` (native: the per-RPC cost of the CRI
-//! socket's `:authority` normalisation), `conversion`, `vsock-host-path`, `vsock-queue` and
-//! `net-host-path` (native: the layer store's conversion against `tar -xf`, the vsock
-//! device's host-side path, its queue handler alone, the virtio-net device through a tap)
-//! and `check` (targets).
+//! socket's `:authority` normalisation), `conversion`, `vsock-host-path`, `vsock-queue`,
+//! `net-host-path` and `cni` (native: the layer store's conversion against `tar -xf`, the
+//! vsock device's host-side path, its queue handler alone, the virtio-net device through a
+//! tap, a pod network's setup and teardown through vpod-network) and `check` (targets).
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -18,6 +18,7 @@ use vpod_bench::report::{table, write_jsonl, Row};
 use vpod_bench::stats::median_u64;
 
 mod check;
+mod cni;
 mod conversion;
 mod cri;
 mod cri_check;
@@ -156,6 +157,13 @@ enum Bench {
         #[arg(long, value_name = "N", default_value_t = 20_000)]
         frames: u64,
     },
+    /// A pod network's setup and teardown through vpod-network with Debian's CNI plugins
+    /// (native, root; inside a throwaway network namespace)
+    Cni {
+        /// Measured runs
+        #[arg(long, value_name = "N", default_value_t = 20)]
+        runs: usize,
+    },
     /// Every target against bench/results/*.jsonl; fails when one is missed
     Check,
 }
@@ -186,6 +194,7 @@ fn main() -> Result<()> {
             cri_memory::idle_memory(&root, &cri::CriBench::from_env(0, &host.host)?).map(drop)
         }
         Bench::CriRpc { runs } => cri_rpc::cri_rpc(&root, runs).map(drop),
+        Bench::Cni { runs } => cni::cni(&root, runs).map(drop),
         Bench::Check => check::check(&results_dir(&root)),
         Bench::Conversion { runs, mib } => conversion::conversion(&root, runs, mib).map(drop),
         Bench::VsockHostPath { runs, mib } => {

@@ -16,7 +16,31 @@
 //! then the netns, then the record; it works after a crash at any point and twice.
 //!
 //! The API is blocking: callers on an async runtime run it in `spawn_blocking`. Namespace
-//! changes happen only on dedicated threads this crate spawns.
+//! changes happen only on dedicated threads this crate spawns. Calls for different pods
+//! may run at once; a second `setup` of one pod is refused ([`NetworkError::AlreadySetUp`])
+//! until its `teardown`, and a caller serialises `setup` and `teardown` of one pod.
+//!
+//! ```no_run
+//! use vpod_network::{Cni, CniSettings, PodNetworkRequest};
+//!
+//! let cni = Cni::new(CniSettings::with_cache_dir("/var/lib/vpod/network".into()));
+//! if let Err(not_ready) = cni.status() {
+//!     eprintln!("NetworkReady=false: {not_ready}");
+//! }
+//! let request = PodNetworkRequest {
+//!     sandbox_id: "0123abcd".into(),
+//!     pod_name: "web".into(),
+//!     pod_namespace: "default".into(),
+//!     pod_uid: "5f1c".into(),
+//!     ..Default::default()
+//! };
+//! let pod = cni.setup(&request)?;
+//! // Hand `pod.tap` to the VMM; the guest NIC takes `pod.mac`, `pod.mtu`,
+//! // `pod.addresses`, `pod.routes` and `pod.dns`.
+//! drop(pod.tap);
+//! cni.teardown(&request.sandbox_id)?;
+//! # Ok::<(), vpod_network::NetworkError>(())
+//! ```
 //!
 //! Routes: [`PodNetwork::routes`] are read back from the pod netns after ADD (the routes
 //! the plugins installed through `eth0`, without the kernel's prefix routes), which is
@@ -212,9 +236,6 @@ impl Cni {
         let id = &request.sandbox_id;
         check_sandbox_id(id)?;
         let (network, plugin_paths) = self.load_network()?;
-        if cache::read(&self.settings.cache_dir, id)?.is_some() {
-            return Err(NetworkError::AlreadySetUp(id.clone()));
-        }
         let mut record = PodRecord {
             sandbox_id: id.clone(),
             netns: self.netns_path(id),
@@ -226,7 +247,9 @@ impl Cni {
             result: None,
             complete: false,
         };
-        cache::write(&self.settings.cache_dir, &record)?;
+        if !cache::create(&self.settings.cache_dir, &record)? {
+            return Err(NetworkError::AlreadySetUp(id.clone()));
+        }
         match self.add(&mut record, &network, &plugin_paths) {
             Ok(pod_network) => Ok(pod_network),
             Err(error) => match self.undo(&record) {
@@ -269,6 +292,16 @@ impl Cni {
 
     fn load_network(&self) -> Result<(NetworkConfigList, Vec<PathBuf>), ConfigError> {
         let network = config::load_first(&self.settings.conf_dir)?;
+        if !result::SUPPORTED_VERSIONS.contains(&network.cni_version.as_str()) {
+            return Err(ConfigError::Invalid {
+                file: network.source,
+                problem: format!(
+                    "cniVersion {:?} is not one of {}",
+                    network.cni_version,
+                    result::SUPPORTED_VERSIONS.join(", ")
+                ),
+            });
+        }
         let paths = network
             .plugin_types()
             .map(|plugin| config::find_plugin(plugin, &self.settings.bin_dirs))
@@ -452,5 +485,15 @@ mod tests {
         .unwrap();
         let reason = cni.status().unwrap_err().reason;
         assert!(reason.contains("no-such-plugin"), "{reason}");
+        std::fs::write(
+            conf.join("10-x.conflist"),
+            r#"{"name":"x","cniVersion":"0.2.0","plugins":[{"type":"bridge"}]}"#,
+        )
+        .unwrap();
+        let reason = cni.status().unwrap_err().reason;
+        assert!(
+            reason.contains("0.2.0") && reason.contains("10-x.conflist"),
+            "{reason}"
+        );
     }
 }

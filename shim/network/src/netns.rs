@@ -84,6 +84,8 @@ pub fn is_netns(path: &Path) -> bool {
     let Ok(file) = File::open(path) else {
         return false;
     };
+    // `f_type` is i64 on x86_64 and narrower elsewhere.
+    #[allow(clippy::unnecessary_cast)]
     rustix::fs::fstatfs(&file).is_ok_and(|s| s.f_type as i64 == NSFS_MAGIC)
 }
 

@@ -87,7 +87,9 @@ impl Rtnl {
     ) -> Result<Vec<RouteNetlinkMessage>, RtnlError> {
         self.sequence += 1;
         let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | flags;
+        // With NLM_F_ACK every request ends with an ack (or NLMSG_DONE for a dump), even a
+        // plain GET that would otherwise end with its one reply.
+        header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
         header.sequence_number = self.sequence;
         let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(message));
         packet.finalize();
@@ -248,7 +250,8 @@ impl Rtnl {
         .map(drop)
     }
 
-    /// The kinds of the filters on a link's ingress (for checks).
+    /// The kinds of the filters on a link's ingress, each once (u32 dumps its hash table
+    /// and its node as entries of their own).
     pub fn ingress_filter_kinds(&mut self, index: u32) -> Result<Vec<String>, RtnlError> {
         let mut message = TcMessage::with_index(index as i32);
         message.header.parent = TcHandle {
@@ -260,7 +263,7 @@ impl Rtnl {
             RouteNetlinkMessage::GetTrafficFilter(message),
             NLM_F_DUMP,
         )?;
-        Ok(replies
+        let mut kinds: Vec<String> = replies
             .into_iter()
             .filter_map(|reply| match reply {
                 RouteNetlinkMessage::NewTrafficFilter(filter) => {
@@ -271,7 +274,10 @@ impl Rtnl {
                 }
                 _ => None,
             })
-            .collect())
+            .collect();
+        kinds.sort();
+        kinds.dedup();
+        Ok(kinds)
     }
 
     /// The main table's routes out of link `index` that the plugins installed, leaving out
