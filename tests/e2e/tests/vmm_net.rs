@@ -16,6 +16,7 @@ const LIMIT: Duration = Duration::from_secs(600);
 const SENT_BY_GUEST: usize = 160 * 65536;
 const SENT_BY_HOST: usize = 4 << 20;
 const GUEST_SCRIPT: &str = "sleep 2; echo guest mac $(cat /sys/class/net/eth0/address); \
+echo guest features $(cat /sys/class/net/eth0/device/features); \
 ip addr add 10.9.0.2/24 dev eth0; ip link set eth0 up; sleep 2; ping -c 3 -W 5 10.9.0.1; \
 dd if=/dev/zero bs=65536 count=160 2>/dev/null | timeout 60 nc 10.9.0.1 5000 | wc -c";
 
@@ -113,6 +114,26 @@ fn linux_guest_nic_has_its_mac_pings_the_tap_and_moves_tcp_both_ways() {
             "{}",
             done.explain()
         );
+        // The driver took the offloads and mergeable buffers, so the transfers used them.
+        let features = done
+            .stdout_after("guest features ")
+            .unwrap_or_else(|| panic!("no features line\n{}", done.explain()));
+        for (bit, name) in [
+            (0, "CSUM"),
+            (1, "GUEST_CSUM"),
+            (5, "MAC"),
+            (7, "GUEST_TSO4"),
+            (11, "HOST_TSO4"),
+            (15, "MRG_RXBUF"),
+            (32, "VERSION_1"),
+        ] {
+            assert_eq!(
+                features.as_bytes().get(bit),
+                Some(&b'1'),
+                "{name} in {features}"
+            );
+        }
+        assert_eq!(features.as_bytes().get(17), Some(&b'0'), "no control queue");
         assert_eq!(served, Some(SENT_BY_GUEST), "{}", done.explain());
         assert!(
             done.has_stdout_line(&SENT_BY_HOST.to_string()),
