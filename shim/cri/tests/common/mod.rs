@@ -276,10 +276,20 @@ pub struct Clients {
     pub images: ImageServiceClient<Channel>,
 }
 
+/// Connects to the daemon's socket. The socket's file appears at bind(2), a moment before
+/// listen(2): a connection refused in that moment is tried again, for at most 10 s.
 pub async fn connect(socket: &Path) -> Clients {
-    let channel = vpod_proto::client::unix_channel(socket)
-        .await
-        .expect("connecting to vpod-cri");
+    let started = Instant::now();
+    let channel = loop {
+        match vpod_proto::client::unix_channel(socket).await {
+            Ok(channel) => break channel,
+            Err(e) if started.elapsed() < Duration::from_secs(10) => {
+                eprintln!("connecting to vpod-cri: {e}; trying again");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("connecting to vpod-cri: {e:?}"),
+        }
+    };
     Clients {
         runtime: RuntimeServiceClient::new(channel.clone()),
         images: ImageServiceClient::new(channel),
