@@ -128,6 +128,23 @@ async fn start(
     id
 }
 
+/// Status's NetworkReady condition.
+async fn network_ready(c: &mut Clients) -> RuntimeCondition {
+    let status = c
+        .runtime
+        .status(StatusRequest { verbose: false })
+        .await
+        .expect("Status")
+        .into_inner()
+        .status
+        .expect("a runtime status");
+    status
+        .conditions
+        .into_iter()
+        .find(|c| c.r#type == "NetworkReady")
+        .expect("a NetworkReady condition")
+}
+
 async fn pod_ip(c: &mut Clients, pod_id: &str) -> String {
     let status = pod_status(c, pod_id).await.status.expect("a status");
     let network = status.network.expect("a pod with a network reports it");
@@ -172,19 +189,7 @@ fn pods_on_a_cni_bridge_reach_each_other_the_host_and_their_host_ports() {
             dirs.write_conf("bridge");
             let daemon = Daemon::start_with_config("net", &network_config(&dirs));
             let mut c = daemon.connect().await;
-            let status = c
-                .runtime
-                .status(StatusRequest { verbose: false })
-                .await
-                .expect("Status")
-                .into_inner()
-                .status
-                .unwrap();
-            let ready = status
-                .conditions
-                .iter()
-                .find(|c| c.r#type == "NetworkReady")
-                .expect("a NetworkReady condition");
+            let ready = network_ready(&mut c).await;
             assert!(ready.status, "NetworkReady with a CNI config: {ready:?}");
             let image = pull(&mut c, &default_image()).await;
 
@@ -318,19 +323,7 @@ fn a_failing_plugin_or_a_crash_during_runp_leaks_no_network() {
             dirs.write_conf("no-such-plugin");
             let mut daemon = Daemon::start_with_config("netfail", &network_config(&dirs));
             let mut c = daemon.connect().await;
-            let status = c
-                .runtime
-                .status(StatusRequest { verbose: false })
-                .await
-                .expect("Status")
-                .into_inner()
-                .status
-                .unwrap();
-            let ready = status
-                .conditions
-                .iter()
-                .find(|c| c.r#type == "NetworkReady")
-                .unwrap();
+            let ready = network_ready(&mut c).await;
             assert!(!ready.status, "a missing plugin is not ready");
             assert!(ready.message.contains("no-such-plugin"), "{ready:?}");
             let error = c
