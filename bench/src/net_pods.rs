@@ -656,13 +656,19 @@ impl RuncPeer {
             bundle(&self.work, &dir, &self.rootfs, &["sh", "-c", SINK])?;
             join_netns(&dir.join("config.json"), &networks.netns(name))?;
             self.started.push(id.clone());
-            run_quiet(
-                Command::new("runc")
-                    .args(["run", "--detach", "--bundle"])
-                    .arg(&dir)
-                    .arg(&id),
-            )
-            .with_context(|| format!("runc run of {name}"))?;
+            // The detached sink keeps runc's stdio: give it none, or a pipe would never end.
+            let status = Command::new("runc")
+                .args(["run", "--detach", "--bundle"])
+                .arg(&dir)
+                .arg(&id)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .context("running runc run")?;
+            if !status.success() {
+                bail!("runc run --detach of {name} failed ({status})");
+            }
             ids.push(id);
         }
         Ok(RuncPair {
