@@ -10,7 +10,8 @@ BUILD := build
 # Debian packages the build and the tests need on a fresh machine.
 APT_PACKAGES := build-essential bc bison flex libelf-dev libssl-dev xz-utils cpio kmod \
 	linux-source-6.12 busybox-static qemu-system-x86 erofs-utils e2fsprogs ca-certificates runc crun \
-	docker-registry skopeo apache2-utils openssl golang-go golang-google-grpc-dev
+	docker-registry skopeo apache2-utils openssl golang-go golang-google-grpc-dev \
+	containernetworking-plugins iptables iproute2
 
 .PHONY: all deps kernel stub test-initrd initrd image kvm-host rust test lint bench demo clean
 

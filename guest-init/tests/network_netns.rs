@@ -1,14 +1,13 @@
 //! The agent's network configuration against a real kernel: a thread moves into a network
 //! namespace of its own (gone when the thread ends), makes a veth pair with a known MAC,
-//! runs `configure` twice over rtnetlink and checks the result with `ip`. Needs root (or
+//! runs `configure` twice over netlink and checks the result with `ip`. Needs root (or
 //! CAP_SYS_ADMIN and CAP_NET_ADMIN) and iproute2; skipped otherwise.
 
 use std::net::IpAddr;
 use std::process::Command;
 
-use rtnetlink::{LinkUnspec, LinkVeth};
 use vpod_init::agent::network::{
-    configure, InterfaceConfig, LinkOps, MacAddress, NetworkConfig, RouteConfig, Rtnetlink,
+    configure, InterfaceConfig, MacAddress, NetworkConfig, RouteConfig, Rtnetlink,
 };
 
 const MAC: MacAddress = MacAddress([0x02, 0x56, 0x50, 0x4f, 0x44, 0x01]);
@@ -28,23 +27,14 @@ fn route(destination: &str, gateway: Option<&str>) -> RouteConfig {
     }
 }
 
-async fn make_veth() {
-    let (connection, handle, _) = rtnetlink::new_connection().unwrap();
-    tokio::spawn(connection);
-    // The kernel's name for a NIC it just found; the peer stays down.
-    let veth = LinkVeth::new("enp0s9", "peer0")
-        .address(MAC.0.to_vec())
-        .build();
-    handle
-        .link()
-        .add(veth)
-        .execute()
-        .await
-        .expect("a veth pair");
-    let links = Rtnetlink::connect().unwrap().links().await.unwrap();
-    let peer = links.iter().find(|l| l.name == "peer0").unwrap();
-    let up = LinkUnspec::new_with_index(peer.index).up().build();
-    handle.link().set(up).execute().await.unwrap();
+/// A veth pair, `ip` making it: the kernel's name for a NIC it just found on our side, and
+/// the peer up (so ours can carry routes once up).
+fn make_veth() {
+    let mac = MAC.to_string();
+    ip(&[
+        "link", "add", "enp0s9", "address", &mac, "type", "veth", "peer", "name", "peer0",
+    ]);
+    ip(&["link", "set", "peer0", "up"]);
 }
 
 fn in_new_netns() {
@@ -60,8 +50,8 @@ fn in_new_netns() {
         .enable_all()
         .build()
         .unwrap();
+    make_veth();
     runtime.block_on(async {
-        make_veth().await;
         let config = NetworkConfig {
             interfaces: vec![InterfaceConfig {
                 mac: MAC,

@@ -40,7 +40,7 @@ use crate::devices::legacy::{
 use crate::devices::virtio::block::{BlockDevice, BlockError};
 use crate::devices::virtio::event_handler::VirtioEvents;
 use crate::devices::virtio::mmio::{MmioError, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
-use crate::devices::virtio::net::{NetDevice, NetError};
+use crate::devices::virtio::net::{NetDevice, NetError, NetMetrics};
 use crate::devices::virtio::vsock::{VsockDevice, VsockError, VsockMetrics};
 use crate::devices::virtio::{MmioInterrupt, MmioTransport, VirtioDevice};
 use crate::devices::Bus;
@@ -119,6 +119,7 @@ struct Devices {
     cmdline_entries: Vec<MmioDeviceEntry>,
     blocks: Vec<BlockHandle>,
     vsock_metrics: Option<Arc<VsockMetrics>>,
+    net_metrics: Vec<Arc<NetMetrics>>,
     /// The host sides of the virtio devices that watch descriptors of their own.
     host_events: Vec<Box<dyn Subscriber>>,
 }
@@ -181,6 +182,7 @@ pub fn build_microvm(
             memory_mib: config.memory_mib,
             blocks: devices.blocks,
             vsock: devices.vsock_metrics,
+            nets: devices.net_metrics,
             stop_deadline: None,
         };
         event_loop.add(Box::new(ApiServer::new(path, control)?))?;
@@ -324,8 +326,10 @@ fn attach_devices(
         }
         None => None,
     };
+    let mut net_metrics = Vec::new();
     for (index, nic) in config.net.iter().enumerate() {
         let device = NetDevice::new(nic).map_err(|e| BuildError::Net(index, e))?;
+        net_metrics.push(device.metrics().clone());
         virtio.attach(vm, memory, Box::new(device))?;
     }
     let VirtioDevices {
@@ -342,6 +346,7 @@ fn attach_devices(
         cmdline_entries,
         blocks,
         vsock_metrics,
+        net_metrics,
         host_events,
     })
 }

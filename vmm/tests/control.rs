@@ -366,3 +366,44 @@ fn a_config_file_starts_the_vm_with_an_inherited_disk_descriptor() {
     );
     assert!(metrics.vsock.is_none());
 }
+
+#[test]
+fn metrics_list_each_nic_with_its_counters() {
+    if !kvm_available() {
+        eprintln!("skipped: no usable /dev/kvm");
+        return;
+    }
+    // The VMM opens its tap in this thread's namespace, made for the test and gone after it.
+    let metrics = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: unshare touches no memory; CLONE_NEWNET moves only this thread.
+                let unshared = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+                assert_eq!(
+                    unshared, 0,
+                    "a network namespace of the test's own (run as root)"
+                );
+                let dir = vm_dir("nic");
+                let mut command = Command::new(VMM);
+                command
+                    .arg("--kernel")
+                    .arg(idle_stub())
+                    .args(["--initrd", "/dev/null", "--console", "off"])
+                    .args(["--net", "tap=vpodctl0,mac=02:00:00:00:00:09"])
+                    .arg("--api")
+                    .arg(dir.join("api.sock"));
+                let vm = spawn_vm(dir, &mut command);
+                let mut api = Client::connect(&vm.dir.join("api.sock"));
+                api.call(json!({"op": "metrics"}))
+            })
+            .join()
+            .expect("netns thread")
+    });
+    let nics = metrics["net"].as_array().expect("a net list");
+    assert_eq!(nics.len(), 1, "{metrics}");
+    assert_eq!(nics[0]["index"], 0);
+    // The idle stub never drives its NIC: nothing moved, nothing dropped.
+    assert_eq!(nics[0]["tx_frames"], 0, "{metrics}");
+    assert_eq!(nics[0]["dropped_total"], 0, "{metrics}");
+    assert_eq!(nics[0]["dropped"]["tx_malformed_chain"], 0, "{metrics}");
+}

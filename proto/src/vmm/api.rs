@@ -147,6 +147,25 @@ pub struct MetricsReply {
     pub vsock: Option<VsockStats>,
     /// Every virtio-blk device, disks first, then slots.
     pub block: Vec<BlockStats>,
+    /// Every virtio-net device, in the configuration's order.
+    #[serde(default)]
+    pub net: Vec<NetStats>,
+}
+
+/// One virtio-net device's counters since the VMM started.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NetStats {
+    /// Its place among the VM's NICs.
+    pub index: u32,
+    pub tx_frames: u64,
+    pub tx_bytes: u64,
+    pub rx_frames: u64,
+    pub rx_bytes: u64,
+    /// Times the tap was left unread because the guest had posted no receive buffers.
+    pub rx_no_buffers: u64,
+    pub dropped_total: u64,
+    /// Dropped frames and chains by reason.
+    pub dropped: BTreeMap<String, u64>,
 }
 
 /// The vsock device's counters since the VMM started.
@@ -457,6 +476,13 @@ mod tests {
                     read_bytes: 1024,
                     write_bytes: 0,
                     errors: 0,
+                }],
+                net: vec![NetStats {
+                    index: 0,
+                    tx_frames: 4,
+                    dropped: [("tx_bad_length".to_string(), 1)].into(),
+                    dropped_total: 1,
+                    ..NetStats::default()
                 }],
             },
         );

@@ -33,7 +33,7 @@ pub mod port;
 
 pub use api::{
     decode_reply, decode_request, encode_line, AttachDisk, AttachDiskReply, BlockStats,
-    BootTimeReply, DetachDiskReply, ErrorReply, MetricsReply, Reply, ReplyError, Request,
+    BootTimeReply, DetachDiskReply, ErrorReply, MetricsReply, NetStats, Reply, ReplyError, Request,
     RequestError, StateReply, StopReply, VmState, VsockStats, MAX_FDS_PER_REQUEST,
 };
 #[cfg(feature = "vmm-client")]

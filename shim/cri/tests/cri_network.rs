@@ -5,13 +5,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use vpod_e2e::net::{http_get, nat_rules_naming, veth_count};
 use vpod_proto::cri::*;
 
 const SUBNET_PREFIX: &str = "10.77.0.";
@@ -99,44 +98,6 @@ fn names_in(dir: &Path) -> Vec<String> {
     names
 }
 
-fn output(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {program}: {e}"));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The host's veth interfaces (one per pod on the bridge while the pod has its network).
-fn host_veths() -> usize {
-    output("ip", &["-o", "link", "show", "type", "veth"])
-        .lines()
-        .count()
-}
-
-/// The host's nat rules that name `pod_id` (the bridge plugin's masquerade and portmap's
-/// DNAT carry the container id in their comments).
-fn nat_rules_of(pod_id: &str) -> Vec<String> {
-    output("iptables", &["-t", "nat", "-S"])
-        .lines()
-        .filter(|l| l.contains(pod_id))
-        .map(str::to_owned)
-        .collect()
-}
-
-/// An HTTP GET of `/` from `addr`; the body.
-fn http_get(addr: SocketAddr) -> std::io::Result<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(stream, "GET / HTTP/1.0\r\nHost: x\r\n\r\n")?;
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply)?;
-    Ok(reply
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default())
-}
-
 async fn exec(c: &mut Clients, container: &str, cmd: &[&str]) -> ExecSyncResponse {
     c.runtime
         .exec_sync(ExecSyncRequest {
@@ -165,6 +126,23 @@ async fn start(
         .await
         .expect("StartContainer");
     id
+}
+
+/// Status's NetworkReady condition.
+async fn network_ready(c: &mut Clients) -> RuntimeCondition {
+    let status = c
+        .runtime
+        .status(StatusRequest { verbose: false })
+        .await
+        .expect("Status")
+        .into_inner()
+        .status
+        .expect("a runtime status");
+    status
+        .conditions
+        .into_iter()
+        .find(|c| c.r#type == "NetworkReady")
+        .expect("a NetworkReady condition")
 }
 
 async fn pod_ip(c: &mut Clients, pod_id: &str) -> String {
@@ -211,19 +189,7 @@ fn pods_on_a_cni_bridge_reach_each_other_the_host_and_their_host_ports() {
             dirs.write_conf("bridge");
             let daemon = Daemon::start_with_config("net", &network_config(&dirs));
             let mut c = daemon.connect().await;
-            let status = c
-                .runtime
-                .status(StatusRequest { verbose: false })
-                .await
-                .expect("Status")
-                .into_inner()
-                .status
-                .unwrap();
-            let ready = status
-                .conditions
-                .iter()
-                .find(|c| c.r#type == "NetworkReady")
-                .expect("a NetworkReady condition");
+            let ready = network_ready(&mut c).await;
             assert!(ready.status, "NetworkReady with a CNI config: {ready:?}");
             let image = pull(&mut c, &default_image()).await;
 
@@ -296,7 +262,7 @@ fn pods_on_a_cni_bridge_reach_each_other_the_host_and_their_host_ports() {
                 "hello-from-a"
             );
             assert!(
-                !nat_rules_of(&a_id).is_empty(),
+                !nat_rules_naming(&a_id).is_empty(),
                 "portmap's and the masquerade's rules exist"
             );
 
@@ -328,16 +294,16 @@ fn pods_on_a_cni_bridge_reach_each_other_the_host_and_their_host_ports() {
             );
             assert_eq!(dirs.netns_entries().len(), 2);
             assert_eq!(dirs.allocated_ips().len(), 2);
-            assert_eq!(host_veths(), 2);
+            assert_eq!(veth_count(), 2);
 
             // Removing the pods leaves nothing of their networks.
             remove_pod(&mut c, &a_id).await;
             remove_pod(&mut c, &b_id).await;
             assert_eq!(dirs.netns_entries(), Vec::<String>::new());
             assert_eq!(dirs.allocated_ips(), Vec::<String>::new());
-            assert_eq!(host_veths(), 0);
-            assert_eq!(nat_rules_of(&a_id), Vec::<String>::new());
-            assert_eq!(nat_rules_of(&b_id), Vec::<String>::new());
+            assert_eq!(veth_count(), 0);
+            assert_eq!(nat_rules_naming(&a_id), Vec::<String>::new());
+            assert_eq!(nat_rules_naming(&b_id), Vec::<String>::new());
             assert!(
                 http_get(SocketAddr::new(gateway, 18080)).is_err(),
                 "the host port is closed"
@@ -357,19 +323,7 @@ fn a_failing_plugin_or_a_crash_during_runp_leaks_no_network() {
             dirs.write_conf("no-such-plugin");
             let mut daemon = Daemon::start_with_config("netfail", &network_config(&dirs));
             let mut c = daemon.connect().await;
-            let status = c
-                .runtime
-                .status(StatusRequest { verbose: false })
-                .await
-                .expect("Status")
-                .into_inner()
-                .status
-                .unwrap();
-            let ready = status
-                .conditions
-                .iter()
-                .find(|c| c.r#type == "NetworkReady")
-                .unwrap();
+            let ready = network_ready(&mut c).await;
             assert!(!ready.status, "a missing plugin is not ready");
             assert!(ready.message.contains("no-such-plugin"), "{ready:?}");
             let error = c
@@ -410,14 +364,14 @@ fn a_failing_plugin_or_a_crash_during_runp_leaks_no_network() {
             .await;
             assert_eq!(dirs.netns_entries().len(), 1);
             assert_eq!(dirs.allocated_ips().len(), 1);
-            assert_eq!(host_veths(), 1);
+            assert_eq!(veth_count(), 1);
             daemon.kill9();
             let _ = runp.await;
             daemon.spawn();
             let mut c = daemon.connect().await;
             assert_eq!(dirs.netns_entries(), Vec::<String>::new());
             assert_eq!(dirs.allocated_ips(), Vec::<String>::new());
-            assert_eq!(host_veths(), 0);
+            assert_eq!(veth_count(), 0);
             assert!(daemon.state_entries().is_empty());
             // And the network works for the next pod.
             let pod = pod_config("after", &daemon.log_dir);

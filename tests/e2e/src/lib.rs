@@ -8,9 +8,11 @@
 //! - [`process`]: commands run to completion under a time limit, and background processes
 //!   whose output is read line by line while they run.
 //! - [`vpod`]: the `vpod` command with a layer store root of its own.
+//! - [`net`]: pod-network tests' own namespace, HTTP GETs and the leftovers to look for.
 
 pub mod checks;
 pub mod guest_host;
+pub mod net;
 pub mod process;
 pub mod vpod;
 

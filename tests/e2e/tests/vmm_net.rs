@@ -10,6 +10,7 @@ use std::net::TcpListener;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use vpod_e2e::net::in_own_network;
 use vpod_e2e::{built, in_guest_host, repo_root, run_with_limit, Finished};
 
 const LIMIT: Duration = Duration::from_secs(600);
@@ -90,18 +91,7 @@ fn linux_guest_nic_has_its_mac_pings_the_tap_and_moves_tcp_both_ways() {
         built("target/release/vpod-vmm");
         built("build/vmlinux");
         built("build/test-initrd.img");
-        let (done, served) = std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    // SAFETY: only the network namespace is unshared, not the file table or
-                    // the filesystem attributes other threads of this process rely on.
-                    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }
-                        .expect("a network namespace of the test's own (run as root)");
-                    boot_with_nic()
-                })
-                .join()
-                .expect("the namespace thread")
-        });
+        let (done, served) = in_own_network(boot_with_nic);
         assert_eq!(done.code(), Some(0), "{}", done.explain());
         assert!(
             done.has_stdout_line("guest mac 02:00:00:00:00:42"),

@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 
 use vpod_proto::vmm::{
     AttachDisk, AttachDiskReply, BlockStats, BootTimeReply, DetachDiskReply, DiskSource,
-    MetricsReply, Reply, Request, StateReply, StopReply, VmState, VsockStats,
+    MetricsReply, NetStats, Reply, Request, StateReply, StopReply, VmState, VsockStats,
 };
 
 use crate::config::{self, DiskConfig, DISK_SERIAL_LEN};
 use crate::devices::virtio::block::{BlockDevice, BlockError};
+use crate::devices::virtio::net::{NetDropReason, NetMetrics};
 use crate::devices::virtio::vsock::metrics::DropReason;
 use crate::devices::virtio::vsock::VsockMetrics;
 use crate::devices::virtio::MmioTransport;
@@ -90,6 +91,7 @@ pub struct VmControl {
     pub memory_mib: u64,
     pub blocks: Vec<BlockHandle>,
     pub vsock: Option<Arc<VsockMetrics>>,
+    pub nets: Vec<Arc<NetMetrics>>,
     /// When a graceful stop turns forced.
     pub stop_deadline: Option<Instant>,
 }
@@ -188,7 +190,28 @@ impl VmControl {
                 })
             })
             .collect();
-        MetricsReply { vsock, block }
+        let net = self
+            .nets
+            .iter()
+            .enumerate()
+            .map(|(index, m)| {
+                let get = NetMetrics::get;
+                NetStats {
+                    index: index as u32,
+                    tx_frames: get(&m.tx_frames),
+                    tx_bytes: get(&m.tx_bytes),
+                    rx_frames: get(&m.rx_frames),
+                    rx_bytes: get(&m.rx_bytes),
+                    rx_no_buffers: get(&m.rx_no_buffers),
+                    dropped_total: m.dropped_total(),
+                    dropped: NetDropReason::ALL
+                        .iter()
+                        .map(|&r| (r.name().to_string(), m.dropped(r)))
+                        .collect(),
+                }
+            })
+            .collect();
+        MetricsReply { vsock, block, net }
     }
 
     fn slots(&self) -> impl Iterator<Item = (u32, &BlockHandle)> {

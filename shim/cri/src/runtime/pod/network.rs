@@ -41,12 +41,14 @@ impl Runtime {
     ) -> Result<Option<PodNetworkSetup>, RuntimeError> {
         let request = network_request(pod);
         let cni = self.cni.clone();
+        let started = std::time::Instant::now();
         let made = tokio::task::spawn_blocking(move || cni.setup(&request))
             .await
             .map_err(RuntimeError::BootTask)?;
         match made {
             Ok(network) => {
-                tracing::info!(pod = %pod.id, netns = %network.netns.display(), ips = ?network.addresses, "pod network ready");
+                let cni_ms = started.elapsed().as_secs_f64() * 1000.0;
+                tracing::info!(pod = %pod.id, netns = %network.netns.display(), ips = ?network.addresses, cni_ms, "pod network ready");
                 Ok(Some(setup(network)?))
             }
             Err(NetworkError::Config(ConfigError::NoConfig(_) | ConfigError::ReadDir(..))) => {

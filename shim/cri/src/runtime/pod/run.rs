@@ -117,7 +117,7 @@ impl Runtime {
             .await
             .map_err(RuntimeError::BootTask);
         let sandbox = booted.and_then(|b| b.map_err(RuntimeError::from))?;
-        tracing::info!(pod = %id, vmm_pid = sandbox.vmm_pid(), vmm_to_agent_ms = sandbox.timings().vmm_to_agent.as_millis() as u64, "pod ready");
+        tracing::info!(pod = %id, vmm_pid = sandbox.vmm_pid(), vmm_to_agent_ms = sandbox.timings().vmm_to_agent.as_millis() as u64, guest_network_ms = sandbox.timings().network.as_secs_f64() * 1000.0, "pod ready");
         record.phase = PodPhase::Ready;
         if let Err(e) = self.state.write_pod(record) {
             let _ = sandbox.stop().await;
