@@ -117,7 +117,8 @@ enum Bench {
     },
     /// TCP throughput and latency between pods on a CNI bridge, and RunPodSandbox with and
     /// without a network, beside runc containers in veth netns on the same bridge (root; in
-    /// a network namespace of its own)
+    /// a network namespace of its own). Unfinished: its pod-to-host transfers outlast their
+    /// ExecSync timeout in the emulated host, so it is not in `make bench` yet
     NetPods {
         /// Measured runs of each transfer
         #[arg(long, value_name = "N", default_value_t = 3)]

@@ -18,6 +18,11 @@
 //!
 //! The whole run happens in a network namespace the bench makes on its main thread before
 //! any other thread exists: the bridge, veths and iptables rules vanish with the process.
+//!
+//! Unfinished (not in `make bench`): in the emulated host the pod-to-host transfers of both
+//! vpod and runc crawl (0.4 and 1.1 MB/s, so the fault is likely the host-side sink or the
+//! host's single vCPU), a slow one outlasts ExecSync's timeout and ends the run before any
+//! row is written, and the guest-clock timings (`/proc/uptime`) look unreliable.
 
 use anyhow::{bail, Context, Result};
 use std::io::{Read, Write};
