@@ -102,6 +102,7 @@ pub fn check(dir: &Path) -> Result<()> {
     container_targets(&r, &mut v);
     io_targets(&r, &mut v);
     network_targets(dir, &mut v);
+    pod_network_targets(dir, &mut v);
     v.missed += crate::cri_check::check(dir)?;
     if v.missed > 0 {
         bail!("{} target(s) missed", v.missed);
@@ -127,6 +128,61 @@ fn network_targets(dir: &Path, v: &mut Verdicts) {
         false,
         " ms",
     );
+}
+
+/// Pod to pod over a CNI bridge (`vpod-bench net-pods`, not part of `make bench`'s native
+/// part: it needs the CNI plugins and guests, so its file is optional). Both figures come
+/// from one run on one host, so their ratio holds even on the emulated host.
+fn pod_network_targets(dir: &Path, v: &mut Verdicts) {
+    let Ok(text) = std::fs::read_to_string(dir.join("net-pods.jsonl")) else {
+        println!("n/a    pod->pod throughput: run `vpod-bench net-pods` to measure it");
+        return;
+    };
+    let r = Results {
+        lines: text.lines().map(str::to_string).collect(),
+    };
+    let Some(config) = r.config("pod_to_pod_tcp", "vpod") else {
+        println!("n/a    pod->pod throughput: no pod_to_pod_tcp row");
+        return;
+    };
+    let host = r.host("pod_to_pod_tcp");
+    v.target(
+        &format!("pod->pod throughput / runc's veth (same {host} host)"),
+        ratio(
+            r.get("pod_to_pod_tcp", "vpod", &config, "mb_s"),
+            r.get("pod_to_pod_tcp", "runc", &config, "mb_s"),
+        ),
+        0.5,
+        true,
+        "x",
+    );
+    for bench in ["pod_to_host_tcp", "host_to_pod_tcp"] {
+        let ours = r.get(bench, "vpod", &config, "mb_s");
+        let runc = r.get(bench, "runc", &config, "mb_s");
+        if let (Some(ours), Some(runc)) = (ours, runc) {
+            println!(
+                "info   {bench} ({config}, {host}): vpod {ours:.1} MB/s, runc {runc:.1} MB/s, {:.2}x",
+                ours / runc
+            );
+        }
+    }
+    for bench in ["pod_to_pod_rtt", "pod_to_host_rtt"] {
+        let ours = r.get(bench, "vpod", "ping-20x0.2s", "p50_ms");
+        let runc = r.get(bench, "runc", "ping-20x0.2s", "p50_ms");
+        if let (Some(ours), Some(runc)) = (ours, runc) {
+            println!("info   {bench} ({host}): vpod {ours:.3} ms, runc {runc:.3} ms");
+        }
+    }
+    let runp = |bench| {
+        r.config(bench, "vpod")
+            .and_then(|config| r.get(bench, "vpod", &config, "p50_ms"))
+    };
+    if let (Some(with), Some(without)) = (runp("runp_with_cni"), runp("runp_without_cni")) {
+        println!(
+            "info   RunPodSandbox p50 ({host}): {with:.0} ms with cni, {without:.0} ms without ({:+.0} ms)",
+            with - without
+        );
+    }
 }
 
 fn vmm_targets(r: &Results, v: &mut Verdicts) {

@@ -109,12 +109,18 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(repo: &Path, dir: &Path, pod_mib: u64) -> Result<Daemon> {
+        Daemon::start_with(repo, dir, pod_mib, "")
+    }
+
+    /// [`Daemon::start`] with more of vpod-cri's config.toml (whole tables, such as
+    /// `[network]`) after its `[pod]` table.
+    pub fn start_with(repo: &Path, dir: &Path, pod_mib: u64, tables: &str) -> Result<Daemon> {
         let config = dir.join("config.toml");
         std::fs::write(
             &config,
             format!(
                 "[pod]\ndefault_memory_mib = {pod_mib}\nmin_memory_mib = {pod_mib}\n\
-                 agent_timeout_secs = 240\nwritable_disk_mib = 64\n"
+                 agent_timeout_secs = 240\nwritable_disk_mib = 64\n{tables}"
             ),
         )?;
         let (root, socket, log) = (
