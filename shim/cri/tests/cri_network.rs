@@ -346,17 +346,7 @@ fn a_failing_plugin_or_a_crash_during_runp_leaks_no_network() {
             daemon.kill9();
             daemon.spawn_with_env(&[("VPOD_CRI_TEST_DELAY_RUNP_MS", "30000")]);
             let c = daemon.connect().await;
-            let mut racer = c.clone();
-            let log_dir = daemon.log_dir.clone();
-            let runp = tokio::spawn(async move {
-                racer
-                    .runtime
-                    .run_pod_sandbox(RunPodSandboxRequest {
-                        config: Some(pod_config("doomed", &log_dir)),
-                        runtime_handler: String::new(),
-                    })
-                    .await
-            });
+            let runp = spawn_run_pod(&c, pod_config("doomed", &daemon.log_dir));
             eventually("the pod's network made", Duration::from_secs(60), || {
                 let log = daemon.log();
                 async move { log.contains("test hook: pausing after the pod's network") }

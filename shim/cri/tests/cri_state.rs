@@ -112,17 +112,7 @@ fn restarts_reattach_and_crashes_during_runp_and_create_leak_nothing() {
 
             // kill -9 during RunPodSandbox (the VM is booting).
             let keep_entries = daemon.state_entries();
-            let mut racer = c.clone();
-            let log_dir = daemon.log_dir.clone();
-            let runp = tokio::spawn(async move {
-                racer
-                    .runtime
-                    .run_pod_sandbox(RunPodSandboxRequest {
-                        config: Some(pod_config("doomed", &log_dir)),
-                        runtime_handler: String::new(),
-                    })
-                    .await
-            });
+            let runp = spawn_run_pod(&c, pod_config("doomed", &daemon.log_dir));
             eventually("the second VMM starting", Duration::from_secs(20), || {
                 let n = daemon.vmm_pids().len();
                 async move { n == 2 }

@@ -359,6 +359,23 @@ pub async fn run_pod(clients: &mut Clients, config: PodSandboxConfig) -> String 
         .pod_sandbox_id
 }
 
+/// RunPodSandbox in a task of its own, for a test that crashes the daemon meanwhile.
+pub fn spawn_run_pod(
+    clients: &Clients,
+    config: PodSandboxConfig,
+) -> tokio::task::JoinHandle<Result<tonic::Response<RunPodSandboxResponse>, tonic::Status>> {
+    let mut racer = clients.clone();
+    tokio::spawn(async move {
+        racer
+            .runtime
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(config),
+                runtime_handler: String::new(),
+            })
+            .await
+    })
+}
+
 pub async fn create_container(
     clients: &mut Clients,
     pod_id: &str,

@@ -51,7 +51,7 @@ impl Runtime {
                 tracing::info!(pod = %pod.id, netns = %network.netns.display(), ips = ?network.addresses, cni_ms, "pod network ready");
                 Ok(Some(setup(network)?))
             }
-            Err(NetworkError::Config(ConfigError::NoConfig(_) | ConfigError::ReadDir(..))) => {
+            Err(NetworkError::Config(e)) if no_configuration(&e) => {
                 tracing::debug!(pod = %pod.id, "no CNI configuration: a pod without a network");
                 Ok(None)
             }
@@ -82,6 +82,16 @@ impl Runtime {
     /// Whether pods get a network: `Err` says why not (Status's NetworkReady).
     pub fn network_status(&self) -> Result<(), vpod_network::NotReady> {
         self.cni.status()
+    }
+}
+
+/// An empty conf dir, or none at all: pods go without a network. Any other trouble reading
+/// the configuration is an error.
+fn no_configuration(error: &ConfigError) -> bool {
+    match error {
+        ConfigError::NoConfig(_) => true,
+        ConfigError::ReadDir(_, e) => e.kind() == std::io::ErrorKind::NotFound,
+        _ => false,
     }
 }
 
