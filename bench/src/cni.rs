@@ -210,9 +210,10 @@ fn measure_tap(scratch: &Path, runs: usize) -> Result<Vec<f64>> {
         })
         .and_then(|_| {
             let start = Instant::now();
-            let joined = vpod_network::tap::create_and_join(&path, "eth0", vpod_network::TAP_NAME)?;
+            let tap = vpod_network::tap::create(&path, vpod_network::TAP_NAME)?;
+            vpod_network::tap::join(&path, "eth0", vpod_network::TAP_NAME)?;
             let elapsed = start.elapsed().as_secs_f64() * 1000.0;
-            drop(joined);
+            drop(tap);
             Ok(elapsed)
         });
         vpod_network::netns::remove(&path)?;

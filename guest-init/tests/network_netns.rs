@@ -1,6 +1,7 @@
 //! The agent's network configuration against a real kernel: a thread moves into a network
 //! namespace of its own (gone when the thread ends), makes a veth pair with a known MAC,
-//! runs `configure` twice over netlink and checks the result with `ip`. Needs root (or
+//! runs `configure` twice over netlink (the second time finding the NIC by the MAC it
+//! was given) and checks the result with `ip`. Needs root (or
 //! CAP_SYS_ADMIN and CAP_NET_ADMIN) and iproute2; skipped otherwise.
 
 use std::net::IpAddr;
@@ -11,6 +12,8 @@ use vpod_init::agent::network::{
 };
 
 const MAC: MacAddress = MacAddress([0x02, 0x56, 0x50, 0x4f, 0x44, 0x01]);
+/// The address the NIC is to take (the CNI interface's, in a pod).
+const NEW_MAC: MacAddress = MacAddress([0x3a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f]);
 
 /// `ip ARGS` in the calling thread's namespace (a child inherits the forking thread's).
 fn ip(args: &[&str]) -> String {
@@ -55,6 +58,7 @@ fn in_new_netns() {
         let config = NetworkConfig {
             interfaces: vec![InterfaceConfig {
                 mac: MAC,
+                new_mac: Some(NEW_MAC),
                 name: "eth0".into(),
                 mtu: Some(1400),
                 addresses: vec![
@@ -82,7 +86,7 @@ fn in_new_netns() {
     let link = ip(&["-o", "link", "show", "eth0"]);
     assert!(link.contains(",UP"), "{link}");
     assert!(link.contains("mtu 1400"), "{link}");
-    assert!(link.contains("link/ether 02:56:50:4f:44:01"), "{link}");
+    assert!(link.contains("link/ether 3a:1b:2c:3d:4e:5f"), "{link}");
     assert!(!ip(&["-o", "link"]).contains("enp0s9"));
     let addresses = ip(&["-o", "addr", "show", "dev", "eth0"]);
     assert!(addresses.contains("inet 10.88.0.5/16"), "{addresses}");

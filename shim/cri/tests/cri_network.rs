@@ -85,6 +85,22 @@ impl Drop for NetDirs {
     }
 }
 
+/// The MAC address of `link` inside the netns file `netns`, as `ip` shows it.
+fn mac_in_netns(netns: &Path, link: &str) -> String {
+    let mut arg = std::ffi::OsString::from("--net=");
+    arg.push(netns);
+    let output = std::process::Command::new("nsenter")
+        .arg(arg)
+        .args(["ip", "-o", "link", "show", link])
+        .output()
+        .expect("nsenter runs");
+    assert!(output.status.success(), "ip link show {link}: {output:?}");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let mut words = text.split_whitespace();
+    words.find(|w| *w == "link/ether");
+    words.next().expect("a link/ether address").to_owned()
+}
+
 fn names_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .map(|entries| {
@@ -232,6 +248,17 @@ fn pods_on_a_cni_bridge_reach_each_other_the_host_and_their_host_ports() {
                 String::from_utf8_lossy(&addr.stdout).contains(&format!("inet {a_ip}/24")),
                 "the guest's eth0: {}",
                 String::from_utf8_lossy(&addr.stdout)
+            );
+
+            // The guest NIC booted with a MAC address of its own and took the CNI
+            // interface's, so it is on the wire in that interface's place.
+            let guest_mac = exec(&mut c, &web, &["cat", "/sys/class/net/eth0/address"]).await;
+            let netns = dirs.netns.join(format!("vpod-{a_id}"));
+            let cni_mac = mac_in_netns(&netns, "eth0");
+            assert_eq!(
+                String::from_utf8_lossy(&guest_mac.stdout).trim(),
+                cni_mac,
+                "the guest NIC has the CNI interface's MAC address"
             );
 
             // Two containers of one pod over localhost.

@@ -5,11 +5,15 @@
 //! 1. loads the first network configuration of the conf dir ([`config`]) and finds every
 //!    plugin binary before touching anything;
 //! 2. writes the pod's record (the intent) to the cache ([`cache`]);
-//! 3. creates the named netns `<netns_dir>/vpod-<sandbox_id>` ([`netns`]);
+//! 3. creates the named netns `<netns_dir>/vpod-<sandbox_id>` ([`netns`]) and the tap
+//!    `tap0_vpod` in it ([`tap`]);
 //! 4. runs each plugin's ADD in order ([`exec`], [`args`]), recording progress and each
 //!    result ([`result`]);
-//! 5. creates the tap `tap0_vpod` in the netns and joins it to `eth0` with tc redirects
-//!    ([`tap`]), and returns its fd with what the guest NIC must copy from `eth0`.
+//! 5. joins the tap to `eth0` with tc redirects ([`tap`]), and returns its fd with what
+//!    the guest NIC must copy from `eth0`.
+//!
+//! [`Cni::prepare`] (steps 1 to 3) and [`Cni::complete`] (4 and 5) split it for a caller
+//! that starts the VM on the tap while the plugins run.
 //!
 //! If any step fails, what was done is undone before the error returns. [`Cni::teardown`]
 //! undoes a pod from its record alone: DEL in reverse for each plugin whose ADD started,
@@ -134,6 +138,20 @@ pub struct DnsCapability {
     pub options: Vec<String>,
 }
 
+/// A pod's network half made ([`Cni::prepare`]): its netns and the tap in it exist; the
+/// plugins have not run. Hand a copy of `tap` to the VMM, then finish with
+/// [`Cni::complete`]; dropping it instead leaves the record for [`Cni::teardown`].
+#[derive(Debug)]
+pub struct PreparedNetwork {
+    pub netns: PathBuf,
+    /// As [`PodNetwork::tap`], not yet joined to the pod interface.
+    pub tap: OwnedFd,
+    pub tap_name: String,
+    record: PodRecord,
+    network: NetworkConfigList,
+    plugin_paths: Vec<PathBuf>,
+}
+
 /// A pod's network, ready for its VM.
 #[derive(Debug)]
 pub struct PodNetwork {
@@ -233,10 +251,18 @@ impl Cni {
 
     /// Sets up a pod's network: netns, CNI ADD, the tap. Nothing is left behind on error.
     pub fn setup(&self, request: &PodNetworkRequest) -> Result<PodNetwork, NetworkError> {
+        let prepared = self.prepare(request)?;
+        self.complete(prepared)
+    }
+
+    /// The first half of [`Cni::setup`], for a caller that boots the VM while the plugins
+    /// run: the record, the netns and the tap in it (down, joined to nothing). Nothing is
+    /// left behind on error.
+    pub fn prepare(&self, request: &PodNetworkRequest) -> Result<PreparedNetwork, NetworkError> {
         let id = &request.sandbox_id;
         check_sandbox_id(id)?;
         let (network, plugin_paths) = self.load_network()?;
-        let mut record = PodRecord {
+        let record = PodRecord {
             sandbox_id: id.clone(),
             netns: self.netns_path(id),
             ifname: POD_IFNAME.to_owned(),
@@ -250,14 +276,45 @@ impl Cni {
         if !cache::create(&self.settings.cache_dir, &record)? {
             return Err(NetworkError::AlreadySetUp(id.clone()));
         }
-        match self.add(&mut record, &network, &plugin_paths) {
+        let made = netns::create(&record.netns)
+            .map_err(NetworkError::from)
+            .and_then(|()| Ok(tap::create(&record.netns, TAP_NAME)?));
+        match made {
+            Ok(tap) => Ok(PreparedNetwork {
+                netns: record.netns.clone(),
+                tap,
+                tap_name: TAP_NAME.to_owned(),
+                record,
+                network,
+                plugin_paths,
+            }),
+            Err(error) => Err(self.undo_after(error, &record)),
+        }
+    }
+
+    /// The second half of [`Cni::setup`]: each plugin's ADD, then the tap joined to the
+    /// pod interface. On error everything [`Cni::prepare`] made is undone too.
+    pub fn complete(&self, prepared: PreparedNetwork) -> Result<PodNetwork, NetworkError> {
+        let PreparedNetwork {
+            mut record,
+            network,
+            plugin_paths,
+            tap,
+            ..
+        } = prepared;
+        match self.add(&mut record, &network, &plugin_paths, tap) {
             Ok(pod_network) => Ok(pod_network),
-            Err(error) => match self.undo(&record) {
-                Ok(()) => Err(error),
-                Err(undo) => Err(NetworkError::UndoFailed {
-                    error: Box::new(error),
-                    undo: Box::new(undo),
-                }),
+            Err(error) => Err(self.undo_after(error, &record)),
+        }
+    }
+
+    /// Undoes a failed setup; the error, or both errors if undoing failed too.
+    fn undo_after(&self, error: NetworkError, record: &PodRecord) -> NetworkError {
+        match self.undo(record) {
+            Ok(()) => error,
+            Err(undo) => NetworkError::UndoFailed {
+                error: Box::new(error),
+                undo: Box::new(undo),
             },
         }
     }
@@ -329,14 +386,14 @@ impl Cni {
         }
     }
 
-    /// Steps 3 to 5 of setup; the caller undoes them on error.
+    /// Steps 4 and 5 of setup; the caller undoes them on error.
     fn add(
         &self,
         record: &mut PodRecord,
         network: &NetworkConfigList,
         plugin_paths: &[PathBuf],
+        tap: OwnedFd,
     ) -> Result<PodNetwork, NetworkError> {
-        netns::create(&record.netns)?;
         let mut last = None;
         for (index, (plugin, path)) in network.plugins.iter().zip(plugin_paths).enumerate() {
             let kind = plugin.get("type").and_then(Value::as_str).unwrap_or("");
@@ -367,12 +424,12 @@ impl Cni {
         if result.sandbox_interface(POD_IFNAME).is_none() {
             return Err(NetworkError::NoPodInterface(POD_IFNAME.to_owned()));
         }
-        let joined = tap::create_and_join(&record.netns, POD_IFNAME, TAP_NAME)?;
+        let joined = tap::join(&record.netns, POD_IFNAME, TAP_NAME)?;
         record.complete = true;
         cache::write(&self.settings.cache_dir, record)?;
         Ok(PodNetwork {
             netns: record.netns.clone(),
-            tap: joined.fd,
+            tap,
             tap_name: TAP_NAME.to_owned(),
             mac: joined.mac,
             mtu: joined.mtu,

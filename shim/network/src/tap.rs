@@ -20,6 +20,8 @@ pub enum TapError {
     OpenTun(#[source] std::io::Error),
     #[error("cannot create the tap {0:?} (TUNSETIFF)")]
     CreateTap(String, #[source] std::io::Error),
+    #[error("cannot duplicate the tap's fd")]
+    Dup(#[source] std::io::Error),
     #[error("the tap name {0:?} is longer than 15 bytes")]
     NameTooLong(String),
     #[error("cannot join the tap {tap:?} to {ifname:?}")]
@@ -33,10 +35,9 @@ pub enum TapError {
     Netns(#[from] NetnsError),
 }
 
-/// The tap made for the guest and what the guest must copy from the CNI interface.
-#[derive(Debug)]
-pub struct JoinedTap {
-    pub fd: OwnedFd,
+/// What the guest NIC must copy from the CNI interface the tap was joined to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
     pub mac: String,
     pub mtu: u32,
     /// The routes the plugins installed through the CNI interface.
@@ -53,35 +54,32 @@ struct TunRequest {
     _union_rest: [u8; 22],
 }
 
-/// Creates the tap `tap_name` inside the netns `netns_path` and joins it to `ifname`.
-pub fn create_and_join(
-    netns_path: &Path,
-    ifname: &str,
-    tap_name: &str,
-) -> Result<JoinedTap, TapError> {
+/// Creates the tap `tap_name` inside the netns `netns_path`, down and joined to nothing;
+/// the fd keeps it alive.
+pub fn create(netns_path: &Path, tap_name: &str) -> Result<OwnedFd, TapError> {
     if tap_name.len() >= IFNAMSIZ {
         return Err(TapError::NameTooLong(tap_name.to_owned()));
     }
+    // The tap belongs to the netns of the thread that opens /dev/net/tun: this one.
+    netns::run_in(netns_path, || open_tap(tap_name))
+}
+
+/// Joins the tap `tap_name` to `ifname`, both inside the netns `netns_path`: the tap takes
+/// the interface's MTU and comes up, and tc redirects each one's ingress to the other.
+pub fn join(netns_path: &Path, ifname: &str, tap_name: &str) -> Result<Joined, TapError> {
     netns::run_in(netns_path, || {
-        // The tap belongs to the netns of the thread that opens /dev/net/tun: this one.
-        let fd = open_tap(tap_name)?;
         let join_error = |source| TapError::Join {
             tap: tap_name.to_owned(),
             ifname: ifname.to_owned(),
             source,
         };
         let mut rtnl = Rtnl::open().map_err(join_error)?;
-        let (mac, mtu, routes) = join(&mut rtnl, ifname, tap_name).map_err(join_error)?;
-        Ok(JoinedTap {
-            fd,
-            mac,
-            mtu,
-            routes,
-        })
+        let (mac, mtu, routes) = join_links(&mut rtnl, ifname, tap_name).map_err(join_error)?;
+        Ok(Joined { mac, mtu, routes })
     })
 }
 
-fn join(
+fn join_links(
     rtnl: &mut Rtnl,
     ifname: &str,
     tap_name: &str,

@@ -69,6 +69,9 @@ pub struct SandboxConfig {
     pub die_with_parent: bool,
     /// The pod's NICs and routes; none by default.
     pub network: GuestNetwork,
+    /// Attach the NICs at boot but leave the guest's side of them to a later
+    /// [`Sandbox::configure_network`]: for a front end that runs CNI while the VM boots.
+    pub defer_network: bool,
 }
 
 impl SandboxConfig {
@@ -94,6 +97,7 @@ impl SandboxConfig {
             rpc_timeout: Duration::from_secs(30),
             die_with_parent: true,
             network: GuestNetwork::default(),
+            defer_network: false,
         }
     }
 }
@@ -272,17 +276,18 @@ impl Sandbox {
             torn_down: false,
             kill_on_drop: true,
         };
-        if !config.network.is_empty() {
-            let started = Instant::now();
+        if !config.network.is_empty() && !config.defer_network {
             sandbox.configure_network(&config.network).await?;
-            sandbox.timings.network = started.elapsed();
         }
         sandbox.persist()?;
         Ok(sandbox)
     }
 
-    /// Has the agent give the guest's NICs their names, addresses and routes.
-    async fn configure_network(&self, network: &GuestNetwork) -> Result<(), SandboxError> {
+    /// Has the agent give the guest's NICs (found by the MAC addresses the VMM gave them)
+    /// their MAC addresses, names, addresses and routes; its time is
+    /// [`BootTimings::network`]. Asking twice with the same network changes nothing.
+    pub async fn configure_network(&mut self, network: &GuestNetwork) -> Result<(), SandboxError> {
+        let started = Instant::now();
         let request = wire::network_request(network);
         let mut agent = self.agent.clone();
         self.guarded(
@@ -293,8 +298,9 @@ impl Sandbox {
                 agent.configure_network(request),
             ),
         )
-        .await
-        .map(|_| ())
+        .await?;
+        self.timings.network = started.elapsed();
+        Ok(())
     }
 
     /// Opens the running pod `id` that another `vpod` started and left running.

@@ -74,6 +74,9 @@ pub struct GuestInterface {
     pub name: String,
     /// The VMM gives the NIC this address; the guest finds it by it.
     pub mac: MacAddress,
+    /// The address the guest NIC then takes, when not `mac`: the CNI interface's, for a
+    /// NIC the VMM made before the plugins ran.
+    pub new_mac: Option<MacAddress>,
     /// 0: the device's default (1500).
     pub mtu: u32,
     pub addresses: Vec<IpPrefix>,
@@ -175,6 +178,7 @@ impl TryFrom<vpod_network::PodNetwork> for GuestNetwork {
                 interface: GuestInterface {
                     name: POD_IFNAME.to_owned(),
                     mac,
+                    new_mac: None,
                     mtu: network.mtu,
                     addresses,
                 },

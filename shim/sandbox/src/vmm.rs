@@ -323,6 +323,7 @@ mod tests {
             interface: GuestInterface {
                 name: name.into(),
                 mac: MacAddress(mac),
+                new_mac: None,
                 mtu: 0,
                 addresses: Vec::new(),
             },

@@ -152,6 +152,11 @@ pub(crate) fn network_request(network: &GuestNetwork) -> v1::ConfigureNetworkReq
             .iter()
             .map(|nic| v1::Interface {
                 mac: nic.interface.mac.to_string(),
+                new_mac: nic
+                    .interface
+                    .new_mac
+                    .map(|mac| mac.to_string())
+                    .unwrap_or_default(),
                 name: nic.interface.name.clone(),
                 mtu: nic.interface.mtu,
                 addresses: nic
@@ -297,6 +302,7 @@ mod tests {
                 interface: GuestInterface {
                     name: "eth0".into(),
                     mac: MacAddress([2, 0, 0, 0, 0, 0x1f]),
+                    new_mac: Some(MacAddress([0x3a, 0, 0, 0, 0, 7])),
                     mtu: 1450,
                     addresses: vec![prefix("10.88.0.5", 16), prefix("fd00::5", 64)],
                 },
@@ -319,6 +325,7 @@ mod tests {
             request.interfaces,
             [v1::Interface {
                 mac: "02:00:00:00:00:1f".into(),
+                new_mac: "3a:00:00:00:00:07".into(),
                 name: "eth0".into(),
                 mtu: 1450,
                 addresses: vec!["10.88.0.5/16".into(), "fd00::5/64".into()],

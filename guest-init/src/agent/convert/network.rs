@@ -65,17 +65,11 @@ pub fn network_request(request: v1::ConfigureNetworkRequest) -> Result<NetworkCo
 }
 
 fn interface_config(interface: &v1::Interface) -> Result<InterfaceConfig, FieldError> {
-    let mac: MacAddress = interface
-        .mac
-        .parse()
-        .map_err(|e| invalid("interfaces.mac", format!("{e}")))?;
-    // A NIC's own address is unicast (the group bit clear) and not all zeros.
-    if mac.0[0] & 1 != 0 || mac.0 == [0; 6] {
-        return Err(invalid(
-            "interfaces.mac",
-            format!("{mac} is not a unicast address"),
-        ));
-    }
+    let mac = unicast_mac(&interface.mac, "interfaces.mac")?;
+    let new_mac = match interface.new_mac.as_str() {
+        "" => None,
+        text => Some(unicast_mac(text, "interfaces.new_mac")?),
+    };
     if !valid_interface_name(&interface.name) {
         return Err(invalid(
             "interfaces.name",
@@ -121,10 +115,20 @@ fn interface_config(interface: &v1::Interface) -> Result<InterfaceConfig, FieldE
         .collect::<Result<_, _>>()?;
     Ok(InterfaceConfig {
         mac,
+        new_mac,
         name: interface.name.clone(),
         mtu,
         addresses,
     })
+}
+
+/// A NIC's own address: unicast (the group bit clear) and not all zeros.
+fn unicast_mac(text: &str, field: &'static str) -> Result<MacAddress, FieldError> {
+    let mac: MacAddress = text.parse().map_err(|e| invalid(field, format!("{e}")))?;
+    if mac.0[0] & 1 != 0 || mac.0 == [0; 6] {
+        return Err(invalid(field, format!("{mac} is not a unicast address")));
+    }
+    Ok(mac)
 }
 
 fn route_config(route: &v1::Route, names: &HashSet<String>) -> Result<RouteConfig, FieldError> {
@@ -216,6 +220,7 @@ mod tests {
         v1::ConfigureNetworkRequest {
             interfaces: vec![v1::Interface {
                 mac: "02:00:00:00:00:01".into(),
+                new_mac: String::new(),
                 name: "eth0".into(),
                 mtu: 1450,
                 addresses: vec!["10.88.0.5/16".into(), "fd00::5/64".into()],
@@ -241,11 +246,18 @@ mod tests {
         assert_eq!(config.interfaces.len(), 1);
         let eth0 = &config.interfaces[0];
         assert_eq!(eth0.mac, MacAddress([2, 0, 0, 0, 0, 1]));
+        assert_eq!(eth0.new_mac, None);
         assert_eq!(eth0.mtu, Some(1450));
         assert_eq!(eth0.addresses[1].to_string(), "fd00::5/64");
         assert_eq!(config.routes[0].gateway, Some([10, 88, 0, 1].into()));
         assert_eq!(config.routes[0].destination.len, 0);
         assert_eq!(config.routes[1].gateway, None);
+        let mut moved = request();
+        moved.interfaces[0].new_mac = "3A:1b:00:00:00:07".into();
+        assert_eq!(
+            network_request(moved).unwrap().interfaces[0].new_mac,
+            Some(MacAddress([0x3a, 0x1b, 0, 0, 0, 7]))
+        );
         let mut no_mtu = request();
         no_mtu.interfaces[0].mtu = 0;
         assert_eq!(network_request(no_mtu).unwrap().interfaces[0].mtu, None);
@@ -270,6 +282,14 @@ mod tests {
             (
                 "interfaces.mac",
                 Box::new(|r| r.interfaces[0].mac = "00:00:00:00:00:00".into()),
+            ),
+            (
+                "interfaces.new_mac",
+                Box::new(|r| r.interfaces[0].new_mac = "3a:00:00:00:07".into()),
+            ),
+            (
+                "interfaces.new_mac",
+                Box::new(|r| r.interfaces[0].new_mac = "ff:ff:ff:ff:ff:ff".into()),
             ),
             (
                 "interfaces.name",

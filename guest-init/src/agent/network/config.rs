@@ -136,10 +136,13 @@ impl IpPrefix {
     }
 }
 
-/// One NIC: found by `mac`, renamed to `name`, given `mtu` and `addresses`, brought up.
+/// One NIC: found by `mac`, given `new_mac`, renamed to `name`, given `mtu` and
+/// `addresses`, brought up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InterfaceConfig {
     pub mac: MacAddress,
+    /// None: keep `mac`. A NIC that already has it is found by it too (a repeated call).
+    pub new_mac: Option<MacAddress>,
     pub name: String,
     /// None: keep the device's.
     pub mtu: Option<u32>,

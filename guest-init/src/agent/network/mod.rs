@@ -77,6 +77,7 @@ pub struct Link {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LinkChange {
     pub name: Option<String>,
+    pub mac: Option<MacAddress>,
     pub mtu: Option<u32>,
     pub up: Option<bool>,
 }
@@ -173,10 +174,13 @@ async fn set_link(
         })
 }
 
-/// The one link with the interface's MAC address, when no other link has its name.
+/// The one link with the interface's MAC address (or the one it is to take), when no
+/// other link has its name.
 fn find_nic<'a>(links: &'a [Link], interface: &InterfaceConfig) -> Result<&'a Link, NetworkError> {
     let mac = interface.mac;
-    let mut matching = links.iter().filter(|link| link.mac == Some(mac));
+    let mut matching = links.iter().filter(|link| {
+        link.mac == Some(mac) || (interface.new_mac.is_some() && link.mac == interface.new_mac)
+    });
     let Some(link) = matching.next() else {
         let available: Vec<String> = links
             .iter()
@@ -207,8 +211,9 @@ fn find_nic<'a>(links: &'a [Link], interface: &InterfaceConfig) -> Result<&'a Li
     Ok(link)
 }
 
-/// Name (the kernel renames only a link that is down), MTU, up, then the addresses: IPv6
-/// ones without duplicate address detection, so they serve at once.
+/// MAC address and name (the kernel changes either only on a link that is down), MTU,
+/// up, then the addresses: IPv6 ones without duplicate address detection, so they serve
+/// at once.
 async fn set_up_interface(
     ops: &impl LinkOps,
     interface: &InterfaceConfig,
@@ -216,14 +221,25 @@ async fn set_up_interface(
 ) -> Result<(), NetworkError> {
     let name = &interface.name;
     let mut is_up = link.up;
+    let new_mac = interface.new_mac.filter(|&mac| link.mac != Some(mac));
+    if (link.name != *name || new_mac.is_some()) && is_up {
+        set_link(ops, link.index, up(false), || {
+            format!("take down {}", link.name)
+        })
+        .await?;
+        is_up = false;
+    }
+    if let Some(mac) = new_mac {
+        let change = LinkChange {
+            mac: Some(mac),
+            ..LinkChange::default()
+        };
+        set_link(ops, link.index, change, || {
+            format!("set the mac address of {} to {mac}", link.name)
+        })
+        .await?;
+    }
     if link.name != *name {
-        if is_up {
-            set_link(ops, link.index, up(false), || {
-                format!("take down {}", link.name)
-            })
-            .await?;
-            is_up = false;
-        }
         let rename = LinkChange {
             name: Some(name.clone()),
             ..LinkChange::default()

@@ -218,6 +218,11 @@ impl LinkOps for Rtnetlink {
         if let Some(mtu) = change.mtu {
             message.attributes.push(LinkAttribute::Mtu(mtu));
         }
+        if let Some(mac) = change.mac {
+            message
+                .attributes
+                .push(LinkAttribute::Address(mac.0.to_vec()));
+        }
         if let Some(up) = change.up {
             message.header.change_mask = LinkFlags::Up;
             if up {

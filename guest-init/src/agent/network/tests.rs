@@ -51,6 +51,12 @@ impl LinkOps for FakeKernel {
             }
             link.name = name;
         }
+        if let Some(mac) = change.mac {
+            if link.up {
+                return Err(io::Error::from_raw_os_error(libc::EBUSY));
+            }
+            link.mac = Some(mac);
+        }
         link.mtu = change.mtu.unwrap_or(link.mtu);
         link.up = change.up.unwrap_or(link.up);
         Ok(())
@@ -120,6 +126,7 @@ fn prefix(text: &str) -> IpPrefix {
 fn eth0(addresses: &[&str]) -> InterfaceConfig {
     InterfaceConfig {
         mac: MAC,
+        new_mac: None,
         name: "eth0".into(),
         mtu: Some(1450),
         addresses: addresses.iter().map(|a| prefix(a)).collect(),
@@ -148,10 +155,10 @@ fn a_nic_is_renamed_sized_brought_up_addressed_then_routed() {
     assert_eq!(
         kernel.log(),
         [
-            "set 1 LinkChange { name: None, mtu: None, up: Some(true) }",
-            "set 2 LinkChange { name: Some(\"eth0\"), mtu: None, up: None }",
-            "set 2 LinkChange { name: None, mtu: Some(1450), up: None }",
-            "set 2 LinkChange { name: None, mtu: None, up: Some(true) }",
+            "set 1 LinkChange { name: None, mac: None, mtu: None, up: Some(true) }",
+            "set 2 LinkChange { name: Some(\"eth0\"), mac: None, mtu: None, up: None }",
+            "set 2 LinkChange { name: None, mac: None, mtu: Some(1450), up: None }",
+            "set 2 LinkChange { name: None, mac: None, mtu: None, up: Some(true) }",
             "address 2 10.88.0.5/16",
             "address 2 fd00::5/64",
             "route 0.0.0.0/0 via 10.88.0.1 dev 2",
@@ -216,6 +223,34 @@ fn a_gateway_outside_the_subnets_gets_one_on_link_route_first() {
 }
 
 #[test]
+fn a_nic_takes_its_new_mac_while_down_and_is_found_by_it_the_second_time() {
+    let cni_mac = MacAddress([0x3a, 0x1b, 0, 0, 0, 7]);
+    let mut booted = nic(2, "eth0", MAC);
+    booted.up = true;
+    let kernel = FakeKernel::with_links(vec![lo(true), booted]);
+    let mut interface = eth0(&["10.88.0.5/16"]);
+    interface.mtu = None;
+    interface.new_mac = Some(cni_mac);
+    let config = NetworkConfig {
+        interfaces: vec![interface],
+        routes: vec![],
+    };
+    block_on(configure(&kernel, &config)).unwrap();
+    assert_eq!(
+        kernel.log(),
+        [
+            "set 2 LinkChange { name: None, mac: None, mtu: None, up: Some(false) }",
+            "set 2 LinkChange { name: None, mac: Some(MacAddress([58, 27, 0, 0, 0, 7])), mtu: None, up: None }",
+            "set 2 LinkChange { name: None, mac: None, mtu: None, up: Some(true) }",
+            "address 2 10.88.0.5/16",
+        ]
+    );
+    assert_eq!(kernel.state.lock().unwrap().links[1].mac, Some(cni_mac));
+    block_on(configure(&kernel, &config)).unwrap();
+    assert_eq!(kernel.log(), ["address 2 10.88.0.5/16"]);
+}
+
+#[test]
 fn an_up_nic_is_taken_down_to_be_renamed() {
     let mut up = nic(2, "eth1", MAC);
     up.up = true;
@@ -230,9 +265,9 @@ fn an_up_nic_is_taken_down_to_be_renamed() {
     assert_eq!(
         kernel.log(),
         [
-            "set 2 LinkChange { name: None, mtu: None, up: Some(false) }",
-            "set 2 LinkChange { name: Some(\"eth0\"), mtu: None, up: None }",
-            "set 2 LinkChange { name: None, mtu: None, up: Some(true) }",
+            "set 2 LinkChange { name: None, mac: None, mtu: None, up: Some(false) }",
+            "set 2 LinkChange { name: Some(\"eth0\"), mac: None, mtu: None, up: None }",
+            "set 2 LinkChange { name: None, mac: None, mtu: None, up: Some(true) }",
         ]
     );
 }
@@ -246,6 +281,7 @@ fn an_unknown_mac_changes_nothing_and_names_the_nics_there_are() {
             eth0(&["10.88.0.5/16"]),
             InterfaceConfig {
                 mac: other,
+                new_mac: None,
                 name: "eth1".into(),
                 mtu: None,
                 addresses: vec![],
@@ -317,6 +353,6 @@ fn without_a_loopback_interface_nothing_is_configured() {
     block_on(bring_up_loopback(&kernel)).unwrap();
     assert_eq!(
         kernel.log(),
-        ["set 1 LinkChange { name: None, mtu: None, up: Some(true) }"]
+        ["set 1 LinkChange { name: None, mac: None, mtu: None, up: Some(true) }"]
     );
 }

@@ -1,15 +1,19 @@
-//! The pod's network: CNI's ADD before the VM boots (its tap handed to the VM, its addresses
-//! and routes to the guest), DEL when the pod stops, is removed, or was left half made by a
-//! crash. Without a CNI configuration pods have no network (Status says NetworkReady false).
+//! The pod's network: its netns and tap before the VM boots, CNI's ADD while it boots (its
+//! addresses, routes and MAC address to the guest once both are done), DEL when the pod
+//! stops, is removed, or was left half made by a crash. Without a CNI configuration pods
+//! have no network (Status says NetworkReady false).
 
 use std::net::IpAddr;
 
+use std::sync::Arc;
+
 use vpod_network::config::ConfigError;
+use vpod_network::tap::TapError;
 use vpod_network::{
     Cni, CniSettings, DnsCapability, NetworkError, PodNetwork, PodNetworkRequest, PortMapping,
-    Protocol,
+    PreparedNetwork, Protocol,
 };
-use vpod_sandbox::network::GuestNetwork;
+use vpod_sandbox::network::{GuestInterface, GuestNetwork, MacAddress, Nic, POD_IFNAME};
 
 use crate::config::Config;
 use crate::runtime::{Runtime, RuntimeError};
@@ -33,30 +37,84 @@ pub struct PodNetworkSetup {
     pub guest: GuestNetwork,
 }
 
+/// A pod's network before its plugins ran: the netns, and the NIC the VM boots with (the
+/// tap, and a MAC address of our own that the guest trades for the CNI interface's).
+pub struct PreparedPodNetwork {
+    pub netns: std::path::PathBuf,
+    pub nic: Nic,
+    plugins: PreparedNetwork,
+}
+
 impl Runtime {
-    /// CNI's ADD for the pod; `None` when there is no CNI configuration at all.
-    pub(in crate::runtime) async fn set_up_network(
+    /// The pod's netns and tap, for its VM to boot on while [`Runtime::run_plugins`] runs
+    /// CNI's ADD; `None` when there is no CNI configuration at all.
+    pub(in crate::runtime) async fn prepare_network(
         &self,
         pod: &PodRecord,
-    ) -> Result<Option<PodNetworkSetup>, RuntimeError> {
+    ) -> Result<Option<PreparedPodNetwork>, RuntimeError> {
         let request = network_request(pod);
         let cni = self.cni.clone();
-        let started = std::time::Instant::now();
-        let made = tokio::task::spawn_blocking(move || cni.setup(&request))
+        let made = tokio::task::spawn_blocking(move || cni.prepare(&request))
             .await
             .map_err(RuntimeError::BootTask)?;
-        match made {
-            Ok(network) => {
-                let cni_ms = started.elapsed().as_secs_f64() * 1000.0;
-                tracing::info!(pod = %pod.id, netns = %network.netns.display(), ips = ?network.addresses, cni_ms, "pod network ready");
-                Ok(Some(setup(network)?))
-            }
+        let plugins = match made {
+            Ok(plugins) => plugins,
             Err(NetworkError::Config(e)) if no_configuration(&e) => {
                 tracing::debug!(pod = %pod.id, "no CNI configuration: a pod without a network");
-                Ok(None)
+                return Ok(None);
             }
-            Err(e) => Err(RuntimeError::Network(e)),
-        }
+            Err(e) => return Err(RuntimeError::Network(e)),
+        };
+        let tap = match plugins.tap.try_clone() {
+            Ok(tap) => tap,
+            Err(e) => {
+                let error = RuntimeError::Network(NetworkError::Tap(TapError::Dup(e)));
+                drop(plugins);
+                self.tear_down_network_logged(&pod.id).await;
+                return Err(error);
+            }
+        };
+        let nic = Nic {
+            tap: Arc::new(tap),
+            interface: GuestInterface {
+                name: POD_IFNAME.to_owned(),
+                mac: boot_mac(&pod.id),
+                new_mac: None,
+                mtu: 0,
+                addresses: Vec::new(),
+            },
+        };
+        Ok(Some(PreparedPodNetwork {
+            netns: plugins.netns.clone(),
+            nic,
+            plugins,
+        }))
+    }
+
+    /// CNI's ADD for a prepared pod network, on a thread of its own: the guest's side of
+    /// it once it is done (the guest NIC keeps the MAC address it booted with and takes
+    /// the CNI interface's). On error the network is undone.
+    pub(in crate::runtime) fn run_plugins(
+        &self,
+        pod_id: &str,
+        prepared: PreparedPodNetwork,
+    ) -> tokio::task::JoinHandle<Result<PodNetworkSetup, RuntimeError>> {
+        let cni = self.cni.clone();
+        let pod = pod_id.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let network = cni
+                .complete(prepared.plugins)
+                .map_err(RuntimeError::Network)?;
+            let cni_ms = started.elapsed().as_secs_f64() * 1000.0;
+            tracing::info!(pod = %pod, netns = %network.netns.display(), ips = ?network.addresses, cni_ms, "pod network ready");
+            let mut made = setup(network)?;
+            for nic in &mut made.guest.nics {
+                nic.interface.new_mac = Some(nic.interface.mac);
+                nic.interface.mac = prepared.nic.interface.mac;
+            }
+            Ok(made)
+        })
     }
 
     /// CNI's DEL for the pod and its namespace removed; nothing to do is fine.
@@ -83,6 +141,21 @@ impl Runtime {
     pub fn network_status(&self) -> Result<(), vpod_network::NotReady> {
         self.cni.status()
     }
+}
+
+/// The address the guest NIC boots with, before it takes the CNI interface's: locally
+/// administered, unicast, from the pod id (random hex), so never the same in two pods.
+fn boot_mac(pod_id: &str) -> MacAddress {
+    let mut mac = [0x02, 0, 0, 0, 0, 1];
+    for (byte, pair) in mac[1..].iter_mut().zip(pod_id.as_bytes().chunks(2)) {
+        if let Some(value) = std::str::from_utf8(pair)
+            .ok()
+            .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+        {
+            *byte = value;
+        }
+    }
+    MacAddress(mac)
 }
 
 /// An empty conf dir, or none at all: pods go without a network. Any other trouble reading
@@ -142,6 +215,15 @@ fn setup(network: PodNetwork) -> Result<PodNetworkSetup, RuntimeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn boot_macs_are_local_unicast_and_follow_the_pod_id() {
+        assert_eq!(
+            boot_mac("0a1b2c3d4e5f60718293a4b5c6d7e8f9"),
+            MacAddress([0x02, 0x0a, 0x1b, 0x2c, 0x3d, 0x4e])
+        );
+        assert_eq!(boot_mac("zz"), MacAddress([0x02, 0, 0, 0, 0, 1]));
+    }
 
     #[test]
     fn port_mappings_and_dns_reach_the_plugins() {

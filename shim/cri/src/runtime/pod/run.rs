@@ -1,17 +1,19 @@
-//! RunPodSandbox: the pod's network (CNI), then its VM, the record written first so that a
-//! daemon killed on the way leaves something for recovery to undo.
+//! RunPodSandbox: the pod's netns and tap, then its VM booting while the CNI plugins run,
+//! then the guest's network; the record written first so that a daemon killed on the way
+//! leaves something for recovery to undo.
 
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio::sync::RwLock;
 use vpod_proto::cri::LinuxContainerResources;
+use vpod_sandbox::network::GuestNetwork;
 use vpod_sandbox::{Sandbox, SandboxConfig};
 
 use crate::logformat::now_ns;
-use crate::runtime::pod::network::PodNetworkSetup;
 use crate::runtime::{lock, pod_name_key, Pod, Runtime, RuntimeError};
 use crate::sizing::{pod_size, PodSize};
-use crate::state::{PodPhase, PodRecord, PodSettings};
+use crate::state::{PodNetworkRecord, PodPhase, PodRecord, PodSettings};
 
 /// A validated RunPodSandbox request: the settings its record keeps and what sizes its VM.
 #[derive(Debug, Clone, Default)]
@@ -58,31 +60,93 @@ impl Runtime {
         };
         // The intent: a daemon killed from here on leaves this record for recovery.
         self.state.write_pod(&record)?;
-        let network = match self.set_up_network(&record).await {
-            Ok(network) => network,
+        let made = self.boot_on_network(&mut record, size).await;
+        let sandbox = match made {
+            Ok(sandbox) => sandbox,
             Err(e) => {
+                self.tear_down_network_logged(&id).await;
                 let _ = self.state.remove_pod(&id);
                 return Err(e);
             }
         };
-        test_delay_after_network().await;
-        let booted = self.boot_vm(&mut record, size, network).await;
-        if booted.is_err() {
+        record.phase = PodPhase::Ready;
+        if let Err(e) = self.state.write_pod(&record) {
+            let _ = sandbox.stop().await;
             self.tear_down_network_logged(&id).await;
             let _ = self.state.remove_pod(&id);
+            return Err(e.into());
         }
-        booted
+        let pod = Arc::new(Pod {
+            id: id.clone(),
+            record: Mutex::new(record),
+            sandbox: RwLock::new(Some(sandbox)),
+        });
+        lock(&self.pods).insert(id.clone(), pod);
+        Ok(id)
     }
 
-    /// Boots the pod's VM on its network and records the pod Ready.
-    async fn boot_vm(
+    /// The pod's netns and tap, then its VM booting on the tap while the CNI plugins run,
+    /// then the guest's network as the plugins made it. On error the VM is gone; the
+    /// caller tears the network down.
+    async fn boot_on_network(
         &self,
         record: &mut PodRecord,
         size: PodSize,
-        network: Option<PodNetworkSetup>,
-    ) -> Result<String, RuntimeError> {
-        let id = record.id.clone();
+    ) -> Result<Sandbox, RuntimeError> {
+        let Some(prepared) = self.prepare_network(record).await? else {
+            return self.boot_vm(record, size, GuestNetwork::default()).await;
+        };
+        record.network = Some(PodNetworkRecord {
+            netns: prepared.netns.clone(),
+            ips: Vec::new(),
+        });
+        self.state.write_pod(record)?;
+        let nic = GuestNetwork {
+            nics: vec![prepared.nic.clone()],
+            routes: Vec::new(),
+        };
+        let plugins = self.run_plugins(&record.id, prepared);
+        let booted = self.boot_vm(record, size, nic).await;
+        let vm_ready = Instant::now();
+        // The plugins finish either way: their undo must not race a teardown.
+        let network = plugins
+            .await
+            .map_err(RuntimeError::BootTask)
+            .and_then(|made| made);
+        let waited_ms = vm_ready.elapsed().as_secs_f64() * 1000.0;
+        let mut sandbox = booted?;
+        let configured = match network {
+            Ok(network) => {
+                test_delay_after_network().await;
+                sandbox
+                    .configure_network(&network.guest)
+                    .await
+                    .map(|()| network.record)
+                    .map_err(RuntimeError::from)
+            }
+            Err(e) => Err(e),
+        };
+        match configured {
+            Ok(network) => {
+                tracing::info!(pod = %record.id, waited_for_cni_ms = waited_ms, guest_network_ms = sandbox.timings().network.as_secs_f64() * 1000.0, "pod network configured");
+                record.network = Some(network);
+                Ok(sandbox)
+            }
+            Err(e) => {
+                let _ = sandbox.stop().await;
+                Err(e)
+            }
+        }
+    }
 
+    /// Boots the pod's VM with `network`'s NICs (the guest configures them later).
+    async fn boot_vm(
+        &self,
+        record: &PodRecord,
+        size: PodSize,
+        network: GuestNetwork,
+    ) -> Result<Sandbox, RuntimeError> {
+        let id = record.id.clone();
         let rules = &self.config.pod;
         let mut config = SandboxConfig::new(
             id.clone(),
@@ -99,11 +163,8 @@ impl Runtime {
         config.rpc_timeout = self.rpc_timeout;
         // The VM outlives the daemon: a restarted vpod-cri re-attaches to it.
         config.die_with_parent = false;
-        if let Some(network) = network {
-            record.network = Some(network.record);
-            self.state.write_pod(record)?;
-            config.network = network.guest;
-        }
+        config.network = network;
+        config.defer_network = true;
         tracing::info!(pod = %id, name = %record.settings.name, vcpus = size.vcpus, memory_mib = size.memory_mib, "booting pod VM");
         let _slot = self
             .boot_slots
@@ -117,24 +178,14 @@ impl Runtime {
             .await
             .map_err(RuntimeError::BootTask);
         let sandbox = booted.and_then(|b| b.map_err(RuntimeError::from))?;
-        tracing::info!(pod = %id, vmm_pid = sandbox.vmm_pid(), vmm_to_agent_ms = sandbox.timings().vmm_to_agent.as_millis() as u64, guest_network_ms = sandbox.timings().network.as_secs_f64() * 1000.0, "pod ready");
-        record.phase = PodPhase::Ready;
-        if let Err(e) = self.state.write_pod(record) {
-            let _ = sandbox.stop().await;
-            return Err(e.into());
-        }
-        let pod = Arc::new(Pod {
-            id: id.clone(),
-            record: Mutex::new(record.clone()),
-            sandbox: RwLock::new(Some(sandbox)),
-        });
-        lock(&self.pods).insert(id.clone(), pod);
-        Ok(id)
+        tracing::info!(pod = %id, vmm_pid = sandbox.vmm_pid(), vmm_to_agent_ms = sandbox.timings().vmm_to_agent.as_millis() as u64, "pod VM ready");
+        Ok(sandbox)
     }
 }
 
 /// A fault-injection hook for the crash tests: `VPOD_CRI_TEST_DELAY_RUNP_MS` pauses
-/// RunPodSandbox once the pod's network exists and before its VM boots.
+/// RunPodSandbox once the CNI plugins are done and the VM is up, before the guest's
+/// network is configured.
 async fn test_delay_after_network() {
     let delay = std::env::var("VPOD_CRI_TEST_DELAY_RUNP_MS")
         .ok()
