@@ -139,19 +139,13 @@ async fn spdy_port_forward_moves_1mib_each_way_on_three_connections_at_once() {
         data_streams.push((data, error));
     }
     let payload: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
-    let SpdyClient { .. } = &client;
-    // Write all three interleaved from one task while reading on this one.
     let streams: Vec<u32> = data_streams.iter().map(|d| d.0).collect();
-    let to_send = payload.clone();
-    let mut writer_client = client;
-    let (reader_tx, mut reader_rx) = tokio::sync::mpsc::channel(1);
+    let mut read_half = client.take_reader();
     let reader = tokio::spawn(async move {
         let mut received: HashMap<u32, Vec<u8>> = HashMap::new();
         let mut fins = 0;
-        // Hand the client back once everything is written.
-        let mut client: SpdyClient = reader_rx.recv().await.unwrap();
         while fins < 6 {
-            match client.next().await {
+            match read_half.next().await {
                 Some(Frame::Data { stream_id, fin, data }) => {
                     received.entry(stream_id).or_default().extend_from_slice(&data);
                     fins += usize::from(fin);
@@ -162,15 +156,15 @@ async fn spdy_port_forward_moves_1mib_each_way_on_three_connections_at_once() {
         }
         received
     });
-    for chunk in to_send.chunks(32 * 1024) {
+    // All three connections interleaved, written while the other task reads.
+    for chunk in payload.chunks(32 * 1024) {
         for &stream in &streams {
-            writer_client.data(stream, chunk, false).await;
+            client.data(stream, chunk, false).await;
         }
     }
     for &stream in &streams {
-        writer_client.data(stream, b"", true).await;
+        client.data(stream, b"", true).await;
     }
-    reader_tx.send(writer_client).await.ok().unwrap();
     let received = tokio::time::timeout(Duration::from_secs(60), reader).await.unwrap().unwrap();
     for (data, error) in data_streams {
         assert_eq!(received.get(&data).map(Vec::len), Some(payload.len()));

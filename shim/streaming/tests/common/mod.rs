@@ -138,12 +138,37 @@ pub async fn http_get(url: &str, headers: &[(&str, &str)]) -> (u16, String, TcpS
 
 /// A SPDY client in the shape of Go's spdystream: no flow control of its own.
 pub struct SpdyClient {
-    pub reader: tokio::net::tcp::OwnedReadHalf,
+    read: Option<SpdyReadHalf>,
     pub writer: tokio::net::tcp::OwnedWriteHalf,
     encoder: FrameCodec,
+    next_id: u32,
+}
+
+/// The reading half of a split [`SpdyClient`].
+pub struct SpdyReadHalf {
+    reader: tokio::net::tcp::OwnedReadHalf,
     decoder: FrameCodec,
     buf: BytesMut,
-    next_id: u32,
+}
+
+impl SpdyReadHalf {
+    /// The next frame, or `None` when the server closed.
+    pub async fn next(&mut self) -> Option<Frame> {
+        loop {
+            if let Some(frame) = self.decoder.decode(&mut self.buf).unwrap() {
+                return Some(frame);
+            }
+            let read = tokio::time::timeout(
+                Duration::from_secs(20),
+                self.reader.read_buf(&mut self.buf),
+            )
+            .await
+            .expect("server went quiet");
+            if read.unwrap_or(0) == 0 {
+                return None;
+            }
+        }
+    }
 }
 
 impl SpdyClient {
@@ -161,11 +186,13 @@ impl SpdyClient {
         let (reader, writer) = socket.into_split();
         (
             SpdyClient {
-                reader,
+                read: Some(SpdyReadHalf {
+                    reader,
+                    decoder: FrameCodec::new().unwrap(),
+                    buf: BytesMut::new(),
+                }),
                 writer,
                 encoder: FrameCodec::new().unwrap(),
-                decoder: FrameCodec::new().unwrap(),
-                buf: BytesMut::new(),
                 next_id: 1,
             },
             head,
@@ -205,18 +232,13 @@ impl SpdyClient {
         .await;
     }
 
+    /// Takes the reading half, so reads and writes can run on two tasks.
+    pub fn take_reader(&mut self) -> SpdyReadHalf {
+        self.read.take().expect("reader already taken")
+    }
+
     /// The next frame, or `None` when the server closed.
     pub async fn next(&mut self) -> Option<Frame> {
-        loop {
-            if let Some(frame) = self.decoder.decode(&mut self.buf).unwrap() {
-                return Some(frame);
-            }
-            let read = tokio::time::timeout(Duration::from_secs(20), self.reader.read_buf(&mut self.buf))
-                .await
-                .expect("server went quiet");
-            if read.unwrap_or(0) == 0 {
-                return None;
-            }
-        }
+        self.read.as_mut().expect("reader taken").next().await
     }
 }
