@@ -119,18 +119,17 @@ impl<B: Backend> StreamingServer<B> {
         if config.tls.is_some() {
             return Err(ServerError::TlsUnsupported);
         }
-        let listener = TcpListener::bind(config.addr)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: config.addr,
-                source,
-            })?;
-        let local = listener
-            .local_addr()
-            .map_err(|source| ServerError::Bind {
-                addr: config.addr,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.addr)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.addr,
+                    source,
+                })?;
+        let local = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: config.addr,
+            source,
+        })?;
         Ok(Self {
             listener,
             backend: Arc::new(backend),
@@ -294,7 +293,11 @@ fn spdy_upgrade<B: Backend>(
         );
     }
     // The first of the client's offers that we support, as apimachinery's Handshake picks.
-    let Some(chosen) = client.iter().find(|c| supported.contains(&c.as_str())).cloned() else {
+    let Some(chosen) = client
+        .iter()
+        .find(|c| supported.contains(&c.as_str()))
+        .cloned()
+    else {
         let mut response = plain(
             StatusCode::FORBIDDEN,
             &format!(
@@ -319,7 +322,9 @@ fn spdy_upgrade<B: Backend>(
     }
     let session: Session = match cached {
         StreamRequest::PortForward(request) => Box::pin(async move {
-            let Ok(upgraded) = on_upgrade.await else { return };
+            let Ok(upgraded) = on_upgrade.await else {
+                return;
+            };
             portforward::spdy::serve(
                 TokioIo::new(upgraded),
                 backend,
@@ -339,7 +344,9 @@ fn spdy_upgrade<B: Backend>(
                 StreamRequest::PortForward(_) => return plain(StatusCode::NOT_FOUND, ""),
             };
             Box::pin(async move {
-                let Ok(upgraded) = on_upgrade.await else { return };
+                let Ok(upgraded) = on_upgrade.await else {
+                    return;
+                };
                 remotecommand::spdy::serve(
                     TokioIo::new(upgraded),
                     backend,
@@ -394,11 +401,16 @@ fn websocket_upgrade<B: Backend>(
                     .find(|p| p.0 == c)
                     .copied()
             }) else {
-                return plain(StatusCode::FORBIDDEN, "requested protocols are not supported");
+                return plain(
+                    StatusCode::FORBIDDEN,
+                    "requested protocols are not supported",
+                );
             };
             chosen = name.to_owned();
             Box::pin(async move {
-                let Ok(upgraded) = on_upgrade.await else { return };
+                let Ok(upgraded) = on_upgrade.await else {
+                    return;
+                };
                 let ws = accept_socket(upgraded).await;
                 portforward::websocket::serve(
                     ws,
@@ -418,7 +430,10 @@ fn websocket_upgrade<B: Backend>(
                     .find(|p| p.0 == c)
                     .copied()
             }) else {
-                return plain(StatusCode::FORBIDDEN, "requested protocols are not supported");
+                return plain(
+                    StatusCode::FORBIDDEN,
+                    "requested protocols are not supported",
+                );
             };
             chosen = name.to_owned();
             let operation = match other {
@@ -427,10 +442,14 @@ fn websocket_upgrade<B: Backend>(
                 StreamRequest::PortForward(_) => return plain(StatusCode::NOT_FOUND, ""),
             };
             Box::pin(async move {
-                let Ok(upgraded) = on_upgrade.await else { return };
+                let Ok(upgraded) = on_upgrade.await else {
+                    return;
+                };
                 let ws = accept_socket(upgraded).await;
-                remotecommand::websocket::serve(ws, backend, version, encoding, operation, timeouts)
-                    .await;
+                remotecommand::websocket::serve(
+                    ws, backend, version, encoding, operation, timeouts,
+                )
+                .await;
             })
         }
     };

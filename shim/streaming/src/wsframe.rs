@@ -53,7 +53,9 @@ pub(crate) fn decode_message(message: Message, encoding: WsEncoding) -> Option<I
             let bytes = text.as_bytes();
             let (&first, rest) = bytes.split_first()?;
             let channel = first.wrapping_sub(b'0');
-            let payload = base64::engine::general_purpose::STANDARD.decode(rest).ok()?;
+            let payload = base64::engine::general_purpose::STANDARD
+                .decode(rest)
+                .ok()?;
             Some(Inbound::Data(channel, payload.into()))
         }
         _ => None,

@@ -30,7 +30,9 @@ async fn connect(url: &str, protocol: &str) -> Ws {
         .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
     let (addr, _) = common::split_url(url);
     let socket = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (ws, response) = tokio_tungstenite::client_async(request, socket).await.unwrap();
+    let (ws, response) = tokio_tungstenite::client_async(request, socket)
+        .await
+        .unwrap();
     assert_eq!(
         response.headers().get("sec-websocket-protocol").unwrap(),
         protocol
@@ -41,8 +43,7 @@ async fn connect(url: &str, protocol: &str) -> Ws {
 /// Reads until the server closes: (stdout, error channel).
 async fn drain(ws: &mut Ws) -> (Vec<u8>, Vec<u8>) {
     let (mut stdout, mut error) = (Vec::new(), Vec::new());
-    while let Ok(Some(Ok(message))) =
-        tokio::time::timeout(Duration::from_secs(20), ws.next()).await
+    while let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(20), ws.next()).await
     {
         if let Message::Binary(data) = message {
             match data.first() {
@@ -62,7 +63,10 @@ async fn websocket_v4_exec_pipes_stdin_and_reports_the_exit_code() {
     let mut ws = connect(&url, "v4.channel.k8s.io").await;
     let (_, error) = drain(&mut ws).await;
     let status = String::from_utf8(error).unwrap();
-    assert!(status.contains(r#"{"reason":"ExitCode","message":"3"}"#), "{status}");
+    assert!(
+        status.contains(r#"{"reason":"ExitCode","message":"3"}"#),
+        "{status}"
+    );
 }
 
 #[tokio::test]
@@ -70,7 +74,9 @@ async fn websocket_v5_close_of_stdin_ends_cat_with_success() {
     let (urls, _backend, _server) = common::start(Config::default()).await;
     let url = urls.url_for(exec(&["cat"], false)).unwrap();
     let mut ws = connect(&url, "v5.channel.k8s.io").await;
-    ws.send(Message::Binary(b"\x00hello".to_vec().into())).await.unwrap();
+    ws.send(Message::Binary(b"\x00hello".to_vec().into()))
+        .await
+        .unwrap();
     ws.send(Message::Binary(vec![255, 0].into())).await.unwrap();
     let (stdout, error) = drain(&mut ws).await;
     assert_eq!(stdout, b"hello");
@@ -85,9 +91,17 @@ async fn websocket_resize_reaches_the_backend() {
     let (urls, _backend, _server) = common::start(Config::default()).await;
     let url = urls.url_for(exec(&["size"], true)).unwrap();
     let mut ws = connect(&url, "v4.channel.k8s.io").await;
-    ws.send(Message::Binary(br#"{"Width":120,"Height":40}"#.iter().fold(vec![4u8], |mut v, b| { v.push(*b); v }).into()))
-        .await
-        .unwrap();
+    ws.send(Message::Binary(
+        br#"{"Width":120,"Height":40}"#
+            .iter()
+            .fold(vec![4u8], |mut v, b| {
+                v.push(*b);
+                v
+            })
+            .into(),
+    ))
+    .await
+    .unwrap();
     let (stdout, _) = drain(&mut ws).await;
     assert_eq!(stdout, b"120x40");
 }
@@ -98,8 +112,7 @@ async fn websocket_base64_exec_round_trips() {
     let url = urls.url_for(exec(&["exit", "0"], false)).unwrap();
     let mut ws = connect(&url, "v4.base64.channel.k8s.io").await;
     let mut saw_status = false;
-    while let Ok(Some(Ok(message))) =
-        tokio::time::timeout(Duration::from_secs(20), ws.next()).await
+    while let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(20), ws.next()).await
     {
         if let Message::Text(text) = message {
             if text.starts_with('3') {
@@ -119,7 +132,10 @@ async fn unknown_reused_and_expired_tokens_get_404() {
     let (urls, _backend, _server) = common::start(config).await;
     let url = urls.url_for(exec(&["cat"], false)).unwrap();
     let (addr_path, _) = (url.clone(), ());
-    let unknown = format!("{}/exec/nosuchtoken", addr_path.rsplitn(3, '/').nth(2).unwrap());
+    let unknown = format!(
+        "{}/exec/nosuchtoken",
+        addr_path.rsplitn(3, '/').nth(2).unwrap()
+    );
     let (status, _, _) = common::http_get(&unknown, &[]).await;
     assert_eq!(status, 404);
 

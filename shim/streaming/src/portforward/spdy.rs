@@ -46,9 +46,11 @@ where
         let mut pending: HashMap<String, Pending> = HashMap::new();
         // Forwards run as tasks of this set: dropping it (the client left) aborts them all.
         let mut forwards = JoinSet::new();
-        let mut tick = tokio::time::interval(timeouts.stream_creation.min(
-            std::time::Duration::from_secs(1),
-        ));
+        let mut tick = tokio::time::interval(
+            timeouts
+                .stream_creation
+                .min(std::time::Duration::from_secs(1)),
+        );
         loop {
             tokio::select! {
                 next = incoming.recv() => {
@@ -153,7 +155,11 @@ async fn forward<B: Backend>(
                     match from_pod.read(&mut buf).await {
                         Ok(0) | Err(_) => break,
                         Ok(n) => {
-                            if writer.write(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
+                            if writer
+                                .write(Bytes::copy_from_slice(&buf[..n]))
+                                .await
+                                .is_err()
+                            {
                                 break;
                             }
                         }

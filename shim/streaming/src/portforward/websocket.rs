@@ -33,7 +33,10 @@ pub(crate) enum WsPortForward {
 /// The subprotocols port-forward accepts over WebSocket, in our preference order.
 pub(crate) const PROTOCOLS: [(&str, WsPortForward); 4] = [
     (TUNNEL_PROTOCOL, WsPortForward::Tunnel),
-    ("v4.channel.k8s.io", WsPortForward::Channels(WsEncoding::Binary)),
+    (
+        "v4.channel.k8s.io",
+        WsPortForward::Channels(WsEncoding::Binary),
+    ),
     (
         "v4.base64.channel.k8s.io",
         WsPortForward::Channels(WsEncoding::Base64),
@@ -192,14 +195,13 @@ where
     let (mut tunnel_read, mut tunnel_write) = tokio::io::split(tunnel_side);
     let into_spdy = async move {
         while let Some(Ok(message)) = source.next().await {
-            match message {
-                Message::Binary(bytes) => {
-                    if tunnel_write.write_all(&bytes).await.is_err() {
-                        break;
-                    }
-                }
+            let bytes = match message {
+                Message::Binary(bytes) => bytes,
                 Message::Close(_) => break,
-                _ => {}
+                _ => continue,
+            };
+            if tunnel_write.write_all(&bytes).await.is_err() {
+                break;
             }
         }
         let _ = tunnel_write.shutdown().await;

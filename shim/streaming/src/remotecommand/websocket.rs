@@ -144,4 +144,3 @@ async fn forward_out(
         }
     }
 }
-

@@ -107,7 +107,9 @@ impl Headers {
 }
 
 fn take_u32(block: &mut &[u8]) -> Result<u32, HeaderError> {
-    let (head, rest) = block.split_first_chunk::<4>().ok_or(HeaderError::Truncated)?;
+    let (head, rest) = block
+        .split_first_chunk::<4>()
+        .ok_or(HeaderError::Truncated)?;
     *block = rest;
     Ok(u32::from_be_bytes(*head))
 }
@@ -178,9 +180,9 @@ impl HeaderDecompressor {
                 out.reserve(out.capacity());
             }
             let (before_in, before_out) = (self.zlib.total_in(), out.len());
-            let result = self
-                .zlib
-                .decompress_vec(&input[consumed..], &mut out, FlushDecompress::Sync);
+            let result =
+                self.zlib
+                    .decompress_vec(&input[consumed..], &mut out, FlushDecompress::Sync);
             consumed += (self.zlib.total_in() - before_in) as usize;
             if out.len() > MAX_HEADER_BLOCK {
                 return Err(HeaderError::TooLarge);
@@ -260,7 +262,9 @@ mod tests {
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         let mut decompressor = HeaderDecompressor::new();
-        assert!(decompressor.decompress(&[0x78, 0x9c, 1, 2, 3, 4, 5]).is_err());
+        assert!(decompressor
+            .decompress(&[0x78, 0x9c, 1, 2, 3, 4, 5])
+            .is_err());
     }
 
     #[test]

@@ -12,4 +12,6 @@ pub mod session;
 
 pub use frame::{Frame, FrameCodec, FrameError};
 pub use headers::{HeaderError, Headers};
-pub use session::{IncomingStream, Session, SessionConfig, SessionError, StreamReader, StreamWriter};
+pub use session::{
+    IncomingStream, Session, SessionConfig, SessionError, StreamReader, StreamWriter,
+};

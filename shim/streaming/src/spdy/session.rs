@@ -170,6 +170,7 @@ pub struct StreamWriter {
 impl Session {
     /// Starts a session on an upgraded connection: the handle, the client's new streams, and
     /// the driver to poll until it ends (the connection closed, failed or went idle).
+    #[allow(clippy::type_complexity)] // an opaque future cannot take a type alias
     pub fn new<IO>(
         io: IO,
         config: SessionConfig,
@@ -202,7 +203,15 @@ impl Session {
             wake,
         });
         let (incoming_tx, incoming_rx) = mpsc::channel(16);
-        let driver = drive(io, codec, shared.clone(), out_rx, incoming_tx, config, closed_tx);
+        let driver = drive(
+            io,
+            codec,
+            shared.clone(),
+            out_rx,
+            incoming_tx,
+            config,
+            closed_tx,
+        );
         Ok((
             Session {
                 shared,
@@ -241,7 +250,7 @@ impl IncomingStream {
             .lock()
             .streams
             .get(&self.id)
-            .map_or(true, |s| s.local_closed);
+            .is_none_or(|s| s.local_closed);
         Ok((
             StreamReader {
                 id: self.id,

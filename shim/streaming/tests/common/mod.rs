@@ -10,8 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use vpod_streaming::spdy::{Frame, FrameCodec, Headers};
 use vpod_streaming::{
-    Backend, BackendError, Config, ExecTarget, PortStream, StreamIo, StreamingServer,
-    StreamingUrls,
+    Backend, BackendError, Config, ExecTarget, PortStream, StreamIo, StreamingServer, StreamingUrls,
 };
 
 /// Counts drops of what a backend call held.
@@ -51,8 +50,14 @@ impl Backend for FakeBackend {
                 Ok(target.cmd[1].parse().unwrap_or(1))
             }
             Some("size") => {
-                let mut resize = io.resize.take().ok_or(BackendError::Failed("no tty".into()))?;
-                let size = resize.recv().await.ok_or(BackendError::Failed("no size".into()))?;
+                let mut resize = io
+                    .resize
+                    .take()
+                    .ok_or(BackendError::Failed("no tty".into()))?;
+                let size = resize
+                    .recv()
+                    .await
+                    .ok_or(BackendError::Failed("no size".into()))?;
                 if let Some(stdout) = io.stdout.take() {
                     let text = format!("{}x{}", size.width, size.height);
                     let _ = stdout.send(Bytes::from(text)).await;
@@ -60,7 +65,10 @@ impl Backend for FakeBackend {
                 Ok(0)
             }
             Some("spew") => {
-                let stdout = io.stdout.take().ok_or(BackendError::Failed("no out".into()))?;
+                let stdout = io
+                    .stdout
+                    .take()
+                    .ok_or(BackendError::Failed("no out".into()))?;
                 let chunk = Bytes::from(vec![b'x'; 32 * 1024]);
                 while stdout.send(chunk.clone()).await.is_ok() {
                     self.spewed.fetch_add(chunk.len() as u64, Ordering::SeqCst);
@@ -100,7 +108,9 @@ impl Backend for FakeBackend {
 
 pub async fn start(config: Config) -> (StreamingUrls, FakeBackend, tokio::task::JoinHandle<()>) {
     let backend = FakeBackend::default();
-    let server = StreamingServer::bind(config, backend.clone()).await.unwrap();
+    let server = StreamingServer::bind(config, backend.clone())
+        .await
+        .unwrap();
     let urls = server.urls();
     let handle = tokio::spawn(server.serve());
     (urls, backend, handle)
@@ -158,12 +168,10 @@ impl SpdyReadHalf {
             if let Some(frame) = self.decoder.decode(&mut self.buf).unwrap() {
                 return Some(frame);
             }
-            let read = tokio::time::timeout(
-                Duration::from_secs(20),
-                self.reader.read_buf(&mut self.buf),
-            )
-            .await
-            .expect("server went quiet");
+            let read =
+                tokio::time::timeout(Duration::from_secs(20), self.reader.read_buf(&mut self.buf))
+                    .await
+                    .expect("server went quiet");
             if read.unwrap_or(0) == 0 {
                 return None;
             }
