@@ -117,15 +117,17 @@ enum Bench {
     },
     /// TCP throughput and latency between pods on a CNI bridge, and RunPodSandbox with and
     /// without a network, beside runc containers in veth netns on the same bridge (root; in
-    /// a network namespace of its own). Unfinished: its pod-to-host transfers outlast their
-    /// ExecSync timeout in the emulated host, so it is not in `make bench` yet
+    /// a network namespace of its own)
     NetPods {
         /// Measured runs of each transfer
         #[arg(long, value_name = "N", default_value_t = 3)]
         runs: usize,
-        /// Bytes sent by each transfer
+        /// Bytes sent by each pod-to-pod and host-to-pod transfer
         #[arg(long, value_name = "MiB", default_value_t = 32)]
         mib: u64,
+        /// Bytes sent by each pod-to-host transfer
+        #[arg(long, value_name = "MiB", default_value_t = 4)]
+        host_mib: u64,
         /// Pods started for each RunPodSandbox figure
         #[arg(long, value_name = "N", default_value_t = 3)]
         pods: usize,
@@ -213,6 +215,7 @@ fn main() -> Result<()> {
         Bench::NetPods {
             runs,
             mib,
+            host_mib,
             pods,
             host,
         } => net_pods::net_pods(
@@ -220,6 +223,7 @@ fn main() -> Result<()> {
             &net_pods::NetPodsBench {
                 runs,
                 mib,
+                host_mib,
                 runp_pods: pods,
                 pod_mib: cri::CriBench::from_env(runs, &host.host)?.pod_mib,
                 host: host.host,

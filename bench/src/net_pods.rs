@@ -7,22 +7,24 @@
 //! - runc: two `runc` containers of the default image's root filesystem, each in a netns
 //!   with a veth on the same bridge (made by vpod-network's `Cni::setup` from the same
 //!   conflist, its tap closed and the tc redirect off `eth0`): the network path of a runc
-//!   container. The same sinks, the clients by `runc exec` in container B.
+//!   container. The same sinks; the clients run in container B's netns by `nsenter` with
+//!   the host's busybox (the container's network path without `runc exec`'s own cost,
+//!   which in the emulated host is 0.5 to 1 s and too uneven to subtract).
 //! - the host: the bench's own network namespace (the bridge's gateway address), where a
 //!   sink thread listens on [`HOST_SINK_PORT`] and the host-to-pod client runs.
 //!
-//! Throughput: `dd if=/dev/zero bs=64k | nc` to a sink that discards it, timed by the
-//! sender from its start until the sink closed the connection (the guest's /proc/uptime,
-//! 10 ms steps, for pod senders; the bench's clock for the host); latency: the average of
-//! `ping -c 20 -i 0.2`. The runc containers get CAP_NET_RAW for ping, as vpod's do.
+//! Throughput: `dd if=/dev/zero bs=64k | nc` to a sink that discards it. Every transfer is
+//! timed by the bench's clock: a pod or container sender from the client call (ExecSync,
+//! `nsenter`) to its return, less the median of that client's empty call measured in the
+//! same run; the host sender from its connect until the sink closed the connection.
+//! (Guest clocks are not used: in the emulated host they drift.) Pod-to-host transfers
+//! send `--host-mib`: in the emulated host every path that ends in the host's own stack
+//! crawls at a few MB/s, runc's as much as vpod's, because the host's one emulated vCPU
+//! takes each MSS-sized segment separately. Latency: the average of `ping -c 20 -i 0.2`.
+//! The runc containers get CAP_NET_RAW for ping, as vpod's do.
 //!
 //! The whole run happens in a network namespace the bench makes on its main thread before
 //! any other thread exists: the bridge, veths and iptables rules vanish with the process.
-//!
-//! Unfinished (not in `make bench`): in the emulated host the pod-to-host transfers of both
-//! vpod and runc crawl (0.4 and 1.1 MB/s, so the fault is likely the host-side sink or the
-//! host's single vCPU), a slow one outlasts ExecSync's timeout and ends the run before any
-//! row is written, and the guest-clock timings (`/proc/uptime`) look unreliable.
 
 use anyhow::{bail, Context, Result};
 use std::io::{Read, Write};
@@ -45,16 +47,26 @@ const GATEWAY: &str = "10.78.0.1";
 const SINK_PORT: u16 = 5001;
 /// Where the host's sink listens (on every address of the bench's namespace).
 const HOST_SINK_PORT: u16 = 5002;
-/// A sink that takes one connection at a time and discards what it reads.
-const SINK: &str = "while :; do nc -l -p 5001 > /dev/null; done";
+/// A sink that takes one connection at a time and discards what it reads. Its `nc` gets a
+/// stdin that never ends (a fifo it holds open both ways): busybox `nc` half-closes the
+/// connection when its stdin ends, and a sender that sees that stops sending and exits 0,
+/// which would time a transfer cut short.
+const SINK: &str = "rm -f /tmp/idle; mkfifo /tmp/idle; exec 3<>/tmp/idle; \
+                    while :; do nc -l -p 5001 <&3 > /dev/null; done";
 const PINGS: &str = "20";
+/// The host's busybox, the same build as the pods' image's, for the runc-side clients.
+const BUSYBOX: &str = "/bin/busybox";
 /// Attempts of one transfer (the pod's sink is briefly not listening between connections).
 const ATTEMPTS: usize = 5;
+/// Empty client calls timed to find what a call costs without a transfer.
+const EMPTY_CALLS: usize = 5;
 
 /// The settings of one `vpod-bench net-pods` run.
 pub struct NetPodsBench {
     pub runs: usize,
     pub mib: u64,
+    /// What each pod-to-host transfer sends.
+    pub host_mib: u64,
     /// Pods started (one at a time) for each RunPodSandbox figure.
     pub runp_pods: usize,
     pub pod_mib: u64,
@@ -124,32 +136,54 @@ fn measure(repo: &Path, bench: &NetPodsBench, scratch: &Path, dirs: &NetDirs) ->
             pods.a_ip, pods.b_ip, containers.a_ip, containers.b_ip
         );
         let bytes = bench.mib << 20;
-        let count = (bytes / 65536).to_string();
-        let send_to = |ip: IpAddr, port: u16| {
+        let host_bytes = bench.host_mib << 20;
+        let send_to = |ip: IpAddr, port: u16, bytes: u64| {
             format!(
-                "read a _ < /proc/uptime; dd if=/dev/zero bs=65536 count={count} 2>/dev/null \
-                 | nc {ip} {port}; rc=$?; read b _ < /proc/uptime; echo \"uptime $rc $a $b\""
+                "dd if=/dev/zero bs=65536 count={} 2>/dev/null | nc {ip} {port}; echo \"rc $?\"",
+                bytes / 65536
             )
         };
+        // What a client call costs without a transfer, subtracted from each transfer.
+        let mut empty_call = Vec::new();
+        for client in [Client::Vpod(&pods), Client::Runc(&containers)] {
+            let mut ms = Vec::new();
+            for _ in 0..EMPTY_CALLS {
+                let started = Instant::now();
+                run_client(&mut runc, &mut c_with, &client, "echo \"rc 0\"").await?;
+                ms.push(started.elapsed().as_secs_f64() * 1e3);
+            }
+            empty_call.push(median(&mut ms));
+        }
+        eprintln!(
+            "net-pods: empty client call: vpod ExecSync {:.0} ms, runc-side nsenter {:.0} ms",
+            empty_call[0], empty_call[1]
+        );
         let ping = |ip: IpAddr| format!("ping -c {PINGS} -i 0.2 {ip}");
 
         let mut samples: Samples = Default::default();
         for run in 0..=bench.runs {
             // Run 0 warms both paths (ARP, the page cache, the sinks) and is not counted.
             let counted = run > 0;
-            for (imp, peer_ip, client) in [
-                ("vpod", pods.a_ip, Client::Vpod(&pods)),
-                ("runc", containers.a_ip, Client::Runc(&containers)),
+            for (imp, peer_ip, client, overhead) in [
+                ("vpod", pods.a_ip, Client::Vpod(&pods), empty_call[0]),
+                ("runc", containers.a_ip, Client::Runc(&containers), empty_call[1]),
             ] {
-                let to_pod =
-                    transfer(&mut runc, &mut c_with, &client, &send_to(peer_ip, SINK_PORT)).await;
+                let to_pod = transfer(
+                    &mut runc,
+                    &mut c_with,
+                    &client,
+                    &send_to(peer_ip, SINK_PORT, bytes),
+                )
+                .await
+                .map(|ms| ms - overhead);
                 let to_host = transfer(
                     &mut runc,
                     &mut c_with,
                     &client,
-                    &send_to(gateway, HOST_SINK_PORT),
+                    &send_to(gateway, HOST_SINK_PORT, host_bytes),
                 )
-                .await;
+                .await
+                .map(|ms| ms - overhead);
                 let from_host = host_send(SocketAddr::new(peer_ip, SINK_PORT), bytes);
                 let (to_pod, to_host, from_host) = (
                     to_pod.with_context(|| format!("{imp} pod to pod"))?,
@@ -176,13 +210,17 @@ fn measure(repo: &Path, bench: &NetPodsBench, scratch: &Path, dirs: &NetDirs) ->
             }
         }
         drop(host_sink);
-        let config = format!("{}mib", bench.mib);
         let host = bench.host.as_str();
         for imp in ["vpod", "runc"] {
-            for name in ["pod_to_pod_tcp", "pod_to_host_tcp", "host_to_pod_tcp"] {
+            for (name, sent) in [
+                ("pod_to_pod_tcp", bytes),
+                ("pod_to_host_tcp", host_bytes),
+                ("host_to_pod_tcp", bytes),
+            ] {
                 let ms = samples.get(imp, name);
+                let config = format!("{}mib", sent >> 20);
                 let mut row = Row::timing(name, imp, &config, host, &ms);
-                row.mb_s = row.timing.map(|t| bytes as f64 / 1e6 / (t.p50 / 1e3));
+                row.mb_s = row.timing.map(|t| sent as f64 / 1e6 / (t.p50 / 1e3));
                 rows.push(row);
             }
             for name in ["pod_to_pod_rtt", "pod_to_host_rtt"] {
@@ -280,7 +318,7 @@ impl Samples {
     }
 }
 
-/// Where a client command runs: pod B by ExecSync, or runc container B by `runc exec`.
+/// Where a client command runs: pod B by ExecSync, or runc container B's netns.
 enum Client<'a> {
     Vpod(&'a VpodPair),
     Runc(&'a RuncPair),
@@ -306,11 +344,15 @@ async fn run_client(
                 .into_inner();
             Ok(String::from_utf8_lossy(&reply.stdout).into_owned())
         }
-        Client::Runc(containers) => runc.exec(&containers.b_id, script),
+        Client::Runc(containers) => {
+            let _ = runc;
+            nsenter_exec(&containers.b_netns, script)
+        }
     }
 }
 
-/// One timed transfer by `script` (its `uptime RC START END` line); ms.
+/// One transfer by `script` (ending in its `rc STATUS` line), timed from the client call
+/// to its return; ms.
 async fn transfer(
     runc: &mut RuncPeer,
     clients: &mut Clients,
@@ -319,8 +361,10 @@ async fn transfer(
 ) -> Result<f64> {
     let mut last = String::new();
     for _ in 0..ATTEMPTS {
+        let started = Instant::now();
         last = run_client(runc, clients, client, script).await?;
-        if let Some((0, ms)) = parse_uptime_line(&last) {
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        if parse_status_line(&last) == Some(0) {
             return Ok(ms);
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -328,14 +372,18 @@ async fn transfer(
     bail!("no successful transfer in {ATTEMPTS} attempts; the last printed {last:?}")
 }
 
-/// `uptime RC START END` (seconds from /proc/uptime): the status and the ms between.
-fn parse_uptime_line(out: &str) -> Option<(i32, f64)> {
-    let line = out.lines().find_map(|l| l.strip_prefix("uptime "))?;
-    let mut words = line.split_whitespace();
-    let rc = words.next()?.parse().ok()?;
-    let start: f64 = words.next()?.parse().ok()?;
-    let end: f64 = words.next()?.parse().ok()?;
-    Some((rc, (end - start) * 1e3))
+/// `rc STATUS`: the sender's status.
+fn parse_status_line(out: &str) -> Option<i32> {
+    out.lines()
+        .find_map(|l| l.strip_prefix("rc "))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn median(ms: &mut [f64]) -> f64 {
+    ms.sort_by(f64::total_cmp);
+    ms[ms.len() / 2]
 }
 
 /// The average of busybox ping's `round-trip min/avg/max = A/B/C ms`.
@@ -634,7 +682,8 @@ struct RuncPeer {
 
 /// The two runc containers, each running a sink in its own veth netns.
 struct RuncPair {
-    b_id: String,
+    /// Container B's netns, where the runc-side clients run.
+    b_netns: PathBuf,
     a_ip: IpAddr,
     b_ip: IpAddr,
 }
@@ -654,7 +703,6 @@ impl RuncPeer {
     }
 
     fn start_pair(&mut self, networks: &RuncNetworks) -> Result<RuncPair> {
-        let mut ids = Vec::new();
         for name in ["runc-a", "runc-b"] {
             let id = format!("vpod-bench-net-{}-{name}", std::process::id());
             let dir = self.dir.join(format!("bundle-{name}"));
@@ -674,24 +722,25 @@ impl RuncPeer {
             if !status.success() {
                 bail!("runc run --detach of {name} failed ({status})");
             }
-            ids.push(id);
         }
         Ok(RuncPair {
-            b_id: ids[1].clone(),
+            b_netns: networks.netns("runc-b"),
             a_ip: networks.ip("runc-a")?,
             b_ip: networks.ip("runc-b")?,
         })
     }
 
-    /// `runc exec ID sh -c SCRIPT`: its stdout.
-    fn exec(&self, id: &str, script: &str) -> Result<String> {
-        let out = Command::new("runc")
-            .args(["exec", id, "sh", "-c", script])
-            .stdin(Stdio::null())
-            .output()
-            .context("running runc exec")?;
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
+}
+
+/// `busybox sh -c SCRIPT` in the netns at `netns` (a runc container's): its stdout.
+fn nsenter_exec(netns: &Path, script: &str) -> Result<String> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args([BUSYBOX, "sh", "-c", script])
+        .stdin(Stdio::null())
+        .output()
+        .context("running nsenter")?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 impl Drop for RuncPeer {
@@ -746,16 +795,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn uptime_line_gives_status_and_ms() {
-        let out = "noise\nuptime 0 12.34 15.84\n";
-        let (rc, ms) = parse_uptime_line(out).unwrap();
-        assert_eq!(rc, 0);
-        assert!((ms - 3500.0).abs() < 1e-6);
-        assert_eq!(
-            parse_uptime_line("uptime 1 1.00 2.00").map(|p| p.0),
-            Some(1)
-        );
-        assert_eq!(parse_uptime_line("nothing"), None);
+    fn status_line_gives_the_senders_status() {
+        assert_eq!(parse_status_line("noise\nrc 0\n"), Some(0));
+        assert_eq!(parse_status_line("rc 1"), Some(1));
+        assert_eq!(parse_status_line("nothing"), None);
     }
 
     #[test]

@@ -129,4 +129,30 @@ impl GuestQueue<'_> {
     pub(crate) fn set_avail_idx(&self, idx: u16) {
         self.write_u16(self.avail + 2, idx);
     }
+
+    /// The driver's flags (VRING_AVAIL_F_NO_INTERRUPT).
+    pub(crate) fn set_avail_flags(&self, flags: u16) {
+        self.write_u16(self.avail, flags);
+    }
+
+    /// The driver's `used_event` (with VIRTIO_RING_F_EVENT_IDX): signal once the used index
+    /// passes it.
+    pub(crate) fn set_used_event(&self, idx: u16) {
+        self.write_u16(self.avail + 4 + 2 * u64::from(self.size), idx);
+    }
+
+    /// The device's `avail_event` (with VIRTIO_RING_F_EVENT_IDX): where the driver is to
+    /// notify next.
+    pub(crate) fn avail_event(&self) -> u16 {
+        self.read_u16(self.used + 4 + 8 * u64::from(self.size))
+    }
+
+    /// The device's flags (VRING_USED_F_NO_NOTIFY).
+    pub(crate) fn used_flags(&self) -> u16 {
+        self.read_u16(self.used)
+    }
+
+    fn read_u16(&self, at: u64) -> u16 {
+        u16::from_le(self.memory.read_obj(GuestAddress(at)).expect("ring read"))
+    }
 }

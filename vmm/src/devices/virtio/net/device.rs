@@ -15,7 +15,7 @@ use super::{
     MacAddress, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4,
     VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_HOST_TSO4,
     VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_UFO, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
-    VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
+    VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP, VIRTIO_RING_F_EVENT_IDX,
 };
 use crate::config::{NetConfig, TapSource};
 use crate::devices::virtio::{
@@ -35,8 +35,8 @@ pub enum NetError {
 const QUEUE_SIZES: [u16; 2] = [QUEUE_MAX_SIZE; 2];
 
 /// Everything offered: virtio 1.x, the MAC and link status, checksum and segmentation
-/// offloads both ways, mergeable rx buffers. No control queue, so no multiqueue and no
-/// runtime offload changes.
+/// offloads both ways, mergeable rx buffers, event-index notification suppression. No
+/// control queue, so no multiqueue and no runtime offload changes.
 pub const AVAILABLE_FEATURES: u64 = VIRTIO_F_VERSION_1
     | VIRTIO_NET_F_MAC
     | VIRTIO_NET_F_STATUS
@@ -48,7 +48,8 @@ pub const AVAILABLE_FEATURES: u64 = VIRTIO_F_VERSION_1
     | VIRTIO_NET_F_HOST_TSO4
     | VIRTIO_NET_F_HOST_TSO6
     | VIRTIO_NET_F_HOST_UFO
-    | VIRTIO_NET_F_MRG_RXBUF;
+    | VIRTIO_NET_F_MRG_RXBUF
+    | VIRTIO_RING_F_EVENT_IDX;
 
 /// The running queues and the memory they live in.
 pub(super) struct ActiveQueues {

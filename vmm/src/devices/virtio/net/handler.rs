@@ -4,6 +4,12 @@
 //! limit, and given the backend on each call, so unit tests, property tests and the
 //! benchmark drive it on plain memory without a tap.
 //!
+//! Notifications both ways are suppressed as the driver and the ring allow: the guest is
+//! signalled only when it asked to be (its `used_event` index with
+//! `VIRTIO_RING_F_EVENT_IDX`, else the absence of `VRING_AVAIL_F_NO_INTERRUPT`), and it is
+//! told not to notify tx while the handler drains the tx queue, which is checked once more
+//! after notifications are back on, so that no chain queued in between is missed.
+//!
 //! Each direction has one scratch buffer of [`MAX_FRAME_LEN`] bytes, allocated once: a tx
 //! frame is gathered from guest memory into it and written to the backend in one call; an
 //! rx frame is read from the backend into it and scattered into guest buffers. The rx one
@@ -18,7 +24,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use super::metrics::{NetDropReason, NetMetrics};
 use super::{
     MAX_FRAME_LEN, NET_HDR_LEN, NUM_BUFFERS_OFFSET, RX_QUEUE, TX_QUEUE, VIRTIO_NET_F_GUEST_CSUM,
-    VIRTIO_NET_F_MRG_RXBUF,
+    VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX,
 };
 use crate::devices::virtio::QueueSignal;
 
@@ -179,13 +185,16 @@ impl<S: QueueSignal> NetQueueHandler<S, Unlimited> {
 
 impl<S: QueueSignal, L: NetRateLimit> NetQueueHandler<S, L> {
     pub fn with_limiter(
-        rx: Queue,
-        tx: Queue,
+        mut rx: Queue,
+        mut tx: Queue,
         signal: S,
         limiter: L,
         features: u64,
         metrics: Arc<NetMetrics>,
     ) -> Self {
+        let event_idx = features & VIRTIO_RING_F_EVENT_IDX != 0;
+        rx.set_event_idx(event_idx);
+        tx.set_event_idx(event_idx);
         let chains = usize::from(rx.size().max(1));
         NetQueueHandler {
             rx,
@@ -253,16 +262,26 @@ impl<S: QueueSignal, L: NetRateLimit> NetQueueHandler<S, L> {
     /// whether the guest was signalled.
     pub fn process_tx<B: NetBackend>(&mut self, memory: &GuestMemoryMmap, backend: &mut B) -> bool {
         let mut used_any = false;
+        // The guest need not notify while the queue is being drained.
+        let _ = self.tx.disable_notification(memory);
         for _ in 0..FRAMES_PER_CALL {
             let Some(chain) = self.tx.pop_descriptor_chain(memory) else {
-                return self.signal_if(used_any, TX_QUEUE);
+                // Notifications back on; a chain queued meanwhile is taken now.
+                match self.tx.enable_notification(memory) {
+                    Ok(true) => {
+                        let _ = self.tx.disable_notification(memory);
+                        continue;
+                    }
+                    _ => return self.signal_if(memory, used_any, TX_QUEUE),
+                }
             };
             let head = chain.head_index();
             match self.read_tx_chain(memory, chain) {
                 Ok(len) if !self.limiter.admit_tx(len) => {
                     // Read again when the limiter lets it through.
                     self.tx.go_to_previous_position();
-                    return self.signal_if(used_any, TX_QUEUE);
+                    let _ = self.tx.enable_notification(memory);
+                    return self.signal_if(memory, used_any, TX_QUEUE);
                 }
                 Ok(len) => match backend.write_frame(&self.tx_frame[..len]) {
                     Ok(()) => {
@@ -276,11 +295,15 @@ impl<S: QueueSignal, L: NetRateLimit> NetQueueHandler<S, L> {
             match self.tx.add_used(memory, head, 0) {
                 Ok(()) => used_any = true,
                 Err(virtio_queue::Error::InvalidDescriptorIndex) => {}
-                Err(_) => return self.signal_if(used_any, TX_QUEUE),
+                Err(_) => {
+                    let _ = self.tx.enable_notification(memory);
+                    return self.signal_if(memory, used_any, TX_QUEUE);
+                }
             }
         }
+        // Notifications stay off: the caller comes back for the rest.
         self.unfinished = true;
-        self.signal_if(used_any, TX_QUEUE)
+        self.signal_if(memory, used_any, TX_QUEUE)
     }
 
     /// Moves frames from the backend into rx buffers until the backend has none or the guest
@@ -322,7 +345,7 @@ impl<S: QueueSignal, L: NetRateLimit> NetQueueHandler<S, L> {
                 }
             }
         }
-        self.signal_if(used_any, RX_QUEUE)
+        self.signal_if(memory, used_any, RX_QUEUE)
     }
 
     /// Places the pending frame in as many rx chains as it needs (one without mergeable
@@ -347,6 +370,11 @@ impl<S: QueueSignal, L: NetRateLimit> NetQueueHandler<S, L> {
                 break;
             }
             let Some(chain) = self.rx.pop_descriptor_chain(memory) else {
+                // The guest is to notify when it posts its next buffer (with EVENT_IDX: once
+                // it moves past the buffers there are now); if it just did, go on.
+                if matches!(self.rx.enable_notification(memory), Ok(true)) {
+                    continue;
+                }
                 self.rx.set_next_avail(start);
                 return Delivery::NoBuffers;
             };
@@ -416,13 +444,34 @@ impl<S: QueueSignal, L: NetRateLimit> NetQueueHandler<S, L> {
         }
     }
 
-    fn signal_if(&self, used: bool, queue: usize) -> bool {
-        if used {
+    /// Signals `queue` if chains were used and the driver wants to hear of them now.
+    fn signal_if(&mut self, memory: &GuestMemoryMmap, used: bool, queue: usize) -> bool {
+        if !used {
+            return false;
+        }
+        let ring = if queue == RX_QUEUE {
+            &mut self.rx
+        } else {
+            &mut self.tx
+        };
+        // virtio-queue answers for `used_event`; the flag is left to the device. A ring
+        // that cannot be read gets the signal: a spurious one is harmless.
+        let wanted = if ring.event_idx_enabled() {
+            ring.needs_notification(memory).unwrap_or(true)
+        } else {
+            memory
+                .read_obj::<u16>(GuestAddress(ring.avail_ring()))
+                .map_or(true, |flags| u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT == 0)
+        };
+        if wanted {
             self.signal.signal_used_queue(queue as u16);
         }
-        used
+        wanted
     }
 }
+
+/// The driver's "do not interrupt me" flag in the avail ring (virtio 1.2, 2.7.7).
+const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
 
 #[cfg(test)]
 #[path = "handler_tests.rs"]

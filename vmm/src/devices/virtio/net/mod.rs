@@ -59,6 +59,8 @@ pub const VIRTIO_NET_F_GUEST_UFO: u64 = 1 << 10;
 pub const VIRTIO_NET_F_HOST_TSO4: u64 = 1 << 11;
 pub const VIRTIO_NET_F_HOST_TSO6: u64 = 1 << 12;
 pub const VIRTIO_NET_F_HOST_UFO: u64 = 1 << 14;
+/// The ring's event-index notification suppression (virtio 1.2, 2.7.10), a ring feature.
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
 pub const VIRTIO_NET_F_STATUS: u64 = 1 << 16;
 
