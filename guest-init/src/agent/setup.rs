@@ -401,6 +401,8 @@ mod tests {
             limits: CgroupLimits::default(),
             rootfs: RootfsSource::Directory("/img".into()),
             stdin: false,
+            stdin_once: false,
+            terminal: None,
             user_name: None,
             group_name: None,
             files: vec![],
