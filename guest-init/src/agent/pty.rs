@@ -119,13 +119,11 @@ pub struct PtyMaster {
 impl PtyMaster {
     /// Takes the master; call it on a runtime.
     pub fn new(master: OwnedFd) -> Result<Self, PtyError> {
+        let fd = master.as_raw_fd();
         // SAFETY: fcntl on a descriptor we own, with integer arguments.
-        let flags = unsafe { libc::fcntl(master.as_raw_fd(), libc::F_GETFL) };
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
         // SAFETY: as above.
-        if flags < 0
-            || unsafe { libc::fcntl(master.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) }
-                != 0
-        {
+        if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } != 0 {
             return Err(PtyError::Register(io::Error::last_os_error()));
         }
         // SAFETY: an OwnedFd is open, owned by the AsyncFd from here on, and always returns
@@ -206,10 +204,8 @@ mod tests {
             ws_ypixel: 0,
         };
         // SAFETY: TIOCGWINSZ writes one winsize into a live local.
-        assert_eq!(
-            unsafe { libc::ioctl(pty.slave.as_raw_fd(), libc::TIOCGWINSZ, &mut winsize) },
-            0
-        );
+        let rc = unsafe { libc::ioctl(pty.slave.as_raw_fd(), libc::TIOCGWINSZ, &mut winsize) };
+        assert_eq!(rc, 0);
         assert_eq!((winsize.ws_col, winsize.ws_row), (100, 30));
         let slave = std::fs::File::from(pty.slave);
         let master = PtyMaster::new(pty.master).unwrap();
