@@ -354,7 +354,7 @@ async fn a_client_that_never_reads_stalls_the_process_and_memory_stays_bounded()
 }
 
 #[tokio::test]
-async fn unknown_containers_are_not_found_and_bad_ports_invalid() {
+async fn unknown_containers_are_not_found_missing_programs_and_bad_ports_invalid() {
     bounded(async {
         let Some(mut agent) = Agent::start(APPLETS).await else {
             return;
@@ -363,6 +363,10 @@ async fn unknown_containers_are_not_found_and_bad_ports_invalid() {
         assert_eq!(exec.err().unwrap().code(), Code::NotFound);
         let attach = streaming::attach(&mut agent.client, "nope", false).await;
         assert_eq!(attach.err().unwrap().code(), Code::NotFound);
+        container(&mut agent, "c1", &["sleep", "1000"]).await;
+        let missing = streaming::exec(&mut agent.client, exec_options("c1", &["nope"])).await;
+        assert_eq!(missing.err().unwrap().code(), Code::InvalidArgument);
+        agent.remove("c1").await;
         let port = streaming::port_forward(&mut agent.client, 0).await;
         assert_eq!(port.err().unwrap().code(), Code::InvalidArgument);
         // A port nothing listens on: bind one, note it, close it.

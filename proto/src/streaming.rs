@@ -26,6 +26,8 @@ use crate::AgentClient;
 const QUEUE: usize = 8;
 /// The largest chunk a port-forward sends at once, and its in-memory pipe's size.
 const FORWARD_CHUNK: usize = 32 * 1024;
+/// The largest stdin message (gRPC's default limit is 4 MiB).
+const STDIN_CHUNK: usize = 256 * 1024;
 
 /// A terminal's size in character cells.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -98,9 +100,17 @@ enum Input {
 }
 
 impl ProcessInput {
-    /// Waits while the process does not read (the queue is bounded).
+    /// Waits while the process does not read (the queue is bounded). Large writes go in
+    /// pieces well under the agent's message limit.
     pub async fn stdin(&self, data: impl Into<Vec<u8>>) -> Result<(), StreamClosed> {
-        self.send(Input::Stdin(data.into())).await
+        let data = data.into();
+        if data.len() <= STDIN_CHUNK {
+            return self.send(Input::Stdin(data)).await;
+        }
+        for piece in data.chunks(STDIN_CHUNK) {
+            self.send(Input::Stdin(piece.to_vec())).await?;
+        }
+        Ok(())
     }
 
     pub async fn resize(&self, size: TerminalSize) -> Result<(), StreamClosed> {
@@ -344,5 +354,60 @@ async fn pump_port_forward(
             // The call is over (both directions done) or broken: stop either way.
             _ = &mut download => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn large_stdin_writes_go_in_pieces_in_order() {
+        let (sender, mut receiver) = mpsc::channel(QUEUE);
+        let input = ProcessInput { sender };
+        let data: Vec<u8> = (0..STDIN_CHUNK * 2 + 5).map(|i| i as u8).collect();
+        let writer = {
+            let data = data.clone();
+            tokio::spawn(async move { input.stdin(data).await })
+        };
+        let mut pieces = Vec::new();
+        while let Some(Input::Stdin(piece)) = receiver.recv().await {
+            pieces.push(piece);
+        }
+        writer.await.unwrap().unwrap();
+        let lengths: Vec<usize> = pieces.iter().map(Vec::len).collect();
+        assert_eq!(lengths, [STDIN_CHUNK, STDIN_CHUNK, 5]);
+        assert_eq!(pieces.concat(), data);
+    }
+
+    #[tokio::test]
+    async fn the_input_stream_starts_with_the_start_message() {
+        let (input, stream) = input_stream("start".to_string(), |i| format!("{i:?}"));
+        input
+            .resize(TerminalSize {
+                width: 1,
+                height: 2,
+            })
+            .await
+            .unwrap();
+        input.close_stdin().await.unwrap();
+        drop(input);
+        let all: Vec<String> = stream.collect().await;
+        assert_eq!(
+            all,
+            [
+                "start",
+                "Resize(TerminalSize { width: 1, height: 2 })",
+                "CloseStdin"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_exit_whose_pump_is_gone_is_cancelled() {
+        let (sender, receiver) = oneshot::channel();
+        drop(sender);
+        let status = ExitFuture(receiver).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Cancelled);
     }
 }

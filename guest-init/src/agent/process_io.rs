@@ -105,3 +105,21 @@ impl Drop for KillGroupOnDrop {
         self.kill();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_guard_never_arms_for_pids_that_name_every_process_or_the_caller_s_group() {
+        // kill(-1) would signal every process, kill(-0) the agent's own group.
+        for pid in [-5, 0, 1] {
+            let guard = KillGroupOnDrop::new(pid);
+            assert!(!guard.armed);
+        }
+        let mut guard = KillGroupOnDrop::new(1234);
+        assert!(guard.armed);
+        guard.disarm();
+        assert!(!guard.armed);
+    }
+}

@@ -43,6 +43,8 @@ pub struct ExecStreamRequest {
 /// A started process and the agent's ends of its stdio; [`ExecSession::run`] drives it.
 pub struct ExecSession {
     spawned: Spawned,
+    /// Armed from the spawn on: a session dropped before it ran kills its process too.
+    group: KillGroupOnDrop,
     stdin: Option<StdinWriter>,
     outputs: Vec<(OutputStream, OutputReader)>,
     terminal: Option<Arc<PtyMaster>>,
@@ -124,6 +126,7 @@ impl ContainerManager {
             .await
             .map_err(spawn_error)?;
         Ok(ExecSession {
+            group: KillGroupOnDrop::new(spawned.pid),
             spawned,
             stdin,
             outputs,
@@ -180,11 +183,11 @@ impl ExecSession {
     {
         let ExecSession {
             spawned,
+            mut group,
             stdin,
             outputs: readers,
             terminal,
         } = self;
-        let mut group = KillGroupOnDrop::new(spawned.pid);
         let mut exit = spawned.exit;
         if outputs
             .send(ProcessOutput::Started(spawned.pid))
