@@ -182,7 +182,7 @@ async fn localhost_page(mut client: AgentClient<Channel>) {
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await.unwrap();
     let response = String::from_utf8_lossy(&response);
-    assert!(response.starts_with("HTTP/1.0 200"), "{response}");
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
     assert!(
         response.ends_with(std::str::from_utf8(PAGE).unwrap()),
         "{response}"

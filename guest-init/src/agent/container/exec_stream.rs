@@ -19,8 +19,9 @@ use crate::agent::process_io::{
     KillGroupOnDrop, OutputReader, ProcessInput, ProcessOutput, StdinWriter, OUTPUT_CHUNK,
 };
 use crate::agent::pty::{set_size, Pty, PtyError, PtyMaster, TerminalSize};
-use crate::agent::reaper::ExitStatus;
+use crate::agent::reaper::{ExitStatus, Reaper};
 use crate::agent::spawn::{self, ChildStdio, ExecLaunch, Session, SpawnError, Spawned};
+use crate::agent::spec::ProcessSpec;
 use crate::agent::stdio::Stream as OutputStream;
 
 /// After the process ended, how long its output may stay silent before the session stops
@@ -124,6 +125,7 @@ impl ContainerManager {
         };
         let spawned = spawn_in(&self.reaper, &container, init_pid, process, stdio)
             .await
+            .map_err(ContainerError::Task)?
             .map_err(spawn_error)?;
         Ok(ExecSession {
             group: KillGroupOnDrop::new(spawned.pid),
@@ -145,13 +147,14 @@ fn open_terminal(dev: &std::path::Path, init_pid: libc::pid_t) -> Result<Pty, Pt
     }
 }
 
+/// Clones the process into the container on a blocking thread (the clone waits for exec).
 async fn spawn_in(
-    reaper: &Arc<crate::agent::reaper::Reaper>,
-    container: &Arc<Container>,
+    reaper: &Arc<Reaper>,
+    container: &Container,
     init_pid: libc::pid_t,
-    process: crate::agent::spec::ProcessSpec,
+    process: ProcessSpec,
     stdio: ChildStdio,
-) -> Result<Spawned, SpawnError> {
+) -> Result<Result<Spawned, SpawnError>, tokio::task::JoinError> {
     let reaper = Arc::clone(reaper);
     let cgroup = container.cgroup.clone();
     tokio::task::spawn_blocking(move || {
@@ -166,7 +169,6 @@ async fn spawn_in(
         )
     })
     .await
-    .unwrap_or(Err(SpawnError::LostHelper))
 }
 
 impl ExecSession {
