@@ -22,6 +22,16 @@ use tonic::{Status, Streaming};
 use crate::v1;
 use crate::AgentClient;
 
+/// The protocol minor that brought Exec, Attach and PortForward.
+pub const STREAMING_MINOR: u32 = 4;
+const _: () = assert!(crate::PROTOCOL_MINOR >= STREAMING_MINOR);
+
+/// Whether an agent (by its GetVersion answer) serves these calls: a pod VM booted from
+/// an older initrd answers them Unimplemented.
+pub fn agent_supports_streaming(version: &v1::GetVersionResponse) -> bool {
+    version.protocol_major == crate::PROTOCOL_MAJOR && version.protocol_minor >= STREAMING_MINOR
+}
+
 /// Output chunks (or inputs) queued between a helper's task and its caller.
 const QUEUE: usize = 8;
 /// The largest chunk a port-forward sends at once, and its in-memory pipe's size.
@@ -401,6 +411,19 @@ mod tests {
                 "CloseStdin"
             ]
         );
+    }
+
+    #[test]
+    fn streaming_needs_minor_4_of_this_major() {
+        let version = |major, minor| v1::GetVersionResponse {
+            agent_version: String::new(),
+            protocol_major: major,
+            protocol_minor: minor,
+        };
+        assert!(agent_supports_streaming(&version(1, 4)));
+        assert!(agent_supports_streaming(&version(1, 9)));
+        assert!(!agent_supports_streaming(&version(1, 3)));
+        assert!(!agent_supports_streaming(&version(2, 4)));
     }
 
     #[tokio::test]
