@@ -300,6 +300,25 @@ async fn a_terminal_container_takes_input_and_resizes_through_attach() {
 }
 
 #[tokio::test]
+async fn an_exec_ends_with_its_process_even_when_a_background_child_keeps_its_output_open() {
+    bounded(async {
+        let Some(mut agent) = Agent::start(APPLETS).await else {
+            return;
+        };
+        container(&mut agent, "c1", &["sleep", "1000"]).await;
+        let options = exec_options("c1", &["sh", "-c", "sleep 1000 & echo hi; exit 3"]);
+        let started = Instant::now();
+        let mut exec = streaming::exec(&mut agent.client, options).await.unwrap();
+        let (out, _) = drain(&mut exec.output).await;
+        assert_eq!(out, b"hi\n");
+        assert_eq!(exec.exit.await.unwrap().exit_code, 3);
+        assert!(started.elapsed() < Duration::from_secs(10));
+        agent.remove("c1").await;
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_client_that_drops_mid_stream_gets_the_process_group_killed() {
     bounded(async {
         let Some(mut agent) = Agent::start(APPLETS).await else {
