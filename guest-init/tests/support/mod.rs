@@ -1,7 +1,8 @@
 //! An agent for host-side tests: `vpod-init --agent-unix` in a temp dir with a busybox
 //! root directory, driven over gRPC. Needs root (namespaces, overlay, mounts); `start`
 //! answers None otherwise. Containers run without cgroups (the tests point the agent at a
-//! plain directory).
+//! plain directory). Each test file uses a different part of it.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -78,6 +79,16 @@ impl Agent {
         self.child.id() as libc::pid_t
     }
 
+    /// The agent's stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// The agent's temp dir (its state, the image, the socket).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     pub fn image(&self) -> PathBuf {
         self.dir.path().join("image")
     }
@@ -101,6 +112,74 @@ impl Agent {
             .unwrap();
     }
 
+    /// Everything the container wrote, by stream, until both streams closed.
+    pub async fn output(&mut self, id: &str) -> (String, String) {
+        let mut stream = self
+            .client
+            .read_stdio(v1::ReadStdioRequest {
+                container_id: id.into(),
+                from_offset: 0,
+                no_follow: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let (mut out, mut err) = (String::new(), String::new());
+        while let Some(chunk) = stream.message().await.unwrap() {
+            let text = String::from_utf8_lossy(&chunk.data).into_owned();
+            match chunk.stream() {
+                v1::StdioStream::Stdout => out.push_str(&text),
+                _ => err.push_str(&text),
+            }
+        }
+        (out, err)
+    }
+
+    /// The first `n` lines of stdout, while the container may still run.
+    pub async fn first_lines(&mut self, id: &str, n: usize) -> Vec<String> {
+        let mut stream = self
+            .client
+            .read_stdio(v1::ReadStdioRequest {
+                container_id: id.into(),
+                from_offset: 0,
+                no_follow: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut text = String::new();
+        while text.lines().count() < n || !text.ends_with('\n') {
+            let Some(chunk) = stream.message().await.unwrap() else {
+                break;
+            };
+            if chunk.stream() == v1::StdioStream::Stdout {
+                text.push_str(&String::from_utf8_lossy(&chunk.data));
+            }
+        }
+        text.lines().map(str::to_string).collect()
+    }
+
+    pub async fn wait(&mut self, id: &str) -> v1::WaitContainerResponse {
+        self.client
+            .wait_container(v1::WaitContainerRequest { id: id.into() })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    pub async fn exec(&mut self, id: &str, args: &[&str], timeout_ms: u64) -> v1::ExecSyncResponse {
+        self.client
+            .exec_sync(v1::ExecSyncRequest {
+                container_id: id.into(),
+                args: args.iter().map(|s| s.to_string()).collect(),
+                timeout_ms,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     pub async fn remove(&mut self, id: &str) {
         self.client
             .remove_container(v1::RemoveContainerRequest { id: id.into() })
@@ -117,6 +196,15 @@ fn kill(mut child: Child) {
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        // Its children first: container inits and the pod's PID namespace holder would
+        // outlive it (each is the init of a PID namespace, which its end takes down).
+        // SAFETY: kill takes plain integers; the pid is our child's, not yet waited for.
+        unsafe { libc::kill(self.pid(), libc::SIGSTOP) };
+        for child in children_of(self.pid()) {
+            // SAFETY: kill takes plain integers; the stopped agent reaps nothing, so its
+            // children's pids (zombies included) cannot be reused meanwhile.
+            unsafe { libc::kill(child, libc::SIGKILL) };
+        }
         // SAFETY: kill takes plain integers; the pid is our child's, not yet waited for.
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGKILL) };
         let _ = self.child.wait();
@@ -130,8 +218,26 @@ impl Drop for Agent {
     }
 }
 
+/// The processes whose parent is `parent`.
+fn children_of(parent: libc::pid_t) -> Vec<libc::pid_t> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<libc::pid_t>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                // pid (comm) state ppid ...: comm may hold spaces, so count after ')'.
+                let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+                after.split_whitespace().nth(1) == Some(&parent.to_string())
+            })
+        })
+        .collect()
+}
+
 /// Mount points at or below `dir` in this (the agent's) mount namespace.
-fn mounts_under(dir: &Path) -> Vec<String> {
+pub fn mounts_under(dir: &Path) -> Vec<String> {
     let prefix = dir.display().to_string();
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
