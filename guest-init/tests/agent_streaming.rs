@@ -484,3 +484,36 @@ async fn port_forward_carries_10_mib_each_way_on_several_connections_at_once() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn port_forward_falls_back_to_ipv6_localhost_and_half_closes_both_ways() {
+    bounded(async {
+        let Some(mut agent) = Agent::start(APPLETS).await else {
+            return;
+        };
+        let Ok(listener) = tokio::net::TcpListener::bind("[::1]:0").await else {
+            eprintln!("skipped: no IPv6 loopback");
+            return;
+        };
+        let port = listener.local_addr().unwrap().port();
+        // The server answers after the client's half-close, then closes its side.
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            socket.read_to_end(&mut request).await.unwrap();
+            socket.write_all(b"got: ").await.unwrap();
+            socket.write_all(&request).await.unwrap();
+            socket.shutdown().await.unwrap();
+        });
+        let mut stream = streaming::port_forward(&mut agent.client, port)
+            .await
+            .unwrap();
+        stream.write_all(b"ping").await.unwrap();
+        stream.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, b"got: ping");
+        server.await.unwrap();
+    })
+    .await;
+}
