@@ -287,14 +287,17 @@ async fn a_terminal_container_takes_input_and_resizes_through_attach() {
             height: 40,
         };
         attached.input.resize(size).await.unwrap();
-        attached.input.stdin("stty size\n").await.unwrap();
+        attached.input.stdin("stty size; tty\n").await.unwrap();
         let mut text = String::new();
         read_until(&mut attached.output, &mut text, "40 120").await;
+        // Its terminal is in its own /dev/pts.
+        read_until(&mut attached.output, &mut text, "\n/dev/pts/0").await;
         attached.input.stdin("exit 3\n").await.unwrap();
         let (_, err) = drain(&mut attached.output).await;
         assert!(err.is_empty(), "a terminal merges stderr into stdout");
         assert_eq!(attached.exit.await.unwrap().exit_code, 3);
         agent.remove("c1").await;
+        assert!(support::mounts_under(agent.dir()).is_empty());
     })
     .await;
 }

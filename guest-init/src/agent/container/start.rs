@@ -10,6 +10,7 @@ use crate::agent::in_root::RootDir;
 use crate::agent::process_io::{OutputReader, StdinWriter};
 use crate::agent::pty::{set_size, Pty, PtyMaster, TerminalSize};
 use crate::agent::reaper::ExitStatus;
+use crate::agent::rootfs;
 use crate::agent::setup;
 use crate::agent::spawn::{self, ChildStdio, ContainerLaunch, Session, SpawnError, Spawned};
 use crate::agent::spawn_pod::{spawn_in_pod, PodPidNamespace};
@@ -68,9 +69,18 @@ impl ContainerManager {
         let dev = self.paths.dev.clone();
         let is_file = |source: &str| std::fs::metadata(source).is_ok_and(|m| !m.is_dir());
         create_destinations(&container.rootfs.rootfs, &container.spec, &is_file);
-        let steps =
-            setup::container_steps(&container.spec, &container.rootfs.rootfs, &dev, &is_file)
-                .map_err(|e| ContainerError::Setup(id.clone(), e))?;
+        let devpts = container
+            .spec
+            .terminal
+            .map(|_| container.rootfs.devpts_dir());
+        let steps = setup::container_steps(
+            &container.spec,
+            &container.rootfs.rootfs,
+            &dev,
+            devpts.as_deref(),
+            &is_file,
+        )
+        .map_err(|e| ContainerError::Setup(id.clone(), e))?;
         let (stdio, outputs) = match container.spec.terminal {
             Some(size) => self.terminal_stdio(container, size).await?,
             None => pipe_stdio(container).await.map_err(spawn_error)?,
@@ -105,8 +115,9 @@ impl ContainerManager {
         Ok(spawned)
     }
 
-    /// A terminal for stdin, stdout and stderr: its master feeds the output ring (as
-    /// stdout, a terminal merges both) and takes stdin when the container has one.
+    /// A terminal for stdin, stdout and stderr, from the container's own devpts instance
+    /// (mounted here, bound on its /dev/pts): its master feeds the output ring (as stdout,
+    /// a terminal merges both) and takes stdin when the container has one.
     async fn terminal_stdio(
         &self,
         container: &Arc<Container>,
@@ -114,7 +125,12 @@ impl ContainerManager {
     ) -> Result<(ChildStdio, Vec<(Stream, OutputReader)>), ContainerError> {
         let id = &container.spec.id;
         let terminal_error = |e| ContainerError::Terminal(id.clone(), e);
-        let pty = Pty::open(&self.paths.dev.join("ptmx")).map_err(terminal_error)?;
+        let devpts = {
+            let mut state = self.mount_state();
+            rootfs::mount_devpts(state.ops.as_mut(), &container.rootfs)
+                .map_err(|e| ContainerError::Rootfs(id.clone(), e))?
+        };
+        let pty = Pty::open(&devpts.join("ptmx")).map_err(terminal_error)?;
         set_size(pty.master.as_fd(), size).map_err(terminal_error)?;
         let master = Arc::new(PtyMaster::new(pty.master).map_err(terminal_error)?);
         if container.spec.stdin {
