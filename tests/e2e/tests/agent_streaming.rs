@@ -1,7 +1,8 @@
 //! The agent's streaming calls in a real pod VM, over the VMM's hybrid vsock, through the
 //! host's helpers (`vpod_proto::streaming`): exec with a terminal (its size, resizes, the
-//! container's own /dev/pts) and with stdin, and port-forward to servers in a container,
-//! one of them listening on the container's localhost only. The container's root is the
+//! container's own /dev/pts) and with stdin, port-forward to servers in a container, one
+//! of them listening on the container's localhost only, and attach to a container whose
+//! shell has a terminal. The container's root is the
 //! guest's own (busybox), through `rootfs_path`.
 
 use std::process::Command;
@@ -49,6 +50,9 @@ fn exec_with_a_terminal_and_port_forward_reach_a_pod_vm_over_vsock() {
             )
             .check("port_forward_connections_echo_both_ways_at_once", || {
                 runtime.block_on(echoes(client.clone()))
+            })
+            .check("attach_drives_a_terminal_container_s_shell", || {
+                runtime.block_on(attach_terminal(client.clone()))
             });
         checks.finish();
     });
@@ -215,4 +219,42 @@ async fn echoes(client: AgentClient<Channel>) {
     for connection in connections {
         connection.await.unwrap();
     }
+}
+
+async fn attach_terminal(mut client: AgentClient<Channel>) {
+    client
+        .create_container(v1::CreateContainerRequest {
+            id: "tty".into(),
+            args: vec!["sh".into()],
+            env: vec!["PATH=/bin:/sbin:/usr/bin:/usr/sbin".into()],
+            rootfs_path: "/".into(),
+            terminal: true,
+            stdin: true,
+            terminal_size: Some(v1::TerminalSize {
+                width: 80,
+                height: 24,
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("CreateContainer");
+    client
+        .start_container(v1::StartContainerRequest { id: "tty".into() })
+        .await
+        .expect("StartContainer");
+    let mut attached = streaming::attach(&mut client, "tty", true)
+        .await
+        .expect("Attach");
+    let size = TerminalSize {
+        width: 100,
+        height: 50,
+    };
+    attached.input.resize(size).await.unwrap();
+    attached.input.stdin("stty size; tty\n").await.unwrap();
+    let mut text = String::new();
+    read_until(&mut attached.output, &mut text, "50 100").await;
+    read_until(&mut attached.output, &mut text, "/dev/pts/0").await;
+    attached.input.stdin("exit 6\n").await.unwrap();
+    while attached.output.recv().await.is_some() {}
+    assert_eq!(attached.exit.await.expect("an exit").exit_code, 6);
 }
