@@ -52,20 +52,19 @@ impl Agent {
             .spawn()
             .unwrap();
         let mut agent_child = Some(child);
+        // The socket's file appears at bind(2), a moment before listen(2): retry.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !socket.exists() {
+        let client = loop {
+            if socket.exists() {
+                if let Ok(client) = vpod_proto::client::connect_unix(&socket).await {
+                    break client;
+                }
+            }
             if Instant::now() >= deadline {
                 kill(agent_child.take().unwrap());
                 panic!("the agent did not listen");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let client = match vpod_proto::client::connect_unix(&socket).await {
-            Ok(client) => client,
-            Err(e) => {
-                kill(agent_child.take().unwrap());
-                panic!("could not connect to the agent: {e}");
-            }
         };
         Some(Agent {
             child: agent_child.take().unwrap(),
