@@ -3,216 +3,18 @@
 //! This host's /sys/fs/cgroup is not cgroup2, and the tests point the agent at a plain
 //! directory anyway, so containers run without cgroups (the degraded path).
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tonic::transport::Channel;
+use support::{mounts_under, Agent};
 use vpod_proto::v1::{self, wait_container_response::Status as Ended};
-use vpod_proto::AgentClient;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(60);
 const APPLETS: &[&str] = &[
     "sh", "echo", "sleep", "cat", "pwd", "readlink", "hostname", "true", "ls", "id", "grep",
 ];
-
-/// One agent process with its own temp dir; killed by pid and unmounted on drop.
-struct Agent {
-    child: Child,
-    dir: tempfile::TempDir,
-    client: AgentClient<Channel>,
-}
-
-impl Agent {
-    async fn start() -> Option<Agent> {
-        // SAFETY: geteuid has no arguments and cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: needs root");
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let rootfs = dir.path().join("image");
-        for sub in ["bin", "tmp", "etc", "work"] {
-            std::fs::create_dir_all(rootfs.join(sub)).unwrap();
-        }
-        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
-        for applet in APPLETS {
-            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
-        }
-        let not_cgroup2 = dir.path().join("cgroup");
-        std::fs::create_dir(&not_cgroup2).unwrap();
-        let socket = dir.path().join("agent.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_vpod-init"))
-            .arg("--agent-unix")
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .arg("--cgroup-root")
-            .arg(&not_cgroup2)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("agent.log")).unwrap())
-            .spawn()
-            .unwrap();
-        // Killed by pid if anything below fails.
-        let guard = KillOnDrop(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !socket.exists() {
-            assert!(Instant::now() < deadline, "the agent did not listen");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let client = vpod_proto::client::connect_unix(&socket).await.unwrap();
-        let child = guard.disarm();
-        Some(Agent { child, dir, client })
-    }
-
-    fn image(&self) -> PathBuf {
-        self.dir.path().join("image")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
-    }
-
-    fn create_request(&self, id: &str, args: &[&str]) -> v1::CreateContainerRequest {
-        v1::CreateContainerRequest {
-            id: id.into(),
-            args: args.iter().map(|s| s.to_string()).collect(),
-            env: vec!["PATH=/bin".into()],
-            rootfs_path: self.image().display().to_string(),
-            ..Default::default()
-        }
-    }
-
-    async fn run(&mut self, request: v1::CreateContainerRequest) {
-        let id = request.id.clone();
-        self.client.create_container(request).await.unwrap();
-        self.client
-            .start_container(v1::StartContainerRequest { id })
-            .await
-            .unwrap();
-    }
-
-    /// Everything the container wrote, by stream, until both streams closed.
-    async fn output(&mut self, id: &str) -> (String, String) {
-        let mut stream = self
-            .client
-            .read_stdio(v1::ReadStdioRequest {
-                container_id: id.into(),
-                from_offset: 0,
-                no_follow: false,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let (mut out, mut err) = (String::new(), String::new());
-        while let Some(chunk) = stream.message().await.unwrap() {
-            let text = String::from_utf8_lossy(&chunk.data).into_owned();
-            match chunk.stream() {
-                v1::StdioStream::Stdout => out.push_str(&text),
-                _ => err.push_str(&text),
-            }
-        }
-        (out, err)
-    }
-
-    /// The first `n` lines of stdout, while the container may still run.
-    async fn first_lines(&mut self, id: &str, n: usize) -> Vec<String> {
-        let mut stream = self
-            .client
-            .read_stdio(v1::ReadStdioRequest {
-                container_id: id.into(),
-                from_offset: 0,
-                no_follow: false,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let mut text = String::new();
-        while text.lines().count() < n || !text.ends_with('\n') {
-            let Some(chunk) = stream.message().await.unwrap() else {
-                break;
-            };
-            if chunk.stream() == v1::StdioStream::Stdout {
-                text.push_str(&String::from_utf8_lossy(&chunk.data));
-            }
-        }
-        text.lines().map(str::to_string).collect()
-    }
-
-    async fn wait(&mut self, id: &str) -> v1::WaitContainerResponse {
-        self.client
-            .wait_container(v1::WaitContainerRequest { id: id.into() })
-            .await
-            .unwrap()
-            .into_inner()
-    }
-
-    async fn remove(&mut self, id: &str) {
-        self.client
-            .remove_container(v1::RemoveContainerRequest { id: id.into() })
-            .await
-            .unwrap();
-    }
-
-    async fn exec(&mut self, id: &str, args: &[&str], timeout_ms: u64) -> v1::ExecSyncResponse {
-        self.client
-            .exec_sync(v1::ExecSyncRequest {
-                container_id: id.into(),
-                args: args.iter().map(|s| s.to_string()).collect(),
-                timeout_ms,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-    }
-}
-
-struct KillOnDrop(Child);
-
-impl KillOnDrop {
-    fn disarm(self) -> Child {
-        let this = std::mem::ManuallyDrop::new(self);
-        // SAFETY: `this` is never used or dropped again, so the child is moved out once.
-        unsafe { std::ptr::read(&this.0) }
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        // SAFETY: kill takes plain integers; the pid is our child's, not yet waited for.
-        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGKILL) };
-        let _ = self.0.wait();
-    }
-}
-
-/// Mount points at or below `dir` in this (the agent's) mount namespace.
-fn mounts_under(dir: &Path) -> Vec<String> {
-    let prefix = dir.display().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| m.starts_with(&prefix))
-        .map(str::to_string)
-        .collect()
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        // SAFETY: kill takes plain integers; the pid is our child's, not yet waited for.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGKILL) };
-        let _ = self.child.wait();
-        let mut left = mounts_under(self.dir.path());
-        left.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for mount in left {
-            let path = std::ffi::CString::new(mount).unwrap();
-            // SAFETY: the path is NUL-terminated and outlives the call.
-            unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
-        }
-    }
-}
 
 async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
     tokio::time::timeout(TEST_TIMEOUT, test)
@@ -223,7 +25,7 @@ async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
 #[tokio::test]
 async fn version_and_guest_info_answer() {
     bounded(async {
-        let Some(mut agent) = Agent::start().await else {
+        let Some(mut agent) = Agent::start(APPLETS).await else {
             return;
         };
         let version = agent
@@ -253,7 +55,7 @@ async fn version_and_guest_info_answer() {
 #[tokio::test]
 async fn output_reaches_read_stdio_and_the_exit_code_reaches_wait() {
     bounded(async {
-        let Some(mut agent) = Agent::start().await else {
+        let Some(mut agent) = Agent::start(APPLETS).await else {
             return;
         };
         let request = agent.create_request("c1", &["sh", "-c", "echo out; echo err >&2; exit 3"]);
@@ -271,11 +73,11 @@ async fn output_reaches_read_stdio_and_the_exit_code_reaches_wait() {
         assert_eq!(stats.code(), tonic::Code::FailedPrecondition);
         agent.remove("c1").await;
         assert!(
-            mounts_under(agent.dir.path()).is_empty(),
+            mounts_under(agent.dir()).is_empty(),
             "{:?}",
-            mounts_under(agent.dir.path())
+            mounts_under(agent.dir())
         );
-        assert!(!agent.dir.path().join("state/containers/c1").exists());
+        assert!(!agent.dir().join("state/containers/c1").exists());
     })
     .await;
 }
@@ -283,7 +85,7 @@ async fn output_reaches_read_stdio_and_the_exit_code_reaches_wait() {
 #[tokio::test]
 async fn env_cwd_args_and_hostname_are_applied() {
     bounded(async {
-        let Some(mut agent) = Agent::start().await else {
+        let Some(mut agent) = Agent::start(APPLETS).await else {
             return;
         };
         let mut request = agent.create_request(
@@ -311,7 +113,7 @@ async fn env_cwd_args_and_hostname_are_applied() {
 #[tokio::test]
 async fn exec_sync_collects_output_and_kills_on_timeout() {
     bounded(async {
-        let Some(mut agent) = Agent::start().await else {
+        let Some(mut agent) = Agent::start(APPLETS).await else {
             return;
         };
         agent
@@ -349,7 +151,7 @@ async fn exec_sync_collects_output_and_kills_on_timeout() {
         let missing = agent.exec("c3", &["no-such-program"], 0).await;
         assert_eq!(missing.exit_code, 127);
         agent.remove("c3").await;
-        assert!(mounts_under(agent.dir.path()).is_empty());
+        assert!(mounts_under(agent.dir()).is_empty());
     })
     .await;
 }
@@ -357,7 +159,7 @@ async fn exec_sync_collects_output_and_kills_on_timeout() {
 #[tokio::test]
 async fn signals_reach_the_container_init_as_the_kernel_allows() {
     bounded(async {
-        let Some(mut agent) = Agent::start().await else {
+        let Some(mut agent) = Agent::start(APPLETS).await else {
             return;
         };
         // A PID namespace's init gets only the signals it handles (SIGKILL aside): busybox
@@ -437,7 +239,7 @@ async fn signals_reach_the_container_init_as_the_kernel_allows() {
 #[tokio::test]
 async fn containers_have_their_own_pid_and_mount_namespaces() {
     bounded(async {
-        let Some(mut agent) = Agent::start().await else { return };
+        let Some(mut agent) = Agent::start(APPLETS).await else { return };
         // Both stay alive (reading stdin) while compared: a dead namespace's inode number
         // can be reused by the next one.
         let script = "echo $$; readlink /proc/self/ns/pid; readlink /proc/self/ns/mnt; echo x > /tmp/mine; ls /tmp; read line; echo got $line";
@@ -485,7 +287,7 @@ async fn containers_have_their_own_pid_and_mount_namespaces() {
             .await
             .unwrap_err();
         assert_eq!(unknown.code(), tonic::Code::NotFound);
-        assert!(mounts_under(agent.dir.path()).is_empty());
+        assert!(mounts_under(agent.dir()).is_empty());
     })
     .await;
 }
@@ -493,7 +295,7 @@ async fn containers_have_their_own_pid_and_mount_namespaces() {
 /// A directory beside the image that symlinks in the image point at; nothing may appear
 /// in it.
 fn outside_dir(agent: &Agent) -> PathBuf {
-    let outside = agent.dir.path().join("outside");
+    let outside = agent.dir().join("outside");
     std::fs::create_dir_all(&outside).unwrap();
     outside
 }
@@ -512,7 +314,7 @@ fn dir_entries(dir: &Path) -> Vec<String> {
 #[tokio::test]
 async fn files_are_written_inside_the_root_even_through_hostile_symlinks() {
     bounded(async {
-        let Some(mut agent) = Agent::start().await else {
+        let Some(mut agent) = Agent::start(APPLETS).await else {
             return;
         };
         let outside = outside_dir(&agent);
@@ -554,7 +356,7 @@ async fn files_are_written_inside_the_root_even_through_hostile_symlinks() {
             "{:?}",
             dir_entries(&outside)
         );
-        assert!(!agent.dir.path().join("x").exists());
+        assert!(!agent.dir().join("x").exists());
         // The image (the lower layer) is untouched: the files went to the upper dir.
         assert_eq!(
             std::fs::read_to_string(image.join("etc/hostname")).unwrap(),
@@ -573,7 +375,7 @@ async fn files_are_written_inside_the_root_even_through_hostile_symlinks() {
 #[tokio::test]
 async fn user_names_resolve_in_the_container_s_passwd_and_group() {
     bounded(async {
-        let Some(mut agent) = Agent::start().await else {
+        let Some(mut agent) = Agent::start(APPLETS).await else {
             return;
         };
         let image = agent.image();
@@ -637,7 +439,7 @@ async fn user_names_resolve_in_the_container_s_passwd_and_group() {
             refused.message()
         );
         // The failed create left nothing mounted.
-        assert!(mounts_under(&agent.dir.path().join("state")).is_empty());
+        assert!(mounts_under(&agent.dir().join("state")).is_empty());
     })
     .await;
 }
@@ -645,7 +447,7 @@ async fn user_names_resolve_in_the_container_s_passwd_and_group() {
 #[tokio::test]
 async fn mount_destinations_and_cwd_resolve_inside_the_root() {
     bounded(async {
-        let Some(mut agent) = Agent::start().await else {
+        let Some(mut agent) = Agent::start(APPLETS).await else {
             return;
         };
         let outside = outside_dir(&agent);
@@ -673,10 +475,10 @@ async fn mount_destinations_and_cwd_resolve_inside_the_root() {
         assert_eq!(lines.get(2).copied(), Some("1"), "stderr: {err}");
         assert_eq!(agent.wait("m1").await.status, Some(Ended::ExitCode(0)));
         assert!(dir_entries(&outside).is_empty(), "{:?}", dir_entries(&outside));
-        assert!(!agent.dir.path().join("new").exists());
+        assert!(!agent.dir().join("new").exists());
         assert!(!Path::new("/new/dir").exists());
         agent.remove("m1").await;
-        assert!(mounts_under(agent.dir.path()).is_empty());
+        assert!(mounts_under(agent.dir()).is_empty());
     })
     .await;
 }
@@ -684,7 +486,7 @@ async fn mount_destinations_and_cwd_resolve_inside_the_root() {
 #[tokio::test]
 async fn read_stdio_resumes_from_a_byte_offset() {
     bounded(async {
-        let Some(mut agent) = Agent::start().await else {
+        let Some(mut agent) = Agent::start(APPLETS).await else {
             return;
         };
         agent
@@ -725,7 +527,7 @@ async fn read_stdio_resumes_from_a_byte_offset() {
 #[tokio::test]
 async fn read_stdio_without_follow_ends_at_the_current_output() {
     bounded(async {
-        let Some(mut agent) = Agent::start().await else {
+        let Some(mut agent) = Agent::start(APPLETS).await else {
             return;
         };
         agent
@@ -756,7 +558,7 @@ async fn read_stdio_without_follow_ends_at_the_current_output() {
 #[tokio::test]
 async fn capabilities_are_added_and_dropped_from_the_default_set_and_the_root_can_be_read_only() {
     bounded(async {
-        let Some(mut agent) = Agent::start().await else {
+        let Some(mut agent) = Agent::start(APPLETS).await else {
             return;
         };
         let script = "grep CapEff /proc/self/status; echo x > /probe && echo wrote; true";
@@ -787,7 +589,7 @@ async fn capabilities_are_added_and_dropped_from_the_default_set_and_the_root_ca
 #[tokio::test]
 async fn update_container_refuses_unknown_exited_and_cgroupless_containers() {
     bounded(async {
-        let Some(mut agent) = Agent::start().await else {
+        let Some(mut agent) = Agent::start(APPLETS).await else {
             return;
         };
         let update = |id: &str| v1::UpdateContainerRequest {
@@ -838,7 +640,7 @@ async fn update_container_refuses_unknown_exited_and_cgroupless_containers() {
 #[tokio::test]
 async fn the_security_context_applies_groups_no_new_privs_masks_read_only_paths_and_sysctls() {
     bounded(async {
-        let Some(mut agent) = Agent::start().await else {
+        let Some(mut agent) = Agent::start(APPLETS).await else {
             return;
         };
         let host_value = || std::fs::read_to_string("/proc/sys/kernel/shm_rmid_forced").unwrap();
@@ -906,7 +708,7 @@ async fn the_security_context_applies_groups_no_new_privs_masks_read_only_paths_
 #[tokio::test]
 async fn a_signal_sent_before_the_init_handles_it_arrives_once_it_does() {
     bounded(async {
-        let Some(mut agent) = Agent::start().await else {
+        let Some(mut agent) = Agent::start(APPLETS).await else {
             return;
         };
         // SIGTERM at once, while the shell (the namespace's init) has no handler yet: the
@@ -943,7 +745,7 @@ async fn a_signal_sent_before_the_init_handles_it_arrives_once_it_does() {
 #[tokio::test]
 async fn containers_sharing_the_pod_pid_namespace_see_each_other() {
     bounded(async {
-        let Some(mut agent) = Agent::start().await else {
+        let Some(mut agent) = Agent::start(APPLETS).await else {
             return;
         };
         let mut first = agent.create_request("p1", &["sleep", "1234"]);

@@ -4,7 +4,8 @@
 //!   (vpod-init) inside each micro-VM, generated from `agent.proto` at build time. The guest
 //!   takes only the server; the client brings the host-side ways to reach the agent: a plain
 //!   unix socket (tests, debugging) and the hybrid vsock unix socket of the VMM
-//!   (`CONNECT <port>\n` / `OK <host_port>\n`, as Firecracker and Cloud Hypervisor do).
+//!   (`CONNECT <port>\n` / `OK <host_port>\n`, as Firecracker and Cloud Hypervisor do),
+//!   and [`streaming`]: exec, attach and port-forward as plain tokio channels and streams.
 //! - `authority`: the HTTP/2 `:authority` normaliser in front of the CRI socket.
 //! - `grpc` (default): all three, the host's set. `cri` adds the CRI bindings.
 //! - `vmm`: the contract between the host and vpod-vmm ([`vmm`]): the VM configuration, every
@@ -16,6 +17,8 @@ pub mod authority;
 #[cfg(feature = "agent-client")]
 pub mod client;
 pub mod error_chain;
+#[cfg(feature = "agent-client")]
+pub mod streaming;
 #[cfg(feature = "vmm")]
 pub mod vmm;
 

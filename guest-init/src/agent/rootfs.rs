@@ -163,6 +163,38 @@ pub struct PreparedRootfs {
     scratch_dirs: Option<PathBuf>,
 }
 
+impl PreparedRootfs {
+    /// Where a container with a terminal gets its devpts instance: the agent mounts it to
+    /// open the main process's terminal before the process starts, and the container's
+    /// /dev/pts is a bind of it, so the process finds its terminal there.
+    pub fn devpts_dir(&self) -> PathBuf {
+        self.container_dir.join("pts")
+    }
+}
+
+/// Mounts a new devpts instance at [`PreparedRootfs::devpts_dir`].
+pub fn mount_devpts(
+    ops: &mut dyn MountOps,
+    prepared: &PreparedRootfs,
+) -> Result<PathBuf, RootfsError> {
+    let target = prepared.devpts_dir();
+    ops.create_dir_all(&target)
+        .map_err(|e| RootfsError::CreateDir(target.clone(), e))?;
+    ops.mount(
+        "devpts",
+        &target,
+        "devpts",
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        "newinstance,ptmxmode=0666,mode=0620",
+    )
+    .map_err(|source| RootfsError::Mount {
+        source_name: "devpts".to_string(),
+        target: target.clone(),
+        source,
+    })?;
+    Ok(target)
+}
+
 /// The disks mounted for containers, counted by user.
 #[derive(Default)]
 pub struct DiskMounts {
@@ -294,6 +326,14 @@ pub fn release(
         // EINVAL: not a mount point (anymore); anything else keeps the directories.
         if e.raw_os_error() != Some(libc::EINVAL) {
             return Err(RootfsError::Unmount(prepared.rootfs.clone(), e));
+        }
+    }
+    let devpts = prepared.devpts_dir();
+    if devpts.exists() {
+        if let Err(e) = ops.unmount(&devpts) {
+            if e.raw_os_error() != Some(libc::EINVAL) {
+                return Err(RootfsError::Unmount(devpts, e));
+            }
         }
     }
     release_disks_and_dirs(ops, disks, prepared)

@@ -3,14 +3,19 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use tokio_stream::Stream;
-use tonic::{Request, Response, Status};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
 use vpod_proto::v1;
 
 use super::container::ContainerManager;
 use super::convert;
+use super::convert::stream as convert_stream;
 use super::guest_info::{guest_info, GuestClock};
 use super::network::{self, Rtnetlink};
+use super::portforward;
+use super::process_io::{ProcessOutput, OUTPUT_QUEUE};
 use super::reaper::ExitStatus;
 use super::stdio::Stream as StdioStream;
 
@@ -20,6 +25,8 @@ pub struct AgentService {
 }
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<v1::StdioChunk, Status>> + Send>>;
+type ProcessOutputStream = Pin<Box<dyn Stream<Item = Result<v1::ProcessOutput, Status>> + Send>>;
+type ForwardStream = Pin<Box<dyn Stream<Item = Result<v1::PortForwardOutput, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl vpod_proto::Agent for AgentService {
@@ -193,6 +200,54 @@ impl vpod_proto::Agent for AgentService {
         Ok(Response::new(v1::CloseStdinResponse {}))
     }
 
+    type ExecStream = ProcessOutputStream;
+
+    async fn exec(
+        &self,
+        request: Request<Streaming<v1::ExecInput>>,
+    ) -> Result<Response<ProcessOutputStream>, Status> {
+        let mut inputs = request.into_inner();
+        let (id, exec) = convert_stream::exec_start(inputs.message().await?)?;
+        let session = self.containers.exec_stream(&id, exec).await?;
+        let inputs = inputs.map(|m| Ok(convert_stream::exec_input(m?)?));
+        Ok(Response::new(process_outputs(|outputs| {
+            session.run::<_, Status>(inputs, outputs)
+        })))
+    }
+
+    type AttachStream = ProcessOutputStream;
+
+    async fn attach(
+        &self,
+        request: Request<Streaming<v1::AttachInput>>,
+    ) -> Result<Response<ProcessOutputStream>, Status> {
+        let mut inputs = request.into_inner();
+        let (id, attach) = convert_stream::attach_start(inputs.message().await?)?;
+        let session = self.containers.attach(&id, attach)?;
+        let inputs = inputs.map(|m| Ok(convert_stream::attach_input(m?)?));
+        Ok(Response::new(process_outputs(|outputs| {
+            session.run::<_, Status>(inputs, outputs)
+        })))
+    }
+
+    type PortForwardStream = ForwardStream;
+
+    async fn port_forward(
+        &self,
+        request: Request<Streaming<v1::PortForwardInput>>,
+    ) -> Result<Response<ForwardStream>, Status> {
+        let mut inputs = request.into_inner();
+        let port = convert_stream::port_forward_start(inputs.message().await?)?;
+        let connection = portforward::connect(port).await?;
+        let inputs = inputs.map(|m| Ok(convert_stream::port_forward_input(m?)?));
+        let (outputs, receiver) = mpsc::channel(OUTPUT_QUEUE);
+        tokio::spawn(portforward::pipe::<_, Status>(
+            connection, port, inputs, outputs,
+        ));
+        let stream = ReceiverStream::new(receiver).map(convert_stream::port_forward_output);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn configure_network(
         &self,
         request: Request<v1::ConfigureNetworkRequest>,
@@ -201,6 +256,17 @@ impl vpod_proto::Agent for AgentService {
         network::configure(&Rtnetlink::connect()?, &config).await?;
         Ok(Response::new(v1::ConfigureNetworkResponse {}))
     }
+}
+
+/// Runs a session on its own task with a bounded queue of outputs, which become the
+/// call's stream: the session waits while the host does not read.
+fn process_outputs<F>(run: impl FnOnce(mpsc::Sender<ProcessOutput>) -> F) -> ProcessOutputStream
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (outputs, receiver) = mpsc::channel(OUTPUT_QUEUE);
+    tokio::spawn(run(outputs));
+    Box::pin(ReceiverStream::new(receiver).map(|o| Ok(convert_stream::process_output(o))))
 }
 
 /// Follows a container's output ring from byte `from` (0: its oldest kept byte) to the end,

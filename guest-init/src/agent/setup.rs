@@ -195,12 +195,15 @@ fn in_root_target(relative: &Path) -> Result<Target, SetupError> {
 }
 
 /// Everything the container's init does before it becomes the container's process.
-/// `dev` is the guest's /dev, the source of the device nodes; `source_is_file` says whether
-/// a bind mount's source is a file (which needs a file to mount over).
+/// `dev` is the guest's /dev, the source of the device nodes; `devpts` a devpts instance
+/// the agent mounted for the container (one with a terminal), bound on its /dev/pts
+/// instead of a new one; `source_is_file` says whether a bind mount's source is a file
+/// (which needs a file to mount over).
 pub fn container_steps(
     spec: &ContainerSpec,
     rootfs: &Path,
     dev: &Path,
+    devpts: Option<&Path>,
     source_is_file: &dyn Fn(&str) -> bool,
 ) -> Result<Vec<Step>, SetupError> {
     use libc::{
@@ -262,13 +265,22 @@ pub fn container_steps(
     }
     let pts = dev_dir.join("pts");
     make_dirs(&mut steps, &pts)?;
-    steps.push(mount_step(
-        Some("devpts"),
-        in_root_target(&pts)?,
-        Some("devpts"),
-        MS_NOSUID | MS_NOEXEC,
-        "newinstance,ptmxmode=0666,mode=0620",
-    )?);
+    steps.push(match devpts {
+        Some(instance) => mount_step(
+            Some(&instance.to_string_lossy()),
+            in_root_target(&pts)?,
+            None,
+            MS_BIND,
+            "",
+        )?,
+        None => mount_step(
+            Some("devpts"),
+            in_root_target(&pts)?,
+            Some("devpts"),
+            MS_NOSUID | MS_NOEXEC,
+            "newinstance,ptmxmode=0666,mode=0620",
+        )?,
+    });
     let shm = dev_dir.join("shm");
     make_dirs(&mut steps, &shm)?;
     steps.push(mount_step(
@@ -401,6 +413,8 @@ mod tests {
             limits: CgroupLimits::default(),
             rootfs: RootfsSource::Directory("/img".into()),
             stdin: false,
+            stdin_once: false,
+            terminal: None,
             user_name: None,
             group_name: None,
             files: vec![],
@@ -417,7 +431,8 @@ mod tests {
         s.sysctls = vec![("kernel/shm_rmid_forced".into(), "1".into())];
         s.masked_paths = vec!["/proc/kcore".into(), "/etc/secret".into()];
         s.readonly_paths = vec!["/proc/sys".into()];
-        let steps = container_steps(&s, Path::new("/r"), Path::new("/dev"), &|_| false).unwrap();
+        let steps =
+            container_steps(&s, Path::new("/r"), Path::new("/dev"), None, &|_| false).unwrap();
         let text = described(&steps);
         assert_eq!(text[0], "writing /proc/sys/kernel/shm_rmid_forced");
         let position = |want: &str| {
@@ -450,6 +465,7 @@ mod tests {
             &spec(vec![], true),
             Path::new("/r"),
             Path::new("/dev"),
+            None,
             &|_| false,
         )
         .unwrap();
@@ -489,6 +505,27 @@ mod tests {
     }
 
     #[test]
+    fn a_terminal_container_gets_the_agent_s_devpts_instance_bound() {
+        let steps = container_steps(
+            &spec(vec![], false),
+            Path::new("/r"),
+            Path::new("/dev"),
+            Some(Path::new("/run/vpod/containers/c1/pts")),
+            &|_| false,
+        )
+        .unwrap();
+        let text = described(&steps);
+        assert!(
+            text.contains(&"mounting a bind on /dev/pts".to_string()),
+            "{text:?}"
+        );
+        assert!(
+            !text.contains(&"mounting devpts on /dev/pts".to_string()),
+            "{text:?}"
+        );
+    }
+
+    #[test]
     fn a_read_only_bind_mount_is_remounted_and_a_file_source_gets_a_file() {
         let m = MountSpec {
             source: "/run/secrets/token".into(),
@@ -501,6 +538,7 @@ mod tests {
             &spec(vec![m], false),
             Path::new("/r"),
             Path::new("/dev"),
+            None,
             &|_| true,
         )
         .unwrap();
@@ -540,8 +578,10 @@ mod tests {
     fn a_missing_working_directory_is_created_inside_the_root() {
         let mut with_cwd = spec(vec![], false);
         with_cwd.process.cwd = "/srv/app".into();
-        let steps =
-            container_steps(&with_cwd, Path::new("/r"), Path::new("/dev"), &|_| false).unwrap();
+        let steps = container_steps(&with_cwd, Path::new("/r"), Path::new("/dev"), None, &|_| {
+            false
+        })
+        .unwrap();
         let text = described(&steps);
         let pivot = text.iter().position(|t| t == "pivoting into /r").unwrap();
         assert_eq!(

@@ -70,6 +70,8 @@ const STAGE_NAMES: &[&str] = &[
     "executing the program",
     "cloning the exec'd process",
     "setting no_new_privs",
+    "starting its own session or process group",
+    "taking its controlling terminal",
 ];
 const JOIN_CGROUP: usize = 0;
 pub(super) const SETNS: usize = 1;
@@ -85,6 +87,8 @@ const DUP2: usize = 10;
 const EXEC_STAGE: usize = 11;
 pub(super) const CLONE_GRANDCHILD: usize = 12;
 const NO_NEW_PRIVS: usize = 13;
+const SESSION: usize = 14;
+const CONTROLLING_TERMINAL: usize = 15;
 
 pub(super) const TAG_ERROR: u32 = 1;
 pub(super) const TAG_PID: u32 = 2;
@@ -95,6 +99,18 @@ pub struct ChildStdio {
     pub stdin: OwnedFd,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
+    pub session: Session,
+}
+
+/// The session and process group the process starts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Session {
+    /// The agent's.
+    Inherit,
+    /// A process group of its own, so that killing the group kills what it started.
+    OwnGroup,
+    /// A session of its own whose controlling terminal is its stdin (a terminal's slave).
+    Terminal,
 }
 
 /// A process's identity and program, ready for a child that cannot allocate.
@@ -754,6 +770,28 @@ impl ChildContext {
         }
     }
 
+    /// A new process group, or a new session with stdin as its controlling terminal.
+    fn enter_session(&self, stdio: &ChildStdio) {
+        // SAFETY: setpgid, setsid and ioctl(TIOCSCTTY) take integers and a descriptor this
+        // process owns.
+        let ok = unsafe {
+            match stdio.session {
+                Session::Inherit => return,
+                Session::OwnGroup => libc::setpgid(0, 0) == 0,
+                Session::Terminal => libc::setsid() >= 0,
+            }
+        };
+        if !ok {
+            self.fail_stage(SESSION);
+        }
+        if stdio.session == Session::Terminal {
+            // SAFETY: as above; 0: do not steal a terminal another session holds.
+            if unsafe { libc::ioctl(stdio.stdin.as_raw_fd(), libc::TIOCSCTTY, 0) } != 0 {
+                self.fail_stage(CONTROLLING_TERMINAL);
+            }
+        }
+    }
+
     pub(super) fn join_cgroup(&self, procs: RawFd) {
         // In cgroup v2, writing 0 to cgroup.procs moves the writer.
         // SAFETY: writes one byte from a static string to an open descriptor.
@@ -831,6 +869,7 @@ impl ChildContext {
         if unsafe { libc::chdir(plan.cwd.as_ptr()) } != 0 {
             self.fail_stage(CHDIR);
         }
+        self.enter_session(stdio);
         for (fd, target) in [
             (stdio.stdin.as_raw_fd(), 0),
             (stdio.stdout.as_raw_fd(), 1),

@@ -2,6 +2,7 @@
 //! [`super::convert`]), and the parsing of names and options that needs no system calls.
 
 use super::cgroup::CgroupLimits;
+use super::pty::TerminalSize;
 use super::rootfs::RootfsSource;
 
 /// The capabilities a container keeps when the request names none (containerd's default).
@@ -32,6 +33,10 @@ pub struct ContainerSpec {
     pub limits: CgroupLimits,
     pub rootfs: RootfsSource,
     pub stdin: bool,
+    /// Close stdin when the first attacher with stdin closes it or leaves.
+    pub stdin_once: bool,
+    /// A terminal for the main process, with its initial size.
+    pub terminal: Option<TerminalSize>,
     /// A user name to look up in the container's /etc/passwd (replaces uid and gid).
     pub user_name: Option<String>,
     /// A group name or decimal gid to look up in its /etc/group (replaces the gid).

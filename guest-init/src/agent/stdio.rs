@@ -4,8 +4,9 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
+
+use super::process_io::OutputReader;
 
 /// Bytes kept per container.
 pub const RING_CAPACITY: usize = 1 << 20;
@@ -154,16 +155,19 @@ impl StdioBuffer {
         self.tick();
     }
 
-    /// Copies a pipe into the ring until end of file.
-    pub async fn pump(self: Arc<Self>, stream: Stream, mut pipe: tokio::net::unix::pipe::Receiver) {
+    /// Copies a process's output into the ring until its end, then closes `closes` streams
+    /// (2 for a terminal, which carries both).
+    pub async fn pump(self: Arc<Self>, stream: Stream, mut reader: OutputReader, closes: u8) {
         let mut buf = vec![0; READ_SIZE];
         loop {
-            match pipe.read(&mut buf).await {
+            match reader.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => self.push(stream, &buf[..n]),
             }
         }
-        self.close_stream();
+        for _ in 0..closes {
+            self.close_stream();
+        }
     }
 
     /// Waits for output from byte `from` on. Returns it with the bytes lost before it

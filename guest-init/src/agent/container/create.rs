@@ -66,6 +66,7 @@ impl ContainerManager {
             phase: watch::channel(Phase::Created).0,
             stdio: StdioBuffer::new(RING_CAPACITY),
             stdin: tokio::sync::Mutex::new(None),
+            terminal: std::sync::OnceLock::new(),
         })
     }
 }

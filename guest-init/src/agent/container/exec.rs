@@ -72,6 +72,7 @@ impl ContainerManager {
                         stdin,
                         stdout: stdout_write,
                         stderr: stderr_write,
+                        session: spawn::Session::Inherit,
                     },
                 },
             )

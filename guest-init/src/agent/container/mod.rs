@@ -1,12 +1,16 @@
 //! The containers of this guest and their lifecycle, one file per verb.
 
+mod attach;
 mod create;
 mod exec;
+mod exec_stream;
 mod remove;
 mod signal;
 mod start;
 
+pub use attach::{AttachRequest, AttachSession};
 pub use exec::{ExecOutput, ExecRequest};
+pub use exec_stream::{ExecSession, ExecStreamRequest};
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -16,6 +20,8 @@ use tokio::sync::watch;
 
 use super::cgroup::{CgroupError, Cgroups};
 use super::in_root::InRootError;
+use super::process_io::StdinWriter;
+use super::pty::PtyMaster;
 use super::reaper::{ExitStatus, Reaper};
 use super::rootfs::{DiskMounts, MountOps, PreparedRootfs, RootfsError, RootfsPaths};
 use super::setup::SetupError;
@@ -56,6 +62,8 @@ pub enum ContainerError {
     NoStdin(String),
     #[error("could not write to the stdin of container {0:?}")]
     Stdin(String, #[source] std::io::Error),
+    #[error("the terminal of a process of container {0:?} could not be set up")]
+    Terminal(String, #[source] super::pty::PtyError),
     #[error("a background task of the agent failed")]
     Task(#[source] tokio::task::JoinError),
 }
@@ -93,7 +101,9 @@ pub struct Container {
     cgroup: Option<PathBuf>,
     phase: watch::Sender<Phase>,
     pub stdio: Arc<StdioBuffer>,
-    stdin: tokio::sync::Mutex<Option<tokio::net::unix::pipe::Sender>>,
+    stdin: tokio::sync::Mutex<Option<StdinWriter>>,
+    /// The main process's terminal, once it started with one.
+    terminal: std::sync::OnceLock<Arc<PtyMaster>>,
 }
 
 impl Container {

@@ -1,8 +1,6 @@
 //! WaitContainer, SignalContainer, ContainerStats, UpdateContainer and stdin: calls on a
 //! container's init and its cgroup.
 
-use tokio::io::AsyncWriteExt;
-
 use super::{ContainerError, ContainerManager, Phase};
 use crate::agent::cgroup::{CgroupLimits, CgroupStats};
 

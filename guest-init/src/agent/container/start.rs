@@ -1,14 +1,18 @@
 //! StartContainer: clone the container's init into its namespaces and follow its output
 //! and exit.
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 
 use super::{now_ns, Container, ContainerError, ContainerManager, Phase};
 use crate::agent::in_root::RootDir;
+use crate::agent::process_io::{OutputReader, StdinWriter};
+use crate::agent::pty::{set_size, Pty, PtyMaster, TerminalSize};
 use crate::agent::reaper::ExitStatus;
+use crate::agent::rootfs;
 use crate::agent::setup;
-use crate::agent::spawn::{self, ChildStdio, ContainerLaunch, SpawnError, Spawned};
+use crate::agent::spawn::{self, ChildStdio, ContainerLaunch, Session, SpawnError, Spawned};
 use crate::agent::spawn_pod::{spawn_in_pod, PodPidNamespace};
 use crate::agent::spec::ContainerSpec;
 use crate::agent::stdio::Stream;
@@ -65,23 +69,22 @@ impl ContainerManager {
         let dev = self.paths.dev.clone();
         let is_file = |source: &str| std::fs::metadata(source).is_ok_and(|m| !m.is_dir());
         create_destinations(&container.rootfs.rootfs, &container.spec, &is_file);
-        let steps =
-            setup::container_steps(&container.spec, &container.rootfs.rootfs, &dev, &is_file)
-                .map_err(|e| ContainerError::Setup(id.clone(), e))?;
-        let (stdout_read, stdout_write) = spawn::pipe().map_err(spawn_error)?;
-        let (stderr_read, stderr_write) = spawn::pipe().map_err(spawn_error)?;
-        let stdin = if container.spec.stdin {
-            let (read, write) = spawn::pipe().map_err(spawn_error)?;
-            *container.stdin.lock().await =
-                Some(spawn::pipe_sender(write).map_err(|e| spawn_error(SpawnError::Pipe(e)))?);
-            read
-        } else {
-            spawn::dev_null().map_err(spawn_error)?
+        let devpts = container
+            .spec
+            .terminal
+            .map(|_| container.rootfs.devpts_dir());
+        let steps = setup::container_steps(
+            &container.spec,
+            &container.rootfs.rootfs,
+            &dev,
+            devpts.as_deref(),
+            &is_file,
+        )
+        .map_err(|e| ContainerError::Setup(id.clone(), e))?;
+        let (stdio, outputs) = match container.spec.terminal {
+            Some(size) => self.terminal_stdio(container, size).await?,
+            None => pipe_stdio(container).await.map_err(spawn_error)?,
         };
-        let stdout =
-            spawn::pipe_receiver(stdout_read).map_err(|e| spawn_error(SpawnError::Pipe(e)))?;
-        let stderr =
-            spawn::pipe_receiver(stderr_read).map_err(|e| spawn_error(SpawnError::Pipe(e)))?;
         let reaper = Arc::clone(&self.reaper);
         let task_container = Arc::clone(container);
         let pod_pid = Arc::clone(&self.pod_pid);
@@ -90,11 +93,7 @@ impl ContainerManager {
                 steps: &steps,
                 process: &task_container.spec.process,
                 cgroup: task_container.cgroup.as_deref(),
-                stdio: ChildStdio {
-                    stdin,
-                    stdout: stdout_write,
-                    stderr: stderr_write,
-                },
+                stdio,
             };
             if !task_container.spec.share_pod_pid {
                 return spawn::spawn_container(&reaper, launch);
@@ -109,10 +108,79 @@ impl ContainerManager {
         .await
         .map_err(ContainerError::Task)?
         .map_err(spawn_error)?;
-        tokio::spawn(Arc::clone(&container.stdio).pump(Stream::Stdout, stdout));
-        tokio::spawn(Arc::clone(&container.stdio).pump(Stream::Stderr, stderr));
+        let closes = if outputs.len() == 1 { 2 } else { 1 };
+        for (stream, reader) in outputs {
+            tokio::spawn(Arc::clone(&container.stdio).pump(stream, reader, closes));
+        }
         Ok(spawned)
     }
+
+    /// A terminal for stdin, stdout and stderr, from the container's own devpts instance
+    /// (mounted here, bound on its /dev/pts): its master feeds the output ring (as stdout,
+    /// a terminal merges both) and takes stdin when the container has one.
+    async fn terminal_stdio(
+        &self,
+        container: &Arc<Container>,
+        size: TerminalSize,
+    ) -> Result<(ChildStdio, Vec<(Stream, OutputReader)>), ContainerError> {
+        let id = &container.spec.id;
+        let terminal_error = |e| ContainerError::Terminal(id.clone(), e);
+        let devpts = {
+            let mut state = self.mount_state();
+            rootfs::mount_devpts(state.ops.as_mut(), &container.rootfs)
+                .map_err(|e| ContainerError::Rootfs(id.clone(), e))?
+        };
+        let pty = Pty::open(&devpts.join("ptmx")).map_err(terminal_error)?;
+        set_size(pty.master.as_fd(), size).map_err(terminal_error)?;
+        let master = Arc::new(PtyMaster::new(pty.master).map_err(terminal_error)?);
+        if container.spec.stdin {
+            *container.stdin.lock().await = Some(StdinWriter::Terminal(Arc::clone(&master)));
+        }
+        let _ = container.terminal.set(Arc::clone(&master));
+        let slave = |fd: &OwnedFd| {
+            fd.try_clone()
+                .map_err(|e| ContainerError::Spawn(id.clone(), SpawnError::Pipe(e)))
+        };
+        let stdio = ChildStdio {
+            stdin: slave(&pty.slave)?,
+            stdout: slave(&pty.slave)?,
+            stderr: pty.slave,
+            session: Session::Terminal,
+        };
+        Ok((
+            stdio,
+            vec![(Stream::Stdout, OutputReader::Terminal(master))],
+        ))
+    }
+}
+
+/// Pipes for stdout and stderr, and for stdin when the container has one (else /dev/null).
+async fn pipe_stdio(
+    container: &Container,
+) -> Result<(ChildStdio, Vec<(Stream, OutputReader)>), SpawnError> {
+    let (stdout_read, stdout_write) = spawn::pipe()?;
+    let (stderr_read, stderr_write) = spawn::pipe()?;
+    let stdin = if container.spec.stdin {
+        let (read, write) = spawn::pipe()?;
+        let writer = spawn::pipe_sender(write).map_err(SpawnError::Pipe)?;
+        *container.stdin.lock().await = Some(StdinWriter::Pipe(writer));
+        read
+    } else {
+        spawn::dev_null()?
+    };
+    let stdout = spawn::pipe_receiver(stdout_read).map_err(SpawnError::Pipe)?;
+    let stderr = spawn::pipe_receiver(stderr_read).map_err(SpawnError::Pipe)?;
+    let stdio = ChildStdio {
+        stdin,
+        stdout: stdout_write,
+        stderr: stderr_write,
+        session: Session::Inherit,
+    };
+    let outputs = vec![
+        (Stream::Stdout, OutputReader::Pipe(stdout)),
+        (Stream::Stderr, OutputReader::Pipe(stderr)),
+    ];
+    Ok((stdio, outputs))
 }
 
 async fn follow_exit(container: Arc<Container>, spawned: Spawned, started_at_ns: i64) {

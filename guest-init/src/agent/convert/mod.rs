@@ -2,6 +2,7 @@
 //! containers' here, the network's in [`network`].
 
 mod network;
+pub mod stream;
 
 use std::path::PathBuf;
 
@@ -77,9 +78,6 @@ pub fn create_request(request: v1::CreateContainerRequest) -> Result<ContainerSp
     let id = container_id(&request.id, "id")?;
     if request.args.is_empty() || request.args[0].is_empty() {
         return Err(invalid("args", "the program is missing"));
-    }
-    if request.terminal {
-        return Err(invalid("terminal", "terminals are not supported yet"));
     }
     let rootfs = if !request.rootfs_path.is_empty() {
         if !request.layer_serials.is_empty() {
@@ -191,6 +189,10 @@ pub fn create_request(request: v1::CreateContainerRequest) -> Result<ContainerSp
         limits: cgroup_limits(&limits),
         rootfs,
         stdin: request.stdin,
+        stdin_once: request.stdin_once,
+        terminal: request
+            .terminal
+            .then(|| stream::terminal_size(request.terminal_size.as_ref())),
         user_name: (!user.name.is_empty()).then_some(user.name),
         group_name: (!user.group.is_empty()).then_some(user.group),
         files,
@@ -369,7 +371,6 @@ mod tests {
             ),
             ("hostname", Box::new(|r| r.hostname = "a b".into())),
             ("layer_serials", Box::new(|r| r.rootfs_path.clear())),
-            ("terminal", Box::new(|r| r.terminal = true)),
             (
                 "mounts",
                 Box::new(|r| {
