@@ -122,12 +122,9 @@ enum Bench {
         /// Measured runs of each transfer
         #[arg(long, value_name = "N", default_value_t = 3)]
         runs: usize,
-        /// Bytes sent by each pod-to-pod and host-to-pod transfer
+        /// Bytes sent by each transfer
         #[arg(long, value_name = "MiB", default_value_t = 32)]
         mib: u64,
-        /// Bytes sent by each pod-to-host transfer
-        #[arg(long, value_name = "MiB", default_value_t = 4)]
-        host_mib: u64,
         /// Pods started for each RunPodSandbox figure
         #[arg(long, value_name = "N", default_value_t = 3)]
         pods: usize,
@@ -215,7 +212,6 @@ fn main() -> Result<()> {
         Bench::NetPods {
             runs,
             mib,
-            host_mib,
             pods,
             host,
         } => net_pods::net_pods(
@@ -223,7 +219,6 @@ fn main() -> Result<()> {
             &net_pods::NetPodsBench {
                 runs,
                 mib,
-                host_mib,
                 runp_pods: pods,
                 pod_mib: cri::CriBench::from_env(runs, &host.host)?.pod_mib,
                 host: host.host,

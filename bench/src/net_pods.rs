@@ -2,33 +2,35 @@
 //! bridge, and RunPodSandbox with and without a network, in one run.
 //!
 //! - vpod: two pods through `vpod-cri` on the bridge of `shim/cri/tests/cri_network.rs`
-//!   (Debian's bridge + host-local + portmap), each running a busybox `nc` sink on
-//!   [`SINK_PORT`]; the clients run in pod B by ExecSync.
+//!   (Debian's bridge + host-local + portmap), each running the [`servers`]; the clients
+//!   run in pod B by ExecSync.
 //! - runc: two `runc` containers of the default image's root filesystem, each in a netns
 //!   with a veth on the same bridge (made by vpod-network's `Cni::setup` from the same
 //!   conflist, its tap closed and the tc redirect off `eth0`): the network path of a runc
 //!   container. The same sinks; the clients run in container B's netns by `nsenter` with
 //!   the host's busybox (the container's network path without `runc exec`'s own cost,
 //!   which in the emulated host is 0.5 to 1 s and too uneven to subtract).
-//! - the host: the bench's own network namespace (the bridge's gateway address), where a
-//!   sink thread listens on [`HOST_SINK_PORT`] and the host-to-pod client runs.
+//! - the host: the bench's own network namespace (the bridge's gateway address), where the
+//!   host's clients run.
 //!
-//! Throughput: `dd if=/dev/zero bs=64k | nc` to a sink that discards it. Every transfer is
-//! timed by the bench's clock: a pod or container sender from the client call (ExecSync,
-//! `nsenter`) to its return, less the median of that client's empty call measured in the
-//! same run; the host sender from its connect until the sink closed the connection.
-//! (Guest clocks are not used: in the emulated host they drift.) Pod-to-host transfers
-//! send `--host-mib`: in the emulated host every path that ends in the host's own stack
-//! crawls at a few MB/s, runc's as much as vpod's, because the host's one emulated vCPU
-//! takes each MSS-sized segment separately. Latency: the average of `ping -c 20 -i 0.2`.
-//! The runc containers get CAP_NET_RAW for ping, as vpod's do.
+//! Throughput, `--mib` each way, every transfer timed by the bench's clock:
+//! - pod to pod: `wget` in B of a file served by busybox `httpd` in A (sendfile, large
+//!   writes, as real servers send; busybox `nc` writes 1 KiB at a time, one packet and so
+//!   one guest exit per KiB, which measures the tool), from the client call (ExecSync,
+//!   `nsenter`) to its return, less the median of that client's empty call in the same run;
+//! - pod to host: the bench fetches the same file from A, from connect to close;
+//! - host to pod: the bench writes 64 KiB at a time to A's `nc` sink, from connect until
+//!   the sink closed the connection.
+//!
+//! Guest clocks are not used: in the emulated host they drift. Latency: the average of
+//! `ping -c 20 -i 0.2`. The runc containers get CAP_NET_RAW for ping, as vpod's do.
 //!
 //! The whole run happens in a network namespace the bench makes on its main thread before
 //! any other thread exists: the bridge, veths and iptables rules vanish with the process.
 
 use anyhow::{bail, Context, Result};
 use std::io::{Read, Write};
-use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -45,14 +47,23 @@ const BRIDGE: &str = "vpodbench0";
 const GATEWAY: &str = "10.78.0.1";
 /// Where each pod's and container's sink listens.
 const SINK_PORT: u16 = 5001;
-/// Where the host's sink listens (on every address of the bench's namespace).
-const HOST_SINK_PORT: u16 = 5002;
-/// A sink that takes one connection at a time and discards what it reads. Its `nc` gets a
-/// stdin that never ends (a fifo it holds open both ways): busybox `nc` half-closes the
-/// connection when its stdin ends, and a sender that sees that stops sending and exits 0,
-/// which would time a transfer cut short.
-const SINK: &str = "rm -f /tmp/idle; mkfifo /tmp/idle; exec 3<>/tmp/idle; \
-                    while :; do nc -l -p 5001 <&3 > /dev/null; done";
+/// Where each pod's and container's HTTP server listens, serving [`BIG_FILE`].
+const HTTP_PORT: u16 = 8080;
+const BIG_FILE: &str = "big";
+
+/// Each pod's and runc container's servers: busybox `httpd` serving a file of `mib` MiB
+/// (it sends with sendfile, in large writes, as a real server does), and a sink that takes
+/// one connection at a time and discards what it reads. The sink's `nc` gets a stdin that
+/// never ends (a fifo it holds open both ways): busybox `nc` half-closes the connection
+/// when its stdin ends, and a sender that sees that stops sending and exits 0.
+fn servers(mib: u64) -> String {
+    format!(
+        "mkdir -p /www && dd if=/dev/zero of=/www/{BIG_FILE} bs=65536 count={} 2>/dev/null && \
+         httpd -p {HTTP_PORT} -h /www && rm -f /tmp/idle && mkfifo /tmp/idle && \
+         exec 3<>/tmp/idle && while :; do nc -l -p {SINK_PORT} <&3 > /dev/null; done",
+        mib * 16
+    )
+}
 const PINGS: &str = "20";
 /// The host's busybox, the same build as the pods' image's, for the runc-side clients.
 const BUSYBOX: &str = "/bin/busybox";
@@ -65,8 +76,6 @@ const EMPTY_CALLS: usize = 5;
 pub struct NetPodsBench {
     pub runs: usize,
     pub mib: u64,
-    /// What each pod-to-host transfer sends.
-    pub host_mib: u64,
     /// Pods started (one at a time) for each RunPodSandbox figure.
     pub runp_pods: usize,
     pub pod_mib: u64,
@@ -125,23 +134,18 @@ fn measure(repo: &Path, bench: &NetPodsBench, scratch: &Path, dirs: &NetDirs) ->
         pull_default(&mut c_without, repo).await?;
         let mut rows = runp_rows(bench, &mut c_with, &mut c_without, &logs).await?;
 
-        // The peers' endpoints: two pods, two runc containers, and the host's sink.
-        let host_sink = HostSink::start()?;
-        let pods = VpodPair::start(&mut c_with, &image, &logs).await;
-        let pods = pods?;
-        let containers = runc.start_pair(&runc_networks)?;
+        // The peers' endpoints: two pods and two runc containers.
+        let command = servers(bench.mib);
+        let pods = VpodPair::start(&mut c_with, &image, &logs, &command).await?;
+        let containers = runc.start_pair(&runc_networks, &command)?;
         let gateway: IpAddr = GATEWAY.parse()?;
         eprintln!(
             "net-pods: vpod pods {} {}, runc containers {} {}, host {gateway}",
             pods.a_ip, pods.b_ip, containers.a_ip, containers.b_ip
         );
         let bytes = bench.mib << 20;
-        let host_bytes = bench.host_mib << 20;
-        let send_to = |ip: IpAddr, port: u16, bytes: u64| {
-            format!(
-                "dd if=/dev/zero bs=65536 count={} 2>/dev/null | nc {ip} {port}; echo \"rc $?\"",
-                bytes / 65536
-            )
+        let fetch_from = |ip: IpAddr| {
+            format!("wget -q -O /dev/null http://{ip}:{HTTP_PORT}/{BIG_FILE}; echo \"rc $?\"")
         };
         // What a client call costs without a transfer, subtracted from each transfer.
         let mut empty_call = Vec::new();
@@ -168,22 +172,11 @@ fn measure(repo: &Path, bench: &NetPodsBench, scratch: &Path, dirs: &NetDirs) ->
                 ("vpod", pods.a_ip, Client::Vpod(&pods), empty_call[0]),
                 ("runc", containers.a_ip, Client::Runc(&containers), empty_call[1]),
             ] {
-                let to_pod = transfer(
-                    &mut runc,
-                    &mut c_with,
-                    &client,
-                    &send_to(peer_ip, SINK_PORT, bytes),
-                )
-                .await
-                .map(|ms| ms - overhead);
-                let to_host = transfer(
-                    &mut runc,
-                    &mut c_with,
-                    &client,
-                    &send_to(gateway, HOST_SINK_PORT, host_bytes),
-                )
-                .await
-                .map(|ms| ms - overhead);
+                // Pod A's server sends to the client in pod B, and to the host.
+                let to_pod = transfer(&mut runc, &mut c_with, &client, &fetch_from(peer_ip))
+                    .await
+                    .map(|ms| ms - overhead);
+                let to_host = host_fetch(SocketAddr::new(peer_ip, HTTP_PORT), bytes);
                 let from_host = host_send(SocketAddr::new(peer_ip, SINK_PORT), bytes);
                 let (to_pod, to_host, from_host) = (
                     to_pod.with_context(|| format!("{imp} pod to pod"))?,
@@ -209,18 +202,13 @@ fn measure(repo: &Path, bench: &NetPodsBench, scratch: &Path, dirs: &NetDirs) ->
                 }
             }
         }
-        drop(host_sink);
         let host = bench.host.as_str();
         for imp in ["vpod", "runc"] {
-            for (name, sent) in [
-                ("pod_to_pod_tcp", bytes),
-                ("pod_to_host_tcp", host_bytes),
-                ("host_to_pod_tcp", bytes),
-            ] {
+            for name in ["pod_to_pod_tcp", "pod_to_host_tcp", "host_to_pod_tcp"] {
                 let ms = samples.get(imp, name);
-                let config = format!("{}mib", sent >> 20);
+                let config = format!("{}mib", bench.mib);
                 let mut row = Row::timing(name, imp, &config, host, &ms);
-                row.mb_s = row.timing.map(|t| sent as f64 / 1e6 / (t.p50 / 1e3));
+                row.mb_s = row.timing.map(|t| bytes as f64 / 1e6 / (t.p50 / 1e3));
                 rows.push(row);
             }
             for name in ["pod_to_pod_rtt", "pod_to_host_rtt"] {
@@ -421,45 +409,26 @@ fn host_send(addr: SocketAddr, bytes: u64) -> Result<f64> {
         .with_context(|| format!("connecting to {addr}"))
 }
 
-/// The host's sink: a thread that reads each connection to its end; it stops when dropped
-/// (a last connection of its own wakes its accept).
-struct HostSink {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl HostSink {
-    fn start() -> Result<HostSink> {
-        let listener =
-            TcpListener::bind(("0.0.0.0", HOST_SINK_PORT)).context("binding the host's sink")?;
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stopping = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut buf = vec![0u8; 65536];
-            for stream in listener.incoming() {
-                if stopping.load(std::sync::atomic::Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(mut stream) = stream else { continue };
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(120)));
-                while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
-            }
-        });
-        Ok(HostSink {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for HostSink {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", HOST_SINK_PORT));
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+/// Fetches the big file from a pod's HTTP server into the host; ms from connecting until
+/// the server closed the connection.
+fn host_fetch(addr: SocketAddr, bytes: u64) -> Result<f64> {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    stream.write_all(format!("GET /{BIG_FILE} HTTP/1.0\r\n\r\n").as_bytes())?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut received = 0u64;
+    loop {
+        match stream.read(&mut buf)? {
+            0 => break,
+            n => received += n as u64,
         }
     }
+    if received < bytes {
+        bail!("{addr} sent {received} bytes, less than the {bytes} of the file");
+    }
+    Ok(started.elapsed().as_secs_f64() * 1e3)
 }
 
 /// The two vpod pods, each with a sink container.
@@ -471,7 +440,7 @@ struct VpodPair {
 }
 
 impl VpodPair {
-    async fn start(c: &mut Clients, image: &str, logs: &Path) -> Result<VpodPair> {
+    async fn start(c: &mut Clients, image: &str, logs: &Path, command: &str) -> Result<VpodPair> {
         let mut pods = Vec::new();
         let mut containers = Vec::new();
         let mut ips = Vec::new();
@@ -488,7 +457,7 @@ impl VpodPair {
                     image: image.into(),
                     ..Default::default()
                 }),
-                command: ["sh", "-c", SINK].map(String::from).to_vec(),
+                command: ["sh", "-c", command].map(String::from).to_vec(),
                 log_path: "sink/0.log".into(),
                 ..Default::default()
             };
@@ -702,11 +671,11 @@ impl RuncPeer {
         })
     }
 
-    fn start_pair(&mut self, networks: &RuncNetworks) -> Result<RuncPair> {
+    fn start_pair(&mut self, networks: &RuncNetworks, command: &str) -> Result<RuncPair> {
         for name in ["runc-a", "runc-b"] {
             let id = format!("vpod-bench-net-{}-{name}", std::process::id());
             let dir = self.dir.join(format!("bundle-{name}"));
-            bundle(&self.work, &dir, &self.rootfs, &["sh", "-c", SINK])?;
+            bundle(&self.work, &dir, &self.rootfs, &["sh", "-c", command])?;
             join_netns(&dir.join("config.json"), &networks.netns(name))?;
             self.started.push(id.clone());
             // The detached sink keeps runc's stdio: give it none, or a pipe would never end.
