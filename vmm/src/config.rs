@@ -765,8 +765,14 @@ mod tests {
             (long_tag.as_str(), "the tag is longer than 36 bytes"),
             ("socket=/s,tag=a\tb", "the tag contains a control character"),
             ("socket=,tag=t", "the socket path is empty"),
-            ("socket=/s,tag=t,queue_size=100", "the queue size must be a power of two from 2 to 1024"),
-            ("socket=/s,tag=t,queue_size=2048", "the queue size must be a power of two from 2 to 1024"),
+            (
+                "socket=/s,tag=t,queue_size=100",
+                "the queue size must be a power of two from 2 to 1024",
+            ),
+            (
+                "socket=/s,tag=t,queue_size=2048",
+                "the queue size must be a power of two from 2 to 1024",
+            ),
             ("socket=/s,tag=t,dax", "unknown option \"dax\""),
         ] {
             assert_eq!(

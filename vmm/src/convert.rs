@@ -283,10 +283,7 @@ mod tests {
         );
         let long = "x".repeat(37);
         for (share, error) in [
-            (
-                wire::FsConfig::new("", "t"),
-                ConvertError::EmptyFsSocket(0),
-            ),
+            (wire::FsConfig::new("", "t"), ConvertError::EmptyFsSocket(0)),
             (
                 wire::FsConfig::new("/s", ""),
                 ConvertError::FsTag(0, "the tag is empty", String::new()),

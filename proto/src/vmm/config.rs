@@ -471,8 +471,9 @@ mod tests {
                 .contains("a nic needs a \"tap\" or an \"fd\"")
         );
         assert!(error(r#"{"kernel": "/k", "net": [{"tap": "t", "fd": 3}]}"#).contains("not both"));
-        assert!(error(r#"{"kernel": "/k", "fs": [{"socket": "/s"}]}"#)
-            .contains("missing field `tag`"));
+        assert!(
+            error(r#"{"kernel": "/k", "fs": [{"socket": "/s"}]}"#).contains("missing field `tag`")
+        );
         assert!(
             error(r#"{"kernel": "/k", "fs": [{"socket": "/s", "tag": "t", "dax": true}]}"#)
                 .contains("unknown field `dax`")

@@ -179,16 +179,8 @@ fn map_shared_region(
     let host = map_aligned(len)?;
     // SAFETY: MAP_FIXED over [host, host + len), the private mapping `map_aligned` just made
     // and nothing else uses; `file` is a memfd at least `offset + len` long.
-    let mapped = unsafe {
-        libc::mmap(
-            host.cast(),
-            len,
-            PROT,
-            flags,
-            file.as_raw_fd(),
-            file_offset,
-        )
-    };
+    let mapped =
+        unsafe { libc::mmap(host.cast(), len, PROT, flags, file.as_raw_fd(), file_offset) };
     if mapped == libc::MAP_FAILED {
         let error = std::io::Error::last_os_error();
         // SAFETY: the reservation made above, which nothing refers to.
@@ -273,8 +265,7 @@ mod tests {
 
     #[test]
     fn private_memory_has_no_file_and_is_2mib_aligned() {
-        let memory =
-            create_guest_memory(&[(GuestAddress(0), 8 * MIB)], 8).expect("private memory");
+        let memory = create_guest_memory(&[(GuestAddress(0), 8 * MIB)], 8).expect("private memory");
         let region = memory.iter().next().expect("one region");
         assert!(region.file_offset().is_none());
         assert_eq!(region.as_ptr() as usize % HUGE_PAGE, 0);

@@ -17,9 +17,7 @@ use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserVirtioFeatures};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{
-    Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::virtio::VIRTIO_F_VERSION_1;
@@ -198,15 +196,25 @@ impl FsBackend {
         )?;
         request("map guest memory", frontend.set_mem_table(&regions))?;
         for (index, ring) in rings.iter().enumerate() {
-            let config = ring_config(memory, ring.queue).ok_or(BackendError::RingOutsideMemory(index))?;
-            request("size a ring", frontend.set_vring_num(index, ring.queue.size()))?;
+            let config =
+                ring_config(memory, ring.queue).ok_or(BackendError::RingOutsideMemory(index))?;
+            request(
+                "size a ring",
+                frontend.set_vring_num(index, ring.queue.size()),
+            )?;
             request("place a ring", frontend.set_vring_addr(index, &config))?;
             request(
                 "set a ring's start",
                 frontend.set_vring_base(index, ring.queue.next_avail()),
             )?;
-            request("take a ring's interrupt", frontend.set_vring_call(index, ring.call))?;
-            request("take a ring's notifier", frontend.set_vring_kick(index, ring.kick))?;
+            request(
+                "take a ring's interrupt",
+                frontend.set_vring_call(index, ring.call),
+            )?;
+            request(
+                "take a ring's notifier",
+                frontend.set_vring_kick(index, ring.kick),
+            )?;
         }
         if self.features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
             for index in 0..rings.len() {
@@ -221,7 +229,10 @@ impl FsBackend {
         let _deadline = Deadline::start(&self.socket, self.timeout)?;
         for index in 0..rings {
             if self.features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
-                request("disable a ring", self.frontend.set_vring_enable(index, false))?;
+                request(
+                    "disable a ring",
+                    self.frontend.set_vring_enable(index, false),
+                )?;
             }
             // GET_VRING_BASE is what stops a ring in vhost-user.
             request("stop a ring", self.frontend.get_vring_base(index))?;

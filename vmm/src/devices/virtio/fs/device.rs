@@ -89,7 +89,9 @@ impl FsDevice {
         let avail_features = guest_features(backend.features())
             .map_err(|e| FsError::Backend(config.tag.clone(), e))?;
         let calls = (0..NUM_QUEUES)
-            .map(|_| EventFd::new(EFD_NONBLOCK).map_err(|e| FsError::EventFd(config.tag.clone(), e)))
+            .map(|_| {
+                EventFd::new(EFD_NONBLOCK).map_err(|e| FsError::EventFd(config.tag.clone(), e))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let calls = Arc::new(calls);
         let hang_up = backend

@@ -56,7 +56,10 @@ fn the_backend_gets_the_drivers_features_and_the_protocol_bit() {
     );
     // The driver cannot smuggle the vhost-user bit to a backend without it.
     assert_eq!(
-        backend_features(VIRTIO_F_VERSION_1 | PROTOCOL_FEATURES_BIT, VIRTIO_F_VERSION_1),
+        backend_features(
+            VIRTIO_F_VERSION_1 | PROTOCOL_FEATURES_BIT,
+            VIRTIO_F_VERSION_1
+        ),
         VIRTIO_F_VERSION_1
     );
 }
@@ -123,7 +126,10 @@ fn no_backend_on_the_socket_is_an_error() {
 #[test]
 fn a_backend_that_hangs_up_at_once_is_an_error() {
     let error = with_backend("hangup", drop, |path| connect(path).err().expect("refused"));
-    assert!(matches!(error, FsError::Backend(_, BackendError::Request(..))), "{error:?}");
+    assert!(
+        matches!(error, FsError::Backend(_, BackendError::Request(..))),
+        "{error:?}"
+    );
 }
 
 #[test]
@@ -138,11 +144,18 @@ fn a_backend_that_never_answers_is_given_up_on_after_the_timeout() {
         |path| {
             let started = Instant::now();
             let error = connect(path).err().expect("refused");
-            assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{:?}",
+                started.elapsed()
+            );
             error
         },
     );
-    assert!(matches!(error, FsError::Backend(_, BackendError::Request(..))), "{error:?}");
+    assert!(
+        matches!(error, FsError::Backend(_, BackendError::Request(..))),
+        "{error:?}"
+    );
 }
 
 /// Reads one vhost-user request header (request, flags, size) and its body.
@@ -181,7 +194,10 @@ fn a_backend_that_answers_garbage_is_an_error() {
         },
         |path| connect(path).err().expect("refused"),
     );
-    assert!(matches!(error, FsError::Backend(_, BackendError::Request(..))), "{error:?}");
+    assert!(
+        matches!(error, FsError::Backend(_, BackendError::Request(..))),
+        "{error:?}"
+    );
 }
 
 #[test]
@@ -197,7 +213,10 @@ fn a_backend_without_version_1_is_refused() {
         },
         |path| connect(path).err().expect("refused"),
     );
-    assert!(matches!(error, FsError::Backend(_, BackendError::NotVersion1(0))), "{error:?}");
+    assert!(
+        matches!(error, FsError::Backend(_, BackendError::NotVersion1(0))),
+        "{error:?}"
+    );
 }
 
 struct NoInterrupt;
@@ -236,11 +255,9 @@ fn a_backend_that_dies_after_negotiating_fails_activation_not_the_vmm() {
             assert!(device.set_queue_notifiers(&kicks).expect("cloned"));
             device.set_acked_features(VIRTIO_F_VERSION_1);
             // Shared memory is what the backend would map; its mapping is never reached.
-            let (memory, _) = crate::vstate::memory::create_shared_guest_memory(
-                &[(GuestAddress(0), 2 << 20)],
-                2,
-            )
-            .expect("memory");
+            let (memory, _) =
+                crate::vstate::memory::create_shared_guest_memory(&[(GuestAddress(0), 2 << 20)], 2)
+                    .expect("memory");
             let queues = (0..NUM_QUEUES)
                 .map(|_| Queue::new(16).expect("queue"))
                 .collect();
@@ -249,7 +266,10 @@ fn a_backend_that_dies_after_negotiating_fails_activation_not_the_vmm() {
                 Arc::new(NoInterrupt),
                 queues,
             );
-            assert!(matches!(result, Err(ActivateError::Backend(_))), "{result:?}");
+            assert!(
+                matches!(result, Err(ActivateError::Backend(_))),
+                "{result:?}"
+            );
             assert!(device.is_broken());
             // A second try fails at once, and a reset is harmless.
             let queues = (0..NUM_QUEUES)
