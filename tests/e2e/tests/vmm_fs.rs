@@ -12,11 +12,12 @@ use vpod_e2e::{built, in_guest_host, repo_root, Background, Checks};
 
 const LIMIT: Duration = Duration::from_secs(600);
 const VIRTIOFSD: &str = "/usr/lib/qemu/virtiofsd";
-const GUEST_SCRIPT: &str = "mount -t virtiofs share /mnt || exit 10; \
-echo \"guest read: $(cat /mnt/from-host.txt)\"; \
+// No double quotes: the kernel command line cannot carry them.
+const GUEST_SCRIPT: &str = "mkdir -p /mnt; mount -t virtiofs share /mnt || exit 10; \
+echo guest read: $(cat /mnt/from-host.txt); \
 echo 'written by the guest' > /mnt/from-guest.txt || exit 11; sync; \
 i=0; while [ ! -e /mnt/later.txt ] && [ $i -lt 90 ]; do sleep 1; i=$((i+1)); done; \
-echo \"guest saw: $(cat /mnt/later.txt)\"; umount /mnt || exit 12";
+echo guest saw: $(cat /mnt/later.txt); umount /mnt || exit 12";
 
 /// virtiofsd serving `share` on `socket`, sandboxed in its own namespaces, without caching
 /// (host changes are seen at once); killed by PID when dropped. Waits for its socket.
