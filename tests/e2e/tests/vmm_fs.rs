@@ -130,6 +130,8 @@ struct Idle {
     shmem_in_huge_pages: u64,
     /// 2 MiB pages the guest's memory holds or has reserved in the hugetlb pool.
     hugetlb_pages: u64,
+    /// The file server's processes, when there is one.
+    server_rss: u64,
 }
 
 fn meminfo(field: &str) -> u64 {
@@ -147,8 +149,9 @@ fn meminfo(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// The VMM's memory once its guest is idle, with `args`.
-fn idle_memory(args: &[&str]) -> Idle {
+/// The VMM's memory once its guest is idle, with `args`, and that of the file server
+/// `server` at the same moment.
+fn idle_memory(args: &[&str], server: Option<&Background>) -> Idle {
     let mut guest = vmm(args, "echo idle-now; sleep 6");
     guest.wait_for_stdout_line("idle-now", Duration::from_secs(240));
     std::thread::sleep(Duration::from_secs(3));
@@ -159,6 +162,7 @@ fn idle_memory(args: &[&str]) -> Idle {
         shmem_in_huge_pages: proc_kib(pid, "smaps_rollup", "ShmemPmdMapped:"),
         hugetlb_pages: meminfo("HugePages_Total:") - meminfo("HugePages_Free:")
             + meminfo("HugePages_Rsvd:"),
+        server_rss: server.map_or(0, |s| tree_rss_kib(s.pid())),
     };
     let done = guest.wait(Duration::from_secs(120));
     assert_eq!(done.code(), Some(0), "{}", done.explain());
@@ -166,24 +170,24 @@ fn idle_memory(args: &[&str]) -> Idle {
 }
 
 fn idle_memory_with_and_without_a_share() {
-    let plain = idle_memory(&[]);
+    let plain = idle_memory(&[], None);
     let dir = tempfile::tempdir().expect("temp dir");
     let socket = dir.path().join("fs.sock");
     let virtiofsd = start_virtiofsd(dir.path(), &socket);
     let spec = format!("socket={},tag=share", socket.display());
-    let shared = idle_memory(&["--fs", &spec]);
-    let server_rss = tree_rss_kib(virtiofsd.pid());
+    let shared = idle_memory(&["--fs", &spec], Some(&virtiofsd));
     let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/shmem_enabled")
         .unwrap_or_default();
     println!(
         "idle vpod-vmm RSS, 256 MiB guest: without fs {} KiB (shmem {}); with fs {} KiB \
-         (shmem {}, of it in 2 MiB pages {}); virtiofsd after the guest left {server_rss} KiB; \
+         (shmem {}, of it in 2 MiB pages {}); virtiofsd {} KiB; \
          shmem_enabled: {}",
         plain.rss,
         plain.shmem,
         shared.rss,
         shared.shmem,
         shared.shmem_in_huge_pages,
+        shared.server_rss,
         thp.trim()
     );
     // A VM without a share keeps private memory: nothing of it is shmem.
@@ -211,9 +215,14 @@ fn hugetlb_backing_when_pages_are_reserved() {
     let pool = meminfo("HugePages_Total:");
     let dir = tempfile::tempdir().expect("temp dir");
     let socket = dir.path().join("fs.sock");
-    let _virtiofsd = start_virtiofsd(dir.path(), &socket);
+    let virtiofsd = start_virtiofsd(dir.path(), &socket);
     let spec = format!("socket={},tag=share", socket.display());
-    let result = std::panic::catch_unwind(|| (idle_memory(&[]), idle_memory(&["--fs", &spec])));
+    let result = std::panic::catch_unwind(|| {
+        (
+            idle_memory(&[], None),
+            idle_memory(&["--fs", &spec], Some(&virtiofsd)),
+        )
+    });
     set_pool(0);
     let (plain, shared) = result.expect("both guests ran");
     println!(
