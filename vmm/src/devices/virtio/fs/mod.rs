@@ -11,6 +11,12 @@
 //! relay of the backend's interrupts and the watch on its socket). A backend that dies or
 //! stops answering fails the device (the driver sees `DEVICE_NEEDS_RESET` at activation, or
 //! requests that never complete afterwards); it never blocks or panics the VMM.
+//!
+//! Not done yet: requests the backend had taken when it died are never completed, so the
+//! guest waits on them (a `sync` of the share, as at reboot, waits forever; the VMM still
+//! stops on request). Completing them with `ENOTCONN` from the VMM needs to know which ring
+//! entries the backend had taken, that is, vhost-user's inflight tracking
+//! (`INFLIGHT_SHMFD`); reconnecting to a restarted backend needs the same.
 
 pub mod backend;
 pub mod device;
