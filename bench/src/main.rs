@@ -1,7 +1,8 @@
 //! `vpod-bench`: `startup` (native, stub guests), `linux-boot` (real kernel; run inside the
 //! emulated KVM host where this machine's KVM cannot boot Linux), `prepare` (native: the
 //! fixtures of the container benchmarks), `pod-start`, `run-true`, `layer-read` and `vsock`
-//! (pod VMs; inside the emulated KVM host here), `cri` and `cri-memory` (pods through
+//! (pod VMs; inside the emulated KVM host here), `fs-read` (virtio-fs beside virtio-blk in
+//! one VM; there too), `cri` and `cri-memory` (pods through
 //! `vpod-cri`, beside runc; there too), `cri-rpc` (native: the per-RPC cost of the CRI
 //! socket's `:authority` normalisation), `conversion`, `vsock-host-path`, `vsock-queue`,
 //! `net-host-path` and `cni` (native: the layer store's conversion against `tar -xf`, the
@@ -27,6 +28,7 @@ mod cri_check;
 mod cri_memory;
 mod cri_rpc;
 mod fixtures;
+mod fs_read;
 mod guest_io;
 mod net_host_path;
 mod net_pods;
@@ -91,6 +93,15 @@ enum Bench {
     /// A sequential read from a layer disk, beside the host's read
     LayerRead {
         /// Measured runs of each implementation
+        #[arg(long, value_name = "N", default_value_t = 3)]
+        runs: usize,
+        #[command(flatten)]
+        host: Host,
+    },
+    /// A 256 MiB sequential read over virtio-fs (virtiofsd) beside the guest's own
+    /// virtio-blk disk, in the same VM (emulated KVM host here)
+    FsRead {
+        /// Measured runs (one VM each)
         #[arg(long, value_name = "N", default_value_t = 3)]
         runs: usize,
         #[command(flatten)]
@@ -205,6 +216,7 @@ fn main() -> Result<()> {
         Bench::PodStart { runs, host } => pod::pod_start(&root, runs, &host.host).map(drop),
         Bench::RunTrue { runs, host } => pod::run_true(&root, runs, &host.host).map(drop),
         Bench::LayerRead { runs, host } => guest_io::layer_read(&root, runs, &host.host).map(drop),
+        Bench::FsRead { runs, host } => fs_read::fs_read(&root, runs, &host.host).map(drop),
         Bench::Vsock { runs, mib, host } => guest_io::vsock(&root, runs, mib, &host.host).map(drop),
         Bench::Cri { runs, host } => {
             cri::cri(&root, &cri::CriBench::from_env(runs, &host.host)?).map(drop)

@@ -1,10 +1,11 @@
 //! Building a micro-VM, as one linear recipe:
 //!
 //! 1. open KVM and create the VM (in-kernel IRQ chip and PIT),
-//! 2. guest memory,
+//! 2. guest memory (a shared memfd only when a vhost-user device must map it),
 //! 3. vCPUs (CPUID, MSRs, FPU, local APIC),
 //! 4. devices (COM1, i8042, boot ports, virtio-blk disks and empty disk slots, virtio-vsock,
-//!    virtio-net NICs on taps, all over MMIO),
+//!    virtio-net NICs on taps, virtio-fs shares served by vhost-user backends, all over
+//!    MMIO),
 //! 5. load the kernel, the initrd and the command line,
 //! 6. configure boot (MP table, PVH start info or zero page, entry registers),
 //! 7. start the vCPU threads (paused until [`MicroVm::run`]),
@@ -39,6 +40,7 @@ use crate::devices::legacy::{
 };
 use crate::devices::virtio::block::{BlockDevice, BlockError};
 use crate::devices::virtio::event_handler::VirtioEvents;
+use crate::devices::virtio::fs::{FsDevice, FsError};
 use crate::devices::virtio::mmio::{MmioError, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
 use crate::devices::virtio::net::{NetDevice, NetError, NetMetrics};
 use crate::devices::virtio::vsock::{VsockDevice, VsockError, VsockMetrics};
@@ -46,7 +48,9 @@ use crate::devices::virtio::{MmioInterrupt, MmioTransport, VirtioDevice};
 use crate::devices::Bus;
 use crate::event_loop::{EventLoop, EventLoopError, Subscriber, TerminationSignals};
 use crate::lifecycle::{GuestEvents, StopReason, VmOutcome};
-use crate::vstate::memory::{create_guest_memory, register_guest_memory, MemoryError};
+use crate::vstate::memory::{
+    create_guest_memory, create_shared_guest_memory, register_guest_memory, MemoryError,
+};
 use crate::vstate::vcpu::{install_kick_handler, Vcpu, VcpuError, VcpuHandle, VcpuMessage};
 
 /// Errors building or running a VM. Each names its cause in one sentence.
@@ -83,6 +87,8 @@ pub enum BuildError {
     #[error("nic {0}")]
     Net(usize, #[source] NetError),
     #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error(transparent)]
     Api(#[from] ApiServerError),
     #[error(transparent)]
     EventLoop(#[from] EventLoopError),
@@ -90,7 +96,9 @@ pub enum BuildError {
     Vcpu(#[from] VcpuError),
     #[error("cannot place a device on the bus")]
     Bus(#[from] BusError),
-    #[error("at most {0} virtio devices (disks, disk slots, vsock and nics) are supported")]
+    #[error(
+        "at most {0} virtio devices (disks, disk slots, vsock, nics and fs shares) are supported"
+    )]
     TooManyDisks(u32),
     #[error("cannot open the console file {0}")]
     ConsoleFile(PathBuf, #[source] std::io::Error),
@@ -132,7 +140,7 @@ pub fn build_microvm(
 ) -> Result<MicroVm, BuildError> {
     let (kvm, vm) = create_vm()?;
     let memory_size = config.memory_mib << 20;
-    let memory = Arc::new(create_memory(config.memory_mib)?);
+    let memory = Arc::new(create_memory(config.memory_mib, !config.fs.is_empty())?);
     // Registering the memory with KVM is slow on some hosts (milliseconds on PVM) and
     // nothing before the vCPUs run depends on it, so it overlaps steps 3 to 6.
     let (vcpu_fds, devices) = std::thread::scope(|scope| {
@@ -215,12 +223,15 @@ fn create_vm() -> Result<(Kvm, VmFd), BuildError> {
     Ok((kvm, vm))
 }
 
-/// Step 2: guest RAM (registered with KVM alongside the next steps).
-fn create_memory(memory_mib: u64) -> Result<GuestMemoryMmap, BuildError> {
-    Ok(create_guest_memory(
-        &ram_ranges(memory_mib << 20),
-        memory_mib,
-    )?)
+/// Step 2: guest RAM (registered with KVM alongside the next steps): private anonymous
+/// memory, or a memfd that vhost-user backends can map when `shared`.
+fn create_memory(memory_mib: u64, shared: bool) -> Result<GuestMemoryMmap, BuildError> {
+    let ranges = ram_ranges(memory_mib << 20);
+    if shared {
+        let (memory, _backing) = create_shared_guest_memory(&ranges, memory_mib)?;
+        return Ok(memory);
+    }
+    Ok(create_guest_memory(&ranges, memory_mib)?)
 }
 
 /// Step 3: the vCPUs with their CPUID, MSRs, FPU and local APIC.
@@ -292,7 +303,8 @@ fn attach_devices(
     let device_count = config.disks.len()
         + config.disk_slots as usize
         + usize::from(config.vsock.is_some())
-        + config.net.len();
+        + config.net.len()
+        + config.fs.len();
     if device_count > VIRTIO_MMIO_SLOTS as usize {
         return Err(BuildError::TooManyDisks(VIRTIO_MMIO_SLOTS));
     }
@@ -331,6 +343,9 @@ fn attach_devices(
         let device = NetDevice::new(nic).map_err(|e| BuildError::Net(index, e))?;
         net_metrics.push(device.metrics().clone());
         virtio.attach(vm, memory, Box::new(device))?;
+    }
+    for share in &config.fs {
+        virtio.attach(vm, memory, Box::new(FsDevice::new(share)?))?;
     }
     let VirtioDevices {
         mmio_bus,

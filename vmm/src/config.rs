@@ -122,6 +122,42 @@ pub fn generated_mac() -> MacAddress {
     ]
 }
 
+/// One virtio-fs share (`--fs socket=PATH,tag=TAG[,queue_size=N]`): a vhost-user backend
+/// (virtiofsd) listening on `socket`, mounted in the guest as `mount -t virtiofs TAG DIR`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsConfig {
+    pub socket: PathBuf,
+    pub tag: String,
+    pub queue_size: u16,
+}
+
+/// Most virtio-fs shares one VM takes (`--fs`; vpod uses one per pod).
+pub const MAX_FS_SHARES: usize = 4;
+/// Longest virtio-fs tag (the configuration space's tag field, not zero-terminated when full).
+pub const FS_TAG_MAX_LEN: usize = 36;
+/// The request queue's size when `queue_size` is not given.
+pub const FS_DEFAULT_QUEUE_SIZE: u16 = 256;
+/// Largest request queue (libvhost-user's, and so virtiofsd's, limit).
+pub const FS_MAX_QUEUE_SIZE: u16 = 1024;
+
+/// Why a virtio-fs tag cannot be used, if it cannot.
+pub fn fs_tag_problem(tag: &str) -> Option<&'static str> {
+    if tag.is_empty() {
+        Some("the tag is empty")
+    } else if tag.len() > FS_TAG_MAX_LEN {
+        Some("the tag is longer than 36 bytes")
+    } else if tag.bytes().any(|b| b == 0 || b.is_ascii_control()) {
+        Some("the tag contains a control character")
+    } else {
+        None
+    }
+}
+
+/// Whether a virtio-fs request queue can have `size` entries.
+pub fn valid_fs_queue_size(size: u16) -> bool {
+    size.is_power_of_two() && (2..=FS_MAX_QUEUE_SIZE).contains(&size)
+}
+
 /// Most empty disk slots (`--disk-slots`).
 pub const MAX_DISK_SLOTS: u32 = 16;
 
@@ -156,6 +192,8 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// virtio-net NICs, in the order the guest finds them.
     pub net: Vec<NetConfig>,
+    /// virtio-fs shares; with any, guest memory is a shared memfd the backends map.
+    pub fs: Vec<FsConfig>,
     /// The control socket (`--api PATH`).
     pub api_socket: Option<PathBuf>,
 }
@@ -175,6 +213,7 @@ impl Default for VmConfig {
             disk_slots: 0,
             vsock: None,
             net: Vec::new(),
+            fs: Vec::new(),
             api_socket: None,
         }
     }
@@ -211,6 +250,10 @@ pub enum ConfigError {
     BadVsock(String, String),
     #[error("--net {0:?}: {1}")]
     BadNet(String, String),
+    #[error("--fs {0:?}: {1}")]
+    BadFs(String, String),
+    #[error("at most {MAX_FS_SHARES} --fs shares are supported")]
+    TooManyFs,
     #[error("--disk-slots must be a number from 0 to {MAX_DISK_SLOTS}, not {0:?}")]
     BadDiskSlots(String),
     #[error("unexpected argument {0:?} (guest command words go after --)")]
@@ -302,6 +345,38 @@ fn parse_net(spec: &str) -> Result<NetConfig, ConfigError> {
     Ok(NetConfig {
         tap: tap.ok_or_else(|| bad("tap=NAME is missing"))?,
         mac: mac.unwrap_or_else(generated_mac),
+    })
+}
+
+fn parse_fs(spec: &str) -> Result<FsConfig, ConfigError> {
+    let bad = |why: &str| ConfigError::BadFs(spec.to_string(), why.to_string());
+    let mut socket = None;
+    let mut tag = None;
+    let mut queue_size = FS_DEFAULT_QUEUE_SIZE;
+    for option in spec.split(',') {
+        if let Some(path) = option.strip_prefix("socket=") {
+            if path.is_empty() {
+                return Err(bad("the socket path is empty"));
+            }
+            socket = Some(PathBuf::from(path));
+        } else if let Some(name) = option.strip_prefix("tag=") {
+            if let Some(problem) = fs_tag_problem(name) {
+                return Err(bad(problem));
+            }
+            tag = Some(name.to_string());
+        } else if let Some(size) = option.strip_prefix("queue_size=") {
+            queue_size = match size.parse::<u16>() {
+                Ok(n) if valid_fs_queue_size(n) => n,
+                _ => return Err(bad("the queue size must be a power of two from 2 to 1024")),
+            };
+        } else {
+            return Err(bad(&format!("unknown option {option:?}")));
+        }
+    }
+    Ok(FsConfig {
+        socket: socket.ok_or_else(|| bad("socket=PATH is missing"))?,
+        tag: tag.ok_or_else(|| bad("tag=TAG is missing"))?,
+        queue_size,
     })
 }
 
@@ -399,7 +474,7 @@ where
             }
             "--config" => {}
             "--kernel" | "--initrd" | "--cmdline" | "--vcpus" | "--memory" | "--disk"
-            | "--console" | "--vsock" | "--net" | "--disk-slots" | "--api" => {
+            | "--console" | "--vsock" | "--net" | "--fs" | "--disk-slots" | "--api" => {
                 first_setting.get_or_insert_with(|| flag.clone());
             }
             _ if flag.starts_with('-') => return Err(ConfigError::UnknownFlag(flag)),
@@ -423,6 +498,8 @@ where
             "--console" => config.console = parse_console(&value)?,
             "--vsock" => config.vsock = Some(parse_vsock(&value)?),
             "--net" => config.net.push(parse_net(&value)?),
+            "--fs" if config.fs.len() >= MAX_FS_SHARES => return Err(ConfigError::TooManyFs),
+            "--fs" => config.fs.push(parse_fs(&value)?),
             "--disk-slots" => config.disk_slots = parse_disk_slots(&value)?,
             "--api" if !value.is_empty() => config.api_socket = Some(PathBuf::from(value)),
             "--api" => return Err(ConfigError::MissingValue(flag)),
@@ -652,6 +729,62 @@ mod tests {
     fn help_and_version_win() {
         assert_eq!(parse(&["--help"]), Ok(CliAction::Help));
         assert_eq!(parse(&["-V"]), Ok(CliAction::Version));
+    }
+
+    #[test]
+    fn fs_flags_parse_with_and_without_a_queue_size() {
+        let c = config(&[
+            "--fs",
+            "socket=/run/fs.sock,tag=vpod",
+            "--fs=tag=other,socket=/b.sock,queue_size=1024",
+        ]);
+        assert_eq!(
+            c.fs,
+            vec![
+                FsConfig {
+                    socket: "/run/fs.sock".into(),
+                    tag: "vpod".into(),
+                    queue_size: FS_DEFAULT_QUEUE_SIZE,
+                },
+                FsConfig {
+                    socket: "/b.sock".into(),
+                    tag: "other".into(),
+                    queue_size: 1024,
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_fs_flags_are_refused_with_the_reason() {
+        let long_tag = format!("socket=/s,tag={}", "t".repeat(37));
+        for (spec, why) in [
+            ("tag=t", "socket=PATH is missing"),
+            ("socket=/s", "tag=TAG is missing"),
+            ("socket=/s,tag=", "the tag is empty"),
+            (long_tag.as_str(), "the tag is longer than 36 bytes"),
+            ("socket=/s,tag=a\tb", "the tag contains a control character"),
+            ("socket=,tag=t", "the socket path is empty"),
+            (
+                "socket=/s,tag=t,queue_size=100",
+                "the queue size must be a power of two from 2 to 1024",
+            ),
+            (
+                "socket=/s,tag=t,queue_size=2048",
+                "the queue size must be a power of two from 2 to 1024",
+            ),
+            ("socket=/s,tag=t,dax", "unknown option \"dax\""),
+        ] {
+            assert_eq!(
+                parse(&["--fs", spec]),
+                Err(ConfigError::BadFs(spec.into(), why.into())),
+                "{spec}"
+            );
+        }
+        let exactly_36 = format!("socket=/s,tag={}", "t".repeat(36));
+        assert_eq!(config(&["--fs", &exactly_36]).fs[0].tag.len(), 36);
+        let five: Vec<&str> = ["--fs", "socket=/s,tag=t"].repeat(5);
+        assert_eq!(parse(&five), Err(ConfigError::TooManyFs));
     }
 
     #[test]

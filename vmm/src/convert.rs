@@ -8,9 +8,10 @@ use vpod_proto::vmm as wire;
 use crate::arch::layout::{MAX_MEMORY_MIB, MIN_MEMORY_MIB};
 use crate::arch::mptable::MAX_VCPUS;
 use crate::config::{
-    generated_mac, is_unicast, parse_mac, valid_memory_mib, valid_vcpus, ConsoleConfig, DiskConfig,
-    DiskSource, InitrdConfig, NetConfig, TapSource, VmConfig, VsockConfig, DEFAULT_CMDLINE,
-    DISK_SERIAL_LEN, MAX_DISK_SLOTS, MAX_TAP_NAME_LEN,
+    fs_tag_problem, generated_mac, is_unicast, parse_mac, valid_fs_queue_size, valid_memory_mib,
+    valid_vcpus, ConsoleConfig, DiskConfig, DiskSource, FsConfig, InitrdConfig, NetConfig,
+    TapSource, VmConfig, VsockConfig, DEFAULT_CMDLINE, DISK_SERIAL_LEN, FS_DEFAULT_QUEUE_SIZE,
+    MAX_DISK_SLOTS, MAX_FS_SHARES, MAX_TAP_NAME_LEN,
 };
 
 /// What is wrong with a wire configuration.
@@ -40,6 +41,14 @@ pub enum ConvertError {
     TapNotOpen(usize, u32),
     #[error("nic {0}: descriptor {1} is standard input, output or error")]
     TapStdio(usize, u32),
+    #[error("fs {0}: the socket path is empty")]
+    EmptyFsSocket(usize),
+    #[error("fs {0}: {1} ({2:?})")]
+    FsTag(usize, &'static str, String),
+    #[error("fs {0}: the queue size must be a power of two from 2 to 1024, not {1}")]
+    FsQueueSize(usize, u16),
+    #[error("at most {MAX_FS_SHARES} fs shares are supported, not {0}")]
+    TooManyFs(usize),
     #[error("the vsock guest_cid must be 3 or more, not {0}")]
     ReservedCid(u32),
     #[error(
@@ -102,6 +111,24 @@ fn nic(index: usize, nic: wire::NetConfig) -> Result<NetConfig, ConvertError> {
     Ok(NetConfig { tap, mac })
 }
 
+fn fs_share(index: usize, share: wire::FsConfig) -> Result<FsConfig, ConvertError> {
+    if share.socket.as_os_str().is_empty() {
+        return Err(ConvertError::EmptyFsSocket(index));
+    }
+    if let Some(problem) = fs_tag_problem(&share.tag) {
+        return Err(ConvertError::FsTag(index, problem, share.tag));
+    }
+    let queue_size = share.queue_size.unwrap_or(FS_DEFAULT_QUEUE_SIZE);
+    if !valid_fs_queue_size(queue_size) {
+        return Err(ConvertError::FsQueueSize(index, queue_size));
+    }
+    Ok(FsConfig {
+        socket: share.socket,
+        tag: share.tag,
+        queue_size,
+    })
+}
+
 impl TryFrom<wire::VmConfig> for VmConfig {
     type Error = ConvertError;
 
@@ -140,6 +167,15 @@ impl TryFrom<wire::VmConfig> for VmConfig {
             .enumerate()
             .map(|(index, n)| nic(index, n))
             .collect::<Result<_, _>>()?;
+        if config.fs.len() > MAX_FS_SHARES {
+            return Err(ConvertError::TooManyFs(config.fs.len()));
+        }
+        let fs = config
+            .fs
+            .into_iter()
+            .enumerate()
+            .map(|(index, share)| fs_share(index, share))
+            .collect::<Result<_, _>>()?;
         Ok(VmConfig {
             kernel: config.kernel,
             initrd: config
@@ -161,6 +197,7 @@ impl TryFrom<wire::VmConfig> for VmConfig {
             disk_slots: config.disk_slots,
             vsock,
             net,
+            fs,
             api_socket: config.api_socket,
         })
     }
@@ -225,6 +262,48 @@ mod tests {
         assert_eq!(config.vsock.expect("vsock").guest_cid, 9);
         assert_eq!(config.api_socket, Some(PathBuf::from("/api.sock")));
         assert!(config.timings);
+    }
+
+    #[test]
+    fn fs_shares_are_checked_and_get_the_default_queue_size() {
+        let with_fs = |fs: Vec<wire::FsConfig>| {
+            convert(wire::VmConfig {
+                fs,
+                ..wire::VmConfig::new("/k")
+            })
+        };
+        let config = with_fs(vec![wire::FsConfig::new("/fs.sock", "vpod")]).expect("valid");
+        assert_eq!(
+            config.fs,
+            vec![FsConfig {
+                socket: "/fs.sock".into(),
+                tag: "vpod".into(),
+                queue_size: FS_DEFAULT_QUEUE_SIZE,
+            }]
+        );
+        let long = "x".repeat(37);
+        for (share, error) in [
+            (wire::FsConfig::new("", "t"), ConvertError::EmptyFsSocket(0)),
+            (
+                wire::FsConfig::new("/s", ""),
+                ConvertError::FsTag(0, "the tag is empty", String::new()),
+            ),
+            (
+                wire::FsConfig::new("/s", long.clone()),
+                ConvertError::FsTag(0, "the tag is longer than 36 bytes", long.clone()),
+            ),
+            (
+                wire::FsConfig {
+                    queue_size: Some(3),
+                    ..wire::FsConfig::new("/s", "t")
+                },
+                ConvertError::FsQueueSize(0, 3),
+            ),
+        ] {
+            assert_eq!(with_fs(vec![share]), Err(error));
+        }
+        let five = vec![wire::FsConfig::new("/s", "t"); 5];
+        assert_eq!(with_fs(five), Err(ConvertError::TooManyFs(5)));
     }
 
     #[test]

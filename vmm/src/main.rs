@@ -14,7 +14,8 @@ vpod-vmm: run one KVM micro-VM
 
 usage: vpod-vmm [--kernel PATH] [--initrd PATH] [--cmdline TEXT] [--vcpus N] [--memory MiB]
                 [--disk PATH[,ro][,serial=ID]]... [--disk-slots N] [--vsock PATH[,cid=N]]
-                [--net tap=NAME[,mac=MAC]]... [--api PATH] [--console stdio|off|file:PATH] [--timings] [-- COMMAND ARGS...]
+                [--net tap=NAME[,mac=MAC]]... [--fs socket=PATH,tag=TAG[,queue_size=N]]...
+                [--api PATH] [--console stdio|off|file:PATH] [--timings] [-- COMMAND ARGS...]
        vpod-vmm --config FILE
 
   --kernel PATH      ELF vmlinux (PVH note or not) or bzImage [build/vmlinux]
@@ -33,6 +34,10 @@ usage: vpod-vmm [--kernel PATH] [--initrd PATH] [--cmdline TEXT] [--vcpus N] [--
   --net SPEC         virtio-net NIC on the tap NAME (opened, or created with CAP_NET_ADMIN,
                      in the VMM's network namespace); mac = the guest's MAC,
                      xx:xx:xx:xx:xx:xx [a random locally administered one]; repeatable
+  --fs SPEC          virtio-fs share served by a vhost-user backend (virtiofsd) listening on
+                     the unix socket PATH; the guest mounts it with `mount -t virtiofs TAG
+                     DIR`; TAG is 1 to 36 bytes; queue_size a power of two, 2 to 1024
+                     [256]; up to 4; with any, guest memory is a shared memfd
   --api PATH         control socket: newline-delimited JSON (state, boot_time, metrics,
                      attach_disk, detach_disk, stop)
   --console WHERE    serial console: stdio, off or file:PATH [stdio]

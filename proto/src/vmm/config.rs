@@ -9,6 +9,7 @@
 //!            {"fd": 3, "read_only": true, "serial": "layer-0"}],
 //!  "disk_slots": 8, "console": {"file": "/pods/p1/console.log"},
 //!  "vsock": {"uds_path": "/pods/p1/vsock.sock"}, "net": [{"fd": 4, "mac": "02:00:00:00:00:01"}],
+//!  "fs": [{"socket": "/pods/p1/fs.sock", "tag": "vpod-share"}],
 //!  "api_socket": "/pods/p1/api.sock"}
 //! ```
 
@@ -55,6 +56,10 @@ pub struct VmConfig {
     /// the guest renames anything).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub net: Vec<NetConfig>,
+    /// virtio-fs shares served by vhost-user backends (a virtiofsd each); with any, guest
+    /// memory is a shared memfd the backends map.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fs: Vec<FsConfig>,
     /// Where the control socket listens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_socket: Option<PathBuf>,
@@ -88,6 +93,7 @@ impl VmConfig {
             console: Console::default(),
             vsock: None,
             net: Vec::new(),
+            fs: Vec::new(),
             api_socket: None,
             init_args: Vec::new(),
             timings: false,
@@ -245,6 +251,30 @@ impl From<DiskConfig> for DiskFields {
     }
 }
 
+/// One virtio-fs share: `{"socket": PATH, "tag": TAG, "queue_size": N}`, the backend's
+/// vhost-user socket and the tag the guest mounts (`mount -t virtiofs TAG DIR`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    /// The vhost-user socket the backend (virtiofsd) listens on.
+    pub socket: PathBuf,
+    /// 1 to 36 bytes (the virtio-fs configuration space's tag field).
+    pub tag: String,
+    /// The request queue's size; the VMM's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_size: Option<u16>,
+}
+
+impl FsConfig {
+    pub fn new(socket: impl Into<PathBuf>, tag: impl Into<String>) -> Self {
+        FsConfig {
+            socket: socket.into(),
+            tag: tag.into(),
+            queue_size: None,
+        }
+    }
+}
+
 /// Where a NIC's tap comes from. On the wire the source is flat beside the NIC's other
 /// fields: `"tap": NAME` or `"fd": N`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -365,6 +395,13 @@ mod tests {
                     mac: None,
                 },
             ],
+            fs: vec![
+                FsConfig::new("/fs.sock", "share"),
+                FsConfig {
+                    queue_size: Some(128),
+                    ..FsConfig::new("/fs2.sock", "other")
+                },
+            ],
             api_socket: Some("/api.sock".into()),
             init_args: vec!["sh".into(), "-c".into(), "echo hi".into()],
             timings: true,
@@ -434,5 +471,25 @@ mod tests {
                 .contains("a nic needs a \"tap\" or an \"fd\"")
         );
         assert!(error(r#"{"kernel": "/k", "net": [{"tap": "t", "fd": 3}]}"#).contains("not both"));
+        assert!(
+            error(r#"{"kernel": "/k", "fs": [{"socket": "/s"}]}"#).contains("missing field `tag`")
+        );
+        assert!(
+            error(r#"{"kernel": "/k", "fs": [{"socket": "/s", "tag": "t", "dax": true}]}"#)
+                .contains("unknown field `dax`")
+        );
+    }
+
+    #[test]
+    fn fs_shares_are_flat_on_the_wire() {
+        let share = FsConfig::new("/fs.sock", "vpod");
+        assert_eq!(
+            serde_json::to_value(&share).expect("encodes"),
+            serde_json::json!({"socket": "/fs.sock", "tag": "vpod"})
+        );
+        let sized: FsConfig =
+            serde_json::from_str(r#"{"socket": "/s", "tag": "t", "queue_size": 64}"#)
+                .expect("valid");
+        assert_eq!(sized.queue_size, Some(64));
     }
 }

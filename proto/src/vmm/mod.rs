@@ -39,6 +39,6 @@ pub use api::{
 #[cfg(feature = "vmm-client")]
 pub use client::{ClientError, VmmClient};
 pub use config::{
-    Console, DiskConfig, DiskSource, DiskSourceError, NetConfig, TapSource, TapSourceError,
-    VmConfig, VsockConfig,
+    Console, DiskConfig, DiskSource, DiskSourceError, FsConfig, NetConfig, TapSource,
+    TapSourceError, VmConfig, VsockConfig,
 };

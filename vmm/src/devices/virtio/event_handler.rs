@@ -26,6 +26,9 @@ impl VirtioEvents {
 impl Subscriber for VirtioEvents {
     fn init(&mut self, ops: &mut EventOps) -> Result<(), event_manager::Error> {
         let transport = self.transport();
+        if transport.external_notifications() {
+            return Ok(());
+        }
         for (queue, event) in transport.queue_events().iter().enumerate() {
             ops.add(Events::with_data(event, queue as u32, EventSet::IN))?;
         }

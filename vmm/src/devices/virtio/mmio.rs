@@ -108,6 +108,8 @@ pub struct MmioTransport {
     queues: Vec<Queue>,
     /// One per queue; a write to the notify register that bypassed the ioeventfd lands here.
     queue_events: Vec<EventFd>,
+    /// The device's backend reads `queue_events` itself (vhost-user).
+    external_notifications: bool,
     device_status: u32,
     features_select: u32,
     driver_features_select: u32,
@@ -132,16 +134,21 @@ impl MmioTransport {
         memory: Arc<GuestMemoryMmap>,
         interrupt: Arc<MmioInterrupt>,
     ) -> Result<Self, MmioError> {
+        let mut device = device;
         let queues = Self::fresh_queues(device.as_ref())?;
         let queue_events = (0..queues.len())
             .map(|_| EventFd::new(libc::EFD_NONBLOCK).map_err(MmioError::EventFd))
             .collect::<Result<Vec<_>, _>>()?;
+        let external_notifications = device
+            .set_queue_notifiers(&queue_events)
+            .map_err(MmioError::EventFd)?;
         Ok(MmioTransport {
             device,
             memory,
             interrupt,
             queues,
             queue_events,
+            external_notifications,
             device_status: 0,
             features_select: 0,
             driver_features_select: 0,
@@ -164,6 +171,12 @@ impl MmioTransport {
     /// The eventfds the guest's queue notifications arrive on, in queue order.
     pub fn queue_events(&self) -> &[EventFd] {
         &self.queue_events
+    }
+
+    /// Whether the device's backend reads the queue eventfds itself, so that the event loop
+    /// must not.
+    pub fn external_notifications(&self) -> bool {
+        self.external_notifications
     }
 
     /// Processes queue `index` after its eventfd fired.

@@ -11,6 +11,7 @@
 
 pub mod block;
 pub mod event_handler;
+pub mod fs;
 pub mod mmio;
 pub mod net;
 #[cfg(test)]
@@ -22,6 +23,7 @@ use std::sync::Arc;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::event_loop::Subscriber;
 
@@ -36,6 +38,7 @@ pub const QUEUE_MAX_SIZE: u16 = 256;
 pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_VSOCK: u32 = 19;
+pub const TYPE_FS: u32 = 26;
 
 /// How a device tells the guest that something happened.
 pub trait VirtioInterrupt: Send + Sync {
@@ -66,6 +69,8 @@ pub enum ActivateError {
     InvalidQueue(usize),
     #[error("the device is already active")]
     AlreadyActive,
+    #[error("the device's backend failed: {0}")]
+    Backend(String),
 }
 
 /// A virtio device, independent of its transport.
@@ -82,6 +87,13 @@ pub trait VirtioDevice: DeviceEvents + Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes the device-specific configuration space.
     fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Offered once, when the transport is made, the eventfds the guest's notifications of
+    /// each queue arrive on. A device whose queues another process serves (vhost-user) keeps
+    /// copies for its backend and returns true: the event loop then leaves them alone and
+    /// [`DeviceEvents::process_queue`] is never called. Others return false.
+    fn set_queue_notifiers(&mut self, _notifiers: &[EventFd]) -> io::Result<bool> {
+        Ok(false)
+    }
     /// Starts the device with the driver's queues.
     fn activate(
         &mut self,
