@@ -1,8 +1,9 @@
 //! Exec, Attach and PortForward through `vpod-cri`'s streaming server, driven by the real
 //! crictl 1.26 (`/opt/cri-tools-1.26/crictl`, which speaks SPDY/3.1 for all three), against
-//! one pod in a VM: exec with stdin piped, with a terminal and with an exit code; attach to
-//! a container with a terminal and stdin; port-forward to a server that listens only on the
-//! pod's localhost.
+//! one pod in a VM: exec with stdin piped, with a terminal and with an exit code, and one
+//! whose client leaves (its process is killed); attach to a container with a terminal and
+//! stdin; port-forward to a server that listens only on the pod's localhost, several
+//! connections at once.
 
 mod common;
 
@@ -159,6 +160,21 @@ fn http_get(port: u16, path: &str) -> String {
     answer
 }
 
+/// The pod's processes' command lines (its containers share one PID namespace).
+async fn processes(c: &mut Clients, container: &str) -> String {
+    let ps = c
+        .runtime
+        .exec_sync(ExecSyncRequest {
+            container_id: container.into(),
+            cmd: vec!["ps".into(), "-o".into(), "args".into()],
+            timeout: 20,
+        })
+        .await
+        .expect("ExecSync ps")
+        .into_inner();
+    text(&ps.stdout)
+}
+
 /// A local port nothing listens on now.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -245,11 +261,43 @@ fn crictl_exec_attach_and_port_forward_reach_the_pod_vm() {
             assert!(seen.contains("/dev/pts/"), "{}", explain(&out));
             assert!(seen.contains("exit code 5"), "{}", explain(&out));
 
-            // Port-forward to the server on the pod's 127.0.0.1, twice over one forward.
+            // A client that leaves mid-exec takes its process with it.
+            let mut leaver = crictl_command(&daemon, &["exec", &shell, "sleep", "4242"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("crictl exec runs");
+            let sleeping = |c: &Clients| {
+                let mut c = c.clone();
+                let shell = shell.clone();
+                async move { processes(&mut c, &shell).await.contains("sleep 4242") }
+            };
+            eventually("the exec'd sleep runs", Duration::from_secs(30), || {
+                sleeping(&c)
+            })
+            .await;
+            leaver.kill().expect("killing crictl");
+            let _ = leaver.wait();
+            eventually(
+                "the exec'd sleep is killed after its client left",
+                Duration::from_secs(30),
+                || {
+                    let running = sleeping(&c);
+                    async move { !running.await }
+                },
+            )
+            .await;
+
+            // Port-forward to the server on the pod's 127.0.0.1: several connections over
+            // one forward, at once.
             let local = free_port();
             let forward = Forward::start(&daemon, &pod_id, local, 8080);
-            for _ in 0..2 {
-                let answer = http_get(local, "/index.html");
+            let gets: Vec<_> = (0..4)
+                .map(|_| std::thread::spawn(move || http_get(local, "/index.html")))
+                .collect();
+            for get in gets {
+                let answer = get.join().expect("a GET through the forward");
                 assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
                 assert!(answer.contains("hello-through-the-tunnel"), "{answer}");
             }
@@ -285,18 +333,9 @@ fn crictl_exec_attach_and_port_forward_reach_the_pod_vm() {
             assert!(text(&out.stderr).contains("NotFound"), "{}", explain(&out));
 
             // The exec'd processes are gone: only the long-lived ones remain.
-            let ps = c
-                .runtime
-                .exec_sync(ExecSyncRequest {
-                    container_id: shell.clone(),
-                    cmd: vec!["ps".into(), "-o".into(), "args".into()],
-                    timeout: 20,
-                })
-                .await
-                .expect("ExecSync ps")
-                .into_inner();
-            let ps = text(&ps.stdout);
+            let ps = processes(&mut c, &shell).await;
             assert!(!ps.contains("cat"), "{ps}");
+            assert!(ps.contains("httpd"), "{ps}");
             let _ = web;
         },
     );
