@@ -22,8 +22,8 @@ use vpod_image::runtime_spec::{runtime_spec, ProcessOverrides};
 use vpod_image::LayerStore;
 use vpod_sandbox::network_files::{DnsConfig, NetworkIdentity};
 use vpod_sandbox::{
-    ContainerExit, ContainerOutput, ContainerSpec, ContainerStdin, OutputStream, RootfsSource, Sandbox,
-    SandboxConfig,
+    ContainerExit, ContainerOutput, ContainerSpec, ContainerStdin, OutputStream, RootfsSource,
+    Sandbox, SandboxConfig,
 };
 
 use args::{Cli, ExecCommand, LogsCommand, PsCommand, RmCommand, VpodCommand};

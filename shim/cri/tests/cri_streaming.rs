@@ -253,7 +253,14 @@ fn crictl_exec_attach_and_port_forward_reach_the_pod_vm() {
             // With a terminal: the command sees one (its output all on stdout, with CRLF).
             let out = crictl_on_terminal(
                 &daemon,
-                &["exec", "-it", &shell, "sh", "-c", "tty && stty size && exit 5"],
+                &[
+                    "exec",
+                    "-it",
+                    &shell,
+                    "sh",
+                    "-c",
+                    "tty && stty size && exit 5",
+                ],
                 b"",
             );
             assert_eq!(out.status.code(), Some(1), "{}", explain(&out));
@@ -315,14 +322,18 @@ fn crictl_exec_attach_and_port_forward_reach_the_pod_vm() {
                 "{}",
                 explain(&out)
             );
-            eventually("the console container exits", Duration::from_secs(30), || {
-                let mut c = c.clone();
-                let console = console.clone();
-                async move {
-                    container_status(&mut c, &console).await.state
-                        == ContainerState::ContainerExited as i32
-                }
-            })
+            eventually(
+                "the console container exits",
+                Duration::from_secs(30),
+                || {
+                    let mut c = c.clone();
+                    let console = console.clone();
+                    async move {
+                        container_status(&mut c, &console).await.state
+                            == ContainerState::ContainerExited as i32
+                    }
+                },
+            )
             .await;
 
             // Exec in a container that is gone, and in an unknown one.

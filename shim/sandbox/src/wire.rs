@@ -121,10 +121,13 @@ pub(crate) fn create_request(
             .iter()
             .any(|n| n.typ() == LinuxNamespaceType::Pid),
         terminal: process.terminal().unwrap_or(false),
-        terminal_size: process.console_size().as_ref().map(|size| v1::TerminalSize {
-            width: u32::try_from(size.width()).unwrap_or(u32::MAX),
-            height: u32::try_from(size.height()).unwrap_or(u32::MAX),
-        }),
+        terminal_size: process
+            .console_size()
+            .as_ref()
+            .map(|size| v1::TerminalSize {
+                width: u32::try_from(size.width()).unwrap_or(u32::MAX),
+                height: u32::try_from(size.height()).unwrap_or(u32::MAX),
+            }),
         ..Default::default()
     })
 }

@@ -55,10 +55,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .context("opening the runtime state")?;
     tokio::spawn(runtime.clone().watch_vms(Duration::from_secs(2)));
-    let streaming =
-        StreamingServer::bind(streaming_config, StreamingBackend::new(runtime.clone()))
-            .await
-            .context("starting the streaming server")?;
+    let streaming = StreamingServer::bind(streaming_config, StreamingBackend::new(runtime.clone()))
+        .await
+        .context("starting the streaming server")?;
     let streaming_addr = streaming
         .local_addr()
         .context("reading the streaming server's address")?;

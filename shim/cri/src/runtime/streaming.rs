@@ -230,7 +230,9 @@ async fn pump(streams: ProcessStreams, io: StreamIo) -> Result<ProcessExit, Back
 /// A runtime error as the streaming server reports it.
 fn backend_error(error: RuntimeError) -> BackendError {
     match &error {
-        RuntimeError::Id(IdError::NotFound { prefix, .. }) => BackendError::NotFound(prefix.clone()),
+        RuntimeError::Id(IdError::NotFound { prefix, .. }) => {
+            BackendError::NotFound(prefix.clone())
+        }
         _ => BackendError::Failed(error_chain(&error)),
     }
 }
