@@ -37,8 +37,9 @@ fn crictl(daemon: &Daemon, args: &[&str], stdin: &[u8]) -> Output {
     out
 }
 
-/// As [`crictl`], on a terminal of its own (`script`): crictl refuses `-t` unless its
-/// stdin is a terminal. `stdin` is typed into that terminal, so it is also echoed.
+/// As [`crictl`], on a terminal of its own (`script`) sized 45 rows by 123 columns: crictl
+/// refuses `-t` unless its stdin is a terminal, and sends that terminal's size. `stdin` is
+/// typed into that terminal, so it is also echoed.
 fn crictl_on_terminal(daemon: &Daemon, args: &[&str], stdin: &[u8]) -> Output {
     let quote = |arg: &str| format!("'{}'", arg.replace('\'', r"'\''"));
     let command = crictl_command(daemon, args);
@@ -47,7 +48,11 @@ fn crictl_on_terminal(daemon: &Daemon, args: &[&str], stdin: &[u8]) -> Output {
         .map(|arg| quote(&arg.to_string_lossy()))
         .collect();
     let mut child = Command::new("script")
-        .args(["-qec", &line.join(" "), "/dev/null"])
+        .args([
+            "-qec",
+            &format!("stty rows 45 cols 123 && exec {}", line.join(" ")),
+            "/dev/null",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -250,7 +255,8 @@ fn crictl_exec_attach_and_port_forward_reach_the_pod_vm() {
             assert_eq!(text(&out.stdout), "out\n", "{}", explain(&out));
             assert!(text(&out.stderr).starts_with("err\n"), "{}", explain(&out));
 
-            // With a terminal: the command sees one (its output all on stdout, with CRLF).
+            // With a terminal: the command sees one, sized as crictl's own once its first
+            // resize arrived (the process may start before it).
             let out = crictl_on_terminal(
                 &daemon,
                 &[
@@ -259,13 +265,15 @@ fn crictl_exec_attach_and_port_forward_reach_the_pod_vm() {
                     &shell,
                     "sh",
                     "-c",
-                    "tty && stty size && exit 5",
+                    "tty; for i in $(seq 50); do [ \"$(stty size)\" = '45 123' ] && break; \
+                     sleep 0.1; done; echo size=$(stty size); exit 5",
                 ],
                 b"",
             );
             assert_eq!(out.status.code(), Some(1), "{}", explain(&out));
             let seen = text(&out.stdout);
             assert!(seen.contains("/dev/pts/"), "{}", explain(&out));
+            assert!(seen.contains("size=45 123"), "{}", explain(&out));
             assert!(seen.contains("exit code 5"), "{}", explain(&out));
 
             // A client that leaves mid-exec takes its process with it.
