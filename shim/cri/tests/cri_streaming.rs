@@ -318,15 +318,15 @@ fn crictl_exec_attach_and_port_forward_reach_the_pod_vm() {
             }
             drop(forward);
 
-            // Attach to the container with a terminal and stdin: what it is told to run,
-            // it runs; its exit (stdin_once, then `exit`) ends the attach.
+            // Attach to the container with a terminal (TERM set as containerd sets it) and
+            // stdin: what it is told to run, it runs; its exit ends the attach.
             let out = crictl_on_terminal(
                 &daemon,
                 &["attach", "-it", &console],
-                b"echo attached-$((6 * 7))\nexit 0\n",
+                b"echo attached-$((6 * 7)) $TERM $(tty)\nexit 0\n",
             );
             assert!(
-                text(&out.stdout).contains("attached-42"),
+                text(&out.stdout).contains("attached-42 xterm /dev/pts/0"),
                 "{}",
                 explain(&out)
             );
