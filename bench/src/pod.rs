@@ -11,7 +11,9 @@ use vpod_bench::measure::timed_run;
 use vpod_bench::report::{table, write_jsonl, Row};
 use vpod_image::runtime_spec::{runtime_spec, ProcessOverrides};
 use vpod_image::{ImageConfig, ImageLayer};
-use vpod_sandbox::{ContainerSpec, OutputStream, RootfsSource, Sandbox, SandboxConfig};
+use vpod_sandbox::{
+    ContainerSpec, ContainerStdin, OutputStream, RootfsSource, Sandbox, SandboxConfig,
+};
 
 use crate::fixtures::{self, bundle, copy_tree, load_image, work_dir};
 
@@ -100,6 +102,7 @@ pub fn spec(
         spec: runtime_spec(config, &overrides).expect("the benchmark's command makes a spec"),
         rootfs: RootfsSource::Layers(layers),
         files: Vec::new(),
+        stdin: ContainerStdin::default(),
     }
 }
 

@@ -22,8 +22,8 @@ use vpod_image::runtime_spec::{runtime_spec, ProcessOverrides};
 use vpod_image::LayerStore;
 use vpod_sandbox::network_files::{DnsConfig, NetworkIdentity};
 use vpod_sandbox::{
-    ContainerExit, ContainerOutput, ContainerSpec, OutputStream, RootfsSource, Sandbox,
-    SandboxConfig,
+    ContainerExit, ContainerOutput, ContainerSpec, ContainerStdin, OutputStream, RootfsSource,
+    Sandbox, SandboxConfig,
 };
 
 use args::{Cli, ExecCommand, LogsCommand, PsCommand, RmCommand, VpodCommand};
@@ -156,6 +156,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         spec: runtime_spec,
         rootfs: RootfsSource::Layers(imported.layers),
         files,
+        stdin: ContainerStdin::default(),
     };
     if args.detach {
         let created = create_and_start(&mut sandbox, spec).await;

@@ -28,13 +28,24 @@
 //! [registry]
 //! insecure_registries = ["registry.lan:5000"]   # plain HTTP (loopback needs no entry)
 //! extra_ca_files = ["/etc/vpod/registry-ca.pem"]
+//!
+//! [streaming]
+//! address = "127.0.0.1:0"                 # Exec/Attach/PortForward URLs; port 0: a free one
+//! # tls_cert = "/etc/vpod/stream.pem"     # not implemented yet: setting either is refused
+//! # tls_key = "/etc/vpod/stream-key.pem"
+//! token_ttl_secs = 60                     # how long a URL waits for its client
+//! max_in_flight = 1000                    # URLs waiting for their client at most
+//! idle_timeout_secs = 14400               # a session with no traffic is closed after this
+//! stream_creation_timeout_secs = 30       # a SPDY client's time to open its streams
 //! ```
 //!
 //! Every key is optional. Absent paths are found next to the `vpod-cri` binary (`vpod-vmm`)
 //! and in the checkout or install that holds it (`build/vmlinux`, `build/initrd.img`, or
 //! `$VPOD_HOME/build/...`).
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -65,6 +76,58 @@ pub struct Config {
     pub pod: PodSizing,
     pub network: NetworkConfig,
     pub registry: RegistryConfig,
+    pub streaming: StreamingConfig,
+}
+
+/// The streaming server that Exec, Attach and PortForward hand out URLs on (as containerd's
+/// `stream_server_address` and friends); defaults are the kubelet's streaming server's.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamingConfig {
+    /// Where to listen; port 0 picks a free one. Clients reach it from the kubelet's host,
+    /// so anything but loopback exposes exec to the network without TLS.
+    pub address: SocketAddr,
+    /// PEM certificate chain and key for HTTPS; not implemented yet, so setting either is
+    /// refused rather than silently serving plain HTTP.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// How long a URL's single-use token waits for its client.
+    pub token_ttl_secs: u64,
+    /// Tokens waiting for their client at most; more requests are ResourceExhausted.
+    pub max_in_flight: usize,
+    /// A session with no traffic either way for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// How long a SPDY client has to open its streams.
+    pub stream_creation_timeout_secs: u64,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> StreamingConfig {
+        let defaults = vpod_streaming::Config::default();
+        StreamingConfig {
+            address: defaults.addr,
+            tls_cert: None,
+            tls_key: None,
+            token_ttl_secs: defaults.token_ttl.as_secs(),
+            max_in_flight: defaults.max_in_flight,
+            idle_timeout_secs: defaults.idle_timeout.as_secs(),
+            stream_creation_timeout_secs: defaults.stream_creation_timeout.as_secs(),
+        }
+    }
+}
+
+impl StreamingConfig {
+    /// The streaming server's settings (validated: no TLS).
+    pub fn server_config(&self) -> vpod_streaming::Config {
+        vpod_streaming::Config {
+            addr: self.address,
+            tls: None,
+            token_ttl: Duration::from_secs(self.token_ttl_secs),
+            max_in_flight: self.max_in_flight,
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            stream_creation_timeout: Duration::from_secs(self.stream_creation_timeout_secs),
+        }
+    }
 }
 
 /// Where the pods' network comes from: CNI plugins and their configuration, as on any node.
@@ -158,6 +221,7 @@ impl Default for Config {
             pod: PodSizing::default(),
             network: NetworkConfig::default(),
             registry: RegistryConfig::default(),
+            streaming: StreamingConfig::default(),
         }
     }
 }
@@ -207,6 +271,20 @@ impl Config {
         }
         if self.network.plugin_timeout_secs == 0 {
             return bad("network.plugin_timeout_secs must be at least 1");
+        }
+        let streaming = &self.streaming;
+        if streaming.tls_cert.is_some() || streaming.tls_key.is_some() {
+            return bad(
+                "streaming.tls_cert and streaming.tls_key are not supported yet: \
+                 the streaming server speaks plain HTTP only (leave both unset)",
+            );
+        }
+        if streaming.token_ttl_secs == 0
+            || streaming.max_in_flight == 0
+            || streaming.idle_timeout_secs == 0
+            || streaming.stream_creation_timeout_secs == 0
+        {
+            return bad("streaming timeouts and max_in_flight must be at least 1");
         }
         Ok(())
     }
@@ -284,6 +362,27 @@ mod tests {
         assert!(matches!(
             Config::parse("[pod]\nlayer_slots = 17"),
             Err(ConfigError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn the_streaming_table_sets_the_server_and_tls_is_refused() {
+        let c = Config::parse("[streaming]\naddress = \"127.0.0.1:10010\"\ntoken_ttl_secs = 5\n")
+            .unwrap();
+        let server = c.streaming.server_config();
+        assert_eq!(server.addr, "127.0.0.1:10010".parse().unwrap());
+        assert_eq!(server.token_ttl, Duration::from_secs(5));
+        assert_eq!(server.max_in_flight, 1000);
+        assert!(server.tls.is_none());
+        let defaults = Config::default().streaming.server_config();
+        assert_eq!(defaults.addr, "127.0.0.1:0".parse().unwrap());
+        match Config::parse("[streaming]\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\n") {
+            Err(ConfigError::Invalid(m)) => assert!(m.contains("tls_cert"), "{m}"),
+            other => panic!("tls was not refused: {other:?}"),
+        }
+        assert!(matches!(
+            Config::parse("[streaming]\naddress = \"nowhere\""),
+            Err(ConfigError::Parse(..))
         ));
     }
 

@@ -832,20 +832,70 @@ fn bad_requests_get_invalid_argument_not_found_and_unimplemented() {
                 Code::InvalidArgument,
                 "cmd",
             );
+            // Streaming: the kubelet's checks, then the container or pod must exist.
             expect(
                 c.runtime.exec(ExecRequest::default()).await,
-                Code::Unimplemented,
-                "Exec",
+                Code::InvalidArgument,
+                "container_id",
+            );
+            let unknown_exec = ExecRequest {
+                container_id: "feedface".into(),
+                cmd: vec!["true".into()],
+                stdout: true,
+                ..Default::default()
+            };
+            expect(
+                c.runtime.exec(unknown_exec.clone()).await,
+                Code::NotFound,
+                "feedface",
+            );
+            expect(
+                c.runtime
+                    .exec(ExecRequest {
+                        cmd: vec![],
+                        ..unknown_exec.clone()
+                    })
+                    .await,
+                Code::InvalidArgument,
+                "cmd",
+            );
+            expect(
+                c.runtime
+                    .exec(ExecRequest {
+                        tty: true,
+                        stderr: true,
+                        ..unknown_exec
+                    })
+                    .await,
+                Code::InvalidArgument,
+                "tty and stderr",
             );
             expect(
                 c.runtime.attach(AttachRequest::default()).await,
-                Code::Unimplemented,
-                "Attach",
+                Code::InvalidArgument,
+                "container_id",
             );
             expect(
                 c.runtime.port_forward(PortForwardRequest::default()).await,
+                Code::InvalidArgument,
+                "pod_sandbox_id",
+            );
+            expect(
+                c.runtime
+                    .port_forward(PortForwardRequest {
+                        pod_sandbox_id: "abcdef".into(),
+                        port: vec![8080],
+                    })
+                    .await,
+                Code::NotFound,
+                "abcdef",
+            );
+            expect(
+                c.runtime
+                    .checkpoint_container(CheckpointContainerRequest::default())
+                    .await,
                 Code::Unimplemented,
-                "PortForward",
+                "CheckpointContainer",
             );
             expect(
                 c.images.pull_image(PullImageRequest::default()).await,

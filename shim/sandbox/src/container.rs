@@ -56,6 +56,18 @@ pub struct ContainerSpec {
     pub rootfs: RootfsSource,
     /// Written into the root after it is assembled, before the process starts.
     pub files: Vec<ContainerFile>,
+    /// The main process's stdin, which the runtime spec does not carry.
+    pub stdin: ContainerStdin,
+}
+
+/// Whether the main process reads a stdin fed by attachers (else /dev/null), as CRI's
+/// `stdin` and `stdin_once`. A terminal (`process.terminal` in the spec) is its stdin
+/// either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ContainerStdin {
+    pub open: bool,
+    /// Closed when the first attacher with stdin closes it or leaves.
+    pub once: bool,
 }
 
 /// How a container's main process ended.
@@ -84,6 +96,8 @@ impl Sandbox {
             Vec::new(),
             self.writable_serial.clone(),
         )?;
+        request.stdin = spec.stdin.open;
+        request.stdin_once = spec.stdin.open && spec.stdin.once;
         let RootfsSource::Layers(layers) = &spec.rootfs;
         let mut serials = Vec::new();
         let attached = self.attach_layers(layers, &mut serials).await;

@@ -34,7 +34,7 @@ use vpod_proto::error_chain;
 
 pub use agent::AgentError;
 pub use api::{VmmApi, VmmApiError};
-pub use container::{ContainerExit, ContainerSpec, RootfsSource};
+pub use container::{ContainerExit, ContainerSpec, ContainerStdin, RootfsSource};
 pub use disk::DiskError;
 pub use output::{
     ContainerOutput, ContainerStats, ExecResult, GuestInfo, OutputChunk, OutputStream,
@@ -386,6 +386,12 @@ impl Sandbox {
 
     pub fn timings(&self) -> BootTimings {
         self.timings
+    }
+
+    /// A handle on the channel to the agent (clones share its connection), for calls that
+    /// outlive a borrow of the sandbox: streaming exec, attach and port-forward.
+    pub fn agent_client(&self) -> AgentClient<Channel> {
+        self.agent.clone()
     }
 
     /// The VMM's console output so far (its tail), for diagnostics.

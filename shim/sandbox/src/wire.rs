@@ -120,6 +120,14 @@ pub(crate) fn create_request(
         share_pod_pid_namespace: !namespaces
             .iter()
             .any(|n| n.typ() == LinuxNamespaceType::Pid),
+        terminal: process.terminal().unwrap_or(false),
+        terminal_size: process
+            .console_size()
+            .as_ref()
+            .map(|size| v1::TerminalSize {
+                width: u32::try_from(size.width()).unwrap_or(u32::MAX),
+                height: u32::try_from(size.height()).unwrap_or(u32::MAX),
+            }),
         ..Default::default()
     })
 }
@@ -215,6 +223,32 @@ mod tests {
         assert!(!request.share_pod_pid_namespace);
         assert!(request.masked_paths.is_empty());
         assert_eq!(request.layer_serials, vec!["l1".to_string()]);
+        assert!(!request.terminal);
+        assert_eq!(request.terminal_size, None);
+    }
+
+    #[test]
+    fn a_terminal_and_its_size_come_from_the_process() {
+        let mut spec = spec();
+        let mut process = spec.process().clone().unwrap();
+        process.set_terminal(Some(true));
+        process.set_console_size(Some(
+            oci_spec::runtime::BoxBuilder::default()
+                .width(120u64)
+                .height(40u64)
+                .build()
+                .unwrap(),
+        ));
+        spec.set_process(Some(process));
+        let request = create_request("c1", &spec, Vec::new(), Vec::new(), "w".into()).unwrap();
+        assert!(request.terminal);
+        assert_eq!(
+            request.terminal_size,
+            Some(v1::TerminalSize {
+                width: 120,
+                height: 40
+            })
+        );
     }
 
     #[test]

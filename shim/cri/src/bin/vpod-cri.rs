@@ -1,9 +1,10 @@
 //! `vpod-cri`: the CRI runtime server (`vpod-cri --help`).
 //!
 //! Reads `/etc/vpod/config.toml` (absent: defaults), serves on `/run/vpod/cri.sock`, keeps
-//! state, images and layer disks in `/var/lib/vpod`. SIGTERM or SIGINT stops serving and
-//! leaves the pods running for the next start to re-attach. Logs go to stderr; set
-//! `RUST_LOG` (e.g. `vpod_cri=debug`) for more.
+//! state, images and layer disks in `/var/lib/vpod`; Exec, Attach and PortForward hand out
+//! URLs on the streaming server at `[streaming] address` (127.0.0.1 on a free port).
+//! SIGTERM or SIGINT stops serving and leaves the pods running for the next start to
+//! re-attach. Logs go to stderr; set `RUST_LOG` (e.g. `vpod_cri=debug`) for more.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,7 +13,8 @@ use anyhow::Context;
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 use vpod_cri::config::{Config, DEFAULT_CONFIG};
-use vpod_cri::runtime::Runtime;
+use vpod_cri::runtime::{Runtime, StreamingBackend};
+use vpod_streaming::StreamingServer;
 
 /// vpod-cri: the CRI runtime v1 server, in which every pod sandbox is a micro-VM.
 ///
@@ -46,12 +48,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
         config.root = root;
     }
     let socket = config.socket.clone();
+    let streaming_config = config.streaming.server_config();
     let assets = config.assets();
     tracing::info!(root = %config.root.display(), kernel = %assets.kernel.display(), initrd = %assets.initrd.display(), vmm = %assets.vmm.display(), "starting");
     let runtime = Runtime::open(config)
         .await
         .context("opening the runtime state")?;
     tokio::spawn(runtime.clone().watch_vms(Duration::from_secs(2)));
+    let streaming = StreamingServer::bind(streaming_config, StreamingBackend::new(runtime.clone()))
+        .await
+        .context("starting the streaming server")?;
+    let streaming_addr = streaming
+        .local_addr()
+        .context("reading the streaming server's address")?;
+    tracing::info!(address = %streaming_addr, "serving exec, attach and port-forward");
+    runtime.set_streaming_urls(streaming.urls());
+    let streaming = tokio::spawn(streaming.serve());
 
     let mut sigterm = signal(SignalKind::terminate()).context("handling SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("handling SIGINT")?;
@@ -63,6 +75,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!("shutting down; pods keep running");
     };
     let served = vpod_cri::server::serve(runtime.clone(), &socket, shutdown).await;
+    // Open sessions end with the daemon (their agent streams with them).
+    streaming.abort();
     // Whatever ended serving, the pods keep running for the next start.
     runtime.shutdown().await;
     let _ = std::fs::remove_file(&socket);

@@ -13,10 +13,11 @@ mod follow;
 mod pod;
 mod recover;
 mod stats;
+mod streaming;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::RwLock;
@@ -38,6 +39,7 @@ use crate::state::{
 pub use container::{CreateContainer, ExecOutput};
 pub use pod::RunPod;
 pub use stats::{ContainerUsage, PodUsage};
+pub use streaming::StreamingBackend;
 
 /// Why a runtime operation failed; each variant maps to one gRPC code
 /// ([`crate::server::status`], which sends the whole chain of sources as the message).
@@ -57,6 +59,10 @@ pub enum RuntimeError {
     Unimplemented(String),
     #[error("{0}")]
     DeadlineExceeded(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Streaming(#[from] vpod_streaming::ServerError),
     #[error("the pod's VM failed")]
     Sandbox(#[from] SandboxError),
     #[error("the runtime is shutting down")]
@@ -155,6 +161,8 @@ pub struct Runtime {
     events: tokio::sync::broadcast::Sender<ContainerEvent>,
     /// The pods' networks (CNI).
     cni: vpod_network::Cni,
+    /// The streaming server's URL maker, once it is bound ([`Runtime::set_streaming_urls`]).
+    streaming: OnceLock<vpod_streaming::StreamingUrls>,
 }
 
 impl Runtime {
@@ -191,6 +199,7 @@ impl Runtime {
             rpc_timeout: Duration::from_secs(30),
             boot_slots: tokio::sync::Semaphore::new(boot_slots),
             events: tokio::sync::broadcast::channel(events::EVENT_BACKLOG).0,
+            streaming: OnceLock::new(),
         });
         runtime.recover().await?;
         Ok(runtime)

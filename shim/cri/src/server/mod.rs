@@ -30,6 +30,7 @@ use crate::ids::IdError;
 use crate::images::ImageError;
 use crate::runtime::{Runtime, RuntimeError};
 use vpod_image::registry::ImagesError;
+use vpod_streaming::TokenError;
 
 pub use image_service::ImageServer;
 pub use runtime_service::RuntimeServer;
@@ -58,6 +59,12 @@ pub fn status(error: RuntimeError) -> Status {
         RuntimeError::Unimplemented(_) => Code::Unimplemented,
         RuntimeError::Network(vpod_network::NetworkError::Config(_)) => Code::FailedPrecondition,
         RuntimeError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+        RuntimeError::Unavailable(_) => Code::Unavailable,
+        RuntimeError::Streaming(vpod_streaming::ServerError::Request(e)) => match e {
+            TokenError::TooManyInFlight => Code::ResourceExhausted,
+            TokenError::Invalid(_) => Code::InvalidArgument,
+            _ => Code::Internal,
+        },
         RuntimeError::Image(ImageError::NotFound(_)) => Code::NotFound,
         RuntimeError::Image(ImageError::Registry(e)) => match e {
             ImagesError::NotFound { .. } => Code::NotFound,

@@ -160,22 +160,25 @@ impl RuntimeService for RuntimeServer {
             .map(Response::new)
     }
 
-    async fn exec(&self, _: Request<ExecRequest>) -> Reply<ExecResponse> {
-        Err(Status::unimplemented(
-            "Exec (streaming) is not implemented by vpod yet; use ExecSync (crictl exec -s)",
-        ))
+    async fn exec(&self, request: Request<ExecRequest>) -> Reply<ExecResponse> {
+        container::exec::exec(&self.runtime, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
-    async fn attach(&self, _: Request<AttachRequest>) -> Reply<AttachResponse> {
-        Err(Status::unimplemented(
-            "Attach is not implemented by vpod yet; read the container's log instead",
-        ))
+    async fn attach(&self, request: Request<AttachRequest>) -> Reply<AttachResponse> {
+        container::attach::attach(&self.runtime, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
-    async fn port_forward(&self, _: Request<PortForwardRequest>) -> Reply<PortForwardResponse> {
-        Err(Status::unimplemented(
-            "PortForward is not implemented by vpod yet: pods have no network",
-        ))
+    async fn port_forward(
+        &self,
+        request: Request<PortForwardRequest>,
+    ) -> Reply<PortForwardResponse> {
+        pod::port_forward::port_forward(&self.runtime, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn container_stats(

@@ -7,7 +7,7 @@ use std::path::{Component, Path};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use vpod_sandbox::{ContainerSpec, RootfsSource, SandboxError};
+use vpod_sandbox::{ContainerSpec, ContainerStdin, RootfsSource, SandboxError};
 
 use super::spec::container_spec;
 use crate::guest_files::container_files;
@@ -46,6 +46,11 @@ pub struct CreateContainer {
     pub readonly_paths: Vec<String>,
     /// In the pod's shared PID namespace (CRI's pid = POD, the default, as containerd).
     pub share_pod_pid: bool,
+    /// A pseudo-terminal as the main process's stdio.
+    pub tty: bool,
+    /// A stdin fed by attachers; with `stdin_once`, closed when the first one leaves.
+    pub stdin: bool,
+    pub stdin_once: bool,
 }
 
 /// `log_directory/log_path`, refusing a log path that leaves the directory.
@@ -173,6 +178,10 @@ impl Runtime {
             spec: runtime_spec,
             rootfs: RootfsSource::Layers(image.image.layers.clone()),
             files,
+            stdin: ContainerStdin {
+                open: request.stdin,
+                once: request.stdin_once,
+            },
         };
         let created = self.create_in_guest(&pod, record, spec).await;
         if created.is_err() {

@@ -24,7 +24,7 @@ use crate::state::{ContainerPhase, ContainerRecord};
 
 impl Runtime {
     /// The container `wanted` names and its record, if it is running.
-    fn running_container(
+    pub(in crate::runtime) fn running_container(
         &self,
         wanted: &str,
     ) -> Result<(Arc<Container>, ContainerRecord), RuntimeError> {

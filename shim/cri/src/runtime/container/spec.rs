@@ -57,6 +57,15 @@ pub fn container_spec(
     })?;
     process.set_capabilities(Some(capability_set(capabilities)));
     process.set_no_new_privileges(Some(request.no_new_privs));
+    if request.tty {
+        // As containerd's WithTTY: a terminal, and TERM for programs that look for one.
+        process.set_terminal(Some(true));
+        let mut env = process.env().clone().unwrap_or_default();
+        if !env.iter().any(|kv| kv.starts_with("TERM=")) {
+            env.push("TERM=xterm".to_string());
+        }
+        process.set_env(Some(env));
+    }
     spec.set_process(Some(process));
 
     if let Some(mut root) = spec.root().clone() {

@@ -80,18 +80,6 @@ fn create_container_request(
         .map(|i| i.image)
         .filter(|i| !i.is_empty())
         .ok_or_else(|| missing("config.image.image"))?;
-    if config.tty {
-        return Err(RuntimeError::invalid(
-            "config.tty",
-            "terminals are not supported yet",
-        ));
-    }
-    if config.stdin {
-        return Err(RuntimeError::invalid(
-            "config.stdin",
-            "attaching stdin is not supported yet",
-        ));
-    }
     if !config.devices.is_empty() || !config.cdi_devices.is_empty() {
         return Err(RuntimeError::invalid(
             "config.devices",
@@ -196,6 +184,9 @@ fn create_container_request(
             .namespace_options
             .as_ref()
             .is_none_or(|n| n.pid != cri::NamespaceMode::Container as i32),
+        tty: config.tty,
+        stdin: config.stdin,
+        stdin_once: config.stdin_once,
     })
 }
 
@@ -289,9 +280,6 @@ mod tests {
         r.config.as_mut().unwrap().envs[0].key = String::new();
         assert_eq!(field_of(create_container_request(r)), "config.envs[0].key");
         let mut r = container_request();
-        r.config.as_mut().unwrap().tty = true;
-        assert_eq!(field_of(create_container_request(r)), "config.tty");
-        let mut r = container_request();
         r.config.as_mut().unwrap().working_dir = "srv".into();
         assert_eq!(field_of(create_container_request(r)), "config.working_dir");
         let mut r = container_request();
@@ -306,6 +294,19 @@ mod tests {
             field_of(create_container_request(r)),
             "config.linux.security_context.privileged"
         );
+    }
+
+    #[test]
+    fn a_terminal_and_stdin_are_passed_through() {
+        let mut r = container_request();
+        let config = r.config.as_mut().unwrap();
+        config.tty = true;
+        config.stdin = true;
+        config.stdin_once = true;
+        let c = create_container_request(r).unwrap();
+        assert!(c.tty && c.stdin && c.stdin_once);
+        let c = create_container_request(container_request()).unwrap();
+        assert!(!c.tty && !c.stdin && !c.stdin_once);
     }
 
     fn with_namespaces(namespaces: cri::NamespaceOption) -> cri::CreateContainerRequest {

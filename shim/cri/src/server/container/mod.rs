@@ -1,8 +1,10 @@
 //! The container verbs, one file each (the two stats verbs together): the CRI request
 //! validated into the runtime's terms, the runtime's call, its records back in CRI terms.
 
+pub(super) mod attach;
 pub(super) mod create;
 pub(super) mod events;
+pub(super) mod exec;
 pub(super) mod exec_sync;
 pub(super) mod list;
 pub(super) mod remove;

@@ -2,6 +2,7 @@
 //! validated into the runtime's terms, the runtime's call, its records back in CRI terms.
 
 pub(super) mod list;
+pub(super) mod port_forward;
 pub(super) mod remove;
 pub(super) mod run;
 pub(super) mod stats;

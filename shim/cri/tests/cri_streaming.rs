@@ -1,0 +1,361 @@
+//! Exec, Attach and PortForward through `vpod-cri`'s streaming server, driven by the real
+//! crictl 1.26 (`/opt/cri-tools-1.26/crictl`, which speaks SPDY/3.1 for all three), against
+//! one pod in a VM: exec with stdin piped, with a terminal and with an exit code, and one
+//! whose client leaves (its process is killed); attach to a container with a terminal and
+//! stdin; port-forward to a server that listens only on the pod's localhost, several
+//! connections at once.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use vpod_proto::cri::*;
+
+const CRICTL: &str = "/opt/cri-tools-1.26/crictl";
+
+/// crictl against the daemon, with `stdin` fed to it (then closed).
+fn crictl(daemon: &Daemon, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = crictl_command(daemon, args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("crictl runs");
+    let mut input = child.stdin.take().expect("crictl's stdin");
+    let data = stdin.to_vec();
+    // A thread of its own: crictl may not read all of it before it exits.
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = child.wait_with_output().expect("crictl finishes");
+    let _ = writer.join();
+    out
+}
+
+/// As [`crictl`], on a terminal of its own (`script`) sized 45 rows by 123 columns: crictl
+/// refuses `-t` unless its stdin is a terminal, and sends that terminal's size. `stdin` is
+/// typed into that terminal, so it is also echoed.
+fn crictl_on_terminal(daemon: &Daemon, args: &[&str], stdin: &[u8]) -> Output {
+    let quote = |arg: &str| format!("'{}'", arg.replace('\'', r"'\''"));
+    let command = crictl_command(daemon, args);
+    let line: Vec<String> = std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|arg| quote(&arg.to_string_lossy()))
+        .collect();
+    let mut child = Command::new("script")
+        .args([
+            "-qec",
+            &format!("stty rows 45 cols 123 && exec {}", line.join(" ")),
+            "/dev/null",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script runs");
+    let mut input = child.stdin.take().expect("script's stdin");
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = child.wait_with_output().expect("script finishes");
+    let _ = writer.join();
+    out
+}
+
+fn crictl_command(daemon: &Daemon, args: &[&str]) -> Command {
+    let endpoint = format!("unix://{}", daemon.socket.display());
+    let mut command = Command::new(CRICTL);
+    command
+        .arg("--runtime-endpoint")
+        .arg(&endpoint)
+        .arg("--image-endpoint")
+        .arg(&endpoint)
+        .arg("--timeout")
+        .arg("60s")
+        .args(args);
+    command
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn explain(out: &Output) -> String {
+    format!(
+        "status {}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    )
+}
+
+async fn start(
+    c: &mut Clients,
+    pod_id: &str,
+    pod: &PodSandboxConfig,
+    config: ContainerConfig,
+) -> String {
+    let id = create_container(c, pod_id, pod, config)
+        .await
+        .expect("CreateContainer");
+    c.runtime
+        .start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("StartContainer");
+    id
+}
+
+/// `crictl port-forward POD LOCAL:REMOTE`, once it says it forwards.
+struct Forward(Child);
+
+impl Forward {
+    fn start(daemon: &Daemon, pod_id: &str, local: u16, remote: u16) -> Forward {
+        let mapping = format!("{local}:{remote}");
+        let mut child = crictl_command(daemon, &["port-forward", pod_id, &mapping])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("crictl port-forward runs");
+        let stdout = child.stdout.take().expect("crictl's stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let started = Instant::now();
+        loop {
+            let line = lines
+                .next()
+                .expect("crictl port-forward said nothing before it ended")
+                .expect("crictl's output");
+            if line.contains("Forwarding from 127.0.0.1") {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "{line}");
+        }
+        // Keep draining its output so that it never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Forward(child)
+    }
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An HTTP/1.0 GET of `path` on 127.0.0.1:`port`: the whole answer.
+fn http_get(port: u16, path: &str) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connecting to the forward");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("a read timeout");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("sending the request");
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .expect("reading the answer");
+    answer
+}
+
+/// The pod's processes' command lines (its containers share one PID namespace).
+async fn processes(c: &mut Clients, container: &str) -> String {
+    let ps = c
+        .runtime
+        .exec_sync(ExecSyncRequest {
+            container_id: container.into(),
+            cmd: vec!["ps".into(), "-o".into(), "args".into()],
+            timeout: 20,
+        })
+        .await
+        .expect("ExecSync ps")
+        .into_inner();
+    text(&ps.stdout)
+}
+
+/// A local port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+#[test]
+fn crictl_exec_attach_and_port_forward_reach_the_pod_vm() {
+    assert!(
+        Path::new(CRICTL).exists(),
+        "{CRICTL} is missing: these tests drive the real crictl 1.26"
+    );
+    in_guest_host(
+        "crictl_exec_attach_and_port_forward_reach_the_pod_vm",
+        Duration::from_secs(400),
+        || async {
+            let daemon = Daemon::start("streaming");
+            let mut c = daemon.connect().await;
+            let image = pull(&mut c, &default_image()).await;
+            let pod = pod_config("stream", &daemon.log_dir);
+            let pod_id = run_pod(&mut c, pod.clone()).await;
+            let shell = start(
+                &mut c,
+                &pod_id,
+                &pod,
+                container_config("shell", &image, &["sleep", "3600"]),
+            )
+            .await;
+            // Only on the pod's localhost: reachable through the VM's tunnel, never through
+            // a host-side dial.
+            let web = start(
+                &mut c,
+                &pod_id,
+                &pod,
+                container_config(
+                    "web",
+                    &image,
+                    &[
+                        "sh",
+                        "-c",
+                        "mkdir -p /www && echo hello-through-the-tunnel > /www/index.html \
+                         && exec httpd -f -p 127.0.0.1:8080 -h /www",
+                    ],
+                ),
+            )
+            .await;
+            let mut console = container_config("console", &image, &["sh"]);
+            console.tty = true;
+            console.stdin = true;
+            console.stdin_once = true;
+            let console = start(&mut c, &pod_id, &pod, console).await;
+
+            // Exec with stdin piped: cat echoes it and ends at its end.
+            let out = crictl(&daemon, &["exec", "-i", &shell, "cat"], b"piped through\n");
+            assert!(out.status.success(), "{}", explain(&out));
+            assert_eq!(text(&out.stdout), "piped through\n", "{}", explain(&out));
+
+            // Output on both streams, and the exit code of the command.
+            let out = crictl(
+                &daemon,
+                &["exec", &shell, "sh", "-c", "echo out; echo err >&2; exit 3"],
+                b"",
+            );
+            // crictl 1.26 exits 1 and says the code (later ones exit with it).
+            assert!(!out.status.success(), "{}", explain(&out));
+            assert!(
+                text(&out.stderr).contains("exit code 3"),
+                "{}",
+                explain(&out)
+            );
+            assert_eq!(text(&out.stdout), "out\n", "{}", explain(&out));
+            assert!(text(&out.stderr).starts_with("err\n"), "{}", explain(&out));
+
+            // With a terminal: the command sees one, sized as crictl's own once its first
+            // resize arrived (the process may start before it).
+            let out = crictl_on_terminal(
+                &daemon,
+                &[
+                    "exec",
+                    "-it",
+                    &shell,
+                    "sh",
+                    "-c",
+                    "tty; for i in $(seq 50); do [ \"$(stty size)\" = '45 123' ] && break; \
+                     sleep 0.1; done; echo size=$(stty size); exit 5",
+                ],
+                b"",
+            );
+            assert_eq!(out.status.code(), Some(1), "{}", explain(&out));
+            let seen = text(&out.stdout);
+            assert!(seen.contains("/dev/pts/"), "{}", explain(&out));
+            assert!(seen.contains("size=45 123"), "{}", explain(&out));
+            assert!(seen.contains("exit code 5"), "{}", explain(&out));
+
+            // A client that leaves mid-exec takes its process with it.
+            let mut leaver = crictl_command(&daemon, &["exec", &shell, "sleep", "4242"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("crictl exec runs");
+            let sleeping = |c: &Clients| {
+                let mut c = c.clone();
+                let shell = shell.clone();
+                async move { processes(&mut c, &shell).await.contains("sleep 4242") }
+            };
+            eventually("the exec'd sleep runs", Duration::from_secs(30), || {
+                sleeping(&c)
+            })
+            .await;
+            leaver.kill().expect("killing crictl");
+            let _ = leaver.wait();
+            eventually(
+                "the exec'd sleep is killed after its client left",
+                Duration::from_secs(30),
+                || {
+                    let running = sleeping(&c);
+                    async move { !running.await }
+                },
+            )
+            .await;
+
+            // Port-forward to the server on the pod's 127.0.0.1: several connections over
+            // one forward, at once.
+            let local = free_port();
+            let forward = Forward::start(&daemon, &pod_id, local, 8080);
+            let gets: Vec<_> = (0..4)
+                .map(|_| std::thread::spawn(move || http_get(local, "/index.html")))
+                .collect();
+            for get in gets {
+                let answer = get.join().expect("a GET through the forward");
+                assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+                assert!(answer.contains("hello-through-the-tunnel"), "{answer}");
+            }
+            drop(forward);
+
+            // Attach to the container with a terminal (TERM set as containerd sets it) and
+            // stdin: what it is told to run, it runs; its exit ends the attach.
+            let out = crictl_on_terminal(
+                &daemon,
+                &["attach", "-it", &console],
+                b"echo attached-$((6 * 7)) $TERM $(tty)\nexit 0\n",
+            );
+            assert!(
+                text(&out.stdout).contains("attached-42 xterm /dev/pts/0"),
+                "{}",
+                explain(&out)
+            );
+            eventually(
+                "the console container exits",
+                Duration::from_secs(30),
+                || {
+                    let mut c = c.clone();
+                    let console = console.clone();
+                    async move {
+                        container_status(&mut c, &console).await.state
+                            == ContainerState::ContainerExited as i32
+                    }
+                },
+            )
+            .await;
+
+            // Exec in a container that is gone, and in an unknown one.
+            let out = crictl(&daemon, &["exec", &console, "true"], b"");
+            assert!(!out.status.success(), "{}", explain(&out));
+            let out = crictl(&daemon, &["exec", "0123456789abcdef", "true"], b"");
+            assert!(!out.status.success(), "{}", explain(&out));
+            assert!(text(&out.stderr).contains("NotFound"), "{}", explain(&out));
+
+            // The exec'd processes are gone: only the long-lived ones remain.
+            let ps = processes(&mut c, &shell).await;
+            assert!(!ps.contains("cat"), "{ps}");
+            assert!(ps.contains("httpd"), "{ps}");
+            let _ = web;
+        },
+    );
+}
