@@ -698,7 +698,6 @@ impl RuncPeer {
             b_ip: networks.ip("runc-b")?,
         })
     }
-
 }
 
 /// `busybox sh -c SCRIPT` in the netns at `netns` (a runc container's): its stdout.

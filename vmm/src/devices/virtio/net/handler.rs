@@ -461,7 +461,9 @@ impl<S: QueueSignal, L: NetRateLimit> NetQueueHandler<S, L> {
         } else {
             memory
                 .read_obj::<u16>(GuestAddress(ring.avail_ring()))
-                .map_or(true, |flags| u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT == 0)
+                .map_or(true, |flags| {
+                    u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT == 0
+                })
         };
         if wanted {
             self.signal.signal_used_queue(queue as u16);
