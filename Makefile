@@ -106,7 +106,8 @@ bench: all kvm-host
 	"$${run[@]}" target/release/vpod-bench layer-read --runs 3 --host $$host; \
 	"$${run[@]}" target/release/vpod-bench vsock --runs 3 --mib 64 --host $$host; \
 	"$${run[@]}" target/release/vpod-bench cri --runs 10 --host $$host; \
-	"$${run[@]}" target/release/vpod-bench net-pods --runs 3 --mib 32 --pods 3 --host $$host
+	"$${run[@]}" target/release/vpod-bench net-pods --runs 3 --mib 32 --pods 3 --host $$host; \
+	"$${run[@]}" target/release/vpod-bench fs-read --runs 3 --host $$host
 	@echo "bench: the CRI socket's :authority normalisation, per RPC (native)"
 	target/release/vpod-bench cri-rpc --runs 10
 	@echo "bench: host-side device and image paths (native)"
