@@ -78,6 +78,22 @@ pub struct ProcessSpec {
     pub no_new_privs: bool,
 }
 
+impl ProcessSpec {
+    /// An exec in the container: its identity with `args`, and `env` and `cwd` where given
+    /// (empty: the container's).
+    pub fn for_exec(&self, args: Vec<String>, env: Vec<String>, cwd: String) -> ProcessSpec {
+        let mut process = self.clone();
+        process.args = args;
+        if !env.is_empty() {
+            process.env = env;
+        }
+        if !cwd.is_empty() {
+            process.cwd = cwd;
+        }
+        process
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RlimitSpec {
     pub resource: libc::__rlimit_resource_t,

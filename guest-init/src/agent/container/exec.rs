@@ -41,14 +41,10 @@ impl ContainerManager {
     ) -> Result<ExecOutput, ContainerError> {
         let container = self.get(id)?;
         let init_pid = container.running_pid("running")?;
-        let mut process = container.spec.process.clone();
-        process.args = request.args;
-        if !request.env.is_empty() {
-            process.env = request.env;
-        }
-        if !request.cwd.is_empty() {
-            process.cwd = request.cwd;
-        }
+        let process = container
+            .spec
+            .process
+            .for_exec(request.args, request.env, request.cwd);
         let spawn_error = |e: SpawnError| ContainerError::Spawn(id.to_string(), e);
         let (stdout_read, stdout_write) = spawn::pipe().map_err(spawn_error)?;
         let (stderr_read, stderr_write) = spawn::pipe().map_err(spawn_error)?;

@@ -60,14 +60,10 @@ impl ContainerManager {
     ) -> Result<ExecSession, ContainerError> {
         let container = self.get(id)?;
         let init_pid = container.running_pid("running")?;
-        let mut process = container.spec.process.clone();
-        process.args = request.args;
-        if !request.env.is_empty() {
-            process.env = request.env;
-        }
-        if !request.cwd.is_empty() {
-            process.cwd = request.cwd;
-        }
+        let process = container
+            .spec
+            .process
+            .for_exec(request.args, request.env, request.cwd);
         let spawn_error = |e: SpawnError| ContainerError::Spawn(id.to_string(), e);
         let pipe_error = |e| spawn_error(SpawnError::Pipe(e));
         let terminal_error = |e| ContainerError::Terminal(id.to_string(), e);
