@@ -126,24 +126,6 @@ async fn exec(c: &mut Clients, container: &str, cmd: &[&str]) -> ExecSyncRespons
         .into_inner()
 }
 
-async fn start(
-    c: &mut Clients,
-    pod_id: &str,
-    pod: &PodSandboxConfig,
-    config: ContainerConfig,
-) -> String {
-    let id = create_container(c, pod_id, pod, config)
-        .await
-        .expect("CreateContainer");
-    c.runtime
-        .start_container(StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .expect("StartContainer");
-    id
-}
-
 /// Status's NetworkReady condition.
 async fn network_ready(c: &mut Clients) -> RuntimeCondition {
     let status = c
@@ -218,8 +200,7 @@ fn pods_on_a_cni_bridge_reach_each_other_the_host_and_their_host_ports() {
                 host_ip: String::new(),
             }];
             let a_id = run_pod(&mut c, a.clone()).await;
-            let web = start(
-                &mut c,
+            let web = start_container(&mut c,
                 &a_id,
                 &a,
                 container_config(
@@ -233,7 +214,7 @@ fn pods_on_a_cni_bridge_reach_each_other_the_host_and_their_host_ports() {
                 ),
             )
             .await;
-            let side = start(
+            let side = start_container(
                 &mut c,
                 &a_id,
                 &a,
@@ -296,7 +277,7 @@ fn pods_on_a_cni_bridge_reach_each_other_the_host_and_their_host_ports() {
             // Pod B reaches pod A over the bridge, and the pod's gateway.
             let b = pod_config("net-b", &daemon.log_dir);
             let b_id = run_pod(&mut c, b.clone()).await;
-            let client = start(
+            let client = start_container(
                 &mut c,
                 &b_id,
                 &b,

@@ -99,24 +99,6 @@ fn explain(out: &Output) -> String {
     )
 }
 
-async fn start(
-    c: &mut Clients,
-    pod_id: &str,
-    pod: &PodSandboxConfig,
-    config: ContainerConfig,
-) -> String {
-    let id = create_container(c, pod_id, pod, config)
-        .await
-        .expect("CreateContainer");
-    c.runtime
-        .start_container(StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .expect("StartContainer");
-    id
-}
-
 /// `crictl port-forward POD LOCAL:REMOTE`, once it says it forwards.
 struct Forward(Child);
 
@@ -209,7 +191,7 @@ fn crictl_exec_attach_and_port_forward_reach_the_pod_vm() {
             let image = pull(&mut c, &default_image()).await;
             let pod = pod_config("stream", &daemon.log_dir);
             let pod_id = run_pod(&mut c, pod.clone()).await;
-            let shell = start(
+            let shell = start_container(
                 &mut c,
                 &pod_id,
                 &pod,
@@ -218,7 +200,7 @@ fn crictl_exec_attach_and_port_forward_reach_the_pod_vm() {
             .await;
             // Only on the pod's localhost: reachable through the VM's tunnel, never through
             // a host-side dial.
-            let web = start(
+            let web = start_container(
                 &mut c,
                 &pod_id,
                 &pod,
@@ -238,7 +220,7 @@ fn crictl_exec_attach_and_port_forward_reach_the_pod_vm() {
             console.tty = true;
             console.stdin = true;
             console.stdin_once = true;
-            let console = start(&mut c, &pod_id, &pod, console).await;
+            let console = start_container(&mut c, &pod_id, &pod, console).await;
 
             // Exec with stdin piped: cat echoes it and ends at its end.
             let out = crictl(&daemon, &["exec", "-i", &shell, "cat"], b"piped through\n");
@@ -446,14 +428,14 @@ fn vpods_own_spdy_client_execs_and_port_forwards_into_the_pod_vm() {
             let image = pull(&mut c, &default_image()).await;
             let pod = pod_config("spdy", &daemon.log_dir);
             let pod_id = run_pod(&mut c, pod.clone()).await;
-            let shell = start(
+            let shell = start_container(
                 &mut c,
                 &pod_id,
                 &pod,
                 container_config("shell", &image, &["sleep", "3600"]),
             )
             .await;
-            start(
+            start_container(
                 &mut c,
                 &pod_id,
                 &pod,

@@ -393,6 +393,25 @@ pub async fn create_container(
         .map(|r| r.into_inner().container_id)
 }
 
+/// CreateContainer then StartContainer; the container's id.
+pub async fn start_container(
+    c: &mut Clients,
+    pod_id: &str,
+    pod: &PodSandboxConfig,
+    config: ContainerConfig,
+) -> String {
+    let id = create_container(c, pod_id, pod, config)
+        .await
+        .expect("CreateContainer");
+    c.runtime
+        .start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("StartContainer");
+    id
+}
+
 pub async fn pull(clients: &mut Clients, image: &str) -> String {
     clients
         .images
