@@ -243,6 +243,9 @@ async fn attach_writes_stdin_and_stdin_once_closes_it_when_the_attacher_is_done(
         let mut request = agent.create_request("c1", &["cat"]);
         request.stdin = true;
         request.stdin_once = true;
+        // The first container in the pod's shared PID namespace: its holder is cloned
+        // from the agent while this container's stdin pipe is open, and must not keep it.
+        request.share_pod_pid_namespace = true;
         agent.run(request).await;
         let mut attached = streaming::attach(&mut agent.client, "c1", true)
             .await

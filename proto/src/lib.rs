@@ -46,7 +46,11 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// Bumped when a message or RPC changes meaning; a host refuses other majors.
 pub const PROTOCOL_MAJOR: u32 = 1;
 /// Bumped when fields or RPCs are added.
-pub const PROTOCOL_MINOR: u32 = 4;
+pub const PROTOCOL_MINOR: u32 = 5;
+/// The protocol minor that brought seccomp programs on CreateContainer: an older agent
+/// ignores them, so a host must not send them to one.
+pub const SECCOMP_MINOR: u32 = 5;
+const _: () = assert!(PROTOCOL_MINOR >= SECCOMP_MINOR);
 
 /// Why the host must not talk to an agent.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -406,6 +406,7 @@ mod tests {
                 rlimits: vec![],
                 capabilities: 0,
                 no_new_privs: false,
+                seccomp: vec![],
             },
             hostname: Some("web".into()),
             mounts,

@@ -72,6 +72,7 @@ const STAGE_NAMES: &[&str] = &[
     "setting no_new_privs",
     "starting its own session or process group",
     "taking its controlling terminal",
+    "installing its seccomp filters",
 ];
 const JOIN_CGROUP: usize = 0;
 pub(super) const SETNS: usize = 1;
@@ -89,6 +90,7 @@ pub(super) const CLONE_GRANDCHILD: usize = 12;
 const NO_NEW_PRIVS: usize = 13;
 const SESSION: usize = 14;
 const CONTROLLING_TERMINAL: usize = 15;
+const SECCOMP: usize = 16;
 
 pub(super) const TAG_ERROR: u32 = 1;
 pub(super) const TAG_PID: u32 = 2;
@@ -128,6 +130,38 @@ pub(super) struct ProcessPlan {
     capabilities: u64,
     last_cap: u32,
     no_new_privs: bool,
+    seccomp: Vec<SeccompProgram>,
+}
+
+/// One seccomp program and the sock_fprog that points at it (the instructions live on the
+/// heap, so moving this keeps the pointer valid).
+pub(super) struct SeccompProgram {
+    _instructions: Vec<libc::sock_filter>,
+    fprog: libc::sock_fprog,
+}
+
+impl SeccompProgram {
+    /// `bytes` is whole `struct sock_filter` instructions in this machine's byte order
+    /// (checked when the request was converted).
+    fn new(bytes: &[u8]) -> Self {
+        let mut instructions: Vec<libc::sock_filter> = bytes
+            .chunks_exact(8)
+            .map(|c| libc::sock_filter {
+                code: u16::from_ne_bytes([c[0], c[1]]),
+                jt: c[2],
+                jf: c[3],
+                k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
+            })
+            .collect();
+        let fprog = libc::sock_fprog {
+            len: instructions.len() as libc::c_ushort,
+            filter: instructions.as_mut_ptr(),
+        };
+        SeccompProgram {
+            _instructions: instructions,
+            fprog,
+        }
+    }
 }
 
 impl ProcessPlan {
@@ -182,6 +216,11 @@ impl ProcessPlan {
             capabilities: spec.capabilities & known_capabilities(last_cap),
             last_cap,
             no_new_privs: spec.no_new_privs,
+            seccomp: spec
+                .seccomp
+                .iter()
+                .map(|p| SeccompProgram::new(p))
+                .collect(),
         })
     }
 }
@@ -800,6 +839,30 @@ impl ChildContext {
         }
     }
 
+    /// Effective and permitted `active`, inheritable `inheritable`.
+    fn set_capabilities(&self, active: u64, inheritable: u64) {
+        let mut header = CapHeader {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let data = [
+            CapData {
+                effective: active as u32,
+                permitted: active as u32,
+                inheritable: inheritable as u32,
+            },
+            CapData {
+                effective: (active >> 32) as u32,
+                permitted: (active >> 32) as u32,
+                inheritable: (inheritable >> 32) as u32,
+            },
+        ];
+        // SAFETY: capset reads a version-3 header and two data structs, all live locals.
+        if unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) } != 0 {
+            self.fail_stage(CAPSET);
+        }
+    }
+
     /// Limits, identity, capabilities, stdio, then exec. Never returns.
     pub(super) fn become_process(&self, plan: &ProcessPlan, stdio: &ChildStdio) -> ! {
         for (resource, limit) in &plan.rlimits {
@@ -839,28 +902,14 @@ impl ChildContext {
         if unsafe { libc::syscall(libc::SYS_setresuid, plan.uid, plan.uid, plan.uid) } != 0 {
             self.fail_stage(SETUID);
         }
-        let mut header = CapHeader {
-            version: LINUX_CAPABILITY_VERSION_3,
-            pid: 0,
-        };
-        let low = plan.capabilities as u32;
-        let high = (plan.capabilities >> 32) as u32;
-        let data = [
-            CapData {
-                effective: low,
-                permitted: low,
-                inheritable: low,
-            },
-            CapData {
-                effective: high,
-                permitted: high,
-                inheritable: high,
-            },
-        ];
-        // SAFETY: capset reads a version-3 header and two data structs, all live locals.
-        if unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) } != 0 {
-            self.fail_stage(CAPSET);
-        }
+        // Installing a seccomp program takes no_new_privs or CAP_SYS_ADMIN: without the
+        // first, the process keeps CAP_SYS_ADMIN until its programs are in (as runc does,
+        // the profile must then allow capset).
+        let admin = 1u64 << caps::Capability::CAP_SYS_ADMIN.index();
+        let hold_admin =
+            !plan.seccomp.is_empty() && !plan.no_new_privs && plan.capabilities & admin == 0;
+        let held = if hold_admin { admin } else { 0 };
+        self.set_capabilities(plan.capabilities | held, plan.capabilities);
         // SAFETY: prctl with integer arguments only.
         if plan.no_new_privs && unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
             self.fail_stage(NO_NEW_PRIVS);
@@ -887,6 +936,25 @@ impl ChildContext {
             if !ok {
                 self.fail_stage(DUP2);
             }
+        }
+        // Last before exec, so that the profile only has to allow what exec needs.
+        for program in &plan.seccomp {
+            // SAFETY: seccomp reads a sock_fprog whose filter points into a vector the plan
+            // owns, prepared before the clone.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER,
+                    0,
+                    &program.fprog as *const libc::sock_fprog,
+                )
+            };
+            if rc != 0 {
+                self.fail_stage(SECCOMP);
+            }
+        }
+        if hold_admin {
+            self.set_capabilities(plan.capabilities, plan.capabilities);
         }
         let mut failure = libc::ENOENT;
         for candidate in &plan.candidates {
@@ -948,6 +1016,7 @@ mod tests {
             rlimits: vec![],
             capabilities: 0,
             no_new_privs: false,
+            seccomp: vec![],
         };
         let plan = ProcessPlan::new(&spec).unwrap();
         assert_eq!(plan.candidates, [c"/x/ls".to_owned()]);
@@ -982,6 +1051,7 @@ mod tests {
             rlimits: vec![],
             capabilities: 0,
             no_new_privs: false,
+            seccomp: vec![],
         };
         assert!(matches!(ProcessPlan::new(&spec), Err(SpawnError::NoArgs)));
     }

@@ -25,10 +25,15 @@ impl PodPidNamespace {
     pub fn create(reaper: &Reaper) -> Result<Self, SpawnError> {
         let mut waiters = reaper.lock();
         match clone_process(libc::CLONE_NEWPID as libc::c_ulong)? {
-            None => loop {
-                // SAFETY: pause has no arguments; this child touches no memory.
-                unsafe { libc::pause() };
-            },
+            None => {
+                // It never execs, so close-on-exec never closes what the agent had open:
+                // a container's stdin pipe held here would never reach end of file.
+                close_inherited_descriptors();
+                loop {
+                    // SAFETY: pause has no arguments; this child touches no memory.
+                    unsafe { libc::pause() };
+                }
+            }
             Some(holder) => {
                 let exit = waiters.watch(holder);
                 drop(waiters);
@@ -60,6 +65,22 @@ impl PodPidNamespace {
     /// The holder's pid in the agent's namespace.
     pub fn holder(&self) -> libc::pid_t {
         self.holder
+    }
+}
+
+/// Closes every descriptor but stdin, stdout and stderr, without allocating (this runs in
+/// a child of a multi-threaded process).
+fn close_inherited_descriptors() {
+    // SAFETY: close_range takes integers and only closes this process's descriptors.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if rc != 0 {
+        // Kernels before 5.9: one by one, up to the limit.
+        // SAFETY: as above, for close and getdtablesize.
+        let limit = unsafe { libc::getdtablesize() };
+        for fd in 3..limit {
+            // SAFETY: as above.
+            unsafe { libc::close(fd) };
+        }
     }
 }
 

@@ -76,7 +76,15 @@ pub struct ProcessSpec {
     pub capabilities: u64,
     /// PR_SET_NO_NEW_PRIVS before exec.
     pub no_new_privs: bool,
+    /// Seccomp programs installed in order right before exec, each whole `struct
+    /// sock_filter` instructions (at most [`MAX_SECCOMP_INSTRUCTIONS`]).
+    pub seccomp: Vec<Vec<u8>>,
 }
+
+/// The kernel's limit on one classic-BPF program (BPF_MAXINSNS).
+pub const MAX_SECCOMP_INSTRUCTIONS: usize = 4096;
+/// The most programs a container's processes get.
+pub const MAX_SECCOMP_PROGRAMS: usize = 16;
 
 impl ProcessSpec {
     /// An exec in the container: its identity with `args`, and `env` and `cwd` where given

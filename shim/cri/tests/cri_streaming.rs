@@ -332,6 +332,34 @@ fn crictl_exec_attach_and_port_forward_reach_the_pod_vm() {
             )
             .await;
 
+            // Attach without a terminal (critest's attach spec): the shell runs what it is
+            // sent, and crictl closing stdin at its end closes the shell's (stdin_once),
+            // which ends it and the attach. Bounded: a stream that never ends fails here.
+            let mut reader = container_config("reader", &image, &["sh"]);
+            reader.stdin = true;
+            reader.stdin_once = true;
+            let reader = start_container(&mut c, &pod_id, &pod, reader).await;
+            let mut bounded = crictl_command(&daemon, &["attach", "-i", &reader]);
+            let program = bounded.get_program().to_owned();
+            let args: Vec<_> = bounded.get_args().map(|a| a.to_owned()).collect();
+            bounded = Command::new("timeout");
+            bounded.arg("60").arg(program).args(args);
+            let mut child = bounded
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("crictl attach runs");
+            child
+                .stdin
+                .take()
+                .expect("crictl's stdin")
+                .write_all(b"echo hello\n")
+                .expect("writing to crictl");
+            let out = child.wait_with_output().expect("crictl attach finishes");
+            assert!(out.status.success(), "{}", explain(&out));
+            assert_eq!(text(&out.stdout), "hello\n", "{}", explain(&out));
+
             // Exec in a container that is gone, and in an unknown one.
             let out = crictl(&daemon, &["exec", &console, "true"], b"");
             assert!(!out.status.success(), "{}", explain(&out));
@@ -380,6 +408,53 @@ async fn spdy_exec(url: &str, stdin: Option<&[u8]>) -> (Vec<u8>, Vec<u8>, String
             _ => {}
         }
     }
+    (out, err, String::from_utf8_lossy(&status).into_owned())
+}
+
+/// Attaches over SPDY v4 with stdin, stdout and stderr, sends `echo hello`, waits for its
+/// output, then closes stdin and reads until the server ends the session: stdout, stderr
+/// and the error stream's status. Bounded, so a stream that never ends fails the test.
+async fn spdy_attach_echo(url: &str) -> (Vec<u8>, Vec<u8>, String) {
+    use spdy_client::SpdyClient;
+    use vpod_streaming::spdy::Frame;
+    let (mut client, head) = SpdyClient::connect(url, "v4.channel.k8s.io").await;
+    assert!(head.contains("v4.channel.k8s.io"), "{head}");
+    let error = client.open(&[("streamType", "error")]).await;
+    let stdin = client.open(&[("streamType", "stdin")]).await;
+    let stdout = client.open(&[("streamType", "stdout")]).await;
+    let stderr = client.open(&[("streamType", "stderr")]).await;
+    // As critest: the attach stays quiet for a while before anything is sent.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    client.data(stdin, b"echo -n hello\n", false).await;
+    let (mut out, mut err, mut status) = (Vec::new(), Vec::new(), Vec::new());
+    let mut closed = false;
+    let read = async {
+        while let Some(frame) = client.next().await {
+            match frame {
+                Frame::Data {
+                    stream_id, data, ..
+                } if stream_id == stdout => out.extend(&data),
+                Frame::Data {
+                    stream_id, data, ..
+                } if stream_id == stderr => err.extend(&data),
+                Frame::Data {
+                    stream_id, data, ..
+                } if stream_id == error => status.extend(&data),
+                Frame::GoAway { .. } => break,
+                _ => {}
+            }
+            if !closed && out.ends_with(b"hello") {
+                closed = true;
+                // As client-go does every 5 s: pings on a quiet session.
+                client.send(Frame::Ping { id: 1 }).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                client.data(stdin, b"", true).await;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), read)
+        .await
+        .expect("the attach ends once its stdin is closed");
     (out, err, String::from_utf8_lossy(&status).into_owned())
 }
 
@@ -490,6 +565,33 @@ fn vpods_own_spdy_client_execs_and_port_forwards_into_the_pod_vm() {
                 spdy_client::http_get(&url, &[("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1")])
                     .await;
             assert_eq!(again.0, 404, "{}", again.1);
+
+            // Attach without a terminal to a shell fed by attachers, as critest's attach
+            // spec does: what it is sent it runs, and the client closing stdin (a FIN on
+            // the stdin stream) closes the shell's (stdin_once), which ends it and the
+            // attach.
+            let mut console = container_config("console", &image, &["/bin/sh"]);
+            console.stdin = true;
+            console.stdin_once = true;
+            console.log_path = String::new();
+            console.linux = Some(Default::default());
+            let console = start_container(&mut c, &pod_id, &pod, console).await;
+            let url = c
+                .runtime
+                .attach(AttachRequest {
+                    container_id: console,
+                    stdin: true,
+                    tty: false,
+                    stdout: true,
+                    stderr: true,
+                })
+                .await
+                .expect("Attach")
+                .into_inner()
+                .url;
+            let (out, err, status) = spdy_attach_echo(&url).await;
+            assert_eq!((text(&out), text(&err)), ("hello".into(), String::new()));
+            assert_eq!(status, r#"{"metadata":{},"status":"Success"}"#);
 
             // Port-forward to a server only on the pod's localhost.
             let url = c

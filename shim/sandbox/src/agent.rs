@@ -69,12 +69,18 @@ pub async fn call<T>(
     }
 }
 
+/// A connected agent and the protocol minor it speaks (what it can be asked for).
+pub struct CheckedAgent {
+    pub client: AgentClient<Channel>,
+    pub minor: u32,
+}
+
 /// Connects and checks the agent's protocol version, within `limit`.
 pub async fn connect_and_check(
     uds: PathBuf,
     port: u32,
     limit: Duration,
-) -> Result<AgentClient<Channel>, AgentError> {
+) -> Result<CheckedAgent, AgentError> {
     let attempt = async {
         let mut client = connect(uds, port).await?;
         let version = call(
@@ -84,7 +90,10 @@ pub async fn connect_and_check(
         )
         .await?;
         vpod_proto::check_compatible(&version).map_err(AgentError::Version)?;
-        Ok(client)
+        Ok(CheckedAgent {
+            client,
+            minor: version.protocol_minor,
+        })
     };
     tokio::time::timeout(limit, attempt)
         .await

@@ -46,8 +46,9 @@ pub enum RootfsSource {
 /// period, memory and pids limits), sysctls, masked and read-only paths (unset: the guest's
 /// defaults, containerd's) and namespaces: without a PID namespace of its own the container
 /// joins the pod's. The [`GROUP_NAME_ANNOTATION`](vpod_image::runtime_spec::GROUP_NAME_ANNOTATION)
-/// names a group for the guest to look up. Mounts, seccomp and namespaces joined by path
-/// are refused ([`SpecError`](crate::SpecError)).
+/// names a group for the guest to look up. The seccomp profile is compiled here and applied
+/// by the guest to the process and every exec ([`seccomp`](crate::seccomp)). Mounts and
+/// namespaces joined by path are refused ([`SpecError`](crate::SpecError)).
 #[derive(Debug, Clone)]
 pub struct ContainerSpec {
     /// `[A-Za-z0-9][A-Za-z0-9_.-]{0,127}`, unique in the pod.
@@ -96,6 +97,14 @@ impl Sandbox {
             Vec::new(),
             self.writable_serial.clone(),
         )?;
+        if !request.seccomp_filters.is_empty() && self.agent_minor < vpod_proto::SECCOMP_MINOR {
+            // An older agent would run the container unconfined.
+            return Err(SandboxError::AgentTooOld {
+                what: "seccomp",
+                agent_minor: self.agent_minor,
+                needed: vpod_proto::SECCOMP_MINOR,
+            });
+        }
         request.stdin = spec.stdin.open;
         request.stdin_once = spec.stdin.open && spec.stdin.once;
         let RootfsSource::Layers(layers) = &spec.rootfs;

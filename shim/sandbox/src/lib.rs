@@ -17,6 +17,7 @@ pub mod network;
 pub mod network_files;
 pub mod output;
 mod runtime_ops;
+pub mod seccomp;
 mod serial;
 pub mod vmm;
 mod wire;
@@ -141,6 +142,12 @@ pub enum SandboxError {
     NoSuchContainer(String),
     #[error("a container {0:?} already exists in this pod")]
     ContainerExists(String),
+    #[error("this pod's agent speaks protocol minor {agent_minor}, {what} needs {needed}: recreate the pod")]
+    AgentTooOld {
+        what: &'static str,
+        agent_minor: u32,
+        needed: u32,
+    },
 }
 
 /// How long the pod took to come up.
@@ -164,6 +171,8 @@ pub struct Sandbox {
     vmm: VmmProcess,
     api: VmmApi,
     agent: AgentClient<Channel>,
+    /// The protocol minor the agent speaks.
+    agent_minor: u32,
     writable_serial: String,
     layer_slots: u32,
     layers: AttachedLayers,
@@ -244,7 +253,10 @@ impl Sandbox {
             .map_err(|e| SandboxError::Spawn(config.vmm.clone(), e))?;
         std::fs::write(dir.join("vmm.pid"), vmm.pid().to_string())
             .map_err(|e| SandboxError::Dir(dir.clone(), e))?;
-        let agent = match wait_for_agent(&vmm, &launch, config.agent_timeout).await {
+        let agent::CheckedAgent {
+            client: agent,
+            minor: agent_minor,
+        } = match wait_for_agent(&vmm, &launch, config.agent_timeout).await {
             Ok(agent) => agent,
             Err(e) => {
                 vmm.kill_and_reap();
@@ -262,6 +274,7 @@ impl Sandbox {
             vmm,
             api,
             agent,
+            agent_minor,
             writable_serial,
             layer_slots: config.layer_slots,
             layers: AttachedLayers::default(),
@@ -325,7 +338,10 @@ impl Sandbox {
                 log: logs_tail(&dir),
             });
         }
-        let agent = agent::connect_and_check(
+        let agent::CheckedAgent {
+            client: agent,
+            minor: agent_minor,
+        } = agent::connect_and_check(
             dir.join("vsock.sock"),
             vpod_proto::AGENT_VSOCK_PORT,
             rpc_timeout,
@@ -337,6 +353,7 @@ impl Sandbox {
             dir,
             vmm,
             agent,
+            agent_minor,
             writable_serial: state.writable_serial,
             layer_slots: state.layer_slots,
             layers: state.layers,
@@ -473,7 +490,7 @@ async fn wait_for_agent(
     vmm: &VmmProcess,
     launch: &VmmLaunch,
     limit: Duration,
-) -> Result<AgentClient<Channel>, SandboxError> {
+) -> Result<agent::CheckedAgent, SandboxError> {
     let dir = launch.console_log.parent().unwrap_or(Path::new("."));
     let started = Instant::now();
     let mut last = String::from("the VMM's vsock socket never appeared");

@@ -7,6 +7,7 @@ use vpod_proto::v1;
 
 use crate::container::ContainerFile;
 use crate::network::GuestNetwork;
+use crate::seccomp::{self, SeccompError};
 
 /// A runtime spec the guest cannot run as it is.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -19,10 +20,8 @@ pub enum SpecError {
     RelativeCwd(String),
     #[error("the runtime spec has mounts ({0}); vpod does not pass volumes into the guest yet")]
     Mounts(String),
-    #[error(
-        "the runtime spec asks for a seccomp profile, which vpod does not apply in the guest yet"
-    )]
-    Seccomp,
+    #[error("the runtime spec's seccomp profile cannot be applied")]
+    Seccomp(#[source] SeccompError),
     #[error("the runtime spec joins an existing {0} namespace by path, which the guest cannot do")]
     NamespacePath(String),
 }
@@ -53,9 +52,10 @@ pub(crate) fn create_request(
         return Err(SpecError::Mounts(targets.join(", ")));
     }
     let linux = spec.linux().clone().unwrap_or_default();
-    if linux.seccomp().is_some() {
-        return Err(SpecError::Seccomp);
-    }
+    let seccomp_filters = match linux.seccomp() {
+        Some(profile) => seccomp::compile(profile).map_err(SpecError::Seccomp)?,
+        None => Vec::new(),
+    };
     let namespaces = linux.namespaces().clone().unwrap_or_default();
     if let Some(joined) = namespaces.iter().find(|n| n.path().is_some()) {
         return Err(SpecError::NamespacePath(joined.typ().to_string()));
@@ -128,6 +128,7 @@ pub(crate) fn create_request(
                 width: u32::try_from(size.width()).unwrap_or(u32::MAX),
                 height: u32::try_from(size.height()).unwrap_or(u32::MAX),
             }),
+        seccomp_filters,
         ..Default::default()
     })
 }

@@ -182,6 +182,7 @@ pub fn create_request(request: v1::CreateContainerRequest) -> Result<ContainerSp
             )
             .map_err(|e| invalid("capabilities", e.to_string()))?,
             no_new_privs: request.no_new_privs,
+            seccomp: seccomp_programs(request.seccomp_filters)?,
         },
         hostname,
         mounts,
@@ -201,6 +202,38 @@ pub fn create_request(request: v1::CreateContainerRequest) -> Result<ContainerSp
         sysctls: sysctls(request.sysctls)?,
         share_pod_pid: request.share_pod_pid_namespace,
     })
+}
+
+/// Seccomp programs as the kernel takes them: whole 8-byte instructions, none empty, none
+/// over its limit, and not too many. What they say is the host's business.
+fn seccomp_programs(programs: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, FieldError> {
+    if programs.len() > spec::MAX_SECCOMP_PROGRAMS {
+        return Err(invalid(
+            "seccomp_filters",
+            format!(
+                "{} programs, at most {}",
+                programs.len(),
+                spec::MAX_SECCOMP_PROGRAMS
+            ),
+        ));
+    }
+    for (index, program) in programs.iter().enumerate() {
+        let instructions = program.len() / 8;
+        if program.is_empty()
+            || program.len() % 8 != 0
+            || instructions > spec::MAX_SECCOMP_INSTRUCTIONS
+        {
+            return Err(invalid(
+                "seccomp_filters",
+                format!(
+                    "program {index} is {} bytes: whole 8-byte instructions, 1 to {} of them",
+                    program.len(),
+                    spec::MAX_SECCOMP_INSTRUCTIONS
+                ),
+            ));
+        }
+    }
+    Ok(programs)
 }
 
 /// Absolute paths without `..`, for the security context's path lists.

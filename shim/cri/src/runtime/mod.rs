@@ -36,6 +36,7 @@ use crate::state::{
     ContainerRecord, ContainerSettings, PodRecord, PodSettings, StateDir, StateError,
 };
 
+pub use container::seccomp::{self, SeccompChoice};
 pub use container::{CreateContainer, ExecOutput};
 pub use pod::RunPod;
 pub use stats::{ContainerUsage, PodUsage};

@@ -177,7 +177,9 @@ async fn pump(streams: ProcessStreams, io: StreamIo) -> Result<ProcessExit, Back
                     return;
                 }
             }
-            let _ = input.close_stdin().await;
+            tracing::debug!("the client closed stdin");
+            let closed = input.close_stdin().await;
+            tracing::debug!(ok = closed.is_ok(), "stdin close sent to the agent");
         }
     };
     let forward_resizes = {
@@ -218,6 +220,7 @@ async fn pump(streams: ProcessStreams, io: StreamIo) -> Result<ProcessExit, Back
             }
         }
         // The output ended: the client sees its streams close before the exit code.
+        tracing::debug!("the process's output ended");
         drop((stdout, stderr));
         exit.await
     };

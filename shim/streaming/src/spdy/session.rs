@@ -466,6 +466,7 @@ async fn write_frames<W: AsyncWrite>(
                 return Ok(());
             }
         };
+        tracing::trace!(?frame, "spdy frame out");
         buf.clear();
         lock_codec(&codec).encode(&frame, &mut buf)?;
         socket.write_all(&buf).await.map_err(SessionError::Write)?;
@@ -507,6 +508,7 @@ async fn read_frames<R: AsyncRead>(
             }
             continue;
         };
+        tracing::trace!(?frame, "spdy frame in");
         handle_frame(frame, shared, &incoming, config).await?;
     }
 }

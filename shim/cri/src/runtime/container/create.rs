@@ -51,6 +51,7 @@ pub struct CreateContainer {
     /// A stdin fed by attachers; with `stdin_once`, closed when the first one leaves.
     pub stdin: bool,
     pub stdin_once: bool,
+    pub seccomp: super::seccomp::SeccompChoice,
 }
 
 /// `log_directory/log_path`, refusing a log path that leaves the directory.

@@ -7,6 +7,7 @@ mod exec_sync;
 mod list;
 mod remove;
 mod reopen_log;
+pub mod seccomp;
 mod spec;
 mod start;
 mod status;

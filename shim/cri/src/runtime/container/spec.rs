@@ -1,7 +1,8 @@
 //! A CRI CreateContainer request and its pod, merged with the image into the OCI runtime
 //! spec the sandbox runs: the image's process with the request's command, args, env,
 //! working directory and user, then the security context (capabilities, read-only root,
-//! no_new_privs, supplemental groups, masked and read-only paths, the PID namespace), the
+//! no_new_privs, supplemental groups, masked and read-only paths, the PID namespace, the
+//! seccomp profile), the
 //! resources, and the pod's hostname and sysctls.
 
 use oci_spec::runtime::{
@@ -55,6 +56,8 @@ pub fn container_spec(
     .map_err(|e| {
         RuntimeError::invalid("config.linux.security_context.capabilities", e.to_string())
     })?;
+    let names: Vec<String> = capabilities.iter().map(|c| c.to_string()).collect();
+    let seccomp = request.seccomp.profile(&names)?;
     process.set_capabilities(Some(capability_set(capabilities)));
     process.set_no_new_privileges(Some(request.no_new_privs));
     if request.tty {
@@ -88,6 +91,7 @@ pub fn container_spec(
     linux.set_readonly_paths(non_empty(&request.readonly_paths));
     linux.set_sysctl(Some(pod.settings.sysctls.clone()));
     linux.set_resources(Some(resources(&request.settings.limits)));
+    linux.set_seccomp(seccomp);
     spec.set_linux(Some(linux));
     Ok(spec)
 }

@@ -7,7 +7,7 @@ use tonic::Status;
 use vpod_proto::cri;
 
 use super::limits;
-use crate::runtime::{CreateContainer, Runtime, RuntimeError};
+use crate::runtime::{seccomp, CreateContainer, Runtime, RuntimeError, SeccompChoice};
 use crate::server::common::{detached, missing, refuse_host_namespaces};
 use crate::server::status;
 use crate::state::{ContainerSettings, MountRecord};
@@ -132,6 +132,7 @@ fn create_container_request(
             "config.linux.security_context.namespace_options",
         )?;
     }
+    let seccomp = seccomp_choice(&security)?;
     let supplemental_groups = security
         .supplemental_groups
         .iter()
@@ -187,7 +188,31 @@ fn create_container_request(
         tty: config.tty,
         stdin: config.stdin,
         stdin_once: config.stdin_once,
+        seccomp,
     })
+}
+
+/// The container's seccomp profile: the `seccomp` field when set, else the deprecated
+/// profile path, as containerd reads them.
+fn seccomp_choice(
+    security: &cri::LinuxContainerSecurityContext,
+) -> Result<SeccompChoice, RuntimeError> {
+    use cri::security_profile::ProfileType;
+    let Some(profile) = &security.seccomp else {
+        // Deprecated in the CRI, but what critest and older kubelets send.
+        #[allow(deprecated)]
+        let path = &security.seccomp_profile_path;
+        return SeccompChoice::from_profile_path(path);
+    };
+    match ProfileType::try_from(profile.profile_type) {
+        Ok(ProfileType::RuntimeDefault) => Ok(SeccompChoice::RuntimeDefault),
+        Ok(ProfileType::Unconfined) => Ok(SeccompChoice::Unconfined),
+        Ok(ProfileType::Localhost) => SeccompChoice::localhost(&profile.localhost_ref),
+        Err(_) => Err(RuntimeError::invalid(
+            seccomp::FIELD,
+            format!("{} is not a profile type", profile.profile_type),
+        )),
+    }
 }
 
 #[cfg(test)]
