@@ -14,6 +14,7 @@ use vpod_proto::v1::{self, wait_container_response::Status as Ended};
 const TEST_TIMEOUT: Duration = Duration::from_secs(60);
 const APPLETS: &[&str] = &[
     "sh", "echo", "sleep", "cat", "pwd", "readlink", "hostname", "true", "ls", "id", "grep",
+    "chmod", "mkdir", "touch",
 ];
 
 async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
@@ -786,6 +787,90 @@ async fn containers_sharing_the_pod_pid_namespace_see_each_other() {
         for id in ["p1", "p2", "p3"] {
             agent.remove(id).await;
         }
+    })
+    .await;
+}
+
+/// `programs` as CreateContainer carries them: `struct sock_filter`s in native byte order.
+fn seccomp_bytes(program: seccompiler::BpfProgram) -> Vec<u8> {
+    program
+        .iter()
+        .flat_map(|i| {
+            let mut b = i.code.to_ne_bytes().to_vec();
+            b.extend([i.jt, i.jf]);
+            b.extend(i.k.to_ne_bytes());
+            b
+        })
+        .collect()
+}
+
+/// A program that fails `calls` with `errno` and allows the rest.
+fn deny(calls: &[i64], errno: u32) -> Vec<u8> {
+    let filter = seccompiler::SeccompFilter::new(
+        calls.iter().map(|nr| (*nr, vec![])).collect(),
+        seccompiler::SeccompAction::Allow,
+        seccompiler::SeccompAction::Errno(errno),
+        std::env::consts::ARCH.try_into().unwrap(),
+    )
+    .unwrap();
+    seccomp_bytes(filter.try_into().unwrap())
+}
+
+#[tokio::test]
+async fn seccomp_programs_filter_the_container_and_its_execs() {
+    bounded(async {
+        let Some(mut agent) = Agent::start(APPLETS).await else {
+            return;
+        };
+        // Root with the default capabilities (no CAP_SYS_ADMIN) and without no_new_privs:
+        // the agent must hold CAP_SYS_ADMIN until the programs are in, then drop it.
+        let script = "grep -E '^(Seccomp|CapEff):' /proc/self/status; \
+                      touch /tmp/f; chmod 600 /tmp/f && echo chmod-allowed; \
+                      mkdir /tmp/d && echo mkdir-allowed; echo done; sleep 1000";
+        let mut request = agent.create_request("sec1", &["sh", "-c", script]);
+        request.seccomp_filters = vec![
+            deny(&[libc::SYS_chmod, libc::SYS_fchmodat], libc::EPERM as u32),
+            deny(&[libc::SYS_mkdir, libc::SYS_mkdirat], libc::EACCES as u32),
+        ];
+        agent.run(request).await;
+        let lines = agent.first_lines("sec1", 3).await;
+        // Filtered, with containerd's default capabilities and not CAP_SYS_ADMIN (bit 21).
+        assert_eq!(
+            lines,
+            ["CapEff:\t00000000a80425fb", "Seccomp:\t2", "done"],
+            "chmod and mkdir must both have failed"
+        );
+        // An exec gets the same programs.
+        let exec = agent
+            .exec(
+                "sec1",
+                &[
+                    "sh",
+                    "-c",
+                    "grep Seccomp: /proc/self/status; chmod 600 /tmp; mkdir /tmp/e",
+                ],
+                10_000,
+            )
+            .await;
+        assert_eq!(String::from_utf8_lossy(&exec.stdout), "Seccomp:\t2\n");
+        let err = String::from_utf8_lossy(&exec.stderr);
+        assert!(err.contains("Operation not permitted"), "{err}");
+        assert!(err.contains("Permission denied"), "{err}");
+        agent.remove("sec1").await;
+
+        // Without programs, nothing is filtered.
+        agent
+            .run(agent.create_request("sec2", &["grep", "Seccomp:", "/proc/self/status"]))
+            .await;
+        let (out, _) = agent.output("sec2").await;
+        assert_eq!(out, "Seccomp:\t0\n");
+        agent.remove("sec2").await;
+
+        // A program that is not whole instructions is refused before anything runs.
+        let mut bad = agent.create_request("sec3", &["true"]);
+        bad.seccomp_filters = vec![vec![0; 12]];
+        let refused = agent.client.create_container(bad).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
     })
     .await;
 }

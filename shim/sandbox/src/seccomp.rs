@@ -96,10 +96,7 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<Vec<u8>>, SeccompError> {
     if filters.len() > MAX_PROGRAMS {
         return Err(SeccompError::TooManyPrograms(filters.len()));
     }
-    Ok(filters
-        .iter()
-        .map(|program| program_bytes(program))
-        .collect())
+    Ok(filters.iter().map(program_bytes).collect())
 }
 
 /// One call's rules: unconditional, or any of these conjunctions.

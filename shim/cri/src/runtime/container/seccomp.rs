@@ -67,7 +67,7 @@ impl SeccompChoice {
         Ok(SeccompChoice::Localhost(file.to_string()))
     }
 
-    /// The spec's profile for a container holding `capabilities` ("CAP_X" names).
+    /// The spec's profile for a container holding `capabilities` ("CAP_X" or "X").
     pub fn profile(&self, capabilities: &[String]) -> Result<Option<LinuxSeccomp>, RuntimeError> {
         match self {
             SeccompChoice::Unconfined => Ok(None),
@@ -553,7 +553,9 @@ const EPERM: u32 = 1;
 
 /// The runtime's default profile for a container holding `capabilities`.
 pub fn runtime_default(capabilities: &[String]) -> LinuxSeccomp {
-    let holds = |cap: &str| capabilities.iter().any(|c| c == cap);
+    // "CAP_X" or "X", as the spec's set and the CRI write them.
+    let bare = |name: &str| name.trim_start_matches("CAP_").to_ascii_uppercase();
+    let holds = |cap: &str| capabilities.iter().any(|c| bare(c) == bare(cap));
     let mut syscalls = vec![allow(ALLOWED, Vec::new())];
     for persona in PERSONAS {
         syscalls.push(allow(
@@ -666,7 +668,7 @@ mod tests {
         };
         assert!(!names(&plain).contains(&"sethostname".to_string()));
         assert!(!names(&plain).contains(&"mount".to_string()));
-        let admin = runtime_default(&["CAP_SYS_ADMIN".into()]);
+        let admin = runtime_default(&["SYS_ADMIN".into()]);
         assert!(names(&admin).contains(&"sethostname".to_string()));
         assert!(names(&admin).contains(&"clone3".to_string()));
         // With CAP_SYS_ADMIN there is nothing but allow-or-EPERM.
