@@ -33,6 +33,7 @@ mod guest_io;
 mod net_host_path;
 mod net_pods;
 mod pod;
+mod streaming;
 /// The VMM's test-only guest queue (same crates), for the device benchmarks.
 #[allow(dead_code)]
 #[path = "../../vmm/src/devices/virtio/test_queue.rs"]

@@ -1,5 +1,6 @@
 //! `vpod-bench net-pods`: TCP throughput and round-trip latency between pods on a CNI
-//! bridge, and RunPodSandbox with and without a network, in one run.
+//! bridge, and RunPodSandbox with and without a network, in one run; then, on the same
+//! pods, the CRI streaming paths ([`crate::streaming`]: exec round trips, port-forward).
 //!
 //! - vpod: two pods through `vpod-cri` on the bridge of `shim/cri/tests/cri_network.rs`
 //!   (Debian's bridge + host-local + portmap), each running the [`servers`]; the clients
@@ -218,6 +219,17 @@ fn measure(repo: &Path, bench: &NetPodsBench, scratch: &Path, dirs: &NetDirs) ->
                 }
             }
         }
+        // The streaming paths on the same pods: execs in pod B's container (and runc
+        // container B), port-forward to pod A's server.
+        let targets = crate::streaming::Targets {
+            pod: &pods.pods[0],
+            pod_addr: SocketAddr::new(pods.a_ip, HTTP_PORT),
+            file: BIG_FILE,
+            file_bytes: bytes,
+            container: &pods.b_container,
+            runc_id: &runc.started[1],
+        };
+        rows.extend(crate::streaming::measure(&mut c_with, &targets, 20, bench.runs, host).await?);
         pods.remove(&mut c_with).await?;
         Ok::<_, anyhow::Error>(rows)
     });
