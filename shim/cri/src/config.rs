@@ -31,8 +31,8 @@
 //!
 //! [streaming]
 //! address = "127.0.0.1:0"                 # Exec/Attach/PortForward URLs; port 0: a free one
-//! # tls_cert = "/etc/vpod/stream.pem"     # not implemented yet: setting either is refused
-//! # tls_key = "/etc/vpod/stream-key.pem"
+//! # tls_cert = "/etc/vpod/stream.pem"     # both or neither: HTTPS with this PEM chain
+//! # tls_key = "/etc/vpod/stream-key.pem"  # and key (PKCS#8, PKCS#1 or SEC1), read at start
 //! token_ttl_secs = 60                     # how long a URL waits for its client
 //! max_in_flight = 1000                    # URLs waiting for their client at most
 //! idle_timeout_secs = 14400               # a session with no traffic is closed after this
@@ -85,11 +85,12 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct StreamingConfig {
     /// Where to listen; port 0 picks a free one. Clients reach it from the kubelet's host,
-    /// so anything but loopback exposes exec to the network without TLS.
+    /// so anything but loopback without TLS exposes exec to the network in the clear.
     pub address: SocketAddr,
-    /// PEM certificate chain and key for HTTPS; not implemented yet, so setting either is
-    /// refused rather than silently serving plain HTTP.
+    /// PEM certificate chain (the server's certificate first) for HTTPS; set with
+    /// `tls_key` or not at all. The files are read when the daemon starts.
     pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
     pub tls_key: Option<PathBuf>,
     /// How long a URL's single-use token waits for its client.
     pub token_ttl_secs: u64,
@@ -117,15 +118,23 @@ impl Default for StreamingConfig {
 }
 
 impl StreamingConfig {
-    /// The streaming server's settings (validated: no TLS).
+    /// The streaming server's settings (validated: TLS has both files or neither).
     pub fn server_config(&self) -> vpod_streaming::Config {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(vpod_streaming::TlsConfig {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        };
         vpod_streaming::Config {
             addr: self.address,
-            tls: None,
+            tls,
             token_ttl: Duration::from_secs(self.token_ttl_secs),
             max_in_flight: self.max_in_flight,
             idle_timeout: Duration::from_secs(self.idle_timeout_secs),
             stream_creation_timeout: Duration::from_secs(self.stream_creation_timeout_secs),
+            ..vpod_streaming::Config::default()
         }
     }
 }
@@ -273,11 +282,14 @@ impl Config {
             return bad("network.plugin_timeout_secs must be at least 1");
         }
         let streaming = &self.streaming;
-        if streaming.tls_cert.is_some() || streaming.tls_key.is_some() {
-            return bad(
-                "streaming.tls_cert and streaming.tls_key are not supported yet: \
-                 the streaming server speaks plain HTTP only (leave both unset)",
-            );
+        match (&streaming.tls_cert, &streaming.tls_key) {
+            (Some(_), None) => {
+                return bad("streaming.tls_cert is set without streaming.tls_key (set both)")
+            }
+            (None, Some(_)) => {
+                return bad("streaming.tls_key is set without streaming.tls_cert (set both)")
+            }
+            _ => {}
         }
         if streaming.token_ttl_secs == 0
             || streaming.max_in_flight == 0
@@ -366,7 +378,7 @@ mod tests {
     }
 
     #[test]
-    fn the_streaming_table_sets_the_server_and_tls_is_refused() {
+    fn the_streaming_table_sets_the_server_and_tls_needs_both_files() {
         let c = Config::parse("[streaming]\naddress = \"127.0.0.1:10010\"\ntoken_ttl_secs = 5\n")
             .unwrap();
         let server = c.streaming.server_config();
@@ -376,9 +388,22 @@ mod tests {
         assert!(server.tls.is_none());
         let defaults = Config::default().streaming.server_config();
         assert_eq!(defaults.addr, "127.0.0.1:0".parse().unwrap());
-        match Config::parse("[streaming]\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\n") {
-            Err(ConfigError::Invalid(m)) => assert!(m.contains("tls_cert"), "{m}"),
-            other => panic!("tls was not refused: {other:?}"),
+        let c =
+            Config::parse("[streaming]\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\n").unwrap();
+        let tls = c.streaming.server_config().tls.unwrap();
+        assert_eq!(tls.cert, PathBuf::from("/c.pem"));
+        assert_eq!(tls.key, PathBuf::from("/k.pem"));
+        match Config::parse("[streaming]\ntls_cert = \"/c.pem\"\n") {
+            Err(ConfigError::Invalid(m)) => {
+                assert!(m.starts_with("streaming.tls_cert is set without"), "{m}")
+            }
+            other => panic!("a certificate without a key was accepted: {other:?}"),
+        }
+        match Config::parse("[streaming]\ntls_key = \"/k.pem\"\n") {
+            Err(ConfigError::Invalid(m)) => {
+                assert!(m.starts_with("streaming.tls_key is set without"), "{m}")
+            }
+            other => panic!("a key without a certificate was accepted: {other:?}"),
         }
         assert!(matches!(
             Config::parse("[streaming]\naddress = \"nowhere\""),

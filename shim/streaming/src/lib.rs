@@ -4,8 +4,9 @@
 //! A CRI server binds a [`StreamingServer`] with its [`Backend`], runs [`StreamingServer::serve`],
 //! and answers each streaming RPC with [`StreamingUrls::url_for`]: a single-use token (one
 //! minute to live, a bound on how many wait) under `http://ADDR/exec/TOKEN`, `/attach/TOKEN`
-//! or `/portforward/TOKEN`, as the kubelet's streaming server does. An unknown, spent or
-//! expired token gets 404.
+//! or `/portforward/TOKEN`, as the kubelet's streaming server does (`https://` when
+//! [`Config::tls`] names a certificate and key: see [`tls`]). An unknown, spent or expired
+//! token gets 404.
 //!
 //! Protocols, server side, all on one HTTP/1.1 upgrade (hyper):
 //! - **SPDY/3.1** ([`spdy`], our own: the only Rust SPDY crates are GPL), which crictl before
@@ -23,7 +24,7 @@
 //! The [`Backend`] contract: exec and attach get a [`StreamIo`] of bounded channels and run
 //! until the process ends; port-forward returns a byte stream into the pod. A slow client
 //! slows the backend (its sends wait), never our memory; a client that leaves drops the
-//! backend's future, which must free what it holds on drop. TLS is not implemented yet.
+//! backend's future, which must free what it holds on drop.
 
 pub mod backend;
 pub(crate) mod portforward;
@@ -31,6 +32,7 @@ pub(crate) mod remotecommand;
 pub mod server;
 pub mod spdy;
 pub mod status;
+pub mod tls;
 pub mod tokens;
 pub(crate) mod wsframe;
 
@@ -38,4 +40,5 @@ pub use backend::{
     Backend, BackendError, DuplexStream, ExecTarget, PortStream, StreamIo, TerminalSize,
 };
 pub use server::{Config, ServerError, StreamingServer, StreamingUrls, TlsConfig};
+pub use tls::TlsError;
 pub use tokens::{AttachRequest, ExecRequest, PortForwardRequest, StreamRequest, TokenError};

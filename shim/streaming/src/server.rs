@@ -1,5 +1,7 @@
 //! The HTTP side: bind, hand out URLs for cached requests, and on each request consume the
-//! token, negotiate the protocol and upgrade the connection (hyper 1, HTTP/1.1).
+//! token, negotiate the protocol and upgrade the connection (hyper 1, HTTP/1.1). With TLS
+//! configured each accepted connection first completes its handshake (see [`crate::tls`]) on
+//! its own task, and hyper serves the TLS stream as it would the plain socket.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,6 +17,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -25,6 +28,7 @@ use tokio_tungstenite::WebSocketStream;
 use crate::backend::Backend;
 use crate::portforward;
 use crate::remotecommand::{self, Operation};
+use crate::tls::{Handshake, TlsError};
 use crate::tokens::{RequestCache, StreamRequest, TokenError};
 
 /// The streaming server's settings (`[streaming]` in the CRI's configuration).
@@ -32,8 +36,11 @@ use crate::tokens::{RequestCache, StreamRequest, TokenError};
 pub struct Config {
     /// Where to listen; port 0 picks a free one, as containerd does.
     pub addr: SocketAddr,
-    /// TLS certificate and key (PEM). Not supported yet: binding with them fails.
+    /// TLS certificate and key (PEM): set, the server speaks HTTPS only and hands out
+    /// `https://` URLs; the files are read when it binds.
     pub tls: Option<TlsConfig>,
+    /// How long a client has to complete the TLS handshake after connecting.
+    pub tls_handshake_timeout: Duration,
     /// How long a token waits for its client.
     pub token_ttl: Duration,
     /// Requests waiting for their client at most.
@@ -47,7 +54,9 @@ pub struct Config {
 /// Paths of a PEM certificate chain and key.
 #[derive(Debug, Clone)]
 pub struct TlsConfig {
+    /// The chain, the server's certificate first.
     pub cert: PathBuf,
+    /// Its private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
     pub key: PathBuf,
 }
 
@@ -56,6 +65,7 @@ impl Default for Config {
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             tls: None,
+            tls_handshake_timeout: Duration::from_secs(10),
             token_ttl: Duration::from_secs(60),
             max_in_flight: 1000,
             idle_timeout: Duration::from_secs(4 * 60 * 60),
@@ -73,8 +83,8 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
-    #[error("tls for the streaming server is not supported yet")]
-    TlsUnsupported,
+    #[error("setting up tls for the streaming server failed")]
+    Tls(#[from] TlsError),
     #[error("streaming request refused")]
     Request(#[from] TokenError),
 }
@@ -96,7 +106,8 @@ pub struct StreamingUrls {
 }
 
 impl StreamingUrls {
-    /// Caches `request` and returns its URL (`http://ADDR/exec/TOKEN` and so on).
+    /// Caches `request` and returns its URL (`http://ADDR/exec/TOKEN` and so on; `https`
+    /// with TLS).
     pub fn url_for(&self, request: StreamRequest) -> Result<String, ServerError> {
         let path = request.path();
         let token = self.cache.insert(request)?;
@@ -107,6 +118,7 @@ impl StreamingUrls {
 /// A bound streaming server.
 pub struct StreamingServer<B> {
     listener: TcpListener,
+    tls: Option<Handshake>,
     backend: Arc<B>,
     cache: Arc<RequestCache>,
     timeouts: Timeouts,
@@ -114,11 +126,16 @@ pub struct StreamingServer<B> {
 }
 
 impl<B: Backend> StreamingServer<B> {
-    /// Binds the listener.
+    /// Reads the TLS certificate and key, if configured, and binds the listener.
     pub async fn bind(config: Config, backend: B) -> Result<Self, ServerError> {
-        if config.tls.is_some() {
-            return Err(ServerError::TlsUnsupported);
-        }
+        let tls = match &config.tls {
+            Some(files) => Some(Handshake::new(
+                &files.cert,
+                &files.key,
+                config.tls_handshake_timeout,
+            )?),
+            None => None,
+        };
         let listener =
             TcpListener::bind(config.addr)
                 .await
@@ -130,8 +147,10 @@ impl<B: Backend> StreamingServer<B> {
             addr: config.addr,
             source,
         })?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         Ok(Self {
             listener,
+            tls,
             backend: Arc::new(backend),
             cache: Arc::new(RequestCache::new(config.token_ttl, config.max_in_flight)),
             timeouts: Timeouts {
@@ -139,7 +158,7 @@ impl<B: Backend> StreamingServer<B> {
                 stream_creation: config.stream_creation_timeout,
                 linger: Duration::from_secs(5),
             },
-            base: format!("http://{local}"),
+            base: format!("{scheme}://{local}"),
         })
     }
 
@@ -162,14 +181,23 @@ impl<B: Backend> StreamingServer<B> {
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => {
-                    let Ok((socket, _)) = accepted else { continue };
+                    let Ok((socket, peer)) = accepted else { continue };
                     let _ = socket.set_nodelay(true);
-                    connections.spawn(serve_connection(
-                        socket,
-                        self.backend.clone(),
-                        self.cache.clone(),
-                        self.timeouts,
-                    ));
+                    let (backend, cache, timeouts) =
+                        (self.backend.clone(), self.cache.clone(), self.timeouts);
+                    match self.tls.clone() {
+                        None => {
+                            connections.spawn(serve_connection(socket, backend, cache, timeouts));
+                        }
+                        // The handshake runs on the connection's task, never the accept loop.
+                        Some(tls) => {
+                            connections.spawn(async move {
+                                if let Some(stream) = tls.accept(socket, peer).await {
+                                    serve_connection(stream, backend, cache, timeouts).await;
+                                }
+                            });
+                        }
+                    }
                 }
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
             }
@@ -180,12 +208,15 @@ impl<B: Backend> StreamingServer<B> {
 type Session = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// One HTTP connection: the request, then, if it upgraded, the session on the same task.
-async fn serve_connection<B: Backend>(
-    socket: tokio::net::TcpStream,
+async fn serve_connection<B, S>(
+    socket: S,
     backend: Arc<B>,
     cache: Arc<RequestCache>,
     timeouts: Timeouts,
-) {
+) where
+    B: Backend,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (session_tx, mut session_rx) = mpsc::unbounded_channel::<Session>();
     let service = service_fn(move |request| {
         let response = route(request, &backend, &cache, timeouts, &session_tx);

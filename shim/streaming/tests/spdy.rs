@@ -6,56 +6,12 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{start, SpdyClient};
+use common::{collect, open_exec_streams, start, SpdyClient};
 use vpod_streaming::spdy::Frame;
-use vpod_streaming::{Config, ExecRequest, PortForwardRequest, StreamRequest};
+use vpod_streaming::{Config, PortForwardRequest, StreamRequest};
 
 fn exec(cmd: &[&str], stdin: bool) -> StreamRequest {
-    StreamRequest::Exec(ExecRequest {
-        container_id: "c1".into(),
-        cmd: cmd.iter().map(|s| s.to_string()).collect(),
-        tty: false,
-        stdin,
-        stdout: true,
-        stderr: true,
-    })
-}
-
-/// Reads until the server closes; returns each stream's bytes and which streams got FIN.
-async fn collect(client: &mut SpdyClient) -> (HashMap<u32, Vec<u8>>, Vec<u32>, usize) {
-    let mut data: HashMap<u32, Vec<u8>> = HashMap::new();
-    let mut fins = Vec::new();
-    let mut replies = 0;
-    while let Some(frame) = client.next().await {
-        match frame {
-            Frame::SynReply { .. } => replies += 1,
-            Frame::Data {
-                stream_id,
-                fin,
-                data: d,
-            } => {
-                data.entry(stream_id).or_default().extend_from_slice(&d);
-                if fin {
-                    fins.push(stream_id);
-                }
-            }
-            Frame::GoAway { .. } => break,
-            _ => {}
-        }
-    }
-    (data, fins, replies)
-}
-
-async fn open_exec_streams(client: &mut SpdyClient, stdin: bool) -> (u32, Option<u32>, u32, u32) {
-    let error = client.open(&[("streamType", "error")]).await;
-    let stdin = if stdin {
-        Some(client.open(&[("streamType", "stdin")]).await)
-    } else {
-        None
-    };
-    let stdout = client.open(&[("streamType", "stdout")]).await;
-    let stderr = client.open(&[("streamType", "stderr")]).await;
-    (error, stdin, stdout, stderr)
+    common::exec_request(cmd, false, stdin)
 }
 
 #[tokio::test]

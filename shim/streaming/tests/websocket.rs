@@ -1,59 +1,25 @@
 //! WebSocket clients and token checks against the streaming server over loopback.
 
 mod common;
+#[path = "common/ws.rs"]
+mod ws;
 
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
-use vpod_streaming::{Config, ExecRequest, StreamRequest};
+use vpod_streaming::{Config, StreamRequest};
 
 fn exec(cmd: &[&str], tty: bool) -> StreamRequest {
-    StreamRequest::Exec(ExecRequest {
-        container_id: "c1".into(),
-        cmd: cmd.iter().map(|s| s.to_string()).collect(),
-        tty,
-        stdin: true,
-        stdout: true,
-        stderr: !tty,
-    })
+    common::exec_request(cmd, tty, true)
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
 async fn connect(url: &str, protocol: &str) -> Ws {
-    let ws_url = url.replacen("http://", "ws://", 1);
-    let mut request = ws_url.into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
     let (addr, _) = common::split_url(url);
     let socket = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (ws, response) = tokio_tungstenite::client_async(request, socket)
-        .await
-        .unwrap();
-    assert_eq!(
-        response.headers().get("sec-websocket-protocol").unwrap(),
-        protocol
-    );
-    ws
-}
-
-/// Reads until the server closes: (stdout, error channel).
-async fn drain(ws: &mut Ws) -> (Vec<u8>, Vec<u8>) {
-    let (mut stdout, mut error) = (Vec::new(), Vec::new());
-    while let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(20), ws.next()).await
-    {
-        if let Message::Binary(data) = message {
-            match data.first() {
-                Some(1) => stdout.extend_from_slice(&data[1..]),
-                Some(3) => error.extend_from_slice(&data[1..]),
-                _ => {}
-            }
-        }
-    }
-    (stdout, error)
+    ws::connect_on(socket, url, protocol).await
 }
 
 #[tokio::test]
@@ -61,7 +27,7 @@ async fn websocket_v4_exec_pipes_stdin_and_reports_the_exit_code() {
     let (urls, _backend, _server) = common::start(Config::default()).await;
     let url = urls.url_for(exec(&["exit", "3"], false)).unwrap();
     let mut ws = connect(&url, "v4.channel.k8s.io").await;
-    let (_, error) = drain(&mut ws).await;
+    let (_, error) = ws::drain(&mut ws).await;
     let status = String::from_utf8(error).unwrap();
     assert!(
         status.contains(r#"{"reason":"ExitCode","message":"3"}"#),
@@ -78,7 +44,7 @@ async fn websocket_v5_close_of_stdin_ends_cat_with_success() {
         .await
         .unwrap();
     ws.send(Message::Binary(vec![255, 0].into())).await.unwrap();
-    let (stdout, error) = drain(&mut ws).await;
+    let (stdout, error) = ws::drain(&mut ws).await;
     assert_eq!(stdout, b"hello");
     assert_eq!(
         String::from_utf8(error).unwrap(),
@@ -102,7 +68,7 @@ async fn websocket_resize_reaches_the_backend() {
     ))
     .await
     .unwrap();
-    let (stdout, _) = drain(&mut ws).await;
+    let (stdout, _) = ws::drain(&mut ws).await;
     assert_eq!(stdout, b"120x40");
 }
 

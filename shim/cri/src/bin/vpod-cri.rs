@@ -49,6 +49,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let socket = config.socket.clone();
     let streaming_config = config.streaming.server_config();
+    let streaming_tls = streaming_config.tls.is_some();
     let assets = config.assets();
     tracing::info!(root = %config.root.display(), kernel = %assets.kernel.display(), initrd = %assets.initrd.display(), vmm = %assets.vmm.display(), "starting");
     let runtime = Runtime::open(config)
@@ -61,7 +62,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let streaming_addr = streaming
         .local_addr()
         .context("reading the streaming server's address")?;
-    tracing::info!(address = %streaming_addr, "serving exec, attach and port-forward");
+    tracing::info!(address = %streaming_addr, tls = streaming_tls, "serving exec, attach and port-forward");
     runtime.set_streaming_urls(streaming.urls());
     let streaming = tokio::spawn(streaming.serve());
 

@@ -1,17 +1,26 @@
-//! A fake backend and small protocol clients for the loopback tests.
+//! A fake backend and small protocol clients for the loopback tests, over plain TCP or any
+//! other connection (a TLS stream). The CRI crate's streaming tests include this file too,
+//! so it uses only what that crate has; the WebSocket (`ws.rs`) and TLS (`tls.rs`) helpers
+//! beside it are included by the test files that need them.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use vpod_streaming::spdy::{Frame, FrameCodec, Headers};
 use vpod_streaming::{
-    Backend, BackendError, Config, ExecTarget, PortStream, StreamIo, StreamingServer, StreamingUrls,
+    Backend, BackendError, Config, ExecRequest, ExecTarget, PortStream, StreamIo, StreamRequest,
+    StreamingServer, StreamingUrls,
 };
+
+/// A client's connection: a TCP socket or a TLS stream over one.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
 /// Counts drops of what a backend call held.
 pub struct DropGuard(pub Arc<AtomicUsize>);
@@ -116,17 +125,42 @@ pub async fn start(config: Config) -> (StreamingUrls, FakeBackend, tokio::task::
     (urls, backend, handle)
 }
 
-/// Splits `http://addr/path` into the address and path.
+/// An exec of `cmd` with stdout, and stderr unless it has a terminal.
+pub fn exec_request(cmd: &[&str], tty: bool, stdin: bool) -> StreamRequest {
+    StreamRequest::Exec(ExecRequest {
+        container_id: "c1".into(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        tty,
+        stdin,
+        stdout: true,
+        stderr: !tty,
+    })
+}
+
+/// Splits `http://addr/path` (or `https://`) into the address and path.
 pub fn split_url(url: &str) -> (String, String) {
-    let rest = url.strip_prefix("http://").unwrap();
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .unwrap();
     let slash = rest.find('/').unwrap();
     (rest[..slash].to_owned(), rest[slash..].to_owned())
 }
 
 /// Sends a GET with `headers` and reads the response head; returns the status and the socket.
 pub async fn http_get(url: &str, headers: &[(&str, &str)]) -> (u16, String, TcpStream) {
+    let (addr, _) = split_url(url);
+    let socket = TcpStream::connect(&addr).await.unwrap();
+    http_get_on(socket, url, headers).await
+}
+
+/// [`http_get`] on a connection already made (a TLS stream, say).
+pub async fn http_get_on<S: Io>(
+    mut socket: S,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, S) {
     let (addr, path) = split_url(url);
-    let mut socket = TcpStream::connect(&addr).await.unwrap();
     let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
@@ -146,17 +180,19 @@ pub async fn http_get(url: &str, headers: &[(&str, &str)]) -> (u16, String, TcpS
     (status, head, socket)
 }
 
+type BoxedIo = Box<dyn Io>;
+
 /// A SPDY client in the shape of Go's spdystream: no flow control of its own.
 pub struct SpdyClient {
     read: Option<SpdyReadHalf>,
-    pub writer: tokio::net::tcp::OwnedWriteHalf,
+    pub writer: WriteHalf<BoxedIo>,
     encoder: FrameCodec,
     next_id: u32,
 }
 
 /// The reading half of a split [`SpdyClient`].
 pub struct SpdyReadHalf {
-    reader: tokio::net::tcp::OwnedReadHalf,
+    reader: ReadHalf<BoxedIo>,
     decoder: FrameCodec,
     buf: BytesMut,
 }
@@ -180,8 +216,18 @@ impl SpdyReadHalf {
 }
 
 impl SpdyClient {
+    /// Connects over plain TCP and upgrades.
     pub async fn connect(url: &str, protocol: &str) -> (SpdyClient, String) {
-        let (status, head, socket) = http_get(
+        let (addr, _) = split_url(url);
+        let socket = TcpStream::connect(&addr).await.unwrap();
+        SpdyClient::connect_on(socket, url, protocol).await
+    }
+
+    /// Upgrades a connection already made (a TLS stream, say).
+    pub async fn connect_on<S: Io>(socket: S, url: &str, protocol: &str) -> (SpdyClient, String) {
+        let socket: BoxedIo = Box::new(socket);
+        let (status, head, socket) = http_get_on(
+            socket,
             url,
             &[
                 ("Connection", "Upgrade"),
@@ -191,7 +237,7 @@ impl SpdyClient {
         )
         .await;
         assert_eq!(status, 101, "{head}");
-        let (reader, writer) = socket.into_split();
+        let (reader, writer) = tokio::io::split(socket);
         (
             SpdyClient {
                 read: Some(SpdyReadHalf {
@@ -249,4 +295,46 @@ impl SpdyClient {
     pub async fn next(&mut self) -> Option<Frame> {
         self.read.as_mut().expect("reader taken").next().await
     }
+}
+
+/// Reads until the server closes; returns each stream's bytes, which streams got FIN, and
+/// how many SYN_REPLY frames came.
+pub async fn collect(client: &mut SpdyClient) -> (HashMap<u32, Vec<u8>>, Vec<u32>, usize) {
+    let mut data: HashMap<u32, Vec<u8>> = HashMap::new();
+    let mut fins = Vec::new();
+    let mut replies = 0;
+    while let Some(frame) = client.next().await {
+        match frame {
+            Frame::SynReply { .. } => replies += 1,
+            Frame::Data {
+                stream_id,
+                fin,
+                data: d,
+            } => {
+                data.entry(stream_id).or_default().extend_from_slice(&d);
+                if fin {
+                    fins.push(stream_id);
+                }
+            }
+            Frame::GoAway { .. } => break,
+            _ => {}
+        }
+    }
+    (data, fins, replies)
+}
+
+/// Opens an exec's streams as kubectl does: (error, stdin, stdout, stderr).
+pub async fn open_exec_streams(
+    client: &mut SpdyClient,
+    stdin: bool,
+) -> (u32, Option<u32>, u32, u32) {
+    let error = client.open(&[("streamType", "error")]).await;
+    let stdin = if stdin {
+        Some(client.open(&[("streamType", "stdin")]).await)
+    } else {
+        None
+    };
+    let stdout = client.open(&[("streamType", "stdout")]).await;
+    let stderr = client.open(&[("streamType", "stderr")]).await;
+    (error, stdin, stdout, stderr)
 }
