@@ -132,9 +132,23 @@ pub struct RunCommand {
     image: Option<String>,
 }
 
+const EXEC_AFTER_HELP: &str = "\
+Without -i or -t the process's stdin is /dev/null and its output is printed when it ends.
+-i streams our stdin to it (our end of input closes its stdin); -t gives it a terminal
+(needs one on our stdin: with -i it is put in raw mode for the session, and window size
+changes follow). vpod exits with the process's status (128 + the signal when it was killed,
+137 when --timeout killed it).";
+
 /// `vpod exec`.
 #[derive(Debug, Args)]
+#[command(after_help = EXEC_AFTER_HELP)]
 pub struct ExecCommand {
+    /// Stream our stdin to the process (its end closes the process's stdin)
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Run the process on a pseudo-terminal, sized and resized as ours (stdin must be one)
+    #[arg(short = 't', long)]
+    pub tty: bool,
     /// The state root
     #[arg(long, value_name = "DIR", default_value = DEFAULT_ROOT)]
     pub root: PathBuf,
@@ -397,6 +411,19 @@ mod tests {
         assert_eq!((e.root, e.target.as_str()), (PathBuf::from("/r"), "p:c"));
         assert_eq!(e.timeout, Duration::from_millis(1500));
         assert_eq!(e.command, ["sh", "-c", "x"]);
+        assert!(!e.interactive && !e.tty);
+        for (line, interactive, tty) in [
+            ("vpod exec -it p -- sh", true, true),
+            ("vpod exec -i p -- cat", true, false),
+            ("vpod exec --tty p -- sh", false, true),
+            ("vpod exec --interactive -t p -- sh", true, true),
+        ] {
+            let VpodCommand::Exec(e) = parse(line).unwrap().command else {
+                panic!("not exec: {line}");
+            };
+            assert_eq!((e.interactive, e.tty), (interactive, tty), "{line}");
+            assert_eq!(e.target, "p", "{line}");
+        }
         let VpodCommand::Logs(l) = parse("vpod logs -f --root /r web").unwrap().command else {
             panic!("not logs");
         };

@@ -4,10 +4,13 @@
 //! `run` imports the image into the layer store at `--root`, boots a pod VM, runs the
 //! container with its output streamed to ours, and exits with the container's exit code.
 //! `-d` leaves the pod running; `--pod ID` adds the container to a running pod instead of
-//! booting one. `exec`, `logs`, `rm` and `ps` work on pods left running.
+//! booting one. `exec` ([`exec`]: `-i` and `-t` for an interactive session), `logs`, `rm`
+//! and `ps` work on pods left running.
 
 mod args;
+mod exec;
 mod network;
+mod terminal;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -26,7 +29,7 @@ use vpod_sandbox::{
     Sandbox, SandboxConfig,
 };
 
-use args::{Cli, ExecCommand, LogsCommand, PsCommand, RmCommand, VpodCommand};
+use args::{Cli, LogsCommand, PsCommand, RmCommand, VpodCommand};
 
 /// Deadline of agent calls from `exec`, `rm` and `--pod`.
 const RPC_TIMEOUT: Duration = Duration::from_secs(30);
@@ -307,30 +310,6 @@ async fn pump_stdio(mut stdio: ContainerOutput) {
     }
 }
 
-async fn exec(args: ExecCommand) -> anyhow::Result<i32> {
-    let target = &args.target;
-    let (pod, container) = target.split_once(':').unwrap_or((target, target));
-    let sandbox = Sandbox::open(&args.root, pod, RPC_TIMEOUT)
-        .await
-        .with_context(|| format!("opening pod {pod}"))?;
-    let reply = sandbox
-        .exec_sync(container, args.command, args.timeout)
-        .await
-        .context("running the process")?;
-    let mut stdout = tokio::io::stdout();
-    let mut stderr = tokio::io::stderr();
-    stdout.write_all(&reply.stdout).await?;
-    stdout.flush().await?;
-    stderr.write_all(&reply.stderr).await?;
-    if reply.timed_out {
-        stderr
-            .write_all(format!("vpod: the process timed out after {:?}\n", args.timeout).as_bytes())
-            .await?;
-    }
-    stderr.flush().await?;
-    Ok(reply.exit_code)
-}
-
 /// The pod and container that `POD:CONTAINER` or a container name means: the pod of that
 /// name (a container started with `vpod run -d` has its pod's id), else the pod whose
 /// sandbox.json lists the container.
@@ -436,7 +415,7 @@ fn block_on(work: impl std::future::Future<Output = anyhow::Result<i32>>) -> any
 fn main() -> ExitCode {
     let result = match Cli::parse_with_image().command {
         VpodCommand::Run(args) => block_on(run(args.into_run_args())),
-        VpodCommand::Exec(args) => block_on(exec(args)),
+        VpodCommand::Exec(args) => block_on(exec::exec(args)),
         VpodCommand::Rm(args) => block_on(remove(args)),
         VpodCommand::Logs(args) => block_on(logs(args)),
         VpodCommand::Ps(args) => list(args),
