@@ -1,7 +1,8 @@
 //! vpod-vmm boots the real kernel with the busybox test initramfs (no vpod-init needed):
 //! SMP and memory sizes are reported right (including above the 4 GiB hole), virtio-blk
-//! disks carry their serials and honour read-only, a reboot ends the VMM with 0 and a guest
-//! panic with 120. Every boot shares one emulated host where one is needed.
+//! disks carry their serials and honour read-only, the kernel has what containers ask of
+//! its network (bridges, veth, netfilter), a reboot ends the VMM with 0 and a guest panic
+//! with 120. Every boot shares one emulated host where one is needed.
 
 use std::process::Command;
 use std::time::Duration;
@@ -66,6 +67,24 @@ fn vmm_boots_linux_with_smp_memory_disks_reboot_and_panic() {
                 }
             })
             .check("disks_carry_serials_and_honour_read_only", disks)
+            .check("the_kernel_has_bridges_veth_and_netfilter", || {
+                // What containers ask of the pod's kernel: `brctl addbr` (critest's
+                // capability spec), veth pairs, and iptables/nftables with NAT.
+                let done = boot(&[
+                    "--",
+                    "sh",
+                    "-c",
+                    "brctl addbr br0 && ip link add v0 type veth peer name v1 \
+                     && ip link set v0 master br0 && test -e /proc/net/ip_tables_names \
+                     && test -e /proc/net/ip6_tables_names \
+                     && test -d /proc/sys/net/netfilter && echo kernel-net-ok",
+                ]);
+                assert!(
+                    done.stdout_text().contains("kernel-net-ok"),
+                    "{}",
+                    done.explain()
+                );
+            })
             .check("a_guest_panic_ends_the_vmm_with_120", || {
                 let done = boot(&[
                     "--console",
