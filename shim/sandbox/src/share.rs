@@ -226,6 +226,9 @@ impl Share {
     /// itself; the directory stays for the pod's removal.
     pub fn stop(&self) -> Result<(), ShareError> {
         self.virtiofsd.kill_and_reap();
+        // Its sandbox forks: the child in the new namespaces goes with it (a parent-death
+        // signal), or here.
+        kill_virtiofsd_of(&self.socket);
         unmount_under(&self.dir)
     }
 }
@@ -366,20 +369,33 @@ pub fn unmount_under(dir: &Path) -> Result<(), ShareError> {
 /// serving its share (found by the socket its command line names) and unmounts everything
 /// under the directory. Only when this succeeds may the directory be removed.
 pub fn destroy_leftovers(pod: &Path) -> Result<(), ShareError> {
-    let socket = socket_path(pod);
-    let pids = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok());
-    for pid in pids {
-        if is_our_virtiofsd(pid, &socket) {
-            if let Some(pid) = Pid::from_raw(pid as i32) {
-                let _ = rustix::process::kill_process(pid, Signal::KILL);
-            }
-        }
-    }
+    kill_virtiofsd_of(&socket_path(pod));
     unmount_under(pod)
+}
+
+/// SIGKILLs every virtiofsd serving `socket` (found by their command lines) and waits up
+/// to a second for them to be gone.
+fn kill_virtiofsd_of(socket: &Path) {
+    let ours = || -> Vec<u32> {
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&pid| is_our_virtiofsd(pid, socket))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let pids = ours();
+        if pids.is_empty() || Instant::now() > deadline {
+            return;
+        }
+        for pid in pids.into_iter().filter_map(|p| Pid::from_raw(p as i32)) {
+            let _ = rustix::process::kill_process(pid, Signal::KILL);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Whether `pid` is a live virtiofsd whose command line names `socket` (not a reused PID).
