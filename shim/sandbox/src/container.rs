@@ -174,7 +174,7 @@ impl Sandbox {
                 }),
                 Err(e) => {
                     self.unbind_volumes(id);
-                    return Err(e.into());
+                    return Err(SandboxError::Volume(volume.destination, e));
                 }
             }
         }

@@ -145,6 +145,8 @@ pub enum SandboxError {
     Spec(#[from] SpecError),
     #[error("the pod's shared directory failed")]
     Share(#[from] ShareError),
+    #[error("the volume on {0} could not be bound into the pod's shared directory")]
+    Volume(String, #[source] ShareError),
     #[error("the pod has no empty disk slot for layer {0} ({1} slots)")]
     NoFreeSlot(String, u32),
     #[error("no container {0:?} in this pod")]

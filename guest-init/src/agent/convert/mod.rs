@@ -427,6 +427,28 @@ mod tests {
                     }]
                 }),
             ),
+            (
+                "mounts",
+                Box::new(|r| {
+                    r.mounts = vec![v1::Mount {
+                        source: "/run/vpod/share/../../../etc".into(),
+                        destination: "/etc-of-the-guest".into(),
+                        r#type: "bind".into(),
+                        options: vec!["rbind".into()],
+                    }]
+                }),
+            ),
+            (
+                "mounts",
+                Box::new(|r| {
+                    r.mounts = vec![v1::Mount {
+                        source: "/".into(),
+                        destination: "/guest-root".into(),
+                        r#type: "none".into(),
+                        options: vec!["bind".into()],
+                    }]
+                }),
+            ),
         ];
         for (field, change) in cases {
             let mut r = request();

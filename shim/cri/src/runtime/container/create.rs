@@ -212,7 +212,7 @@ impl Runtime {
             match slot.as_mut() {
                 Some(sandbox) => sandbox.create_container(spec).await.map_err(|e| match e {
                     SandboxError::Spec(m) => RuntimeError::invalid("config", m.to_string()),
-                    SandboxError::Share(e @ ShareError::Source(..)) => {
+                    e @ SandboxError::Volume(_, ShareError::Source(..)) => {
                         RuntimeError::invalid("config.mounts", error_chain(&e))
                     }
                     other => other.into(),
