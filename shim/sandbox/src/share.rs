@@ -514,6 +514,120 @@ mod tests {
         assert_eq!(unescape_mountinfo(r"/x\\"), r"/x\\");
     }
 
+    /// Whether this process may mount and has Debian's virtiofsd; the share's own tests
+    /// need both (they mount under a temporary directory and clean up after themselves).
+    fn can_share() -> bool {
+        let root = rustix::process::geteuid().is_root();
+        let virtiofsd = Path::new(DEFAULT_VIRTIOFSD).exists();
+        if !(root && virtiofsd) {
+            eprintln!("skipped: needs root and {DEFAULT_VIRTIOFSD}");
+        }
+        root && virtiofsd
+    }
+
+    /// Unmounts whatever a failed test left under the directory before it is removed.
+    struct Cleanup(PathBuf);
+
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = destroy_leftovers(&self.0);
+        }
+    }
+
+    fn virtiofsd_running(socket: &Path) -> bool {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .any(|pid| is_our_virtiofsd(pid, socket))
+    }
+
+    #[tokio::test]
+    async fn volumes_are_bound_read_only_on_the_host_side_and_all_goes_at_stop() {
+        if !can_share() {
+            return;
+        }
+        let top = tempfile::tempdir().unwrap();
+        let pod = top.path().join("pod");
+        std::fs::create_dir(&pod).unwrap();
+        let _cleanup = Cleanup(pod.clone());
+        let source = top.path().join("volume");
+        std::fs::create_dir(&source).unwrap();
+        std::fs::write(source.join("a"), "kept\n").unwrap();
+        let file = top.path().join("termination-log");
+        std::fs::write(&file, "").unwrap();
+
+        let share = Share::start(&pod, &ShareConfig::default(), true)
+            .await
+            .unwrap();
+        assert!(virtiofsd_running(share.socket()));
+        let volume = |source: &Path, readonly| VolumeBind {
+            source: source.to_path_buf(),
+            readonly,
+            recursive: true,
+            propagation: Propagation::Private,
+        };
+        let ro = share.bind("c1", 0, &volume(&source, true)).unwrap();
+        assert_eq!(ro, "c/c1/0");
+        let bound = share_dir(&pod).join(&ro);
+        assert_eq!(std::fs::read_to_string(bound.join("a")).unwrap(), "kept\n");
+        let refused = std::fs::write(bound.join("new"), "x").unwrap_err();
+        assert_eq!(refused.raw_os_error(), Some(libc_erofs()));
+        let log = share.bind("c1", 1, &volume(&file, false)).unwrap();
+        std::fs::write(share_dir(&pod).join(&log), "bye\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "bye\n");
+        assert_eq!(mounts_under(&share_dir(&pod).join("c")).len(), 2);
+
+        share.unbind_container("c1").unwrap();
+        assert!(mounts_under(&share_dir(&pod).join("c")).is_empty());
+        assert!(!share_dir(&pod).join("c/c1").exists());
+
+        share.bind("c2", 0, &volume(&source, false)).unwrap();
+        share.stop().unwrap();
+        assert!(!virtiofsd_running(share.socket()));
+        assert!(mounts_under(&pod).is_empty());
+        // The volumes' own files are untouched.
+        assert_eq!(std::fs::read_to_string(source.join("a")).unwrap(), "kept\n");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "bye\n");
+    }
+
+    #[tokio::test]
+    async fn a_crashed_runtime_s_share_is_found_by_its_directory() {
+        if !can_share() {
+            return;
+        }
+        let top = tempfile::tempdir().unwrap();
+        let pod = top.path().join("pod");
+        std::fs::create_dir(&pod).unwrap();
+        let _cleanup = Cleanup(pod.clone());
+        let source = top.path().join("volume");
+        std::fs::create_dir(&source).unwrap();
+        let share = Share::start(&pod, &ShareConfig::default(), true)
+            .await
+            .unwrap();
+        share
+            .bind(
+                "c1",
+                0,
+                &VolumeBind {
+                    source: source.clone(),
+                    readonly: false,
+                    recursive: false,
+                    propagation: Propagation::Slave,
+                },
+            )
+            .unwrap();
+        destroy_leftovers(&pod).unwrap();
+        assert!(!virtiofsd_running(share.socket()));
+        assert!(mounts_under(&pod).is_empty());
+        // Reaps our child; nothing else is left to do.
+        share.stop().unwrap();
+    }
+
+    fn libc_erofs() -> i32 {
+        rustix::io::Errno::ROFS.raw_os_error()
+    }
+
     #[test]
     fn nothing_is_mounted_under_a_fresh_directory() {
         let dir = tempfile::tempdir().unwrap();
