@@ -256,3 +256,63 @@ fn volumes_reach_the_pod_vm_through_its_share() {
         },
     );
 }
+
+/// `[pod] volumes = false` leaves a pod as before the share (no virtiofsd, no share
+/// directory, no virtio-fs device, so no shared memfd for guest memory); and what the share
+/// costs at pod start: RunPodSandbox's time with and without it, and virtiofsd's memory,
+/// printed.
+#[test]
+fn without_volumes_a_pod_has_no_share_and_what_the_share_costs() {
+    in_guest_host(
+        "without_volumes_a_pod_has_no_share_and_what_the_share_costs",
+        Duration::from_secs(600),
+        || async {
+            for (round, volumes) in [false, true, false, true].into_iter().enumerate() {
+                let name = format!("cost-{round}");
+                let daemon = Daemon::start_with_config(&name, &format!("volumes = {volumes}\n"));
+                let mut c = daemon.connect().await;
+                let mut times = Vec::new();
+                let mut pods = Vec::new();
+                for i in 0..3 {
+                    let pod = pod_config(&format!("cost{i}"), &daemon.log_dir);
+                    let started = std::time::Instant::now();
+                    pods.push(run_pod(&mut c, pod).await);
+                    times.push(started.elapsed().as_millis());
+                }
+                let virtiofsd = virtiofsd_under(&daemon.root);
+                let rss: Vec<String> = virtiofsd
+                    .iter()
+                    .map(|pid| {
+                        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                            .unwrap_or_default();
+                        let line = status.lines().find(|l| l.starts_with("VmRSS:"));
+                        line.and_then(|l| l.split_whitespace().nth(1))
+                            .unwrap_or("?")
+                            .to_string()
+                    })
+                    .collect();
+                let log = daemon.log();
+                let boots: Vec<&str> = log
+                    .split("vmm_to_agent_ms")
+                    .skip(1)
+                    .filter_map(|rest| {
+                        let digits = rest.trim_start_matches(|c: char| !c.is_ascii_digit());
+                        digits.split(|c: char| !c.is_ascii_digit()).next()
+                    })
+                    .collect();
+                println!(
+                    "volumes = {volumes}: RunPodSandbox {times:?} ms, VMM start to agent \
+                     {boots:?} ms; virtiofsd RSS (KiB) {rss:?}"
+                );
+                for pod in &pods {
+                    let dir = daemon.root.join("sandboxes").join(pod);
+                    let vmm = std::fs::read_to_string(dir.join("vmm.json")).unwrap();
+                    let has_fs = vmm.contains("vpod-share");
+                    assert_eq!(dir.join("share").exists(), volumes);
+                    assert_eq!(has_fs, volumes, "{vmm}");
+                }
+                assert_eq!(virtiofsd.is_empty(), !volumes);
+            }
+        },
+    );
+}
