@@ -257,6 +257,21 @@ fn volumes_reach_the_pod_vm_through_its_share() {
     );
 }
 
+/// `text` without its ANSI colour sequences (ESC ... m).
+fn without_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_escape = false;
+    for c in text.chars() {
+        match (in_escape, c) {
+            (false, '\u{1b}') => in_escape = true,
+            (false, c) => out.push(c),
+            (true, 'm') => in_escape = false,
+            (true, _) => {}
+        }
+    }
+    out
+}
+
 /// `[pod] volumes = false` leaves a pod as before the share (no virtiofsd, no share
 /// directory, no virtio-fs device, so no shared memfd for guest memory); and what the share
 /// costs at pod start: RunPodSandbox's time with and without it, and virtiofsd's memory,
@@ -291,18 +306,18 @@ fn without_volumes_a_pod_has_no_share_and_what_the_share_costs() {
                             .to_string()
                     })
                     .collect();
-                let log = daemon.log();
-                let boots: Vec<&str> = log
-                    .split("vmm_to_agent_ms")
-                    .skip(1)
-                    .filter_map(|rest| {
-                        let digits = rest.trim_start_matches(|c: char| !c.is_ascii_digit());
-                        digits.split(|c: char| !c.is_ascii_digit()).next()
-                    })
-                    .collect();
+                let log = without_colours(&daemon.log());
+                let logged = |key: &str| -> Vec<String> {
+                    log.split(&format!(" {key}="))
+                        .skip(1)
+                        .filter_map(|rest| rest.split_whitespace().next().map(str::to_string))
+                        .collect()
+                };
                 println!(
-                    "volumes = {volumes}: RunPodSandbox {times:?} ms, VMM start to agent \
-                     {boots:?} ms; virtiofsd RSS (KiB) {rss:?}"
+                    "volumes = {volumes}: RunPodSandbox {times:?} ms, VMM start to agent {:?} \
+                     ms, share start and mount {:?} ms; virtiofsd RSS (KiB) {rss:?}",
+                    logged("vmm_to_agent_ms"),
+                    logged("share_ms"),
                 );
                 for pod in &pods {
                     let dir = daemon.root.join("sandboxes").join(pod);

@@ -172,6 +172,8 @@ pub struct BootTimings {
     pub vmm_to_init_ms: Option<f64>,
     /// The agent's ConfigureNetwork call (zero for a pod without a network).
     pub network: Duration,
+    /// Starting the pod's share (its virtiofsd) and the agent's MountShare (zero without).
+    pub share: Duration,
 }
 
 /// A running pod VM.
@@ -246,10 +248,12 @@ impl Sandbox {
         disk::create_writable_disk(&writable, config.writable_disk_bytes)?;
         let writable_serial = serial::writable_serial(&config.id);
         let disk_time = disk_started.elapsed();
+        let share_started = Instant::now();
         let share = match &config.share {
             Some(share) => Some(Share::start(&dir, share, config.die_with_parent).await?),
             None => None,
         };
+        let share_time = share_started.elapsed();
         // Stops a share a failed start made before the directory goes.
         let stop_share = |share: &Option<Share>| {
             if let Some(share) = share {
@@ -324,12 +328,15 @@ impl Sandbox {
                 vmm_to_agent,
                 vmm_to_init_ms,
                 network: Duration::ZERO,
+                share: share_time,
             },
             torn_down: false,
             kill_on_drop: true,
         };
         if sandbox.share.is_some() {
+            let mount_started = Instant::now();
             sandbox.mount_share().await?;
+            sandbox.timings.share += mount_started.elapsed();
         }
         if !config.network.is_empty() && !config.defer_network {
             sandbox.configure_network(&config.network).await?;

@@ -184,7 +184,7 @@ impl Runtime {
             .await
             .map_err(RuntimeError::BootTask);
         let sandbox = booted.and_then(|b| b.map_err(RuntimeError::from))?;
-        tracing::info!(pod = %id, vmm_pid = sandbox.vmm_pid(), vmm_to_agent_ms = sandbox.timings().vmm_to_agent.as_millis() as u64, "pod VM ready");
+        tracing::info!(pod = %id, vmm_pid = sandbox.vmm_pid(), vmm_to_agent_ms = sandbox.timings().vmm_to_agent.as_millis() as u64, share_ms = sandbox.timings().share.as_millis() as u64, "pod VM ready");
         Ok(sandbox)
     }
 }
