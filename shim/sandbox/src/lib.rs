@@ -3,10 +3,13 @@
 //! one `vpod-vmm` process, and a gRPC channel to the agent (vpod-init) in the guest. It
 //! attaches image layers to the VMM's empty disk slots and runs containers through the
 //! agent (see [`container`]). A pod with NICs ([`network`]) hands their taps to the VMM and
-//! has the agent configure the guest's side before [`Sandbox::start`] returns.
+//! has the agent configure the guest's side before [`Sandbox::start`] returns. A pod with a
+//! shared directory ([`share`]) runs a virtiofsd of its own beside the VMM, through which
+//! the runtime specs' bind mounts reach the containers.
 //!
 //! Every agent call has a deadline or races the VMM's exit, so a dead guest is an error.
-//! Dropping a sandbox that was not stopped kills its VMM by PID and removes its directory.
+//! Dropping a sandbox that was not stopped kills its VMM (and virtiofsd) by PID, unmounts
+//! what is mounted in its directory and removes it.
 
 mod agent;
 pub mod api;
