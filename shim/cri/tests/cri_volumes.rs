@@ -168,6 +168,31 @@ fn volumes_reach_the_pod_vm_through_its_share() {
                 "no read-only bind under the share: {binds:?}"
             );
 
+            // A container that may remount its own mounts read-write still cannot write: the
+            // host's side of the volume is read-only.
+            let mut admin = container_config("admin", &image, &["sleep", "3600"]);
+            admin.mounts = vec![mount("/config", &config, true)];
+            admin.linux = Some(LinuxContainerConfig {
+                security_context: Some(LinuxContainerSecurityContext {
+                    capabilities: Some(Capability {
+                        add_capabilities: vec!["SYS_ADMIN".into()],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            let admin = start_container(&mut c, &pod_id, &pod, admin).await;
+            let (out, err, _) = sh(
+                &mut c,
+                &admin,
+                "mount -o remount,rw /config && echo remounted; echo no > /config/new; echo $?",
+            )
+            .await;
+            assert_eq!(out, "remounted\n1\n", "{err}");
+            assert!(err.contains("Read-only file system"), "{err}");
+            assert!(!config.join("new").exists());
+
             // A change on the host (the atomic writer's swap) is seen within seconds.
             let (out, _, _) = sh(&mut c, &writer, "cat /config/key").await;
             assert_eq!(out, "one");
