@@ -46,11 +46,17 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// Bumped when a message or RPC changes meaning; a host refuses other majors.
 pub const PROTOCOL_MAJOR: u32 = 1;
 /// Bumped when fields or RPCs are added.
-pub const PROTOCOL_MINOR: u32 = 5;
+pub const PROTOCOL_MINOR: u32 = 6;
 /// The protocol minor that brought seccomp programs on CreateContainer: an older agent
 /// ignores them, so a host must not send them to one.
 pub const SECCOMP_MINOR: u32 = 5;
 const _: () = assert!(PROTOCOL_MINOR >= SECCOMP_MINOR);
+/// The protocol minor that brought MountShare and bind mounts from the pod's share: an
+/// older agent cannot mount the share, so a host must not give its pod volumes.
+pub const SHARE_MINOR: u32 = 6;
+const _: () = assert!(PROTOCOL_MINOR >= SHARE_MINOR);
+/// Where the agent mounts the pod's virtio-fs share (MountShare).
+pub const SHARE_GUEST_DIR: &str = "/run/vpod/share";
 
 /// Why the host must not talk to an agent.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -16,6 +16,7 @@ pub mod reaper;
 pub mod rootfs;
 pub mod service;
 pub mod setup;
+pub mod share;
 pub mod spawn;
 pub mod spawn_pod;
 pub mod spec;

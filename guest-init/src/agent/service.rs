@@ -17,6 +17,7 @@ use super::network::{self, Rtnetlink};
 use super::portforward;
 use super::process_io::{ProcessOutput, OUTPUT_QUEUE};
 use super::reaper::ExitStatus;
+use super::share;
 use super::stdio::Stream as StdioStream;
 
 pub struct AgentService {
@@ -255,6 +256,18 @@ impl vpod_proto::Agent for AgentService {
         let config = convert::network_request(request.into_inner())?;
         network::configure(&Rtnetlink::connect()?, &config).await?;
         Ok(Response::new(v1::ConfigureNetworkResponse {}))
+    }
+
+    async fn mount_share(
+        &self,
+        request: Request<v1::MountShareRequest>,
+    ) -> Result<Response<v1::MountShareResponse>, Status> {
+        let tag = request.into_inner().tag;
+        match share::mount_share(&tag) {
+            Ok(()) => Ok(Response::new(v1::MountShareResponse {})),
+            Err(e @ share::ShareError::BadTag(_)) => Err(Status::invalid_argument(e.to_string())),
+            Err(e) => Err(Status::internal(vpod_proto::error_chain(&e))),
+        }
     }
 }
 

@@ -18,6 +18,8 @@
 //! writable_disk_mib = 1024
 //! agent_timeout_secs = 60
 //! max_concurrent_boots = 0   # 0: the host's CPU count
+//! volumes = true              # each pod gets a shared directory (a virtiofsd) for mounts
+//! virtiofsd = "/usr/lib/qemu/virtiofsd"
 //!
 //! [network]
 //! conf_dir = "/etc/cni/net.d"             # the first configuration here is the pods' network
@@ -200,6 +202,12 @@ pub struct PodSizing {
     /// Pods booting at the same time; more RunPodSandbox calls wait their turn. 0: the
     /// host's CPU count.
     pub max_concurrent_boots: usize,
+    /// Give every pod a shared directory (a virtiofsd of its own, guest memory in a shared
+    /// memfd) through which CRI mounts, directories included, reach its containers. Off:
+    /// no virtiofsd, small regular files are copied in and directory mounts are refused.
+    pub volumes: bool,
+    /// The virtiofsd binary (QEMU's C virtiofsd options); Debian's path when unset.
+    pub virtiofsd: Option<PathBuf>,
 }
 
 impl Default for PodSizing {
@@ -215,6 +223,8 @@ impl Default for PodSizing {
             writable_disk_mib: 1024,
             agent_timeout_secs: 60,
             max_concurrent_boots: 0,
+            volumes: true,
+            virtiofsd: None,
         }
     }
 }

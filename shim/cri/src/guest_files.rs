@@ -2,9 +2,10 @@
 //! when the pod has a DNS config, `/etc/resolv.conf`; and CRI mounts of small regular host
 //! files (the kubelet's /etc/hosts, /dev/termination-log, ...) copied in at creation.
 //!
-//! A VM shares no filesystem with the host, so a mount is a copy taken when the container
-//! is created: later changes on either side are not seen by the other. Directory mounts
-//! (volumes) cannot be copied this way and are reported as skipped.
+//! Mounts go through the pod's shared directory (`[pod] volumes`, the default). Without
+//! one, a VM shares no filesystem with the host and a file mount is a copy taken when the
+//! container is created: later changes on either side are not seen by the other. Directory
+//! mounts cannot be copied this way and are reported as skipped.
 
 use std::io::Read;
 use std::path::Path;
@@ -147,16 +148,19 @@ mod tests {
                 container_path: "/etc/hosts".into(),
                 host_path: hosts.display().to_string(),
                 readonly: false,
+                host_to_container: false,
             },
             MountRecord {
                 container_path: "/data".into(),
                 host_path: dir.path().display().to_string(),
                 readonly: false,
+                host_to_container: false,
             },
             MountRecord {
                 container_path: "/missing".into(),
                 host_path: dir.path().join("nope").display().to_string(),
                 readonly: true,
+                host_to_container: false,
             },
         ];
         let (files, skipped) = container_files(&pod(), &mounts);

@@ -98,11 +98,11 @@ fn a_pod_runs_a_container_whose_log_exec_and_stats_work_and_removal_leaves_nothi
                 .await
                 .unwrap_err();
             assert_eq!(conflict.code(), Code::AlreadyExists, "{conflict:?}");
-            // A directory volume cannot reach the VM yet: refused, not started without it.
+            // A volume whose host path is missing: refused, not started without it.
             let mut with_dir = container_config("dir-volume", &image_id, &["true"]);
             with_dir.mounts = vec![Mount {
                 container_path: "/data".into(),
-                host_path: daemon.log_dir.display().to_string(),
+                host_path: daemon.log_dir.join("missing").display().to_string(),
                 ..Default::default()
             }];
             let refused = create_container(&mut c, &pod_id, &pod, with_dir)

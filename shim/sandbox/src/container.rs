@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use vpod_proto::v1::{
-    wait_container_response::Status, ExecSyncRequest, ReadStdioRequest, RemoveContainerRequest,
-    SignalContainerRequest, StartContainerRequest, WaitContainerRequest,
+    wait_container_response::Status, ExecSyncRequest, Mount, ReadStdioRequest,
+    RemoveContainerRequest, SignalContainerRequest, StartContainerRequest, WaitContainerRequest,
 };
 
 use oci_spec::runtime::Spec;
@@ -13,7 +13,8 @@ use oci_spec::runtime::Spec;
 use super::agent::{call, AgentError};
 use super::output::{ContainerOutput, ExecResult};
 use super::serial::layer_serial;
-use super::wire::create_request;
+use super::wire::{create_request, volumes};
+use super::SpecError;
 use super::{Sandbox, SandboxError};
 use vpod_image::ImageLayer;
 
@@ -47,8 +48,11 @@ pub enum RootfsSource {
 /// defaults, containerd's) and namespaces: without a PID namespace of its own the container
 /// joins the pod's. The [`GROUP_NAME_ANNOTATION`](vpod_image::runtime_spec::GROUP_NAME_ANNOTATION)
 /// names a group for the guest to look up. The seccomp profile is compiled here and applied
-/// by the guest to the process and every exec ([`seccomp`](crate::seccomp)). Mounts and
-/// namespaces joined by path are refused ([`SpecError`](crate::SpecError)).
+/// by the guest to the process and every exec ([`seccomp`](crate::seccomp)). Bind mounts
+/// (`bind`/`rbind`, `ro`, `nosuid`/`nodev`/`noexec`, private or slave propagation) are
+/// bound under the pod's shared directory ([`share`](crate::share)) and bound again by the
+/// guest into the container; a pod without a share, other mount types, shared propagation
+/// and namespaces joined by path are refused ([`SpecError`](crate::SpecError)).
 #[derive(Debug, Clone)]
 pub struct ContainerSpec {
     /// `[A-Za-z0-9][A-Za-z0-9_.-]{0,127}`, unique in the pod.
@@ -107,6 +111,7 @@ impl Sandbox {
         }
         request.stdin = spec.stdin.open;
         request.stdin_once = spec.stdin.open && spec.stdin.once;
+        request.mounts = self.bind_volumes(&spec.id, &spec.spec)?;
         let RootfsSource::Layers(layers) = &spec.rootfs;
         let mut serials = Vec::new();
         let attached = self.attach_layers(layers, &mut serials).await;
@@ -134,8 +139,53 @@ impl Sandbox {
             }
             Err(e) => {
                 self.release_layers(&serials).await;
+                self.unbind_volumes(&spec.id);
                 Err(e)
             }
+        }
+    }
+
+    /// Binds the spec's volumes under the pod's share (`c/<id>/<n>`); the agent's mounts
+    /// of them. On failure nothing of the container's is left bound.
+    fn bind_volumes(&self, id: &str, spec: &Spec) -> Result<Vec<Mount>, SandboxError> {
+        let volumes = volumes(spec)?;
+        if volumes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(share) = &self.share else {
+            let targets: Vec<&str> = volumes.iter().map(|v| v.destination.as_str()).collect();
+            return Err(SpecError::Mounts(targets.join(", ")).into());
+        };
+        if self.agent_minor < vpod_proto::SHARE_MINOR {
+            return Err(SandboxError::AgentTooOld {
+                what: "volumes",
+                agent_minor: self.agent_minor,
+                needed: vpod_proto::SHARE_MINOR,
+            });
+        }
+        let mut mounts = Vec::new();
+        for (index, volume) in volumes.into_iter().enumerate() {
+            match share.bind(id, index, &volume.bind) {
+                Ok(relative) => mounts.push(Mount {
+                    source: format!("{}/{relative}", vpod_proto::SHARE_GUEST_DIR),
+                    destination: volume.destination,
+                    r#type: "bind".to_string(),
+                    options: volume.guest_options,
+                }),
+                Err(e) => {
+                    self.unbind_volumes(id);
+                    return Err(SandboxError::Volume(volume.destination, e));
+                }
+            }
+        }
+        Ok(mounts)
+    }
+
+    /// Unmounts the container's volumes from the share (a failure leaves them to the pod's
+    /// removal, which unmounts everything under its directory).
+    fn unbind_volumes(&self, id: &str) {
+        if let Some(share) = &self.share {
+            let _ = share.unbind_container(id);
         }
     }
 
@@ -342,7 +392,12 @@ impl Sandbox {
         .await?;
         let serials = self.containers.remove(id).unwrap_or_default();
         self.release_layers(&serials).await;
-        self.persist()
+        let unbound = match &self.share {
+            Some(share) => share.unbind_container(id).map_err(SandboxError::from),
+            None => Ok(()),
+        };
+        self.persist()?;
+        unbound
     }
 
     /// Ids of the containers created in this pod and not removed.

@@ -3,10 +3,13 @@
 //! one `vpod-vmm` process, and a gRPC channel to the agent (vpod-init) in the guest. It
 //! attaches image layers to the VMM's empty disk slots and runs containers through the
 //! agent (see [`container`]). A pod with NICs ([`network`]) hands their taps to the VMM and
-//! has the agent configure the guest's side before [`Sandbox::start`] returns.
+//! has the agent configure the guest's side before [`Sandbox::start`] returns. A pod with a
+//! shared directory ([`share`]) runs a virtiofsd of its own beside the VMM, through which
+//! the runtime specs' bind mounts reach the containers.
 //!
 //! Every agent call has a deadline or races the VMM's exit, so a dead guest is an error.
-//! Dropping a sandbox that was not stopped kills its VMM by PID and removes its directory.
+//! Dropping a sandbox that was not stopped kills its VMM (and virtiofsd) by PID, unmounts
+//! what is mounted in its directory and removes it.
 
 mod agent;
 pub mod api;
@@ -19,6 +22,7 @@ pub mod output;
 mod runtime_ops;
 pub mod seccomp;
 mod serial;
+pub mod share;
 pub mod vmm;
 mod wire;
 
@@ -28,7 +32,7 @@ use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
-use vpod_proto::vmm::DiskConfig;
+use vpod_proto::vmm::{DiskConfig, FsConfig};
 use vpod_proto::AgentClient;
 
 use vpod_proto::error_chain;
@@ -40,10 +44,12 @@ pub use disk::DiskError;
 pub use output::{
     ContainerOutput, ContainerStats, ExecResult, GuestInfo, OutputChunk, OutputStream,
 };
+pub use share::{ShareConfig, ShareError};
 pub use wire::SpecError;
 
 use layers::AttachedLayers;
 use network::GuestNetwork;
+use share::Share;
 use vmm::{file_tail, VmmLaunch, VmmProcess};
 
 /// What a pod's VM is made of.
@@ -73,6 +79,9 @@ pub struct SandboxConfig {
     /// Attach the NICs at boot but leave the guest's side of them to a later
     /// [`Sandbox::configure_network`]: for a front end that runs CNI while the VM boots.
     pub defer_network: bool,
+    /// A shared directory for the pod's volumes (a virtiofsd of its own; see [`share`]):
+    /// without one, a container's runtime spec may have no mounts.
+    pub share: Option<ShareConfig>,
 }
 
 impl SandboxConfig {
@@ -99,6 +108,7 @@ impl SandboxConfig {
             die_with_parent: true,
             network: GuestNetwork::default(),
             defer_network: false,
+            share: None,
         }
     }
 }
@@ -136,6 +146,10 @@ pub enum SandboxError {
     Api(#[from] VmmApiError),
     #[error(transparent)]
     Spec(#[from] SpecError),
+    #[error("the pod's shared directory failed")]
+    Share(#[from] ShareError),
+    #[error("the volume on {0} could not be bound into the pod's shared directory")]
+    Volume(String, #[source] ShareError),
     #[error("the pod has no empty disk slot for layer {0} ({1} slots)")]
     NoFreeSlot(String, u32),
     #[error("no container {0:?} in this pod")]
@@ -161,6 +175,8 @@ pub struct BootTimings {
     pub vmm_to_init_ms: Option<f64>,
     /// The agent's ConfigureNetwork call (zero for a pod without a network).
     pub network: Duration,
+    /// Starting the pod's share (its virtiofsd) and the agent's MountShare (zero without).
+    pub share: Duration,
 }
 
 /// A running pod VM.
@@ -178,6 +194,8 @@ pub struct Sandbox {
     layers: AttachedLayers,
     /// Container id to the layer serials it uses.
     containers: HashMap<String, Vec<String>>,
+    /// The pod's shared directory, if it has one.
+    share: Option<Share>,
     rpc_timeout: Duration,
     timings: BootTimings,
     torn_down: bool,
@@ -194,6 +212,9 @@ struct SandboxState {
     layer_slots: u32,
     layers: AttachedLayers,
     containers: HashMap<String, Vec<String>>,
+    /// The pod's virtiofsd, when it has a shared directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    virtiofsd_pid: Option<u32>,
 }
 
 const STATE_FILE: &str = "sandbox.json";
@@ -230,6 +251,18 @@ impl Sandbox {
         disk::create_writable_disk(&writable, config.writable_disk_bytes)?;
         let writable_serial = serial::writable_serial(&config.id);
         let disk_time = disk_started.elapsed();
+        let share_started = Instant::now();
+        let share = match &config.share {
+            Some(share) => Some(Share::start(&dir, share, config.die_with_parent).await?),
+            None => None,
+        };
+        let share_time = share_started.elapsed();
+        // Stops a share a failed start made before the directory goes.
+        let stop_share = |share: &Option<Share>| {
+            if let Some(share) = share {
+                let _ = share.stop();
+            }
+        };
 
         let launch = VmmLaunch {
             program: config.vmm.clone(),
@@ -240,6 +273,10 @@ impl Sandbox {
             disk_slots: config.layer_slots,
             disks: vec![DiskConfig::path(&writable).serial(&writable_serial)],
             nics: config.network.nics.clone(),
+            fs: share
+                .iter()
+                .map(|s| FsConfig::new(s.socket(), share::SHARE_TAG))
+                .collect(),
             console_log: dir.join("console.log"),
             vsock_socket: dir.join("vsock.sock"),
             api_socket: dir.join("api.sock"),
@@ -248,11 +285,18 @@ impl Sandbox {
             die_with_parent: config.die_with_parent,
         };
         let vmm_started = Instant::now();
-        let vmm = launch
-            .spawn()
-            .map_err(|e| SandboxError::Spawn(config.vmm.clone(), e))?;
-        std::fs::write(dir.join("vmm.pid"), vmm.pid().to_string())
-            .map_err(|e| SandboxError::Dir(dir.clone(), e))?;
+        let vmm = match launch.spawn() {
+            Ok(vmm) => vmm,
+            Err(e) => {
+                stop_share(&share);
+                return Err(SandboxError::Spawn(config.vmm.clone(), e));
+            }
+        };
+        if let Err(e) = std::fs::write(dir.join("vmm.pid"), vmm.pid().to_string()) {
+            vmm.kill_and_reap();
+            stop_share(&share);
+            return Err(SandboxError::Dir(dir.clone(), e));
+        }
         let agent::CheckedAgent {
             client: agent,
             minor: agent_minor,
@@ -260,6 +304,7 @@ impl Sandbox {
             Ok(agent) => agent,
             Err(e) => {
                 vmm.kill_and_reap();
+                stop_share(&share);
                 return Err(e);
             }
         };
@@ -279,16 +324,23 @@ impl Sandbox {
             layer_slots: config.layer_slots,
             layers: AttachedLayers::default(),
             containers: HashMap::new(),
+            share,
             rpc_timeout: config.rpc_timeout,
             timings: BootTimings {
                 disk: disk_time,
                 vmm_to_agent,
                 vmm_to_init_ms,
                 network: Duration::ZERO,
+                share: share_time,
             },
             torn_down: false,
             kill_on_drop: true,
         };
+        if sandbox.share.is_some() {
+            let mount_started = Instant::now();
+            sandbox.mount_share().await?;
+            sandbox.timings.share += mount_started.elapsed();
+        }
         if !config.network.is_empty() && !config.defer_network {
             sandbox.configure_network(&config.network).await?;
         }
@@ -314,6 +366,27 @@ impl Sandbox {
         .await?;
         self.timings.network = started.elapsed();
         Ok(())
+    }
+
+    /// Has the agent mount the pod's share (an agent too old for it is an error).
+    async fn mount_share(&self) -> Result<(), SandboxError> {
+        if self.agent_minor < vpod_proto::SHARE_MINOR {
+            return Err(SandboxError::AgentTooOld {
+                what: "a shared directory",
+                agent_minor: self.agent_minor,
+                needed: vpod_proto::SHARE_MINOR,
+            });
+        }
+        let mut agent = self.agent.clone();
+        let request = vpod_proto::v1::MountShareRequest {
+            tag: share::SHARE_TAG.to_string(),
+        };
+        self.guarded(
+            "mounting the shared directory",
+            agent::call("MountShare", self.rpc_timeout, agent.mount_share(request)),
+        )
+        .await
+        .map(drop)
     }
 
     /// Opens the running pod `id` that another `vpod` started and left running.
@@ -347,6 +420,7 @@ impl Sandbox {
             rpc_timeout,
         )
         .await?;
+        let share = state.virtiofsd_pid.map(|pid| Share::adopt(&dir, pid));
         Ok(Sandbox {
             id: state.id,
             api: VmmApi::new(dir.join("api.sock")),
@@ -358,6 +432,7 @@ impl Sandbox {
             layer_slots: state.layer_slots,
             layers: state.layers,
             containers: state.containers,
+            share,
             rpc_timeout,
             timings: BootTimings::default(),
             torn_down: false,
@@ -380,6 +455,7 @@ impl Sandbox {
             layer_slots: self.layer_slots,
             layers: self.layers.clone(),
             containers: self.containers.clone(),
+            virtiofsd_pid: self.share.as_ref().map(Share::virtiofsd_pid),
         };
         let path = self.dir.join(STATE_FILE);
         let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
@@ -440,6 +516,12 @@ impl Sandbox {
         }
         self.torn_down = true;
         self.vmm.kill_and_reap();
+        if let Some(share) = &self.share {
+            share.stop()?;
+        }
+        // Whatever is still mounted in the pod's directory (a share of an older state file)
+        // is unmounted first: removing the directory must never reach into a volume.
+        share::unmount_under(&self.dir)?;
         std::fs::remove_dir_all(&self.dir).map_err(|e| SandboxError::Dir(self.dir.clone(), e))
     }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal};
 use vpod_proto::vmm::config::DEFAULT_GUEST_CID;
-use vpod_proto::vmm::{Console, DiskConfig, NetConfig, TapSource, VmConfig, VsockConfig};
+use vpod_proto::vmm::{Console, DiskConfig, FsConfig, NetConfig, TapSource, VmConfig, VsockConfig};
 
 use crate::network::Nic;
 
@@ -29,6 +29,8 @@ pub struct VmmLaunch {
     pub disks: Vec<DiskConfig>,
     /// The NICs, in the order the guest finds them: their taps are inherited.
     pub nics: Vec<Nic>,
+    /// virtio-fs shares (the pod's share, when it has one).
+    pub fs: Vec<FsConfig>,
     pub console_log: PathBuf,
     pub vsock_socket: PathBuf,
     pub api_socket: PathBuf,
@@ -65,6 +67,7 @@ impl VmmLaunch {
                     mac: Some(nic.interface.mac.to_string()),
                 })
                 .collect(),
+            fs: self.fs.clone(),
             console: Console::File(self.console_log.clone()),
             vsock: Some(VsockConfig {
                 uds_path: self.vsock_socket.clone(),
@@ -283,6 +286,7 @@ mod tests {
             disk_slots: 8,
             disks: vec![DiskConfig::path("/pod/writable.img").serial("rw-p1")],
             nics: Vec::new(),
+            fs: vec![FsConfig::new("/pod/fs.sock", "vpod-share")],
             console_log: "/pod/console.log".into(),
             vsock_socket: "/pod/vsock.sock".into(),
             api_socket: "/pod/api.sock".into(),
@@ -313,6 +317,7 @@ mod tests {
         assert_eq!(config.api_socket, Some(PathBuf::from("/pod/api.sock")));
         assert!(config.init_args.is_empty());
         assert!(config.net.is_empty());
+        assert_eq!(config.fs, [FsConfig::new("/pod/fs.sock", "vpod-share")]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -345,6 +350,7 @@ mod tests {
             disk_slots: 0,
             disks: Vec::new(),
             nics: vec![eth0, eth1],
+            fs: Vec::new(),
             console_log: "/pod/console.log".into(),
             vsock_socket: "/pod/vsock.sock".into(),
             api_socket: "/pod/api.sock".into(),

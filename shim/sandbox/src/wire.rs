@@ -8,6 +8,7 @@ use vpod_proto::v1;
 use crate::container::ContainerFile;
 use crate::network::GuestNetwork;
 use crate::seccomp::{self, SeccompError};
+use crate::share::{Propagation, VolumeBind};
 
 /// A runtime spec the guest cannot run as it is.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -18,8 +19,14 @@ pub enum SpecError {
     NoArgs,
     #[error("the runtime spec's process cwd {0:?} is not absolute")]
     RelativeCwd(String),
-    #[error("the runtime spec has mounts ({0}); vpod does not pass volumes into the guest yet")]
+    #[error("the runtime spec has mounts ({0}) but the pod has no shared directory for volumes")]
     Mounts(String),
+    #[error("the mount on {destination} is of type {kind:?}; only bind mounts reach the guest")]
+    MountType { destination: String, kind: String },
+    #[error("the mount on {0} asks for shared (bidirectional) propagation, which cannot cross into a VM")]
+    SharedPropagation(String),
+    #[error("the mount on {0} has no source")]
+    NoSource(String),
     #[error("the runtime spec's seccomp profile cannot be applied")]
     Seccomp(#[source] SeccompError),
     #[error("the runtime spec joins an existing {0} namespace by path, which the guest cannot do")]
@@ -44,13 +51,8 @@ pub(crate) fn create_request(
     if !cwd.starts_with('/') {
         return Err(SpecError::RelativeCwd(cwd));
     }
-    if let Some(mounts) = spec.mounts().as_ref().filter(|m| !m.is_empty()) {
-        let targets: Vec<String> = mounts
-            .iter()
-            .map(|m| m.destination().display().to_string())
-            .collect();
-        return Err(SpecError::Mounts(targets.join(", ")));
-    }
+    // The mounts are checked here; the caller binds them under the pod's share.
+    volumes(spec)?;
     let linux = spec.linux().clone().unwrap_or_default();
     let seccomp_filters = match linux.seccomp() {
         Some(profile) => seccomp::compile(profile).map_err(SpecError::Seccomp)?,
@@ -131,6 +133,60 @@ pub(crate) fn create_request(
         seccomp_filters,
         ..Default::default()
     })
+}
+
+/// One of the spec's bind mounts: its host side and the options the guest's bind keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Volume {
+    pub destination: String,
+    pub bind: VolumeBind,
+    /// For the agent: "bind" or "rbind", "ro", and nosuid, nodev, noexec as asked.
+    pub guest_options: Vec<String>,
+}
+
+/// The spec's mounts as volumes: bind mounts only ("bind" type or a bind option), with
+/// private or slave propagation (shared cannot cross into a VM).
+pub(crate) fn volumes(spec: &Spec) -> Result<Vec<Volume>, SpecError> {
+    let mut volumes = Vec::new();
+    for mount in spec.mounts().iter().flatten() {
+        let destination = mount.destination().display().to_string();
+        let options = mount.options().clone().unwrap_or_default();
+        let has = |name: &str| options.iter().any(|o| o == name);
+        let kind = mount.typ().clone().unwrap_or_default();
+        if kind != "bind" && !has("bind") && !has("rbind") {
+            return Err(SpecError::MountType { destination, kind });
+        }
+        if has("shared") || has("rshared") {
+            return Err(SpecError::SharedPropagation(destination));
+        }
+        let Some(source) = mount.source().clone() else {
+            return Err(SpecError::NoSource(destination));
+        };
+        let recursive = has("rbind");
+        let readonly = has("ro");
+        let mut guest_options = vec![if recursive { "rbind" } else { "bind" }.to_string()];
+        guest_options.extend(
+            ["ro", "nosuid", "nodev", "noexec"]
+                .into_iter()
+                .filter(|o| has(o))
+                .map(str::to_string),
+        );
+        volumes.push(Volume {
+            destination,
+            bind: VolumeBind {
+                source,
+                readonly,
+                recursive,
+                propagation: if has("slave") || has("rslave") {
+                    Propagation::Slave
+                } else {
+                    Propagation::Private
+                },
+            },
+            guest_options,
+        });
+    }
+    Ok(volumes)
 }
 
 /// The agent's cgroup limits from the spec's resources; what is unset stays 0 (none).
@@ -292,16 +348,77 @@ mod tests {
         assert_eq!(limits.memory_limit_bytes, 64 << 20);
     }
 
+    fn with_mounts(mounts: Vec<oci_spec::runtime::Mount>) -> Spec {
+        let mut spec = spec();
+        spec.set_mounts(Some(mounts));
+        spec
+    }
+
+    fn bind(destination: &str, source: &str, options: &[&str]) -> oci_spec::runtime::Mount {
+        MountBuilder::default()
+            .destination(destination)
+            .source(source)
+            .typ("bind")
+            .options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn bind_mounts_become_volumes_with_their_guest_options() {
+        let spec = with_mounts(vec![
+            bind("/data", "/srv/data", &["rbind", "rprivate", "rw"]),
+            bind(
+                "/config",
+                "/srv/config",
+                &["bind", "ro", "rslave", "nosuid"],
+            ),
+        ]);
+        assert!(create_request("c", &spec, Vec::new(), Vec::new(), "w".into()).is_ok());
+        let volumes = volumes(&spec).unwrap();
+        assert_eq!(
+            volumes[0],
+            Volume {
+                destination: "/data".into(),
+                bind: VolumeBind {
+                    source: "/srv/data".into(),
+                    readonly: false,
+                    recursive: true,
+                    propagation: Propagation::Private,
+                },
+                guest_options: vec!["rbind".into()],
+            }
+        );
+        assert_eq!(
+            volumes[1].bind,
+            VolumeBind {
+                source: "/srv/config".into(),
+                readonly: true,
+                recursive: false,
+                propagation: Propagation::Slave,
+            }
+        );
+        assert_eq!(volumes[1].guest_options, ["bind", "ro", "nosuid"]);
+    }
+
     #[test]
     fn what_the_guest_cannot_do_is_refused_by_name() {
-        let mut with_mount = spec();
-        with_mount.set_mounts(Some(vec![MountBuilder::default()
-            .destination("/data")
-            .build()
-            .unwrap()]));
+        let shared = with_mounts(vec![bind("/data", "/srv", &["rbind", "rshared"])]);
         assert_eq!(
-            create_request("c", &with_mount, Vec::new(), Vec::new(), "w".into()),
-            Err(SpecError::Mounts("/data".into()))
+            create_request("c", &shared, Vec::new(), Vec::new(), "w".into()),
+            Err(SpecError::SharedPropagation("/data".into()))
+        );
+        let tmpfs = with_mounts(vec![MountBuilder::default()
+            .destination("/scratch")
+            .typ("tmpfs")
+            .build()
+            .unwrap()]);
+        assert_eq!(
+            create_request("c", &tmpfs, Vec::new(), Vec::new(), "w".into()),
+            Err(SpecError::MountType {
+                destination: "/scratch".into(),
+                kind: "tmpfs".into()
+            })
         );
         let mut no_process = spec();
         no_process.set_process(None);

@@ -8,6 +8,7 @@ use tokio::sync::watch;
 use super::{Container, ContainerError, ContainerManager, Phase};
 use crate::agent::in_root::RootDir;
 use crate::agent::rootfs;
+use crate::agent::share;
 use crate::agent::spec::ContainerSpec;
 use crate::agent::stdio::{StdioBuffer, RING_CAPACITY};
 use crate::agent::users::{self, UserRequest};
@@ -32,6 +33,10 @@ impl ContainerManager {
 
     fn prepare(&self, mut spec: ContainerSpec) -> Result<Container, ContainerError> {
         let id = spec.id.clone();
+        for mount in spec.mounts.iter().filter(|m| m.is_bind()) {
+            share::check_bind_source(&mount.source)
+                .map_err(|e| ContainerError::Share(id.clone(), e))?;
+        }
         let prepared = {
             let mut state = self.mount_state();
             let state = &mut *state;

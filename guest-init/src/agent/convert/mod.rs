@@ -14,6 +14,7 @@ pub use network::network_request;
 use super::cgroup::CgroupLimits;
 use super::container::ContainerError;
 use super::rootfs::RootfsSource;
+use super::share;
 use super::spec::{self, ContainerSpec, FileSpec, MountSpec, ProcessSpec, RlimitSpec};
 
 /// A request field that cannot be used, named as in agent.proto.
@@ -144,6 +145,18 @@ pub fn create_request(request: v1::CreateContainerRequest) -> Result<ContainerSp
                 ));
             }
             let (flags, data) = spec::parse_mount_options(&m.r#type, &m.options);
+            if flags & libc::MS_BIND != 0 && share::below_share(&m.source).is_none() {
+                return Err(invalid(
+                    "mounts",
+                    format!(
+                        "the bind mount on {:?} has the source {:?}, which is not a clean path \
+                         under {}",
+                        m.destination,
+                        m.source,
+                        vpod_proto::SHARE_GUEST_DIR
+                    ),
+                ));
+            }
             Ok(MountSpec {
                 source: m.source.clone(),
                 destination: m.destination.clone(),
@@ -350,7 +363,7 @@ impl From<ContainerError> for Status {
             ContainerError::Rootfs(_, super::rootfs::RootfsError::NoSuchDisk(_)) => {
                 Status::failed_precondition(message)
             }
-            ContainerError::Setup(..) | ContainerError::User(..) => {
+            ContainerError::Setup(..) | ContainerError::User(..) | ContainerError::Share(..) => {
                 Status::invalid_argument(message)
             }
             ContainerError::Files(_, crate::agent::in_root::InRootError::BadPath(_)) => {
@@ -411,6 +424,28 @@ mod tests {
                         destination: "/a/../b".into(),
                         r#type: "tmpfs".into(),
                         ..Default::default()
+                    }]
+                }),
+            ),
+            (
+                "mounts",
+                Box::new(|r| {
+                    r.mounts = vec![v1::Mount {
+                        source: "/run/vpod/share/../../../etc".into(),
+                        destination: "/etc-of-the-guest".into(),
+                        r#type: "bind".into(),
+                        options: vec!["rbind".into()],
+                    }]
+                }),
+            ),
+            (
+                "mounts",
+                Box::new(|r| {
+                    r.mounts = vec![v1::Mount {
+                        source: "/".into(),
+                        destination: "/guest-root".into(),
+                        r#type: "none".into(),
+                        options: vec!["bind".into()],
                     }]
                 }),
             ),

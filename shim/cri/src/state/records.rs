@@ -172,6 +172,9 @@ pub struct MountRecord {
     pub container_path: String,
     pub host_path: String,
     pub readonly: bool,
+    /// Mounts made later under the host path reach the container (HostToContainer).
+    #[serde(default)]
+    pub host_to_container: bool,
 }
 
 /// A pod record for tests.

@@ -260,6 +260,13 @@ impl Drop for Daemon {
         for pid in self.vmm_pids() {
             send_signal(pid, Signal::KILL);
         }
+        // A pod's share: its virtiofsd killed and its mounts gone before the removal.
+        for pod in self.sandbox_dirs() {
+            let dir = self.root.join("sandboxes").join(pod);
+            if let Err(e) = vpod_sandbox::share::destroy_leftovers(&dir) {
+                eprintln!("cleaning up {}: {e}", dir.display());
+            }
+        }
         if std::thread::panicking() {
             eprintln!("--- vpod-cri log\n{}", self.log());
         }

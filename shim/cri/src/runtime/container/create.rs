@@ -7,16 +7,16 @@ use std::path::{Component, Path};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use vpod_sandbox::{ContainerSpec, ContainerStdin, RootfsSource, SandboxError};
+use vpod_sandbox::{ContainerSpec, ContainerStdin, RootfsSource, SandboxError, ShareError};
 
-use super::spec::container_spec;
+use super::spec::{bind_mounts, container_spec};
 use crate::guest_files::container_files;
 use crate::logformat::now_ns;
 use crate::runtime::{
-    container_name_key, lock, pod_not_ready, Container, ContainerEventKind, Pod, Runtime,
-    RuntimeError,
+    container_name_key, error_chain, lock, pod_not_ready, Container, ContainerEventKind, Pod,
+    Runtime, RuntimeError,
 };
-use crate::state::{ContainerPhase, ContainerRecord, ContainerSettings, PodPhase};
+use crate::state::{ContainerPhase, ContainerRecord, ContainerSettings, MountRecord, PodPhase};
 
 /// A validated CreateContainer request: the settings its record keeps and what only goes
 /// into the runtime spec.
@@ -133,19 +133,26 @@ impl Runtime {
                 settings.image
             )));
         };
-        // A container must not start without a volume it asked for: refuse what cannot be
-        // given to the VM (directories until volumes are shared) before anything is made.
-        let (files, refused) = container_files(&pod_record, &settings.mounts);
+        // With the pod's shared directory every mount is a bind through it; without, a
+        // container must not start without a volume it asked for: refuse what cannot be
+        // copied into the VM (directories) before anything is made.
+        let volumes = self.config.pod.volumes;
+        let copied: &[MountRecord] = if volumes { &[] } else { &settings.mounts };
+        let (files, refused) = container_files(&pod_record, copied);
         if let Some(mount) = refused.first() {
             return Err(RuntimeError::invalid(
                 "config.mounts",
                 format!(
-                    "the mount at {} cannot be given to a VM pod: {}",
+                    "the mount at {} cannot be given to a VM pod without volumes \
+                     ([pod] volumes = false): {}",
                     mount.container_path, mount.why
                 ),
             ));
         }
-        let runtime_spec = container_spec(&image.image.config, &request, &pod_record, user)?;
+        let mut runtime_spec = container_spec(&image.image.config, &request, &pod_record, user)?;
+        if volumes {
+            runtime_spec.set_mounts(Some(bind_mounts(&settings.mounts)?));
+        }
         let name_key = container_name_key(&pod.id, settings);
         if !self.reserve_name(name_key.clone()) {
             return Err(RuntimeError::AlreadyExists(format!(
@@ -205,6 +212,9 @@ impl Runtime {
             match slot.as_mut() {
                 Some(sandbox) => sandbox.create_container(spec).await.map_err(|e| match e {
                     SandboxError::Spec(m) => RuntimeError::invalid("config", m.to_string()),
+                    e @ SandboxError::Volume(_, ShareError::Source(..)) => {
+                        RuntimeError::invalid("config.mounts", error_chain(&e))
+                    }
                     other => other.into(),
                 }),
                 None => Err(pod_not_ready(&pod.id)),

@@ -7,7 +7,7 @@
 
 use oci_spec::runtime::{
     LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceType, LinuxResources, LinuxResourcesBuilder,
-    Spec,
+    Mount, MountBuilder, Spec,
 };
 use vpod_image::runtime_spec::{
     capability_set, change_capabilities, runtime_spec, ProcessOverrides, RuntimeSpecError,
@@ -16,7 +16,45 @@ use vpod_image::ImageConfig;
 
 use super::CreateContainer;
 use crate::runtime::{error_chain, RuntimeError};
-use crate::state::{ContainerLimits, PodRecord};
+use crate::state::{ContainerLimits, MountRecord, PodRecord};
+
+/// The CRI mounts as the runtime spec's bind mounts, as containerd makes them: recursive,
+/// read-only when asked, private or (HostToContainer) slave. The sandbox binds them through
+/// the pod's shared directory.
+pub fn bind_mounts(mounts: &[MountRecord]) -> Result<Vec<Mount>, RuntimeError> {
+    mounts
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            if !m.host_path.starts_with('/') {
+                return Err(RuntimeError::invalid(
+                    format!("config.mounts[{i}].host_path"),
+                    format!(
+                        "the mount at {} has the host path {:?}, which is not absolute",
+                        m.container_path, m.host_path
+                    ),
+                ));
+            }
+            let mut options = vec!["rbind".to_string()];
+            options.push(if m.readonly { "ro" } else { "rw" }.to_string());
+            options.push(
+                if m.host_to_container {
+                    "rslave"
+                } else {
+                    "rprivate"
+                }
+                .to_string(),
+            );
+            MountBuilder::default()
+                .destination(&m.container_path)
+                .source(&m.host_path)
+                .typ("bind")
+                .options(options)
+                .build()
+                .map_err(|e| RuntimeError::invalid(format!("config.mounts[{i}]"), e.to_string()))
+        })
+        .collect()
+}
 
 /// The runtime spec of `request`'s container in `pod`, from `image`'s config; `user` is
 /// the request's "USER[:GROUP]" override, if any.

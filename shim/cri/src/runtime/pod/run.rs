@@ -8,7 +8,7 @@ use std::time::Instant;
 use tokio::sync::RwLock;
 use vpod_proto::cri::LinuxContainerResources;
 use vpod_sandbox::network::GuestNetwork;
-use vpod_sandbox::{Sandbox, SandboxConfig};
+use vpod_sandbox::{Sandbox, SandboxConfig, ShareConfig};
 
 use crate::logformat::now_ns;
 use crate::runtime::{lock, pod_name_key, Pod, Runtime, RuntimeError};
@@ -165,6 +165,12 @@ impl Runtime {
         config.die_with_parent = false;
         config.network = network;
         config.defer_network = true;
+        config.share = rules.volumes.then(|| ShareConfig {
+            virtiofsd: rules
+                .virtiofsd
+                .clone()
+                .unwrap_or_else(|| ShareConfig::default().virtiofsd),
+        });
         tracing::info!(pod = %id, name = %record.settings.name, vcpus = size.vcpus, memory_mib = size.memory_mib, "booting pod VM");
         let _slot = self
             .boot_slots
@@ -178,7 +184,7 @@ impl Runtime {
             .await
             .map_err(RuntimeError::BootTask);
         let sandbox = booted.and_then(|b| b.map_err(RuntimeError::from))?;
-        tracing::info!(pod = %id, vmm_pid = sandbox.vmm_pid(), vmm_to_agent_ms = sandbox.timings().vmm_to_agent.as_millis() as u64, "pod VM ready");
+        tracing::info!(pod = %id, vmm_pid = sandbox.vmm_pid(), vmm_to_agent_ms = sandbox.timings().vmm_to_agent.as_millis() as u64, share_ms = sandbox.timings().share.as_millis() as u64, "pod VM ready");
         Ok(sandbox)
     }
 }

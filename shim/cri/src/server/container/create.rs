@@ -110,10 +110,23 @@ fn create_container_request(
                 "must be an absolute path",
             ));
         }
+        let propagation = cri::MountPropagation::try_from(mount.propagation)
+            .unwrap_or(cri::MountPropagation::PropagationPrivate);
+        if propagation == cri::MountPropagation::PropagationBidirectional {
+            return Err(RuntimeError::invalid(
+                format!("config.mounts[{i}].propagation"),
+                format!(
+                    "the mount at {} asks for bidirectional propagation: mounts made in a VM \
+                     pod cannot reach the host",
+                    mount.container_path
+                ),
+            ));
+        }
         mounts.push(MountRecord {
             container_path: mount.container_path.clone(),
             host_path: mount.host_path.clone(),
             readonly: mount.readonly,
+            host_to_container: propagation == cri::MountPropagation::PropagationHostToContainer,
         });
     }
     let linux = config.linux.unwrap_or_default();

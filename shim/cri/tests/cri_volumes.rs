@@ -1,0 +1,358 @@
+//! Volumes through the CRI in the emulated KVM host: a pod's mounts reach its containers
+//! through the pod's shared directory (one virtiofsd per pod). A hostPath directory, a
+//! directory two containers share (emptyDir-like), a read-only ConfigMap-like directory
+//! updated the way the kubelet's atomic writer does, and a single file (the termination
+//! log); what the guest must not reach; bidirectional propagation refused; a daemon
+//! restart keeping the volumes; nothing left once the pod is removed.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use vpod_proto::cri::*;
+
+/// ExecSync of `sh -c script`: stdout, stderr, exit code.
+async fn sh(c: &mut Clients, container: &str, script: &str) -> (String, String, i32) {
+    let out = c
+        .runtime
+        .exec_sync(ExecSyncRequest {
+            container_id: container.into(),
+            cmd: vec!["sh".into(), "-c".into(), script.into()],
+            timeout: 30,
+        })
+        .await
+        .expect("ExecSync")
+        .into_inner();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.exit_code,
+    )
+}
+
+fn mount(container_path: &str, host_path: &Path, readonly: bool) -> Mount {
+    Mount {
+        container_path: container_path.into(),
+        host_path: host_path.display().to_string(),
+        readonly,
+        ..Default::default()
+    }
+}
+
+/// The kubelet's atomic writer: the data in a new timestamped directory, `..data` swapped
+/// to it by a rename, the visible names links through `..data`.
+fn atomic_write(dir: &Path, version: &str, value: &str) {
+    let data = dir.join(format!("..{version}"));
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("key"), value).unwrap();
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(format!("..{version}"), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    if !dir.join("key").exists() {
+        std::os::unix::fs::symlink("..data/key", dir.join("key")).unwrap();
+    }
+}
+
+/// PIDs of live virtiofsd processes whose command line names a path under `dir`.
+fn virtiofsd_under(dir: &Path) -> Vec<u32> {
+    let inside = format!("{}/", dir.display());
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            stat.contains("(virtiofsd) ")
+                && !stat.contains(") Z ")
+                && String::from_utf8_lossy(&cmdline).contains(&inside)
+        })
+        .collect()
+}
+
+/// mountinfo's options of the mounts under `dir`: (mount point, options).
+fn mount_options_under(dir: &Path) -> Vec<(String, String)> {
+    let inside = format!("{}/", dir.display());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let (point, options) = (fields.get(4)?, fields.get(5)?);
+            point
+                .starts_with(&inside)
+                .then(|| (point.to_string(), options.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn volumes_reach_the_pod_vm_through_its_share() {
+    in_guest_host(
+        "volumes_reach_the_pod_vm_through_its_share",
+        Duration::from_secs(600),
+        || async {
+            let mut daemon = Daemon::start("volumes");
+            let mut c = daemon.connect().await;
+            let image = pull(&mut c, &default_image()).await;
+            let host = daemon.root.parent().unwrap().join("host");
+            let data = host.join("data");
+            let shared = host.join("shared");
+            let config = host.join("config");
+            std::fs::create_dir_all(&data).unwrap();
+            std::fs::create_dir_all(&shared).unwrap();
+            std::fs::create_dir_all(&config).unwrap();
+            std::fs::write(data.join("hello.txt"), "from the host\n").unwrap();
+            // Outside every volume: a symlink in one must not lead the guest to it.
+            let secret = host.join("secret");
+            std::fs::write(&secret, "host secret 5f1d\n").unwrap();
+            std::os::unix::fs::symlink(&secret, data.join("leak")).unwrap();
+            std::os::unix::fs::symlink("../secret", data.join("leak-relative")).unwrap();
+            std::os::unix::fs::symlink("/etc/shadow", data.join("shadow")).unwrap();
+            atomic_write(&config, "v1", "one");
+            let termination_log = host.join("termination-log");
+            std::fs::write(&termination_log, "").unwrap();
+
+            let pod = pod_config("volumes", &daemon.log_dir);
+            let pod_id = run_pod(&mut c, pod.clone()).await;
+            let sandbox_dir = daemon.root.join("sandboxes").join(&pod_id);
+            // virtiofsd's sandbox is a parent and its child in new namespaces.
+            assert!(
+                !virtiofsd_under(&daemon.root).is_empty(),
+                "the pod's virtiofsd"
+            );
+
+            let mut writer = container_config("writer", &image, &["sleep", "3600"]);
+            writer.mounts = vec![
+                mount("/data", &data, false),
+                mount("/shared", &shared, false),
+                mount("/config", &config, true),
+                mount("/dev/termination-log", &termination_log, false),
+            ];
+            let writer = start_container(&mut c, &pod_id, &pod, writer).await;
+            let mut reader = container_config("reader", &image, &["sleep", "3600"]);
+            reader.mounts = vec![mount("/shared", &shared, false)];
+            let reader = start_container(&mut c, &pod_id, &pod, reader).await;
+
+            // A hostPath directory is visible.
+            let (out, err, code) = sh(&mut c, &writer, "cat /data/hello.txt").await;
+            assert_eq!((out.as_str(), code), ("from the host\n", 0), "{err}");
+
+            // One container writes, the other reads, the host has it.
+            let (_, err, code) = sh(&mut c, &writer, "echo a wrote > /shared/from-a").await;
+            assert_eq!(code, 0, "{err}");
+            let (out, err, code) = sh(&mut c, &reader, "cat /shared/from-a").await;
+            assert_eq!((out.as_str(), code), ("a wrote\n", 0), "{err}");
+            assert_eq!(
+                std::fs::read_to_string(shared.join("from-a")).unwrap(),
+                "a wrote\n"
+            );
+
+            // The read-only volume refuses writes, and is read-only on the host's side too.
+            let (out, _, code) = sh(
+                &mut c,
+                &writer,
+                "echo no > /config/new; echo $?; echo changed > /config/..data/key; echo $?",
+            )
+            .await;
+            assert_eq!((out.as_str(), code), ("1\n1\n", 0));
+            assert!(!config.join("new").exists());
+            assert_eq!(std::fs::read_to_string(config.join("key")).unwrap(), "one");
+            let binds = mount_options_under(&sandbox_dir.join("share"));
+            assert!(
+                binds
+                    .iter()
+                    .any(|(point, options)| point.contains("/c/") && options.starts_with("ro")),
+                "no read-only bind under the share: {binds:?}"
+            );
+
+            // A container that may remount its own mounts read-write still cannot write: the
+            // host's side of the volume is read-only.
+            let mut admin = container_config("admin", &image, &["sleep", "3600"]);
+            admin.mounts = vec![mount("/config", &config, true)];
+            admin.linux = Some(LinuxContainerConfig {
+                security_context: Some(LinuxContainerSecurityContext {
+                    capabilities: Some(Capability {
+                        add_capabilities: vec!["SYS_ADMIN".into()],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            let admin = start_container(&mut c, &pod_id, &pod, admin).await;
+            let (out, err, _) = sh(
+                &mut c,
+                &admin,
+                "mount -o remount,rw /config && echo remounted; echo no > /config/new; echo $?",
+            )
+            .await;
+            assert_eq!(out, "remounted\n1\n", "{err}");
+            assert!(err.contains("Read-only file system"), "{err}");
+            assert!(!config.join("new").exists());
+
+            // A change on the host (the atomic writer's swap) is seen within seconds.
+            let (out, _, _) = sh(&mut c, &writer, "cat /config/key").await;
+            assert_eq!(out, "one");
+            atomic_write(&config, "v2", "two");
+            eventually("the new ConfigMap value", Duration::from_secs(10), || {
+                let mut c = c.clone();
+                let writer = writer.clone();
+                async move { sh(&mut c, &writer, "cat /config/key").await.0 == "two" }
+            })
+            .await;
+
+            // Symlinks are the guest's to resolve, in the guest: never to the host's files.
+            let (out, _, _) = sh(
+                &mut c,
+                &writer,
+                "cat /data/leak /data/leak-relative /data/shadow 2>/dev/null",
+            )
+            .await;
+            assert!(!out.contains("host secret"), "{out}");
+            let host_shadow = std::fs::read_to_string("/etc/shadow").unwrap_or_default();
+            assert!(
+                host_shadow.is_empty() || !out.contains(host_shadow.trim()),
+                "{out}"
+            );
+
+            // The termination log written in the guest is the host's file.
+            let (_, err, code) = sh(&mut c, &writer, "echo bye > /dev/termination-log").await;
+            assert_eq!(code, 0, "{err}");
+            assert_eq!(std::fs::read_to_string(&termination_log).unwrap(), "bye\n");
+
+            // Bidirectional propagation cannot cross into a VM: refused, naming the mount.
+            let mut bidirectional = container_config("bidi", &image, &["sleep", "3600"]);
+            let mut m = mount("/bidi", &shared, false);
+            m.propagation = MountPropagation::PropagationBidirectional as i32;
+            bidirectional.mounts = vec![m];
+            let refused = create_container(&mut c, &pod_id, &pod, bidirectional)
+                .await
+                .unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+            assert!(refused.message().contains("/bidi"), "{}", refused.message());
+
+            // A restarted daemon keeps the pod's volumes and binds new ones.
+            daemon.kill9();
+            daemon.spawn();
+            let mut c = daemon.connect().await;
+            let (out, err, code) = sh(&mut c, &writer, "cat /shared/from-a").await;
+            assert_eq!((out.as_str(), code), ("a wrote\n", 0), "{err}");
+            let mut late = container_config("late", &image, &["sleep", "3600"]);
+            late.mounts = vec![mount("/data", &data, true)];
+            let late = start_container(&mut c, &pod_id, &pod, late).await;
+            let (out, err, code) = sh(&mut c, &late, "cat /data/hello.txt").await;
+            assert_eq!((out.as_str(), code), ("from the host\n", 0), "{err}");
+
+            // Removing a container unbinds its volumes; removing the pod leaves nothing.
+            c.runtime
+                .remove_container(RemoveContainerRequest {
+                    container_id: late.clone(),
+                })
+                .await
+                .expect("RemoveContainer");
+            assert!(
+                !sandbox_dir.join("share/c").join(&late).exists(),
+                "the removed container's volumes are still bound"
+            );
+            c.runtime
+                .stop_pod_sandbox(StopPodSandboxRequest {
+                    pod_sandbox_id: pod_id.clone(),
+                })
+                .await
+                .expect("StopPodSandbox");
+            c.runtime
+                .remove_pod_sandbox(RemovePodSandboxRequest {
+                    pod_sandbox_id: pod_id.clone(),
+                })
+                .await
+                .expect("RemovePodSandbox");
+            assert!(virtiofsd_under(&daemon.root).is_empty());
+            assert!(mount_options_under(&daemon.root).is_empty());
+            assert!(!sandbox_dir.exists());
+            // The volumes' own content is untouched by the cleanup.
+            assert_eq!(
+                std::fs::read_to_string(data.join("hello.txt")).unwrap(),
+                "from the host\n"
+            );
+            assert!(shared.join("from-a").exists());
+        },
+    );
+}
+
+/// `text` without its ANSI colour sequences (ESC ... m).
+fn without_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_escape = false;
+    for c in text.chars() {
+        match (in_escape, c) {
+            (false, '\u{1b}') => in_escape = true,
+            (false, c) => out.push(c),
+            (true, 'm') => in_escape = false,
+            (true, _) => {}
+        }
+    }
+    out
+}
+
+/// `[pod] volumes = false` leaves a pod as before the share (no virtiofsd, no share
+/// directory, no virtio-fs device, so no shared memfd for guest memory); and what the share
+/// costs at pod start: RunPodSandbox's time with and without it, and virtiofsd's memory,
+/// printed.
+#[test]
+fn without_volumes_a_pod_has_no_share_and_what_the_share_costs() {
+    in_guest_host(
+        "without_volumes_a_pod_has_no_share_and_what_the_share_costs",
+        Duration::from_secs(600),
+        || async {
+            for (round, volumes) in [false, true, false, true].into_iter().enumerate() {
+                let name = format!("cost-{round}");
+                let daemon = Daemon::start_with_config(&name, &format!("volumes = {volumes}\n"));
+                let mut c = daemon.connect().await;
+                let mut times = Vec::new();
+                let mut pods = Vec::new();
+                for i in 0..3 {
+                    let pod = pod_config(&format!("cost{i}"), &daemon.log_dir);
+                    let started = std::time::Instant::now();
+                    pods.push(run_pod(&mut c, pod).await);
+                    times.push(started.elapsed().as_millis());
+                }
+                let virtiofsd = virtiofsd_under(&daemon.root);
+                let rss: Vec<String> = virtiofsd
+                    .iter()
+                    .map(|pid| {
+                        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                            .unwrap_or_default();
+                        let line = status.lines().find(|l| l.starts_with("VmRSS:"));
+                        line.and_then(|l| l.split_whitespace().nth(1))
+                            .unwrap_or("?")
+                            .to_string()
+                    })
+                    .collect();
+                let log = without_colours(&daemon.log());
+                let logged = |key: &str| -> Vec<String> {
+                    log.split(&format!(" {key}="))
+                        .skip(1)
+                        .filter_map(|rest| rest.split_whitespace().next().map(str::to_string))
+                        .collect()
+                };
+                println!(
+                    "volumes = {volumes}: RunPodSandbox {times:?} ms, VMM start to agent {:?} \
+                     ms, share start and mount {:?} ms; virtiofsd RSS (KiB) {rss:?}",
+                    logged("vmm_to_agent_ms"),
+                    logged("share_ms"),
+                );
+                for pod in &pods {
+                    let dir = daemon.root.join("sandboxes").join(pod);
+                    let vmm = std::fs::read_to_string(dir.join("vmm.json")).unwrap();
+                    let has_fs = vmm.contains("vpod-share");
+                    assert_eq!(dir.join("share").exists(), volumes);
+                    assert_eq!(has_fs, volumes, "{vmm}");
+                }
+                assert_eq!(virtiofsd.is_empty(), !volumes);
+            }
+        },
+    );
+}
