@@ -911,19 +911,5 @@ fn bad_requests_get_invalid_argument_not_found_and_unimplemented() {
 
 /// ExecSync of `cmd` in `container`: stdout, stderr, exit code.
 async fn exec(c: &mut Clients, container: &str, cmd: &[&str]) -> (String, String, i32) {
-    let out = c
-        .runtime
-        .exec_sync(ExecSyncRequest {
-            container_id: container.into(),
-            cmd: cmd.iter().map(|s| s.to_string()).collect(),
-            timeout: 20,
-        })
-        .await
-        .expect("ExecSync")
-        .into_inner();
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-        out.exit_code,
-    )
+    exec_text(c, container, cmd, 20).await
 }

@@ -34,21 +34,7 @@ fn with_seccomp(
 
 /// ExecSync of `cmd`: stdout, stderr, exit code.
 async fn exec(c: &mut Clients, container: &str, cmd: &[&str]) -> (String, String, i32) {
-    let out = c
-        .runtime
-        .exec_sync(ExecSyncRequest {
-            container_id: container.into(),
-            cmd: cmd.iter().map(|s| s.to_string()).collect(),
-            timeout: 20,
-        })
-        .await
-        .expect("ExecSync")
-        .into_inner();
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-        out.exit_code,
-    )
+    exec_text(c, container, cmd, 20).await
 }
 
 #[test]

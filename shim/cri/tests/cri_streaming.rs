@@ -198,22 +198,11 @@ fn crictl_exec_attach_and_port_forward_reach_the_pod_vm() {
                 container_config("shell", &image, &["sleep", "3600"]),
             )
             .await;
-            // Only on the pod's localhost: reachable through the VM's tunnel, never through
-            // a host-side dial.
             let web = start_container(
                 &mut c,
                 &pod_id,
                 &pod,
-                container_config(
-                    "web",
-                    &image,
-                    &[
-                        "sh",
-                        "-c",
-                        "mkdir -p /www && echo hello-through-the-tunnel > /www/index.html \
-                         && exec httpd -f -p 127.0.0.1:8080 -h /www",
-                    ],
-                ),
+                localhost_web(&image, "hello-through-the-tunnel"),
             )
             .await;
             let mut console = container_config("console", &image, &["sh"]);
@@ -376,6 +365,15 @@ fn crictl_exec_attach_and_port_forward_reach_the_pod_vm() {
     );
 }
 
+/// A container serving `page` as /index.html on the pod's 127.0.0.1:8080 only: reachable
+/// through the VM's tunnel, never through a host-side dial.
+fn localhost_web(image: &str, page: &str) -> ContainerConfig {
+    let script = format!(
+        "mkdir -p /www && echo {page} > /www/index.html && exec httpd -f -p 127.0.0.1:8080 -h /www"
+    );
+    container_config("web", image, &["sh", "-c", &script])
+}
+
 /// The v4 error stream's JSON Status, the server's own output aside.
 async fn spdy_exec(url: &str, stdin: Option<&[u8]>) -> (Vec<u8>, Vec<u8>, String) {
     use spdy_client::SpdyClient;
@@ -514,16 +512,7 @@ fn vpods_own_spdy_client_execs_and_port_forwards_into_the_pod_vm() {
                 &mut c,
                 &pod_id,
                 &pod,
-                container_config(
-                    "web",
-                    &image,
-                    &[
-                        "sh",
-                        "-c",
-                        "mkdir -p /www && echo hello-over-spdy > /www/index.html \
-                         && exec httpd -f -p 127.0.0.1:8080 -h /www",
-                    ],
-                ),
+                localhost_web(&image, "hello-over-spdy"),
             )
             .await;
             let exec_url = |c: &mut Clients, cmd: &[&str], stdin: bool| {

@@ -15,21 +15,7 @@ use vpod_proto::cri::*;
 
 /// ExecSync of `sh -c script`: stdout, stderr, exit code.
 async fn sh(c: &mut Clients, container: &str, script: &str) -> (String, String, i32) {
-    let out = c
-        .runtime
-        .exec_sync(ExecSyncRequest {
-            container_id: container.into(),
-            cmd: vec!["sh".into(), "-c".into(), script.into()],
-            timeout: 30,
-        })
-        .await
-        .expect("ExecSync")
-        .into_inner();
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-        out.exit_code,
-    )
+    exec_text(c, container, &["sh", "-c", script], 30).await
 }
 
 fn mount(container_path: &str, host_path: &Path, readonly: bool) -> Mount {

@@ -19,6 +19,7 @@ mod layers;
 pub mod network;
 pub mod network_files;
 pub mod output;
+mod owned_process;
 mod runtime_ops;
 pub mod seccomp;
 mod serial;

@@ -12,6 +12,7 @@
 //! Nothing under the directory is removed while a mount is left there: a host path bound
 //! in a pod must never be emptied by the pod's cleanup.
 
+use crate::owned_process::OwnedProcess;
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
@@ -19,8 +20,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rustix::mount::{
@@ -107,10 +107,9 @@ pub(crate) struct Share {
 /// Our virtiofsd: a child, or adopted by PID from the pod's state file.
 #[derive(Debug)]
 struct Virtiofsd {
-    pid: u32,
+    process: OwnedProcess,
     /// Its socket, which its command line names.
     socket: PathBuf,
-    child: Option<Mutex<Child>>,
 }
 
 /// A path is `<pod>/share`, its socket `<pod>/fs.sock`.
@@ -164,9 +163,8 @@ impl Share {
             dir: share_dir(pod),
             socket: socket_path(pod),
             virtiofsd: Virtiofsd {
-                pid: virtiofsd_pid,
+                process: OwnedProcess::adopted(virtiofsd_pid),
                 socket: socket_path(pod),
-                child: None,
             },
         }
     }
@@ -176,7 +174,7 @@ impl Share {
     }
 
     pub fn virtiofsd_pid(&self) -> u32 {
-        self.virtiofsd.pid
+        self.virtiofsd.process.pid()
     }
 
     /// Binds `volume` at `c/<container>/<index>` under the share; that path, relative to
@@ -447,9 +445,8 @@ impl Virtiofsd {
         }
         let child = cmd.spawn().map_err(spawn_error)?;
         let virtiofsd = Virtiofsd {
-            pid: child.id(),
+            process: OwnedProcess::spawned(child),
             socket: socket.to_path_buf(),
-            child: Some(Mutex::new(child)),
         };
         let limit = Duration::from_secs(10);
         let started = Instant::now();
@@ -473,33 +470,14 @@ impl Virtiofsd {
     }
 
     fn try_wait(&self) -> Option<std::process::ExitStatus> {
-        let child = self.child.as_ref()?;
-        let mut child = child.lock().unwrap_or_else(|e| e.into_inner());
-        child.try_wait().ok().flatten()
+        self.process.try_wait_child()
     }
 
     /// SIGKILL by PID: our child while not reaped (then reaped), or an adopted PID while it
     /// still is this pod's virtiofsd.
     fn kill_and_reap(&self) {
-        let kill = || {
-            if let Some(pid) = Pid::from_raw(self.pid as i32) {
-                let _ = rustix::process::kill_process(pid, Signal::KILL);
-            }
-        };
-        match &self.child {
-            Some(child) => {
-                let mut child = child.lock().unwrap_or_else(|e| e.into_inner());
-                if let Ok(None) = child.try_wait() {
-                    kill();
-                    let _ = child.wait();
-                }
-            }
-            None => {
-                if is_our_virtiofsd(self.pid, &self.socket) {
-                    kill();
-                }
-            }
-        }
+        self.process
+            .kill_and_reap(|pid| is_our_virtiofsd(pid, &self.socket));
     }
 }
 

@@ -2,15 +2,15 @@
 //! (`--config`, [`vpod_proto::vmm::VmConfig`]), killed by its PID. Each NIC's tap reaches
 //! it as an inherited descriptor under the number it has here, named in the configuration.
 
+use crate::owned_process::OwnedProcess;
 use std::fs::File;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Mutex;
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use rustix::process::{Pid, Signal};
+use rustix::process::Signal;
 use vpod_proto::vmm::config::DEFAULT_GUEST_CID;
 use vpod_proto::vmm::{Console, DiskConfig, FsConfig, NetConfig, TapSource, VmConfig, VsockConfig};
 
@@ -46,8 +46,7 @@ pub struct VmmLaunch {
 /// (a detached pod), which we can signal but not reap.
 #[derive(Debug)]
 pub struct VmmProcess {
-    pid: u32,
-    child: Option<Mutex<Child>>,
+    process: OwnedProcess,
 }
 
 impl VmmLaunch {
@@ -122,8 +121,7 @@ impl VmmLaunch {
         }
         let child = cmd.spawn()?;
         Ok(VmmProcess {
-            pid: child.id(),
-            child: Some(Mutex::new(child)),
+            process: OwnedProcess::spawned(child),
         })
     }
 }
@@ -153,30 +151,31 @@ fn inherit_fds(cmd: &mut Command, fds: Vec<RawFd>) {
 
 impl VmmProcess {
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.process.pid()
     }
 
     /// The VMM a detached pod recorded, if `pid` still is a vpod-vmm.
     pub fn adopt(pid: u32) -> VmmProcess {
-        VmmProcess { pid, child: None }
+        VmmProcess {
+            process: OwnedProcess::adopted(pid),
+        }
     }
 
     /// Whether an adopted PID still names a live vpod-vmm (not one reused by another program).
     fn adopted_alive(&self) -> bool {
-        is_live_vmm(self.pid)
+        is_live_vmm(self.process.pid())
     }
 
     /// The exit status once the VMM has ended (and is reaped), without blocking. An adopted
     /// VMM that ended reports a SIGKILL-like status, its real status being its parent's.
     pub fn try_wait(&self) -> Option<ExitStatus> {
-        match &self.child {
-            Some(child) => {
-                let mut child = child.lock().unwrap_or_else(|e| e.into_inner());
-                child.try_wait().ok().flatten()
-            }
-            None if self.adopted_alive() => None,
-            None => Some(std::os::unix::process::ExitStatusExt::from_raw(9)),
+        if self.process.is_child() {
+            return self.process.try_wait_child();
         }
+        if self.adopted_alive() {
+            return None;
+        }
+        Some(std::os::unix::process::ExitStatusExt::from_raw(9))
     }
 
     /// Waits up to `limit` for the VMM to end.
@@ -196,25 +195,7 @@ impl VmmProcess {
     /// SIGKILL by PID (only while not reaped or, adopted, while it still is a vpod-vmm, so
     /// the PID is still the VMM's) and reap it when it is our child.
     pub fn kill_and_reap(&self) {
-        let kill = || {
-            if let Some(pid) = Pid::from_raw(self.pid as i32) {
-                let _ = rustix::process::kill_process(pid, Signal::KILL);
-            }
-        };
-        match &self.child {
-            Some(child) => {
-                let mut child = child.lock().unwrap_or_else(|e| e.into_inner());
-                if let Ok(None) = child.try_wait() {
-                    kill();
-                    let _ = child.wait();
-                }
-            }
-            None => {
-                if self.adopted_alive() {
-                    kill();
-                }
-            }
-        }
+        self.process.kill_and_reap(is_live_vmm);
     }
 }
 

@@ -495,3 +495,27 @@ pub fn log_texts(path: &str) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// ExecSync of `cmd` in `container` with a `timeout_secs` limit: stdout, stderr, exit code.
+pub async fn exec_text(
+    c: &mut Clients,
+    container: &str,
+    cmd: &[&str],
+    timeout_secs: i64,
+) -> (String, String, i32) {
+    let out = c
+        .runtime
+        .exec_sync(ExecSyncRequest {
+            container_id: container.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: timeout_secs,
+        })
+        .await
+        .expect("ExecSync")
+        .into_inner();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.exit_code,
+    )
+}
