@@ -11,6 +11,7 @@ pub mod filters;
 pub mod guest_files;
 pub mod ids;
 pub mod images;
+pub mod limits;
 pub mod logformat;
 pub mod runtime;
 pub mod server;

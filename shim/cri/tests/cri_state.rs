@@ -40,7 +40,7 @@ async fn pods(c: &mut Clients) -> Vec<PodSandbox> {
 fn restarts_reattach_and_crashes_during_runp_and_create_leak_nothing() {
     in_guest_host(
         "restarts_reattach_and_crashes_during_runp_and_create_leak_nothing",
-        Duration::from_secs(400),
+        Duration::from_secs(500),
         || async {
             let mut daemon = Daemon::start("state");
             let mut c = daemon.connect().await;
@@ -109,6 +109,33 @@ fn restarts_reattach_and_crashes_during_runp_and_create_leak_nothing() {
             let seen = ticks(&log_path);
             let expected: Vec<u64> = (0..seen.len() as u64).collect();
             assert_eq!(seen, expected, "the log resumes exactly where it stopped");
+
+            // A VM that stalls (as on a host loaded past its cores) for longer than the
+            // agent connection's keep-alive (a ping within 30 s, its answer within 20 s):
+            // its connections drop, its container is not lost.
+            let vmm_pid = rustix::process::Pid::from_raw(vmm[0] as i32).unwrap();
+            rustix::process::kill_process(vmm_pid, rustix::process::Signal::STOP).unwrap();
+            tokio::time::sleep(Duration::from_secs(55)).await;
+            rustix::process::kill_process(vmm_pid, rustix::process::Signal::CONT).unwrap();
+            let before = ticks(&log_path).len();
+            eventually("ticks after the stall", Duration::from_secs(60), || {
+                let n = ticks(&log_path).len();
+                async move { n >= before + 10 }
+            })
+            .await;
+            let ctr = container_status(&mut c, &ticker).await;
+            assert_eq!(
+                ctr.state,
+                ContainerState::ContainerRunning as i32,
+                "the container outlives a stalled VM: {ctr:?}"
+            );
+            assert!(
+                daemon.log().contains("following the container again"),
+                "the stall did break the agent connection (else this tests nothing)"
+            );
+            let seen = ticks(&log_path);
+            let expected: Vec<u64> = (0..seen.len() as u64).collect();
+            assert_eq!(seen, expected, "nothing lost or repeated over the stall");
 
             // kill -9 during RunPodSandbox (the VM is booting).
             let keep_entries = daemon.state_entries();

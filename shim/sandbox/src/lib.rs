@@ -165,6 +165,27 @@ pub enum SandboxError {
     },
 }
 
+impl SandboxError {
+    /// Whether the error is a lost or stalled connection to an agent whose VM may well be
+    /// running (a reset, a keep-alive or deadline that ran out on a loaded host): worth a
+    /// new connection, unlike the agent's own answer that the request is wrong.
+    pub fn is_connection_loss(&self) -> bool {
+        match self {
+            SandboxError::Agent(AgentError::Connect(_) | AgentError::Timeout { .. }) => true,
+            SandboxError::Agent(AgentError::Status { status, .. }) => !matches!(
+                status.code(),
+                tonic::Code::NotFound
+                    | tonic::Code::InvalidArgument
+                    | tonic::Code::FailedPrecondition
+                    | tonic::Code::AlreadyExists
+                    | tonic::Code::Unimplemented
+                    | tonic::Code::PermissionDenied
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// How long the pod took to come up.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BootTimings {
@@ -551,12 +572,7 @@ impl Sandbox {
     }
 
     async fn vmm_exit(&self) -> ExitStatus {
-        loop {
-            if let Some(status) = self.vmm.try_wait() {
-                return status;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.vmm.exited().await
     }
 }
 

@@ -11,6 +11,8 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use vpod_proto::vmm::config::DEFAULT_GUEST_CID;
 use vpod_proto::vmm::{Console, DiskConfig, FsConfig, NetConfig, TapSource, VmConfig, VsockConfig};
 
@@ -176,6 +178,36 @@ impl VmmProcess {
             return None;
         }
         Some(std::os::unix::process::ExitStatusExt::from_raw(9))
+    }
+
+    /// Waits until the VMM ends, without polling: its pidfd becomes readable when it exits
+    /// (one descriptor while waiting). Where pidfds are missing (Linux before 5.3), checks
+    /// once a second.
+    pub async fn exited(&self) -> ExitStatus {
+        if let Some(status) = self.try_wait() {
+            return status;
+        }
+        let pidfd = rustix::process::Pid::from_raw(self.pid() as i32).and_then(|pid| {
+            rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+        });
+        // An adopted PID may have ended, and been reused, before the pidfd was opened.
+        if let Some(status) = self.try_wait() {
+            return status;
+        }
+        if let Some(fd) = pidfd {
+            // SAFETY: `fd` is an OwnedFd moved into the AsyncFd, which owns it (open, the
+            // same descriptor) until it is dropped.
+            let registered = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) };
+            if let Ok(fd) = registered {
+                let _ = fd.readable().await;
+            }
+        }
+        loop {
+            if let Some(status) = self.try_wait() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 
     /// Waits up to `limit` for the VMM to end.

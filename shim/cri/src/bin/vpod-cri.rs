@@ -93,6 +93,13 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    // Before any thread starts, so that every one of them has it.
+    match vpod_cri::limits::raise_fd_limit() {
+        Ok(limit) => tracing::info!(was = limit.was, now = limit.now, "open-file limit"),
+        Err(e) => {
+            tracing::warn!(error = %vpod_cri::runtime::error_chain(&e), "keeping the open-file limit")
+        }
+    }
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

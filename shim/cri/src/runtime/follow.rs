@@ -27,45 +27,75 @@ impl Runtime {
 
     async fn follow(&self, container: Arc<Container>, pod_id: String) {
         let id = container.id.clone();
-        let handle = match Sandbox::open(&self.root, &pod_id, self.rpc_timeout).await {
-            Ok(handle) => handle,
-            Err(e) => {
-                tracing::warn!(container = %id, error = %super::error_chain(&e), "cannot follow the container");
-                return;
+        let mut retry = Backoff::default();
+        loop {
+            let started = std::time::Instant::now();
+            let (exit, vmm_running) =
+                match Sandbox::open(&self.root, &pod_id, self.rpc_timeout).await {
+                    Ok(handle) => {
+                        let exit = self.follow_once(&container, &handle).await;
+                        (exit, handle.vmm_running())
+                    }
+                    Err(e) => {
+                        let running = !matches!(e, vpod_sandbox::SandboxError::VmmExited { .. });
+                        (Err(e), running)
+                    }
+                };
+            let e = match exit {
+                Ok(exit) => {
+                    if let Err(e) = self.record_exit(&container, exit.code, "") {
+                        tracing::warn!(container = %id, error = %super::error_chain(&e), "recording the exit");
+                    }
+                    return;
+                }
+                // A dead VM is found and reported by the pod's check.
+                Err(_) if !vmm_running => return,
+                Err(e) => e,
+            };
+            let message = super::error_chain(&e);
+            if started.elapsed() >= FOLLOWED_LONG_ENOUGH {
+                retry = Backoff::default();
             }
-        };
-        let pump = self.pump_output(&container, &handle);
-        let wait = handle.wait(&id);
+            // A connection lost while the VM runs (a keep-alive that ran out on a loaded
+            // host, a reset) is not the container's end: follow it again from where the
+            // log file has it.
+            if e.is_connection_loss() {
+                if let Some(pause) = retry.next() {
+                    tracing::warn!(container = %id, error = %message, retry_in = ?pause, "lost the connection to the agent; following the container again");
+                    tokio::time::sleep(pause).await;
+                    continue;
+                }
+            }
+            tracing::warn!(container = %id, error = %message, "lost the container");
+            let _ = self.update_container(&container, |c| {
+                if c.phase == ContainerPhase::Running {
+                    c.phase = ContainerPhase::Exited;
+                    c.finished_at_ns = now_ns();
+                    c.exit_code = 255;
+                    c.reason = "Unknown".into();
+                    c.message = message;
+                }
+            });
+            return;
+        }
+    }
+
+    /// Follows the container's output and exit on one connection to its agent.
+    async fn follow_once(
+        &self,
+        container: &Container,
+        handle: &Sandbox,
+    ) -> Result<vpod_sandbox::ContainerExit, vpod_sandbox::SandboxError> {
+        let pump = self.pump_output(container, handle);
+        let wait = handle.wait(&container.id);
         tokio::pin!(pump, wait);
-        let exit = tokio::select! {
+        tokio::select! {
             exit = &mut wait => {
                 // The output ends with the process (unless a child holds the pipes open).
                 let _ = tokio::time::timeout(Duration::from_secs(2), &mut pump).await;
                 exit
             }
             () = &mut pump => wait.await,
-        };
-        match exit {
-            Ok(exit) => {
-                if let Err(e) = self.record_exit(&container, exit.code, "") {
-                    tracing::warn!(container = %id, error = %super::error_chain(&e), "recording the exit");
-                }
-            }
-            Err(e) if handle.vmm_running() => {
-                let message = super::error_chain(&e);
-                tracing::warn!(container = %id, error = %message, "lost the container");
-                let _ = self.update_container(&container, |c| {
-                    if c.phase == ContainerPhase::Running {
-                        c.phase = ContainerPhase::Exited;
-                        c.finished_at_ns = now_ns();
-                        c.exit_code = 255;
-                        c.reason = "Unknown".into();
-                        c.message = message;
-                    }
-                });
-            }
-            // A dead VM is found and reported by the pod's check.
-            Err(_) => {}
         }
     }
 
@@ -146,5 +176,43 @@ impl Runtime {
                 tracing::warn!(container = %container.id, error = %e, "writing the log file");
             }
         }
+    }
+}
+
+/// A follower that ran this long before losing its connection starts its retries afresh.
+const FOLLOWED_LONG_ENOUGH: Duration = Duration::from_secs(60);
+
+/// Pauses between attempts to follow a container again: 1 s doubling to 16 s, seven
+/// attempts (about 1.5 minutes) before the container is given up as lost.
+#[derive(Debug, Default)]
+struct Backoff {
+    attempts: u32,
+}
+
+impl Backoff {
+    const ATTEMPTS: u32 = 7;
+
+    fn next(&mut self) -> Option<Duration> {
+        if self.attempts >= Self::ATTEMPTS {
+            return None;
+        }
+        let pause = Duration::from_secs(1 << self.attempts.min(4));
+        self.attempts += 1;
+        Some(pause)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_then_give_up() {
+        let mut retry = Backoff::default();
+        let pauses: Vec<u64> = std::iter::from_fn(|| retry.next())
+            .map(|d| d.as_secs())
+            .collect();
+        assert_eq!(pauses, [1, 2, 4, 8, 16, 16, 16]);
+        assert_eq!(retry.next(), None);
     }
 }

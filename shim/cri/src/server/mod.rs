@@ -79,6 +79,11 @@ pub fn status(error: RuntimeError) -> Status {
         _ => Code::Internal,
     };
     let message = error_chain(&error);
+    // Whatever the operation, a resource that ran out is what the caller must hear.
+    if let Some(resource) = crate::limits::exhausted(&error) {
+        tracing::warn!(error = %message, "{resource}");
+        return Status::new(Code::ResourceExhausted, format!("{resource}: {message}"));
+    }
     if code == Code::Internal {
         tracing::warn!(error = %message, "request failed");
     }
