@@ -27,11 +27,12 @@ pub enum AgentError {
 }
 
 /// HTTP/2 pings find an agent that stopped answering on an otherwise idle stream (a long
-/// WaitContainer or ReadStdio). Rare, as each ping wakes an idle VM: a VM that exits is
-/// seen through the VMM's pidfd at once, and a connection that a stalled VM (a host loaded
-/// past its cores) lets lapse is opened again by its user.
+/// WaitContainer or ReadStdio). Rare, as each ping wakes an idle VM; and patient, as on a
+/// host loaded past its cores a VM that is only slow may take many seconds to answer (a
+/// unary call's own deadline is shorter): a VM that exits is seen at once through its
+/// VMM's pidfd, and a connection that lapses is opened again by its user.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bounds one connection attempt (the VMM closes an unanswered CONNECT after 2 s).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
