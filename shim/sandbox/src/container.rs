@@ -118,8 +118,10 @@ impl Sandbox {
         let opened = self.open_block_volumes(&spec.block_volumes)?;
         request.mounts = self.bind_volumes(&spec.id, &spec.spec)?;
         let RootfsSource::Layers(layers) = &spec.rootfs;
+        // The serials of the disks the container uses: its layers', then its volumes'.
         let mut serials = Vec::new();
         let mut attached = self.attach_layers(layers, &mut serials).await;
+        request.layer_serials = serials.clone();
         if attached.is_ok() {
             attached = self
                 .attach_block_volumes(opened, &mut serials, &mut request.devices)
@@ -127,7 +129,6 @@ impl Sandbox {
         }
         let result = match attached {
             Ok(()) => {
-                request.layer_serials = serials.clone();
                 let mut agent = self.agent.clone();
                 self.guarded(
                     "creating a container",
