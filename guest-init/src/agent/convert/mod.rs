@@ -438,6 +438,43 @@ mod tests {
         assert_eq!(spec.hostname, None);
     }
 
+    fn block_device(serial: &str, path: &str) -> v1::BlockDevice {
+        v1::BlockDevice {
+            serial: serial.into(),
+            container_path: path.into(),
+            read_only: true,
+        }
+    }
+
+    #[test]
+    fn block_devices_convert_and_bad_ones_are_refused() {
+        let mut r = request();
+        r.devices = vec![block_device("d-1", "/dev/xvdb")];
+        let spec = create_request(r).unwrap();
+        assert_eq!(
+            spec.devices,
+            vec![BlockDeviceSpec {
+                serial: "d-1".into(),
+                destination: "/dev/xvdb".into(),
+                read_only: true,
+                node: PathBuf::new(),
+            }]
+        );
+        for devices in [
+            vec![block_device("d-1", "dev/xvdb")],
+            vec![block_device("d-1", "/dev/../etc/x")],
+            vec![block_device("d-1", "/")],
+            vec![block_device("", "/dev/xvdb")],
+            vec![block_device("../d", "/dev/xvdb")],
+            vec![block_device("d-1", "/dev/x"), block_device("d-2", "/dev/x")],
+        ] {
+            let mut r = request();
+            r.devices = devices.clone();
+            let error = create_request(r).unwrap_err();
+            assert_eq!(error.field, "devices", "{devices:?}");
+        }
+    }
+
     #[test]
     fn bad_fields_are_named() {
         type Change = Box<dyn Fn(&mut v1::CreateContainerRequest)>;
