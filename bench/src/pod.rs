@@ -103,6 +103,7 @@ pub fn spec(
         rootfs: RootfsSource::Layers(layers),
         files: Vec::new(),
         stdin: ContainerStdin::default(),
+        block_volumes: Vec::new(),
     }
 }
 

@@ -46,7 +46,7 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// Bumped when a message or RPC changes meaning; a host refuses other majors.
 pub const PROTOCOL_MAJOR: u32 = 1;
 /// Bumped when fields or RPCs are added.
-pub const PROTOCOL_MINOR: u32 = 6;
+pub const PROTOCOL_MINOR: u32 = 7;
 /// The protocol minor that brought seccomp programs on CreateContainer: an older agent
 /// ignores them, so a host must not send them to one.
 pub const SECCOMP_MINOR: u32 = 5;
@@ -55,6 +55,10 @@ const _: () = assert!(PROTOCOL_MINOR >= SECCOMP_MINOR);
 /// older agent cannot mount the share, so a host must not give its pod volumes.
 pub const SHARE_MINOR: u32 = 6;
 const _: () = assert!(PROTOCOL_MINOR >= SHARE_MINOR);
+/// The protocol minor that brought block devices on CreateContainer: an older agent
+/// ignores them, so a host must not give its containers raw block volumes.
+pub const DEVICES_MINOR: u32 = 7;
+const _: () = assert!(PROTOCOL_MINOR >= DEVICES_MINOR);
 /// Where the agent mounts the pod's virtio-fs share (MountShare).
 pub const SHARE_GUEST_DIR: &str = "/run/vpod/share";
 

@@ -407,3 +407,63 @@ fn metrics_list_each_nic_with_its_counters() {
     assert_eq!(nics[0]["dropped_total"], 0, "{metrics}");
     assert_eq!(nics[0]["dropped"]["tx_malformed_chain"], 0, "{metrics}");
 }
+
+/// A loop device over a file of ours, detached when dropped.
+struct LoopDevice(String);
+
+impl LoopDevice {
+    fn over(file: &Path) -> LoopDevice {
+        let output = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(file)
+            .output()
+            .expect("losetup runs (util-linux)");
+        assert!(
+            output.status.success(),
+            "losetup failed (this test needs root and the loop driver): {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        LoopDevice(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+#[test]
+fn a_block_device_in_a_slot_has_the_device_s_size() {
+    if !kvm_available() {
+        eprintln!("skipped: no usable /dev/kvm");
+        return;
+    }
+    let vm = start_vm("block-device");
+    let api = VmmClient::new(vm.dir.join("api.sock"));
+    let backing = vm.dir.join("backing.img");
+    File::create(&backing)
+        .and_then(|f| f.set_len(3 << 20))
+        .expect("backing file");
+    let device = LoopDevice::over(&backing);
+    // Its metadata says 0 bytes; the size is where a seek to its end lands.
+    let by_path = api
+        .attach_disk(vpod_proto::vmm::AttachDisk {
+            slot: Some(0),
+            source: vpod_proto::vmm::DiskSource::Path(PathBuf::from(&device.0)),
+            read_only: true,
+            serial: "loop-path".into(),
+        })
+        .expect("attached by path");
+    assert_eq!(by_path.capacity_bytes, 3 << 20);
+    let opened = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&device.0)
+        .expect("open the loop device");
+    let by_fd = api
+        .attach_disk_fd(opened.as_fd(), Some(1), false, "loop-fd")
+        .expect("attached by descriptor");
+    assert_eq!(by_fd.capacity_bytes, 3 << 20);
+    drop(vm);
+}

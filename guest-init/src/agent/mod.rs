@@ -3,6 +3,7 @@
 //! runs on a unix socket outside a VM (`vpod-init --agent-unix PATH`) for tests and
 //! debugging.
 
+pub mod block_device;
 pub mod cgroup;
 pub mod container;
 pub mod convert;

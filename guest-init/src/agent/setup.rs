@@ -310,6 +310,22 @@ pub fn container_steps(
     for m in &spec.mounts {
         push_user_mount(&mut steps, m, source_is_file)?;
     }
+    // Block volumes: the guest's node of each disk bound over a file at its path (a bind
+    // mount of its own, so the nodev of the mount under it does not apply).
+    for device in &spec.devices {
+        let target = inside(&device.destination)?;
+        if let Some(parent) = target.parent() {
+            make_dirs(&mut steps, parent)?;
+        }
+        steps.push(Step::Touch(c_path(&target)?));
+        steps.push(mount_step(
+            Some(&device.node.to_string_lossy()),
+            in_root_target(&target)?,
+            None,
+            MS_BIND,
+            "",
+        )?);
+    }
     // As runc does: a working directory the image lacks is created (owned by root).
     let cwd = if spec.process.cwd.is_empty() {
         "/"
@@ -423,6 +439,7 @@ mod tests {
             readonly_paths: vec![],
             sysctls: vec![],
             share_pod_pid: false,
+            devices: vec![],
         }
     }
 
@@ -453,6 +470,41 @@ mod tests {
         assert_eq!(
             steps[kcore],
             Step::Mask(CString::new("proc/kcore").unwrap())
+        );
+    }
+
+    #[test]
+    fn a_block_device_node_is_bound_over_a_file_at_its_path_after_dev() {
+        let mut s = spec(vec![], false);
+        s.devices = vec![crate::agent::block_device::BlockDeviceSpec {
+            serial: "d-1".into(),
+            destination: "/dev/disks/xvdb".into(),
+            read_only: true,
+            node: PathBuf::from("/dev/vdc"),
+        }];
+        let steps =
+            container_steps(&s, Path::new("/r"), Path::new("/dev"), None, &|_| false).unwrap();
+        let text = described(&steps);
+        let position = |want: &str| {
+            text.iter()
+                .position(|t| t == want)
+                .unwrap_or_else(|| panic!("no {want:?} in {text:#?}"))
+        };
+        let dev = position("mounting tmpfs on /dev");
+        let dir = position("creating directory /dev/disks");
+        let file = position("creating file /dev/disks/xvdb");
+        let bind = position("mounting a bind on /dev/disks/xvdb");
+        assert!(dev < dir && dir < file && file < bind, "{text:#?}");
+        assert!(bind < position("pivoting into /r"));
+        assert_eq!(
+            steps[bind],
+            Step::Mount {
+                source: Some(CString::new("/dev/vdc").unwrap()),
+                target: Target::InRoot(CString::new("dev/disks/xvdb").unwrap()),
+                fstype: None,
+                flags: libc::MS_BIND,
+                data: None,
+            }
         );
     }
 

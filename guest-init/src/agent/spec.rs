@@ -1,6 +1,7 @@
 //! What a container is, in the agent's own terms (the protocol's messages are converted in
 //! [`super::convert`]), and the parsing of names and options that needs no system calls.
 
+use super::block_device::BlockDeviceSpec;
 use super::cgroup::CgroupLimits;
 use super::pty::TerminalSize;
 use super::rootfs::RootfsSource;
@@ -50,6 +51,8 @@ pub struct ContainerSpec {
     pub sysctls: Vec<(String, String)>,
     /// Start in the pod's shared PID namespace rather than one of its own.
     pub share_pod_pid: bool,
+    /// Disks bound as block device nodes into the container.
+    pub devices: Vec<BlockDeviceSpec>,
 }
 
 /// A file the agent writes into the container's root, replacing the image's.

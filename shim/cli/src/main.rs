@@ -160,6 +160,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         rootfs: RootfsSource::Layers(imported.layers),
         files,
         stdin: ContainerStdin::default(),
+        block_volumes: Vec::new(),
     };
     if args.detach {
         let created = create_and_start(&mut sandbox, spec).await;

@@ -193,7 +193,7 @@ pub struct PodSizing {
     pub min_memory_mib: u64,
     pub max_vcpus: u8,
     pub max_memory_mib: u64,
-    /// Disk slots for image layers (at most 16).
+    /// Disk slots for image layers and raw block volumes (at most 16).
     pub layer_slots: u32,
     /// The writable disk holding every container's upper directory.
     pub writable_disk_mib: u64,

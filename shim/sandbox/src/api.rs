@@ -74,6 +74,24 @@ impl VmmApi {
         Ok(AttachedSlot { slot: reply.slot })
     }
 
+    /// Attaches the opened `file` (passed over the socket) to the first empty slot under
+    /// `serial`.
+    pub async fn attach_file(
+        &self,
+        file: std::fs::File,
+        read_only: bool,
+        serial: &str,
+    ) -> Result<AttachedSlot, VmmApiError> {
+        let serial = serial.to_string();
+        let reply = self
+            .run(move |client| {
+                use std::os::fd::AsFd;
+                client.attach_disk_fd(file.as_fd(), None, read_only, serial)
+            })
+            .await?;
+        Ok(AttachedSlot { slot: reply.slot })
+    }
+
     pub async fn detach(&self, slot: u32) -> Result<(), VmmApiError> {
         self.run(move |client| client.detach_slot(slot))
             .await

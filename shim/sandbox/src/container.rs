@@ -4,13 +4,14 @@
 use std::time::Duration;
 
 use vpod_proto::v1::{
-    wait_container_response::Status, ExecSyncRequest, Mount, ReadStdioRequest,
+    wait_container_response::Status, BlockDevice, ExecSyncRequest, Mount, ReadStdioRequest,
     RemoveContainerRequest, SignalContainerRequest, StartContainerRequest, WaitContainerRequest,
 };
 
 use oci_spec::runtime::Spec;
 
 use super::agent::{call, AgentError};
+use super::block_volume::{self, BlockVolume, OpenedVolume};
 use super::output::{ContainerOutput, ExecResult};
 use super::serial::layer_serial;
 use super::wire::{create_request, volumes};
@@ -63,6 +64,9 @@ pub struct ContainerSpec {
     pub files: Vec<ContainerFile>,
     /// The main process's stdin, which the runtime spec does not carry.
     pub stdin: ContainerStdin,
+    /// Raw block volumes, each attached to an empty disk slot (shared with the pod's other
+    /// containers that name the same host path with the same mode) and bound at its path.
+    pub block_volumes: Vec<BlockVolume>,
 }
 
 /// Whether the main process reads a stdin fed by attachers (else /dev/null), as CRI's
@@ -111,13 +115,20 @@ impl Sandbox {
         }
         request.stdin = spec.stdin.open;
         request.stdin_once = spec.stdin.open && spec.stdin.once;
+        let opened = self.open_block_volumes(&spec.block_volumes)?;
         request.mounts = self.bind_volumes(&spec.id, &spec.spec)?;
         let RootfsSource::Layers(layers) = &spec.rootfs;
+        // The serials of the disks the container uses: its layers', then its volumes'.
         let mut serials = Vec::new();
-        let attached = self.attach_layers(layers, &mut serials).await;
+        let mut attached = self.attach_layers(layers, &mut serials).await;
+        request.layer_serials = serials.clone();
+        if attached.is_ok() {
+            attached = self
+                .attach_block_volumes(opened, &mut serials, &mut request.devices)
+                .await;
+        }
         let result = match attached {
             Ok(()) => {
-                request.layer_serials = serials.clone();
                 let mut agent = self.agent.clone();
                 self.guarded(
                     "creating a container",
@@ -138,6 +149,7 @@ impl Sandbox {
                 self.persist()
             }
             Err(e) => {
+                // Layers and block volumes alike.
                 self.release_layers(&serials).await;
                 self.unbind_volumes(&spec.id);
                 Err(e)
@@ -207,6 +219,64 @@ impl Sandbox {
                 self.layers.attached(&serial, slot.slot);
             }
             serials.push(serial);
+        }
+        Ok(())
+    }
+
+    /// Opens and checks the container's block volumes before anything is attached.
+    fn open_block_volumes<'a>(
+        &self,
+        volumes: &'a [BlockVolume],
+    ) -> Result<Vec<(OpenedVolume, &'a BlockVolume)>, SandboxError> {
+        if volumes.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.agent_minor < vpod_proto::DEVICES_MINOR {
+            return Err(SandboxError::AgentTooOld {
+                what: "block volumes",
+                agent_minor: self.agent_minor,
+                needed: vpod_proto::DEVICES_MINOR,
+            });
+        }
+        volumes
+            .iter()
+            .map(|volume| {
+                block_volume::open(volume)
+                    .map(|opened| (opened, volume))
+                    .map_err(|e| SandboxError::BlockVolume(volume.container_path.clone(), e))
+            })
+            .collect()
+    }
+
+    /// Attaches each volume not attached already in its mode (a pod's disks share the
+    /// layers' slots and their use counts) and names it to the agent.
+    async fn attach_block_volumes(
+        &mut self,
+        opened: Vec<(OpenedVolume, &BlockVolume)>,
+        serials: &mut Vec<String>,
+        devices: &mut Vec<BlockDevice>,
+    ) -> Result<(), SandboxError> {
+        for (volume, asked) in opened {
+            let serial = volume.serial;
+            if !self.layers.acquire(&serial) {
+                if self.layers.len() >= self.layer_slots as usize {
+                    return Err(SandboxError::NoFreeSlotForVolume {
+                        host_path: volume.host_path,
+                        slots: self.layer_slots,
+                    });
+                }
+                let slot = self
+                    .api
+                    .attach_file(volume.file, asked.read_only, &serial)
+                    .await?;
+                self.layers.attached(&serial, slot.slot);
+            }
+            serials.push(serial.clone());
+            devices.push(BlockDevice {
+                serial,
+                container_path: asked.container_path.clone(),
+                read_only: asked.read_only,
+            });
         }
         Ok(())
     }
@@ -376,7 +446,8 @@ impl Sandbox {
         .map(ExecResult::from)
     }
 
-    /// Removes the container (killing it if it runs) and detaches layers no one else uses.
+    /// Removes the container (killing it if it runs) and detaches the layers and block
+    /// volumes no one else uses (the agent wrote what the container left dirty first).
     pub async fn remove_container(&mut self, id: &str) -> Result<(), SandboxError> {
         self.known(id)?;
         let mut agent = self.agent.clone();

@@ -13,6 +13,7 @@
 
 mod agent;
 pub mod api;
+pub mod block_volume;
 pub mod container;
 mod disk;
 mod layers;
@@ -40,6 +41,7 @@ use vpod_proto::error_chain;
 
 pub use agent::AgentError;
 pub use api::{VmmApi, VmmApiError};
+pub use block_volume::{BlockVolume, BlockVolumeError};
 pub use container::{ContainerExit, ContainerSpec, ContainerStdin, RootfsSource};
 pub use disk::DiskError;
 pub use output::{
@@ -153,6 +155,13 @@ pub enum SandboxError {
     Volume(String, #[source] ShareError),
     #[error("the pod has no empty disk slot for layer {0} ({1} slots)")]
     NoFreeSlot(String, u32),
+    #[error("the block volume for {0} cannot be attached")]
+    BlockVolume(String, #[source] BlockVolumeError),
+    #[error(
+        "the pod has no empty disk slot for the block volume {host_path} ({slots} disk slots \
+         for layers and block volumes, all in use)"
+    )]
+    NoFreeSlotForVolume { host_path: PathBuf, slots: u32 },
     #[error("no container {0:?} in this pod")]
     NoSuchContainer(String),
     #[error("a container {0:?} already exists in this pod")]
@@ -214,7 +223,7 @@ pub struct Sandbox {
     writable_serial: String,
     layer_slots: u32,
     layers: AttachedLayers,
-    /// Container id to the layer serials it uses.
+    /// Container id to the serials of the layers and block volumes it uses.
     containers: HashMap<String, Vec<String>>,
     /// The pod's shared directory, if it has one.
     share: Option<Share>,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::{Container, ContainerError, ContainerManager, Phase};
+use crate::agent::block_device;
 use crate::agent::in_root::RootDir;
 use crate::agent::rootfs;
 use crate::agent::share;
@@ -36,6 +37,10 @@ impl ContainerManager {
         for mount in spec.mounts.iter().filter(|m| m.is_bind()) {
             share::check_bind_source(&mount.source)
                 .map_err(|e| ContainerError::Share(id.clone(), e))?;
+        }
+        for device in &mut spec.devices {
+            device.node = block_device::prepare(&self.paths, device)
+                .map_err(|e| ContainerError::BlockDevice(id.clone(), e))?;
         }
         let prepared = {
             let mut state = self.mount_state();

@@ -64,6 +64,11 @@ pub enum ContainerError {
     Stdin(String, #[source] std::io::Error),
     #[error("the terminal of a process of container {0:?} could not be set up")]
     Terminal(String, #[source] super::pty::PtyError),
+    #[error("a block device of container {0:?} could not be prepared")]
+    BlockDevice(
+        String,
+        #[source] crate::agent::block_device::BlockDeviceError,
+    ),
     #[error("a volume of container {0:?} cannot be bound")]
     Share(String, #[source] crate::agent::share::ShareError),
     #[error("a background task of the agent failed")]

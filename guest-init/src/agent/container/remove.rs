@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::{ContainerError, ContainerManager, Phase};
+use crate::agent::block_device;
 use crate::agent::rootfs;
 
 /// How long the container's init may take to die after SIGKILL.
@@ -26,6 +27,11 @@ impl ContainerManager {
                 let _ = tokio::time::timeout(KILL_TIMEOUT, self.wait(id)).await;
             }
             Phase::Created | Phase::Exited { .. } => {}
+        }
+        // Its processes are gone: what they left dirty goes to the host before the host
+        // detaches the disks.
+        for device in &container.spec.devices {
+            block_device::flush(&device.node);
         }
         container.stdio.finish();
         container.stdin.lock().await.take();

@@ -11,6 +11,7 @@ use vpod_proto::{error_chain, v1};
 
 pub use network::network_request;
 
+use super::block_device::BlockDeviceSpec;
 use super::cgroup::CgroupLimits;
 use super::container::ContainerError;
 use super::rootfs::RootfsSource;
@@ -214,7 +215,42 @@ pub fn create_request(request: v1::CreateContainerRequest) -> Result<ContainerSp
         readonly_paths: clean_paths(request.readonly_paths, "readonly_paths")?,
         sysctls: sysctls(request.sysctls)?,
         share_pod_pid: request.share_pod_pid_namespace,
+        devices: block_devices(request.devices)?,
     })
+}
+
+/// Block devices: a serial that names a disk, a clean absolute path, no path twice.
+fn block_devices(devices: Vec<v1::BlockDevice>) -> Result<Vec<BlockDeviceSpec>, FieldError> {
+    let mut specs: Vec<BlockDeviceSpec> = Vec::with_capacity(devices.len());
+    for device in devices {
+        let path = &device.container_path;
+        if !path.starts_with('/')
+            || path.split('/').any(|p| p == "..")
+            || path.trim_matches('/').is_empty()
+        {
+            return Err(invalid(
+                "devices",
+                format!("{path:?} is not a clean absolute path below /"),
+            ));
+        }
+        if device.serial.is_empty() || device.serial.contains('/') || device.serial.starts_with('.')
+        {
+            return Err(invalid(
+                "devices",
+                format!("{:?} cannot name a disk", device.serial),
+            ));
+        }
+        if specs.iter().any(|s| s.destination == *path) {
+            return Err(invalid("devices", format!("{path:?} is given twice")));
+        }
+        specs.push(BlockDeviceSpec {
+            serial: device.serial,
+            destination: device.container_path,
+            read_only: device.read_only,
+            node: PathBuf::new(),
+        });
+    }
+    Ok(specs)
 }
 
 /// Seccomp programs as the kernel takes them: whole 8-byte instructions, none empty, none
@@ -360,9 +396,8 @@ impl From<ContainerError> for Status {
             ContainerError::WrongState { .. }
             | ContainerError::NoCgroup(_)
             | ContainerError::NoStdin(_) => Status::failed_precondition(message),
-            ContainerError::Rootfs(_, super::rootfs::RootfsError::NoSuchDisk(_)) => {
-                Status::failed_precondition(message)
-            }
+            ContainerError::Rootfs(_, super::rootfs::RootfsError::NoSuchDisk(_))
+            | ContainerError::BlockDevice(..) => Status::failed_precondition(message),
             ContainerError::Setup(..) | ContainerError::User(..) | ContainerError::Share(..) => {
                 Status::invalid_argument(message)
             }
@@ -401,6 +436,43 @@ mod tests {
             spec::capability_mask(&[], &[], &[]).unwrap()
         );
         assert_eq!(spec.hostname, None);
+    }
+
+    fn block_device(serial: &str, path: &str) -> v1::BlockDevice {
+        v1::BlockDevice {
+            serial: serial.into(),
+            container_path: path.into(),
+            read_only: true,
+        }
+    }
+
+    #[test]
+    fn block_devices_convert_and_bad_ones_are_refused() {
+        let mut r = request();
+        r.devices = vec![block_device("d-1", "/dev/xvdb")];
+        let spec = create_request(r).unwrap();
+        assert_eq!(
+            spec.devices,
+            vec![BlockDeviceSpec {
+                serial: "d-1".into(),
+                destination: "/dev/xvdb".into(),
+                read_only: true,
+                node: PathBuf::new(),
+            }]
+        );
+        for devices in [
+            vec![block_device("d-1", "dev/xvdb")],
+            vec![block_device("d-1", "/dev/../etc/x")],
+            vec![block_device("d-1", "/")],
+            vec![block_device("", "/dev/xvdb")],
+            vec![block_device("../d", "/dev/xvdb")],
+            vec![block_device("d-1", "/dev/x"), block_device("d-2", "/dev/x")],
+        ] {
+            let mut r = request();
+            r.devices = devices.clone();
+            let error = create_request(r).unwrap_err();
+            assert_eq!(error.field, "devices", "{devices:?}");
+        }
     }
 
     #[test]

@@ -7,7 +7,9 @@ use std::path::{Component, Path};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use vpod_sandbox::{ContainerSpec, ContainerStdin, RootfsSource, SandboxError, ShareError};
+use vpod_sandbox::{
+    BlockVolume, ContainerSpec, ContainerStdin, RootfsSource, SandboxError, ShareError,
+};
 
 use super::spec::{bind_mounts, container_spec};
 use crate::guest_files::container_files;
@@ -52,6 +54,8 @@ pub struct CreateContainer {
     pub stdin: bool,
     pub stdin_once: bool,
     pub seccomp: super::seccomp::SeccompChoice,
+    /// CRI `devices`, checked: raw block volumes attached as disks.
+    pub block_volumes: Vec<BlockVolume>,
 }
 
 /// `log_directory/log_path`, refusing a log path that leaves the directory.
@@ -190,6 +194,7 @@ impl Runtime {
                 open: request.stdin,
                 once: request.stdin_once,
             },
+            block_volumes: request.block_volumes,
         };
         let created = self.create_in_guest(&pod, record, spec).await;
         if created.is_err() {
@@ -214,6 +219,10 @@ impl Runtime {
                     SandboxError::Spec(m) => RuntimeError::invalid("config", m.to_string()),
                     e @ SandboxError::Volume(_, ShareError::Source(..)) => {
                         RuntimeError::invalid("config.mounts", error_chain(&e))
+                    }
+                    e @ (SandboxError::BlockVolume(..)
+                    | SandboxError::NoFreeSlotForVolume { .. }) => {
+                        RuntimeError::invalid("config.devices", error_chain(&e))
                     }
                     other => other.into(),
                 }),

@@ -1,10 +1,12 @@
 //! CreateContainer: the container's config, validated (a missing or invalid field is
 //! InvalidArgument naming it; what a VM cannot give is refused by name), made in its pod.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tonic::Status;
 use vpod_proto::cri;
+use vpod_sandbox::block_volume::{check_host_path, BlockVolume};
 
 use super::limits;
 use crate::runtime::{seccomp, CreateContainer, Runtime, RuntimeError, SeccompChoice};
@@ -80,12 +82,13 @@ fn create_container_request(
         .map(|i| i.image)
         .filter(|i| !i.is_empty())
         .ok_or_else(|| missing("config.image.image"))?;
-    if !config.devices.is_empty() || !config.cdi_devices.is_empty() {
+    if !config.cdi_devices.is_empty() {
         return Err(RuntimeError::invalid(
-            "config.devices",
-            "host devices cannot be passed into a VM pod",
+            "config.cdi_devices",
+            "CDI devices name the host's devices, which a VM pod cannot reach",
         ));
     }
+    let block_volumes = block_volumes(&config.devices)?;
     if !config.working_dir.is_empty() && !config.working_dir.starts_with('/') {
         return Err(RuntimeError::invalid(
             "config.working_dir",
@@ -202,7 +205,50 @@ fn create_container_request(
         stdin: config.stdin,
         stdin_once: config.stdin_once,
         seccomp,
+        block_volumes,
     })
+}
+
+/// CRI `devices` as raw block volumes: each host path a block device or a disk image file
+/// (a VM cannot get the host's character devices), each container path clean and absolute,
+/// the permissions a subset of "rwm" (without "w": read-only; empty: "rwm").
+fn block_volumes(devices: &[cri::Device]) -> Result<Vec<BlockVolume>, RuntimeError> {
+    let mut volumes: Vec<BlockVolume> = Vec::with_capacity(devices.len());
+    for (i, device) in devices.iter().enumerate() {
+        let field = |name: &str| format!("config.devices[{i}].{name}");
+        let path = &device.container_path;
+        if !path.starts_with('/')
+            || path.trim_matches('/').is_empty()
+            || path.split('/').any(|p| p == ".." || p == ".")
+        {
+            return Err(RuntimeError::invalid(
+                field("container_path"),
+                format!("{path:?} is not a clean absolute path below /"),
+            ));
+        }
+        if volumes.iter().any(|v| v.container_path == *path) {
+            return Err(RuntimeError::invalid(
+                field("container_path"),
+                format!("{path:?} is given twice"),
+            ));
+        }
+        let permissions = &device.permissions;
+        if !permissions.chars().all(|c| "rwm".contains(c)) {
+            return Err(RuntimeError::invalid(
+                field("permissions"),
+                format!("{permissions:?} is not a combination of r, w and m"),
+            ));
+        }
+        let host_path = PathBuf::from(&device.host_path);
+        check_host_path(&host_path)
+            .map_err(|e| RuntimeError::invalid(field("host_path"), e.to_string()))?;
+        volumes.push(BlockVolume {
+            host_path,
+            container_path: path.clone(),
+            read_only: !permissions.is_empty() && !permissions.contains('w'),
+        });
+    }
+    Ok(volumes)
 }
 
 /// The container's seccomp profile: the `seccomp` field when set, else the deprecated
@@ -332,6 +378,91 @@ mod tests {
             field_of(create_container_request(r)),
             "config.linux.security_context.privileged"
         );
+    }
+
+    fn with_device(
+        host_path: &str,
+        container_path: &str,
+        permissions: &str,
+    ) -> cri::CreateContainerRequest {
+        let mut r = container_request();
+        r.config.as_mut().unwrap().devices = vec![cri::Device {
+            host_path: host_path.into(),
+            container_path: container_path.into(),
+            permissions: permissions.into(),
+        }];
+        r
+    }
+
+    #[test]
+    fn block_devices_become_volumes_read_only_without_w() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("disk.img");
+        std::fs::write(&image, vec![0u8; 4096]).unwrap();
+        let image = image.to_str().unwrap();
+        for (permissions, read_only) in [
+            ("rwm", false),
+            ("mrw", false),
+            ("", false),
+            ("r", true),
+            ("rm", true),
+        ] {
+            let c = create_container_request(with_device(image, "/dev/xvdb", permissions)).unwrap();
+            assert_eq!(
+                c.block_volumes,
+                vec![BlockVolume {
+                    host_path: image.into(),
+                    container_path: "/dev/xvdb".into(),
+                    read_only,
+                }],
+                "{permissions:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn devices_that_cannot_be_disks_are_refused_by_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("disk.img");
+        std::fs::write(&image, vec![0u8; 4096]).unwrap();
+        let image = image.to_str().unwrap();
+        let missing = dir.path().join("absent");
+        let cases = [
+            (
+                with_device("/dev/null", "/dev/x", "rwm"),
+                "config.devices[0].host_path",
+            ),
+            (
+                with_device(missing.to_str().unwrap(), "/dev/x", "rwm"),
+                "config.devices[0].host_path",
+            ),
+            (
+                with_device(image, "dev/x", "rwm"),
+                "config.devices[0].container_path",
+            ),
+            (
+                with_device(image, "/dev/../x", "rwm"),
+                "config.devices[0].container_path",
+            ),
+            (
+                with_device(image, "/dev/x", "rwx"),
+                "config.devices[0].permissions",
+            ),
+        ];
+        for (request, field) in cases {
+            assert_eq!(field_of(create_container_request(request)), field);
+        }
+        match create_container_request(with_device("/dev/null", "/dev/x", "rwm")) {
+            Err(RuntimeError::InvalidArgument { problem, .. }) => {
+                assert!(problem.contains("character device"), "{problem}")
+            }
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+        let mut r = container_request();
+        r.config.as_mut().unwrap().cdi_devices = vec![cri::CdiDevice {
+            name: "vendor.com/gpu=0".into(),
+        }];
+        assert_eq!(field_of(create_container_request(r)), "config.cdi_devices");
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! The storage behind a virtio-blk device.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::FileTypeExt;
 
 use vm_memory::VolatileSlice;
 
@@ -41,8 +42,15 @@ pub struct RawFile {
 }
 
 impl RawFile {
-    pub fn new(file: File) -> io::Result<Self> {
-        let size = file.metadata()?.len();
+    /// A regular file or a block device (whose metadata says 0 bytes: its size is where a
+    /// seek to its end lands).
+    pub fn new(mut file: File) -> io::Result<Self> {
+        let metadata = file.metadata()?;
+        let size = if metadata.file_type().is_block_device() {
+            file.seek(SeekFrom::End(0))?
+        } else {
+            metadata.len()
+        };
         Ok(RawFile { file, size })
     }
 }
