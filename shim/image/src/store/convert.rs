@@ -1,5 +1,6 @@
-//! Making sure one layer is converted: reuse it if present, else extract and `mkfs.erofs`
-//! it under the layer's lock, publishing the image with an atomic rename.
+//! Making sure one layer is converted: reuse it if present, else write its EROFS image
+//! from the tar stream (or, with `LayerConverter::StagedMkfs`, extract and `mkfs.erofs`
+//! it) under the layer's lock, publishing the image with an atomic rename.
 
 use std::fs;
 use std::io::{self, Read};
@@ -7,11 +8,13 @@ use std::path::PathBuf;
 
 use crate::digest::{DiffId, HashingReader};
 use crate::layer::decompress::open_decompressed;
+use crate::layer::erofs::uuid_bytes_from_diff_id;
+use crate::layer::erofs_writer::ErofsLayerWriter;
 use crate::layer::extract::LayerExtractor;
 use crate::oci::convert::BlobRef;
 use crate::oci::layout::OciLayout;
 use crate::store::files::{self, TempDirGuard, TempFileGuard};
-use crate::store::{LayerRecord, LayerStore, LayerStoreError};
+use crate::store::{LayerConverter, LayerRecord, LayerStore, LayerStoreError};
 
 impl LayerStore {
     /// Ensures the layer `descriptor` (whose config diffID is `diff_id`) is converted and
@@ -108,49 +111,62 @@ impl LayerStore {
         diff_id: DiffId,
     ) -> Result<LayerRecord, LayerStoreError> {
         let digest = descriptor.digest;
-        let staging_path = self
-            .temp_dir()
-            .join(files::unique_temp_name(&diff_id.hex()));
-        let staging = TempDirGuard::create(staging_path.clone())
-            .map_err(LayerStoreError::io("create", &staging_path))?;
-
-        let blob = layout.open_blob_checked_size(descriptor)?;
-        let mut compressed = HashingReader::new(blob);
-        let (decompressed, _) = open_decompressed(descriptor.media_type.as_ref(), &mut compressed)
-            .map_err(|source| LayerStoreError::Decompress { digest, source })?;
-        let mut archive = tar::Archive::new(HashingReader::new(decompressed));
-        let stats = LayerExtractor::new(staging.path())
-            .and_then(|extractor| extractor.extract_all(&mut archive))
-            .map_err(|source| LayerStoreError::Extract { digest, source })?;
-        // The diffID covers the whole stream, end-of-archive blocks and padding included.
-        let (actual, tar_size) = archive
-            .into_inner()
-            .finish()
-            .map_err(|source| LayerStoreError::ReadLayer { digest, source })?;
-        check_blob_unchanged(compressed, descriptor)?;
-        if actual != diff_id {
-            return Err(LayerStoreError::DiffIdMismatch {
-                digest,
-                expected: diff_id,
-                actual,
-            });
-        }
-
         let image_temp = TempFileGuard {
             path: self
                 .temp_dir()
                 .join(files::unique_temp_name(&format!("{}.erofs", diff_id.hex()))),
         };
-        self.options
-            .erofs
-            .build(
-                staging.path(),
-                &image_temp.path,
-                &diff_id,
-                stats.newest_mtime,
-            )
-            .map_err(|source| LayerStoreError::Erofs { diff_id, source })?;
-        drop(staging);
+        let blob = layout.open_blob_checked_size(descriptor)?;
+        let mut compressed = HashingReader::new(blob);
+        let (decompressed, _) = open_decompressed(descriptor.media_type.as_ref(), &mut compressed)
+            .map_err(|source| LayerStoreError::Decompress { digest, source })?;
+        let mut archive = tar::Archive::new(HashingReader::new(decompressed));
+        let stats = match &self.options.converter {
+            LayerConverter::Writer => {
+                let mut writer = ErofsLayerWriter::create(&image_temp.path)
+                    .map_err(|source| LayerStoreError::Extract { digest, source })?;
+                writer
+                    .add_entries(&mut archive)
+                    .map_err(|source| LayerStoreError::Extract { digest, source })?;
+                let (actual, tar_size) = archive
+                    .into_inner()
+                    .finish()
+                    .map_err(|source| LayerStoreError::ReadLayer { digest, source })?;
+                check_digests(compressed, descriptor, diff_id, actual)?;
+                // Only a proven layer gets its metadata and superblock.
+                let stats = writer
+                    .finish(uuid_bytes_from_diff_id(&diff_id))
+                    .map_err(|source| LayerStoreError::Extract { digest, source })?;
+                (stats, tar_size)
+            }
+            LayerConverter::StagedMkfs(builder) => {
+                let staging_path = self
+                    .temp_dir()
+                    .join(files::unique_temp_name(&diff_id.hex()));
+                let staging = TempDirGuard::create(staging_path.clone())
+                    .map_err(LayerStoreError::io("create", &staging_path))?;
+                let stats = LayerExtractor::new(staging.path())
+                    .and_then(|extractor| extractor.extract_all(&mut archive))
+                    .map_err(|source| LayerStoreError::Extract { digest, source })?;
+                // The diffID covers the whole stream, end-of-archive blocks and padding
+                // included.
+                let (actual, tar_size) = archive
+                    .into_inner()
+                    .finish()
+                    .map_err(|source| LayerStoreError::ReadLayer { digest, source })?;
+                check_digests(compressed, descriptor, diff_id, actual)?;
+                builder
+                    .build(
+                        staging.path(),
+                        &image_temp.path,
+                        &diff_id,
+                        stats.newest_mtime,
+                    )
+                    .map_err(|source| LayerStoreError::Erofs { diff_id, source })?;
+                (stats, tar_size)
+            }
+        };
+        let (stats, tar_size) = stats;
         let image_path = self.layer_path(&diff_id);
         let erofs_size = fs::metadata(&image_temp.path)
             .map_err(LayerStoreError::io("inspect", &image_temp.path))?
@@ -192,6 +208,24 @@ impl LayerStore {
         }
         Ok(())
     }
+}
+
+/// Checks the rest of the blob (see `check_blob_unchanged`), then the tar's diffID.
+fn check_digests<R: Read>(
+    compressed: HashingReader<R>,
+    descriptor: &BlobRef,
+    expected: DiffId,
+    actual: DiffId,
+) -> Result<(), LayerStoreError> {
+    check_blob_unchanged(compressed, descriptor)?;
+    if actual != expected {
+        return Err(LayerStoreError::DiffIdMismatch {
+            digest: descriptor.digest,
+            expected,
+            actual,
+        });
+    }
+    Ok(())
 }
 
 /// Reads the rest of the blob and checks that what was decompressed is what was verified.
