@@ -162,6 +162,9 @@ enum Bench {
         /// The layer's size
         #[arg(long, value_name = "MiB", default_value_t = 128)]
         mib: u64,
+        /// Files in the small-files layer
+        #[arg(long, value_name = "N", default_value_t = 50_000)]
+        files: usize,
     },
     /// The vsock device's host path with a simulated guest driver, both ways (native)
     VsockHostPath {
@@ -244,7 +247,9 @@ fn main() -> Result<()> {
         Bench::CriRpc { runs } => cri_rpc::cri_rpc(&root, runs).map(drop),
         Bench::Cni { runs } => cni::cni(&root, runs).map(drop),
         Bench::Check => check::check(&results_dir(&root)),
-        Bench::Conversion { runs, mib } => conversion::conversion(&root, runs, mib).map(drop),
+        Bench::Conversion { runs, mib, files } => {
+            conversion::conversion(&root, runs, mib, files).map(drop)
+        }
         Bench::VsockHostPath { runs, mib } => {
             vsock_host_path::vsock_host_path(&root, runs, mib).map(drop)
         }

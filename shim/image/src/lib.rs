@@ -14,6 +14,6 @@ pub mod store;
 
 pub use digest::{DiffId, Digest};
 pub use store::{
-    ImageConfig, ImageLayer, ImportedImage, LayerRecord, LayerStore, LayerStoreError,
-    LayerStoreOptions,
+    ImageConfig, ImageLayer, ImportedImage, LayerConverter, LayerRecord, LayerStore,
+    LayerStoreError, LayerStoreOptions,
 };

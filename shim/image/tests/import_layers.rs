@@ -339,3 +339,90 @@ fn config_without_platform_fields_imports_with_them_empty() {
     assert_eq!(image.layers.len(), 1);
     assert_eq!(image.layers[0].diff_id, diff_id);
 }
+
+/// An overlayfs mounted over empty directories, unmounted on drop: a store there cannot
+/// create whiteout devices (overlayfs keeps 0:0 character devices for its own whiteouts),
+/// as on a node whose /var/lib sits on overlayfs, like the emulated host's or a container's.
+struct OverlayMount {
+    temp: tempfile::TempDir,
+}
+
+impl OverlayMount {
+    fn new() -> OverlayMount {
+        let temp = tempfile::tempdir().unwrap();
+        for dir in ["lower", "upper", "work", "merged"] {
+            fs::create_dir(temp.path().join(dir)).unwrap();
+        }
+        let p = |d: &str| temp.path().join(d).display().to_string();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o"])
+            .arg(format!(
+                "lowerdir={},upperdir={},workdir={}",
+                p("lower"),
+                p("upper"),
+                p("work")
+            ))
+            .arg(p("merged"))
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount overlayfs (needs root)");
+        OverlayMount { temp }
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        self.temp.path().join("merged")
+    }
+}
+
+impl Drop for OverlayMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.path())
+            .status();
+    }
+}
+
+#[test]
+fn whiteouts_convert_in_a_store_on_overlayfs() {
+    let tar = LayerTar::new()
+        .dir("etc/")
+        .file("etc/.wh.motd", "")
+        .file("data/.wh..wh..opq", "")
+        .file("data/c", "c")
+        .finish();
+    let fixture = Fixture::new();
+    write_layout(
+        &fixture.layout_dir("wh"),
+        &[(tar, LayerCompression::Gzip)],
+        "t",
+    );
+    let overlay = OverlayMount::new();
+    let store = vpod_image::LayerStore::open(overlay.path().join("store")).unwrap();
+    let image = store
+        .import_oci_layout(&fixture.reference("wh", "t"))
+        .expect("the writer makes no device node on the host");
+    let mounted = MountedImage::mount(&image.layers[0].path).expect("mount erofs");
+    let whiteout = fs::symlink_metadata(mounted.path("etc/motd")).unwrap();
+    assert!(whiteout.file_type().is_char_device());
+    assert_eq!(whiteout.rdev(), 0);
+    drop(mounted);
+
+    // The staged path, in the same place, fails as `vpod run` did.
+    let staged_store = vpod_image::LayerStore::open_with(
+        overlay.path().join("staged-store"),
+        vpod_image::LayerStoreOptions {
+            converter: vpod_image::LayerConverter::StagedMkfs(Default::default()),
+        },
+    )
+    .unwrap();
+    let error = staged_store
+        .import_oci_layout(&fixture.reference("wh", "t"))
+        .expect_err("overlayfs refuses whiteout devices");
+    let chain = vpod_proto::error_chain(&error);
+    assert!(
+        chain.contains("could not create the whiteout device"),
+        "{chain}"
+    );
+    drop(store);
+    drop(staged_store);
+}

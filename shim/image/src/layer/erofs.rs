@@ -90,13 +90,19 @@ impl ErofsBuilder {
     }
 }
 
-/// A version-4-shaped UUID from the diffID's first 16 bytes: stable per layer, so the guest
-/// can also find a layer's disk by filesystem UUID.
-pub fn uuid_from_diff_id(diff_id: &DiffId) -> String {
+/// The raw bytes of `uuid_from_diff_id`.
+pub fn uuid_bytes_from_diff_id(diff_id: &DiffId) -> [u8; 16] {
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&diff_id.as_bytes()[..16]);
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    bytes
+}
+
+/// A version-4-shaped UUID from the diffID's first 16 bytes: stable per layer, so the guest
+/// can also find a layer's disk by filesystem UUID.
+pub fn uuid_from_diff_id(diff_id: &DiffId) -> String {
+    let bytes = uuid_bytes_from_diff_id(diff_id);
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!(
         "{}-{}-{}-{}-{}",

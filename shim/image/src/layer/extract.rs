@@ -36,10 +36,10 @@ use crate::layer::tar_path::{LayerPath, TarPathError};
 /// Layers with more entries than this are refused.
 pub const MAX_ENTRIES_PER_LAYER: u64 = 2_000_000;
 
-const WHITEOUT_PREFIX: &[u8] = b".wh.";
-const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
-const AUFS_META_PREFIX: &[u8] = b".wh..wh.";
-const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+pub(crate) const WHITEOUT_PREFIX: &[u8] = b".wh.";
+pub(crate) const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+pub(crate) const AUFS_META_PREFIX: &[u8] = b".wh..wh.";
+pub(crate) const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 const PAX_XATTR_PREFIX: &str = "SCHILY.xattr.";
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +84,18 @@ pub enum ExtractError {
         #[source]
         source: io::Error,
     },
+    #[error("tar entry {entry} has xattrs of {bytes} bytes; at most {max} fit an inode")]
+    XattrsTooLarge { entry: String, bytes: u64, max: u64 },
+    #[error("symbolic link {entry} has a target longer than 4095 bytes")]
+    LinkTargetTooLong { entry: String },
+    #[error("the layer's EROFS image would exceed 16 TiB")]
+    ImageTooLarge,
+    #[error("could not write the EROFS image {path}")]
+    WriteImage {
+        path: std::path::PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("could not open the staging directory {0}")]
     OpenStaging(String, #[source] io::Error),
 }
@@ -114,12 +126,12 @@ struct DirectoryMetadata {
 }
 
 /// One entry's header facts.
-struct EntryHeader {
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    mtime: i64,
-    xattrs: Vec<(String, Vec<u8>)>,
+pub(crate) struct EntryHeader {
+    pub(crate) mode: u32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) mtime: i64,
+    pub(crate) xattrs: Vec<(String, Vec<u8>)>,
 }
 
 /// Extracts tar entries under a staging root.
@@ -172,7 +184,7 @@ impl LayerExtractor {
     fn extract_entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), ExtractError> {
         let path = LayerPath::parse(&entry.path_bytes()).map_err(ExtractError::UnsafePath)?;
         let kind = entry.header().entry_type();
-        let header = self.read_header(&path, &mut entry)?;
+        let header = read_entry_header(&mut self.stats, &path, &mut entry)?;
 
         if let Some((parent, name)) = path.split_last() {
             let name_bytes = name.as_encoded_bytes();
@@ -223,56 +235,6 @@ impl LayerExtractor {
                 kind: other.as_byte(),
             }),
         }
-    }
-
-    fn read_header<R: Read>(
-        &mut self,
-        path: &LayerPath,
-        entry: &mut tar::Entry<'_, R>,
-    ) -> Result<EntryHeader, ExtractError> {
-        let malformed = |source| ExtractError::MalformedHeader {
-            entry: path.to_string(),
-            source,
-        };
-        let out_of_range = || {
-            malformed(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "uid, gid or mtime out of range",
-            ))
-        };
-        let header = entry.header();
-        let raw = header.as_old();
-        let mode = lenient_numeric(header.mode().map(u64::from), &raw.mode).map_err(malformed)?;
-        let mode = u32::try_from(mode & 0o7777).map_err(|_| out_of_range())?;
-        let uid = lenient_numeric(header.uid(), &raw.uid).map_err(malformed)?;
-        let uid = u32::try_from(uid).map_err(|_| out_of_range())?;
-        let gid = lenient_numeric(header.gid(), &raw.gid).map_err(malformed)?;
-        let gid = u32::try_from(gid).map_err(|_| out_of_range())?;
-        let mtime = lenient_numeric(header.mtime(), &raw.mtime).map_err(malformed)?;
-        let mtime = i64::try_from(mtime).map_err(|_| out_of_range())?;
-        self.stats.newest_mtime = self.stats.newest_mtime.max(mtime);
-        let mut xattrs = Vec::new();
-        if let Some(extensions) = entry.pax_extensions().map_err(malformed)? {
-            for extension in extensions {
-                let extension = extension.map_err(malformed)?;
-                let Ok(key) = extension.key() else { continue };
-                let Some(name) = key.strip_prefix(PAX_XATTR_PREFIX) else {
-                    continue;
-                };
-                if name.starts_with("user.") || name == "security.capability" {
-                    xattrs.push((name.to_owned(), extension.value_bytes().to_vec()));
-                } else {
-                    self.stats.skipped_xattrs += 1;
-                }
-            }
-        }
-        Ok(EntryHeader {
-            mode,
-            uid,
-            gid,
-            mtime,
-            xattrs,
-        })
     }
 
     fn extract_whiteout(
@@ -602,6 +564,58 @@ impl LayerExtractor {
         }
         Ok(())
     }
+}
+
+/// The mode, owner, mtime and kept xattrs of `entry`; counts dropped xattrs and the
+/// newest mtime in `stats`.
+pub(crate) fn read_entry_header<R: Read>(
+    stats: &mut ExtractStats,
+    path: &LayerPath,
+    entry: &mut tar::Entry<'_, R>,
+) -> Result<EntryHeader, ExtractError> {
+    let malformed = |source| ExtractError::MalformedHeader {
+        entry: path.to_string(),
+        source,
+    };
+    let out_of_range = || {
+        malformed(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "uid, gid or mtime out of range",
+        ))
+    };
+    let header = entry.header();
+    let raw = header.as_old();
+    let mode = lenient_numeric(header.mode().map(u64::from), &raw.mode).map_err(malformed)?;
+    let mode = u32::try_from(mode & 0o7777).map_err(|_| out_of_range())?;
+    let uid = lenient_numeric(header.uid(), &raw.uid).map_err(malformed)?;
+    let uid = u32::try_from(uid).map_err(|_| out_of_range())?;
+    let gid = lenient_numeric(header.gid(), &raw.gid).map_err(malformed)?;
+    let gid = u32::try_from(gid).map_err(|_| out_of_range())?;
+    let mtime = lenient_numeric(header.mtime(), &raw.mtime).map_err(malformed)?;
+    let mtime = i64::try_from(mtime).map_err(|_| out_of_range())?;
+    stats.newest_mtime = stats.newest_mtime.max(mtime);
+    let mut xattrs = Vec::new();
+    if let Some(extensions) = entry.pax_extensions().map_err(malformed)? {
+        for extension in extensions {
+            let extension = extension.map_err(malformed)?;
+            let Ok(key) = extension.key() else { continue };
+            let Some(name) = key.strip_prefix(PAX_XATTR_PREFIX) else {
+                continue;
+            };
+            if name.starts_with("user.") || name == "security.capability" {
+                xattrs.push((name.to_owned(), extension.value_bytes().to_vec()));
+            } else {
+                stats.skipped_xattrs += 1;
+            }
+        }
+    }
+    Ok(EntryHeader {
+        mode,
+        uid,
+        gid,
+        mtime,
+        xattrs,
+    })
 }
 
 /// Sets owner, then mode (chown clears setuid bits), xattrs, then mtime, on an open file or

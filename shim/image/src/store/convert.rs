@@ -1,17 +1,20 @@
-//! Making sure one layer is converted: reuse it if present, else extract and `mkfs.erofs`
-//! it under the layer's lock, publishing the image with an atomic rename.
+//! Making sure one layer is converted: reuse it if present, else write its EROFS image
+//! from the tar stream (or, with `LayerConverter::StagedMkfs`, extract and `mkfs.erofs`
+//! it) under the layer's lock, publishing the image with an atomic rename.
 
 use std::fs;
 use std::io::{self, Read};
 use std::path::PathBuf;
 
 use crate::digest::{DiffId, HashingReader};
-use crate::layer::decompress::open_decompressed;
-use crate::layer::extract::LayerExtractor;
+use crate::layer::decompress::{open_decompressed, DetectedCompression};
+use crate::layer::erofs::uuid_bytes_from_diff_id;
+use crate::layer::erofs_writer::ErofsLayerWriter;
+use crate::layer::extract::{ExtractStats, LayerExtractor};
 use crate::oci::convert::BlobRef;
-use crate::oci::layout::OciLayout;
+use crate::oci::layout::{OciLayout, OciLayoutError};
 use crate::store::files::{self, TempDirGuard, TempFileGuard};
-use crate::store::{LayerRecord, LayerStore, LayerStoreError};
+use crate::store::{LayerConverter, LayerRecord, LayerStore, LayerStoreError};
 
 impl LayerStore {
     /// Ensures the layer `descriptor` (whose config diffID is `diff_id`) is converted and
@@ -23,8 +26,10 @@ impl LayerStore {
         descriptor: &BlobRef,
         diff_id: DiffId,
     ) -> Result<(LayerRecord, bool), LayerStoreError> {
-        layout.verify_blob(descriptor)?;
+        // A layer to convert has its blob checked while it streams (a bad one leaves
+        // nothing); one already converted has it checked here.
         if let Some(record) = self.reusable_record(descriptor, &diff_id)? {
+            layout.verify_blob(descriptor)?;
             return Ok((record, false));
         }
 
@@ -33,9 +38,11 @@ impl LayerStore {
             files::lock_exclusive(&lock_path).map_err(LayerStoreError::io("lock", &lock_path))?;
         // Another process may have finished while we waited.
         if let Some(record) = self.reusable_record(descriptor, &diff_id)? {
+            layout.verify_blob(descriptor)?;
             return Ok((record, false));
         }
         if self.has_layer(&diff_id) {
+            layout.verify_blob(descriptor)?;
             return self
                 .verify_blob_against_existing_layer(layout, descriptor, diff_id)
                 .map(|record| (record, false));
@@ -108,49 +115,78 @@ impl LayerStore {
         diff_id: DiffId,
     ) -> Result<LayerRecord, LayerStoreError> {
         let digest = descriptor.digest;
-        let staging_path = self
-            .temp_dir()
-            .join(files::unique_temp_name(&diff_id.hex()));
-        let staging = TempDirGuard::create(staging_path.clone())
-            .map_err(LayerStoreError::io("create", &staging_path))?;
-
-        let blob = layout.open_blob_checked_size(descriptor)?;
-        let mut compressed = HashingReader::new(blob);
-        let (decompressed, _) = open_decompressed(descriptor.media_type.as_ref(), &mut compressed)
-            .map_err(|source| LayerStoreError::Decompress { digest, source })?;
-        let mut archive = tar::Archive::new(HashingReader::new(decompressed));
-        let stats = LayerExtractor::new(staging.path())
-            .and_then(|extractor| extractor.extract_all(&mut archive))
-            .map_err(|source| LayerStoreError::Extract { digest, source })?;
-        // The diffID covers the whole stream, end-of-archive blocks and padding included.
-        let (actual, tar_size) = archive
-            .into_inner()
-            .finish()
-            .map_err(|source| LayerStoreError::ReadLayer { digest, source })?;
-        check_blob_unchanged(compressed, descriptor)?;
-        if actual != diff_id {
-            return Err(LayerStoreError::DiffIdMismatch {
-                digest,
-                expected: diff_id,
-                actual,
-            });
-        }
-
         let image_temp = TempFileGuard {
             path: self
                 .temp_dir()
                 .join(files::unique_temp_name(&format!("{}.erofs", diff_id.hex()))),
         };
-        self.options
-            .erofs
-            .build(
-                staging.path(),
-                &image_temp.path,
-                &diff_id,
-                stats.newest_mtime,
-            )
-            .map_err(|source| LayerStoreError::Erofs { diff_id, source })?;
-        drop(staging);
+        // Any failure of a blob that does not match its descriptor is reported as that.
+        let converted = (|| -> Result<(ExtractStats, u64), LayerStoreError> {
+            let blob = layout.open_blob_checked_size(descriptor)?;
+            let mut compressed = HashingReader::new(blob.take(descriptor.size.saturating_add(1)));
+            let (decompressed, compression) =
+                open_decompressed(descriptor.media_type.as_ref(), &mut compressed)
+                    .map_err(|source| LayerStoreError::Decompress { digest, source })?;
+            // An uncompressed blob is the tar: its digest is the diffID, hashed once.
+            let tar_stream = if compression == DetectedCompression::None {
+                TarStream::Counted(decompressed, 0)
+            } else {
+                TarStream::Hashed(HashingReader::new(decompressed))
+            };
+            let mut archive = tar::Archive::new(tar_stream);
+            match &self.options.converter {
+                LayerConverter::Writer => {
+                    let mut writer = ErofsLayerWriter::create(&image_temp.path)
+                        .map_err(|source| LayerStoreError::Extract { digest, source })?;
+                    writer
+                        .add_entries(&mut archive)
+                        .map_err(|source| LayerStoreError::Extract { digest, source })?;
+                    let (actual, tar_size) = archive
+                        .into_inner()
+                        .finish()
+                        .map_err(|source| LayerStoreError::ReadLayer { digest, source })?;
+                    check_streamed_digests(compressed, descriptor, diff_id, actual)?;
+                    // Only a proven layer gets its metadata and superblock.
+                    let stats = writer
+                        .finish(uuid_bytes_from_diff_id(&diff_id))
+                        .map_err(|source| LayerStoreError::Extract { digest, source })?;
+                    Ok((stats, tar_size))
+                }
+                LayerConverter::StagedMkfs(builder) => {
+                    let staging_path = self
+                        .temp_dir()
+                        .join(files::unique_temp_name(&diff_id.hex()));
+                    let staging = TempDirGuard::create(staging_path.clone())
+                        .map_err(LayerStoreError::io("create", &staging_path))?;
+                    let stats = LayerExtractor::new(staging.path())
+                        .and_then(|extractor| extractor.extract_all(&mut archive))
+                        .map_err(|source| LayerStoreError::Extract { digest, source })?;
+                    // The diffID covers the whole stream, end-of-archive blocks and padding
+                    // included.
+                    let (actual, tar_size) = archive
+                        .into_inner()
+                        .finish()
+                        .map_err(|source| LayerStoreError::ReadLayer { digest, source })?;
+                    check_streamed_digests(compressed, descriptor, diff_id, actual)?;
+                    builder
+                        .build(
+                            staging.path(),
+                            &image_temp.path,
+                            &diff_id,
+                            stats.newest_mtime,
+                        )
+                        .map_err(|source| LayerStoreError::Erofs { diff_id, source })?;
+                    Ok((stats, tar_size))
+                }
+            }
+        })();
+        let (stats, tar_size) = match converted {
+            Ok(converted) => converted,
+            Err(error) => {
+                layout.verify_blob(descriptor)?;
+                return Err(error);
+            }
+        };
         let image_path = self.layer_path(&diff_id);
         let erofs_size = fs::metadata(&image_temp.path)
             .map_err(LayerStoreError::io("inspect", &image_temp.path))?
@@ -192,6 +228,80 @@ impl LayerStore {
         }
         Ok(())
     }
+}
+
+/// The decompressed tar stream, hashed for its diffID, or only counted where the blob is
+/// the tar itself.
+enum TarStream<R> {
+    Hashed(HashingReader<R>),
+    Counted(R, u64),
+}
+
+impl<R: Read> Read for TarStream<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            TarStream::Hashed(reader) => reader.read(buf),
+            TarStream::Counted(reader, count) => {
+                let n = reader.read(buf)?;
+                *count += n as u64;
+                Ok(n)
+            }
+        }
+    }
+}
+
+impl<R: Read> TarStream<R> {
+    /// Reads the rest of the stream; returns its digest (`None` where only counted) and
+    /// its size.
+    fn finish(self) -> io::Result<(Option<DiffId>, u64)> {
+        match self {
+            TarStream::Hashed(reader) => reader.finish().map(|(d, n)| (Some(d), n)),
+            TarStream::Counted(mut reader, count) => {
+                let rest = io::copy(&mut reader, &mut io::sink())?;
+                Ok((None, count + rest))
+            }
+        }
+    }
+}
+
+/// Checks the whole blob against its descriptor (as `OciLayout::verify_blob` would have
+/// before reading it), then the tar's diffID (`None`: the blob's own digest).
+fn check_streamed_digests<R: Read>(
+    compressed: HashingReader<R>,
+    descriptor: &BlobRef,
+    expected: DiffId,
+    actual: Option<DiffId>,
+) -> Result<(), LayerStoreError> {
+    let (blob_digest, size) = compressed
+        .finish()
+        .map_err(|source| LayerStoreError::ReadLayer {
+            digest: descriptor.digest,
+            source,
+        })?;
+    if size != descriptor.size {
+        return Err(OciLayoutError::SizeMismatch {
+            digest: descriptor.digest,
+            expected: descriptor.size,
+            actual: size,
+        }
+        .into());
+    }
+    if blob_digest != descriptor.digest {
+        return Err(OciLayoutError::DigestMismatch {
+            expected: descriptor.digest,
+            actual: blob_digest,
+        }
+        .into());
+    }
+    let actual = actual.unwrap_or(blob_digest);
+    if actual != expected {
+        return Err(LayerStoreError::DiffIdMismatch {
+            digest: descriptor.digest,
+            expected,
+            actual,
+        });
+    }
+    Ok(())
 }
 
 /// Reads the rest of the blob and checks that what was decompressed is what was verified.

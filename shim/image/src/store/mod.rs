@@ -117,7 +117,19 @@ pub struct LayerRecord {
 /// Settings of a store; `Default` suits production.
 #[derive(Debug, Clone, Default)]
 pub struct LayerStoreOptions {
-    pub erofs: ErofsBuilder,
+    pub converter: LayerConverter,
+}
+
+/// How a layer tar becomes an EROFS image.
+#[derive(Debug, Clone, Default)]
+pub enum LayerConverter {
+    /// The single-pass writer: the image straight from the tar stream, nothing else on the
+    /// host's filesystem.
+    #[default]
+    Writer,
+    /// The former path, kept for comparison: extract to a staging directory (needs root
+    /// and a filesystem that takes device nodes and `trusted.*` xattrs), then `mkfs.erofs`.
+    StagedMkfs(ErofsBuilder),
 }
 
 /// A directory of converted layers and imported images.
