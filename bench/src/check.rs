@@ -120,6 +120,7 @@ pub fn check(dir: &Path) -> Result<()> {
     io_targets(&r, &mut v);
     network_targets(dir, &mut v);
     pod_network_targets(dir, &mut v);
+    volume_targets(dir, &mut v);
     v.missed += crate::cri_check::check(dir)?;
     if v.missed > 0 {
         bail!("{} target(s) missed", v.missed);
@@ -145,6 +146,67 @@ fn network_targets(dir: &Path, v: &mut Verdicts) {
         false,
         " ms",
     );
+}
+
+/// A pod's volumes (`vpod-bench volume-io` and `cri-memory` under several share settings;
+/// the files are optional). Both ratios come from one run each, so they hold on the
+/// emulated host too.
+fn volume_targets(dir: &Path, v: &mut Verdicts) {
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .ok()
+            .map(|text| Results {
+                lines: text.lines().map(str::to_string).collect(),
+            })
+    };
+    match read("volume-io.jsonl") {
+        Some(r) => {
+            let config = r
+                .config("volume_seq_read", "vpod-share")
+                .unwrap_or_default();
+            let share = r.get("volume_seq_read", "vpod-share", &config, "mb_s");
+            let disk = r.get("volume_seq_read", "vpod-disk", &config, "mb_s");
+            v.target(
+                &format!(
+                    "sequential read through a pod's share / its own disk ({config}, {})",
+                    r.host("volume_seq_read")
+                ),
+                ratio(share, disk),
+                0.5,
+                true,
+                "x",
+            );
+        }
+        None => println!("n/a    volume I/O: run `vpod-bench volume-io` to measure it"),
+    }
+    let Some(r) = read("cri-memory-volumes.jsonl") else {
+        println!("n/a    idle pod memory with and without the share: no measurement");
+        return;
+    };
+    let bench = "cri_idle_pod_host_available_drop";
+    let off = r
+        .lines
+        .iter()
+        .filter(|l| field(l, "bench").as_deref() == Some(bench))
+        .filter_map(|l| field(l, "config"))
+        .find(|c| c.ends_with("-volumes-off"));
+    if let Some(off) = off {
+        let on = off.trim_end_matches("-volumes-off").to_string();
+        // A pod with the default share costs no more than one without it.
+        v.target(
+            &format!(
+                "host memory of an idle pod with the share / without ({on}, {})",
+                r.host(bench)
+            ),
+            ratio(
+                r.get(bench, "vpod", &on, "rss_kib"),
+                r.get(bench, "vpod", &off, "rss_kib"),
+            ),
+            1.0,
+            false,
+            "x",
+        );
+    }
 }
 
 /// Pod to pod over a CNI bridge (`vpod-bench net-pods`, not part of `make bench`'s native

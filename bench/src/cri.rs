@@ -42,13 +42,38 @@ pub struct CriBench {
     pub concurrent: usize,
     /// Pod counts at which idle memory is read (ascending); empty skips memory.
     pub memory_pods: Vec<usize>,
+    /// The share settings idle memory is read under, one daemon each, in this order.
+    pub memory_volumes: Vec<VolumesMode>,
+}
+
+/// How the pods of an idle-memory run stand with the per-pod share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VolumesMode {
+    /// `[pod] volumes = false`: no share, no virtiofsd, guest RAM not in a memfd.
+    Off,
+    /// The default (`volumes = true`): every pod has its share; no volume mounted.
+    On,
+    /// `volumes = true` and each pod's container mounts a host directory.
+    Mounted,
+}
+
+impl VolumesMode {
+    /// The suffix of the results' config, and the `VPOD_BENCH_CRI_VOLUMES` word.
+    pub fn name(self) -> &'static str {
+        match self {
+            VolumesMode::Off => "off",
+            VolumesMode::On => "on",
+            VolumesMode::Mounted => "mounted",
+        }
+    }
 }
 
 impl CriBench {
     /// `runs` and `host` from the command line; the rest from the environment:
     /// `VPOD_BENCH_CRI_POD_MIB` (guest memory of each pod, default 128),
     /// `VPOD_BENCH_CRI_CONCURRENT` (pods started at once, default 10) and
-    /// `VPOD_BENCH_CRI_MEMORY_PODS` (comma-separated pod counts, default `10,50`; empty skips).
+    /// `VPOD_BENCH_CRI_MEMORY_PODS` (comma-separated pod counts, default `10,50`; empty skips),
+    /// `VPOD_BENCH_CRI_VOLUMES` (comma-separated [`VolumesMode`] names, default `on`).
     pub fn from_env(runs: usize, host: &str) -> Result<CriBench> {
         let number = |name: &str, default: u64| -> Result<u64> {
             match std::env::var(name) {
@@ -68,7 +93,18 @@ impl CriBench {
             .collect::<Result<Vec<_>, _>>()
             .context("VPOD_BENCH_CRI_MEMORY_PODS is not a list of numbers")?;
         memory_pods.sort_unstable();
+        let volumes = std::env::var("VPOD_BENCH_CRI_VOLUMES").unwrap_or_else(|_| "on".into());
+        let memory_volumes = volumes
+            .split(',')
+            .map(|w| match w.trim() {
+                "off" => Ok(VolumesMode::Off),
+                "on" => Ok(VolumesMode::On),
+                "mounted" => Ok(VolumesMode::Mounted),
+                other => bail!("VPOD_BENCH_CRI_VOLUMES: {other:?} is not off, on or mounted"),
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(CriBench {
+            memory_volumes,
             runs,
             host: host.to_string(),
             pod_mib: number("VPOD_BENCH_CRI_POD_MIB", 128)?,
@@ -115,12 +151,24 @@ impl Daemon {
     /// [`Daemon::start`] with more of vpod-cri's config.toml (whole tables, such as
     /// `[network]`) after its `[pod]` table.
     pub fn start_with(repo: &Path, dir: &Path, pod_mib: u64, tables: &str) -> Result<Daemon> {
+        Daemon::start_configured(repo, dir, pod_mib, 64, tables)
+    }
+
+    /// [`Daemon::start_with`] with each pod's writable disk `disk_mib` large; `tables` may
+    /// begin with more keys of the `[pod]` table.
+    pub fn start_configured(
+        repo: &Path,
+        dir: &Path,
+        pod_mib: u64,
+        disk_mib: u64,
+        tables: &str,
+    ) -> Result<Daemon> {
         let config = dir.join("config.toml");
         std::fs::write(
             &config,
             format!(
                 "[pod]\ndefault_memory_mib = {pod_mib}\nmin_memory_mib = {pod_mib}\n\
-                 agent_timeout_secs = 240\nwritable_disk_mib = 64\n{tables}"
+                 agent_timeout_secs = 240\nwritable_disk_mib = {disk_mib}\n{tables}"
             ),
         )?;
         let (root, socket, log) = (
@@ -171,6 +219,24 @@ impl Daemon {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// PIDs of the live virtiofsd processes whose command line names a path under the root.
+    pub fn virtiofsd_pids(&self) -> Vec<u32> {
+        let inside = format!("{}/", self.root.display());
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                stat.contains("(virtiofsd) ")
+                    && !stat.contains(") Z ")
+                    && String::from_utf8_lossy(&cmdline).contains(&inside)
+            })
+            .collect()
     }
 
     /// PIDs of the `vpod-vmm` processes whose command line names `<root>/sandboxes/<pod>/`
@@ -283,10 +349,21 @@ pub struct StartedPod {
 
 /// Runs pod `name` with a [`sleeper`] container.
 pub async fn start_pod(
+    clients: Clients,
+    name: String,
+    image: String,
+    logs: PathBuf,
+) -> Result<StartedPod> {
+    start_pod_with(clients, name, image, logs, Vec::new()).await
+}
+
+/// [`start_pod`] with `mounts` in the container.
+pub async fn start_pod_with(
     mut clients: Clients,
     name: String,
     image: String,
     logs: PathBuf,
+    mounts: Vec<Mount>,
 ) -> Result<StartedPod> {
     let config = pod_config(&name, &logs);
     let log_file = logs.join(&name).join("sleeper/0.log");
@@ -306,7 +383,10 @@ pub async fn start_pod(
         .runtime
         .create_container(CreateContainerRequest {
             pod_sandbox_id: pod.clone(),
-            config: Some(sleeper(&image)),
+            config: Some(ContainerConfig {
+                mounts,
+                ..sleeper(&image)
+            }),
             sandbox_config: Some(config),
         })
         .await
@@ -381,14 +461,26 @@ pub async fn start_pods(
     image: &str,
     logs: &Path,
 ) -> Result<Vec<StartedPod>> {
+    start_pods_with(clients, names, image, logs, &[]).await
+}
+
+/// [`start_pods`] with `mounts` in each container.
+pub async fn start_pods_with(
+    clients: &Clients,
+    names: Vec<String>,
+    image: &str,
+    logs: &Path,
+    mounts: &[Mount],
+) -> Result<Vec<StartedPod>> {
     let tasks: Vec<_> = names
         .into_iter()
         .map(|name| {
-            tokio::spawn(start_pod(
+            tokio::spawn(start_pod_with(
                 clients.clone(),
                 name,
                 image.to_string(),
                 logs.to_path_buf(),
+                mounts.to_vec(),
             ))
         })
         .collect();

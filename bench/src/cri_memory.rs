@@ -19,8 +19,10 @@ use vpod_bench::stats::median_u64;
 use vpod_proto::cri::ExecSyncRequest;
 
 use crate::cri::{
-    connect, pull_default, remove_pod, start_pods, Clients, CriBench, Daemon, Scratch, StartedPod,
+    connect, pull_default, remove_pod, start_pods_with, Clients, CriBench, Daemon, Scratch,
+    StartedPod, VolumesMode,
 };
+use vpod_proto::cri::Mount;
 
 /// How long pods sit idle before they are measured.
 const SETTLE: Duration = Duration::from_secs(10);
@@ -122,6 +124,7 @@ async fn measure(
     daemon: &Daemon,
     pods: &[StartedPod],
     bench: &CriBench,
+    volumes: VolumesMode,
     available_before: u64,
 ) -> Result<Vec<Row>> {
     let guest_kib = bench.pod_mib * 1024;
@@ -151,7 +154,16 @@ async fn measure(
     }
     let n = pods.len();
     let available_drop = available_before.saturating_sub(host_available_kib()?) / n as u64;
-    let config = format!("{n}pods-{}m", bench.pod_mib);
+    // The default's rows keep the name they had before the share.
+    let config = match volumes {
+        VolumesMode::On => format!("{n}pods-{}m", bench.pod_mib),
+        other => format!("{n}pods-{}m-volumes-{}", bench.pod_mib, other.name()),
+    };
+    let virtiofsd: Vec<u64> = daemon
+        .virtiofsd_pids()
+        .into_iter()
+        .map(process_rss_kib)
+        .collect();
     let host = bench.host.as_str();
     let med = |f: fn(&VmmMemory) -> u64| median_u64(&per_pod.iter().map(f).collect::<Vec<_>>());
     let g = |k: &str| guest.get(k).and_then(|v| median_u64(v));
@@ -179,6 +191,13 @@ async fn measure(
             host,
             Some(available_drop),
         ),
+        // Every virtiofsd process (its sandbox's parent and server), per pod.
+        mem_row(
+            "cri_idle_pod_virtiofsd_rss",
+            &config,
+            host,
+            Some(virtiofsd.iter().sum::<u64>() / n as u64),
+        ),
         mem_row(
             "cri_daemon_rss",
             &config,
@@ -197,7 +216,8 @@ async fn measure(
         rows.push(mem_row(bench_name, &config, host, g(key)));
     }
     eprintln!(
-        "cri: {n} idle pods: VMM rss min/median/max {:?}/{:?}/{:?} KiB",
+        "cri: {n} idle pods, volumes {}: VMM rss min/median/max {:?}/{:?}/{:?} KiB",
+        volumes.name(),
         per_pod.iter().map(|m| m.rss).min(),
         med(|m| m.rss),
         per_pod.iter().map(|m| m.rss).max()
@@ -205,11 +225,40 @@ async fn measure(
     Ok(rows)
 }
 
+/// Idle memory under each of the bench's share settings, one daemon after another.
 pub fn idle_memory(repo: &Path, bench: &CriBench) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for &volumes in &bench.memory_volumes {
+        rows.extend(idle_memory_with(repo, bench, volumes)?);
+    }
+    print!("{}", table(&rows));
+    // The default alone is `cri`'s memory part; a comparison of share settings has its own.
+    let name = if bench.memory_volumes == [VolumesMode::On] {
+        "cri-memory"
+    } else {
+        "cri-memory-volumes"
+    };
+    write_jsonl(&repo.join("bench/results"), name, &rows)?;
+    Ok(rows)
+}
+
+fn idle_memory_with(repo: &Path, bench: &CriBench, volumes: VolumesMode) -> Result<Vec<Row>> {
     let scratch = Scratch::new("cri-memory")?;
     let logs = scratch.dir.join("logs");
+    let volume = scratch.dir.join("volume");
+    std::fs::create_dir(&volume)?;
+    std::fs::write(volume.join("data"), "an idle pod's volume\n")?;
+    let mounts = match volumes {
+        VolumesMode::Mounted => vec![Mount {
+            container_path: "/volume".into(),
+            host_path: volume.display().to_string(),
+            ..Default::default()
+        }],
+        _ => Vec::new(),
+    };
     let available_before = host_available_kib()?;
-    let daemon = Daemon::start(repo, &scratch.dir, bench.pod_mib)?;
+    let pod_keys = format!("volumes = {}\n", volumes != VolumesMode::Off);
+    let daemon = Daemon::start_with(repo, &scratch.dir, bench.pod_mib, &pod_keys)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -240,21 +289,20 @@ pub fn idle_memory(repo: &Path, bench: &CriBench) -> Result<Vec<Row>> {
                 let names = (pods.len()..pods.len() + count)
                     .map(|i| format!("idle-{i}"))
                     .collect();
-                pods.extend(start_pods(&clients, names, &image, &logs).await?);
+                pods.extend(start_pods_with(&clients, names, &image, &logs, &mounts).await?);
                 eprintln!("cri: {} pods running", pods.len());
             }
             tokio::time::sleep(SETTLE).await;
-            rows.extend(measure(&mut clients, &daemon, &pods, bench, available_before).await?);
+            rows.extend(
+                measure(&mut clients, &daemon, &pods, bench, volumes, available_before).await?,
+            );
         }
         for pod in &pods {
             remove_pod(&mut clients, &pod.pod).await?;
         }
         Ok::<_, anyhow::Error>(rows)
     });
-    let rows = result.with_context(|| format!("vpod-cri's log ends:\n{}", daemon.log_tail()))?;
-    print!("{}", table(&rows));
-    write_jsonl(&repo.join("bench/results"), "cri-memory", &rows)?;
-    Ok(rows)
+    result.with_context(|| format!("vpod-cri's log ends:\n{}", daemon.log_tail()))
 }
 
 #[cfg(test)]

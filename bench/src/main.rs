@@ -2,7 +2,8 @@
 //! emulated KVM host where this machine's KVM cannot boot Linux), `prepare` (native: the
 //! fixtures of the container benchmarks), `pod-start`, `run-true`, `layer-read` and `vsock`
 //! (pod VMs; inside the emulated KVM host here), `fs-read` (virtio-fs beside virtio-blk in
-//! one VM; there too), `cri` and `cri-memory` (pods through
+//! one VM; there too), `volume-io` (a pod's volume through its share beside the pod's own
+//! disk and runc; there too), `cri` and `cri-memory` (pods through
 //! `vpod-cri`, beside runc; there too), `cri-rpc` (native: the per-RPC cost of the CRI
 //! socket's `:authority` normalisation), `conversion`, `vsock-host-path`, `vsock-queue`,
 //! `net-host-path` and `cni` (native: the layer store's conversion against `tar -xf`, the
@@ -38,6 +39,7 @@ mod streaming;
 #[allow(dead_code)]
 #[path = "../../vmm/src/devices/virtio/test_queue.rs"]
 mod test_queue;
+mod volume_io;
 mod vsock_host_path;
 mod vsock_queue;
 
@@ -105,6 +107,21 @@ enum Bench {
         /// Measured runs (one VM each)
         #[arg(long, value_name = "N", default_value_t = 3)]
         runs: usize,
+        #[command(flatten)]
+        host: Host,
+    },
+    /// Sequential write and read and small-file create/stat/unlink on a pod's volume
+    /// (its virtio-fs share) beside the pod's own writable disk and runc on a host directory
+    VolumeIo {
+        /// Measured runs of each place
+        #[arg(long, value_name = "N", default_value_t = 3)]
+        runs: usize,
+        /// Size of the file written and read
+        #[arg(long, value_name = "MiB", default_value_t = 256)]
+        mib: u64,
+        /// Small files created, stat'ed and unlinked
+        #[arg(long, value_name = "N", default_value_t = 10000)]
+        files: u64,
         #[command(flatten)]
         host: Host,
     },
@@ -221,6 +238,22 @@ fn main() -> Result<()> {
         Bench::RunTrue { runs, host } => pod::run_true(&root, runs, &host.host).map(drop),
         Bench::LayerRead { runs, host } => guest_io::layer_read(&root, runs, &host.host).map(drop),
         Bench::FsRead { runs, host } => fs_read::fs_read(&root, runs, &host.host).map(drop),
+        Bench::VolumeIo {
+            runs,
+            mib,
+            files,
+            host,
+        } => volume_io::volume_io(
+            &root,
+            &volume_io::VolumeIoBench {
+                runs,
+                mib,
+                files,
+                pod_mib: cri::CriBench::from_env(runs, &host.host)?.pod_mib,
+                host: host.host,
+            },
+        )
+        .map(drop),
         Bench::Vsock { runs, mib, host } => guest_io::vsock(&root, runs, mib, &host.host).map(drop),
         Bench::Cri { runs, host } => {
             cri::cri(&root, &cri::CriBench::from_env(runs, &host.host)?).map(drop)

@@ -3,10 +3,14 @@
 //! directory two containers share (emptyDir-like), a read-only ConfigMap-like directory
 //! updated the way the kubelet's atomic writer does, and a single file (the termination
 //! log); what the guest must not reach; bidirectional propagation refused; a daemon
-//! restart keeping the volumes; nothing left once the pod is removed.
+//! restart keeping the volumes; nothing left once the pod is removed. What a guest root may
+//! not leave on the host through its share (hardlinks across volumes or to its own files,
+//! device nodes, set-user-ID files), and how virtiofsd is confined.
 
 mod common;
 
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
@@ -339,6 +343,215 @@ fn without_volumes_a_pod_has_no_share_and_what_the_share_costs() {
                 }
                 assert_eq!(virtiofsd.is_empty(), !volumes);
             }
+        },
+    );
+}
+
+/// What the host sees of a tree: per path below `dir`, (mode, uid, gid, size, links, rdev);
+/// a directory's size is left out (tmpfs counts its entries, a file removed since included).
+fn snapshot(dir: &Path) -> BTreeMap<String, (u32, u32, u32, u64, u64, u64)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let name = path.strip_prefix(dir).unwrap().display().to_string();
+        let entry = (
+            meta.mode(),
+            meta.uid(),
+            meta.gid(),
+            if meta.is_dir() { 0 } else { meta.len() },
+            meta.nlink(),
+            meta.rdev(),
+        );
+        out.insert(name, entry);
+        if meta.is_dir() {
+            for child in std::fs::read_dir(&path).unwrap() {
+                stack.push(child.unwrap().path());
+            }
+        }
+    }
+    out
+}
+
+/// A `/proc/PID/status` field's text.
+fn status_field(pid: u32, key: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+/// Capability numbers of linux/capability.h.
+const CAP_FSETID: u32 = 4;
+const CAP_MKNOD: u32 = 27;
+const CAP_SETFCAP: u32 = 31;
+
+#[test]
+fn a_guest_root_leaves_no_links_devices_or_set_id_files_on_the_host() {
+    in_guest_host(
+        "a_guest_root_leaves_no_links_devices_or_set_id_files_on_the_host",
+        Duration::from_secs(600),
+        || async {
+            let daemon = Daemon::start("escapes");
+            let mut c = daemon.connect().await;
+            let image = pull(&mut c, &default_image()).await;
+            let host = daemon.root.parent().unwrap().join("host");
+            let (data, shared, config) =
+                (host.join("data"), host.join("shared"), host.join("config"));
+            for dir in [&data, &shared, &config] {
+                std::fs::create_dir_all(dir).unwrap();
+            }
+            std::fs::write(data.join("hello"), "hostpath file\n").unwrap();
+            std::fs::write(config.join("key"), "read-only\n").unwrap();
+            std::os::unix::fs::symlink("/etc/shadow", data.join("shadow")).unwrap();
+            let prog = shared.join("prog");
+            std::fs::copy("/bin/sh", &prog).unwrap();
+            std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+            // Set-user-ID root already (the host's doing): a guest's write must clear it.
+            let suid = shared.join("suid");
+            std::fs::write(&suid, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755)).unwrap();
+
+            let pod = pod_config("escapes", &daemon.log_dir);
+            let pod_id = run_pod(&mut c, pod.clone()).await;
+            let sandbox_dir = daemon.root.join("sandboxes").join(&pod_id);
+            // The container holds every capability these attempts need, so what refuses
+            // them is the host's side, not the guest kernel.
+            let mut attacker = container_config("attacker", &image, &["sleep", "3600"]);
+            attacker.mounts = vec![
+                mount("/data", &data, false),
+                mount("/shared", &shared, false),
+                mount("/config", &config, true),
+            ];
+            attacker.linux = Some(LinuxContainerConfig {
+                security_context: Some(LinuxContainerSecurityContext {
+                    capabilities: Some(Capability {
+                        add_capabilities: ["MKNOD", "FSETID", "FOWNER", "CHOWN", "SETFCAP"]
+                            .map(String::from)
+                            .to_vec(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            let attacker = start_container(&mut c, &pod_id, &pod, attacker).await;
+            let before = snapshot(&host);
+
+            // Each attempt prints its exit status; 0 would be a way out.
+            let attempts = [
+                // A hardlink across volumes (the host's bind mounts): EXDEV.
+                "ln /data/hello /shared/hello",
+                "ln /config/key /shared/key",
+                // To the guest's own files, or through a symlink resolved in the guest.
+                "ln /etc/passwd /shared/passwd",
+                "ln -L /data/shadow /shared/shadow",
+                // A device node: virtiofsd has no CAP_MKNOD.
+                "mknod /shared/null c 1 3",
+                "mknod /shared/sda b 8 0",
+                // A set-user-ID or set-group-ID mode: our seccomp filter on virtiofsd.
+                "chmod 4755 /shared/prog",
+                "chmod u+s /shared/prog",
+                "chmod 2755 /shared/prog",
+                "chmod g+s /shared",
+                // The same through the other writable volume.
+                "cp /shared/prog /data/prog 2>/dev/null && chmod 4755 /data/prog",
+            ];
+            for attempt in attempts {
+                let (out, err, _) = sh(&mut c, &attacker, &format!("{attempt}; echo $?")).await;
+                assert_ne!(out.trim(), "0", "{attempt} succeeded: {err}");
+            }
+            // The container could do each in its own file system: the capabilities are there.
+            let (out, err, _) = sh(
+                &mut c,
+                &attacker,
+                "mknod /tmp/null c 1 3 && cp /bin/busybox /tmp/p && chmod 4755 /tmp/p && \
+                 ln /tmp/p /tmp/q && echo done",
+            )
+            .await;
+            assert_eq!(out, "done\n", "{err}");
+            let mut after = snapshot(&host);
+            // The last attempt's copy is an ordinary file; without its set-user-ID bit.
+            if let Some((mode, ..)) = after.remove("data/prog") {
+                assert_eq!(mode & 0o6000, 0, "data/prog has mode {mode:o}");
+            }
+            assert_eq!(before, after, "the host's files changed");
+
+            // A guest's write to a host set-user-ID file clears the bit (as the kernel does
+            // for a writer without CAP_FSETID), whatever the guest's kernel asks.
+            let (_, err, code) = sh(&mut c, &attacker, "echo 'id' >> /shared/suid").await;
+            assert_eq!(code, 0, "{err}");
+            let mode = std::fs::metadata(&suid).unwrap().mode();
+            assert_eq!(
+                mode & 0o6000,
+                0,
+                "suid has mode {mode:o} after the guest's write"
+            );
+
+            // The host's side of every volume is nosuid and nodev.
+            let binds = mount_options_under(&sandbox_dir.join("share/c"));
+            assert_eq!(binds.len(), 3, "{binds:?}");
+            for (point, options) in &binds {
+                let options: Vec<&str> = options.split(',').collect();
+                assert!(
+                    options.contains(&"nosuid") && options.contains(&"nodev"),
+                    "{point}: {options:?}"
+                );
+            }
+
+            // virtiofsd: its own sandbox (a PID namespace of its own: its server is PID 1
+            // there), its seccomp filter on top of ours, no new privileges, and without the
+            // capabilities dropped.
+            let pids = virtiofsd_under(&daemon.root);
+            assert!(!pids.is_empty());
+            for &pid in &pids {
+                assert_eq!(status_field(pid, "NoNewPrivs"), "1", "virtiofsd {pid}");
+                assert_eq!(status_field(pid, "Seccomp"), "2", "virtiofsd {pid}");
+            }
+            let server = *pids
+                .iter()
+                .max_by_key(|&&pid| {
+                    status_field(pid, "Seccomp_filters")
+                        .parse::<u32>()
+                        .unwrap_or(0)
+                })
+                .unwrap();
+            let filters: u32 = status_field(server, "Seccomp_filters").parse().unwrap();
+            assert!(
+                filters >= 2,
+                "virtiofsd {server} has {filters} seccomp filters"
+            );
+            let namespace_pids = status_field(server, "NSpid");
+            assert_eq!(
+                namespace_pids.split_whitespace().last(),
+                Some("1"),
+                "NSpid {namespace_pids}"
+            );
+            let effective = u64::from_str_radix(&status_field(server, "CapEff"), 16).unwrap();
+            for cap in [CAP_FSETID, CAP_MKNOD, CAP_SETFCAP] {
+                assert_eq!(effective & (1 << cap), 0, "CapEff {effective:x} has {cap}");
+            }
+            let own_ns = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+            let server_ns = std::fs::read_link(format!("/proc/{server}/ns/mnt")).unwrap();
+            assert_ne!(
+                own_ns, server_ns,
+                "virtiofsd shares the host's mount namespace"
+            );
+            println!(
+                "virtiofsd {server}: CapEff {effective:x}, {filters} seccomp filters, NSpid {namespace_pids}"
+            );
+
+            c.runtime
+                .remove_pod_sandbox(RemovePodSandboxRequest {
+                    pod_sandbox_id: pod_id.clone(),
+                })
+                .await
+                .expect("RemovePodSandbox");
+            assert!(virtiofsd_under(&daemon.root).is_empty());
+            assert!(!sandbox_dir.exists());
         },
     );
 }

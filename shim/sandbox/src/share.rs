@@ -8,6 +8,17 @@
 //! mount namespace. Each volume is a detached clone of its host path (recursive for
 //! `rbind`), made read-only (recursively) and given its propagation before it is attached:
 //! a read-only volume is read-only on the host's side, whatever the guest asks virtiofsd.
+//! Every volume is also `nosuid,nodev` on the host's side.
+//!
+//! virtiofsd runs with the least privilege QEMU's offers (its own `-o sandbox=namespace`:
+//! new mount, PID and network namespaces, pivot_root into the share; its own seccomp
+//! allow-list, always on), without the capabilities a guest could use to leave something
+//! dangerous on the host (`-o modcaps=-mknod:-setfcap:-fsetid`: no device nodes, no file
+//! capabilities, set-user-ID bits cleared by the kernel when it writes a file), and under a
+//! seccomp filter of ours installed before it starts: no mode with the set-user-ID or
+//! set-group-ID bit in chmod, open/creat, mkdir or mknod (EPERM), so a guest cannot make a
+//! set-user-ID file on the host. Extended attributes stay off (its default `no_xattr`), so
+//! a guest cannot set `security.capability` either.
 //!
 //! Nothing under the directory is removed while a mount is left there: a host path bound
 //! in a pod must never be emptied by the pod's cleanup.
@@ -28,6 +39,10 @@ use rustix::mount::{
     MoveMountFlags, OpenTreeFlags, UnmountFlags,
 };
 use rustix::process::{Pid, Signal};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule,
+};
 use syscalls::{syscall, Sysno};
 
 /// The virtio-fs tag of every pod's share.
@@ -74,6 +89,8 @@ pub enum ShareError {
     Unmount(PathBuf, #[source] io::Error),
     #[error("mounts are left under {0}: {1}")]
     MountsLeft(PathBuf, String),
+    #[error("virtiofsd's seccomp filter does not compile: {0}")]
+    Filter(String),
 }
 
 /// How a volume's host path reaches the container.
@@ -269,10 +286,13 @@ struct MountAttr {
 }
 
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
 const AT_EMPTY_PATH: usize = 0x1000;
 const AT_RECURSIVE: usize = 0x8000;
 
-/// mount_setattr(2) on the detached mount `tree` (rustix has no wrapper).
+/// mount_setattr(2) on the detached mount `tree` (rustix has no wrapper): always
+/// `nosuid,nodev`, read-only if asked.
 fn set_attributes(
     tree: std::os::fd::BorrowedFd<'_>,
     readonly: bool,
@@ -280,7 +300,9 @@ fn set_attributes(
     propagation: u64,
 ) -> io::Result<()> {
     let attr = MountAttr {
-        attr_set: if readonly { MOUNT_ATTR_RDONLY } else { 0 },
+        attr_set: MOUNT_ATTR_NOSUID
+            | MOUNT_ATTR_NODEV
+            | if readonly { MOUNT_ATTR_RDONLY } else { 0 },
         attr_clr: 0,
         propagation,
         userns_fd: 0,
@@ -300,6 +322,60 @@ fn set_attributes(
     }
     .map(drop)
     .map_err(|e| io::Error::from_raw_os_error(e.into_raw()))
+}
+
+/// The set-user-ID and set-group-ID bits of a mode.
+const SET_ID_BITS: [u64; 2] = [0o4000, 0o2000];
+
+/// The seccomp program installed on virtiofsd before it starts (its own allow-list comes on
+/// top): EPERM for every system call that sets a file's mode with a set-user-ID or
+/// set-group-ID bit (the mode argument masked), ALLOW for the rest. virtiofsd passes the
+/// guest's mode straight to these calls; an open without O_CREAT gets mode 0 from glibc.
+fn set_id_filter() -> Result<BpfProgram, ShareError> {
+    // (system call, index of its mode argument)
+    let mut calls: Vec<(Sysno, u8)> = vec![
+        (Sysno::fchmod, 1),
+        (Sysno::fchmodat, 2),
+        (Sysno::openat, 3),
+        (Sysno::mkdirat, 2),
+        (Sysno::mknodat, 2),
+    ];
+    #[cfg(target_arch = "x86_64")]
+    calls.extend([
+        (Sysno::chmod, 1),
+        (Sysno::open, 2),
+        (Sysno::creat, 1),
+        (Sysno::mkdir, 1),
+        (Sysno::mknod, 1),
+    ]);
+    calls.push((Sysno::fchmodat2, 2));
+    let error = |e: seccompiler::BackendError| ShareError::Filter(e.to_string().to_lowercase());
+    let mut rules = std::collections::BTreeMap::new();
+    for (call, index) in calls {
+        let per_bit = SET_ID_BITS
+            .iter()
+            .map(|&bit| {
+                let condition = SeccompCondition::new(
+                    index,
+                    SeccompCmpArgLen::Dword,
+                    SeccompCmpOp::MaskedEq(bit),
+                    bit,
+                )?;
+                SeccompRule::new(vec![condition])
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(error)?;
+        rules.insert(call.id().into(), per_bit);
+    }
+    let arch = seccompiler::TargetArch::try_from(std::env::consts::ARCH).map_err(error)?;
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(rustix::io::Errno::PERM.raw_os_error() as u32),
+        arch,
+    )
+    .map_err(error)?;
+    BpfProgram::try_from(filter).map_err(error)
 }
 
 /// Mount points at or below `dir` in this namespace, deepest first.
@@ -421,6 +497,7 @@ impl Virtiofsd {
         let stderr = File::create(log).map_err(spawn_error)?;
         let source = CString::new(dir.as_os_str().as_encoded_bytes())
             .map_err(|e| spawn_error(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+        let filter = set_id_filter()?;
         let mut cmd = Command::new(program);
         cmd.arg(format!("--socket-path={}", socket.display()))
             .arg("-o")
@@ -429,19 +506,24 @@ impl Virtiofsd {
             // host (a ConfigMap's atomic swap) is seen within about a second.
             .args(["-o", "cache=auto", "-o", "sandbox=namespace"])
             .args(["-o", "announce_submounts"])
+            // The capabilities it keeps by default, less those a hostile guest could use to
+            // leave a device node, a file capability or a set-user-ID file on the host.
+            .args(["-o", "modcaps=-mknod:-setfcap:-fsetid"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
             .process_group(0);
-        if die_with_parent {
-            // SAFETY: between fork and exec only the async-signal-safe prctl system call
-            // runs; it touches no memory of the parent.
-            unsafe {
-                cmd.pre_exec(|| {
+        // SAFETY: between fork and exec only async-signal-safe system calls run (prctl and
+        // seccomp, through seccompiler's apply_filter, which allocates nothing); the
+        // program was compiled before the fork and is only read.
+        unsafe {
+            cmd.pre_exec(move || {
+                if die_with_parent {
                     rustix::process::set_parent_process_death_signal(Some(Signal::KILL))
-                        .map_err(io::Error::from)
-                });
-            }
+                        .map_err(io::Error::from)?;
+                }
+                seccompiler::apply_filter(&filter).map_err(|_| io::Error::last_os_error())
+            });
         }
         let child = cmd.spawn().map_err(spawn_error)?;
         let virtiofsd = Virtiofsd {
@@ -555,6 +637,26 @@ mod tests {
         std::fs::write(share_dir(&pod).join(&log), "bye\n").unwrap();
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "bye\n");
         assert_eq!(mounts_under(&share_dir(&pod).join("c")).len(), 2);
+        // Another writable volume of the same file system: a hardlink between volumes
+        // crosses mounts (EXDEV), as virtiofsd's would, and every bind is nosuid,nodev.
+        let other = top.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        let rw = share.bind("c1", 2, &volume(&other, false)).unwrap();
+        let link = std::fs::hard_link(bound.join("a"), share_dir(&pod).join(&rw).join("a"));
+        assert_eq!(
+            link.unwrap_err().raw_os_error(),
+            Some(rustix::io::Errno::XDEV.raw_os_error())
+        );
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let binds: Vec<&str> = mountinfo.lines().filter(|l| l.contains("/c/c1/")).collect();
+        assert_eq!(binds.len(), 3, "{binds:?}");
+        for line in binds {
+            let options = line.split(' ').nth(5).unwrap();
+            assert!(
+                options.contains("nosuid") && options.contains("nodev"),
+                "{line}"
+            );
+        }
 
         share.unbind_container("c1").unwrap();
         assert!(mounts_under(&share_dir(&pod).join("c")).is_empty());
@@ -604,6 +706,35 @@ mod tests {
 
     fn libc_erofs() -> i32 {
         rustix::io::Errno::ROFS.raw_os_error()
+    }
+
+    /// The filter virtiofsd runs under refuses set-user-ID and set-group-ID modes (EPERM)
+    /// and lets every other mode through.
+    #[test]
+    fn the_set_id_filter_refuses_set_id_modes_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let filter = set_id_filter().unwrap();
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(
+                "touch f; for m in 4755 2755 6755 u+s g+s 1755 0755; do \
+                 chmod $m f 2>/dev/null; echo -n $?; done; mkdir -m 0755 d; echo -n $?",
+            )
+            .current_dir(dir.path());
+        // SAFETY: only the prctl and seccomp system calls run between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                seccompiler::apply_filter(&filter).map_err(|_| io::Error::last_os_error())
+            });
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "11111000");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(dir.path().join("f"))
+                .unwrap()
+                .permissions(),
+        );
+        assert_eq!(mode & 0o7777, 0o755);
     }
 
     #[test]
