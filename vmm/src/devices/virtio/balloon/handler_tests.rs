@@ -160,7 +160,7 @@ fn hostile_reported_ranges_are_dropped_counted_and_the_chain_returned() {
         raw(HIGH_END, 4096, WRITE | NEXT, 1),
         raw(LOW_END, 4096, WRITE | NEXT, 2),
         raw(LOW_END - 4096, 8192, WRITE | NEXT, 3),
-        raw(u64::MAX & !4095, 4096 * 2, WRITE | NEXT, 4),
+        raw(!4095, 4096 * 2, WRITE | NEXT, 4),
         raw(0x1000 + 512, 4096, WRITE | NEXT, 5),
         raw(0x2000, 4096 + 1, WRITE | NEXT, 6),
         raw(0x3000, 0, WRITE | NEXT, 7),
