@@ -169,6 +169,11 @@ impl VirtioDevice for BalloonDevice {
         let mut handler = BalloonQueueHandler::new(queues, layout, interrupt, GuestRelease)
             .ok_or(ActivateError::QueueCount(count, layout.count))?;
         handler.metrics = self.metrics.clone();
+        // Linux primes the stats queue with its first buffer and kicks it while probing,
+        // before DRIVER_OK, when the notification finds no active device: take it now.
+        if let Some(stats) = layout.stats {
+            handler.process_queue(&memory, stats);
+        }
         self.handler = Some(handler);
         self.memory = Some(memory);
         Ok(())
