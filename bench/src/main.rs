@@ -1,4 +1,5 @@
-//! `vpod-bench`: `startup` (native, stub guests), `linux-boot` (real kernel; run inside the
+//! `vpod-bench`: `startup` (native, stub guests), `balloon` (host memory after a guest frees
+//! 256 MiB, with and without free page reporting; emulated KVM host here), `linux-boot` (real kernel; run inside the
 //! emulated KVM host where this machine's KVM cannot boot Linux), `prepare` (native: the
 //! fixtures of the container benchmarks), `pod-start`, `run-true`, `layer-read` and `vsock`
 //! (pod VMs; inside the emulated KVM host here), `fs-read` (virtio-fs beside virtio-blk in
@@ -21,6 +22,7 @@ use vpod_bench::measure::{resident_after_marker, timed_run};
 use vpod_bench::report::{table, write_jsonl, Row};
 use vpod_bench::stats::median_u64;
 
+mod balloon;
 mod check;
 mod cni;
 mod conversion;
@@ -160,6 +162,15 @@ enum Bench {
         #[command(flatten)]
         host: Host,
     },
+    /// Host RSS of a VM idle, after its guest touched 256 MiB and 10 s after it freed
+    /// them, with the balloon's free page reporting and without a balloon
+    Balloon {
+        /// Measured runs (one VM each) of each implementation
+        #[arg(long, value_name = "N", default_value_t = 3)]
+        runs: usize,
+        #[command(flatten)]
+        host: Host,
+    },
     /// The host memory of idle pods through vpod-cri
     CriMemory {
         #[command(flatten)]
@@ -277,6 +288,7 @@ fn main() -> Result<()> {
         Bench::CriMemory { host } => {
             cri_memory::idle_memory(&root, &cri::CriBench::from_env(0, &host.host)?).map(drop)
         }
+        Bench::Balloon { runs, host } => balloon::balloon(&root, runs, &host.host).map(drop),
         Bench::CriRpc { runs } => cri_rpc::cri_rpc(&root, runs).map(drop),
         Bench::Cni { runs } => cni::cni(&root, runs).map(drop),
         Bench::Check => check::check(&results_dir(&root)),

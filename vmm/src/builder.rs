@@ -4,8 +4,8 @@
 //! 2. guest memory (a shared memfd only when a vhost-user device must map it),
 //! 3. vCPUs (CPUID, MSRs, FPU, local APIC),
 //! 4. devices (COM1, i8042, boot ports, virtio-blk disks and empty disk slots, virtio-vsock,
-//!    virtio-net NICs on taps, virtio-fs shares served by vhost-user backends, all over
-//!    MMIO),
+//!    virtio-net NICs on taps, virtio-fs shares served by vhost-user backends, the
+//!    virtio-balloon, all over MMIO),
 //! 5. load the kernel, the initrd and the command line,
 //! 6. configure boot (MP table, PVH start info or zero page, entry registers),
 //! 7. start the vCPU threads (paused until [`MicroVm::run`]),
@@ -38,6 +38,7 @@ use crate::devices::legacy::{
     serial::ConsoleOutput, BootPort, ConsoleSink, SerialDevice, BOOT_PORT_BASE, BOOT_PORT_LEN,
     I8042, I8042_PORT_BASE, I8042_PORT_LEN, SERIAL_PORT_BASE, SERIAL_PORT_LEN,
 };
+use crate::devices::virtio::balloon::BalloonDevice;
 use crate::devices::virtio::block::{BlockDevice, BlockError};
 use crate::devices::virtio::event_handler::VirtioEvents;
 use crate::devices::virtio::fs::{FsDevice, FsError};
@@ -97,7 +98,7 @@ pub enum BuildError {
     #[error("cannot place a device on the bus")]
     Bus(#[from] BusError),
     #[error(
-        "at most {0} virtio devices (disks, disk slots, vsock, nics and fs shares) are supported"
+        "at most {0} virtio devices (disks, disk slots, vsock, nics, fs shares and the balloon) are supported"
     )]
     TooManyDisks(u32),
     #[error("cannot open the console file {0}")]
@@ -126,6 +127,7 @@ struct Devices {
     transports: Vec<Arc<Mutex<MmioTransport>>>,
     cmdline_entries: Vec<MmioDeviceEntry>,
     blocks: Vec<BlockHandle>,
+    balloon: Option<Arc<Mutex<MmioTransport>>>,
     vsock_metrics: Option<Arc<VsockMetrics>>,
     net_metrics: Vec<Arc<NetMetrics>>,
     /// The host sides of the virtio devices that watch descriptors of their own.
@@ -189,6 +191,7 @@ pub fn build_microvm(
             vcpus: config.vcpus,
             memory_mib: config.memory_mib,
             blocks: devices.blocks,
+            balloon: devices.balloon,
             vsock: devices.vsock_metrics,
             nets: devices.net_metrics,
             stop_deadline: None,
@@ -304,7 +307,8 @@ fn attach_devices(
         + config.disk_slots as usize
         + usize::from(config.vsock.is_some())
         + config.net.len()
-        + config.fs.len();
+        + config.fs.len()
+        + usize::from(config.balloon.is_some());
     if device_count > VIRTIO_MMIO_SLOTS as usize {
         return Err(BuildError::TooManyDisks(VIRTIO_MMIO_SLOTS));
     }
@@ -347,6 +351,11 @@ fn attach_devices(
     for share in &config.fs {
         virtio.attach(vm, memory, Box::new(FsDevice::new(share)?))?;
     }
+    // Last, so that adding it moves no other device's slot or IRQ.
+    let balloon = match &config.balloon {
+        Some(balloon) => Some(virtio.attach(vm, memory, Box::new(BalloonDevice::new(balloon)))?),
+        None => None,
+    };
     let VirtioDevices {
         mmio_bus,
         transports,
@@ -360,6 +369,7 @@ fn attach_devices(
         transports,
         cmdline_entries,
         blocks,
+        balloon,
         vsock_metrics,
         net_metrics,
         host_events,

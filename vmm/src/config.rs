@@ -63,6 +63,23 @@ pub struct VsockConfig {
     pub guest_cid: u64,
 }
 
+/// The virtio-balloon device (`--balloon`, `--balloon=no-reporting`): stats always,
+/// deflate on OOM always, free page reporting unless turned off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BalloonConfig {
+    pub free_page_reporting: bool,
+    pub deflate_on_oom: bool,
+}
+
+impl Default for BalloonConfig {
+    fn default() -> Self {
+        BalloonConfig {
+            free_page_reporting: true,
+            deflate_on_oom: true,
+        }
+    }
+}
+
 /// Where a NIC's tap comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TapSource {
@@ -196,6 +213,8 @@ pub struct VmConfig {
     pub fs: Vec<FsConfig>,
     /// The control socket (`--api PATH`).
     pub api_socket: Option<PathBuf>,
+    /// The virtio-balloon device.
+    pub balloon: Option<BalloonConfig>,
 }
 
 impl Default for VmConfig {
@@ -215,6 +234,7 @@ impl Default for VmConfig {
             net: Vec::new(),
             fs: Vec::new(),
             api_socket: None,
+            balloon: None,
         }
     }
 }
@@ -232,6 +252,8 @@ pub enum CliAction {
 pub enum ConfigError {
     #[error("unknown flag {0} (see --help)")]
     UnknownFlag(String),
+    #[error("--balloon takes no value or \"no-reporting\", not {0:?}")]
+    BadBalloon(String),
     #[error("{0} needs a value")]
     MissingValue(String),
     #[error("argument {0:?} is not valid UTF-8")]
@@ -380,6 +402,18 @@ fn parse_fs(spec: &str) -> Result<FsConfig, ConfigError> {
     })
 }
 
+/// `--balloon` (free page reporting on) or `--balloon=no-reporting`.
+fn parse_balloon(value: Option<&str>) -> Result<BalloonConfig, ConfigError> {
+    match value {
+        None | Some("reporting") => Ok(BalloonConfig::default()),
+        Some("no-reporting") => Ok(BalloonConfig {
+            free_page_reporting: false,
+            ..BalloonConfig::default()
+        }),
+        Some(other) => Err(ConfigError::BadBalloon(other.to_string())),
+    }
+}
+
 fn parse_disk_slots(value: &str) -> Result<u32, ConfigError> {
     match value.parse::<u32>() {
         Ok(n) if n <= MAX_DISK_SLOTS => Ok(n),
@@ -470,6 +504,11 @@ where
             "--timings" => {
                 first_setting.get_or_insert_with(|| flag.clone());
                 config.timings = true;
+                continue;
+            }
+            "--balloon" => {
+                first_setting.get_or_insert_with(|| flag.clone());
+                config.balloon = Some(parse_balloon(inline_value.as_deref())?);
                 continue;
             }
             "--config" => {}
@@ -637,6 +676,25 @@ mod tests {
         assert!(matches!(
             parse(&["--", "say \"hi\""]),
             Err(ConfigError::QuoteInInitArg(_))
+        ));
+    }
+
+    #[test]
+    fn balloon_flag_parses() {
+        assert_eq!(config(&[]).balloon, None);
+        let on = config(&["--balloon"]).balloon.expect("balloon");
+        assert!(on.free_page_reporting && on.deflate_on_oom);
+        let off = config(&["--balloon=no-reporting"])
+            .balloon
+            .expect("balloon");
+        assert!(!off.free_page_reporting);
+        assert!(matches!(
+            parse(&["--balloon=maybe"]),
+            Err(ConfigError::BadBalloon(v)) if v == "maybe"
+        ));
+        assert!(matches!(
+            parse(&["--balloon", "--config", "x.json"]),
+            Err(ConfigError::ConfigWithFlags(f)) if f == "--balloon"
         ));
     }
 

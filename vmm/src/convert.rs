@@ -9,9 +9,9 @@ use crate::arch::layout::{MAX_MEMORY_MIB, MIN_MEMORY_MIB};
 use crate::arch::mptable::MAX_VCPUS;
 use crate::config::{
     fs_tag_problem, generated_mac, is_unicast, parse_mac, valid_fs_queue_size, valid_memory_mib,
-    valid_vcpus, ConsoleConfig, DiskConfig, DiskSource, FsConfig, InitrdConfig, NetConfig,
-    TapSource, VmConfig, VsockConfig, DEFAULT_CMDLINE, DISK_SERIAL_LEN, FS_DEFAULT_QUEUE_SIZE,
-    MAX_DISK_SLOTS, MAX_FS_SHARES, MAX_TAP_NAME_LEN,
+    valid_vcpus, BalloonConfig, ConsoleConfig, DiskConfig, DiskSource, FsConfig, InitrdConfig,
+    NetConfig, TapSource, VmConfig, VsockConfig, DEFAULT_CMDLINE, DISK_SERIAL_LEN,
+    FS_DEFAULT_QUEUE_SIZE, MAX_DISK_SLOTS, MAX_FS_SHARES, MAX_TAP_NAME_LEN,
 };
 
 /// What is wrong with a wire configuration.
@@ -199,6 +199,10 @@ impl TryFrom<wire::VmConfig> for VmConfig {
             net,
             fs,
             api_socket: config.api_socket,
+            balloon: config.balloon.map(|b| BalloonConfig {
+                free_page_reporting: b.free_page_reporting,
+                deflate_on_oom: b.deflate_on_oom,
+            }),
         })
     }
 }
@@ -238,6 +242,10 @@ mod tests {
             api_socket: Some("/api.sock".into()),
             init_args: vec!["echo".into(), "hi there".into()],
             timings: true,
+            balloon: Some(wire::BalloonConfig {
+                free_page_reporting: false,
+                deflate_on_oom: true,
+            }),
             ..wire::VmConfig::new("/k")
         })
         .expect("valid");
@@ -262,6 +270,13 @@ mod tests {
         assert_eq!(config.vsock.expect("vsock").guest_cid, 9);
         assert_eq!(config.api_socket, Some(PathBuf::from("/api.sock")));
         assert!(config.timings);
+        let balloon = config.balloon.expect("balloon");
+        assert!(!balloon.free_page_reporting && balloon.deflate_on_oom);
+        // A balloon given as {} gets free page reporting.
+        let wire: wire::VmConfig =
+            serde_json::from_str(r#"{"kernel":"/k","balloon":{}}"#).expect("json");
+        assert_eq!(wire.balloon, Some(wire::BalloonConfig::default()));
+        assert!(wire.balloon.expect("balloon").free_page_reporting);
     }
 
     #[test]

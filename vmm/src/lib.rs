@@ -37,7 +37,8 @@
 //! ```text
 //! vpod-vmm [--kernel PATH] [--initrd PATH] [--cmdline TEXT] [--vcpus N] [--memory MiB]
 //!          [--disk PATH[,ro][,serial=ID]]... [--disk-slots N] [--vsock PATH[,cid=N]]
-//!          [--api PATH] [--console stdio|off|file:PATH] [--timings] [-- COMMAND ARGS...]
+//!          [--balloon[=no-reporting]] [--api PATH] [--console stdio|off|file:PATH]
+//!          [--timings] [-- COMMAND ARGS...]
 //! vpod-vmm --config FILE
 //! ```
 //!
@@ -49,7 +50,9 @@
 //! emptied through the control socket. `--vsock PATH` adds virtio-vsock: host clients connect
 //! to the unix socket PATH and send `CONNECT <port>\n`; guest connections to host port P go
 //! to the unix socket `PATH_P`; the guest's CID is 3 unless `cid=N` says otherwise. `--api
-//! PATH` serves the control socket.
+//! PATH` serves the control socket. `--balloon` adds virtio-balloon
+//! ([`devices::virtio::balloon`]): free page reporting, stats and a target the control
+//! socket sets.
 //!
 //! Defaults: kernel `build/vmlinux`, initrd `build/initrd.img` if it exists (relative to the
 //! working directory), 1 vCPU (at most 32), 128 MiB (16 MiB to 1 TiB), console on stdout.

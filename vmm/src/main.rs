@@ -15,7 +15,8 @@ vpod-vmm: run one KVM micro-VM
 usage: vpod-vmm [--kernel PATH] [--initrd PATH] [--cmdline TEXT] [--vcpus N] [--memory MiB]
                 [--disk PATH[,ro][,serial=ID]]... [--disk-slots N] [--vsock PATH[,cid=N]]
                 [--net tap=NAME[,mac=MAC]]... [--fs socket=PATH,tag=TAG[,queue_size=N]]...
-                [--api PATH] [--console stdio|off|file:PATH] [--timings] [-- COMMAND ARGS...]
+                [--balloon[=no-reporting]] [--api PATH] [--console stdio|off|file:PATH]
+                [--timings] [-- COMMAND ARGS...]
        vpod-vmm --config FILE
 
   --kernel PATH      ELF vmlinux (PVH note or not) or bzImage [build/vmlinux]
@@ -38,8 +39,12 @@ usage: vpod-vmm [--kernel PATH] [--initrd PATH] [--cmdline TEXT] [--vcpus N] [--
                      the unix socket PATH; the guest mounts it with `mount -t virtiofs TAG
                      DIR`; TAG is 1 to 36 bytes; queue_size a power of two, 2 to 1024
                      [256]; up to 4; with any, guest memory is a shared memfd
+  --balloon          virtio-balloon: free page reporting (the guest's free memory goes back
+                     to the host), guest memory stats, inflate/deflate to a target set
+                     through the control socket, deflate on OOM; =no-reporting leaves
+                     free page reporting off
   --api PATH         control socket: newline-delimited JSON (state, boot_time, metrics,
-                     attach_disk, detach_disk, stop)
+                     attach_disk, detach_disk, balloon, set_balloon, stop)
   --console WHERE    serial console: stdio, off or file:PATH [stdio]
   --timings          print `vpod-vmm: timings init_ms=.. exit_ms=.. init_at_ns=..` on stderr at exit
   -- COMMAND ARGS    passed to the guest's init as its arguments

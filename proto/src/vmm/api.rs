@@ -33,6 +33,12 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         serial: Option<String>,
     },
+    /// Replied with [`BalloonReply`]; also asks the guest for fresh stats (they show in
+    /// the next reply).
+    Balloon,
+    /// Sets the balloon's target (the memory the guest should give up); replied with
+    /// [`BalloonReply`].
+    SetBalloon { target_mib: u64 },
     /// Replied with [`StopReply`]; 0 stops at once.
     Stop {
         #[serde(default)]
@@ -42,12 +48,14 @@ pub enum Request {
 
 impl Request {
     /// Every `op`, as the wire spells it.
-    pub const OPS: [&'static str; 6] = [
+    pub const OPS: [&'static str; 8] = [
         "state",
         "boot_time",
         "metrics",
         "attach_disk",
         "detach_disk",
+        "balloon",
+        "set_balloon",
         "stop",
     ];
 
@@ -59,6 +67,8 @@ impl Request {
             Request::Metrics => "metrics",
             Request::AttachDisk(_) => "attach_disk",
             Request::DetachDisk { .. } => "detach_disk",
+            Request::Balloon => "balloon",
+            Request::SetBalloon { .. } => "set_balloon",
             Request::Stop { .. } => "stop",
         }
     }
@@ -217,6 +227,33 @@ pub struct DetachDiskReply {
     pub slot: u32,
 }
 
+/// The balloon: its target and size, what free page reporting gave back, the guest's
+/// memory statistics.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct BalloonReply {
+    /// What the runtime asked the guest to give up, and what the guest says it gave up.
+    pub target_mib: u64,
+    pub actual_mib: u64,
+    /// Whether the guest's driver runs and agreed to free page reporting.
+    pub active: bool,
+    pub free_page_reporting: bool,
+    /// Free page reporting since the VMM started: ranges and bytes released.
+    pub reported_ranges: u64,
+    pub reported_bytes: u64,
+    /// Pages (4 KiB) put into the balloon and taken back.
+    pub inflated_pages: u64,
+    pub deflated_pages: u64,
+    /// The guest's statistics (bytes, or counts), by name (`free_memory`,
+    /// `available_memory`, `total_memory`, `disk_caches`, `major_faults`, ...), as its
+    /// driver last sent them; empty before the first.
+    pub stats: BTreeMap<String, u64>,
+    /// How old `stats` are; `null` before the first.
+    pub stats_age_ms: Option<u64>,
+    /// Ranges, frames or buffers from the guest that were not acted on, by reason.
+    pub dropped_total: u64,
+    pub dropped: BTreeMap<String, u64>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StopReply {
     pub ok: bool,
@@ -238,6 +275,7 @@ pub enum Reply {
     Metrics(MetricsReply),
     AttachDisk(AttachDiskReply),
     DetachDisk(DetachDiskReply),
+    Balloon(BalloonReply),
     Stop(StopReply),
     Error(ErrorReply),
 }
@@ -387,6 +425,11 @@ mod tests {
             decode_request(br#"{"op":"stop"}"#),
             Ok(Request::Stop { timeout_ms: 0 })
         );
+        assert_eq!(
+            decode_request(br#"{"op":"set_balloon","target_mib":96}"#),
+            Ok(Request::SetBalloon { target_mib: 96 })
+        );
+        assert!(decode_request(br#"{"op":"set_balloon"}"#).is_err());
     }
 
     #[test]
@@ -401,6 +444,8 @@ mod tests {
                 slot: Some(2),
                 serial: None,
             },
+            Request::Balloon,
+            Request::SetBalloon { target_mib: 64 },
             Request::Stop { timeout_ms: 0 },
         ];
         for request in requests {

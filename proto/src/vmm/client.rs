@@ -12,8 +12,8 @@ use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags}
 use serde::de::DeserializeOwned;
 
 use super::api::{
-    decode_reply, encode_line, AttachDisk, AttachDiskReply, BootTimeReply, DetachDiskReply,
-    MetricsReply, ReplyError, Request, StateReply, StopReply, MAX_FDS_PER_REQUEST,
+    decode_reply, encode_line, AttachDisk, AttachDiskReply, BalloonReply, BootTimeReply,
+    DetachDiskReply, MetricsReply, ReplyError, Request, StateReply, StopReply, MAX_FDS_PER_REQUEST,
 };
 use super::config::DiskSource;
 
@@ -115,6 +115,17 @@ impl VmmClient {
             serial: None,
         };
         self.call(&request, &[])
+    }
+
+    /// The balloon's state and the guest's last memory stats; also asks the guest for
+    /// fresh ones.
+    pub fn balloon(&self) -> Result<BalloonReply, ClientError> {
+        self.call(&Request::Balloon, &[])
+    }
+
+    /// Sets the balloon's target: the memory the guest should give up.
+    pub fn set_balloon(&self, target_mib: u64) -> Result<BalloonReply, ClientError> {
+        self.call(&Request::SetBalloon { target_mib }, &[])
     }
 
     /// Stops the VM: at once with a zero `timeout`, else when the guest ends by itself or

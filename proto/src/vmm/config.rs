@@ -63,6 +63,10 @@ pub struct VmConfig {
     /// Where the control socket listens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_socket: Option<PathBuf>,
+    /// The virtio-balloon device: free page reporting, stats, a target the control socket
+    /// sets (`balloon`, `set_balloon`); none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<BalloonConfig>,
     /// Handed to the guest's init as its arguments (after ` -- ` on the kernel command line).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub init_args: Vec<String>,
@@ -95,6 +99,7 @@ impl VmConfig {
             net: Vec::new(),
             fs: Vec::new(),
             api_socket: None,
+            balloon: None,
             init_args: Vec::new(),
             timings: false,
         }
@@ -120,6 +125,31 @@ pub enum Console {
     Stdio,
     Off,
     File(PathBuf),
+}
+
+/// The virtio-balloon device. Stats and inflate/deflate are always on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonConfig {
+    /// The guest reports its free pages and the VMM releases the host memory behind them.
+    #[serde(default = "default_true")]
+    pub free_page_reporting: bool,
+    /// The guest takes pages back from the balloon rather than kill a process.
+    #[serde(default = "default_true")]
+    pub deflate_on_oom: bool,
+}
+
+impl Default for BalloonConfig {
+    fn default() -> Self {
+        BalloonConfig {
+            free_page_reporting: true,
+            deflate_on_oom: true,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// The virtio-vsock device.

@@ -17,6 +17,8 @@
 //! | `{"op":"attach_disk","slot":N,"path":P,"read_only":B,"serial":S}` | [`AttachDiskReply`]: `{"ok":true,"slot":N,"capacity_bytes":N,"serial":S,"read_only":B}`; `slot` defaults to the first empty one, `read_only` to false, `serial` to empty |
 //! | `{"op":"attach_disk","fd":I,...}` | the same, for the `I`-th descriptor (usually 0) the client passed over the socket (SCM_RIGHTS, sent with the request's first bytes) and no request used yet |
 //! | `{"op":"detach_disk","slot":N}` or `{"op":"detach_disk","serial":S}` | [`DetachDiskReply`]: `{"ok":true,"slot":N}` |
+//! | `{"op":"balloon"}` | [`BalloonReply`]: `{"target_mib":N,"actual_mib":N,"active":B,"free_page_reporting":B,"reported_ranges":N,"reported_bytes":N,"inflated_pages":N,"deflated_pages":N,"stats":{name:N},"stats_age_ms":N\|null,"dropped_total":N,"dropped":{reason:N}}`; also asks the guest for fresh stats, which the next reply shows; an error without `--balloon` |
+//! | `{"op":"set_balloon","target_mib":N}` | [`BalloonReply`] with the new target; the guest inflates (gives up memory) or deflates towards it |
 //! | `{"op":"stop","timeout_ms":N}` | [`StopReply`]: `{"ok":true,"state":"stopping"}`, then the VMM ends |
 //!
 //! Errors (malformed JSON, an unknown op, a bad slot, a missing file) reply
@@ -32,13 +34,14 @@ pub mod config;
 pub mod port;
 
 pub use api::{
-    decode_reply, decode_request, encode_line, AttachDisk, AttachDiskReply, BlockStats,
-    BootTimeReply, DetachDiskReply, ErrorReply, MetricsReply, NetStats, Reply, ReplyError, Request,
-    RequestError, StateReply, StopReply, VmState, VsockStats, MAX_FDS_PER_REQUEST,
+    decode_reply, decode_request, encode_line, AttachDisk, AttachDiskReply, BalloonReply,
+    BlockStats, BootTimeReply, DetachDiskReply, ErrorReply, MetricsReply, NetStats, Reply,
+    ReplyError, Request, RequestError, StateReply, StopReply, VmState, VsockStats,
+    MAX_FDS_PER_REQUEST,
 };
 #[cfg(feature = "vmm-client")]
 pub use client::{ClientError, VmmClient};
 pub use config::{
-    Console, DiskConfig, DiskSource, DiskSourceError, FsConfig, NetConfig, TapSource,
-    TapSourceError, VmConfig, VsockConfig,
+    BalloonConfig, Console, DiskConfig, DiskSource, DiskSourceError, FsConfig, NetConfig,
+    TapSource, TapSourceError, VmConfig, VsockConfig,
 };

@@ -34,7 +34,7 @@ use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
-use vpod_proto::vmm::{DiskConfig, FsConfig};
+use vpod_proto::vmm::{BalloonConfig, DiskConfig, FsConfig};
 use vpod_proto::AgentClient;
 
 use vpod_proto::error_chain;
@@ -85,10 +85,14 @@ pub struct SandboxConfig {
     /// A shared directory for the pod's volumes (a virtiofsd of its own; see [`share`]):
     /// without one, a container's runtime spec may have no mounts.
     pub share: Option<ShareConfig>,
+    /// The VM's virtio-balloon: on by default, with free page reporting, so memory the
+    /// guest frees goes back to the host; `None` leaves the device out.
+    pub balloon: Option<BalloonConfig>,
 }
 
 impl SandboxConfig {
-    /// A pod with 1 vCPU, 256 MiB, 8 layer slots and a 1 GiB writable disk.
+    /// A pod with 1 vCPU, 256 MiB, 8 layer slots, a 1 GiB writable disk and a balloon with
+    /// free page reporting.
     pub fn new(
         id: impl Into<String>,
         state_dir: impl Into<PathBuf>,
@@ -110,6 +114,7 @@ impl SandboxConfig {
             rpc_timeout: Duration::from_secs(30),
             die_with_parent: true,
             network: GuestNetwork::default(),
+            balloon: Some(BalloonConfig::default()),
             defer_network: false,
             share: None,
         }
@@ -314,6 +319,7 @@ impl Sandbox {
             config_file: dir.join("vmm.json"),
             stderr_log: dir.join("vmm.log"),
             die_with_parent: config.die_with_parent,
+            balloon: config.balloon,
         };
         let vmm_started = Instant::now();
         let vmm = match launch.spawn() {

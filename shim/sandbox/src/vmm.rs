@@ -14,7 +14,9 @@ use rustix::process::Signal;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use vpod_proto::vmm::config::DEFAULT_GUEST_CID;
-use vpod_proto::vmm::{Console, DiskConfig, FsConfig, NetConfig, TapSource, VmConfig, VsockConfig};
+use vpod_proto::vmm::{
+    BalloonConfig, Console, DiskConfig, FsConfig, NetConfig, TapSource, VmConfig, VsockConfig,
+};
 
 use crate::network::Nic;
 
@@ -42,6 +44,8 @@ pub struct VmmLaunch {
     pub stderr_log: PathBuf,
     /// Kill the VMM when the thread that started it ends (the foreground `vpod run`).
     pub die_with_parent: bool,
+    /// The virtio-balloon (free page reporting, stats, a target through the API socket).
+    pub balloon: Option<BalloonConfig>,
 }
 
 /// A running (or ended, not yet reaped) VMM: our child, or adopted from an earlier `vpod`
@@ -75,6 +79,7 @@ impl VmmLaunch {
                 guest_cid: DEFAULT_GUEST_CID,
             }),
             api_socket: Some(self.api_socket.clone()),
+            balloon: self.balloon,
             ..VmConfig::new(&self.kernel)
         }
     }
@@ -306,6 +311,7 @@ mod tests {
             config_file: dir.join("vmm.json"),
             stderr_log: "/pod/vmm.log".into(),
             die_with_parent: false,
+            balloon: Some(BalloonConfig::default()),
         };
         let cmd = launch.command().expect("config written");
         let args: Vec<_> = cmd.get_args().collect();
@@ -331,6 +337,8 @@ mod tests {
         assert!(config.init_args.is_empty());
         assert!(config.net.is_empty());
         assert_eq!(config.fs, [FsConfig::new("/pod/fs.sock", "vpod-share")]);
+        let balloon = config.balloon.expect("a balloon");
+        assert!(balloon.free_page_reporting && balloon.deflate_on_oom);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -370,6 +378,7 @@ mod tests {
             config_file: dir.path().join("vmm.json"),
             stderr_log: "/pod/vmm.log".into(),
             die_with_parent: false,
+            balloon: None,
         };
         launch.command().expect("config written");
         let text = std::fs::read(&launch.config_file).expect("config file");

@@ -8,11 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vpod_proto::vmm::{
-    AttachDisk, AttachDiskReply, BlockStats, BootTimeReply, DetachDiskReply, DiskSource,
-    MetricsReply, NetStats, Reply, Request, StateReply, StopReply, VmState, VsockStats,
+    AttachDisk, AttachDiskReply, BalloonReply, BlockStats, BootTimeReply, DetachDiskReply,
+    DiskSource, MetricsReply, NetStats, Reply, Request, StateReply, StopReply, VmState, VsockStats,
 };
 
 use crate::config::{self, DiskConfig, DISK_SERIAL_LEN};
+use crate::devices::virtio::balloon::handler::{BalloonDropReason, BalloonMetrics};
+use crate::devices::virtio::balloon::{BalloonDevice, BALLOON_PAGE_SIZE};
 use crate::devices::virtio::block::{BlockDevice, BlockError};
 use crate::devices::virtio::net::{NetDropReason, NetMetrics};
 use crate::devices::virtio::vsock::metrics::DropReason;
@@ -37,6 +39,10 @@ pub enum ApiError {
     NoSuchDescriptor(u32, usize),
     #[error("slot {0}: {1}")]
     Slot(u32, String),
+    #[error("the VM has no balloon (start it with --balloon)")]
+    NoBalloon,
+    #[error("a balloon target of {0} MiB is more than the VM's {1} MiB")]
+    BalloonTooLarge(u64, u64),
 }
 
 /// Descriptors a client passed over the control socket (SCM_RIGHTS) that no request has used
@@ -90,6 +96,8 @@ pub struct VmControl {
     pub vcpus: u8,
     pub memory_mib: u64,
     pub blocks: Vec<BlockHandle>,
+    /// The balloon's transport, when the VM has one.
+    pub balloon: Option<Arc<Mutex<MmioTransport>>>,
     pub vsock: Option<Arc<VsockMetrics>>,
     pub nets: Vec<Arc<NetMetrics>>,
     /// When a graceful stop turns forced.
@@ -126,6 +134,8 @@ impl VmControl {
             Request::DetachDisk { slot, serial } => {
                 Reply::DetachDisk(self.detach_disk(slot, serial)?)
             }
+            Request::Balloon => Reply::Balloon(self.balloon(None)?),
+            Request::SetBalloon { target_mib } => Reply::Balloon(self.balloon(Some(target_mib))?),
             Request::Stop { timeout_ms } => {
                 Reply::Stop(self.stop(Duration::from_millis(timeout_ms)))
             }
@@ -303,6 +313,57 @@ impl VmControl {
             with_block(handle, |d| d.detach()).ok_or(ApiError::NoSuchSlot(slot, 0))?;
         result.map_err(|e| slot_error(slot, e))?;
         Ok(DetachDiskReply { ok: true, slot })
+    }
+
+    /// The balloon's reply, after setting its target when `target_mib` is given (which tells
+    /// the driver) or else asking the guest for fresh stats.
+    fn balloon(&mut self, target_mib: Option<u64>) -> Result<BalloonReply, ApiError> {
+        let transport = self.balloon.as_ref().ok_or(ApiError::NoBalloon)?;
+        if let Some(target) = target_mib.filter(|&t| t > self.memory_mib) {
+            return Err(ApiError::BalloonTooLarge(target, self.memory_mib));
+        }
+        let mut transport = transport.lock().unwrap_or_else(|e| e.into_inner());
+        let device = transport
+            .device_mut()
+            .as_any_mut()
+            .downcast_mut::<BalloonDevice>()
+            .ok_or(ApiError::NoBalloon)?;
+        let changed = match target_mib {
+            Some(target) => device.set_target_bytes(target << 20),
+            None => {
+                device.request_stats();
+                false
+            }
+        };
+        let status = device.status();
+        let metrics = device.metrics().clone();
+        if changed {
+            // The interrupt only hurries the driver; a lost one is seen at its next config read.
+            let _ = transport.notify_config_changed();
+        }
+        let get = BalloonMetrics::get;
+        let mib = |pages: u32| (u64::from(pages) * BALLOON_PAGE_SIZE) >> 20;
+        Ok(BalloonReply {
+            target_mib: mib(status.target_pages),
+            actual_mib: mib(status.actual_pages),
+            active: status.active,
+            free_page_reporting: status.free_page_reporting,
+            reported_ranges: get(&metrics.reported_ranges),
+            reported_bytes: get(&metrics.reported_bytes),
+            inflated_pages: get(&metrics.inflated_pages),
+            deflated_pages: get(&metrics.deflated_pages),
+            stats: status
+                .stats
+                .iter()
+                .map(|&(name, value)| (name.to_string(), value))
+                .collect(),
+            stats_age_ms: status.stats_age.map(|age| age.as_millis() as u64),
+            dropped_total: metrics.dropped_total(),
+            dropped: BalloonDropReason::ALL
+                .iter()
+                .map(|&r| (r.name().to_string(), metrics.dropped(r)))
+                .collect(),
+        })
     }
 
     /// Stops the VM: at once with a zero timeout, else when the guest ends by itself or the

@@ -222,13 +222,12 @@ impl MmioTransport {
 
     fn activate(&mut self) {
         let interrupt: Arc<dyn VirtioInterrupt> = self.interrupt.clone();
-        let queues_valid = self
-            .queues
+        let count = self.device.queue_count().min(self.queues.len());
+        let queues_valid = self.queues[..count]
             .iter()
             .all(|q| q.ready() && q.is_valid(self.memory.as_ref()));
         // The device gets its own copies; the transport keeps its queues for register reads.
-        let copies: Option<Vec<Queue>> = self
-            .queues
+        let copies: Option<Vec<Queue>> = self.queues[..count]
             .iter()
             .map(|q| Queue::try_from(q.state()).ok())
             .collect();

@@ -9,6 +9,7 @@
 //! [`event_handler::VirtioEvents`] registers a device's queue notifications with the event
 //! loop; its host side, if any, is a source of its own ([`DeviceEvents::host_events`]).
 
+pub mod balloon;
 pub mod block;
 pub mod event_handler;
 pub mod fs;
@@ -37,6 +38,7 @@ pub const QUEUE_MAX_SIZE: u16 = 256;
 /// Virtio device ids.
 pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
+pub const TYPE_BALLOON: u32 = 5;
 pub const TYPE_VSOCK: u32 = 19;
 pub const TYPE_FS: u32 = 26;
 
@@ -79,6 +81,12 @@ pub trait VirtioDevice: DeviceEvents + Send {
     fn device_type(&self) -> u32;
     /// The largest size of each of the device's queues.
     fn queue_max_sizes(&self) -> &[u16];
+    /// How many of its queues the driver sets up with the features it accepted (all of
+    /// them, unless a device's queues depend on features, as the balloon's do). Only these
+    /// must be ready at activation, and only these are handed over.
+    fn queue_count(&self) -> usize {
+        self.queue_max_sizes().len()
+    }
     /// Feature bits the device offers.
     fn avail_features(&self) -> u64;
     /// Records the features the driver accepted (already masked by what was offered).
