@@ -109,6 +109,7 @@ bench: all kvm-host
 	"$${run[@]}" target/release/vpod-bench net-pods --runs 3 --mib 32 --pods 3 --host $$host; \
 	"$${run[@]}" target/release/vpod-bench fs-read --runs 3 --host $$host; \
 	"$${run[@]}" target/release/vpod-bench volume-io --runs 3 --files $$( [ "$$host" = emulated ] && echo 1000 || echo 10000) --host $$host; \
+	"$${run[@]}" target/release/vpod-bench balloon --runs 3 --host $$host; \
 	VPOD_BENCH_CRI_VOLUMES=off,on,mounted VPOD_BENCH_CRI_MEMORY_PODS=10 "$${run[@]}" target/release/vpod-bench cri-memory --host $$host
 	@echo "bench: the CRI socket's :authority normalisation, per RPC (native)"
 	target/release/vpod-bench cri-rpc --runs 10
