@@ -47,11 +47,16 @@ pub enum VpodCommand {
     Rm(RmCommand),
     /// List the pods under the state root
     Ps(PsCommand),
+    /// Pull an image from its registry into the layer store, converting each layer as it
+    /// downloads
+    Pull(PullCommand),
 }
 
 const RUN_AFTER_HELP: &str = "\
-IMAGE is oci:PATH[:TAG]; without it, the default image in build/images/default (made by
-`make image`). A first word that is not oci:... is the command's. SIGINT and SIGTERM are
+IMAGE is oci:PATH[:TAG], or a registry reference with a registry, tag or digest in it
+(busybox:1.36, registry.lan:5000/app, library/busybox), pulled first if the store lacks it;
+without it, the default image in build/images/default (made by `make image`). Any other
+first word (busybox, /bin/sh) is the command's. SIGINT and SIGTERM are
 forwarded to the container as SIGTERM, followed by SIGKILL after --stop-timeout.
 -h is --hostname, as in `docker run`; help is --help.";
 
@@ -188,6 +193,25 @@ pub struct RmCommand {
     pub pods: Vec<String>,
 }
 
+/// `vpod pull`.
+#[derive(Debug, Args)]
+pub struct PullCommand {
+    /// The state root
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_ROOT)]
+    pub root: PathBuf,
+    /// A registry (`host[:port]`) reached over plain HTTP; repeatable (a loopback registry
+    /// needs none)
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub insecure_registry: Vec<String>,
+    /// Layers fetched and converted at the same time
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub max_concurrent_downloads: usize,
+    /// The image: a registry reference (`busybox`, `registry.lan:5000/app:v1`,
+    /// `repo@sha256:...`)
+    #[arg(value_name = "IMAGE")]
+    pub image: String,
+}
+
 /// `vpod ps`.
 #[derive(Debug, Args)]
 pub struct PsCommand {
@@ -210,7 +234,7 @@ impl Cli {
         let VpodCommand::Run(run) = &cli.command else {
             return Ok(cli);
         };
-        let Some(first) = run.words.first().filter(|w| w.starts_with("oci:")) else {
+        let Some(first) = run.words.first().filter(|w| is_image_word(w)) else {
             return Ok(cli);
         };
         // Everything from the first word on is kept word for word (trailing_var_arg), so the
@@ -227,6 +251,20 @@ impl Cli {
         }
         Ok(cli)
     }
+}
+
+/// Whether `word`, the first of `vpod run`'s words, names an image rather than a command:
+/// `oci:PATH[:TAG]`, or a registry reference that shows a registry, a tag or a digest
+/// (`busybox:1.36`, `registry.lan:5000/app`, `library/busybox`, `app@sha256:...`). A bare
+/// name (`busybox`) and a path (`/bin/sh`, `./run`) are commands.
+pub fn is_image_word(word: &str) -> bool {
+    if word.starts_with("oci:") {
+        return true;
+    }
+    if word.starts_with(['/', '.', '-']) || !word.contains(['/', ':', '@']) {
+        return false;
+    }
+    vpod_image::registry::ImageReference::parse(word).is_ok()
 }
 
 impl RunCommand {

@@ -10,6 +10,7 @@
 mod args;
 mod exec;
 mod network;
+mod pull;
 mod terminal;
 
 use std::io::Read;
@@ -29,7 +30,7 @@ use vpod_sandbox::{
     Sandbox, SandboxConfig,
 };
 
-use args::{Cli, LogsCommand, PsCommand, RmCommand, VpodCommand};
+use args::{Cli, LogsCommand, PsCommand, PullCommand, RmCommand, VpodCommand};
 
 /// Deadline of agent calls from `exec`, `rm` and `--pod`.
 const RPC_TIMEOUT: Duration = Duration::from_secs(30);
@@ -96,11 +97,16 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
             format!("oci:{}:{DEFAULT_IMAGE_TAG}", dir.display())
         }
     };
-    let store = LayerStore::open(&args.root)
-        .with_context(|| format!("opening the layer store in {}", args.root.display()))?;
-    let imported = store
-        .import_oci_layout(&image)
-        .with_context(|| format!("importing {image}"))?;
+    let imported = if image.starts_with("oci:") {
+        LayerStore::open(&args.root)
+            .with_context(|| format!("opening the layer store in {}", args.root.display()))?
+            .import_oci_layout(&image)
+            .with_context(|| format!("importing {image}"))?
+    } else {
+        pull::ensure_image(&args.root, &image, &pull::PullOptions::default())
+            .await?
+            .image
+    };
     let import_time = started.elapsed();
     let mut runtime_spec =
         runtime_spec(&imported.config, &args.overrides).context("creating the container")?;
@@ -405,6 +411,16 @@ fn list(args: PsCommand) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+async fn pull_image(args: PullCommand) -> anyhow::Result<i32> {
+    let options = pull::PullOptions {
+        insecure_registries: args.insecure_registry,
+        max_concurrent_downloads: Some(args.max_concurrent_downloads),
+    };
+    let record = pull::pull_command(&args.root, &args.image, &options).await?;
+    println!("{}", record.id);
+    Ok(0)
+}
+
 fn block_on(work: impl std::future::Future<Output = anyhow::Result<i32>>) -> anyhow::Result<i32> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -420,6 +436,7 @@ fn main() -> ExitCode {
         VpodCommand::Rm(args) => block_on(remove(args)),
         VpodCommand::Logs(args) => block_on(logs(args)),
         VpodCommand::Ps(args) => list(args),
+        VpodCommand::Pull(args) => block_on(pull_image(args)),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),

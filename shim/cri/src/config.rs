@@ -30,6 +30,7 @@
 //! [registry]
 //! insecure_registries = ["registry.lan:5000"]   # plain HTTP (loopback needs no entry)
 //! extra_ca_files = ["/etc/vpod/registry-ca.pem"]
+//! max_concurrent_downloads = 3            # layers of one pull fetched and converted at once
 //!
 //! [streaming]
 //! address = "127.0.0.1:0"                 # Exec/Attach/PortForward URLs; port 0: a free one
@@ -178,6 +179,9 @@ pub struct RegistryConfig {
     /// Registry `host[:port]` to the `host[:port]` its images are pulled from instead (an
     /// air-gapped node's local copy); images keep the names they were asked for.
     pub mirrors: std::collections::HashMap<String, String>,
+    /// Layers of one pull fetched and converted (as they stream) at the same time; absent:
+    /// the image crate's default (3).
+    pub max_concurrent_downloads: Option<usize>,
 }
 
 /// How pod VMs are sized (see [`crate::sizing`]).

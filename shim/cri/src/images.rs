@@ -7,7 +7,10 @@
 //! to `latest`): `oci:/srv/images/default:latest` becomes `localhost/default:latest`.
 
 use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
+use vpod_image::registry::progress::{PullEvent, PullObserver};
 use vpod_image::registry::{
     ImageRecord, Images as Registry, ImagesError, RegistryAuth, RegistryOptions,
 };
@@ -78,7 +81,20 @@ impl Images {
             })
             .await??);
         }
-        Ok(self.registry.pull(reference, auth).await?)
+        let log = PullLog::default();
+        let started = Instant::now();
+        let image = self
+            .registry
+            .pull_with_progress(reference, auth, &log)
+            .await?;
+        if log.resolved() {
+            tracing::info!(
+                "pulled {reference} in {:.2} s ({} MB of layer disks)",
+                started.elapsed().as_secs_f64(),
+                image.size_bytes / 1_000_000
+            );
+        }
+        Ok(image)
     }
 
     pub async fn list(&self) -> Result<Vec<ImageInfo>, ImageError> {
@@ -140,5 +156,87 @@ mod tests {
         assert_eq!(layout_name("busybox"), None);
         assert_eq!(layout_name("oci:/"), None);
         assert_eq!(layout_name("oci:/x/we ird:1"), None);
+    }
+}
+
+/// How often a pull in progress is logged.
+const PULL_LOG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Logs a pull at info level: what it fetches, then its progress every few seconds.
+#[derive(Default)]
+struct PullLog {
+    state: Mutex<Option<PullLogState>>,
+}
+
+struct PullLogState {
+    reference: String,
+    sizes: Vec<u64>,
+    fetched: Vec<u64>,
+    ready: usize,
+    started: Instant,
+    last_logged: Instant,
+}
+
+impl PullLog {
+    fn resolved(&self) -> bool {
+        self.state.lock().is_ok_and(|state| state.is_some())
+    }
+}
+
+impl PullObserver for PullLog {
+    fn event(&self, event: &PullEvent) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        match event {
+            PullEvent::Resolved { reference, layers } => {
+                let to_fetch: Vec<u64> = layers
+                    .iter()
+                    .map(|layer| if layer.in_store { 0 } else { layer.size })
+                    .collect();
+                let fetching = to_fetch.iter().filter(|size| **size > 0).count();
+                tracing::info!(
+                    "pulling {reference}: {} layers, {fetching} to fetch ({} MB), {} already in the store",
+                    layers.len(),
+                    to_fetch.iter().sum::<u64>() / 1_000_000,
+                    layers.len() - fetching
+                );
+                let now = Instant::now();
+                *state = Some(PullLogState {
+                    reference: reference.clone(),
+                    fetched: vec![0; layers.len()],
+                    sizes: to_fetch,
+                    ready: 0,
+                    started: now,
+                    last_logged: now,
+                });
+            }
+            PullEvent::Fetched { index, bytes } => {
+                let Some(state) = state.as_mut() else { return };
+                if let Some(fetched) = state.fetched.get_mut(*index) {
+                    *fetched = *bytes;
+                }
+                if state.last_logged.elapsed() >= PULL_LOG_INTERVAL {
+                    state.last_logged = Instant::now();
+                    let fetched: u64 = state.fetched.iter().sum();
+                    let total: u64 = state.sizes.iter().sum();
+                    let secs = state.started.elapsed().as_secs_f64().max(0.001);
+                    tracing::info!(
+                        "pulling {}: {} of {} MB fetched ({:.1} MB/s), {} of {} layers ready",
+                        state.reference,
+                        fetched / 1_000_000,
+                        total / 1_000_000,
+                        fetched as f64 / secs / 1e6,
+                        state.ready,
+                        state.sizes.len()
+                    );
+                }
+            }
+            PullEvent::LayerReady { .. } => {
+                if let Some(state) = state.as_mut() {
+                    state.ready += 1;
+                }
+            }
+        }
     }
 }

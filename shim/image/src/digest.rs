@@ -133,8 +133,16 @@ impl<R: Read> HashingReader<R> {
     /// Reads the rest of the stream (so the digest covers all of it) and returns the digest
     /// and the total byte count.
     pub fn finish(mut self) -> io::Result<(Digest, u64)> {
-        io::copy(&mut self, &mut io::sink())?;
-        Ok((Digest(self.hasher.finalize().into()), self.bytes_read))
+        self.finish_in_place()
+    }
+
+    /// As `finish`, keeping the reader: a second call (at the end) gives the same answer.
+    pub fn finish_in_place(&mut self) -> io::Result<(Digest, u64)> {
+        io::copy(self, &mut io::sink())?;
+        Ok((
+            Digest(self.hasher.clone().finalize().into()),
+            self.bytes_read,
+        ))
     }
 }
 

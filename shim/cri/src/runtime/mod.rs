@@ -174,11 +174,17 @@ impl Runtime {
             std::path::absolute(&config.root).map_err(RuntimeError::io("resolve", &config.root))?;
         std::fs::create_dir_all(&root).map_err(RuntimeError::io("create", &root))?;
         let store = LayerStore::open(&root).map_err(RuntimeError::LayerStore)?;
+        let defaults = RegistryOptions::default();
         let options = RegistryOptions {
             insecure_registries: config.registry.insecure_registries.clone(),
             extra_ca_files: config.registry.extra_ca_files.clone(),
             mirrors: config.registry.mirrors.clone(),
-            ..RegistryOptions::default()
+            max_concurrent_downloads: config
+                .registry
+                .max_concurrent_downloads
+                .unwrap_or(defaults.max_concurrent_downloads)
+                .max(1),
+            ..defaults
         };
         let images = Images::open(store, options)?;
         let state = StateDir::open(&root)?;

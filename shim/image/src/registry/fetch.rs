@@ -2,7 +2,6 @@
 //! (its credentials are that pull's alone), the manifest resolved to linux on this host's
 //! architecture, and blobs fetched with their digests and sizes checked.
 
-use std::path::Path;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -248,23 +247,14 @@ impl Fetcher {
         })
     }
 
-    /// Streams blob `descriptor` into `path`, refusing more bytes than its size, checking
-    /// its digest.
-    pub async fn download_blob(
+    /// Streams layer blob `descriptor` into `out`, refusing more bytes than its size,
+    /// checking its digest at the end.
+    pub async fn stream_blob<W: AsyncWrite + Unpin>(
         &self,
         descriptor: &BlobRef,
-        path: &Path,
+        out: &mut W,
     ) -> Result<(), ImagesError> {
-        let file = tokio::fs::File::create(path)
-            .await
-            .map_err(ImagesError::io("create", path))?;
-        let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
-        self.fetch_blob(descriptor, "layer blob", &mut out).await?;
-        let file = out.into_inner();
-        file.sync_all()
-            .await
-            .map_err(ImagesError::io("write", path))?;
-        Ok(())
+        self.fetch_blob(descriptor, "layer blob", out).await
     }
 
     /// Fetches a blob into `out`; oci-client checks the digest as it streams, and the size

@@ -5,6 +5,7 @@
 //! ```text
 //! Images::open(store, options)                      one per store; Clone shares it (Arc)
 //! Images::pull(reference, auth).await -> ImageRecord
+//! Images::pull_with_progress(reference, auth, &observer).await   events: progress.rs
 //! Images::list() / status(reference_or_id) / remove(reference_or_id, in_use)
 //! Images::fs_usage() -> FsUsage                     for ImageFsInfo
 //! Images::import_oci_layout("oci:PATH[:TAG]", Some("name:tag"))   e.g. the default image
@@ -22,14 +23,15 @@
 //!   image (several give `Ambiguous`).
 //! - **Pulls**: an image index is followed to linux on this host's architecture; the
 //!   manifest's digest is computed here and checked against the digest asked for; config and
-//!   layer blobs are checked against their descriptors' digests and sizes while they stream
-//!   into a staging directory under the store, and layers again against the config's
-//!   diffIDs when converted. Layers already converted from the same blob are not
-//!   downloaded. Layer media types: OCI and Docker tar, tar+gzip, tar+zstd; anything else is
+//!   layer blobs are checked against their descriptors' digests and sizes as they stream.
+//!   Each layer converts while it downloads (`stream.rs`: the response body goes through
+//!   the decompressor, the hashers and the EROFS writer, never to disk), and is checked
+//!   against the config's diffID in the same pass; up to `max_concurrent_downloads`
+//!   layers at a time. Layers already converted from the same blob are not downloaded. Layer media types: OCI and Docker tar, tar+gzip, tar+zstd; anything else is
 //!   `UnsupportedMediaType` before a byte of a layer is fetched. Concurrent pulls of one
 //!   normalized reference in this process run once: the others wait and get its image. A
-//!   failed pull removes its staging directory and writes no image record (layers it
-//!   converted stay until garbage-collected). Staging directories of dead processes are
+//!   failed pull removes its staging directory, writes no image record, and removes the
+//!   layers it converted that no image uses (the others finish first). Staging directories of dead processes are
 //!   removed by `open`.
 //! - **Transport**: HTTPS, trusting the system's roots and `extra_ca_files`; plain HTTP to
 //!   registries listed in `insecure_registries` (`host[:port]`, exactly as in the
@@ -51,8 +53,10 @@
 
 mod catalog;
 mod fetch;
+pub mod progress;
 mod pull;
 pub mod reference;
+mod stream;
 mod usage;
 
 use std::collections::HashMap;
@@ -122,7 +126,7 @@ pub struct RegistryOptions {
     pub connect_timeout: Duration,
     /// Longest wait for the next bytes of a response.
     pub read_timeout: Duration,
-    /// Layer blobs downloaded at the same time by one pull.
+    /// Layers fetched and converted at the same time by one pull.
     pub max_concurrent_downloads: usize,
     /// Registry (`host[:port]` as written in references) to the `host[:port]` pulled from
     /// instead, as containerd's mirrors: the image keeps the name it was asked for.

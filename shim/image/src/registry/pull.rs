@@ -8,11 +8,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use futures_util::stream::{self, StreamExt, TryStreamExt};
+use futures_util::stream::{self, StreamExt};
 
-use crate::digest::Digest;
+use crate::digest::{DiffId, Digest};
 use crate::oci::layout::{OciLayout, ResolvedImage, ResolvedLayer};
 use crate::registry::fetch::{endpoint, is_loopback, Fetcher, RemoteImage};
+use crate::registry::progress::{LayerPlan, PullEvent, PullObserver, Quiet};
 use crate::registry::{
     catalog, ImageRecord, ImageReference, Images, ImagesError, RegistryAuth, Shared,
 };
@@ -33,6 +34,16 @@ impl Images {
         reference: &str,
         auth: Option<RegistryAuth>,
     ) -> Result<ImageRecord, ImagesError> {
+        self.pull_with_progress(reference, auth, &Quiet).await
+    }
+
+    /// As `pull`, telling `observer` how it goes (nothing, when it joins a pull in flight).
+    pub async fn pull_with_progress(
+        &self,
+        reference: &str,
+        auth: Option<RegistryAuth>,
+        observer: &dyn PullObserver,
+    ) -> Result<ImageRecord, ImagesError> {
         let image = ImageReference::parse(reference)?;
         let slot = InFlight::join(self, image.to_string());
         let mut finished = slot.slot.lock().await;
@@ -42,7 +53,9 @@ impl Images {
                 return Ok(record);
             }
         }
-        let record = self.pull_from_registry(&image, auth.as_ref()).await?;
+        let record = self
+            .pull_from_registry(&image, auth.as_ref(), observer)
+            .await?;
         *finished = Some(record.image.manifest_digest);
         Ok(record)
     }
@@ -72,6 +85,7 @@ impl Images {
         &self,
         image: &ImageReference,
         auth: Option<&RegistryAuth>,
+        observer: &dyn PullObserver,
     ) -> Result<ImageRecord, ImagesError> {
         let shared = &self.shared;
         shared.registry_pulls.fetch_add(1, Ordering::Relaxed);
@@ -84,7 +98,7 @@ impl Images {
         let mut attempt = 0;
         let imported = loop {
             attempt += 1;
-            self.download_missing_layers(&fetcher, &layout, &resolved)
+            self.fetch_missing_layers(&fetcher, &reference_text, &resolved, observer)
                 .await?;
             let images = self.clone();
             let layout_dir = layout.dir().to_owned();
@@ -106,9 +120,6 @@ impl Images {
                 other => break other?,
             }
         };
-        shared
-            .layers_converted
-            .fetch_add(imported.converted.len() as u64, Ordering::Relaxed);
         drop(staging);
 
         let images = self.clone();
@@ -122,36 +133,76 @@ impl Images {
         .map_err(ImagesError::Task)?
     }
 
-    /// Downloads into `layout` every layer blob that is neither there nor already converted
-    /// in the store from that very blob.
-    async fn download_missing_layers(
+    /// Fetches and converts, as they stream, the layers the store lacks (those not
+    /// converted from that very blob), at most `max_concurrent_downloads` at a time.
+    async fn fetch_missing_layers(
         &self,
         fetcher: &Fetcher,
-        layout: &OciLayout,
+        reference: &str,
         resolved: &ResolvedImage,
+        observer: &dyn PullObserver,
     ) -> Result<(), ImagesError> {
         let store = &self.shared.store;
+        let mut plans: Vec<LayerPlan> = Vec::with_capacity(resolved.layers.len());
         let mut missing = Vec::new();
-        for ResolvedLayer { blob, diff_id } in &resolved.layers {
-            let path = layout.blob_path(&blob.digest);
-            let already_fetched = path.exists() || missing.iter().any(|(_, p)| *p == path);
-            if !already_fetched && !store.has_verified_layer(diff_id, &blob.digest)? {
-                missing.push((blob.clone(), path));
+        for (index, ResolvedLayer { blob, diff_id }) in resolved.layers.iter().enumerate() {
+            // A blob listed twice is fetched once.
+            let repeated = plans.iter().any(|plan| plan.digest == blob.digest);
+            let in_store = repeated || store.has_verified_layer(diff_id, &blob.digest)?;
+            if !in_store {
+                missing.push((index, blob.clone(), *diff_id));
+            }
+            plans.push(LayerPlan {
+                digest: blob.digest,
+                size: blob.size,
+                in_store,
+            });
+        }
+        observer.event(&PullEvent::Resolved {
+            reference: reference.to_owned(),
+            layers: plans.clone(),
+        });
+        for (index, plan) in plans.iter().enumerate() {
+            if plan.in_store {
+                observer.event(&PullEvent::LayerReady {
+                    index,
+                    converted: false,
+                });
             }
         }
         let concurrency = self.shared.options.max_concurrent_downloads.max(1);
-        stream::iter(missing)
-            .map(|(descriptor, path)| async move {
-                // Downloaded beside its final name, which then means "complete".
-                let partial = path.with_extension("partial");
-                fetcher.download_blob(&descriptor, &partial).await?;
-                fs::rename(&partial, &path).map_err(ImagesError::io("rename", &partial))?;
-                self.shared.blobs_downloaded.fetch_add(1, Ordering::Relaxed);
-                Ok::<(), ImagesError>(())
+        // Every started layer runs to its end (a conversion on its blocking thread cannot
+        // be cancelled), so that a failure's clean-up sees all that was converted.
+        let results: Vec<(DiffId, Result<bool, ImagesError>)> = stream::iter(missing)
+            .map(|(index, descriptor, diff_id)| async move {
+                let result = self
+                    .fetch_and_convert(fetcher, index, &descriptor, diff_id, observer)
+                    .await;
+                (diff_id, result)
             })
             .buffer_unordered(concurrency)
-            .try_collect::<()>()
-            .await
+            .collect()
+            .await;
+        let converted: Vec<DiffId> = results
+            .iter()
+            .filter(|(_, result)| matches!(result, Ok(true)))
+            .map(|(diff_id, _)| *diff_id)
+            .collect();
+        let Some(error) = results.into_iter().find_map(|(_, result)| result.err()) else {
+            return Ok(());
+        };
+        // A failed pull leaves no disk behind that no image uses.
+        if !converted.is_empty() {
+            let images = self.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                images
+                    .shared
+                    .store
+                    .remove_layers_unless_referenced(&converted)
+            })
+            .await;
+        }
+        Err(error)
     }
 }
 

@@ -32,23 +32,67 @@ impl LayerStore {
             layout.verify_blob(descriptor)?;
             return Ok((record, false));
         }
+        self.ensure_layer_from(descriptor, diff_id, || {
+            Ok(layout.open_blob_checked_size(descriptor)?)
+        })
+    }
 
+    /// Ensures the layer `descriptor` (config diffID `diff_id`) is converted from the blob's
+    /// bytes as `blob` yields them (a registry's response body, say), checked against the
+    /// descriptor's digest and size and the diffID as they pass: a bad blob leaves nothing.
+    /// Returns the record and whether this call converted the layer. The blob is read to
+    /// its end in every case, also when conversion fails, so the blob's own fault is
+    /// reported first and a writer feeding it is never left blocked.
+    pub fn convert_streamed_layer(
+        &self,
+        descriptor: &BlobRef,
+        diff_id: DiffId,
+        blob: impl Read,
+    ) -> Result<(LayerRecord, bool), LayerStoreError> {
+        let lock_path = self.store_lock_path();
+        // Held like an import's: garbage collection waits for the conversion.
+        let _store_lock =
+            files::lock_shared(&lock_path).map_err(LayerStoreError::io("lock", &lock_path))?;
+        let mut blob = Some(blob);
+        let result = self.ensure_layer_from(descriptor, diff_id, || {
+            Ok(blob.take().expect("the blob is opened once"))
+        });
+        if let (Err(_), Some(unread)) = (&result, blob) {
+            // Failed before the blob was opened (a lock or a stale temporary).
+            let _ = io::copy(
+                &mut unread.take(descriptor.size.saturating_add(1)),
+                &mut io::sink(),
+            );
+        }
+        result
+    }
+
+    /// Under the layer's lock: reuses, verifies against, or converts the layer, reading the
+    /// blob that `open_blob` gives once, if at all.
+    fn ensure_layer_from<R: Read>(
+        &self,
+        descriptor: &BlobRef,
+        diff_id: DiffId,
+        open_blob: impl FnOnce() -> Result<R, LayerStoreError>,
+    ) -> Result<(LayerRecord, bool), LayerStoreError> {
         let lock_path = self.layer_lock_path(&diff_id);
         let _layer_lock =
             files::lock_exclusive(&lock_path).map_err(LayerStoreError::io("lock", &lock_path))?;
-        // Another process may have finished while we waited.
+        // Another process may have converted it while we waited.
         if let Some(record) = self.reusable_record(descriptor, &diff_id)? {
-            layout.verify_blob(descriptor)?;
+            let blob = open_blob()?.take(descriptor.size.saturating_add(1));
+            check_blob_digest(&mut HashingReader::new(blob), descriptor)?;
             return Ok((record, false));
         }
         if self.has_layer(&diff_id) {
-            layout.verify_blob(descriptor)?;
+            // Converted from another blob (or a crash came before its record): prove this
+            // blob is the same layer, which also checks it against its descriptor.
             return self
-                .verify_blob_against_existing_layer(layout, descriptor, diff_id)
+                .verify_blob_against_existing_layer(open_blob()?, descriptor, diff_id)
                 .map(|record| (record, false));
         }
         self.remove_stale_temporaries(&diff_id)?;
-        self.convert_layer(layout, descriptor, diff_id)
+        self.convert_layer(open_blob()?, descriptor, diff_id)
             .map(|record| (record, true))
     }
 
@@ -70,19 +114,22 @@ impl LayerStore {
     /// written): prove this blob uncompresses to the same diffID, without extracting.
     fn verify_blob_against_existing_layer(
         &self,
-        layout: &OciLayout,
+        blob: impl Read,
         descriptor: &BlobRef,
         diff_id: DiffId,
     ) -> Result<LayerRecord, LayerStoreError> {
         let digest = descriptor.digest;
-        let blob = layout.open_blob_checked_size(descriptor)?;
-        let mut compressed = HashingReader::new(blob);
-        let (decompressed, _) = open_decompressed(descriptor.media_type.as_ref(), &mut compressed)
-            .map_err(|source| LayerStoreError::Decompress { digest, source })?;
-        let (actual, tar_size) = HashingReader::new(decompressed)
-            .finish()
-            .map_err(|source| LayerStoreError::ReadLayer { digest, source })?;
-        check_blob_unchanged(compressed, descriptor)?;
+        let mut compressed = HashingReader::new(blob.take(descriptor.size.saturating_add(1)));
+        let hashed = (|| {
+            let (decompressed, _) =
+                open_decompressed(descriptor.media_type.as_ref(), &mut compressed)
+                    .map_err(|source| LayerStoreError::Decompress { digest, source })?;
+            HashingReader::new(decompressed)
+                .finish()
+                .map_err(|source| LayerStoreError::ReadLayer { digest, source })
+        })();
+        check_blob_digest(&mut compressed, descriptor)?;
+        let (actual, tar_size) = hashed?;
         if actual != diff_id {
             return Err(LayerStoreError::DiffIdMismatch {
                 digest,
@@ -110,7 +157,7 @@ impl LayerStore {
 
     fn convert_layer(
         &self,
-        layout: &OciLayout,
+        blob: impl Read,
         descriptor: &BlobRef,
         diff_id: DiffId,
     ) -> Result<LayerRecord, LayerStoreError> {
@@ -121,9 +168,8 @@ impl LayerStore {
                 .join(files::unique_temp_name(&format!("{}.erofs", diff_id.hex()))),
         };
         // Any failure of a blob that does not match its descriptor is reported as that.
+        let mut compressed = HashingReader::new(blob.take(descriptor.size.saturating_add(1)));
         let converted = (|| -> Result<(ExtractStats, u64), LayerStoreError> {
-            let blob = layout.open_blob_checked_size(descriptor)?;
-            let mut compressed = HashingReader::new(blob.take(descriptor.size.saturating_add(1)));
             let (decompressed, compression) =
                 open_decompressed(descriptor.media_type.as_ref(), &mut compressed)
                     .map_err(|source| LayerStoreError::Decompress { digest, source })?;
@@ -145,7 +191,7 @@ impl LayerStore {
                         .into_inner()
                         .finish()
                         .map_err(|source| LayerStoreError::ReadLayer { digest, source })?;
-                    check_streamed_digests(compressed, descriptor, diff_id, actual)?;
+                    check_streamed_digests(&mut compressed, descriptor, diff_id, actual)?;
                     // Only a proven layer gets its metadata and superblock.
                     let stats = writer
                         .finish(uuid_bytes_from_diff_id(&diff_id))
@@ -167,7 +213,7 @@ impl LayerStore {
                         .into_inner()
                         .finish()
                         .map_err(|source| LayerStoreError::ReadLayer { digest, source })?;
-                    check_streamed_digests(compressed, descriptor, diff_id, actual)?;
+                    check_streamed_digests(&mut compressed, descriptor, diff_id, actual)?;
                     builder
                         .build(
                             staging.path(),
@@ -183,7 +229,7 @@ impl LayerStore {
         let (stats, tar_size) = match converted {
             Ok(converted) => converted,
             Err(error) => {
-                layout.verify_blob(descriptor)?;
+                check_blob_digest(&mut compressed, descriptor)?;
                 return Err(error);
             }
         };
@@ -267,17 +313,36 @@ impl<R: Read> TarStream<R> {
 /// Checks the whole blob against its descriptor (as `OciLayout::verify_blob` would have
 /// before reading it), then the tar's diffID (`None`: the blob's own digest).
 fn check_streamed_digests<R: Read>(
-    compressed: HashingReader<R>,
+    compressed: &mut HashingReader<R>,
     descriptor: &BlobRef,
     expected: DiffId,
     actual: Option<DiffId>,
 ) -> Result<(), LayerStoreError> {
-    let (blob_digest, size) = compressed
-        .finish()
-        .map_err(|source| LayerStoreError::ReadLayer {
+    check_blob_digest(compressed, descriptor)?;
+    let actual = actual.unwrap_or(descriptor.digest);
+    if actual != expected {
+        return Err(LayerStoreError::DiffIdMismatch {
             digest: descriptor.digest,
-            source,
-        })?;
+            expected,
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// Reads the rest of the blob (as far as one byte past its descriptor's size) and checks
+/// its size and digest against the descriptor, as `OciLayout::verify_blob` would.
+fn check_blob_digest<R: Read>(
+    compressed: &mut HashingReader<R>,
+    descriptor: &BlobRef,
+) -> Result<(), LayerStoreError> {
+    let (blob_digest, size) =
+        compressed
+            .finish_in_place()
+            .map_err(|source| LayerStoreError::ReadLayer {
+                digest: descriptor.digest,
+                source,
+            })?;
     if size != descriptor.size {
         return Err(OciLayoutError::SizeMismatch {
             digest: descriptor.digest,
@@ -292,29 +357,6 @@ fn check_streamed_digests<R: Read>(
             actual: blob_digest,
         }
         .into());
-    }
-    let actual = actual.unwrap_or(blob_digest);
-    if actual != expected {
-        return Err(LayerStoreError::DiffIdMismatch {
-            digest: descriptor.digest,
-            expected,
-            actual,
-        });
-    }
-    Ok(())
-}
-
-/// Reads the rest of the blob and checks that what was decompressed is what was verified.
-fn check_blob_unchanged<R: Read>(
-    compressed: HashingReader<R>,
-    descriptor: &BlobRef,
-) -> Result<(), LayerStoreError> {
-    let digest = descriptor.digest;
-    let (actual, size) = compressed
-        .finish()
-        .map_err(|source| LayerStoreError::ReadLayer { digest, source })?;
-    if actual != digest || size != descriptor.size {
-        return Err(LayerStoreError::BlobChanged { digest });
     }
     Ok(())
 }

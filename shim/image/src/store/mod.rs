@@ -77,8 +77,6 @@ pub enum LayerStoreError {
         expected: DiffId,
         actual: DiffId,
     },
-    #[error("layer blob {digest} changed while it was being read")]
-    BlobChanged { digest: Digest },
     #[error("layer blob {digest} was not fetched and the store no longer holds its layer")]
     LayerBlobMissing { digest: Digest },
     #[error("store record {path} is not valid JSON of the expected shape")]
@@ -242,22 +240,28 @@ impl LayerStore {
             if keep.contains(&diff_id) {
                 continue;
             }
-            // The record goes first: a layer without a record is re-verified, never trusted.
-            for path in [
-                self.layer_record_path(&diff_id),
-                self.layer_path(&diff_id),
-                self.layer_lock_path(&diff_id),
-            ] {
-                match fs::remove_file(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(LayerStoreError::io("remove", &path)(e)),
-                }
-            }
+            self.remove_layer_files(&diff_id)?;
             removed.push(diff_id);
         }
         removed.sort();
         Ok(removed)
+    }
+
+    /// Deletes one layer's files; the caller holds the exclusive store lock.
+    fn remove_layer_files(&self, diff_id: &DiffId) -> Result<(), LayerStoreError> {
+        // The record goes first: a layer without a record is re-verified, never trusted.
+        for path in [
+            self.layer_record_path(diff_id),
+            self.layer_path(diff_id),
+            self.layer_lock_path(diff_id),
+        ] {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(LayerStoreError::io("remove", &path)(e)),
+            }
+        }
+        Ok(())
     }
 
     fn with_layer_paths(&self, mut image: ImportedImage) -> ImportedImage {

@@ -79,6 +79,31 @@ impl LayerStore {
         Ok(ResolvedImport { image, converted })
     }
 
+    /// Deletes those of `candidates` (the layers a failed pull converted) that no image
+    /// record references, and returns them: a failed pull leaves no disk behind. Under the
+    /// exclusive store lock, as garbage collection; an import that counted on one of them
+    /// meets `LayerBlobMissing` and fetches it again.
+    pub fn remove_layers_unless_referenced(
+        &self,
+        candidates: &[DiffId],
+    ) -> Result<Vec<DiffId>, LayerStoreError> {
+        let lock_path = self.store_lock_path();
+        let _store_lock =
+            files::lock_exclusive(&lock_path).map_err(LayerStoreError::io("lock", &lock_path))?;
+        let mut referenced: HashSet<DiffId> = HashSet::new();
+        for image in self.list_images()? {
+            referenced.extend(image.layers.iter().map(|layer| layer.diff_id));
+        }
+        let mut removed = Vec::new();
+        for diff_id in candidates {
+            if !referenced.contains(diff_id) && !removed.contains(diff_id) {
+                self.remove_layer_files(diff_id)?;
+                removed.push(*diff_id);
+            }
+        }
+        Ok(removed)
+    }
+
     /// Deletes every converted layer that no image record references and that is not in
     /// `also_keep` (layers attached to running VMs), and returns their diffIDs. Unlike
     /// `remove_unreferenced`, the image records are read under the exclusive store lock,

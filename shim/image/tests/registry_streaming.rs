@@ -1,0 +1,296 @@
+//! Pulls that convert each layer as it downloads: the layer's EROFS image grows while its
+//! blob is still arriving, the blob never lands on disk, layers of one image run side by
+//! side, and the progress events a front end draws from come in order.
+
+mod common;
+mod registry_support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use common::{Fixture, LayerTar, MTIME};
+use oci_spec::image::{Arch, ImageConfigurationBuilder, Os};
+use registry_support::{Setup, TestRegistry};
+use vpod_image::oci::writer::{encode_layer, LayerCompression, OciLayoutWriter};
+use vpod_image::registry::progress::{PullEvent, PullObserver};
+use vpod_image::registry::{Images, RegistryOptions};
+use vpod_image::LayerStore;
+
+const MIB: u64 = 1 << 20;
+
+/// A tar holding one file of `size` pseudo-random (incompressible) bytes.
+fn random_file_tar(name: &str, size: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    let mut data = Vec::with_capacity(size);
+    while data.len() < size {
+        // xorshift64
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        data.extend_from_slice(&state.to_le_bytes());
+    }
+    data.truncate(size);
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_path(name).unwrap();
+    header.set_size(size as u64);
+    header.set_mode(0o644);
+    header.set_mtime(MTIME);
+    header.set_cksum();
+    builder.append(&header, data.as_slice()).unwrap();
+    builder.into_inner().unwrap()
+}
+
+/// Pushes an image of `layers` (tar, compression) as `vpod/streamed:v1`.
+fn push_image(registry: &TestRegistry, layers: Vec<(Vec<u8>, LayerCompression)>) {
+    let dir = tempfile::tempdir().unwrap();
+    let writer = OciLayoutWriter::create(dir.path()).unwrap();
+    let written: Vec<_> = layers
+        .iter()
+        .map(|(tar, compression)| {
+            writer
+                .write_layer(&encode_layer(tar, *compression).unwrap())
+                .unwrap()
+        })
+        .collect();
+    let config = ImageConfigurationBuilder::default()
+        .architecture(Arch::Amd64)
+        .os(Os::Linux)
+        .build()
+        .unwrap();
+    let manifest = writer.write_image(config, &written, Some("v1")).unwrap();
+    writer.write_index(vec![manifest]).unwrap();
+    registry.push(
+        &format!("oci:{}:v1", dir.path().display()),
+        "vpod/streamed:v1",
+        false,
+    );
+}
+
+fn images_over(store: LayerStore, registry: &TestRegistry) -> Images {
+    let options = RegistryOptions {
+        insecure_registries: vec![registry.address.clone()],
+        ..RegistryOptions::default()
+    };
+    Images::open(store, options).expect("open images")
+}
+
+/// Every event, and what was on disk under the store's `tmp` when a layer's blob had
+/// arrived up to `look_at` bytes.
+struct Recorder {
+    tmp: PathBuf,
+    look_at: u64,
+    events: Mutex<Vec<PullEvent>>,
+    /// (largest EROFS image being written, largest file of a pull's staging layout).
+    seen: Mutex<Option<(u64, u64)>>,
+}
+
+impl PullObserver for Recorder {
+    fn event(&self, event: &PullEvent) {
+        if let PullEvent::Fetched { bytes, .. } = event {
+            let mut seen = self.seen.lock().unwrap();
+            if *bytes >= self.look_at && seen.is_none() {
+                *seen = Some(largest_files(&self.tmp));
+            }
+        }
+        self.events.lock().unwrap().push(event.clone());
+    }
+}
+
+/// The largest EROFS image being written (`<diffID>.erofs.<unique>`) under `tmp`, and the largest file below a pull's
+/// staging directory (`tmp/pull.*`).
+fn largest_files(tmp: &Path) -> (u64, u64) {
+    let mut erofs = 0;
+    let mut staged = 0;
+    let mut stack = vec![(tmp.to_owned(), false)];
+    while let Some((dir, in_staging)) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push((entry.path(), in_staging || name.starts_with("pull.")));
+            } else if in_staging {
+                staged = staged.max(meta.len());
+            } else if name.contains(".erofs.") {
+                erofs = erofs.max(meta.len());
+            }
+        }
+    }
+    (erofs, staged)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_converts_while_it_downloads_and_its_blob_never_lands_on_disk() {
+    let registry = TestRegistry::start(Setup::default());
+    let size = 24 * MIB as usize;
+    push_image(
+        &registry,
+        vec![
+            (random_file_tar("big", size, 7), LayerCompression::None),
+            (
+                LayerTar::new().file("small", "hello").finish(),
+                LayerCompression::Gzip,
+            ),
+        ],
+    );
+    let fixture = Fixture::new();
+    let images = images_over(LayerStore::open(fixture.store.root()).unwrap(), &registry);
+    let recorder = Recorder {
+        tmp: fixture.store.root().join("tmp"),
+        look_at: 16 * MIB,
+        events: Mutex::default(),
+        seen: Mutex::default(),
+    };
+    let record = images
+        .pull_with_progress(
+            &format!("{}/vpod/streamed:v1", registry.address),
+            None,
+            &recorder,
+        )
+        .await
+        .expect("pull");
+    assert_eq!(record.image.layers.len(), 2);
+
+    let (erofs, staged) = recorder.seen.lock().unwrap().expect("16 MiB arrived");
+    // The pipe holds 4 MiB: 12 MiB of file data had reached the converter by then.
+    assert!(
+        erofs > 4 * MIB,
+        "the EROFS image held {erofs} bytes after 16 MiB of its blob arrived"
+    );
+    assert!(
+        staged < MIB,
+        "a {staged}-byte file was in the pull's staging layout: a layer blob was written"
+    );
+
+    let events = recorder.events.lock().unwrap();
+    let PullEvent::Resolved { layers, .. } = &events[0] else {
+        panic!("the first event is {:?}", events[0]);
+    };
+    assert_eq!(layers.len(), 2);
+    assert!(layers.iter().all(|layer| !layer.in_store));
+    for (index, layer) in layers.iter().enumerate() {
+        let fetched: Vec<u64> = events
+            .iter()
+            .filter_map(|event| match event {
+                PullEvent::Fetched { index: i, bytes } if *i == index => Some(*bytes),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            fetched.windows(2).all(|pair| pair[0] < pair[1]),
+            "{fetched:?}"
+        );
+        assert_eq!(fetched.last(), Some(&layer.size), "layer {index}");
+        let ready: Vec<usize> = events
+            .iter()
+            .enumerate()
+            .filter(|(_, event)| {
+                matches!(event, PullEvent::LayerReady { index: i, converted: true } if *i == index)
+            })
+            .map(|(position, _)| position)
+            .collect();
+        assert_eq!(ready.len(), 1, "layer {index} is ready once");
+        let last_fetch = events
+            .iter()
+            .rposition(|event| matches!(event, PullEvent::Fetched { index: i, .. } if *i == index))
+            .unwrap();
+        assert!(
+            ready[0] > last_fetch,
+            "layer {index} is ready after its bytes"
+        );
+    }
+    drop(events);
+
+    // Again: everything is in the store, nothing is fetched.
+    let again = Recorder {
+        tmp: fixture.store.root().join("tmp"),
+        look_at: u64::MAX,
+        events: Mutex::default(),
+        seen: Mutex::default(),
+    };
+    images
+        .pull_with_progress(
+            &format!("{}/vpod/streamed:v1", registry.address),
+            None,
+            &again,
+        )
+        .await
+        .expect("second pull");
+    let events = again.events.lock().unwrap();
+    assert!(
+        matches!(&events[0], PullEvent::Resolved { layers, .. } if layers.iter().all(|l| l.in_store)),
+        "{:?}",
+        events[0]
+    );
+    assert_eq!(
+        events[1..],
+        [
+            PullEvent::LayerReady {
+                index: 0,
+                converted: false
+            },
+            PullEvent::LayerReady {
+                index: 1,
+                converted: false
+            }
+        ]
+    );
+    assert_eq!(images.counters().blobs_downloaded, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layers_of_one_image_stream_side_by_side() {
+    let registry = TestRegistry::start(Setup::default());
+    let size = 12 * MIB as usize;
+    push_image(
+        &registry,
+        (0..3)
+            .map(|seed| {
+                (
+                    random_file_tar(&format!("f{seed}"), size, seed + 11),
+                    LayerCompression::None,
+                )
+            })
+            .collect(),
+    );
+    let fixture = Fixture::new();
+    let images = images_over(LayerStore::open(fixture.store.root()).unwrap(), &registry);
+    let recorder = Recorder {
+        tmp: fixture.store.root().join("tmp"),
+        look_at: u64::MAX,
+        events: Mutex::default(),
+        seen: Mutex::default(),
+    };
+    images
+        .pull_with_progress(
+            &format!("{}/vpod/streamed:v1", registry.address),
+            None,
+            &recorder,
+        )
+        .await
+        .expect("pull");
+    // Some layer received bytes before another one's first bytes had all arrived and been
+    // converted: with three at a time allowed, no layer waits for the one before it.
+    let events = recorder.events.lock().unwrap();
+    let first_ready = events
+        .iter()
+        .position(|event| matches!(event, PullEvent::LayerReady { .. }))
+        .unwrap();
+    let started_before: std::collections::BTreeSet<usize> = events[..first_ready]
+        .iter()
+        .filter_map(|event| match event {
+            PullEvent::Fetched { index, .. } => Some(*index),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        started_before.len(),
+        3,
+        "layers fetching before the first was ready: {started_before:?}"
+    );
+    assert_eq!(images.counters().layers_converted, 3);
+}
