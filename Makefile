@@ -12,6 +12,8 @@ APT_PACKAGES := build-essential bc bison flex libelf-dev libssl-dev xz-utils cpi
 	linux-source-6.12 busybox-static qemu-system-x86 erofs-utils e2fsprogs ca-certificates runc crun \
 	docker-registry skopeo apache2-utils openssl golang-go golang-google-grpc-dev \
 	containernetworking-plugins iptables iproute2
+# The peers `make bench` measures besides vpod (not needed to build or test).
+BENCH_PACKAGES := containerd umoci
 
 .PHONY: all deps kernel stub test-initrd initrd image kvm-host rust test lint bench demo clean
 
@@ -97,6 +99,12 @@ demo: all kvm-host
 # natively by `prepare`); the CRI runtime (pod start through vpod-cri beside runc, idle pod
 # memory at 10 and 50 pods); the host-side device and image paths natively; then the targets.
 bench: all kvm-host
+	@missing=$$(for p in $(BENCH_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "bench: installing" $$missing; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null; \
+	fi
 	target/release/vpod-bench startup --runs 20
 	@$(IN_GUEST_HOST); "$${run[@]}" target/release/vpod-bench linux-boot --runs 10 --host $$( [ "$$mode" = emulated ] && echo emulated || echo kvm)
 	target/release/vpod-bench prepare
@@ -118,6 +126,7 @@ bench: all kvm-host
 	target/release/vpod-bench vsock-host-path --runs 5 --mib 256
 	target/release/vpod-bench net-host-path --runs 5 --frames 20000
 	target/release/vpod-bench conversion --runs 3 --mib 128
+	target/release/vpod-bench cold-pull --runs 5 --mib 200
 	target/release/vpod-bench check
 
 clean:

@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use std::path::Path;
 
 /// The files `make bench` writes; each must be there.
-const FILES: [&str; 9] = [
+const FILES: [&str; 10] = [
     "startup",
     "linux-boot",
     "container-start",
@@ -15,6 +15,7 @@ const FILES: [&str; 9] = [
     "vsock-host-path",
     "net-host-path",
     "conversion",
+    "cold-pull",
 ];
 
 /// A line of the JSONL files, read back with just enough parsing for the targets.
@@ -425,6 +426,22 @@ fn io_targets(r: &Results, v: &mut Verdicts) {
                 "x",
             );
         }
+    }
+    // Issue 17: a cold pull in at most 0.6x the time of containerd's `ctr image pull`, for
+    // a multi-layer and a single-layer image. `mb_s` is the image's blob megabytes over the
+    // median time, so the time ratio is containerd's rate over vpod's.
+    for config in r.configs("cold_pull", "vpod-pull") {
+        let get = |imp: &str| r.get("cold_pull", imp, &config, "mb_s");
+        v.target(
+            &format!(
+                "cold pull, vpod pull / ctr image pull, time ({config}, {})",
+                r.host("cold_pull")
+            ),
+            ratio(get("ctr-image-pull"), get("vpod-pull")),
+            0.6,
+            false,
+            "x",
+        );
     }
 }
 

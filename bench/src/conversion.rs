@@ -84,7 +84,13 @@ fn small_files_tar(count: usize) -> Result<Vec<u8>> {
 
 /// About `total` bytes of files in a tar.
 fn generated_tar(total: u64) -> Result<Vec<u8>> {
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    generated_tar_seeded(total, 0x9e37_79b9_7f4a_7c15)
+}
+
+/// As `generated_tar`, its pseudo-random half drawn from `seed` (non-zero): different
+/// seeds give different layers.
+pub fn generated_tar_seeded(total: u64, seed: u64) -> Result<Vec<u8>> {
+    let mut state = seed | 1;
     let mut next = move || {
         state ^= state << 13;
         state ^= state >> 7;

@@ -25,6 +25,7 @@ use vpod_bench::stats::median_u64;
 mod balloon;
 mod check;
 mod cni;
+mod cold_pull;
 mod conversion;
 mod cri;
 mod cri_check;
@@ -182,6 +183,16 @@ enum Bench {
         #[arg(long, value_name = "N", default_value_t = 10)]
         runs: usize,
     },
+    /// A cold pull from a local registry: vpod pull vs containerd's ctr image pull vs skopeo
+    /// copy + umoci unpack, multi-layer and single-layer (native)
+    ColdPull {
+        /// Measured runs of each puller (after one warm-up)
+        #[arg(long, value_name = "N", default_value_t = 5)]
+        runs: usize,
+        /// MiB of tar in each image
+        #[arg(long, value_name = "MiB", default_value_t = 200)]
+        mib: u64,
+    },
     /// Layer conversion (tar to EROFS) throughput, beside tar extraction (native)
     Conversion {
         /// Measured runs of each implementation
@@ -292,6 +303,7 @@ fn main() -> Result<()> {
         Bench::CriRpc { runs } => cri_rpc::cri_rpc(&root, runs).map(drop),
         Bench::Cni { runs } => cni::cni(&root, runs).map(drop),
         Bench::Check => check::check(&results_dir(&root)),
+        Bench::ColdPull { runs, mib } => cold_pull::cold_pull(&root, runs, mib).map(drop),
         Bench::Conversion { runs, mib, files } => {
             conversion::conversion(&root, runs, mib, files).map(drop)
         }

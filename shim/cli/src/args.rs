@@ -382,6 +382,39 @@ mod tests {
     }
 
     #[test]
+    fn run_registry_reference_with_a_registry_tag_or_digest_is_the_image() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        for image in [
+            "busybox:1.36",
+            "library/busybox",
+            "registry.lan:5000/app",
+            "127.0.0.1:5000/team/app:v1",
+            &format!("app@{digest}"),
+        ] {
+            let r = run(&format!("vpod run -d {image} --timings sh -c x"));
+            assert_eq!(r.image.as_deref(), Some(image));
+            assert!(r.detach && r.timings);
+            assert_eq!(r.overrides.command, ["sh", "-c", "x"]);
+        }
+        // Commands: a bare name, paths, and words no reference can be.
+        for command in ["busybox", "/bin/sh", "./run", "a:b:c", "UPPER/case", "x@y"] {
+            let r = run(&format!("vpod run {command} arg"));
+            assert!(r.image.is_none(), "{command} was taken for an image");
+            assert_eq!(r.overrides.command, [command, "arg"]);
+        }
+        // Ps, Pull and friends take their own operands.
+        let Cli {
+            command: VpodCommand::Pull(pull),
+        } = parse("vpod pull --root /r --max-concurrent-downloads 5 busybox").unwrap()
+        else {
+            panic!("not a pull");
+        };
+        assert_eq!(pull.image, "busybox");
+        assert_eq!(pull.max_concurrent_downloads, 5);
+        assert_eq!(pull.root, PathBuf::from("/r"));
+    }
+
+    #[test]
     fn run_other_first_word_starts_the_command_with_all_after_it() {
         let r = run("vpod run --memory 128 top -d 1 --timings");
         assert_eq!(r.memory_mib, 128);

@@ -166,7 +166,7 @@ async fn a_layer_converts_while_it_downloads_and_its_blob_never_lands_on_disk() 
         "a {staged}-byte file was in the pull's staging layout: a layer blob was written"
     );
 
-    let events = recorder.events.lock().unwrap();
+    let events = std::mem::take(&mut *recorder.events.lock().unwrap());
     let PullEvent::Resolved { layers, .. } = &events[0] else {
         panic!("the first event is {:?}", events[0]);
     };
@@ -203,7 +203,6 @@ async fn a_layer_converts_while_it_downloads_and_its_blob_never_lands_on_disk() 
             "layer {index} is ready after its bytes"
         );
     }
-    drop(events);
 
     // Again: everything is in the store, nothing is fetched.
     let again = Recorder {
