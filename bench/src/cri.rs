@@ -55,6 +55,8 @@ pub enum VolumesMode {
     On,
     /// `volumes = true` and each pod's container mounts a host directory.
     Mounted,
+    /// `volumes = false` and `ksm = true`, with the host's ksmd running for the measure.
+    Ksm,
 }
 
 impl VolumesMode {
@@ -64,6 +66,7 @@ impl VolumesMode {
             VolumesMode::Off => "off",
             VolumesMode::On => "on",
             VolumesMode::Mounted => "mounted",
+            VolumesMode::Ksm => "ksm",
         }
     }
 }
@@ -73,7 +76,8 @@ impl CriBench {
     /// `VPOD_BENCH_CRI_POD_MIB` (guest memory of each pod, default 128),
     /// `VPOD_BENCH_CRI_CONCURRENT` (pods started at once, default 10) and
     /// `VPOD_BENCH_CRI_MEMORY_PODS` (comma-separated pod counts, default `10,50`; empty skips),
-    /// `VPOD_BENCH_CRI_VOLUMES` (comma-separated [`VolumesMode`] names, default `on`).
+    /// `VPOD_BENCH_CRI_VOLUMES` (comma-separated [`VolumesMode`] names, default `on`;
+    /// `ksm` starts the host's ksmd for its measure and puts its settings back after).
     pub fn from_env(runs: usize, host: &str) -> Result<CriBench> {
         let number = |name: &str, default: u64| -> Result<u64> {
             match std::env::var(name) {
@@ -100,7 +104,10 @@ impl CriBench {
                 "off" => Ok(VolumesMode::Off),
                 "on" => Ok(VolumesMode::On),
                 "mounted" => Ok(VolumesMode::Mounted),
-                other => bail!("VPOD_BENCH_CRI_VOLUMES: {other:?} is not off, on or mounted"),
+                "ksm" => Ok(VolumesMode::Ksm),
+                other => {
+                    bail!("VPOD_BENCH_CRI_VOLUMES: {other:?} is not off, on, mounted or ksm")
+                }
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(CriBench {

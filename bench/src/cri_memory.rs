@@ -257,7 +257,14 @@ fn idle_memory_with(repo: &Path, bench: &CriBench, volumes: VolumesMode) -> Resu
         _ => Vec::new(),
     };
     let available_before = host_available_kib()?;
-    let pod_keys = format!("volumes = {}\n", volumes != VolumesMode::Off);
+    let pod_keys = match volumes {
+        VolumesMode::Ksm => "volumes = false\nksm = true\n".to_owned(),
+        _ => format!("volumes = {}\n", volumes != VolumesMode::Off),
+    };
+    let ksmd = match volumes {
+        VolumesMode::Ksm => Some(Ksmd::start()?),
+        _ => None,
+    };
     let daemon = Daemon::start_with(repo, &scratch.dir, bench.pod_mib, &pod_keys)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -293,6 +300,9 @@ fn idle_memory_with(repo: &Path, bench: &CriBench, volumes: VolumesMode) -> Resu
                 eprintln!("cri: {} pods running", pods.len());
             }
             tokio::time::sleep(SETTLE).await;
+            if let Some(ksmd) = &ksmd {
+                ksmd.wait_for_full_scans(2, KSM_SCAN_LIMIT).await?;
+            }
             rows.extend(
                 measure(&mut clients, &daemon, &pods, bench, volumes, available_before).await?,
             );
@@ -303,6 +313,70 @@ fn idle_memory_with(repo: &Path, bench: &CriBench, volumes: VolumesMode) -> Resu
         Ok::<_, anyhow::Error>(rows)
     });
     result.with_context(|| format!("vpod-cri's log ends:\n{}", daemon.log_tail()))
+}
+
+/// How long the ksm measure waits for ksmd to go over every mergeable page twice.
+const KSM_SCAN_LIMIT: Duration = Duration::from_secs(300);
+
+/// The host's ksmd, started for a measure (scanning fast), its settings put back on drop.
+struct Ksmd {
+    saved: Vec<(&'static str, String)>,
+}
+
+const KSM_DIR: &str = "/sys/kernel/mm/ksm";
+
+impl Ksmd {
+    fn start() -> Result<Ksmd> {
+        let read = |name: &str| {
+            std::fs::read_to_string(format!("{KSM_DIR}/{name}"))
+                .map(|v| v.trim().to_owned())
+                .with_context(|| format!("reading {KSM_DIR}/{name} (a kernel without KSM?)"))
+        };
+        let settings = [
+            ("pages_to_scan", "20000"),
+            ("sleep_millisecs", "20"),
+            ("run", "1"),
+        ];
+        let mut saved = Vec::new();
+        for (name, _) in settings {
+            saved.push((name, read(name)?));
+        }
+        let ksmd = Ksmd { saved };
+        for (name, value) in settings {
+            std::fs::write(format!("{KSM_DIR}/{name}"), value)
+                .with_context(|| format!("writing {value} to {KSM_DIR}/{name}"))?;
+        }
+        Ok(ksmd)
+    }
+
+    fn full_scans() -> Result<u64> {
+        let text = std::fs::read_to_string(format!("{KSM_DIR}/full_scans"))?;
+        Ok(text.trim().parse()?)
+    }
+
+    /// Waits until ksmd has gone over all mergeable memory `scans` more times.
+    async fn wait_for_full_scans(&self, scans: u64, limit: Duration) -> Result<()> {
+        let start = Ksmd::full_scans()?;
+        let deadline = std::time::Instant::now() + limit;
+        while Ksmd::full_scans()? < start + scans {
+            if std::time::Instant::now() > deadline {
+                bail!("ksmd did not finish {scans} full scans in {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let shared = std::fs::read_to_string(format!("{KSM_DIR}/pages_sharing"))?;
+        eprintln!("cri: ksmd: {} pages sharing", shared.trim());
+        Ok(())
+    }
+}
+
+impl Drop for Ksmd {
+    fn drop(&mut self) {
+        // `run` back first (0 stops ksmd; merged pages stay merged until written).
+        for (name, value) in self.saved.iter().rev() {
+            let _ = std::fs::write(format!("{KSM_DIR}/{name}"), value);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -142,7 +142,11 @@ pub fn build_microvm(
 ) -> Result<MicroVm, BuildError> {
     let (kvm, vm) = create_vm()?;
     let memory_size = config.memory_mib << 20;
-    let memory = Arc::new(create_memory(config.memory_mib, !config.fs.is_empty())?);
+    let memory = Arc::new(create_memory(
+        config.memory_mib,
+        !config.fs.is_empty(),
+        config.ksm,
+    )?);
     // Registering the memory with KVM is slow on some hosts (milliseconds on PVM) and
     // nothing before the vCPUs run depends on it, so it overlaps steps 3 to 6.
     let (vcpu_fds, devices) = std::thread::scope(|scope| {
@@ -228,13 +232,17 @@ fn create_vm() -> Result<(Kvm, VmFd), BuildError> {
 
 /// Step 2: guest RAM (registered with KVM alongside the next steps): private anonymous
 /// memory, or a memfd that vhost-user backends can map when `shared`.
-fn create_memory(memory_mib: u64, shared: bool) -> Result<GuestMemoryMmap, BuildError> {
+fn create_memory(
+    memory_mib: u64,
+    shared: bool,
+    mergeable: bool,
+) -> Result<GuestMemoryMmap, BuildError> {
     let ranges = ram_ranges(memory_mib << 20);
     if shared {
         let (memory, _backing) = create_shared_guest_memory(&ranges, memory_mib)?;
         return Ok(memory);
     }
-    Ok(create_guest_memory(&ranges, memory_mib)?)
+    Ok(create_guest_memory(&ranges, memory_mib, mergeable)?)
 }
 
 /// Step 3: the vCPUs with their CPUID, MSRs, FPU and local APIC.

@@ -215,6 +215,8 @@ pub struct VmConfig {
     pub api_socket: Option<PathBuf>,
     /// The virtio-balloon device.
     pub balloon: Option<BalloonConfig>,
+    /// Guest RAM offered to KSM (`--ksm`); private guest memory only.
+    pub ksm: bool,
 }
 
 impl Default for VmConfig {
@@ -235,6 +237,7 @@ impl Default for VmConfig {
             fs: Vec::new(),
             api_socket: None,
             balloon: None,
+            ksm: false,
         }
     }
 }
@@ -254,6 +257,8 @@ pub enum ConfigError {
     UnknownFlag(String),
     #[error("--balloon takes no value or \"no-reporting\", not {0:?}")]
     BadBalloon(String),
+    #[error("--ksm offers private guest memory to KSM; a VM with --fs shares has shared memory, which KSM does not merge")]
+    KsmWithSharedMemory,
     #[error("{0} needs a value")]
     MissingValue(String),
     #[error("argument {0:?} is not valid UTF-8")]
@@ -511,6 +516,11 @@ where
                 config.balloon = Some(parse_balloon(inline_value.as_deref())?);
                 continue;
             }
+            "--ksm" => {
+                first_setting.get_or_insert_with(|| flag.clone());
+                config.ksm = true;
+                continue;
+            }
             "--config" => {}
             "--kernel" | "--initrd" | "--cmdline" | "--vcpus" | "--memory" | "--disk"
             | "--console" | "--vsock" | "--net" | "--fs" | "--disk-slots" | "--api" => {
@@ -552,6 +562,9 @@ where
             return Err(ConfigError::ConfigWithFlags(setting));
         }
         config = read_config_file(&path)?;
+    }
+    if config.ksm && !config.fs.is_empty() {
+        return Err(ConfigError::KsmWithSharedMemory);
     }
     Ok(CliAction::Run(Box::new(config)))
 }
@@ -696,6 +709,16 @@ mod tests {
             parse(&["--balloon", "--config", "x.json"]),
             Err(ConfigError::ConfigWithFlags(f)) if f == "--balloon"
         ));
+    }
+
+    #[test]
+    fn ksm_flag_parses_and_is_refused_with_shared_memory() {
+        assert!(config(&["--ksm"]).ksm);
+        assert!(!config(&[]).ksm);
+        assert_eq!(
+            parse(&["--ksm", "--fs", "socket=/s,tag=t"]),
+            Err(ConfigError::KsmWithSharedMemory)
+        );
     }
 
     #[test]

@@ -203,6 +203,7 @@ impl TryFrom<wire::VmConfig> for VmConfig {
                 free_page_reporting: b.free_page_reporting,
                 deflate_on_oom: b.deflate_on_oom,
             }),
+            ksm: config.ksm,
         })
     }
 }

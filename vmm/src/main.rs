@@ -15,8 +15,8 @@ vpod-vmm: run one KVM micro-VM
 usage: vpod-vmm [--kernel PATH] [--initrd PATH] [--cmdline TEXT] [--vcpus N] [--memory MiB]
                 [--disk PATH[,ro][,serial=ID]]... [--disk-slots N] [--vsock PATH[,cid=N]]
                 [--net tap=NAME[,mac=MAC]]... [--fs socket=PATH,tag=TAG[,queue_size=N]]...
-                [--balloon[=no-reporting]] [--api PATH] [--console stdio|off|file:PATH]
-                [--timings] [-- COMMAND ARGS...]
+                [--balloon[=no-reporting]] [--ksm] [--api PATH]
+                [--console stdio|off|file:PATH] [--timings] [-- COMMAND ARGS...]
        vpod-vmm --config FILE
 
   --kernel PATH      ELF vmlinux (PVH note or not) or bzImage [build/vmlinux]
@@ -43,6 +43,10 @@ usage: vpod-vmm [--kernel PATH] [--initrd PATH] [--cmdline TEXT] [--vcpus N] [--
                      to the host), guest memory stats, inflate/deflate to a target set
                      through the control socket, deflate on OOM; =no-reporting leaves
                      free page reporting off
+  --ksm              offer guest memory to KSM (madvise MADV_MERGEABLE): the host's ksmd,
+                     once running (/sys/kernel/mm/ksm/run), merges identical pages across
+                     such VMs; a timing side channel between them, so for mutually trusted
+                     tenants only; not with --fs (shared guest memory)
   --api PATH         control socket: newline-delimited JSON (state, boot_time, metrics,
                      attach_disk, detach_disk, balloon, set_balloon, stop)
   --console WHERE    serial console: stdio, off or file:PATH [stdio]

@@ -67,6 +67,12 @@ pub struct VmConfig {
     /// sets (`balloon`, `set_balloon`); none when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balloon: Option<BalloonConfig>,
+    /// Guest RAM is offered to KSM (`madvise(MADV_MERGEABLE)`): identical pages of VMs
+    /// that opted in are merged once the host runs ksmd. Only for VMs of mutually trusted
+    /// tenants: merging is a timing side channel between them. Private guest RAM only: a
+    /// VM with `fs` shares (shared memfd) cannot have it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ksm: bool,
     /// Handed to the guest's init as its arguments (after ` -- ` on the kernel command line).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub init_args: Vec<String>,
@@ -100,6 +106,7 @@ impl VmConfig {
             fs: Vec::new(),
             api_socket: None,
             balloon: None,
+            ksm: false,
             init_args: Vec::new(),
             timings: false,
         }

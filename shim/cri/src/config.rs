@@ -20,6 +20,7 @@
 //! max_concurrent_boots = 0   # 0: the host's CPU count
 //! volumes = true              # each pod gets a shared directory (a virtiofsd) for mounts
 //! virtiofsd = "/usr/lib/qemu/virtiofsd"
+//! ksm = false                 # guest RAM offered to KSM (trusted tenants only; volumes = false)
 //!
 //! [network]
 //! conf_dir = "/etc/cni/net.d"             # the first configuration here is the pods' network
@@ -212,6 +213,12 @@ pub struct PodSizing {
     pub volumes: bool,
     /// The virtiofsd binary (QEMU's C virtiofsd options); Debian's path when unset.
     pub virtiofsd: Option<PathBuf>,
+    /// Offer each pod's guest RAM to KSM, so the host's ksmd (once started: `echo 1 >
+    /// /sys/kernel/mm/ksm/run`) merges identical pages across pods. Off by default: merged
+    /// pages are a timing side channel between tenants (a write to a shared page is slower),
+    /// so only for nodes whose pods trust one another. Needs `volumes = false`: KSM merges
+    /// private memory only, and a pod with a share has its RAM in a shared memfd.
+    pub ksm: bool,
 }
 
 impl Default for PodSizing {
@@ -229,6 +236,7 @@ impl Default for PodSizing {
             max_concurrent_boots: 0,
             volumes: true,
             virtiofsd: None,
+            ksm: false,
         }
     }
 }
@@ -292,6 +300,11 @@ impl Config {
         if pod.writable_disk_mib < 16 {
             return bad("pod.writable_disk_mib must be at least 16");
         }
+        if pod.ksm && pod.volumes {
+            return bad(
+                "pod.ksm needs pod.volumes = false: a pod with a share has its guest RAM in a shared memfd, which KSM does not merge",
+            );
+        }
         if self.network.plugin_timeout_secs == 0 {
             return bad("network.plugin_timeout_secs must be at least 1");
         }
@@ -352,6 +365,37 @@ mod tests {
     #[test]
     fn an_empty_file_gives_the_defaults() {
         assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn ksm_is_off_by_default_and_needs_pods_without_a_share() {
+        assert!(!Config::default().pod.ksm);
+        let c = Config::parse(
+            "[pod]
+ksm = true
+volumes = false
+",
+        )
+        .unwrap();
+        assert!(c.pod.ksm);
+        let error = Config::parse(
+            "[pod]
+ksm = true
+",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("pod.ksm needs pod.volumes = false"),
+            "{error}"
+        );
+        let c = Config::parse(
+            "[registry]
+max_concurrent_downloads = 6
+",
+        )
+        .unwrap();
+        assert_eq!(c.registry.max_concurrent_downloads, Some(6));
     }
 
     #[test]

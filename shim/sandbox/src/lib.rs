@@ -88,6 +88,10 @@ pub struct SandboxConfig {
     /// The VM's virtio-balloon: on by default, with free page reporting, so memory the
     /// guest frees goes back to the host; `None` leaves the device out.
     pub balloon: Option<BalloonConfig>,
+    /// Offer guest RAM to KSM (off by default): identical pages across such pods are merged
+    /// once the host runs ksmd, a timing side channel between their tenants. Not with a
+    /// `share` (shared guest memory): the VMM refuses that.
+    pub ksm: bool,
 }
 
 impl SandboxConfig {
@@ -117,6 +121,7 @@ impl SandboxConfig {
             balloon: Some(BalloonConfig::default()),
             defer_network: false,
             share: None,
+            ksm: false,
         }
     }
 }
@@ -320,6 +325,7 @@ impl Sandbox {
             stderr_log: dir.join("vmm.log"),
             die_with_parent: config.die_with_parent,
             balloon: config.balloon,
+            ksm: config.ksm,
         };
         let vmm_started = Instant::now();
         let vmm = match launch.spawn() {

@@ -46,6 +46,8 @@ pub struct VmmLaunch {
     pub die_with_parent: bool,
     /// The virtio-balloon (free page reporting, stats, a target through the API socket).
     pub balloon: Option<BalloonConfig>,
+    /// Guest RAM offered to KSM.
+    pub ksm: bool,
 }
 
 /// A running (or ended, not yet reaped) VMM: our child, or adopted from an earlier `vpod`
@@ -80,6 +82,7 @@ impl VmmLaunch {
             }),
             api_socket: Some(self.api_socket.clone()),
             balloon: self.balloon,
+            ksm: self.ksm,
             ..VmConfig::new(&self.kernel)
         }
     }
@@ -312,6 +315,7 @@ mod tests {
             stderr_log: "/pod/vmm.log".into(),
             die_with_parent: false,
             balloon: Some(BalloonConfig::default()),
+            ksm: false,
         };
         let cmd = launch.command().expect("config written");
         let args: Vec<_> = cmd.get_args().collect();
@@ -339,6 +343,7 @@ mod tests {
         assert_eq!(config.fs, [FsConfig::new("/pod/fs.sock", "vpod-share")]);
         let balloon = config.balloon.expect("a balloon");
         assert!(balloon.free_page_reporting && balloon.deflate_on_oom);
+        assert!(!config.ksm);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -379,6 +384,7 @@ mod tests {
             stderr_log: "/pod/vmm.log".into(),
             die_with_parent: false,
             balloon: None,
+            ksm: true,
         };
         launch.command().expect("config written");
         let text = std::fs::read(&launch.config_file).expect("config file");
@@ -396,6 +402,9 @@ mod tests {
                 },
             ]
         );
+        // KSM, asked for, reaches the VMM's configuration.
+        assert!(config.ksm);
+        assert!(String::from_utf8_lossy(&text).contains("\"ksm\""));
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub enum MemoryError {
     Slot(u32, #[source] kvm_ioctls::Error),
     #[error("cannot create a {0} MiB memfd for shared guest memory")]
     Memfd(u64, #[source] std::io::Error),
+    #[error("cannot offer guest memory to KSM (madvise MADV_MERGEABLE); is the host kernel built with CONFIG_KSM?")]
+    Mergeable(#[source] std::io::Error),
 }
 
 /// What backs shared guest memory.
@@ -87,15 +89,23 @@ fn map_aligned(size: usize) -> std::io::Result<*mut u8> {
     Ok(aligned as *mut u8)
 }
 
-/// Maps `ranges` (address, size) as guest RAM.
+/// Maps `ranges` (address, size) as guest RAM; `mergeable` offers it to KSM.
 pub fn create_guest_memory(
     ranges: &[(GuestAddress, u64)],
     size_mib: u64,
+    mergeable: bool,
 ) -> Result<GuestMemoryMmap, MemoryError> {
     let mut regions = Vec::with_capacity(ranges.len());
     for &(addr, size) in ranges {
         let size = usize::try_from(size).map_err(|_| MemoryError::TooLarge(size_mib))?;
         let host = map_aligned(size).map_err(|e| MemoryError::Map(size_mib, e))?;
+        if mergeable {
+            // SAFETY: advice on the private anonymous mapping `map_aligned` just made.
+            let advised = unsafe { libc::madvise(host.cast(), size, libc::MADV_MERGEABLE) };
+            if advised != 0 {
+                return Err(MemoryError::Mergeable(std::io::Error::last_os_error()));
+            }
+        }
         // SAFETY: `host` and `size` are exactly the live mapping `map_aligned` made, with
         // these protection and flags; it is never unmapped while the process runs.
         let mapping = unsafe { MmapRegion::build_raw(host, size, PROT, FLAGS) }
@@ -265,10 +275,44 @@ mod tests {
 
     #[test]
     fn private_memory_has_no_file_and_is_2mib_aligned() {
-        let memory = create_guest_memory(&[(GuestAddress(0), 8 * MIB)], 8).expect("private memory");
+        let memory =
+            create_guest_memory(&[(GuestAddress(0), 8 * MIB)], 8, false).expect("private memory");
         let region = memory.iter().next().expect("one region");
         assert!(region.file_offset().is_none());
         assert_eq!(region.as_ptr() as usize % HUGE_PAGE, 0);
+    }
+
+    /// The `VmFlags` line of this process's mapping that starts at `address`.
+    fn vm_flags(address: usize) -> Vec<String> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
+        let start = format!("{address:x}-");
+        let mut lines = smaps.lines().skip_while(|line| !line.starts_with(&start));
+        assert!(lines.next().is_some(), "no mapping at {start}");
+        let flags = lines
+            .find_map(|line| line.strip_prefix("VmFlags:"))
+            .expect("a VmFlags line");
+        flags.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn mergeable_memory_is_offered_to_ksm_and_other_memory_is_not() {
+        let ksm = create_guest_memory(&[(GuestAddress(0), 8 * MIB)], 8, true).expect("ksm memory");
+        let plain =
+            create_guest_memory(&[(GuestAddress(0), 8 * MIB)], 8, false).expect("plain memory");
+        let flags_of = |memory: &GuestMemoryMmap| {
+            vm_flags(memory.iter().next().expect("one region").as_ptr() as usize)
+        };
+        // "mg": madvise(MADV_MERGEABLE), what ksmd scans.
+        assert!(
+            flags_of(&ksm).contains(&"mg".to_owned()),
+            "{:?}",
+            flags_of(&ksm)
+        );
+        assert!(
+            !flags_of(&plain).contains(&"mg".to_owned()),
+            "{:?}",
+            flags_of(&plain)
+        );
     }
 
     #[test]

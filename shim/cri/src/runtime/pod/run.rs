@@ -165,6 +165,7 @@ impl Runtime {
         config.die_with_parent = false;
         config.network = network;
         config.defer_network = true;
+        config.ksm = rules.ksm;
         config.share = rules.volumes.then(|| ShareConfig {
             virtiofsd: rules
                 .virtiofsd
