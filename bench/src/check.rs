@@ -414,6 +414,11 @@ fn io_targets(r: &Results, v: &mut Verdicts) {
             true,
             "x",
         );
+        if let Some(x) = ratio(get("vpod-import-tar"), get("tar-xf-sync")) {
+            println!(
+                "info   layer conversion, vpod import / tar -xf then sync ({config}, {host}): {x:.3}x"
+            );
+        }
         for (imp, staged) in [
             ("vpod-import-tar", "staged-import-tar"),
             ("vpod-import-gzip", "staged-import-gzip"),

@@ -1,7 +1,8 @@
 //! `vpod-bench conversion` (native): the layer store's conversion of a layer (import of an
 //! OCI layout: digest, diffID, EROFS image, fsync) with its single-pass writer, against the
 //! staged path it replaced (checked extraction into a directory, then `mkfs.erofs`, kept as
-//! `LayerConverter::StagedMkfs`) and plain `tar -xf` of the same tar, uncompressed and gzip.
+//! `LayerConverter::StagedMkfs`) and plain `tar -xf` of the same tar (also timed until a
+//! `sync` after it has written it back, as the importers' fsync does), uncompressed and gzip.
 //! Two generated tars: about `mib` MiB in files of 4 KiB to 1 MiB (half pseudo-random, half
 //! repetitive text) under 64 directories, and `files` small files (0 to 4 KiB) under 500
 //! directories. Each run measures everything once, so drift on a shared machine hits all
@@ -20,8 +21,9 @@ use vpod_image::{LayerConverter, LayerStore, LayerStoreOptions};
 use crate::pod::Scratch;
 
 /// What each run measures per tar, in this order (the rows' `impl`).
-const MEASURES: [&str; 5] = [
+const MEASURES: [&str; 6] = [
     "tar-xf",
+    "tar-xf-sync",
     "staged-import-tar",
     "staged-import-gzip",
     "vpod-import-tar",
@@ -172,7 +174,7 @@ fn settle() {
 }
 
 /// One run of every measure, in seconds (the order of MEASURES).
-fn measure_once(config: &str, tar: &[u8]) -> Result<[f64; 5]> {
+fn measure_once(config: &str, tar: &[u8]) -> Result<[f64; 6]> {
     let megabytes = tar.len() as f64 / (1 << 20) as f64;
     let scratch = Scratch::new("conversion")?;
     let dir = &scratch.dir;
@@ -189,6 +191,10 @@ fn measure_once(config: &str, tar: &[u8]) -> Result<[f64; 5]> {
         .arg("-C")
         .arg(&extract_dir))?;
     let tar_seconds = started.elapsed().as_secs_f64();
+    // The same, written back to the disk before the clock stops, as the importers' fsync
+    // does for their image.
+    settle();
+    let tar_sync_seconds = started.elapsed().as_secs_f64();
     std::fs::remove_dir_all(&extract_dir)?;
 
     write_layout(
@@ -214,6 +220,7 @@ fn measure_once(config: &str, tar: &[u8]) -> Result<[f64; 5]> {
     println!("layer: {config}, {megabytes:.0} MiB uncompressed tar");
     for (what, seconds) in [
         ("tar -xf:                          ", tar_seconds),
+        ("tar -xf, then sync:               ", tar_sync_seconds),
         ("staged import, uncompressed layer:", staged_plain),
         ("staged import, gzip layer:        ", staged_gzip),
         ("import, uncompressed layer:       ", plain),
@@ -221,7 +228,14 @@ fn measure_once(config: &str, tar: &[u8]) -> Result<[f64; 5]> {
     ] {
         println!("{what} {seconds:6.2} s {:7.0} MiB/s", megabytes / seconds);
     }
-    Ok([tar_seconds, staged_plain, staged_gzip, plain, gzip])
+    Ok([
+        tar_seconds,
+        tar_sync_seconds,
+        staged_plain,
+        staged_gzip,
+        plain,
+        gzip,
+    ])
 }
 
 #[cfg(test)]

@@ -235,6 +235,8 @@ pub fn idle_memory(repo: &Path, bench: &CriBench) -> Result<Vec<Row>> {
     // The default alone is `cri`'s memory part; a comparison of share settings has its own.
     let name = if bench.memory_volumes == [VolumesMode::On] {
         "cri-memory"
+    } else if bench.memory_volumes.contains(&VolumesMode::Ksm) {
+        "cri-memory-ksm"
     } else {
         "cri-memory-volumes"
     };
