@@ -98,6 +98,31 @@ impl PullObserver for Recorder {
     }
 }
 
+/// Pulls `vpod/streamed:v1` into `fixture`'s store, recording what happens (and what is on
+/// disk once `look_at` bytes of a blob arrived); the recorder and the image.
+async fn pull_recorded(
+    images: &Images,
+    registry: &TestRegistry,
+    fixture: &Fixture,
+    look_at: u64,
+) -> (Recorder, vpod_image::registry::ImageRecord) {
+    let recorder = Recorder {
+        tmp: fixture.store.root().join("tmp"),
+        look_at,
+        events: Mutex::default(),
+        seen: Mutex::default(),
+    };
+    let record = images
+        .pull_with_progress(
+            &format!("{}/vpod/streamed:v1", registry.address),
+            None,
+            &recorder,
+        )
+        .await
+        .expect("pull");
+    (recorder, record)
+}
+
 /// The largest EROFS image being written (`<diffID>.erofs.<unique>`) under `tmp`, and the largest file below a pull's
 /// staging directory (`tmp/pull.*`).
 fn largest_files(tmp: &Path) -> (u64, u64) {
@@ -139,20 +164,7 @@ async fn a_layer_converts_while_it_downloads_and_its_blob_never_lands_on_disk() 
     );
     let fixture = Fixture::new();
     let images = images_over(LayerStore::open(fixture.store.root()).unwrap(), &registry);
-    let recorder = Recorder {
-        tmp: fixture.store.root().join("tmp"),
-        look_at: 16 * MIB,
-        events: Mutex::default(),
-        seen: Mutex::default(),
-    };
-    let record = images
-        .pull_with_progress(
-            &format!("{}/vpod/streamed:v1", registry.address),
-            None,
-            &recorder,
-        )
-        .await
-        .expect("pull");
+    let (recorder, record) = pull_recorded(&images, &registry, &fixture, 16 * MIB).await;
     assert_eq!(record.image.layers.len(), 2);
 
     let (erofs, staged) = recorder.seen.lock().unwrap().expect("16 MiB arrived");
@@ -205,20 +217,7 @@ async fn a_layer_converts_while_it_downloads_and_its_blob_never_lands_on_disk() 
     }
 
     // Again: everything is in the store, nothing is fetched.
-    let again = Recorder {
-        tmp: fixture.store.root().join("tmp"),
-        look_at: u64::MAX,
-        events: Mutex::default(),
-        seen: Mutex::default(),
-    };
-    images
-        .pull_with_progress(
-            &format!("{}/vpod/streamed:v1", registry.address),
-            None,
-            &again,
-        )
-        .await
-        .expect("second pull");
+    let (again, _) = pull_recorded(&images, &registry, &fixture, u64::MAX).await;
     let events = again.events.lock().unwrap();
     assert!(
         matches!(&events[0], PullEvent::Resolved { layers, .. } if layers.iter().all(|l| l.in_store)),
@@ -258,20 +257,7 @@ async fn layers_of_one_image_stream_side_by_side() {
     );
     let fixture = Fixture::new();
     let images = images_over(LayerStore::open(fixture.store.root()).unwrap(), &registry);
-    let recorder = Recorder {
-        tmp: fixture.store.root().join("tmp"),
-        look_at: u64::MAX,
-        events: Mutex::default(),
-        seen: Mutex::default(),
-    };
-    images
-        .pull_with_progress(
-            &format!("{}/vpod/streamed:v1", registry.address),
-            None,
-            &recorder,
-        )
-        .await
-        .expect("pull");
+    let (recorder, _) = pull_recorded(&images, &registry, &fixture, u64::MAX).await;
     // Some layer received bytes before another one's first bytes had all arrived and been
     // converted: with three at a time allowed, no layer waits for the one before it.
     let events = recorder.events.lock().unwrap();
