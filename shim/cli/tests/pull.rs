@@ -8,7 +8,7 @@ mod registry_support;
 use std::process::{Command, Output};
 
 use registry_support::{Setup, TestRegistry};
-use vpod_image::oci::writer::{encode_layer, LayerCompression, OciLayoutWriter};
+use vpod_image::oci::writer::LayerCompression;
 
 fn tar_of(name: &str, content: &[u8]) -> Vec<u8> {
     let mut builder = tar::Builder::new(Vec::new());
@@ -34,27 +34,12 @@ fn vpod_pull(root: &std::path::Path, reference: &str) -> Output {
 #[test]
 fn vpod_pull_reports_each_layer_and_prints_the_image_id() {
     let registry = TestRegistry::start(Setup::default());
-    let layout = tempfile::tempdir().unwrap();
-    let writer = OciLayoutWriter::create(layout.path()).unwrap();
-    let layers: Vec<_> = [
-        (tar_of("a", &[b'a'; 300_000]), LayerCompression::Gzip),
-        (tar_of("b", b"second layer"), LayerCompression::None),
-    ]
-    .iter()
-    .map(|(tar, compression)| {
-        writer
-            .write_layer(&encode_layer(tar, *compression).unwrap())
-            .unwrap()
-    })
-    .collect();
-    let manifest = writer
-        .write_image(Default::default(), &layers, Some("v1"))
-        .unwrap();
-    writer.write_index(vec![manifest]).unwrap();
-    registry.push(
-        &format!("oci:{}:v1", layout.path().display()),
+    registry.push_layers(
+        &[
+            (tar_of("a", &[b'a'; 300_000]), LayerCompression::Gzip),
+            (tar_of("b", b"second layer"), LayerCompression::None),
+        ],
         "cli/app:v1",
-        false,
     );
     let root = tempfile::tempdir().unwrap();
     let reference = format!("{}/cli/app:v1", registry.address);

@@ -10,9 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use common::{Fixture, LayerTar, MTIME};
-use oci_spec::image::{Arch, ImageConfigurationBuilder, Os};
 use registry_support::{Setup, TestRegistry};
-use vpod_image::oci::writer::{encode_layer, LayerCompression, OciLayoutWriter};
+use vpod_image::oci::writer::LayerCompression;
 use vpod_image::registry::progress::{PullEvent, PullObserver};
 use vpod_image::registry::{Images, RegistryOptions};
 use vpod_image::LayerStore;
@@ -44,28 +43,7 @@ fn random_file_tar(name: &str, size: usize, seed: u64) -> Vec<u8> {
 
 /// Pushes an image of `layers` (tar, compression) as `vpod/streamed:v1`.
 fn push_image(registry: &TestRegistry, layers: Vec<(Vec<u8>, LayerCompression)>) {
-    let dir = tempfile::tempdir().unwrap();
-    let writer = OciLayoutWriter::create(dir.path()).unwrap();
-    let written: Vec<_> = layers
-        .iter()
-        .map(|(tar, compression)| {
-            writer
-                .write_layer(&encode_layer(tar, *compression).unwrap())
-                .unwrap()
-        })
-        .collect();
-    let config = ImageConfigurationBuilder::default()
-        .architecture(Arch::Amd64)
-        .os(Os::Linux)
-        .build()
-        .unwrap();
-    let manifest = writer.write_image(config, &written, Some("v1")).unwrap();
-    writer.write_index(vec![manifest]).unwrap();
-    registry.push(
-        &format!("oci:{}:v1", dir.path().display()),
-        "vpod/streamed:v1",
-        false,
-    );
+    registry.push_layers(&layers, "vpod/streamed:v1");
 }
 
 fn images_over(store: LayerStore, registry: &TestRegistry) -> Images {

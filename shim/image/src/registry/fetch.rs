@@ -64,8 +64,6 @@ const MAX_INDEX_DEPTH: usize = 4;
 pub(super) struct RemoteImage {
     /// The digest of the document the reference named (an index, or the manifest).
     pub top_digest: Digest,
-    pub manifest_bytes: Vec<u8>,
-    pub config_bytes: Vec<u8>,
     pub image: ResolvedImage,
 }
 
@@ -232,8 +230,6 @@ impl Fetcher {
         }
         Ok(RemoteImage {
             top_digest,
-            manifest_bytes: bytes,
-            config_bytes,
             image: ResolvedImage {
                 manifest_digest,
                 config_digest,

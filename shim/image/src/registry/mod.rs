@@ -27,12 +27,13 @@
 //!   Each layer converts while it downloads (`stream.rs`: the response body goes through
 //!   the decompressor, the hashers and the EROFS writer, never to disk), and is checked
 //!   against the config's diffID in the same pass; up to `max_concurrent_downloads`
-//!   layers at a time. Layers already converted from the same blob are not downloaded. Layer media types: OCI and Docker tar, tar+gzip, tar+zstd; anything else is
+//!   layers at a time. Layers already converted from the same blob are not downloaded.
+//!   Layer media types: OCI and Docker tar, tar+gzip, tar+zstd; anything else is
 //!   `UnsupportedMediaType` before a byte of a layer is fetched. Concurrent pulls of one
 //!   normalized reference in this process run once: the others wait and get its image. A
-//!   failed pull removes its staging directory, writes no image record, and removes the
-//!   layers it converted that no image uses (the others finish first). Staging directories of dead processes are
-//!   removed by `open`.
+//!   failed pull writes no image record and removes the layers it converted that no image
+//!   uses (the others finish first). `open` removes staging directories that crashed pulls
+//!   of earlier vpods left.
 //! - **Transport**: HTTPS, trusting the system's roots and `extra_ca_files`; plain HTTP to
 //!   registries listed in `insecure_registries` (`host[:port]`, exactly as in the
 //!   reference), and to a loopback registry (`localhost`, 127.0.0.0/8, `[::1]`) that HTTPS

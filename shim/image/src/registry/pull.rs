@@ -1,17 +1,17 @@
 //! One pull: join a pull of the same reference already in flight, or fetch the manifest and
-//! config, download the layer blobs the store lacks into a staging layout, import it, and
-//! name the image.
+//! config, fetch and convert (as they stream, `stream.rs`) the layers the store lacks,
+//! record the image, and name it.
 
 use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use futures_util::stream::{self, StreamExt};
 
 use crate::digest::{DiffId, Digest};
-use crate::oci::layout::{OciLayout, ResolvedImage, ResolvedLayer};
+use crate::oci::layout::{ResolvedImage, ResolvedLayer};
 use crate::registry::fetch::{endpoint, is_loopback, Fetcher, RemoteImage};
 use crate::registry::progress::{LayerPlan, PullEvent, PullObserver, Quiet};
 use crate::registry::{
@@ -19,7 +19,7 @@ use crate::registry::{
 };
 use crate::store::LayerStoreError;
 
-/// Staging directories are `pull.<pid>.<n>` under the store's staging directory.
+/// Staging directories of earlier vpods were `pull.<pid>.<n>` under the store's staging directory.
 const STAGING_PREFIX: &str = "pull.";
 /// Imports retried when garbage collection removed a layer the pull counted on.
 const IMPORT_ATTEMPTS: usize = 3;
@@ -90,8 +90,6 @@ impl Images {
         let shared = &self.shared;
         shared.registry_pulls.fetch_add(1, Ordering::Relaxed);
         let (fetcher, remote) = Self::resolve(shared, image, auth).await?;
-        let staging = Staging::create(&shared.store.staging_dir())?;
-        let layout = staging.write_documents(&remote)?;
         let resolved = remote.image;
         let reference_text = image.to_string();
         let top_digest = remote.top_digest;
@@ -101,15 +99,13 @@ impl Images {
             self.fetch_missing_layers(&fetcher, &reference_text, &resolved, observer)
                 .await?;
             let images = self.clone();
-            let layout_dir = layout.dir().to_owned();
             let resolved = resolved.clone();
             let reference_text = reference_text.clone();
             let result = tokio::task::spawn_blocking(move || {
-                images.shared.store.import_resolved(
-                    &OciLayout::new(layout_dir),
-                    &resolved,
-                    &reference_text,
-                )
+                images
+                    .shared
+                    .store
+                    .import_converted(&resolved, &reference_text)
             })
             .await
             .map_err(ImagesError::Task)?;
@@ -120,7 +116,6 @@ impl Images {
                 other => break other?,
             }
         };
-        drop(staging);
 
         let images = self.clone();
         let image = image.clone();
@@ -241,43 +236,8 @@ fn lock_ignoring_poison<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// A pull's staging layout, removed with everything in it when dropped.
-struct Staging {
-    dir: PathBuf,
-}
-
-impl Staging {
-    fn create(staging_root: &Path) -> Result<Staging, ImagesError> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = staging_root.join(format!("{STAGING_PREFIX}{}.{n}", std::process::id()));
-        let blobs = dir.join("blobs/sha256");
-        let staging = Staging { dir };
-        fs::create_dir_all(&blobs).map_err(ImagesError::io("create", &blobs))?;
-        Ok(staging)
-    }
-
-    /// Writes the verified manifest and config blobs, and returns the layout.
-    fn write_documents(&self, remote: &RemoteImage) -> Result<OciLayout, ImagesError> {
-        let layout = OciLayout::new(&self.dir);
-        for (digest, bytes) in [
-            (&remote.image.manifest_digest, &remote.manifest_bytes),
-            (&remote.image.config_digest, &remote.config_bytes),
-        ] {
-            let path = layout.blob_path(digest);
-            fs::write(&path, bytes).map_err(ImagesError::io("write", &path))?;
-        }
-        Ok(layout)
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Removes staging directories whose process is gone (a crashed or killed pull).
+/// Removes staging directories whose process is gone: a crashed or killed pull of an
+/// earlier vpod, which staged manifests and blobs there (pulls stream into the store now).
 pub(super) fn remove_abandoned_staging(staging_root: &Path) -> Result<(), ImagesError> {
     let entries = match fs::read_dir(staging_root) {
         Ok(entries) => entries,

@@ -40,9 +40,9 @@ impl LayerStore {
     /// Ensures the layer `descriptor` (config diffID `diff_id`) is converted from the blob's
     /// bytes as `blob` yields them (a registry's response body, say), checked against the
     /// descriptor's digest and size and the diffID as they pass: a bad blob leaves nothing.
-    /// Returns the record and whether this call converted the layer. The blob is read to
-    /// its end in every case, also when conversion fails, so the blob's own fault is
-    /// reported first and a writer feeding it is never left blocked.
+    /// Returns the record and whether this call converted the layer. Once opened, the blob
+    /// is read to its end, also when conversion fails, so the blob's own fault is reported
+    /// first; a failure before that drops it unread (a pipe's writer then sees it closed).
     pub fn convert_streamed_layer(
         &self,
         descriptor: &BlobRef,
@@ -53,18 +53,7 @@ impl LayerStore {
         // Held like an import's: garbage collection waits for the conversion.
         let _store_lock =
             files::lock_shared(&lock_path).map_err(LayerStoreError::io("lock", &lock_path))?;
-        let mut blob = Some(blob);
-        let result = self.ensure_layer_from(descriptor, diff_id, || {
-            Ok(blob.take().expect("the blob is opened once"))
-        });
-        if let (Err(_), Some(unread)) = (&result, blob) {
-            // Failed before the blob was opened (a lock or a stale temporary).
-            let _ = io::copy(
-                &mut unread.take(descriptor.size.saturating_add(1)),
-                &mut io::sink(),
-            );
-        }
-        result
+        self.ensure_layer_from(descriptor, diff_id, move || Ok(blob))
     }
 
     /// Under the layer's lock: reuses, verifies against, or converts the layer, reading the

@@ -44,13 +44,34 @@ impl LayerStore {
         resolved: &ResolvedImage,
         reference: &str,
     ) -> Result<ResolvedImport, LayerStoreError> {
+        self.import_from(Some(layout), resolved, reference)
+    }
+
+    /// Records `resolved` (verified by the caller) under `reference` when every layer is
+    /// already converted from its very blob (a pull streamed them in); else
+    /// `LayerBlobMissing` (garbage collection removed one since: convert it again).
+    pub fn import_converted(
+        &self,
+        resolved: &ResolvedImage,
+        reference: &str,
+    ) -> Result<ResolvedImport, LayerStoreError> {
+        self.import_from(None, resolved, reference)
+    }
+
+    fn import_from(
+        &self,
+        layout: Option<&OciLayout>,
+        resolved: &ResolvedImage,
+        reference: &str,
+    ) -> Result<ResolvedImport, LayerStoreError> {
         let lock_path = self.store_lock_path();
         let _store_lock =
             files::lock_shared(&lock_path).map_err(LayerStoreError::io("lock", &lock_path))?;
         let mut layers = Vec::with_capacity(resolved.layers.len());
         let mut converted = Vec::new();
         for ResolvedLayer { blob, diff_id } in &resolved.layers {
-            let record = if layout.blob_path(&blob.digest).exists() {
+            let with_blob = layout.filter(|layout| layout.blob_path(&blob.digest).exists());
+            let record = if let Some(layout) = with_blob {
                 let (record, did_convert) = self.ensure_layer_reporting(layout, blob, *diff_id)?;
                 if did_convert {
                     converted.push(*diff_id);

@@ -167,6 +167,34 @@ impl TestRegistry {
         run(&mut command);
     }
 
+    /// Pushes an image of `layers` (tar, compression) with the default config (linux,
+    /// amd64) as `destination` (`REPO:TAG`).
+    pub fn push_layers(
+        &self,
+        layers: &[(Vec<u8>, vpod_image::oci::writer::LayerCompression)],
+        destination: &str,
+    ) {
+        use vpod_image::oci::writer::{encode_layer, OciLayoutWriter};
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let writer = OciLayoutWriter::create(dir.path()).expect("create layout");
+        let written: Vec<_> = layers
+            .iter()
+            .map(|(tar, compression)| {
+                let layer = encode_layer(tar, *compression).expect("encode layer");
+                writer.write_layer(&layer).expect("write layer")
+            })
+            .collect();
+        let manifest = writer
+            .write_image(Default::default(), &written, Some("v1"))
+            .expect("write image");
+        writer.write_index(vec![manifest]).expect("write index");
+        self.push(
+            &format!("oci:{}:v1", dir.path().display()),
+            destination,
+            false,
+        );
+    }
+
     /// Where the registry keeps the bytes of blob `digest`.
     pub fn blob_data_path(&self, digest: &Digest) -> PathBuf {
         let hex = digest.hex();
