@@ -8,8 +8,10 @@ mod registry_support;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use common::{Fixture, LayerTar, MTIME};
+use registry_support::gate::BlobGate;
 use registry_support::{Setup, TestRegistry};
 use vpod_image::oci::writer::LayerCompression;
 use vpod_image::registry::progress::{PullEvent, PullObserver};
@@ -41,14 +43,15 @@ fn random_file_tar(name: &str, size: usize, seed: u64) -> Vec<u8> {
     builder.into_inner().unwrap()
 }
 
-/// Pushes an image of `layers` (tar, compression) as `vpod/streamed:v1`.
-fn push_image(registry: &TestRegistry, layers: Vec<(Vec<u8>, LayerCompression)>) {
-    registry.push_layers(&layers, "vpod/streamed:v1");
+/// Pushes an image of `layers` (tar, compression) as `vpod/streamed:v1`; its layers' digests.
+fn push_image(registry: &TestRegistry, layers: Vec<(Vec<u8>, LayerCompression)>) -> Vec<String> {
+    registry.push_layers(&layers, "vpod/streamed:v1")
 }
 
-fn images_over(store: LayerStore, registry: &TestRegistry) -> Images {
+/// Images in `store` that pull plainly from the registry at `address` (`HOST:PORT`).
+fn images_over(store: LayerStore, address: &str) -> Images {
     let options = RegistryOptions {
-        insecure_registries: vec![registry.address.clone()],
+        insecure_registries: vec![address.to_owned()],
         ..RegistryOptions::default()
     };
     Images::open(store, options).expect("open images")
@@ -76,11 +79,11 @@ impl PullObserver for Recorder {
     }
 }
 
-/// Pulls `vpod/streamed:v1` into `fixture`'s store, recording what happens (and what is on
-/// disk once `look_at` bytes of a blob arrived); the recorder and the image.
+/// Pulls `vpod/streamed:v1` from `address` into `fixture`'s store, recording what happens
+/// (and what is on disk once `look_at` bytes of a blob arrived); the recorder and the image.
 async fn pull_recorded(
     images: &Images,
-    registry: &TestRegistry,
+    address: &str,
     fixture: &Fixture,
     look_at: u64,
 ) -> (Recorder, vpod_image::registry::ImageRecord) {
@@ -91,11 +94,7 @@ async fn pull_recorded(
         seen: Mutex::default(),
     };
     let record = images
-        .pull_with_progress(
-            &format!("{}/vpod/streamed:v1", registry.address),
-            None,
-            &recorder,
-        )
+        .pull_with_progress(&format!("{address}/vpod/streamed:v1"), None, &recorder)
         .await
         .expect("pull");
     (recorder, record)
@@ -141,8 +140,11 @@ async fn a_layer_converts_while_it_downloads_and_its_blob_never_lands_on_disk() 
         ],
     );
     let fixture = Fixture::new();
-    let images = images_over(LayerStore::open(fixture.store.root()).unwrap(), &registry);
-    let (recorder, record) = pull_recorded(&images, &registry, &fixture, 16 * MIB).await;
+    let images = images_over(
+        LayerStore::open(fixture.store.root()).unwrap(),
+        &registry.address,
+    );
+    let (recorder, record) = pull_recorded(&images, &registry.address, &fixture, 16 * MIB).await;
     assert_eq!(record.image.layers.len(), 2);
 
     let (erofs, staged) = recorder.seen.lock().unwrap().expect("16 MiB arrived");
@@ -195,7 +197,7 @@ async fn a_layer_converts_while_it_downloads_and_its_blob_never_lands_on_disk() 
     }
 
     // Again: everything is in the store, nothing is fetched.
-    let (again, _) = pull_recorded(&images, &registry, &fixture, u64::MAX).await;
+    let (again, _) = pull_recorded(&images, &registry.address, &fixture, u64::MAX).await;
     let events = again.events.lock().unwrap();
     assert!(
         matches!(&events[0], PullEvent::Resolved { layers, .. } if layers.iter().all(|l| l.in_store)),
@@ -221,8 +223,8 @@ async fn a_layer_converts_while_it_downloads_and_its_blob_never_lands_on_disk() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn layers_of_one_image_stream_side_by_side() {
     let registry = TestRegistry::start(Setup::default());
-    let size = 12 * MIB as usize;
-    push_image(
+    let size = 4 * MIB as usize;
+    let layers = push_image(
         &registry,
         (0..3)
             .map(|seed| {
@@ -233,27 +235,33 @@ async fn layers_of_one_image_stream_side_by_side() {
             })
             .collect(),
     );
+    // The gate answers no layer request until all three were made: a pull that waited for
+    // one layer before asking for the next would sit there until the deadline.
+    let gate = BlobGate::start(&registry.address, layers, Duration::from_secs(60));
     let fixture = Fixture::new();
-    let images = images_over(LayerStore::open(fixture.store.root()).unwrap(), &registry);
-    let (recorder, _) = pull_recorded(&images, &registry, &fixture, u64::MAX).await;
-    // Some layer received bytes before another one's first bytes had all arrived and been
-    // converted: with three at a time allowed, no layer waits for the one before it.
-    let events = recorder.events.lock().unwrap();
-    let first_ready = events
-        .iter()
-        .position(|event| matches!(event, PullEvent::LayerReady { .. }))
-        .unwrap();
-    let started_before: std::collections::BTreeSet<usize> = events[..first_ready]
-        .iter()
-        .filter_map(|event| match event {
-            PullEvent::Fetched { index, .. } => Some(*index),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(
-        started_before.len(),
-        3,
-        "layers fetching before the first was ready: {started_before:?}"
+    let images = images_over(
+        LayerStore::open(fixture.store.root()).unwrap(),
+        &gate.address,
     );
+    let (recorder, record) = pull_recorded(&images, &gate.address, &fixture, u64::MAX).await;
+    assert!(
+        gate.all_requested_while_held(),
+        "the pull did not ask for all three layers before any of them arrived"
+    );
+    assert_eq!(record.image.layers.len(), 3);
     assert_eq!(images.counters().layers_converted, 3);
+    let events = recorder.events.lock().unwrap();
+    let ready = events
+        .iter()
+        .filter(|event| {
+            matches!(
+                event,
+                PullEvent::LayerReady {
+                    converted: true,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(ready, 3, "{events:?}");
 }

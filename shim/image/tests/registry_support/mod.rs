@@ -4,6 +4,8 @@
 //! the registry by its PID and removes the directory.
 #![allow(dead_code)]
 
+pub mod gate;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -168,12 +170,13 @@ impl TestRegistry {
     }
 
     /// Pushes an image of `layers` (tar, compression) with the default config (linux,
-    /// amd64) as `destination` (`REPO:TAG`).
+    /// amd64) as `destination` (`REPO:TAG`); the digests (`sha256:...`) of the layer blobs
+    /// as the registry holds them (skopeo compresses an uncompressed layer on its way in).
     pub fn push_layers(
         &self,
         layers: &[(Vec<u8>, vpod_image::oci::writer::LayerCompression)],
         destination: &str,
-    ) {
+    ) -> Vec<String> {
         use vpod_image::oci::writer::{encode_layer, OciLayoutWriter};
         let dir = tempfile::tempdir().expect("temporary directory");
         let writer = OciLayoutWriter::create(dir.path()).expect("create layout");
@@ -193,6 +196,34 @@ impl TestRegistry {
             destination,
             false,
         );
+        self.layer_digests(destination)
+    }
+
+    /// The layer digests of the manifest tagged `REPO:TAG`, read from the registry's storage.
+    pub fn layer_digests(&self, reference: &str) -> Vec<String> {
+        let (repository, tag) = reference.rsplit_once(':').expect("REPO:TAG");
+        let link = self
+            .dir
+            .path()
+            .join("storage/docker/registry/v2/repositories")
+            .join(repository)
+            .join("_manifests/tags")
+            .join(tag)
+            .join("current/link");
+        let manifest: Digest = std::fs::read_to_string(&link)
+            .expect("the tag's link")
+            .trim()
+            .parse()
+            .expect("a digest");
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.blob_data_path(&manifest)).unwrap())
+                .expect("the manifest's JSON");
+        manifest["layers"]
+            .as_array()
+            .expect("a manifest with layers")
+            .iter()
+            .map(|layer| layer["digest"].as_str().unwrap().to_owned())
+            .collect()
     }
 
     /// Where the registry keeps the bytes of blob `digest`.
