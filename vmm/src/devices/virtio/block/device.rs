@@ -13,7 +13,10 @@ use vm_memory::GuestMemoryMmap;
 
 use super::disk::{DiskImage, RawFile, SlotDisk};
 use super::handler::{BlockMetrics, BlockQueueHandler};
-use super::{SECTOR_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
+use super::{
+    discard, SECTOR_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
+    VIRTIO_BLK_F_SEG_MAX,
+};
 use crate::config::{DiskConfig, DiskSource, DISK_SERIAL_LEN};
 use crate::devices::virtio::{
     read_config_bytes, ActivateError, VirtioDevice, VirtioInterrupt, QUEUE_MAX_SIZE, TYPE_BLOCK,
@@ -84,13 +87,23 @@ fn duplicate_inherited(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(copy) })
 }
 
-/// The configuration space: capacity in sectors, size_max (unused), seg_max.
+/// The configuration space: capacity in sectors, size_max (unused), seg_max; geometry,
+/// blk_size, topology, writeback and num_queues unused (their features are not offered);
+/// then the discard limits at offset 36.
 fn config_space(capacity_bytes: u64) -> Vec<u8> {
-    let mut config = Vec::with_capacity(16);
+    let mut config = Vec::with_capacity(48);
     config.extend_from_slice(&(capacity_bytes / SECTOR_SIZE).to_le_bytes());
     config.extend_from_slice(&0u32.to_le_bytes());
     // The driver uses up to queue size - 2 data segments (header and status take two).
     config.extend_from_slice(&u32::from(QUEUE_MAX_SIZE - 2).to_le_bytes());
+    config.resize(36, 0);
+    for value in [
+        discard::MAX_DISCARD_SECTORS,
+        discard::MAX_DISCARD_SEGMENTS,
+        discard::DISCARD_SECTOR_ALIGNMENT,
+    ] {
+        config.extend_from_slice(&value.to_le_bytes());
+    }
     config
 }
 
@@ -148,8 +161,12 @@ impl BlockDevice {
 
     fn with_disk(disk: SlotDisk, read_only: bool, serial: [u8; DISK_SERIAL_LEN]) -> Self {
         let mut avail_features = VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_FLUSH | VIRTIO_BLK_F_SEG_MAX;
+        // A slot is offered discard too: what it will hold is not known when the driver
+        // starts, and a read-only disk put there later refuses discards as it does writes.
         if read_only {
             avail_features |= VIRTIO_BLK_F_RO;
+        } else {
+            avail_features |= VIRTIO_BLK_F_DISCARD;
         }
         BlockDevice {
             config_space: config_space(disk.size()),

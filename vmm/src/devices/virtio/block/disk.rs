@@ -20,6 +20,12 @@ pub trait DiskImage: Send {
     /// Makes written data durable.
     fn flush(&mut self) -> io::Result<()>;
 
+    /// Gives back `len` bytes at `offset`: later reads may return anything there (a file
+    /// returns zeros). Storage that cannot says so.
+    fn discard(&mut self, _offset: u64, _len: u64) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
     /// Fills `targets` (guest memory), in order, from the bytes at `offset`. This default
     /// copies through a buffer; files read straight into guest memory.
     fn read_exact_into_at(&mut self, targets: &[VolatileSlice<'_>], offset: u64) -> io::Result<()> {
@@ -70,6 +76,28 @@ impl DiskImage for RawFile {
 
     fn flush(&mut self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    /// A hole punched in the file (the file keeps its size); on a block device the kernel
+    /// discards or zeroes the range.
+    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len))
+        else {
+            return Err(io::ErrorKind::InvalidInput.into());
+        };
+        // SAFETY: fallocate takes a descriptor we own and plain integers; no memory.
+        let done = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset,
+                len,
+            )
+        };
+        if done < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// One `preadv` per up to IOV_MAX buffers, straight into guest memory: a request of 254
@@ -178,6 +206,10 @@ impl DiskImage for SlotDisk {
         self.file()?.read_exact_into_at(targets, offset)
     }
 
+    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.file()?.discard(offset, len)
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         match self.file.as_mut() {
             Some(file) => file.flush(),
@@ -192,6 +224,8 @@ impl DiskImage for SlotDisk {
 pub struct MemoryDisk {
     pub bytes: Vec<u8>,
     pub flushes: usize,
+    /// (offset, length) of every discard, in order.
+    pub discards: Vec<(u64, u64)>,
 }
 
 #[cfg(test)]
@@ -222,6 +256,19 @@ impl DiskImage for MemoryDisk {
 
     fn flush(&mut self) -> io::Result<()> {
         self.flushes += 1;
+        Ok(())
+    }
+
+    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        let start = usize::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
+        let end = start
+            .checked_add(usize::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?)
+            .ok_or(io::ErrorKind::InvalidInput)?;
+        self.bytes
+            .get_mut(start..end)
+            .ok_or(io::ErrorKind::UnexpectedEof)?
+            .fill(0);
+        self.discards.push((offset, len));
         Ok(())
     }
 }
@@ -270,7 +317,7 @@ mod tests {
         // The same through the copying default gives the same bytes.
         let mut memory_disk = MemoryDisk {
             bytes: pattern.clone(),
-            flushes: 0,
+            ..MemoryDisk::default()
         };
         let other = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         let targets: Vec<_> = buffers
@@ -284,6 +331,37 @@ mod tests {
             other.read_slice(&mut b, GuestAddress(at)).unwrap();
             assert_eq!(a, b);
         }
+    }
+
+    #[test]
+    fn a_discard_punches_a_hole_the_file_keeps_its_size() {
+        let path = std::env::temp_dir().join(format!("vpod-discard-test-{}", std::process::id()));
+        std::fs::write(&path, vec![0xa5u8; 1 << 20]).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let mut disk = RawFile::new(file).unwrap();
+        let blocks = || {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(&path).unwrap().blocks()
+        };
+        let before = blocks();
+        disk.discard(256 << 10, 512 << 10).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 1 << 20);
+        assert!(
+            blocks() + 512 * 2 <= before,
+            "{before} blocks before, {} after",
+            blocks()
+        );
+        let mut back = vec![1u8; 4096];
+        disk.read_exact_at(&mut back, 256 << 10).unwrap();
+        assert!(back.iter().all(|&b| b == 0));
+        disk.read_exact_at(&mut back, 0).unwrap();
+        assert!(back.iter().all(|&b| b == 0xa5));
+        assert!(SlotDisk::default().discard(0, 4096).is_err());
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

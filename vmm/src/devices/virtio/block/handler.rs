@@ -9,6 +9,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::Address;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
+use super::discard::{self, DiscardError};
 use super::disk::DiskImage;
 use super::request::{
     parse_request, status_address, Request, RequestKind, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
@@ -163,6 +164,35 @@ impl<S: QueueSignal, D: DiskImage> BlockQueueHandler<S, D> {
         Completion::status(VIRTIO_BLK_S_OK)
     }
 
+    /// Checks every segment lies within the disk before giving any back.
+    fn discard(&mut self, memory: &GuestMemoryMmap, request: &Request) -> Completion {
+        if self.read_only {
+            return Completion::status(VIRTIO_BLK_S_IOERR);
+        }
+        let segments = match discard::read_segments(memory, &request.data) {
+            Ok(segments) => segments,
+            Err(DiscardError::Unsupported) => return Completion::status(VIRTIO_BLK_S_UNSUPP),
+            Err(DiscardError::Malformed) => return Completion::status(VIRTIO_BLK_S_IOERR),
+        };
+        let ranges: Option<Vec<(u64, u64)>> = segments
+            .iter()
+            .map(|segment| {
+                let len = u64::from(segment.sectors) * SECTOR_SIZE;
+                self.in_bounds(segment.sector, len)
+                    .map(|offset| (offset, len))
+            })
+            .collect();
+        let Some(ranges) = ranges else {
+            return Completion::status(VIRTIO_BLK_S_IOERR);
+        };
+        for (offset, len) in ranges {
+            if len > 0 && self.disk.discard(offset, len).is_err() {
+                return Completion::status(VIRTIO_BLK_S_IOERR);
+            }
+        }
+        Completion::status(VIRTIO_BLK_S_OK)
+    }
+
     fn write_serial(&self, memory: &GuestMemoryMmap, request: &Request) -> Completion {
         let mut remaining: &[u8] = &self.serial;
         let mut written: u32 = 0;
@@ -197,6 +227,7 @@ impl<S: QueueSignal, D: DiskImage> BlockQueueHandler<S, D> {
                 Err(_) => Completion::status(VIRTIO_BLK_S_IOERR),
             },
             RequestKind::GetId => self.write_serial(memory, request),
+            RequestKind::Discard => self.discard(memory, request),
             RequestKind::Unsupported(_) => Completion::status(VIRTIO_BLK_S_UNSUPP),
         }
     }
@@ -274,7 +305,8 @@ mod tests {
     use super::*;
     use crate::devices::virtio::block::disk::MemoryDisk;
     use crate::devices::virtio::block::request::{
-        VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+        VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
+        VIRTIO_BLK_T_OUT,
     };
     use crate::devices::virtio::test_queue::GuestQueue;
     use std::cell::Cell;
@@ -305,7 +337,7 @@ mod tests {
     fn disk(sectors: usize) -> MemoryDisk {
         MemoryDisk {
             bytes: (0..sectors * 512).map(|i| (i / 512) as u8).collect(),
-            flushes: 0,
+            ..MemoryDisk::default()
         }
     }
 
@@ -384,6 +416,50 @@ mod tests {
         assert_eq!((status, used), (VIRTIO_BLK_S_OK, 1));
         assert!(disk.bytes[512..1024].iter().all(|&b| b == 0x5a));
         assert!(disk.bytes[..512].iter().all(|&b| b == 0));
+    }
+
+    fn segments(memory: &GuestMemoryMmap, segments: &[(u64, u32, u32)]) -> u32 {
+        let mut raw = Vec::new();
+        for &(sector, sectors, flags) in segments {
+            raw.extend_from_slice(&sector.to_le_bytes());
+            raw.extend_from_slice(&sectors.to_le_bytes());
+            raw.extend_from_slice(&flags.to_le_bytes());
+        }
+        memory.write_slice(&raw, GuestAddress(DATA)).expect("data");
+        raw.len() as u32
+    }
+
+    #[test]
+    fn discard_gives_back_each_segment_and_checks_all_first() {
+        let m = memory();
+        header(&m, VIRTIO_BLK_T_DISCARD, 0);
+        let len = segments(&m, &[(1, 2, 0), (6, 1, 0)]);
+        let (status, used, done, _) = run(&m, &three(0, len), disk(8), false);
+        assert_eq!((status, used), (VIRTIO_BLK_S_OK, 1));
+        assert_eq!(done.discards, vec![(512, 1024), (3072, 512)]);
+        assert!(done.bytes[512..1536].iter().all(|&b| b == 0));
+        assert!(done.bytes[1536..2048].iter().all(|&b| b == 3));
+
+        // One segment past the end: nothing is discarded, not even the good one.
+        let len = segments(&m, &[(1, 2, 0), (7, 2, 0)]);
+        let (status, _, done, _) = run(&m, &three(0, len), disk(8), false);
+        assert_eq!(status, VIRTIO_BLK_S_IOERR);
+        assert!(done.discards.is_empty());
+        // A sector number that overflows a byte offset.
+        let len = segments(&m, &[(u64::MAX / 2, 1, 0)]);
+        let (status, _, done, _) = run(&m, &three(0, len), disk(8), false);
+        assert_eq!((status, done.discards.len()), (VIRTIO_BLK_S_IOERR, 0));
+        // The unmap flag is for write-zeroes: unsupported.
+        let len = segments(&m, &[(1, 1, 1)]);
+        let (status, _, _, _) = run(&m, &three(0, len), disk(8), false);
+        assert_eq!(status, VIRTIO_BLK_S_UNSUPP);
+        // Device-writable segments are not a request.
+        let len = segments(&m, &[(1, 1, 0)]);
+        let (status, _, done, _) = run(&m, &three(WRITE, len), disk(8), false);
+        assert_eq!((status, done.discards.len()), (VIRTIO_BLK_S_IOERR, 0));
+        // A read-only disk gives nothing back.
+        let (status, _, done, _) = run(&m, &three(0, len), disk(8), true);
+        assert_eq!((status, done.discards.len()), (VIRTIO_BLK_S_IOERR, 0));
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! virtio-blk on a raw file: read, write, flush and the device id (serial).
+//! virtio-blk on a raw file: read, write, flush, discard and the device id (serial).
 
 pub mod device;
+pub mod discard;
 pub mod disk;
 pub mod event_handler;
 pub mod handler;
@@ -17,3 +18,4 @@ pub const SECTOR_SIZE: u64 = 512;
 pub const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
 pub const VIRTIO_BLK_F_RO: u64 = 1 << 5;
 pub const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
+pub const VIRTIO_BLK_F_DISCARD: u64 = 1 << 13;

@@ -9,6 +9,7 @@ pub const VIRTIO_BLK_T_IN: u32 = 0;
 pub const VIRTIO_BLK_T_OUT: u32 = 1;
 pub const VIRTIO_BLK_T_FLUSH: u32 = 4;
 pub const VIRTIO_BLK_T_GET_ID: u32 = 8;
+pub const VIRTIO_BLK_T_DISCARD: u32 = 11;
 
 /// Status byte values.
 pub const VIRTIO_BLK_S_OK: u8 = 0;
@@ -26,6 +27,8 @@ pub enum RequestKind {
     Out,
     Flush,
     GetId,
+    /// Give back the ranges the data's segments name.
+    Discard,
     Unsupported(u32),
 }
 
@@ -111,6 +114,7 @@ pub fn parse_request<M: GuestMemoryBackend>(
         VIRTIO_BLK_T_OUT => RequestKind::Out,
         VIRTIO_BLK_T_FLUSH => RequestKind::Flush,
         VIRTIO_BLK_T_GET_ID => RequestKind::GetId,
+        VIRTIO_BLK_T_DISCARD => RequestKind::Discard,
         other => RequestKind::Unsupported(other),
     };
     let device_writes = matches!(kind, RequestKind::In | RequestKind::GetId);
@@ -118,7 +122,7 @@ pub fn parse_request<M: GuestMemoryBackend>(
     for descriptor in data {
         if matches!(
             kind,
-            RequestKind::In | RequestKind::Out | RequestKind::GetId
+            RequestKind::In | RequestKind::Out | RequestKind::GetId | RequestKind::Discard
         ) && descriptor.is_write_only() != device_writes
         {
             return Err(RequestError::DataDirection);
