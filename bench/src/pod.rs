@@ -104,6 +104,7 @@ pub fn spec(
         files: Vec::new(),
         stdin: ContainerStdin::default(),
         block_volumes: Vec::new(),
+        dir_disks: Vec::new(),
     }
 }
 

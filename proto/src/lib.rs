@@ -46,7 +46,7 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// Bumped when a message or RPC changes meaning; a host refuses other majors.
 pub const PROTOCOL_MAJOR: u32 = 1;
 /// Bumped when fields or RPCs are added.
-pub const PROTOCOL_MINOR: u32 = 7;
+pub const PROTOCOL_MINOR: u32 = 8;
 /// The protocol minor that brought seccomp programs on CreateContainer: an older agent
 /// ignores them, so a host must not send them to one.
 pub const SECCOMP_MINOR: u32 = 5;
@@ -59,6 +59,11 @@ const _: () = assert!(PROTOCOL_MINOR >= SHARE_MINOR);
 /// ignores them, so a host must not give its containers raw block volumes.
 pub const DEVICES_MINOR: u32 = 7;
 const _: () = assert!(PROTOCOL_MINOR >= DEVICES_MINOR);
+
+/// The first minor whose agent mounts a disk's filesystem at a container path
+/// (`BlockDevice.filesystem`: emptyDirs on disks of their own).
+pub const FILESYSTEM_DEVICES_MINOR: u32 = 8;
+const _: () = assert!(PROTOCOL_MINOR >= FILESYSTEM_DEVICES_MINOR);
 /// Where the agent mounts the pod's virtio-fs share (MountShare).
 pub const SHARE_GUEST_DIR: &str = "/run/vpod/share";
 

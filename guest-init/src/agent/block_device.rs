@@ -2,6 +2,12 @@
 //! (CRI `devices`), found by its serial, made read-only or writable as the container asked,
 //! and bound by the container's init over a file at its path inside the container.
 //!
+//! A disk may instead hold a filesystem the container mounts at its path (an emptyDir on a
+//! disk of its own): the container's init mounts it (nosuid, nodev, with discard, so what
+//! the container deletes is given back to the host file), read-only for that container if
+//! it asked, and the device's own read-only flag is left alone, since another container of
+//! the pod may write through the same filesystem.
+//!
 //! The guest's page cache of such a disk belongs to its slot, not to the host file behind
 //! it: before the host detaches the disk, [`flush`] writes what the container left dirty and
 //! drops the cached pages, so nothing reaches the next disk put in that slot.
@@ -35,7 +41,22 @@ pub enum BlockDeviceError {
     ReadOnly(PathBuf, #[source] io::Error),
 }
 
-/// A disk a container sees as a block device node.
+/// A filesystem the agent mounts from a disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filesystem {
+    Ext4,
+}
+
+impl Filesystem {
+    /// The name mount(2) takes.
+    pub fn fstype(self) -> &'static str {
+        match self {
+            Filesystem::Ext4 => "ext4",
+        }
+    }
+}
+
+/// A disk a container sees as a block device node, or whose filesystem it sees mounted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockDeviceSpec {
     /// The disk's virtio-blk serial.
@@ -43,17 +64,22 @@ pub struct BlockDeviceSpec {
     /// Absolute inside the container, without "..".
     pub destination: String,
     pub read_only: bool,
+    /// `None`: a device node at `destination`; otherwise this filesystem mounted there.
+    pub filesystem: Option<Filesystem>,
     /// The guest's node of the disk (`/dev/vdX`), found when the container is created.
     pub node: PathBuf,
 }
 
-/// Finds the disk, waits for its capacity and sets its read-only flag as asked; the guest's
-/// node of it.
+/// Finds the disk, waits for its capacity and sets its read-only flag as asked (a node's,
+/// not a filesystem's); the guest's node of it.
 pub fn prepare(paths: &RootfsPaths, device: &BlockDeviceSpec) -> Result<PathBuf, BlockDeviceError> {
     let node = find_disk_by_serial(&paths.sys_block, &paths.dev, &device.serial)
         .map_err(|e| BlockDeviceError::Find(device.destination.clone(), e))?;
     if let Some(name) = node.file_name() {
         wait_for_capacity(&paths.sys_block.join(name).join("size"), &node)?;
+    }
+    if device.filesystem.is_some() {
+        return Ok(node);
     }
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -85,6 +111,26 @@ fn wait_for_capacity(size: &Path, node: &Path) -> Result<(), BlockDeviceError> {
             return Err(BlockDeviceError::NoCapacity(node.to_path_buf()));
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits (up to `wait`) until nothing has the filesystem on `node` mounted: the last
+/// container's mount namespace goes away after its processes, and the kernel writes the
+/// filesystem back when its last mount goes. A device open with `O_EXCL` fails while mounted.
+pub async fn wait_unmounted(node: &Path, wait: Duration) -> bool {
+    let started = Instant::now();
+    loop {
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_EXCL)
+            .open(node);
+        match opened {
+            Ok(_) => return true,
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && started.elapsed() < wait => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(_) => return false,
+        }
     }
 }
 

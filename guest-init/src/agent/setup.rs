@@ -311,9 +311,34 @@ pub fn container_steps(
         push_user_mount(&mut steps, m, source_is_file)?;
     }
     // Block volumes: the guest's node of each disk bound over a file at its path (a bind
-    // mount of its own, so the nodev of the mount under it does not apply).
+    // mount of its own, so the nodev of the mount under it does not apply); or the disk's
+    // filesystem mounted on a directory there. Read-write underneath whatever this
+    // container asked (another container of the pod may write to it: the kernel keeps one
+    // superblock per disk and refuses to mount it read-only and read-write at once); this
+    // container's mount is then made read-only by a remount.
     for device in &spec.devices {
         let target = inside(&device.destination)?;
+        if let Some(filesystem) = device.filesystem {
+            make_dirs(&mut steps, &target)?;
+            let flags = libc::MS_NOSUID | libc::MS_NODEV;
+            steps.push(mount_step(
+                Some(&device.node.to_string_lossy()),
+                in_root_target(&target)?,
+                Some(filesystem.fstype()),
+                flags,
+                "discard",
+            )?);
+            if device.read_only {
+                steps.push(mount_step(
+                    None,
+                    in_root_target(&target)?,
+                    None,
+                    libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | flags,
+                    "",
+                )?);
+            }
+            continue;
+        }
         if let Some(parent) = target.parent() {
             make_dirs(&mut steps, parent)?;
         }
@@ -480,6 +505,7 @@ mod tests {
             serial: "d-1".into(),
             destination: "/dev/disks/xvdb".into(),
             read_only: true,
+            filesystem: None,
             node: PathBuf::from("/dev/vdc"),
         }];
         let steps =
@@ -505,6 +531,54 @@ mod tests {
                 flags: libc::MS_BIND,
                 data: None,
             }
+        );
+    }
+
+    #[test]
+    fn a_disk_filesystem_is_mounted_read_write_then_made_read_only_for_the_container() {
+        let mut s = spec(vec![], false);
+        s.devices = vec![crate::agent::block_device::BlockDeviceSpec {
+            serial: "e-1".into(),
+            destination: "/cache".into(),
+            read_only: true,
+            filesystem: Some(crate::agent::block_device::Filesystem::Ext4),
+            node: PathBuf::from("/dev/vdd"),
+        }];
+        let steps =
+            container_steps(&s, Path::new("/r"), Path::new("/dev"), None, &|_| false).unwrap();
+        let target = Target::InRoot(CString::new("cache").unwrap());
+        let mount = steps
+            .iter()
+            .position(|step| matches!(step, Step::Mount { fstype: Some(t), .. } if t.as_bytes() == b"ext4"))
+            .expect("an ext4 mount");
+        assert_eq!(
+            steps[mount],
+            Step::Mount {
+                source: Some(CString::new("/dev/vdd").unwrap()),
+                target: target.clone(),
+                fstype: Some(CString::new("ext4").unwrap()),
+                flags: libc::MS_NOSUID | libc::MS_NODEV,
+                data: Some(CString::new("discard").unwrap()),
+            }
+        );
+        assert_eq!(
+            steps[mount + 1],
+            Step::Mount {
+                source: None,
+                target,
+                fstype: None,
+                flags: libc::MS_REMOUNT
+                    | libc::MS_BIND
+                    | libc::MS_RDONLY
+                    | libc::MS_NOSUID
+                    | libc::MS_NODEV,
+                data: None,
+            }
+        );
+        let text = described(&steps);
+        assert!(
+            text.contains(&"creating directory /cache".to_string()),
+            "{text:#?}"
         );
     }
 

@@ -167,6 +167,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         files,
         stdin: ContainerStdin::default(),
         block_volumes: Vec::new(),
+        dir_disks: Vec::new(),
     };
     if args.detach {
         let created = create_and_start(&mut sandbox, spec).await;

@@ -555,3 +555,195 @@ fn a_guest_root_leaves_no_links_devices_or_set_id_files_on_the_host() {
         },
     );
 }
+
+/// A directory shaped as the kubelet's emptyDir of a pod (`<pods>/<uid>/volumes/
+/// kubernetes.io~empty-dir/<name>`), on the emulated host's root (an overlay, as a node's
+/// disk; /tmp there is a tmpfs, which is a medium "Memory" emptyDir).
+fn kubelet_empty_dir(root: &Path, name: &str) -> std::path::PathBuf {
+    let dir = root
+        .join("pods/uid-1/volumes/kubernetes.io~empty-dir")
+        .join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The filesystem type of the mount at `path` inside `container`.
+async fn fstype_in(c: &mut Clients, container: &str, path: &str) -> String {
+    let (out, err, code) = sh(c, container, &format!("grep ' {path} ' /proc/mounts")).await;
+    assert_eq!(code, 0, "no mount at {path}: {err}");
+    out.split_whitespace().nth(2).unwrap_or("").to_string()
+}
+
+/// Bytes the host file takes on disk.
+fn allocated(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+#[test]
+fn a_plain_empty_dir_lives_on_a_disk_of_its_own_inside_its_host_directory() {
+    in_guest_host(
+        "a_plain_empty_dir_lives_on_a_disk_of_its_own_inside_its_host_directory",
+        Duration::from_secs(600),
+        || async {
+            // The default image has two layers: one slot is left for a volume disk.
+            let mut daemon = Daemon::start_with_config(
+                "emptydir",
+                "layer_slots = 3\nempty_dir_disk_mib = 256\n",
+            );
+            let mut c = daemon.connect().await;
+            let image = pull(&mut c, &default_image()).await;
+            let kubelet = std::path::PathBuf::from(format!(
+                "/var/lib/vpod-e2e-kubelet-{}",
+                std::process::id()
+            ));
+            let cache = kubelet_empty_dir(&kubelet, "cache");
+            // Used through the share before (something is in it): stays there.
+            let used = kubelet_empty_dir(&kubelet, "used");
+            std::fs::write(used.join("seed"), "written before\n").unwrap();
+            let overflow = kubelet_empty_dir(&kubelet, "overflow");
+
+            let pod = pod_config("emptydir", &daemon.log_dir);
+            let pod_id = run_pod(&mut c, pod.clone()).await;
+            let sandbox_dir = daemon.root.join("sandboxes").join(&pod_id);
+            let mut writer = container_config("writer", &image, &["sleep", "3600"]);
+            writer.mounts = vec![
+                mount("/cache", &cache, false),
+                mount("/used", &used, false),
+                mount("/overflow", &overflow, false),
+            ];
+            let writer = start_container(&mut c, &pod_id, &pod, writer).await;
+            let mut reader = container_config("reader", &image, &["sleep", "3600"]);
+            reader.mounts = vec![mount("/cache", &cache, true)];
+            let reader = start_container(&mut c, &pod_id, &pod, reader).await;
+
+            // The emptyDir is an ext4 disk in both containers, its image in the host
+            // directory; the one used before and the one without a free slot are shared.
+            assert_eq!(fstype_in(&mut c, &writer, "/cache").await, "ext4");
+            assert_eq!(fstype_in(&mut c, &reader, "/cache").await, "ext4");
+            assert_eq!(fstype_in(&mut c, &writer, "/used").await, "virtiofs");
+            assert_eq!(fstype_in(&mut c, &writer, "/overflow").await, "virtiofs");
+            let (out, _, _) = sh(&mut c, &writer, "cat /used/seed").await;
+            assert_eq!(out, "written before\n");
+            let image_file = cache.join(".vpod-volume.ext4");
+            let names: Vec<_> = std::fs::read_dir(&cache)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(
+                names,
+                [".vpod-volume.ext4"],
+                "the host directory holds the image"
+            );
+            assert_eq!(std::fs::metadata(&image_file).unwrap().len(), 256 << 20);
+
+            // One container writes, the other reads; the read-only one cannot write.
+            let (out, err, code) = sh(
+                &mut c,
+                &writer,
+                "mkdir /cache/d && echo small > /cache/d/note && \
+                 dd if=/dev/urandom of=/cache/big bs=1M count=24 2>/dev/null && sync && \
+                 md5sum /cache/big",
+            )
+            .await;
+            assert_eq!(code, 0, "{err}");
+            let (read, err, code) = sh(&mut c, &reader, "md5sum /cache/big").await;
+            assert_eq!((read.as_str(), code), (out.as_str(), 0), "{err}");
+            let (out, _, _) = sh(&mut c, &reader, "echo no > /cache/new; echo $?").await;
+            assert_eq!(out, "1\n");
+
+            // The kubelet's du of the directory counts what the pod stored, and what the
+            // pod deletes is given back (discard punches holes in the image).
+            let full = allocated(&image_file);
+            assert!(
+                full >= 24 << 20,
+                "the image takes {full} bytes after 24 MiB"
+            );
+            let (_, err, code) = sh(&mut c, &writer, "rm /cache/big && sync").await;
+            assert_eq!(code, 0, "{err}");
+            eventually("the image to shrink", Duration::from_secs(30), || {
+                let image_file = image_file.clone();
+                let mut c = c.clone();
+                let writer = writer.clone();
+                async move {
+                    // A second sync commits the journal, after which ext4 discards.
+                    sh(&mut c, &writer, "sync").await;
+                    allocated(&image_file) + (20 << 20) <= full
+                }
+            })
+            .await;
+
+            // The writer goes and a new container gets what was written; so does one made
+            // by a restarted daemon.
+            c.runtime
+                .remove_container(RemoveContainerRequest {
+                    container_id: writer.clone(),
+                })
+                .await
+                .expect("RemoveContainer");
+            let mut again = container_config("again", &image, &["sleep", "3600"]);
+            again.mounts = vec![mount("/cache", &cache, false)];
+            let again = start_container(&mut c, &pod_id, &pod, again).await;
+            let (out, err, code) = sh(&mut c, &again, "cat /cache/d/note").await;
+            assert_eq!((out.as_str(), code), ("small\n", 0), "{err}");
+            daemon.kill9();
+            daemon.spawn();
+            let mut c = daemon.connect().await;
+            let mut late = container_config("late", &image, &["sleep", "3600"]);
+            late.mounts = vec![mount("/cache", &cache, false)];
+            let late = start_container(&mut c, &pod_id, &pod, late).await;
+            let (out, err, code) = sh(
+                &mut c,
+                &late,
+                "echo late >> /cache/d/note; cat /cache/d/note",
+            )
+            .await;
+            assert_eq!((out.as_str(), code), ("small\nlate\n", 0), "{err}");
+
+            // After the last container that had it goes, the disk is written back and
+            // detached: the image holds what was written, as a host fsck sees it.
+            for container in [&reader, &again, &late] {
+                c.runtime
+                    .remove_container(RemoveContainerRequest {
+                        container_id: container.to_string(),
+                    })
+                    .await
+                    .expect("RemoveContainer");
+            }
+            let check = std::process::Command::new("e2fsck")
+                .args(["-fn"])
+                .arg(&image_file)
+                .output()
+                .expect("e2fsck");
+            assert!(
+                check.status.success(),
+                "the detached image is not clean:\n{}{}",
+                String::from_utf8_lossy(&check.stdout),
+                String::from_utf8_lossy(&check.stderr)
+            );
+            let listing = std::process::Command::new("debugfs")
+                .args(["-R", "cat /d/note"])
+                .arg(&image_file)
+                .output()
+                .expect("debugfs");
+            assert_eq!(String::from_utf8_lossy(&listing.stdout), "small\nlate\n");
+
+            c.runtime
+                .stop_pod_sandbox(StopPodSandboxRequest {
+                    pod_sandbox_id: pod_id.clone(),
+                })
+                .await
+                .expect("StopPodSandbox");
+            c.runtime
+                .remove_pod_sandbox(RemovePodSandboxRequest {
+                    pod_sandbox_id: pod_id.clone(),
+                })
+                .await
+                .expect("RemovePodSandbox");
+            assert!(mount_options_under(&daemon.root).is_empty());
+            assert!(!sandbox_dir.exists());
+            // The volume's directory is the kubelet's to remove.
+            assert!(image_file.exists());
+            std::fs::remove_dir_all(&kubelet).unwrap();
+        },
+    );
+}

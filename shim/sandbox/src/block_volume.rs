@@ -56,9 +56,11 @@ pub struct BlockVolume {
 #[derive(Debug)]
 pub(crate) struct OpenedVolume {
     pub file: File,
-    /// The virtio-blk serial: the same for the same host path and mode.
+    /// The virtio-blk serial: the same for the same disk and mode.
     pub serial: String,
     pub host_path: PathBuf,
+    /// How the disk is attached.
+    pub read_only: bool,
 }
 
 /// Checks that `path` names something a VM can get as a disk: a block device or a regular
@@ -98,7 +100,7 @@ fn check_kind(path: &Path, kind: &std::fs::FileType) -> Result<(), BlockVolumeEr
 }
 
 /// Whether `path` is absolute, below `/` and free of `..`.
-fn clean_container_path(path: &str) -> bool {
+pub(crate) fn clean_container_path(path: &str) -> bool {
     path.starts_with('/')
         && !path.trim_matches('/').is_empty()
         && !path.split('/').any(|p| p == ".." || p == ".")
@@ -135,6 +137,7 @@ pub(crate) fn open(volume: &BlockVolume) -> Result<OpenedVolume, BlockVolumeErro
         file,
         serial: volume_serial(&host_path, volume.read_only),
         host_path,
+        read_only: volume.read_only,
     })
 }
 

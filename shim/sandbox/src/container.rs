@@ -1,6 +1,7 @@
 //! Containers in a sandbox: layers attached to slots, the process merged from the image
 //! config and the request, and the agent's lifecycle calls.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use vpod_proto::v1::{
@@ -12,6 +13,7 @@ use oci_spec::runtime::Spec;
 
 use super::agent::{call, AgentError};
 use super::block_volume::{self, BlockVolume, OpenedVolume};
+use super::dir_disk::{self, DirDisk, Placement};
 use super::output::{ContainerOutput, ExecResult};
 use super::serial::layer_serial;
 use super::wire::{create_request, volumes};
@@ -67,6 +69,10 @@ pub struct ContainerSpec {
     /// Raw block volumes, each attached to an empty disk slot (shared with the pod's other
     /// containers that name the same host path with the same mode) and bound at its path.
     pub block_volumes: Vec<BlockVolume>,
+    /// Directory volumes on disks of their own (an ext4 image in each host directory),
+    /// mounted by the guest at their paths ([`dir_disk`](crate::dir_disk)). Their paths
+    /// must not also be among the spec's mounts.
+    pub dir_disks: Vec<DirDisk>,
 }
 
 /// Whether the main process reads a stdin fed by attachers (else /dev/null), as CRI's
@@ -93,10 +99,11 @@ const SIGKILL: i32 = 9;
 impl Sandbox {
     /// Attaches the image's layers (those not attached already) and creates the container;
     /// on failure, what it attached is detached again.
-    pub async fn create_container(&mut self, spec: ContainerSpec) -> Result<(), SandboxError> {
+    pub async fn create_container(&mut self, mut spec: ContainerSpec) -> Result<(), SandboxError> {
         if self.containers.contains_key(&spec.id) {
             return Err(SandboxError::ContainerExists(spec.id));
         }
+        self.place_dir_disks(&mut spec);
         // The spec is checked before any layer is attached; the serials come after.
         let mut request = create_request(
             &spec.id,
@@ -115,7 +122,7 @@ impl Sandbox {
         }
         request.stdin = spec.stdin.open;
         request.stdin_once = spec.stdin.open && spec.stdin.once;
-        let opened = self.open_block_volumes(&spec.block_volumes)?;
+        let opened = self.open_volume_disks(&spec.block_volumes, &spec.dir_disks)?;
         request.mounts = self.bind_volumes(&spec.id, &spec.spec)?;
         let RootfsSource::Layers(layers) = &spec.rootfs;
         // The serials of the disks the container uses: its layers', then its volumes'.
@@ -223,40 +230,131 @@ impl Sandbox {
         Ok(())
     }
 
-    /// Opens and checks the container's block volumes before anything is attached.
-    fn open_block_volumes<'a>(
-        &self,
-        volumes: &'a [BlockVolume],
-    ) -> Result<Vec<(OpenedVolume, &'a BlockVolume)>, SandboxError> {
-        if volumes.is_empty() {
-            return Ok(Vec::new());
+    /// Moves the directory volumes that cannot have a disk of their own to the share, as
+    /// bind mounts: those some container of the pod already used through the share, and
+    /// new ones when the pod's disk slots would run out (what the layers and block volumes
+    /// need first). A volume whose image exists stays on its disk. Without a share nothing
+    /// moves: a full pod then refuses the container, naming the slots.
+    fn place_dir_disks(&self, spec: &mut ContainerSpec) {
+        if spec.dir_disks.is_empty() || self.share.is_none() {
+            return;
         }
-        if self.agent_minor < vpod_proto::DEVICES_MINOR {
-            return Err(SandboxError::AgentTooOld {
-                what: "block volumes",
-                agent_minor: self.agent_minor,
-                needed: vpod_proto::DEVICES_MINOR,
-            });
-        }
-        volumes
+        let RootfsSource::Layers(layers) = &spec.rootfs;
+        let mut wanted: HashSet<String> = layers
             .iter()
-            .map(|volume| {
-                block_volume::open(volume)
-                    .map(|opened| (opened, volume))
-                    .map_err(|e| SandboxError::BlockVolume(volume.container_path.clone(), e))
-            })
-            .collect()
+            .map(|layer| layer_serial(&layer.diff_id))
+            .filter(|serial| !self.layers.contains(serial))
+            .collect();
+        let mut free = (self.layer_slots as usize)
+            .saturating_sub(self.layers.len())
+            .saturating_sub(wanted.len())
+            // Counted as new: a block volume's serial is known once it is opened.
+            .saturating_sub(spec.block_volumes.len());
+        let mut shared = Vec::new();
+        for volume in std::mem::take(&mut spec.dir_disks) {
+            let on_disk = match dir_disk::placement(&volume.host_dir) {
+                Placement::Disk(serial) => {
+                    if !self.layers.contains(&serial) && wanted.insert(serial) {
+                        free = free.saturating_sub(1);
+                    }
+                    true
+                }
+                Placement::Share => false,
+                Placement::Either if free > 0 => {
+                    free -= 1;
+                    true
+                }
+                Placement::Either => false,
+            };
+            if on_disk {
+                spec.dir_disks.push(volume);
+            } else {
+                shared.push(volume);
+            }
+        }
+        if shared.is_empty() {
+            return;
+        }
+        let mut mounts = spec.spec.mounts().clone().unwrap_or_default();
+        for volume in shared {
+            let options = [
+                "rbind",
+                if volume.read_only { "ro" } else { "rw" },
+                "rprivate",
+            ];
+            mounts.push(
+                oci_spec::runtime::Mount::default()
+                    .set_destination(volume.container_path.into())
+                    .set_source(Some(volume.host_dir))
+                    .set_typ(Some("bind".into()))
+                    .set_options(Some(options.map(String::from).to_vec()))
+                    .clone(),
+            );
+        }
+        spec.spec.set_mounts(Some(mounts));
     }
 
-    /// Attaches each volume not attached already in its mode (a pod's disks share the
-    /// layers' slots and their use counts) and names it to the agent.
+    /// Opens and checks the container's block volumes and makes or opens its directory
+    /// volumes' images, before anything is attached; each with how the agent presents it.
+    fn open_volume_disks(
+        &self,
+        volumes: &[BlockVolume],
+        dir_disks: &[DirDisk],
+    ) -> Result<Vec<(OpenedVolume, BlockDevice)>, SandboxError> {
+        let needs = |what, needed| {
+            if self.agent_minor < needed {
+                return Err(SandboxError::AgentTooOld {
+                    what,
+                    agent_minor: self.agent_minor,
+                    needed,
+                });
+            }
+            Ok(())
+        };
+        if !volumes.is_empty() {
+            needs("block volumes", vpod_proto::DEVICES_MINOR)?;
+        }
+        if !dir_disks.is_empty() {
+            needs(
+                "volumes on disks of their own",
+                vpod_proto::FILESYSTEM_DEVICES_MINOR,
+            )?;
+        }
+        let mut opened = Vec::with_capacity(volumes.len() + dir_disks.len());
+        for volume in volumes {
+            let disk = block_volume::open(volume)
+                .map_err(|e| SandboxError::BlockVolume(volume.container_path.clone(), e))?;
+            let device = BlockDevice {
+                serial: disk.serial.clone(),
+                container_path: volume.container_path.clone(),
+                read_only: volume.read_only,
+                filesystem: String::new(),
+            };
+            opened.push((disk, device));
+        }
+        for volume in dir_disks {
+            let disk = dir_disk::open(volume)
+                .map_err(|e| SandboxError::DirDisk(volume.container_path.clone(), e))?;
+            let device = BlockDevice {
+                serial: disk.serial.clone(),
+                container_path: volume.container_path.clone(),
+                read_only: volume.read_only,
+                filesystem: "ext4".into(),
+            };
+            opened.push((disk, device));
+        }
+        Ok(opened)
+    }
+
+    /// Attaches each volume disk not attached already (a pod's disks share the layers'
+    /// slots and their use counts) and names it to the agent.
     async fn attach_block_volumes(
         &mut self,
-        opened: Vec<(OpenedVolume, &BlockVolume)>,
+        opened: Vec<(OpenedVolume, BlockDevice)>,
         serials: &mut Vec<String>,
         devices: &mut Vec<BlockDevice>,
     ) -> Result<(), SandboxError> {
-        for (volume, asked) in opened {
+        for (volume, device) in opened {
             let serial = volume.serial;
             if !self.layers.acquire(&serial) {
                 if self.layers.len() >= self.layer_slots as usize {
@@ -267,16 +365,12 @@ impl Sandbox {
                 }
                 let slot = self
                     .api
-                    .attach_file(volume.file, asked.read_only, &serial)
+                    .attach_file(volume.file, volume.read_only, &serial)
                     .await?;
                 self.layers.attached(&serial, slot.slot);
             }
-            serials.push(serial.clone());
-            devices.push(BlockDevice {
-                serial,
-                container_path: asked.container_path.clone(),
-                read_only: asked.read_only,
-            });
+            serials.push(serial);
+            devices.push(device);
         }
         Ok(())
     }

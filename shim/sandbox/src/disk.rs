@@ -22,6 +22,11 @@ pub fn create_writable_disk(path: &Path, size_bytes: u64) -> Result<(), DiskErro
     file.set_len(size_bytes)
         .map_err(|e| DiskError::Create(path.into(), e))?;
     drop(file);
+    format_ext4(path)
+}
+
+/// Formats the file at `path` ext4, lazily (see [`create_writable_disk`]).
+pub fn format_ext4(path: &Path) -> Result<(), DiskError> {
     let output = Command::new("mkfs.ext4")
         .args(["-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1"])
         .arg(path)

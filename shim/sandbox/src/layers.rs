@@ -43,6 +43,11 @@ impl AttachedLayers {
         self.by_serial.remove(serial).map(|a| a.slot)
     }
 
+    /// Whether `serial` is attached.
+    pub fn contains(&self, serial: &str) -> bool {
+        self.by_serial.contains_key(serial)
+    }
+
     /// How many layer disks are attached.
     pub fn len(&self) -> usize {
         self.by_serial.len()

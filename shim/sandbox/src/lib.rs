@@ -15,6 +15,7 @@ mod agent;
 pub mod api;
 pub mod block_volume;
 pub mod container;
+pub mod dir_disk;
 mod disk;
 mod layers;
 pub mod network;
@@ -43,6 +44,7 @@ pub use agent::AgentError;
 pub use api::{VmmApi, VmmApiError};
 pub use block_volume::{BlockVolume, BlockVolumeError};
 pub use container::{ContainerExit, ContainerSpec, ContainerStdin, RootfsSource};
+pub use dir_disk::{DirDisk, DirDiskError};
 pub use disk::DiskError;
 pub use output::{
     ContainerOutput, ContainerStats, ExecResult, GuestInfo, OutputChunk, OutputStream,
@@ -167,6 +169,8 @@ pub enum SandboxError {
     NoFreeSlot(String, u32),
     #[error("the block volume for {0} cannot be attached")]
     BlockVolume(String, #[source] BlockVolumeError),
+    #[error("the volume at {0} cannot be kept on a disk of its own")]
+    DirDisk(String, #[source] DirDiskError),
     #[error(
         "the pod has no empty disk slot for the block volume {host_path} ({slots} disk slots \
          for layers and block volumes, all in use)"

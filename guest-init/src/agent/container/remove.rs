@@ -8,6 +8,9 @@ use crate::agent::rootfs;
 
 /// How long the container's init may take to die after SIGKILL.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a disk's filesystem may take to be written back and unmounted once the last
+/// container that had it mounted is gone.
+const UNMOUNT_WAIT: Duration = Duration::from_secs(10);
 
 impl ContainerManager {
     pub async fn remove(&self, id: &str) -> Result<(), ContainerError> {
@@ -31,6 +34,21 @@ impl ContainerManager {
         // Its processes are gone: what they left dirty goes to the host before the host
         // detaches the disks.
         for device in &container.spec.devices {
+            if device.filesystem.is_some() {
+                // The host detaches the disk once no container names it: the filesystem
+                // must be written back and unmounted by then (its last mount goes with the
+                // last namespace that had it).
+                let shared = self.table().values().any(|other| {
+                    other.spec.id != container.spec.id
+                        && other.spec.devices.iter().any(|d| d.serial == device.serial)
+                });
+                if !shared && !block_device::wait_unmounted(&device.node, UNMOUNT_WAIT).await {
+                    eprintln!(
+                        "vpod-init: {} is still mounted after {UNMOUNT_WAIT:?}",
+                        device.node.display()
+                    );
+                }
+            }
             block_device::flush(&device.node);
         }
         container.stdio.finish();

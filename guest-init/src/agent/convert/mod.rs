@@ -11,7 +11,7 @@ use vpod_proto::{error_chain, v1};
 
 pub use network::network_request;
 
-use super::block_device::BlockDeviceSpec;
+use super::block_device::{BlockDeviceSpec, Filesystem};
 use super::cgroup::CgroupLimits;
 use super::container::ContainerError;
 use super::rootfs::RootfsSource;
@@ -243,10 +243,21 @@ fn block_devices(devices: Vec<v1::BlockDevice>) -> Result<Vec<BlockDeviceSpec>, 
         if specs.iter().any(|s| s.destination == *path) {
             return Err(invalid("devices", format!("{path:?} is given twice")));
         }
+        let filesystem = match device.filesystem.as_str() {
+            "" => None,
+            "ext4" => Some(Filesystem::Ext4),
+            other => {
+                return Err(invalid(
+                    "devices",
+                    format!("the filesystem {other:?} is not one the agent mounts (ext4)"),
+                ))
+            }
+        };
         specs.push(BlockDeviceSpec {
             serial: device.serial,
             destination: device.container_path,
             read_only: device.read_only,
+            filesystem,
             node: PathBuf::new(),
         });
     }
@@ -443,23 +454,38 @@ mod tests {
             serial: serial.into(),
             container_path: path.into(),
             read_only: true,
+            filesystem: String::new(),
         }
     }
 
     #[test]
     fn block_devices_convert_and_bad_ones_are_refused() {
         let mut r = request();
-        r.devices = vec![block_device("d-1", "/dev/xvdb")];
+        let mut scratch = block_device("e-1", "/scratch");
+        scratch.filesystem = "ext4".into();
+        r.devices = vec![block_device("d-1", "/dev/xvdb"), scratch];
         let spec = create_request(r).unwrap();
         assert_eq!(
             spec.devices,
-            vec![BlockDeviceSpec {
-                serial: "d-1".into(),
-                destination: "/dev/xvdb".into(),
-                read_only: true,
-                node: PathBuf::new(),
-            }]
+            vec![
+                BlockDeviceSpec {
+                    serial: "d-1".into(),
+                    destination: "/dev/xvdb".into(),
+                    read_only: true,
+                    filesystem: None,
+                    node: PathBuf::new(),
+                },
+                BlockDeviceSpec {
+                    serial: "e-1".into(),
+                    destination: "/scratch".into(),
+                    read_only: true,
+                    filesystem: Some(Filesystem::Ext4),
+                    node: PathBuf::new(),
+                }
+            ]
         );
+        let mut other_filesystem = block_device("e-1", "/scratch");
+        other_filesystem.filesystem = "xfs".into();
         for devices in [
             vec![block_device("d-1", "dev/xvdb")],
             vec![block_device("d-1", "/dev/../etc/x")],
@@ -467,6 +493,7 @@ mod tests {
             vec![block_device("", "/dev/xvdb")],
             vec![block_device("../d", "/dev/xvdb")],
             vec![block_device("d-1", "/dev/x"), block_device("d-2", "/dev/x")],
+            vec![other_filesystem.clone()],
         ] {
             let mut r = request();
             r.devices = devices.clone();

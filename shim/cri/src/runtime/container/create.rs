@@ -11,6 +11,7 @@ use vpod_sandbox::{
     BlockVolume, ContainerSpec, ContainerStdin, RootfsSource, SandboxError, ShareError,
 };
 
+use super::empty_dir;
 use super::spec::{bind_mounts, container_spec};
 use crate::guest_files::container_files;
 use crate::logformat::now_ns;
@@ -137,11 +138,17 @@ impl Runtime {
                 settings.image
             )));
         };
-        // With the pod's shared directory every mount is a bind through it; without, a
-        // container must not start without a volume it asked for: refuse what cannot be
-        // copied into the VM (directories) before anything is made.
+        // Plain emptyDirs on disks of their own; with the pod's shared directory every
+        // other mount is a bind through it; without, a container must not start without a
+        // volume it asked for: refuse what cannot be copied into the VM (directories)
+        // before anything is made.
+        let (dir_disks, mounts) = if self.config.pod.empty_dir_disks {
+            empty_dir::split_mounts(&settings.mounts, self.config.pod.empty_dir_disk_mib << 20)
+        } else {
+            (Vec::new(), settings.mounts.clone())
+        };
         let volumes = self.config.pod.volumes;
-        let copied: &[MountRecord] = if volumes { &[] } else { &settings.mounts };
+        let copied: &[MountRecord] = if volumes { &[] } else { &mounts };
         let (files, refused) = container_files(&pod_record, copied);
         if let Some(mount) = refused.first() {
             return Err(RuntimeError::invalid(
@@ -155,7 +162,7 @@ impl Runtime {
         }
         let mut runtime_spec = container_spec(&image.image.config, &request, &pod_record, user)?;
         if volumes {
-            runtime_spec.set_mounts(Some(bind_mounts(&settings.mounts)?));
+            runtime_spec.set_mounts(Some(bind_mounts(&mounts)?));
         }
         let name_key = container_name_key(&pod.id, settings);
         if !self.reserve_name(name_key.clone()) {
@@ -195,6 +202,7 @@ impl Runtime {
                 once: request.stdin_once,
             },
             block_volumes: request.block_volumes,
+            dir_disks,
         };
         let created = self.create_in_guest(&pod, record, spec).await;
         if created.is_err() {
@@ -223,6 +231,9 @@ impl Runtime {
                     e @ (SandboxError::BlockVolume(..)
                     | SandboxError::NoFreeSlotForVolume { .. }) => {
                         RuntimeError::invalid("config.devices", error_chain(&e))
+                    }
+                    e @ SandboxError::DirDisk(..) => {
+                        RuntimeError::invalid("config.mounts", error_chain(&e))
                     }
                     other => other.into(),
                 }),

@@ -3,6 +3,7 @@
 //! the resources, reopen the log.
 
 mod create;
+mod empty_dir;
 mod exec_sync;
 mod list;
 mod remove;
