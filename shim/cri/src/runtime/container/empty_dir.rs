@@ -36,7 +36,7 @@ pub fn is_plain_empty_dir(host_path: &str) -> bool {
     }
     match rustix::fs::statfs(path) {
         Ok(stat) => {
-            let kind = stat.f_type as i64;
+            let kind = stat.f_type;
             kind != TMPFS_MAGIC && kind != HUGETLBFS_MAGIC
         }
         Err(_) => false,
