@@ -12,8 +12,10 @@
 //! - `vpod-share`: a container's volume `/vol`, a host directory bound into the pod's share
 //!   (what an emptyDir or a hostPath directory is by default);
 //! - `vpod-disk`: a directory in the same container's root file system, whose upper layer
-//!   is the pod's writable virtio-blk disk (what a plain emptyDir backed by that disk would
-//!   be);
+//!   is the pod's writable virtio-blk disk;
+//! - `vpod-emptydir`: the container's volume `/empty`, a directory shaped as the kubelet's
+//!   plain emptyDir (outside /tmp, which is a tmpfs in the emulated host: a memory
+//!   emptyDir), which vpod-cri keeps on a disk of its own (an ext4 image in the directory);
 //! - `runc`: `runc run` of the same script on the default image's root filesystem (from
 //!   `vpod-bench prepare`) with a host directory bound at `/vol`.
 //!
@@ -36,7 +38,7 @@ use crate::fixtures::{bundle, copy_tree, work_dir};
 /// The steps each script times, in order.
 const STEPS: [&str; 5] = ["write", "read", "create", "stat", "unlink"];
 /// Where the work runs.
-const PLACES: [&str; 3] = ["vpod-share", "vpod-disk", "runc"];
+const PLACES: [&str; 4] = ["vpod-share", "vpod-disk", "vpod-emptydir", "runc"];
 
 /// The settings of one run.
 pub struct VolumeIoBench {
@@ -88,8 +90,9 @@ fn parse(output: &str) -> Result<BTreeMap<&'static str, f64>> {
     Ok(out)
 }
 
-/// The container of the vpod sides: sleeps; `/vol` is the host directory `volume`.
-fn worker(image: &str, volume: &Path) -> ContainerConfig {
+/// The container of the vpod sides: sleeps; `/vol` is the host directory `volume`, `/empty`
+/// the emptyDir-shaped `empty_dir`.
+fn worker(image: &str, volume: &Path, empty_dir: &Path) -> ContainerConfig {
     ContainerConfig {
         metadata: Some(ContainerMetadata {
             name: "io".into(),
@@ -100,11 +103,18 @@ fn worker(image: &str, volume: &Path) -> ContainerConfig {
             ..Default::default()
         }),
         command: ["sleep", "100000"].map(String::from).to_vec(),
-        mounts: vec![Mount {
-            container_path: "/vol".into(),
-            host_path: volume.display().to_string(),
-            ..Default::default()
-        }],
+        mounts: vec![
+            Mount {
+                container_path: "/vol".into(),
+                host_path: volume.display().to_string(),
+                ..Default::default()
+            },
+            Mount {
+                container_path: "/empty".into(),
+                host_path: empty_dir.display().to_string(),
+                ..Default::default()
+            },
+        ],
         linux: Some(LinuxContainerConfig {
             security_context: Some(LinuxContainerSecurityContext {
                 capabilities: Some(Capability {
@@ -195,6 +205,14 @@ pub fn volume_io(repo: &Path, bench: &VolumeIoBench) -> Result<Vec<Row>> {
     let (volume, runc_dir) = (scratch.dir.join("volume"), scratch.dir.join("runc-volume"));
     std::fs::create_dir(&volume)?;
     std::fs::create_dir(&runc_dir)?;
+    // As the kubelet lays out a pod's emptyDir, on the root file system (not /tmp).
+    let kubelet = std::path::PathBuf::from(format!(
+        "/var/lib/vpod-bench-kubelet-{}",
+        std::process::id()
+    ));
+    let empty_dir = kubelet.join("pods/uid/volumes/kubernetes.io~empty-dir/scratch");
+    std::fs::create_dir_all(&empty_dir)?;
+    let removed = RemoveOnDrop(kubelet);
     // The writable disk holds the file and the small files with room to spare.
     let disk_mib = (bench.mib * 2).max(256) + 256;
     let daemon = Daemon::start_configured(repo, &scratch.dir, bench.pod_mib, disk_mib, "")?;
@@ -221,7 +239,7 @@ pub fn volume_io(repo: &Path, bench: &VolumeIoBench) -> Result<Vec<Row>> {
             .runtime
             .create_container(CreateContainerRequest {
                 pod_sandbox_id: pod.clone(),
-                config: Some(worker(&image, &volume)),
+                config: Some(worker(&image, &volume, &empty_dir)),
                 sandbox_config: Some(config),
             })
             .await
@@ -248,6 +266,10 @@ pub fn volume_io(repo: &Path, bench: &VolumeIoBench) -> Result<Vec<Row>> {
                         let s = script("/io", bench.mib, bench.files, drop_guest);
                         exec(&mut clients, &container, &s).await?
                     }
+                    "vpod-emptydir" => {
+                        let s = script("/empty", bench.mib, bench.files, drop_guest);
+                        exec(&mut clients, &container, &s).await?
+                    }
                     _ => {
                         let s = script("/vol", bench.mib, bench.files, "true");
                         runc(repo, &scratch.dir, run, &runc_dir, &s)?
@@ -270,6 +292,7 @@ pub fn volume_io(repo: &Path, bench: &VolumeIoBench) -> Result<Vec<Row>> {
         Ok::<_, anyhow::Error>(samples)
     });
     let samples = result.with_context(|| format!("vpod-cri's log ends:\n{}", daemon.log_tail()))?;
+    drop(removed);
     let mut rows = Vec::new();
     for place in PLACES {
         for step in STEPS {
@@ -304,8 +327,31 @@ pub fn volume_io(repo: &Path, bench: &VolumeIoBench) -> Result<Vec<Row>> {
             );
         }
     }
+    for step in STEPS {
+        if let (Some(share), Some(empty_dir), Some(disk)) = (
+            p50("vpod-share", step),
+            p50("vpod-emptydir", step),
+            p50("vpod-disk", step),
+        ) {
+            println!(
+                "volume-io {step}: emptyDir on its disk {empty_dir:.0} ms; emptyDir speed / share \
+                 speed {:.2}x, / guest disk speed {:.2}x",
+                share / empty_dir,
+                disk / empty_dir
+            );
+        }
+    }
     write_jsonl(&repo.join("bench/results"), "volume-io", &rows)?;
     Ok(rows)
+}
+
+/// A directory tree removed when dropped.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 #[cfg(test)]

@@ -313,11 +313,15 @@ mod tests {
     fn a_deadline_timer_fires_once_and_is_quiet_after_fired() {
         let mut timer = DeadlineTimer::new().expect("timerfd");
         assert!(!readable(timer.as_raw_fd(), 0));
+        // Far enough ahead that no pause of this thread passes it.
         timer
-            .set(Some(Instant::now() + Duration::from_millis(20)))
+            .set(Some(Instant::now() + Duration::from_secs(30)))
             .expect("armed");
         assert!(!readable(timer.as_raw_fd(), 0));
-        assert!(readable(timer.as_raw_fd(), 2000));
+        timer
+            .set(Some(Instant::now() + Duration::from_millis(20)))
+            .expect("armed again");
+        assert!(readable(timer.as_raw_fd(), 10_000));
         timer.fired();
         assert_eq!(timer.deadline(), None);
         assert!(!readable(timer.as_raw_fd(), 50));
@@ -351,10 +355,11 @@ mod tests {
         }
 
         fn process(&mut self, _events: Events, _ops: &mut EventOps) {
-            let _ = self.event.read();
+            // Two writes before the loop reads come out as one read of 2.
+            let count = self.event.read().unwrap_or(0);
             let mut seen = self.seen.lock().expect("lock");
-            *seen += 1;
-            if *seen == 2 {
+            *seen += u32::try_from(count).unwrap_or(u32::MAX);
+            if *seen >= 2 {
                 self.events.request_stop(StopReason::PowerOff);
             }
         }
@@ -417,7 +422,8 @@ mod tests {
         assert_eq!(event_loop.run(), StopReason::Panic);
         let waited = started.elapsed();
         assert!(
-            waited >= PANIC_GRACE && waited < PANIC_GRACE * 4,
+            // The upper bound only catches a grace that never ends.
+            waited >= PANIC_GRACE && waited < PANIC_GRACE * 40,
             "{waited:?}"
         );
     }

@@ -233,7 +233,8 @@ fn vsock_connect_to_a_silent_guest_times_out_and_stop_ends_the_vmm() {
         String::from_utf8_lossy(&reply)
     );
     assert!(
-        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(6),
+        // The upper bound only catches a timeout that never fires.
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(30),
         "closed after {waited:?}"
     );
 
@@ -242,15 +243,16 @@ fn vsock_connect_to_a_silent_guest_times_out_and_stop_ends_the_vmm() {
     assert_eq!(metrics["vsock"]["connect_timeouts"], 1, "{metrics}");
     assert_eq!(metrics["vsock"]["host_connections"], 1, "{metrics}");
 
+    // Timed from before the request: the VMM's grace runs from when it reads it.
+    let started = Instant::now();
     let stopping = api.call(json!({"op": "stop", "timeout_ms": 300}));
     assert_eq!(stopping, json!({"ok": true, "state": "stopping"}));
-    let started = Instant::now();
     let status = loop {
         if let Some(status) = vm.child.try_wait().expect("wait") {
             break status;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(10),
+            started.elapsed() < Duration::from_secs(30),
             "the VMM did not stop"
         );
         std::thread::sleep(Duration::from_millis(20));

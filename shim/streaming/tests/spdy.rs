@@ -257,15 +257,24 @@ async fn spdy_client_that_never_reads_blocks_the_backend_not_our_memory() {
     let url = urls.url_for(exec(&["spew"], false)).unwrap();
     let (mut client, _) = SpdyClient::connect(&url, "v4.channel.k8s.io").await;
     open_exec_streams(&mut client, false).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let first = backend.spewed.load(Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let second = backend.spewed.load(Ordering::SeqCst);
-    assert!(first > 0, "the backend wrote nothing");
-    assert_eq!(
-        first, second,
-        "the backend kept writing to a client that reads nothing"
-    );
+    // The backend writes until the buffers between it and the client are full, then waits:
+    // what it wrote stops growing (a busy machine may take a while to get there).
+    let mut last = 0;
+    let mut steady = 0;
+    let started = tokio::time::Instant::now();
+    let second = loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = backend.spewed.load(Ordering::SeqCst);
+        steady = if now == last && now > 0 { steady + 1 } else { 0 };
+        last = now;
+        if steady == 3 {
+            break now;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the backend kept writing to a client that reads nothing ({now} bytes)"
+        );
+    };
     // Socket buffers plus a few bounded queues, not the gigabytes it would write.
     assert!(second < 64 * 1024 * 1024, "{second} bytes buffered");
     drop(client);
@@ -288,17 +297,7 @@ async fn spdy_client_with_flow_control_gets_no_more_than_its_window() {
         .await;
     let (_, _, stdout, _) = open_exec_streams(&mut client, false).await;
     let mut received = 0usize;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-    while let Ok(Some(frame)) = tokio::time::timeout_at(deadline, client.next()).await {
-        if let Frame::Data {
-            stream_id, data, ..
-        } = frame
-        {
-            if stream_id == stdout {
-                received += data.len();
-            }
-        }
-    }
+    stdout_until(&mut client, stdout, &mut received, 65536).await;
     assert_eq!(received, 65536);
     client
         .send(Frame::WindowUpdate {
@@ -312,16 +311,26 @@ async fn spdy_client_with_flow_control_gets_no_more_than_its_window() {
             delta: 1000,
         })
         .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
-    while let Ok(Some(frame)) = tokio::time::timeout_at(deadline, client.next()).await {
-        if let Frame::Data {
-            stream_id, data, ..
-        } = frame
-        {
-            if stream_id == stdout {
-                received += data.len();
-            }
+    stdout_until(&mut client, stdout, &mut received, 65536 + 1000).await;
+    assert_eq!(received, 65536 + 1000);
+}
+
+/// Counts the stdout bytes that arrive until `target` did (at most 30 s), then for half a
+/// second more: a server that overran the window would have sent more by then.
+async fn stdout_until(client: &mut SpdyClient, stdout: u32, received: &mut usize, target: usize) {
+    let mut deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut settling = false;
+    loop {
+        match tokio::time::timeout_at(deadline, client.next()).await {
+            Ok(Some(Frame::Data {
+                stream_id, data, ..
+            })) if stream_id == stdout => *received += data.len(),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+        if !settling && *received >= target {
+            settling = true;
+            deadline = tokio::time::Instant::now() + Duration::from_millis(500);
         }
     }
-    assert_eq!(received, 65536 + 1000);
 }

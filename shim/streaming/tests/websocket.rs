@@ -92,7 +92,8 @@ async fn websocket_base64_exec_round_trips() {
 #[tokio::test]
 async fn unknown_reused_and_expired_tokens_get_404() {
     let config = Config {
-        token_ttl: Duration::from_millis(200),
+        // Long enough for the requests below on a busy machine; the expiry waits it out.
+        token_ttl: Duration::from_secs(3),
         ..Config::default()
     };
     let (urls, _backend, _server) = common::start(config).await;
@@ -112,7 +113,7 @@ async fn unknown_reused_and_expired_tokens_get_404() {
     assert_eq!(status, 404);
 
     let url = urls.url_for(exec(&["cat"], false)).unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(3300)).await;
     let (status, _, _) = common::http_get(&url, &[]).await;
     assert_eq!(status, 404);
 

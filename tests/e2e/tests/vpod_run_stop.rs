@@ -74,14 +74,15 @@ fn top() {
     // once, as under runc: not at the SIGKILL after the grace period.
     let (done, took) = stop_when_ready(&[
         "--stop-timeout",
-        "20",
+        "120",
         "--",
         "sh",
         "-c",
         "echo ready; top -b -d 1",
     ]);
     assert_eq!(done.code(), Some(143), "{}", done.explain());
-    assert!(took < Duration::from_secs(10), "{took:?}");
+    // Half the grace period: room for a busy emulated host, far from the SIGKILL.
+    assert!(took < Duration::from_secs(60), "{took:?}");
 }
 
 fn no_signal_ignored() {
@@ -109,8 +110,9 @@ fn vm_dies() {
     let done = vpod.wait(Duration::from_secs(120));
     let took = killed.elapsed();
     assert_eq!(done.code(), Some(125), "{}", done.explain());
+    // Well before its 1000 s sleep would end.
     assert!(
-        took < Duration::from_secs(10),
+        took < Duration::from_secs(60),
         "vpod took {took:?} to notice\n{}",
         done.explain()
     );

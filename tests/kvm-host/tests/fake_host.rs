@@ -18,6 +18,7 @@ case "$FAKE_MODE" in
   silent) echo "vpod-kvm-host: ready" > "$console"; exec sleep 600 ;;
   busy)
     echo "vpod-kvm-host: ready" > "$console"
+    [ -n "$FAKE_STATE" ] && touch "$FAKE_STATE"
     while :; do echo "vpod-kvm-host: heartbeat" >> "$console"; sleep 0.2; done ;;
   crash) echo "[ 1.0] oops" > "$console"; echo "qemu: fatal" >&2; exit 1 ;;
   init-error) echo "vpod-kvm-host: error: cannot mount the io share" > "$console"; exit 0 ;;
@@ -212,22 +213,33 @@ fn no_temporary_directories_are_left_behind() {
 #[test]
 fn sigterm_stops_the_host_and_cleans_up() {
     let fake = Fake::new("sigterm");
+    let running = fake.dir.join("running");
     let child = Command::new(env!("CARGO_BIN_EXE_vpod-kvm-host"))
         .args(["--", "sleep", "100"])
         .env("VPOD_KVM_HOST_QEMU", fake.dir.join("qemu"))
         .env("VPOD_KVM_HOST_PREPARE", fake.dir.join("prepare"))
         .env("VPOD_KVM_HOST_SHARE", "")
         .env("FAKE_MODE", "busy")
+        .env("FAKE_STATE", &running)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let pid = child.id();
-    std::thread::sleep(Duration::from_millis(700));
+    // The runner handles signals from before it starts QEMU: wait until the host runs.
+    let waiting = Instant::now();
+    while !running.exists() {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(60),
+            "the fake host never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // SAFETY: signalling our own child by its PID.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
     let started = Instant::now();
     let out = child.wait_with_output().unwrap();
-    assert!(started.elapsed() < Duration::from_secs(3));
+    // Well before the 100 s job would end (a hang guard, not a speed check).
+    assert!(started.elapsed() < Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(130));
     assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
     let prefix = format!("vpod-kvm-host.{pid}.");

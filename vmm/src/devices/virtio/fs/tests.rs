@@ -109,7 +109,13 @@ fn with_backend<T>(
     result
 }
 
+/// Connects with a timeout a backend that answers never comes near, even on a busy machine.
 fn connect(path: &Path) -> Result<FsDevice, FsError> {
+    FsDevice::with_timeout(&share(path), Duration::from_secs(30))
+}
+
+/// Connects with a short timeout, for a backend that never answers.
+fn connect_impatiently(path: &Path) -> Result<FsDevice, FsError> {
     FsDevice::with_timeout(&share(path), Duration::from_millis(300))
 }
 
@@ -143,9 +149,9 @@ fn a_backend_that_never_answers_is_given_up_on_after_the_timeout() {
         },
         |path| {
             let started = Instant::now();
-            let error = connect(path).err().expect("refused");
+            let error = connect_impatiently(path).err().expect("refused");
             assert!(
-                started.elapsed() < Duration::from_secs(5),
+                started.elapsed() < Duration::from_secs(10),
                 "{:?}",
                 started.elapsed()
             );
@@ -282,7 +288,8 @@ fn a_backend_that_dies_after_negotiating_fails_activation_not_the_vmm() {
                 queues,
             );
             assert!(matches!(again, Err(ActivateError::Backend(_))));
-            assert!(started.elapsed() < Duration::from_millis(100));
+            // At once: well inside the 30 s a backend request could wait.
+            assert!(started.elapsed() < Duration::from_secs(10));
             device.reset();
         },
     );
