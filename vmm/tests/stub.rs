@@ -208,7 +208,10 @@ fn idle_stub_runs_until_sigterm_then_exits_143() {
         elapsed >= Duration::from_millis(700),
         "exited before the signal"
     );
-    assert!(elapsed < Duration::from_secs(15), "took {elapsed:?} to stop");
+    assert!(
+        elapsed < Duration::from_secs(15),
+        "took {elapsed:?} to stop"
+    );
 }
 
 #[test]

@@ -265,7 +265,11 @@ async fn spdy_client_that_never_reads_blocks_the_backend_not_our_memory() {
     let second = loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let now = backend.spewed.load(Ordering::SeqCst);
-        steady = if now == last && now > 0 { steady + 1 } else { 0 };
+        steady = if now == last && now > 0 {
+            steady + 1
+        } else {
+            0
+        };
         last = now;
         if steady == 3 {
             break now;
