@@ -15,7 +15,8 @@
 //!   is the pod's writable virtio-blk disk;
 //! - `vpod-emptydir`: the container's volume `/empty`, a directory shaped as the kubelet's
 //!   plain emptyDir (outside /tmp, which is a tmpfs in the emulated host: a memory
-//!   emptyDir), which vpod-cri keeps on a disk of its own (an ext4 image in the directory);
+//!   emptyDir), which vpod-cri keeps on a disk of its own (an ext4 image in the directory;
+//!   `[pod] empty_dir_disks = true`);
 //! - `runc`: `runc run` of the same script on the default image's root filesystem (from
 //!   `vpod-bench prepare`) with a host directory bound at `/vol`.
 //!
@@ -215,7 +216,13 @@ pub fn volume_io(repo: &Path, bench: &VolumeIoBench) -> Result<Vec<Row>> {
     let removed = RemoveOnDrop(kubelet);
     // The writable disk holds the file and the small files with room to spare.
     let disk_mib = (bench.mib * 2).max(256) + 256;
-    let daemon = Daemon::start_configured(repo, &scratch.dir, bench.pod_mib, disk_mib, "")?;
+    let daemon = Daemon::start_configured(
+        repo,
+        &scratch.dir,
+        bench.pod_mib,
+        disk_mib,
+        "empty_dir_disks = true\n",
+    )?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

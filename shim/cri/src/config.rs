@@ -21,7 +21,7 @@
 //! volumes = true              # each pod gets a shared directory (a virtiofsd) for mounts
 //! virtiofsd = "/usr/lib/qemu/virtiofsd"
 //! ksm = false                 # guest RAM offered to KSM (trusted tenants only; volumes = false)
-//! empty_dir_disks = true      # plain emptyDirs on disks of their own (an image in the dir)
+//! empty_dir_disks = false     # plain emptyDirs on disks of their own (an image in the dir)
 //! empty_dir_disk_mib = 10240  # each such disk's size (sparse: it costs what is stored)
 //!
 //! [network]
@@ -224,8 +224,10 @@ pub struct PodSizing {
     /// Keep each plain emptyDir (medium "", not a tmpfs) on a disk of its own: a sparse
     /// ext4 image in the emptyDir's host directory, mounted in the guest. Small-file work
     /// is many times faster than through the share, and the kubelet's `du` of the
-    /// directory still counts what the pod stores; the host no longer sees the files.
-    /// Off: emptyDirs go through the share like every other directory.
+    /// directory still counts what the pod stores; the host no longer sees the files. Off
+    /// by default: the kubelet prepares a `subPath` of an emptyDir on the host directory,
+    /// which such a volume no longer uses, so a container asking for one after the disk
+    /// was made is refused. Off: emptyDirs go through the share like every other directory.
     pub empty_dir_disks: bool,
     /// The size of each emptyDir's disk (sparse, so an upper bound, not a cost).
     pub empty_dir_disk_mib: u64,
@@ -247,7 +249,7 @@ impl Default for PodSizing {
             volumes: true,
             virtiofsd: None,
             ksm: false,
-            empty_dir_disks: true,
+            empty_dir_disks: false,
             empty_dir_disk_mib: 10 * 1024,
         }
     }
@@ -380,6 +382,19 @@ mod tests {
     #[test]
     fn an_empty_file_gives_the_defaults() {
         assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn empty_dir_disks_are_off_by_default_and_sized_sensibly() {
+        let c = Config::default();
+        assert!(!c.pod.empty_dir_disks);
+        assert_eq!(c.pod.empty_dir_disk_mib, 10 * 1024);
+        let c = Config::parse("[pod]\nempty_dir_disks = true\n").unwrap();
+        assert!(c.pod.empty_dir_disks);
+        let error = Config::parse("[pod]\nempty_dir_disks = true\nempty_dir_disk_mib = 8\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("empty_dir_disk_mib"), "{error}");
     }
 
     #[test]

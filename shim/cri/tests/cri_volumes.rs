@@ -588,7 +588,7 @@ fn a_plain_empty_dir_lives_on_a_disk_of_its_own_inside_its_host_directory() {
             // The default image has two layers: one slot is left for a volume disk.
             let mut daemon = Daemon::start_with_config(
                 "emptydir",
-                "layer_slots = 3\nempty_dir_disk_mib = 256\n",
+                "layer_slots = 3\nempty_dir_disks = true\nempty_dir_disk_mib = 256\n",
             );
             let mut c = daemon.connect().await;
             let image = pull(&mut c, &default_image()).await;
@@ -635,6 +635,22 @@ fn a_plain_empty_dir_lives_on_a_disk_of_its_own_inside_its_host_directory() {
                 "the host directory holds the image"
             );
             assert_eq!(std::fs::metadata(&image_file).unwrap().len(), 256 << 20);
+
+            // A subPath of it, which the kubelet prepares on the host directory, cannot
+            // be given: refused, naming the setting.
+            let sub_path = kubelet.join("pods/uid-1/volume-subpaths/cache/sub/0");
+            std::fs::create_dir_all(&sub_path).unwrap();
+            let mut sub = container_config("sub", &image, &["sleep", "3600"]);
+            sub.mounts = vec![mount("/etc/app", &sub_path, false)];
+            let refused = create_container(&mut c, &pod_id, &pod, sub)
+                .await
+                .unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+            assert!(
+                refused.message().contains("empty_dir_disks"),
+                "{}",
+                refused.message()
+            );
 
             // One container writes, the other reads; the read-only one cannot write.
             let (out, err, code) = sh(

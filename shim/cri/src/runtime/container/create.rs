@@ -143,7 +143,7 @@ impl Runtime {
         // volume it asked for: refuse what cannot be copied into the VM (directories)
         // before anything is made.
         let (dir_disks, mounts) = if self.config.pod.empty_dir_disks {
-            empty_dir::split_mounts(&settings.mounts, self.config.pod.empty_dir_disk_mib << 20)
+            empty_dir::split_mounts(&settings.mounts, self.config.pod.empty_dir_disk_mib << 20)?
         } else {
             (Vec::new(), settings.mounts.clone())
         };

@@ -9,8 +9,10 @@
 
 use std::path::Path;
 
+use vpod_sandbox::dir_disk::IMAGE_NAME;
 use vpod_sandbox::DirDisk;
 
+use crate::runtime::RuntimeError;
 use crate::state::MountRecord;
 
 /// The kubelet's directory of a pod's emptyDirs (its volume plugin's escaped name).
@@ -47,11 +49,47 @@ pub fn is_plain_empty_dir(host_path: &str) -> bool {
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
 
-/// Splits `mounts` into the plain emptyDirs, as disks of `size_bytes`, and the rest.
-pub fn split_mounts(mounts: &[MountRecord], size_bytes: u64) -> (Vec<DirDisk>, Vec<MountRecord>) {
+/// The emptyDir whose `subPath` `host_path` is (`<pods>/<uid>/volume-subpaths/<name>/...`)
+/// if that emptyDir is on a disk of its own.
+fn sub_path_of_disk_backed(host_path: &str) -> Option<std::path::PathBuf> {
+    let path = Path::new(host_path);
+    let volume = path.parent()?.parent()?;
+    let subpaths = volume.parent()?;
+    if subpaths.file_name()? != "volume-subpaths" {
+        return None;
+    }
+    let empty_dir = subpaths
+        .parent()?
+        .join("volumes")
+        .join(EMPTY_DIR_PLUGIN_DIR)
+        .join(volume.file_name()?);
+    std::fs::symlink_metadata(empty_dir.join(IMAGE_NAME))
+        .is_ok()
+        .then_some(empty_dir)
+}
+
+/// Splits `mounts` into the plain emptyDirs, as disks of `size_bytes`, and the rest;
+/// refuses a subPath of an emptyDir already on a disk.
+pub fn split_mounts(
+    mounts: &[MountRecord],
+    size_bytes: u64,
+) -> Result<(Vec<DirDisk>, Vec<MountRecord>), RuntimeError> {
     let mut disks = Vec::new();
     let mut rest = Vec::new();
-    for mount in mounts {
+    for (i, mount) in mounts.iter().enumerate() {
+        if let Some(empty_dir) = sub_path_of_disk_backed(&mount.host_path) {
+            return Err(RuntimeError::invalid(
+                format!("config.mounts[{i}]"),
+                format!(
+                    "the mount at {} is a subPath of the emptyDir {}, which is on a disk of \
+                     its own ([pod] empty_dir_disks = true): the kubelet prepared the subPath \
+                     on the host directory, which does not hold that volume's files; turn \
+                     empty_dir_disks off for pods that use subPaths of emptyDirs",
+                    mount.container_path,
+                    empty_dir.display()
+                ),
+            ));
+        }
         if is_plain_empty_dir(&mount.host_path) {
             disks.push(DirDisk {
                 host_dir: mount.host_path.clone().into(),
@@ -63,7 +101,7 @@ pub fn split_mounts(mounts: &[MountRecord], size_bytes: u64) -> (Vec<DirDisk>, V
             rest.push(mount.clone());
         }
     }
-    (disks, rest)
+    Ok((disks, rest))
 }
 
 #[cfg(test)]
@@ -103,7 +141,7 @@ mod tests {
             mount(&link, "/link"),
             mount(&missing, "/missing"),
         ];
-        let (disks, rest) = split_mounts(&mounts, 1 << 30);
+        let (disks, rest) = split_mounts(&mounts, 1 << 30).unwrap();
         assert_eq!(
             disks,
             vec![DirDisk {
@@ -115,6 +153,27 @@ mod tests {
         );
         assert_eq!(rest.len(), 5);
         assert!(rest.iter().all(|m| m.container_path != "/cache"));
+    }
+
+    #[test]
+    fn a_sub_path_of_an_empty_dir_on_a_disk_is_refused() {
+        let root = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let pod = root.path().join("pods/uid-1");
+        let cache = pod.join("volumes/kubernetes.io~empty-dir/cache");
+        std::fs::create_dir_all(&cache).unwrap();
+        let sub = pod.join("volume-subpaths/cache/app/0");
+        std::fs::create_dir_all(&sub).unwrap();
+        let mounts = [mount(&sub, "/etc/app.conf")];
+        // Before the disk exists the subPath is an ordinary mount (through the share).
+        let (disks, rest) = split_mounts(&mounts, 1 << 30).unwrap();
+        assert!(disks.is_empty());
+        assert_eq!(rest.len(), 1);
+        std::fs::write(cache.join(IMAGE_NAME), b"").unwrap();
+        let error = split_mounts(&mounts, 1 << 30).unwrap_err().to_string();
+        assert!(
+            error.contains("config.mounts[0]") && error.contains("empty_dir_disks"),
+            "{error}"
+        );
     }
 
     #[test]
