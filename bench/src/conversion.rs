@@ -154,7 +154,13 @@ fn run(cmd: &mut Command) -> Result<()> {
 
 /// Imports the layout at `layout` into a new store at `store_dir`; returns the seconds.
 fn timed_import(store_dir: &Path, layout: &Path, converter: LayerConverter) -> Result<f64> {
-    let store = LayerStore::open_with(store_dir, LayerStoreOptions { converter })?;
+    let store = LayerStore::open_with(
+        store_dir,
+        LayerStoreOptions {
+            converter,
+            ..Default::default()
+        },
+    )?;
     settle();
     let started = Instant::now();
     let image = store.import_oci_layout(&reference(layout))?;

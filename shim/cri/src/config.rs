@@ -34,6 +34,8 @@
 //! insecure_registries = ["registry.lan:5000"]   # plain HTTP (loopback needs no entry)
 //! extra_ca_files = ["/etc/vpod/registry-ca.pem"]
 //! max_concurrent_downloads = 3            # layers of one pull fetched and converted at once
+//! max_layer_entries = 500000              # a layer with more tar entries is refused
+//! max_layer_mib = 65536                   # a layer whose uncompressed tar is larger is refused
 //!
 //! [streaming]
 //! address = "127.0.0.1:0"                 # Exec/Attach/PortForward URLs; port 0: a free one
@@ -185,6 +187,12 @@ pub struct RegistryConfig {
     /// Layers of one pull fetched and converted (as they stream) at the same time; absent:
     /// the image crate's default (3).
     pub max_concurrent_downloads: Option<usize>,
+    /// A layer with more tar entries is refused; absent: the image crate's default
+    /// (500,000). The converter keeps each entry's metadata in memory until the end.
+    pub max_layer_entries: Option<u64>,
+    /// A layer whose uncompressed tar is larger is refused (a decompression bomb stops
+    /// there); absent: the image crate's default (64 GiB).
+    pub max_layer_mib: Option<u64>,
 }
 
 /// How pod VMs are sized (see [`crate::sizing`]).

@@ -13,6 +13,7 @@ pub mod runtime_spec;
 pub mod store;
 
 pub use digest::{DiffId, Digest};
+pub use layer::extract::LayerLimits;
 pub use store::{
     ImageConfig, ImageLayer, ImportedImage, LayerConverter, LayerRecord, LayerStore,
     LayerStoreError, LayerStoreOptions,

@@ -377,3 +377,131 @@ fn diff_id_of_another_algorithm_is_refused() {
         fixture.assert_nothing_written();
     }
 }
+
+/// A store in `fixture`'s directory with `limits`, beside the fixture's own.
+fn store_with(fixture: &Fixture, limits: vpod_image::LayerLimits) -> vpod_image::LayerStore {
+    vpod_image::LayerStore::open_with(
+        fixture.temp.path().join("limited-store"),
+        vpod_image::LayerStoreOptions {
+            limits,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+/// The files a store left under its `tmp`, and the largest of them.
+fn leftovers(store: &vpod_image::LayerStore) -> Vec<(String, u64)> {
+    let tmp = store.root().join("tmp");
+    fs::read_dir(&tmp)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| {
+                    let size = e.metadata().map(|m| m.len()).unwrap_or(0);
+                    (e.file_name().to_string_lossy().into_owned(), size)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_decompression_bomb_stops_at_the_store_s_byte_limit() {
+    let fixture = Fixture::new();
+    // 64 MiB of zeros in one file: about 64 KiB of gzip.
+    let tar = LayerTar::new()
+        .file("bomb", &"\0".repeat(64 << 20))
+        .finish();
+    let (_, _) = write_layout(
+        &fixture.layout_dir("bomb"),
+        &[(tar, LayerCompression::Gzip)],
+        "t",
+    );
+    let store = store_with(
+        &fixture,
+        vpod_image::LayerLimits {
+            max_tar_bytes: 4 << 20,
+            ..Default::default()
+        },
+    );
+    let error = store
+        .import_oci_layout(&fixture.reference("bomb", "t"))
+        .expect_err("past the limit");
+    let chain = vpod_proto::error_chain(&error);
+    assert!(
+        chain.contains("larger than 4194304 bytes, the store's limit"),
+        "{chain}"
+    );
+    assert_eq!(leftovers(&store), Vec::new());
+    assert_eq!(common::dir_entries(&fixture.canary()), Vec::<String>::new());
+    // The same image fits a store with the default limits.
+    store_with(&fixture, Default::default())
+        .import_oci_layout(&fixture.reference("bomb", "t"))
+        .expect("within the default limit");
+}
+
+#[test]
+fn a_layer_with_more_entries_than_the_limit_is_refused_for_both_converters() {
+    let fixture = Fixture::new();
+    let mut tar = LayerTar::new();
+    for i in 0..1001 {
+        tar = tar.file(&format!("f{i}"), "x");
+    }
+    write_layout(
+        &fixture.layout_dir("many"),
+        &[(tar.finish(), LayerCompression::Gzip)],
+        "t",
+    );
+    let limits = vpod_image::LayerLimits {
+        max_entries: 1000,
+        ..Default::default()
+    };
+    let staged = vpod_image::LayerStore::open_with(
+        fixture.temp.path().join("staged-store"),
+        vpod_image::LayerStoreOptions {
+            converter: vpod_image::LayerConverter::StagedMkfs(Default::default()),
+            limits,
+        },
+    )
+    .unwrap();
+    for store in [store_with(&fixture, limits), staged] {
+        let error = store
+            .import_oci_layout(&fixture.reference("many", "t"))
+            .expect_err("too many entries");
+        assert!(
+            matches!(
+                &error,
+                LayerStoreError::Extract {
+                    source: ExtractError::TooManyEntries(1000),
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert_eq!(leftovers(&store), Vec::new());
+    }
+}
+
+#[test]
+fn an_absurd_entry_size_without_data_is_refused_and_leaves_nothing() {
+    let fixture = Fixture::new();
+    // A header claiming 2^40 bytes followed by a few: the converter must not write a huge
+    // file or wait for the data.
+    let mut header = tar::Header::new_gnu();
+    header.set_path("huge").unwrap();
+    header.set_size(1 << 40);
+    header.set_mode(0o644);
+    header.set_cksum();
+    let mut tar = header.as_bytes().to_vec();
+    tar.extend_from_slice(&[7u8; 4096]);
+    let error = import_single_layer(&fixture, tar).expect_err("a truncated entry");
+    let chain = vpod_proto::error_chain(&error);
+    assert!(chain.contains("could not"), "{chain}");
+    let big: Vec<_> = leftovers(&fixture.store)
+        .into_iter()
+        .filter(|(_, size)| *size > (1 << 20))
+        .collect();
+    assert_eq!(big, Vec::new());
+    fixture.assert_nothing_written();
+}

@@ -412,6 +412,7 @@ fn whiteouts_convert_in_a_store_on_overlayfs() {
         overlay.path().join("staged-store"),
         vpod_image::LayerStoreOptions {
             converter: vpod_image::LayerConverter::StagedMkfs(Default::default()),
+            ..Default::default()
         },
     )
     .unwrap();

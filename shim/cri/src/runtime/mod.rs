@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use tokio::sync::RwLock;
 use vpod_image::registry::RegistryOptions;
-use vpod_image::{LayerStore, LayerStoreError};
+use vpod_image::{LayerLimits, LayerStore, LayerStoreError, LayerStoreOptions};
 pub use vpod_proto::error_chain;
 use vpod_sandbox::{Sandbox, SandboxError};
 
@@ -173,7 +173,27 @@ impl Runtime {
         let root =
             std::path::absolute(&config.root).map_err(RuntimeError::io("resolve", &config.root))?;
         std::fs::create_dir_all(&root).map_err(RuntimeError::io("create", &root))?;
-        let store = LayerStore::open(&root).map_err(RuntimeError::LayerStore)?;
+        let default_limits = LayerLimits::default();
+        let limits = LayerLimits {
+            max_entries: config
+                .registry
+                .max_layer_entries
+                .unwrap_or(default_limits.max_entries),
+            max_tar_bytes: config
+                .registry
+                .max_layer_mib
+                .map_or(default_limits.max_tar_bytes, |mib| {
+                    mib.saturating_mul(1 << 20)
+                }),
+        };
+        let store = LayerStore::open_with(
+            &root,
+            LayerStoreOptions {
+                limits,
+                ..Default::default()
+            },
+        )
+        .map_err(RuntimeError::LayerStore)?;
         let defaults = RegistryOptions::default();
         let options = RegistryOptions {
             insecure_registries: config.registry.insecure_registries.clone(),

@@ -5,6 +5,7 @@
 //! calls [`crate::runtime::Runtime`], converts the answer back and maps the error with
 //! [`status`], the one error-to-status map; `common` holds what several verbs share.
 
+mod bounds;
 mod common;
 mod container;
 mod image;
@@ -126,10 +127,14 @@ where
     IO::ConnectInfo: Clone + Send + Sync + 'static,
 {
     tonic::transport::Server::builder()
-        .add_service(RuntimeServiceServer::new(RuntimeServer::new(
-            runtime.clone(),
-        )))
-        .add_service(ImageServiceServer::new(ImageServer::new(runtime)))
+        .add_service(
+            RuntimeServiceServer::new(RuntimeServer::new(runtime.clone()))
+                .max_decoding_message_size(bounds::MAX_REQUEST_BYTES),
+        )
+        .add_service(
+            ImageServiceServer::new(ImageServer::new(runtime))
+                .max_decoding_message_size(bounds::MAX_REQUEST_BYTES),
+        )
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(ServerError::Serve)

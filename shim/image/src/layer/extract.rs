@@ -33,8 +33,30 @@ use serde::{Deserialize, Serialize};
 
 use crate::layer::tar_path::{LayerPath, TarPathError};
 
-/// Layers with more entries than this are refused.
-pub const MAX_ENTRIES_PER_LAYER: u64 = 2_000_000;
+/// Layers with more entries than this are refused unless the store is told otherwise
+/// ([`LayerLimits`]): the converter keeps each entry's metadata in memory until the end.
+pub const MAX_ENTRIES_PER_LAYER: u64 = 500_000;
+/// Layers whose uncompressed tar is larger than this are refused unless the store is told
+/// otherwise: what a small compressed blob can expand to is bounded by it, on disk too.
+pub const MAX_TAR_BYTES_PER_LAYER: u64 = 64 << 30;
+
+/// What one layer may cost the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerLimits {
+    /// Tar entries (files, directories, links, whiteouts).
+    pub max_entries: u64,
+    /// Bytes of the uncompressed tar stream, headers and padding included.
+    pub max_tar_bytes: u64,
+}
+
+impl Default for LayerLimits {
+    fn default() -> LayerLimits {
+        LayerLimits {
+            max_entries: MAX_ENTRIES_PER_LAYER,
+            max_tar_bytes: MAX_TAR_BYTES_PER_LAYER,
+        }
+    }
+}
 
 pub(crate) const WHITEOUT_PREFIX: &[u8] = b".wh.";
 pub(crate) const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
@@ -68,8 +90,8 @@ pub enum ExtractError {
     UnsupportedEntryType { entry: String, kind: u8 },
     #[error("tar entry {entry} is the layer root but is not a directory")]
     RootNotDirectory { entry: String },
-    #[error("the layer has more than {MAX_ENTRIES_PER_LAYER} entries")]
-    TooManyEntries,
+    #[error("the layer has more than {0} entries, the store's limit")]
+    TooManyEntries(u64),
     #[error("could not {operation} for tar entry {entry}; converting layers needs root (CAP_CHOWN, CAP_MKNOD, CAP_SYS_ADMIN for trusted.* xattrs)")]
     NeedsPrivilege {
         entry: String,
@@ -142,6 +164,7 @@ pub struct LayerExtractor {
     non_directories: HashSet<LayerPath>,
     directories: BTreeMap<LayerPath, DirectoryMetadata>,
     copy_buffer: Vec<u8>,
+    max_entries: u64,
 }
 
 impl LayerExtractor {
@@ -160,7 +183,14 @@ impl LayerExtractor {
             non_directories: HashSet::new(),
             directories: BTreeMap::new(),
             copy_buffer: vec![0; 256 * 1024],
+            max_entries: MAX_ENTRIES_PER_LAYER,
         })
+    }
+
+    /// Refuses a layer with more than `max_entries` entries.
+    pub fn with_max_entries(mut self, max_entries: u64) -> LayerExtractor {
+        self.max_entries = max_entries;
+        self
     }
 
     /// Extracts every entry of `archive`, then applies directory metadata. The archive's
@@ -172,8 +202,8 @@ impl LayerExtractor {
         for entry in archive.entries().map_err(ExtractError::ReadArchive)? {
             let entry = entry.map_err(ExtractError::ReadArchive)?;
             self.stats.entries += 1;
-            if self.stats.entries > MAX_ENTRIES_PER_LAYER {
-                return Err(ExtractError::TooManyEntries);
+            if self.stats.entries > self.max_entries {
+                return Err(ExtractError::TooManyEntries(self.max_entries));
             }
             self.extract_entry(entry)?;
         }

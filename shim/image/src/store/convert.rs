@@ -113,9 +113,13 @@ impl LayerStore {
             let (decompressed, _) =
                 open_decompressed(descriptor.media_type.as_ref(), &mut compressed)
                     .map_err(|source| LayerStoreError::Decompress { digest, source })?;
-            HashingReader::new(decompressed)
-                .finish()
-                .map_err(|source| LayerStoreError::ReadLayer { digest, source })
+            HashingReader::new(Bounded {
+                inner: decompressed,
+                left: self.options.limits.max_tar_bytes,
+                limit: self.options.limits.max_tar_bytes,
+            })
+            .finish()
+            .map_err(|source| LayerStoreError::ReadLayer { digest, source })
         })();
         check_blob_digest(&mut compressed, descriptor)?;
         let (actual, tar_size) = hashed?;
@@ -163,16 +167,18 @@ impl LayerStore {
                 open_decompressed(descriptor.media_type.as_ref(), &mut compressed)
                     .map_err(|source| LayerStoreError::Decompress { digest, source })?;
             // An uncompressed blob is the tar: its digest is the diffID, hashed once.
-            let tar_stream = if compression == DetectedCompression::None {
-                TarStream::Counted(decompressed, 0)
-            } else {
-                TarStream::Hashed(HashingReader::new(decompressed))
-            };
+            let limits = self.options.limits;
+            let tar_stream = TarStream::new(
+                decompressed,
+                compression != DetectedCompression::None,
+                limits.max_tar_bytes,
+            );
             let mut archive = tar::Archive::new(tar_stream);
             match &self.options.converter {
                 LayerConverter::Writer => {
                     let mut writer = ErofsLayerWriter::create(&image_temp.path)
-                        .map_err(|source| LayerStoreError::Extract { digest, source })?;
+                        .map_err(|source| LayerStoreError::Extract { digest, source })?
+                        .with_max_entries(limits.max_entries);
                     writer
                         .add_entries(&mut archive)
                         .map_err(|source| LayerStoreError::Extract { digest, source })?;
@@ -194,7 +200,11 @@ impl LayerStore {
                     let staging = TempDirGuard::create(staging_path.clone())
                         .map_err(LayerStoreError::io("create", &staging_path))?;
                     let stats = LayerExtractor::new(staging.path())
-                        .and_then(|extractor| extractor.extract_all(&mut archive))
+                        .and_then(|extractor| {
+                            extractor
+                                .with_max_entries(limits.max_entries)
+                                .extract_all(&mut archive)
+                        })
                         .map_err(|source| LayerStoreError::Extract { digest, source })?;
                     // The diffID covers the whole stream, end-of-archive blocks and padding
                     // included.
@@ -268,8 +278,24 @@ impl LayerStore {
 /// The decompressed tar stream, hashed for its diffID, or only counted where the blob is
 /// the tar itself.
 enum TarStream<R> {
-    Hashed(HashingReader<R>),
-    Counted(R, u64),
+    Hashed(HashingReader<Bounded<R>>),
+    Counted(Bounded<R>, u64),
+}
+
+impl<R: Read> TarStream<R> {
+    /// `decompressed`, hashed unless the blob is the tar itself, refused past `max_bytes`.
+    fn new(decompressed: R, hashed: bool, max_bytes: u64) -> TarStream<R> {
+        let bounded = Bounded {
+            inner: decompressed,
+            left: max_bytes,
+            limit: max_bytes,
+        };
+        if hashed {
+            TarStream::Hashed(HashingReader::new(bounded))
+        } else {
+            TarStream::Counted(bounded, 0)
+        }
+    }
 }
 
 impl<R: Read> Read for TarStream<R> {
@@ -286,8 +312,8 @@ impl<R: Read> Read for TarStream<R> {
 }
 
 impl<R: Read> TarStream<R> {
-    /// Reads the rest of the stream; returns its digest (`None` where only counted) and
-    /// its size.
+    /// Reads the rest of the stream (within the limit); returns its digest (`None` where
+    /// only counted) and its size.
     fn finish(self) -> io::Result<(Option<DiffId>, u64)> {
         match self {
             TarStream::Hashed(reader) => reader.finish().map(|(d, n)| (Some(d), n)),
@@ -296,6 +322,39 @@ impl<R: Read> TarStream<R> {
                 Ok((None, count + rest))
             }
         }
+    }
+}
+
+/// A decompressed stream that fails once it passes `limit` bytes: a small blob that would
+/// expand without end (a decompression bomb, or endless data after the tar) stops there.
+struct Bounded<R> {
+    inner: R,
+    left: u64,
+    limit: u64,
+}
+
+/// The error a [`Bounded`] stream gives past its limit.
+#[derive(Debug, thiserror::Error)]
+#[error("the layer's uncompressed tar is larger than {limit} bytes, the store's limit")]
+pub struct TarTooLarge {
+    pub limit: u64,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        // One byte more than is left tells "exactly at the limit" from "past it".
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left.saturating_add(1)).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        if n as u64 > self.left {
+            return Err(io::Error::other(TarTooLarge { limit: self.limit }));
+        }
+        self.left -= n as u64;
+        Ok(n)
     }
 }
 

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::digest::{DiffId, Digest};
 use crate::layer::decompress::DecompressError;
 use crate::layer::erofs::{ErofsBuilder, ErofsError};
-use crate::layer::extract::{ExtractError, ExtractStats};
+use crate::layer::extract::{ExtractError, ExtractStats, LayerLimits};
 use crate::oci::layout::OciLayoutError;
 
 pub use import::{ImageConfig, ImageLayer, ImportedImage};
@@ -116,6 +116,8 @@ pub struct LayerRecord {
 #[derive(Debug, Clone, Default)]
 pub struct LayerStoreOptions {
     pub converter: LayerConverter,
+    /// What one layer may cost: entries and uncompressed bytes.
+    pub limits: LayerLimits,
 }
 
 /// How a layer tar becomes an EROFS image.

@@ -10,6 +10,7 @@ use vpod_sandbox::block_volume::{check_host_path, BlockVolume};
 
 use super::limits;
 use crate::runtime::{seccomp, CreateContainer, Runtime, RuntimeError, SeccompChoice};
+use crate::server::bounds;
 use crate::server::common::{detached, missing, refuse_host_namespaces};
 use crate::server::status;
 use crate::state::{ContainerSettings, MountRecord};
@@ -105,6 +106,12 @@ fn create_container_request(
         }
         env.push(format!("{}={}", kv.key, kv.value));
     }
+    bounds::check_process(&[
+        ("config.command", &config.command),
+        ("config.args", &config.args),
+        ("config.envs", &env),
+    ])?;
+    bounds::check_mount_count(config.mounts.len())?;
     let mut mounts = Vec::new();
     for (i, mount) in config.mounts.iter().enumerate() {
         if !mount.container_path.starts_with('/') {
@@ -133,6 +140,7 @@ fn create_container_request(
         });
     }
     let linux = config.linux.unwrap_or_default();
+    bounds::check_resources(linux.resources.as_ref(), "config.linux.resources")?;
     let limits = linux.resources.as_ref().map(limits).unwrap_or_default();
     let security = linux.security_context.unwrap_or_default();
     let capabilities = security.capabilities.clone().unwrap_or_default();

@@ -8,6 +8,7 @@ use vpod_proto::cri;
 
 use super::limits;
 use crate::runtime::Runtime;
+use crate::server::bounds;
 use crate::server::common::required;
 use crate::server::status;
 
@@ -20,6 +21,7 @@ pub(in crate::server) async fn update_container_resources(
     let linux = request.linux.ok_or_else(|| {
         Status::invalid_argument("linux: is required (only Linux resources apply)")
     })?;
+    bounds::check_resources(Some(&linux), "linux").map_err(status)?;
     runtime
         .update_container_resources(&id, limits(&linux))
         .await

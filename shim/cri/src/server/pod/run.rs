@@ -7,6 +7,7 @@ use tonic::Status;
 use vpod_proto::cri;
 
 use crate::runtime::{RunPod, Runtime, RuntimeError};
+use crate::server::bounds;
 use crate::server::common::{detached, missing, refuse_host_namespaces};
 use crate::server::status;
 use crate::state::{PodSettings, PortMappingRecord};
@@ -172,6 +173,8 @@ fn run_pod_request(request: cri::RunPodSandboxRequest) -> Result<RunPod, Runtime
             "config.linux.security_context.namespace_options",
         )?;
     }
+    bounds::check_resources(linux.resources.as_ref(), "config.linux.resources")?;
+    bounds::check_resources(linux.overhead.as_ref(), "config.linux.overhead")?;
     Ok(RunPod {
         settings: PodSettings {
             name: metadata.name,

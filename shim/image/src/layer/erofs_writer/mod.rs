@@ -213,6 +213,7 @@ pub struct ErofsLayerWriter {
     nodes: Vec<Node>,
     stats: ExtractStats,
     inline_budget: usize,
+    max_entries: u64,
 }
 
 impl ErofsLayerWriter {
@@ -241,7 +242,14 @@ impl ErofsLayerWriter {
             nodes: vec![Node::implicit_directory()],
             stats: ExtractStats::default(),
             inline_budget: INLINE_TAIL_BUDGET,
+            max_entries: MAX_ENTRIES_PER_LAYER,
         })
+    }
+
+    /// Refuses a layer with more than `max_entries` entries.
+    pub fn with_max_entries(mut self, max_entries: u64) -> ErofsLayerWriter {
+        self.max_entries = max_entries;
+        self
     }
 
     /// Adds every entry of `archive`, writing file data as it comes. The archive's reader
@@ -253,8 +261,8 @@ impl ErofsLayerWriter {
         for entry in archive.entries().map_err(ExtractError::ReadArchive)? {
             let entry = entry.map_err(ExtractError::ReadArchive)?;
             self.stats.entries += 1;
-            if self.stats.entries > MAX_ENTRIES_PER_LAYER {
-                return Err(ExtractError::TooManyEntries);
+            if self.stats.entries > self.max_entries {
+                return Err(ExtractError::TooManyEntries(self.max_entries));
             }
             self.add_entry(entry)?;
         }
