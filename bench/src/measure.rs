@@ -315,7 +315,7 @@ Rss:                 300 kB
         // The pause keeps the marker well before the exit: the reader thread that stamps
         // the marker may otherwise run after the exit has been seen.
         let run = timed_run(
-            Command::new("/bin/sh").args(["-c", "echo booting; echo READY; sleep 0.2; exit 3"]),
+            Command::new("/bin/sh").args(["-c", "echo booting; echo READY; sleep 1; exit 3"]),
             Some("READY"),
             3,
             Duration::from_secs(10),
@@ -329,14 +329,15 @@ Rss:                 300 kB
     #[test]
     fn a_marker_without_a_newline_is_seen_when_printed() {
         let run = timed_run(
-            Command::new("/bin/sh").args(["-c", "printf 'x{'; sleep 0.5; exit 1"]),
+            Command::new("/bin/sh").args(["-c", "printf 'x{'; sleep 2; exit 1"]),
             Some("{"),
             1,
             Duration::from_secs(10),
         )
         .unwrap();
         let marker = run.to_marker_ms.unwrap();
-        // Stamped when printed, not at the exit half a second later.
+        // Stamped when printed, not at the exit two seconds later (1.7 s to spare for a
+        // reader thread that runs late).
         assert!(
             marker + 300.0 < run.to_exit_ms,
             "{marker} vs {}",

@@ -23,7 +23,7 @@ const TOUCHED_MIB: u64 = 256;
 fn guest_script(stay_s: u32) -> String {
     format!(
         "mkdir -p /big; mount -t tmpfs -o size=300m tmpfs /big || exit 10; \
-         sleep 8; echo idle-now; sleep 3; \
+         sleep 8; echo idle-now; sleep 6; \
          dd if=/dev/zero of=/big/f bs=1M count={TOUCHED_MIB} 2>/dev/null || exit 11; \
          echo touched; sleep 3; rm /big/f; echo freed; sleep {stay_s}; echo done"
     )
@@ -93,7 +93,9 @@ fn touch_and_free(args: &[&str], api: &Path, limit: Duration) -> (Shrink, Backgr
     let mut guest = vmm(args, api, 90);
     let pid = guest.pid();
     guest.wait_for_stdout_line("idle-now", Duration::from_secs(300));
-    std::thread::sleep(Duration::from_secs(2));
+    // The guest waits 6 s before touching memory: the idle sample has 5 s to spare on a
+    // busy machine.
+    std::thread::sleep(Duration::from_secs(1));
     let idle = rss_kib(pid);
     guest.wait_for_stdout_line("touched", Duration::from_secs(120));
     let touched = rss_kib(pid);
@@ -158,10 +160,16 @@ fn private_memory_shrinks_and_the_target_inflates_and_deflates(dir: &Path) {
     let api = dir.join("api.sock");
     let (shrink, guest) = touch_and_free(&[], &api, Duration::from_secs(60));
     assert_shrinks(&shrink);
-    // The first request asks for fresh stats; the second shows them.
-    control(&api, r#"{"op":"balloon"}"#);
-    std::thread::sleep(Duration::from_secs(1));
-    let answer = control(&api, r#"{"op":"balloon"}"#);
+    // The first request asks for fresh stats; a later one shows them once the guest has
+    // sent them.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let answer = loop {
+        let answer = control(&api, r#"{"op":"balloon"}"#);
+        if answer["stats"]["total_memory"].as_u64().unwrap_or(0) > 0 || Instant::now() > deadline {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     eprintln!("balloon: {answer}");
     assert_eq!(answer["active"], true, "{answer}");
     assert_eq!(answer["free_page_reporting"], true, "{answer}");
