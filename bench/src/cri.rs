@@ -128,7 +128,12 @@ pub struct Scratch {
 
 impl Scratch {
     pub fn new(name: &str) -> Result<Scratch> {
-        let dir = std::env::temp_dir().join(format!("vpod-bench-{name}-{}", std::process::id()));
+        Scratch::new_in(&std::env::temp_dir(), name)
+    }
+
+    /// As [`Scratch::new`], under `base` instead of the temporary directory.
+    pub fn new_in(base: &Path, name: &str) -> Result<Scratch> {
+        let dir = base.join(format!("vpod-bench-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         Ok(Scratch { dir })

@@ -207,13 +207,11 @@ pub fn volume_io(repo: &Path, bench: &VolumeIoBench) -> Result<Vec<Row>> {
     std::fs::create_dir(&volume)?;
     std::fs::create_dir(&runc_dir)?;
     // As the kubelet lays out a pod's emptyDir, on the root file system (not /tmp).
-    let kubelet = std::path::PathBuf::from(format!(
-        "/var/lib/vpod-bench-kubelet-{}",
-        std::process::id()
-    ));
-    let empty_dir = kubelet.join("pods/uid/volumes/kubernetes.io~empty-dir/scratch");
+    let kubelet = Scratch::new_in(Path::new("/var/lib"), "kubelet")?;
+    let empty_dir = kubelet
+        .dir
+        .join("pods/uid/volumes/kubernetes.io~empty-dir/scratch");
     std::fs::create_dir_all(&empty_dir)?;
-    let removed = RemoveOnDrop(kubelet);
     // The writable disk holds the file and the small files with room to spare.
     let disk_mib = (bench.mib * 2).max(256) + 256;
     let daemon = Daemon::start_configured(
@@ -299,7 +297,7 @@ pub fn volume_io(repo: &Path, bench: &VolumeIoBench) -> Result<Vec<Row>> {
         Ok::<_, anyhow::Error>(samples)
     });
     let samples = result.with_context(|| format!("vpod-cri's log ends:\n{}", daemon.log_tail()))?;
-    drop(removed);
+    drop(kubelet);
     let mut rows = Vec::new();
     for place in PLACES {
         for step in STEPS {
@@ -350,15 +348,6 @@ pub fn volume_io(repo: &Path, bench: &VolumeIoBench) -> Result<Vec<Row>> {
     }
     write_jsonl(&repo.join("bench/results"), "volume-io", &rows)?;
     Ok(rows)
-}
-
-/// A directory tree removed when dropped.
-struct RemoveOnDrop(std::path::PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 #[cfg(test)]

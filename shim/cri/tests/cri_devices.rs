@@ -239,18 +239,7 @@ fn block_volumes_attach_as_disks_and_detach_on_removal() {
             last.devices = vec![device(&other, "/dev/xvdb", "rw")];
             start_container(&mut c, &pod_id, &pod, last).await;
             assert_eq!(volume_slots(&sandbox_dir).len(), 1);
-            c.runtime
-                .stop_pod_sandbox(StopPodSandboxRequest {
-                    pod_sandbox_id: pod_id.clone(),
-                })
-                .await
-                .expect("StopPodSandbox");
-            c.runtime
-                .remove_pod_sandbox(RemovePodSandboxRequest {
-                    pod_sandbox_id: pod_id.clone(),
-                })
-                .await
-                .expect("RemovePodSandbox");
+            stop_and_remove_pod(&mut c, &pod_id).await;
             assert!(!sandbox_dir.exists());
             assert!(daemon.vmm_pids().is_empty());
             assert_eq!(read_at(&other, 512, 10), b"vpod-other");

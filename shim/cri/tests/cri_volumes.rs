@@ -247,18 +247,7 @@ fn volumes_reach_the_pod_vm_through_its_share() {
                 !sandbox_dir.join("share/c").join(&late).exists(),
                 "the removed container's volumes are still bound"
             );
-            c.runtime
-                .stop_pod_sandbox(StopPodSandboxRequest {
-                    pod_sandbox_id: pod_id.clone(),
-                })
-                .await
-                .expect("StopPodSandbox");
-            c.runtime
-                .remove_pod_sandbox(RemovePodSandboxRequest {
-                    pod_sandbox_id: pod_id.clone(),
-                })
-                .await
-                .expect("RemovePodSandbox");
+            stop_and_remove_pod(&mut c, &pod_id).await;
             assert!(virtiofsd_under(&daemon.root).is_empty());
             assert!(mount_options_under(&daemon.root).is_empty());
             assert!(!sandbox_dir.exists());
@@ -743,18 +732,7 @@ fn a_plain_empty_dir_lives_on_a_disk_of_its_own_inside_its_host_directory() {
                 .expect("debugfs");
             assert_eq!(String::from_utf8_lossy(&listing.stdout), "small\nlate\n");
 
-            c.runtime
-                .stop_pod_sandbox(StopPodSandboxRequest {
-                    pod_sandbox_id: pod_id.clone(),
-                })
-                .await
-                .expect("StopPodSandbox");
-            c.runtime
-                .remove_pod_sandbox(RemovePodSandboxRequest {
-                    pod_sandbox_id: pod_id.clone(),
-                })
-                .await
-                .expect("RemovePodSandbox");
+            stop_and_remove_pod(&mut c, &pod_id).await;
             assert!(mount_options_under(&daemon.root).is_empty());
             assert!(!sandbox_dir.exists());
             // The volume's directory is the kubelet's to remove.

@@ -436,6 +436,24 @@ pub async fn pull(clients: &mut Clients, image: &str) -> String {
         .image_ref
 }
 
+/// StopPodSandbox then RemovePodSandbox of `id`, each expected to succeed.
+pub async fn stop_and_remove_pod(clients: &mut Clients, id: &str) {
+    clients
+        .runtime
+        .stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: id.to_string(),
+        })
+        .await
+        .expect("StopPodSandbox");
+    clients
+        .runtime
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: id.to_string(),
+        })
+        .await
+        .expect("RemovePodSandbox");
+}
+
 pub async fn container_status(clients: &mut Clients, id: &str) -> ContainerStatus {
     clients
         .runtime

@@ -113,11 +113,10 @@ impl LayerStore {
             let (decompressed, _) =
                 open_decompressed(descriptor.media_type.as_ref(), &mut compressed)
                     .map_err(|source| LayerStoreError::Decompress { digest, source })?;
-            HashingReader::new(Bounded {
-                inner: decompressed,
-                left: self.options.limits.max_tar_bytes,
-                limit: self.options.limits.max_tar_bytes,
-            })
+            HashingReader::new(Bounded::new(
+                decompressed,
+                self.options.limits.max_tar_bytes,
+            ))
             .finish()
             .map_err(|source| LayerStoreError::ReadLayer { digest, source })
         })();
@@ -285,11 +284,7 @@ enum TarStream<R> {
 impl<R: Read> TarStream<R> {
     /// `decompressed`, hashed unless the blob is the tar itself, refused past `max_bytes`.
     fn new(decompressed: R, hashed: bool, max_bytes: u64) -> TarStream<R> {
-        let bounded = Bounded {
-            inner: decompressed,
-            left: max_bytes,
-            limit: max_bytes,
-        };
+        let bounded = Bounded::new(decompressed, max_bytes);
         if hashed {
             TarStream::Hashed(HashingReader::new(bounded))
         } else {
@@ -338,6 +333,16 @@ struct Bounded<R> {
 #[error("the layer's uncompressed tar is larger than {limit} bytes, the store's limit")]
 pub struct TarTooLarge {
     pub limit: u64,
+}
+
+impl<R> Bounded<R> {
+    fn new(inner: R, limit: u64) -> Bounded<R> {
+        Bounded {
+            inner,
+            left: limit,
+            limit,
+        }
+    }
 }
 
 impl<R: Read> Read for Bounded<R> {
