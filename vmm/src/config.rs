@@ -217,6 +217,12 @@ pub struct VmConfig {
     pub balloon: Option<BalloonConfig>,
     /// Guest RAM offered to KSM (`--ksm`); private guest memory only.
     pub ksm: bool,
+    /// The cgroup v2 directory the VMM moves itself into before anything else.
+    pub cgroup: Option<PathBuf>,
+    /// How the VMM confines itself before it builds the VM; none: it does not.
+    pub jail: Option<vpod_proto::vmm::JailConfig>,
+    /// Install the seccomp filters once the VM is built (`--no-seccomp` turns them off).
+    pub seccomp: bool,
 }
 
 impl Default for VmConfig {
@@ -238,6 +244,9 @@ impl Default for VmConfig {
             api_socket: None,
             balloon: None,
             ksm: false,
+            cgroup: None,
+            jail: None,
+            seccomp: true,
         }
     }
 }
@@ -514,6 +523,11 @@ where
             "--balloon" => {
                 first_setting.get_or_insert_with(|| flag.clone());
                 config.balloon = Some(parse_balloon(inline_value.as_deref())?);
+                continue;
+            }
+            "--no-seccomp" => {
+                first_setting.get_or_insert_with(|| flag.clone());
+                config.seccomp = false;
                 continue;
             }
             "--ksm" => {

@@ -204,6 +204,9 @@ impl TryFrom<wire::VmConfig> for VmConfig {
                 deflate_on_oom: b.deflate_on_oom,
             }),
             ksm: config.ksm,
+            cgroup: config.cgroup,
+            jail: config.jail,
+            seccomp: config.seccomp,
         })
     }
 }

@@ -15,7 +15,7 @@ vpod-vmm: run one KVM micro-VM
 usage: vpod-vmm [--kernel PATH] [--initrd PATH] [--cmdline TEXT] [--vcpus N] [--memory MiB]
                 [--disk PATH[,ro][,serial=ID]]... [--disk-slots N] [--vsock PATH[,cid=N]]
                 [--net tap=NAME[,mac=MAC]]... [--fs socket=PATH,tag=TAG[,queue_size=N]]...
-                [--balloon[=no-reporting]] [--ksm] [--api PATH]
+                [--balloon[=no-reporting]] [--ksm] [--api PATH] [--no-seccomp]
                 [--console stdio|off|file:PATH] [--timings] [-- COMMAND ARGS...]
        vpod-vmm --config FILE
 
@@ -49,6 +49,9 @@ usage: vpod-vmm [--kernel PATH] [--initrd PATH] [--cmdline TEXT] [--vcpus N] [--
                      tenants only; not with --fs (shared guest memory)
   --api PATH         control socket: newline-delimited JSON (state, boot_time, metrics,
                      attach_disk, detach_disk, balloon, set_balloon, stop)
+  --no-seccomp       leave the seccomp filters off (development only: by default every
+                     thread runs under an allow-list of the system calls it needs, and a
+                     call outside it kills the VMM with SIGSYS)
   --console WHERE    serial console: stdio, off or file:PATH [stdio]
   --timings          print `vpod-vmm: timings init_ms=.. exit_ms=.. init_at_ns=..` on stderr at exit
   -- COMMAND ARGS    passed to the guest's init as its arguments

@@ -79,6 +79,59 @@ pub struct VmConfig {
     /// Print the timings line on stderr at exit.
     #[serde(default)]
     pub timings: bool,
+    /// A cgroup v2 directory (`/sys/fs/cgroup/...`, made by the launcher) the VMM moves
+    /// itself into first, before it allocates anything, so that all its memory and CPU are
+    /// charged there (the pod's cgroup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<PathBuf>,
+    /// Confine the VMM before it builds the VM: namespaces, a root of its own, an
+    /// unprivileged uid, no capabilities. None: it runs as it was started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jail: Option<JailConfig>,
+    /// Install the seccomp filters, one per thread kind, once the VM is built. Off only for
+    /// development.
+    #[serde(default = "default_true")]
+    pub seccomp: bool,
+}
+
+/// How the VMM confines itself ([`VmConfig::jail`]). It starts as root, moves into new
+/// PID, mount, IPC and UTS namespaces (a first process stays outside, waits for the VMM and
+/// passes its exit status and the signals it gets on), makes a tmpfs on `root` its root
+/// holding only the files the configuration names (kernel, initrd, disks by path, the
+/// directories of its console file and sockets, each fs socket) at their own paths, and
+/// `/dev/kvm` (and `/dev/net/tun` when a NIC is a tap by name) as device nodes of its own;
+/// closes every descriptor the configuration does not name, then runs as `uid`:`gid` with
+/// no capabilities, `no_new_privs` and the limits below.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JailConfig {
+    /// An existing empty directory the jail's root is mounted on (inside the VMM's own
+    /// mount namespace: the host sees it empty).
+    pub root: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+    /// RLIMIT_NOFILE.
+    #[serde(default = "default_max_open_files")]
+    pub max_open_files: u64,
+}
+
+/// The VMM's open-descriptor limit in a jail when the configuration does not say.
+pub const DEFAULT_JAIL_MAX_OPEN_FILES: u64 = 4096;
+
+fn default_max_open_files() -> u64 {
+    DEFAULT_JAIL_MAX_OPEN_FILES
+}
+
+impl JailConfig {
+    /// A jail on `root` running as `uid`:`gid`, other settings at their defaults.
+    pub fn new(root: impl Into<PathBuf>, uid: u32, gid: u32) -> Self {
+        JailConfig {
+            root: root.into(),
+            uid,
+            gid,
+            max_open_files: DEFAULT_JAIL_MAX_OPEN_FILES,
+        }
+    }
 }
 
 fn default_vcpus() -> u8 {
@@ -109,6 +162,9 @@ impl VmConfig {
             ksm: false,
             init_args: Vec::new(),
             timings: false,
+            cgroup: None,
+            jail: None,
+            seccomp: true,
         }
     }
 
@@ -442,6 +498,9 @@ mod tests {
             api_socket: Some("/api.sock".into()),
             init_args: vec!["sh".into(), "-c".into(), "echo hi".into()],
             timings: true,
+            cgroup: Some("/sys/fs/cgroup/pod1/vmm".into()),
+            jail: Some(JailConfig::new("/pods/p1/jail", 4_000_001, 4_000_001)),
+            seccomp: false,
             ..VmConfig::new("/vmlinux")
         }
     }

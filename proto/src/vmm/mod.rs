@@ -42,6 +42,6 @@ pub use api::{
 #[cfg(feature = "vmm-client")]
 pub use client::{ClientError, VmmClient};
 pub use config::{
-    BalloonConfig, Console, DiskConfig, DiskSource, DiskSourceError, FsConfig, NetConfig,
-    TapSource, TapSourceError, VmConfig, VsockConfig,
+    BalloonConfig, Console, DiskConfig, DiskSource, DiskSourceError, FsConfig, JailConfig,
+    NetConfig, TapSource, TapSourceError, VmConfig, VsockConfig, DEFAULT_JAIL_MAX_OPEN_FILES,
 };
