@@ -32,6 +32,17 @@
 //! - [`config`] and [`convert`]: the flags, or `--config FILE` with the launcher's typed
 //!   configuration, turned into the VMM's own.
 //!
+//! # Seccomp
+//!
+//! Once the VM is built every thread runs under a seccomp filter of its kind ([`seccomp`],
+//! rust-vmm's seccompiler): each vCPU thread installs the vCPU filter (`KVM_RUN` and what
+//! its exits reach) before its run loop, and the main thread installs its own (the event
+//! loop, the devices' host sides, the control socket) last, right before it runs the loop;
+//! `no_new_privs` is set first. A system call outside a thread's list kills the VMM by
+//! SIGSYS after one line on stderr, `vpod-vmm: killed by seccomp: syscall N in thread NAME`,
+//! which [`seccomp::seccomp_kill_from_log`] reads back for a launcher. `--no-seccomp` (or
+//! `"seccomp": false` in `--config`) leaves the filters off, for development only.
+//!
 //! # Command line
 //!
 //! ```text
@@ -93,7 +104,9 @@ pub mod config;
 pub mod convert;
 pub mod devices;
 pub mod event_loop;
+pub mod jail;
 pub mod lifecycle;
+pub mod seccomp;
 pub mod vstate;
 
 use std::sync::Arc;
@@ -119,6 +132,8 @@ pub enum VmmError {
 pub fn run_vm(config: &VmConfig) -> Result<VmOutcome, VmmError> {
     let signals = event_loop::TerminationSignals::block()?;
     let events = Arc::new(lifecycle::GuestEvents::new().map_err(VmmError::Lifecycle)?);
-    let vm = builder::build_microvm(config, events, signals)?;
+    let mut vm = builder::build_microvm(config, events, signals)?;
+    // Last: from here on the main thread only runs the event loop.
+    vm.confine_main_thread()?;
     Ok(vm.run())
 }

@@ -7,7 +7,7 @@ use vpod_vmm::config::parse_args;
 use vpod_vmm::lifecycle::{
     mark_process_start, process_start_monotonic_ns, since_process_start, StopReason,
 };
-use vpod_vmm::{run_vm, CliAction, EXIT_VMM_ERROR};
+use vpod_vmm::{jail, run_vm, CliAction, EXIT_VMM_ERROR};
 
 const HELP: &str = "\
 vpod-vmm: run one KVM micro-VM
@@ -86,6 +86,15 @@ fn run() -> anyhow::Result<i32> {
         }
         CliAction::Run(config) => config,
     };
+    let mut config = config;
+    if let Some(cgroup) = &config.cgroup {
+        jail::join_cgroup(cgroup)?;
+    }
+    if let Some(jail) = config.jail.clone() {
+        if let jail::Role::Keeper(end) = jail::enter(&jail, &mut config)? {
+            return Ok(end.finish());
+        }
+    }
     let outcome = run_vm(&config)?;
     if config.timings {
         let init = outcome
