@@ -158,10 +158,17 @@ mod tests {
     }
 
     fn scratch(name: &str) -> Dir {
-        let dir = std::env::temp_dir().join(format!("vpod-jail-plan-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("vpod-jail-plan-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("pod")).expect("scratch");
-        for file in ["vmlinux", "initrd.img", "layer.img", "pod/writable.img", "pod/fs.sock"] {
+        for file in [
+            "vmlinux",
+            "initrd.img",
+            "layer.img",
+            "pod/writable.img",
+            "pod/fs.sock",
+        ] {
             std::fs::write(dir.join(file), b"").expect("file");
         }
         Dir(dir.canonicalize().expect("canonical"))

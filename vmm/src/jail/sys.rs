@@ -47,9 +47,7 @@ fn mount(
     flags: libc::c_ulong,
     data: Option<&str>,
 ) -> io::Result<()> {
-    let source = source
-        .map(|s| c_path(Path::new(s)))
-        .transpose()?;
+    let source = source.map(|s| c_path(Path::new(s))).transpose()?;
     let target = c_path(target)?;
     let fstype = fstype.map(c_str);
     let data = data.map(c_str);
@@ -68,7 +66,13 @@ fn mount(
 
 /// Makes every mount below `/` private, so nothing done in this namespace reaches the host.
 pub fn make_mounts_private() -> io::Result<()> {
-    mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None)
+    mount(
+        None,
+        Path::new("/"),
+        None,
+        libc::MS_REC | libc::MS_PRIVATE,
+        None,
+    )
 }
 
 pub fn mount_tmpfs(target: &Path, options: &str) -> io::Result<()> {
