@@ -39,6 +39,7 @@ test-initrd: deps
 
 rust:
 	$(CARGO) build --release --workspace --bins
+	$(CARGO) build --release -p vpod-vmm --features seccomp-probe --target-dir target/seccomp-probe
 
 # vpod-init (static) as /init, plus busybox for shell commands in the standalone VMM.
 initrd: deps

@@ -2,6 +2,8 @@
  * The stub guest: a PVH-bootable ELF of a few hundred bytes that prints
  * "vpod-stub: ready" on COM1 and then either resets the VM through the i8042
  * controller (then halts, should the reset be ignored) or, built with -DIDLE, halts forever with interrupts off.
+ * Built with -DSECCOMP_PROBE it writes to port 0x3f2 (the seccomp-probe build of vpod-vmm
+ * then dies by SIGSYS) and halts.
  *
  * PVH entry (the Xen PVH boot ABI that KVM VMMs reuse): 32-bit protected mode,
  * flat segments, paging off, %ebx pointing at the start info. The ELF note
@@ -30,6 +32,16 @@ _start:
 	outb	%al, %dx
 	jmp	1b
 2:
+#ifdef SECCOMP_PROBE
+	/*
+	 * The seccomp-probe build of vpod-vmm calls a system call in no
+	 * filter when this port is written: it dies by SIGSYS. Then idle.
+	 */
+	mov	$0x3f2, %dx
+	outb	%al, %dx
+5:	hlt
+	jmp	5b
+#endif
 #ifdef IDLE
 3:	hlt
 	jmp	3b

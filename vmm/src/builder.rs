@@ -8,9 +8,13 @@
 //!    virtio-balloon, all over MMIO),
 //! 5. load the kernel, the initrd and the command line,
 //! 6. configure boot (MP table, PVH start info or zero page, entry registers),
-//! 7. start the vCPU threads (paused until [`MicroVm::run`]),
+//! 7. start the vCPU threads (paused until [`MicroVm::run`]), each under the vCPU seccomp
+//!    filter unless seccomp is off,
 //! 8. the event loop, with every virtio device (each registers its own descriptors) and the
 //!    control socket.
+//!
+//! The main thread's own filter comes last, from the caller ([`MicroVm::confine_main_thread`]),
+//! once nothing else is left to build.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -49,6 +53,7 @@ use crate::devices::virtio::{MmioInterrupt, MmioTransport, VirtioDevice};
 use crate::devices::Bus;
 use crate::event_loop::{EventLoop, EventLoopError, Subscriber, TerminationSignals};
 use crate::lifecycle::{GuestEvents, StopReason, VmOutcome};
+use crate::seccomp::{self, SeccompError, SeccompFilters, ThreadKind};
 use crate::vstate::memory::{
     create_guest_memory, create_shared_guest_memory, register_guest_memory, MemoryError,
 };
@@ -105,6 +110,8 @@ pub enum BuildError {
     ConsoleFile(PathBuf, #[source] std::io::Error),
     #[error("cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
 }
 
 /// A built VM, its vCPUs started but paused.
@@ -114,6 +121,8 @@ pub struct MicroVm {
     event_loop: EventLoop,
     serial: Arc<Mutex<SerialDevice>>,
     events: Arc<GuestEvents>,
+    /// The main thread's filter, installed by [`Self::confine_main_thread`].
+    main_seccomp: Option<seccomp::BpfProgram>,
     _transports: Vec<Arc<Mutex<MmioTransport>>>,
     _vm: VmFd,
     _memory: Arc<GuestMemoryMmap>,
@@ -180,7 +189,17 @@ pub fn build_microvm(
         registered?;
         Ok::<_, BuildError>(built)
     })?;
-    let vcpus = start_vcpus(vcpu_fds, devices.pio_bus, devices.mmio_bus, &events)?;
+    let filters = config.seccomp.then(SeccompFilters::prepare).transpose()?;
+    let vcpu_filter = filters
+        .as_ref()
+        .map(|filters| Arc::new(filters.program(ThreadKind::Vcpu).clone()));
+    let vcpus = start_vcpus(
+        vcpu_fds,
+        devices.pio_bus,
+        devices.mmio_bus,
+        &events,
+        vcpu_filter,
+    )?;
 
     let mut event_loop = EventLoop::new(events.clone(), signals)?;
     for transport in &devices.transports {
@@ -207,6 +226,7 @@ pub fn build_microvm(
         event_loop,
         serial: devices.serial,
         events,
+        main_seccomp: filters.map(|filters| filters.program(ThreadKind::Main).clone()),
         _transports: devices.transports,
         _vm: vm,
         _memory: memory,
@@ -470,12 +490,13 @@ fn configure_boot(
     Ok(())
 }
 
-/// Step 7: one thread per vCPU, paused.
+/// Step 7: one thread per vCPU, paused, each installing `seccomp` (if any) first.
 fn start_vcpus(
     fds: Vec<VcpuFd>,
     pio_bus: Bus,
     mmio_bus: Bus,
     events: &Arc<GuestEvents>,
+    seccomp: Option<Arc<seccomp::BpfProgram>>,
 ) -> Result<Vec<VcpuHandle>, BuildError> {
     install_kick_handler()?;
     let pio_bus = Arc::new(pio_bus);
@@ -488,6 +509,7 @@ fn start_vcpus(
             pio_bus: pio_bus.clone(),
             mmio_bus: mmio_bus.clone(),
             events: events.clone(),
+            seccomp: seccomp.clone(),
         };
         handles.push(vcpu.start()?);
     }
@@ -495,6 +517,16 @@ fn start_vcpus(
 }
 
 impl MicroVm {
+    /// Installs the main thread's seccomp filter (nothing when seccomp is off). Call from
+    /// the thread that will [`Self::run`] the VM, last, once every other step that needs
+    /// more than the event loop is done.
+    pub fn confine_main_thread(&mut self) -> Result<(), BuildError> {
+        if let Some(filter) = self.main_seccomp.take() {
+            seccomp::apply(ThreadKind::Main, &filter)?;
+        }
+        Ok(())
+    }
+
     /// Runs the guest until it stops, then stops every vCPU and reports the outcome.
     pub fn run(mut self) -> VmOutcome {
         for vcpu in &self.vcpus {

@@ -12,6 +12,9 @@
 //! reached by a signal: its handler sets `immediate_exit` in the vCPU's `kvm_run`, so the
 //! ioctl returns `EINTR` now or, if the signal raced ahead of it, at the next entry. The
 //! thread then reads its messages.
+//!
+//! With seccomp on, each thread installs the vCPU filter ([`crate::seccomp`]) before it waits
+//! for its first message, so nothing the guest drives runs unfiltered.
 
 use std::cell::Cell;
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
@@ -25,6 +28,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::devices::Bus;
 use crate::lifecycle::{GuestEvents, StopReason};
+use crate::seccomp::{self, BpfProgram, ThreadKind};
 
 /// Stack of each vCPU thread: exits are handled with shallow calls.
 const VCPU_STACK_SIZE: usize = 256 * 1024;
@@ -87,6 +91,8 @@ pub struct Vcpu {
     pub pio_bus: Arc<Bus>,
     pub mmio_bus: Arc<Bus>,
     pub events: Arc<GuestEvents>,
+    /// The vCPU seccomp filter the thread installs first, unless seccomp is off.
+    pub seccomp: Option<Arc<BpfProgram>>,
 }
 
 /// The VMM's end of a vCPU thread.
@@ -139,6 +145,13 @@ impl Vcpu {
     }
 
     fn run_thread(mut self, messages: Receiver<VcpuMessage>) {
+        if let Some(filter) = self.seccomp.take() {
+            if let Err(e) = seccomp::apply(ThreadKind::Vcpu, &filter) {
+                let why = format!("vCPU {}: {}", self.id, vpod_proto::error_chain(&e));
+                self.events.request_stop(StopReason::VcpuFailed(why));
+                return;
+            }
+        }
         let run: *mut kvm_run = self.fd.get_kvm_run();
         KVM_RUN.with(|cell| cell.set(run));
         let mut state = VcpuState::Paused;
@@ -168,6 +181,7 @@ impl Vcpu {
             pio_bus,
             mmio_bus,
             events,
+            seccomp: _,
         } = self;
         let failure = |what: String| {
             events.request_stop(StopReason::VcpuFailed(format!("vCPU {id}: {what}")));
@@ -181,6 +195,10 @@ impl Vcpu {
                 VcpuState::Running
             }
             Ok(VcpuExit::IoOut(port, data)) => {
+                #[cfg(feature = "seccomp-probe")]
+                if port == seccomp::PROBE_PORT {
+                    seccomp::probe_denied_syscall();
+                }
                 pio_bus.write(u64::from(port), data);
                 VcpuState::Running
             }
