@@ -115,6 +115,11 @@ pub struct JailConfig {
     pub max_open_files: u64,
 }
 
+/// The process name (`comm`) a jailed VMM gives itself. Its keeper keeps `vpod-vmm`, the
+/// name its launcher knows, so a launcher scanning processes by name finds each VMM once,
+/// and the jailed one under it (the keeper's only child) by this name.
+pub const JAILED_VMM_NAME: &str = "vpod-vmm-jailed";
+
 /// The VMM's open-descriptor limit in a jail when the configuration does not say.
 pub const DEFAULT_JAIL_MAX_OPEN_FILES: u64 = 4096;
 

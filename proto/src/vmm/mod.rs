@@ -44,4 +44,5 @@ pub use client::{ClientError, VmmClient};
 pub use config::{
     BalloonConfig, Console, DiskConfig, DiskSource, DiskSourceError, FsConfig, JailConfig,
     NetConfig, TapSource, TapSourceError, VmConfig, VsockConfig, DEFAULT_JAIL_MAX_OPEN_FILES,
+    JAILED_VMM_NAME,
 };

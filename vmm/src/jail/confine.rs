@@ -5,7 +5,7 @@
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
-use vpod_proto::vmm::JailConfig;
+use vpod_proto::vmm::{JailConfig, JAILED_VMM_NAME};
 
 use super::plan::{target_in, JailPlan};
 use super::{sys, JailError};
@@ -22,6 +22,7 @@ pub fn confine(jail: &JailConfig, plan: &JailPlan, alive: OwnedFd) -> Result<(),
     // PID namespace ignores signals it neither handles nor blocks.
     sys::block_signals(&super::keeper::FORWARDED).map_err(step("blocking signals"))?;
     watch_keeper(&alive)?;
+    sys::set_process_name(JAILED_VMM_NAME).map_err(step("naming the process"))?;
     sys::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS)
         .map_err(step("making namespaces"))?;
     sys::make_mounts_private().map_err(step("making mounts private"))?;

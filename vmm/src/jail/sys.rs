@@ -169,6 +169,13 @@ fn prctl(option: libc::c_int, arg: libc::c_ulong) -> io::Result<()> {
     check(unsafe { libc::prctl(option, arg, 0, 0, 0) })
 }
 
+/// Sets this thread's name (`comm`, at most 15 bytes), the process's for its main thread.
+pub fn set_process_name(name: &str) -> io::Result<()> {
+    let name = c_str(name);
+    // SAFETY: a NUL-terminated string the kernel copies (up to 16 bytes).
+    check(unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0) })
+}
+
 pub fn set_no_new_privs() -> io::Result<()> {
     prctl(libc::PR_SET_NO_NEW_PRIVS, 1)
 }
