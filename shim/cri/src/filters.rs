@@ -74,6 +74,7 @@ mod tests {
             phase,
             reason: String::new(),
             network: None,
+            cgroup: None,
         }
     }
 

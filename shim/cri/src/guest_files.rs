@@ -111,6 +111,7 @@ mod tests {
             phase: crate::state::PodPhase::Ready,
             reason: String::new(),
             network: None,
+            cgroup: None,
         }
     }
 

@@ -14,6 +14,7 @@
 mod agent;
 pub mod api;
 pub mod block_volume;
+pub mod cgroup;
 pub mod container;
 pub mod dir_disk;
 mod disk;
@@ -94,6 +95,10 @@ pub struct SandboxConfig {
     /// once the host runs ksmd, a timing side channel between their tenants. Not with a
     /// `share` (shared guest memory): the VMM refuses that.
     pub ksm: bool,
+    /// The pod's cgroup (v2), an existing directory ([`cgroup::PodCgroup::create`]): the
+    /// VMM and virtiofsd join it before they exec, so the pod is charged for them. The
+    /// front end makes it and removes it ([`cgroup::remove`]) once the sandbox is stopped.
+    pub cgroup: Option<PathBuf>,
 }
 
 impl SandboxConfig {
@@ -124,6 +129,7 @@ impl SandboxConfig {
             defer_network: false,
             share: None,
             ksm: false,
+            cgroup: None,
         }
     }
 }
@@ -298,7 +304,15 @@ impl Sandbox {
         let disk_time = disk_started.elapsed();
         let share_started = Instant::now();
         let share = match &config.share {
-            Some(share) => Some(Share::start(&dir, share, config.die_with_parent).await?),
+            Some(share) => Some(
+                Share::start(
+                    &dir,
+                    share,
+                    config.die_with_parent,
+                    config.cgroup.as_deref(),
+                )
+                .await?,
+            ),
             None => None,
         };
         let share_time = share_started.elapsed();
@@ -330,6 +344,7 @@ impl Sandbox {
             die_with_parent: config.die_with_parent,
             balloon: config.balloon,
             ksm: config.ksm,
+            cgroup: config.cgroup.clone(),
         };
         let vmm_started = Instant::now();
         let vmm = match launch.spawn() {

@@ -23,6 +23,7 @@
 //! Nothing under the directory is removed while a mount is left there: a host path bound
 //! in a pod must never be emptied by the pod's cleanup.
 
+use crate::cgroup::CgroupProcs;
 use crate::owned_process::OwnedProcess;
 use std::ffi::CString;
 use std::fs::File;
@@ -91,6 +92,8 @@ pub enum ShareError {
     MountsLeft(PathBuf, String),
     #[error("virtiofsd's seccomp filter does not compile: {0}")]
     Filter(String),
+    #[error("virtiofsd cannot join the pod's cgroup")]
+    Cgroup(#[source] crate::cgroup::CgroupError),
 }
 
 /// How a volume's host path reaches the container.
@@ -139,12 +142,14 @@ pub(crate) fn socket_path(pod: &Path) -> PathBuf {
 }
 
 impl Share {
-    /// Makes `<pod>/share` (0700), a shared mount of its own, and starts virtiofsd on it.
-    /// On failure nothing is left mounted or running.
+    /// Makes `<pod>/share` (0700), a shared mount of its own, and starts virtiofsd on it
+    /// (in the pod's `cgroup`, when it has one). On failure nothing is left mounted or
+    /// running.
     pub async fn start(
         pod: &Path,
         config: &ShareConfig,
         die_with_parent: bool,
+        cgroup: Option<&Path>,
     ) -> Result<Share, ShareError> {
         let dir = share_dir(pod);
         std::fs::DirBuilder::new()
@@ -160,7 +165,14 @@ impl Share {
         }
         let socket = socket_path(pod);
         let log = pod.join("virtiofsd.log");
-        let spawned = Virtiofsd::spawn(&config.virtiofsd, &dir, &socket, &log, die_with_parent);
+        let spawned = Virtiofsd::spawn(
+            &config.virtiofsd,
+            &dir,
+            &socket,
+            &log,
+            die_with_parent,
+            cgroup,
+        );
         match spawned.await {
             Ok(virtiofsd) => Ok(Share {
                 dir,
@@ -397,7 +409,7 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// mountinfo writes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(field: &str) -> String {
+pub(crate) fn unescape_mountinfo(field: &str) -> String {
     let bytes = field.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -492,12 +504,17 @@ impl Virtiofsd {
         socket: &Path,
         log: &Path,
         die_with_parent: bool,
+        cgroup: Option<&Path>,
     ) -> Result<Virtiofsd, ShareError> {
         let spawn_error = |e| ShareError::Spawn(program.to_path_buf(), e);
         let stderr = File::create(log).map_err(spawn_error)?;
         let source = CString::new(dir.as_os_str().as_encoded_bytes())
             .map_err(|e| spawn_error(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
         let filter = set_id_filter()?;
+        let cgroup = match cgroup {
+            Some(dir) => Some(CgroupProcs::open(dir).map_err(ShareError::Cgroup)?),
+            None => None,
+        };
         let mut cmd = Command::new(program);
         cmd.arg(format!("--socket-path={}", socket.display()))
             .arg("-o")
@@ -513,11 +530,15 @@ impl Virtiofsd {
             .stdout(Stdio::null())
             .stderr(stderr)
             .process_group(0);
-        // SAFETY: between fork and exec only async-signal-safe system calls run (prctl and
-        // seccomp, through seccompiler's apply_filter, which allocates nothing); the
-        // program was compiled before the fork and is only read.
+        // SAFETY: between fork and exec only async-signal-safe system calls run (write on
+        // the cgroup's descriptor opened before the fork, prctl and seccomp, through
+        // seccompiler's apply_filter, which allocates nothing); the program was compiled
+        // before the fork and is only read.
         unsafe {
             cmd.pre_exec(move || {
+                if let Some(cgroup) = &cgroup {
+                    cgroup.move_self()?;
+                }
                 if die_with_parent {
                     rustix::process::set_parent_process_death_signal(Some(Signal::KILL))
                         .map_err(io::Error::from)?;
@@ -617,7 +638,7 @@ mod tests {
         let file = top.path().join("termination-log");
         std::fs::write(&file, "").unwrap();
 
-        let share = Share::start(&pod, &ShareConfig::default(), true)
+        let share = Share::start(&pod, &ShareConfig::default(), true, None)
             .await
             .unwrap();
         assert!(virtiofsd_running(share.socket()));
@@ -672,6 +693,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn virtiofsd_and_its_sandbox_child_run_in_the_pod_cgroup_given() {
+        if !can_share() {
+            return;
+        }
+        let mount = crate::cgroup::cgroup2_mount().unwrap();
+        let mount = mount.expect("root, but no cgroup v2 hierarchy is mounted");
+        let top = format!("vpod-test-share-{}", std::process::id());
+        let cgroup = crate::cgroup::PodCgroup::under(&mount, &top, "p1")
+            .unwrap()
+            .unwrap();
+        cgroup.create().unwrap();
+        let leaf = cgroup.dir();
+        let dir = tempfile::tempdir().unwrap();
+        let pod = dir.path().join("pod");
+        std::fs::create_dir(&pod).unwrap();
+        let _cleanup = Cleanup(pod.clone());
+        let started = Share::start(&pod, &ShareConfig::default(), true, Some(&leaf)).await;
+        let in_leaf = std::fs::read_to_string(leaf.join("cgroup.procs")).unwrap_or_default();
+        let ours: Vec<String> = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&pid| is_our_virtiofsd(pid, &socket_path(&pod)))
+            .map(|pid| pid.to_string())
+            .collect();
+        if let Ok(share) = &started {
+            share.stop().unwrap();
+        }
+        let removed = crate::cgroup::remove(&leaf);
+        let _ = std::fs::remove_dir(mount.join(&top));
+        started.unwrap();
+        removed.unwrap();
+        assert!(!ours.is_empty());
+        for pid in &ours {
+            assert!(in_leaf.lines().any(|p| p == pid), "{pid} not in {in_leaf}");
+        }
+    }
+
+    #[tokio::test]
     async fn a_crashed_runtime_s_share_is_found_by_its_directory() {
         if !can_share() {
             return;
@@ -682,7 +742,7 @@ mod tests {
         let _cleanup = Cleanup(pod.clone());
         let source = top.path().join("volume");
         std::fs::create_dir(&source).unwrap();
-        let share = Share::start(&pod, &ShareConfig::default(), true)
+        let share = Share::start(&pod, &ShareConfig::default(), true, None)
             .await
             .unwrap();
         share

@@ -18,6 +18,7 @@ use vpod_proto::vmm::{
     BalloonConfig, Console, DiskConfig, FsConfig, NetConfig, TapSource, VmConfig, VsockConfig,
 };
 
+use crate::cgroup::CgroupProcs;
 use crate::network::Nic;
 
 /// How to start the VMM of one pod.
@@ -48,6 +49,8 @@ pub struct VmmLaunch {
     pub balloon: Option<BalloonConfig>,
     /// Guest RAM offered to KSM.
     pub ksm: bool,
+    /// The pod's cgroup v2 directory: the VMM joins it before it execs, and is told it.
+    pub cgroup: Option<PathBuf>,
 }
 
 /// A running (or ended, not yet reaped) VMM: our child, or adopted from an earlier `vpod`
@@ -83,6 +86,7 @@ impl VmmLaunch {
             api_socket: Some(self.api_socket.clone()),
             balloon: self.balloon,
             ksm: self.ksm,
+            cgroup: self.cgroup.clone(),
             ..VmConfig::new(&self.kernel)
         }
     }
@@ -119,6 +123,14 @@ impl VmmLaunch {
             &mut cmd,
             self.nics.iter().map(|nic| nic.tap.as_raw_fd()).collect(),
         );
+        if let Some(dir) = &self.cgroup {
+            let procs = CgroupProcs::open(dir).map_err(std::io::Error::other)?;
+            // SAFETY: between fork and exec only one write(2), async-signal-safe, runs on a
+            // descriptor opened before the fork; it allocates nothing.
+            unsafe {
+                cmd.pre_exec(move || procs.move_self());
+            }
+        }
         if self.die_with_parent {
             // SAFETY: between fork and exec only the async-signal-safe prctl system call
             // runs; it touches no memory of the parent.
@@ -316,6 +328,7 @@ mod tests {
             die_with_parent: false,
             balloon: Some(BalloonConfig::default()),
             ksm: false,
+            cgroup: Some("/sys/fs/cgroup/kubepods/pod1/vpod-p1".into()),
         };
         let cmd = launch.command().expect("config written");
         let args: Vec<_> = cmd.get_args().collect();
@@ -344,6 +357,10 @@ mod tests {
         let balloon = config.balloon.expect("a balloon");
         assert!(balloon.free_page_reporting && balloon.deflate_on_oom);
         assert!(!config.ksm);
+        assert_eq!(
+            config.cgroup,
+            Some(PathBuf::from("/sys/fs/cgroup/kubepods/pod1/vpod-p1"))
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -385,6 +402,7 @@ mod tests {
             die_with_parent: false,
             balloon: None,
             ksm: true,
+            cgroup: None,
         };
         launch.command().expect("config written");
         let text = std::fs::read(&launch.config_file).expect("config file");

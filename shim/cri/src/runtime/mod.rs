@@ -80,6 +80,8 @@ pub enum RuntimeError {
     Network(#[source] vpod_network::NetworkError),
     #[error("the pod's network cannot be given to its VM")]
     NetworkResult(#[source] vpod_sandbox::network::GuestNetworkError),
+    #[error("the pod's cgroup failed")]
+    Cgroup(#[source] vpod_sandbox::cgroup::CgroupError),
     #[error("could not {operation} {path}")]
     Io {
         operation: &'static str,

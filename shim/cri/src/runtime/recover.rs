@@ -9,6 +9,7 @@ use tokio::sync::RwLock;
 use vpod_sandbox::vmm::{vmm_processes_under, VmmProcess};
 use vpod_sandbox::Sandbox;
 
+use super::pod::remove_pod_cgroup;
 use super::{container_name_key, lock, pod_name_key, Container, Pod, Runtime, RuntimeError};
 use crate::ids::is_runtime_id;
 use crate::logformat::now_ns;
@@ -50,6 +51,7 @@ impl Runtime {
                     tracing::info!(pod = %record.id, "undoing an interrupted RunPodSandbox");
                     self.destroy_sandbox_leftovers(&record.id);
                     self.tear_down_network(&record.id).await?;
+                    remove_pod_cgroup(&record.id, record.cgroup.as_deref()).await;
                     self.state.remove_pod(&record.id)?;
                     known.remove(&record.id);
                     continue;
@@ -60,6 +62,9 @@ impl Runtime {
                     // A stop interrupted between the VM and the network.
                     self.tear_down_network_logged(&record.id).await;
                     record.network = None;
+                    if remove_pod_cgroup(&record.id, record.cgroup.as_deref()).await {
+                        record.cgroup = None;
+                    }
                 }
             }
             let sandbox = if record.phase == PodPhase::Ready {
@@ -73,6 +78,9 @@ impl Runtime {
                         self.destroy_sandbox_leftovers(&record.id);
                         self.tear_down_network_logged(&record.id).await;
                         record.network = None;
+                        if remove_pod_cgroup(&record.id, record.cgroup.as_deref()).await {
+                            record.cgroup = None;
+                        }
                         record.phase = PodPhase::NotReady;
                         record.reason = "VmExited".into();
                         self.state.write_pod(&record)?;

@@ -79,6 +79,11 @@ pub struct PodRecord {
     /// StopPodSandbox).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<PodNetworkRecord>,
+    /// The pod's cgroup on the host (its VMM's and virtiofsd's), recorded before it is made
+    /// and until it is removed (at StopPodSandbox), so that a restarted runtime removes
+    /// what a crash left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<std::path::PathBuf>,
 }
 
 /// Where a container is in its life.
@@ -204,6 +209,7 @@ pub(super) fn sample_pod(id: &str) -> PodRecord {
         phase: PodPhase::Ready,
         reason: String::new(),
         network: None,
+        cgroup: None,
     }
 }
 

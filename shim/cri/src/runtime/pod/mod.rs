@@ -1,6 +1,7 @@
-//! Pod sandboxes, one file per verb (run: boot the VM; stop; remove; status; list), and
-//! the watch that finds a pod whose VM died.
+//! Pod sandboxes, one file per verb (run: boot the VM; stop; remove; status; list), the
+//! pod's network and cgroup on the host, and the watch that finds a pod whose VM died.
 
+mod cgroup;
 mod list;
 pub(in crate::runtime) mod network;
 mod remove;
@@ -10,6 +11,7 @@ mod stop;
 
 use std::sync::Arc;
 
+pub(in crate::runtime) use cgroup::remove_pod_cgroup;
 pub use run::RunPod;
 
 use super::{error_chain, Pod, Runtime};

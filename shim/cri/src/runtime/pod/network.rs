@@ -236,6 +236,7 @@ mod tests {
             phase: crate::state::PodPhase::Creating,
             reason: String::new(),
             network: None,
+            cgroup: None,
         };
         pod.settings.port_mappings = vec![PortMappingRecord {
             protocol: "udp".into(),

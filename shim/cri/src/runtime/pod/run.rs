@@ -10,6 +10,7 @@ use vpod_proto::cri::LinuxContainerResources;
 use vpod_sandbox::network::GuestNetwork;
 use vpod_sandbox::{Sandbox, SandboxConfig, ShareConfig};
 
+use super::cgroup::{make_pod_cgroup, pod_cgroup, remove_pod_cgroup};
 use crate::logformat::now_ns;
 use crate::runtime::{lock, pod_name_key, Pod, Runtime, RuntimeError};
 use crate::sizing::{pod_size, PodSize};
@@ -21,6 +22,8 @@ pub struct RunPod {
     pub settings: PodSettings,
     pub resources: Option<LinuxContainerResources>,
     pub overhead: Option<LinuxContainerResources>,
+    /// The kubelet's `linux.cgroup_parent` (checked): the pod's cgroup goes under it.
+    pub cgroup_parent: String,
 }
 
 impl Runtime {
@@ -48,6 +51,7 @@ impl Runtime {
             request.resources.as_ref(),
             request.overhead.as_ref(),
         );
+        let cgroup = pod_cgroup(&request.cgroup_parent, &id)?;
         let mut record = PodRecord {
             id: id.clone(),
             settings: request.settings,
@@ -57,14 +61,19 @@ impl Runtime {
             phase: PodPhase::Creating,
             reason: String::new(),
             network: None,
+            cgroup: cgroup.as_ref().map(|c| c.dir()),
         };
         // The intent: a daemon killed from here on leaves this record for recovery.
         self.state.write_pod(&record)?;
-        let made = self.boot_on_network(&mut record, size).await;
+        let made = match cgroup.as_ref().map(make_pod_cgroup).transpose() {
+            Ok(_) => self.boot_on_network(&mut record, size).await,
+            Err(e) => Err(e),
+        };
         let sandbox = match made {
             Ok(sandbox) => sandbox,
             Err(e) => {
                 self.tear_down_network_logged(&id).await;
+                remove_pod_cgroup(&id, record.cgroup.as_deref()).await;
                 let _ = self.state.remove_pod(&id);
                 return Err(e);
             }
@@ -73,6 +82,7 @@ impl Runtime {
         if let Err(e) = self.state.write_pod(&record) {
             let _ = sandbox.stop().await;
             self.tear_down_network_logged(&id).await;
+            remove_pod_cgroup(&id, record.cgroup.as_deref()).await;
             let _ = self.state.remove_pod(&id);
             return Err(e.into());
         }
@@ -166,6 +176,7 @@ impl Runtime {
         config.network = network;
         config.defer_network = true;
         config.ksm = rules.ksm;
+        config.cgroup = record.cgroup.clone();
         config.share = rules.volumes.then(|| ShareConfig {
             virtiofsd: rules
                 .virtiofsd

@@ -1,6 +1,7 @@
 //! StopPodSandbox: stop the pod's VM and so every container in it, then release its
-//! network (CNI's DEL), as containerd does at this point.
+//! network (CNI's DEL), as containerd does at this point, and remove its cgroup.
 
+use super::cgroup::remove_pod_cgroup;
 use crate::logformat::now_ns;
 use crate::runtime::{lock, Pod, Runtime, RuntimeError};
 use crate::state::{ContainerPhase, PodPhase};
@@ -54,6 +55,7 @@ impl Runtime {
         }
         // After the VM: its tap holds the pod's side of the link until the VMM is gone.
         let released = self.tear_down_network(&pod.id).await;
+        let cgroup_gone = remove_pod_cgroup(&pod.id, pod.record().cgroup.as_deref()).await;
         self.update_pod(pod, |p| {
             if p.phase != PodPhase::NotReady {
                 p.reason = pod_reason.to_string();
@@ -61,6 +63,9 @@ impl Runtime {
             p.phase = PodPhase::NotReady;
             if released.is_ok() {
                 p.network = None;
+            }
+            if cgroup_gone {
+                p.cgroup = None;
             }
         })?;
         stopped.map_err(RuntimeError::from)?;

@@ -175,6 +175,8 @@ fn run_pod_request(request: cri::RunPodSandboxRequest) -> Result<RunPod, Runtime
     }
     bounds::check_resources(linux.resources.as_ref(), "config.linux.resources")?;
     bounds::check_resources(linux.overhead.as_ref(), "config.linux.overhead")?;
+    vpod_sandbox::cgroup::check_parent(&linux.cgroup_parent)
+        .map_err(|e| RuntimeError::invalid("config.linux.cgroup_parent", e.to_string()))?;
     Ok(RunPod {
         settings: PodSettings {
             name: metadata.name,
@@ -194,6 +196,7 @@ fn run_pod_request(request: cri::RunPodSandboxRequest) -> Result<RunPod, Runtime
         },
         resources: linux.resources,
         overhead: linux.overhead,
+        cgroup_parent: linux.cgroup_parent,
     })
 }
 
@@ -282,6 +285,28 @@ mod tests {
             assert_eq!(
                 field_of(run_pod_request(r)),
                 format!("config.linux.security_context.namespace_options.{which}")
+            );
+        }
+    }
+
+    #[test]
+    fn a_cgroup_parent_is_kept_and_one_that_could_escape_is_refused() {
+        let with_parent = |parent: &str| {
+            let mut r = pod_request();
+            r.config.as_mut().unwrap().linux = Some(cri::LinuxPodSandboxConfig {
+                cgroup_parent: parent.into(),
+                ..Default::default()
+            });
+            run_pod_request(r)
+        };
+        for parent in ["", "/kubepods/burstable/pod1", "kubepods-pod1.slice"] {
+            assert_eq!(with_parent(parent).unwrap().cgroup_parent, parent);
+        }
+        for parent in ["/kubepods/../..", "a/b.slice", "kubepods--x.slice"] {
+            assert_eq!(
+                field_of(with_parent(parent)),
+                "config.linux.cgroup_parent",
+                "{parent}"
             );
         }
     }
