@@ -88,7 +88,9 @@ impl AllowList {
     }
 }
 
-/// What every thread does: the Rust runtime and allocator, thread exit, the SIGSYS handler
+/// What every thread does: the Rust runtime and allocator (glibc's malloc counts the CPUs,
+/// `sched_getaffinity`, when a thread first needs an arena of its own), thread exit, the
+/// SIGSYS handler
 /// (`write`, `getpid`, `gettid`, `tgkill`, `prctl(PR_GET_NAME)`), closing descriptors (which
 /// debug builds of std precede with `fcntl(F_GETFD)`) and writing to the console or an
 /// eventfd.
@@ -106,6 +108,7 @@ fn common() -> Result<AllowList, BackendError> {
         libc::SYS_sigaltstack,
         libc::SYS_clock_gettime,
         libc::SYS_getrandom,
+        libc::SYS_sched_getaffinity,
         libc::SYS_close,
         libc::SYS_write,
         libc::SYS_getpid,
@@ -202,6 +205,8 @@ pub(crate) fn vcpu_thread() -> Result<AllowList, BackendError> {
         libc::SYS_rseq,
     ]);
     list.allow_arg(libc::SYS_prctl, 0, &[libc::PR_SET_NAME as u64])?
+        // The watchdog's copy of the backend's socket.
+        .allow_arg(libc::SYS_fcntl, 1, &[libc::F_DUPFD_CLOEXEC as u64])?
         .allow_arg(libc::SYS_ioctl, 1, &[KVM_RUN, libc::TUNSETOFFLOAD])?;
     Ok(list)
 }

@@ -331,4 +331,15 @@ mod tests {
         }
         assert!(filters::vcpu_thread().expect("list").names(libc::SYS_ioctl));
     }
+
+    #[test]
+    fn the_vcpu_list_is_the_shorter_and_both_stay_short() {
+        let [(ThreadKind::Main, main), (ThreadKind::Vcpu, vcpu)] =
+            allow_list_sizes().expect("lists")
+        else {
+            panic!("the kinds are main, then vcpu");
+        };
+        eprintln!("allow-lists: main {main} system calls, vcpu {vcpu}");
+        assert!(vcpu < main && main < 80, "main {main}, vcpu {vcpu}");
+    }
 }
