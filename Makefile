@@ -15,7 +15,7 @@ APT_PACKAGES := build-essential bc bison flex libelf-dev libssl-dev xz-utils cpi
 # The peers `make bench` measures besides vpod (not needed to build or test).
 BENCH_PACKAGES := containerd umoci
 
-.PHONY: all deps kernel stub test-initrd initrd image kvm-host rust test lint bench demo clean
+.PHONY: all deps kernel stub test-initrd initrd image kvm-host rust test lint bench demo fuzz clean
 
 all: deps kernel stub test-initrd rust initrd image
 
@@ -72,6 +72,23 @@ test: all kvm-host lint
 	echo "make test: emulated KVM host retries in this run: $$n"; \
 	[ "$$n" = 0 ] || sed 's/^/  retry: /' $(BUILD)/kvm-host-retries.log; \
 	exit $$status
+
+# Coverage-guided fuzzing: each libFuzzer target in fuzz/ (cargo-fuzz on the nightly
+# toolchain, installed if missing) for FUZZ_SECONDS, from its committed corpus and
+# regressions; new inputs go to fuzz/corpus/<target>, crashes to fuzz/artifacts/<target>.
+# Not part of `make test`, which replays the corpora on stable (tests/fuzz-targets).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= $(basename $(notdir $(wildcard fuzz/fuzz_targets/*.rs)))
+
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	@failed=; for t in $(FUZZ_TARGETS); do \
+	  dirs=fuzz/corpus/$$t; [ -d fuzz/regressions/$$t ] && dirs="$$dirs fuzz/regressions/$$t"; \
+	  echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+	  $(CARGO) +nightly fuzz run $$t $$dirs -- -max_total_time=$(FUZZ_SECONDS) -timeout=10 \
+	    || failed="$$failed $$t"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz: crashes in$$failed (inputs under fuzz/artifacts/)"; exit 1; fi
 
 # Runs a command prefixed by the emulated KVM host's runner where guests cannot boot here:
 # the shell side of the decision Rust tests get from vpod_e2e::guest_host (both ask

@@ -439,7 +439,7 @@ fn oci_auth(reference: &str, auth: Option<&RegistryAuth>) -> Result<OciAuth, Ima
 
 /// The media type of a manifest document: its `mediaType` field, or, for documents that
 /// leave it out (allowed by OCI), what its fields say it is.
-fn manifest_media_type(bytes: &[u8]) -> Result<MediaType, serde_json::Error> {
+pub fn manifest_media_type(bytes: &[u8]) -> Result<MediaType, serde_json::Error> {
     #[derive(Deserialize)]
     struct Probe {
         #[serde(rename = "schemaVersion")]
@@ -463,7 +463,7 @@ fn manifest_media_type(bytes: &[u8]) -> Result<MediaType, serde_json::Error> {
 }
 
 /// The index entry for linux on this host's architecture (for arm64, variant v8 or none).
-fn choose_platform(index: &ImageIndex) -> Option<&Descriptor> {
+pub fn choose_platform(index: &ImageIndex) -> Option<&Descriptor> {
     let architecture = Arch::from(host_platform());
     index.manifests().iter().find(|entry| {
         entry.platform().as_ref().is_some_and(|platform| {

@@ -76,6 +76,13 @@ use crate::store::{ImportedImage, LayerStore, LayerStoreError};
 
 pub use reference::{ImageReference, ReferenceError};
 
+/// The registry's pure readers of what a registry sends, for the fuzz targets
+/// (`tests/fuzz-targets`); not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::fetch::{choose_platform, manifest_media_type};
+}
+
 /// Credentials for one pull, as CRI's `AuthConfig` carries them. Empty fields are unset.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct RegistryAuth {

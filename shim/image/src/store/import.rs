@@ -48,7 +48,9 @@ pub struct ImageConfig {
 }
 
 impl ImageConfig {
-    pub(super) fn from_config_file(file: &ImageConfiguration) -> ImageConfig {
+    /// The fields the store keeps of an image config file. Public for the fuzz targets.
+    #[doc(hidden)]
+    pub fn from_config_file(file: &ImageConfiguration) -> ImageConfig {
         let run = file.config().clone().unwrap_or_default();
         ImageConfig {
             architecture: file.architecture().to_string(),

@@ -264,17 +264,22 @@ impl<S: QueueSignal, L: NetRateLimit> NetQueueHandler<S, L> {
         let mut used_any = false;
         // The guest need not notify while the queue is being drained.
         let _ = self.tx.disable_notification(memory);
+        let mut rechecked = false;
         for _ in 0..FRAMES_PER_CALL {
             let Some(chain) = self.tx.pop_descriptor_chain(memory) else {
-                // Notifications back on; a chain queued meanwhile is taken now.
+                // Notifications back on; a chain queued meanwhile is taken now. Once only:
+                // an avail index that runs more than a queue ahead pops nothing however
+                // often it is read, and must not keep the event loop coming back.
                 match self.tx.enable_notification(memory) {
-                    Ok(true) => {
+                    Ok(true) if !rechecked => {
+                        rechecked = true;
                         let _ = self.tx.disable_notification(memory);
                         continue;
                     }
                     _ => return self.signal_if(memory, used_any, TX_QUEUE),
                 }
             };
+            rechecked = false;
             let head = chain.head_index();
             match self.read_tx_chain(memory, chain) {
                 Ok(len) if !self.limiter.admit_tx(len) => {
@@ -363,6 +368,7 @@ impl<S: QueueSignal, L: NetRateLimit> NetQueueHandler<S, L> {
         let mut written = 0usize;
         let mut popped: u16 = 0;
         let mut too_large = false;
+        let mut rechecked = false;
         while written < frame_len {
             if popped >= most_chains {
                 // The whole queue cannot hold it: it never will.
@@ -371,13 +377,17 @@ impl<S: QueueSignal, L: NetRateLimit> NetQueueHandler<S, L> {
             }
             let Some(chain) = self.rx.pop_descriptor_chain(memory) else {
                 // The guest is to notify when it posts its next buffer (with EVENT_IDX: once
-                // it moves past the buffers there are now); if it just did, go on.
-                if matches!(self.rx.enable_notification(memory), Ok(true)) {
+                // it moves past the buffers there are now); if it just did, go on. Once
+                // only: an avail index more than a queue ahead pops nothing however often
+                // it is read (it spun the event loop forever, found by `make fuzz`).
+                if !rechecked && matches!(self.rx.enable_notification(memory), Ok(true)) {
+                    rechecked = true;
                     continue;
                 }
                 self.rx.set_next_avail(start);
                 return Delivery::NoBuffers;
             };
+            rechecked = false;
             popped += 1;
             let head = chain.head_index();
             // The header (num_buffers above all) must lie in the first chain.

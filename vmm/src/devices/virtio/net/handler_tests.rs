@@ -425,6 +425,27 @@ fn a_frame_larger_than_the_whole_queue_is_dropped() {
     assert!(!handler.rx_waiting());
 }
 
+/// An avail index more than a queue ahead of the device pops nothing, however often it is
+/// read (found by `make fuzz`: the rx path retried forever, the tx path kept asking the
+/// event loop to come back).
+#[test]
+fn an_avail_index_far_ahead_ends_both_paths_without_work_left() {
+    let m = memory();
+    let signal = CountingSignal::default();
+    let (rings, mut handler, _) = setup(&m, &signal, 16, true);
+    rings.rx.set_avail_idx(1000);
+    rings.tx.set_avail_idx(1000);
+    let mut backend = FrameBackend {
+        incoming: VecDeque::from([frame(100, 0)]),
+        ..FrameBackend::default()
+    };
+    assert!(!handler.process_rx(&m, &mut backend));
+    assert!(handler.rx_waiting());
+    assert!(!handler.process_tx(&m, &mut backend));
+    assert!(!handler.take_unfinished());
+    assert!(backend.sent.is_empty());
+}
+
 #[test]
 fn without_mergeable_buffers_a_too_small_buffer_drops_the_frame() {
     let m = memory();
