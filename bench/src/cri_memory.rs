@@ -134,6 +134,9 @@ async fn measure(
         let [pid] = pids[..] else {
             bail!("pod {} has {} VMM processes, not one", pod.pod, pids.len());
         };
+        // The jailed VMM holds the guest's memory; its keeper is counted in the table of
+        // host processes.
+        let pid = vpod_sandbox::vmm::jailed_vmm_of(pid).unwrap_or(pid);
         let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
             .with_context(|| format!("reading /proc/{pid}/smaps"))?;
         per_pod.push(parse_vmm_smaps(&smaps, guest_kib));

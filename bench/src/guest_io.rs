@@ -5,6 +5,7 @@
 
 use anyhow::{bail, Context, Result};
 use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::process::Command;
@@ -279,8 +280,11 @@ pub fn vsock(root: &Path, runs: usize, mib: u64, host: &str) -> Result<Vec<Row>>
     let bytes = mib << 20;
     let rt = runtime()?;
     let mut sandbox = rt.block_on(start_pod(root, &scratch, 256))?;
-    let vsock = sandbox.dir().join("vsock.sock");
-    let listener = UnixListener::bind(sandbox.dir().join(format!("vsock.sock_{SOURCE_PORT}")))?;
+    let vsock = vpod_sandbox::jail::vsock_socket(sandbox.dir());
+    let listener_path = vsock.with_file_name(format!("vsock.sock_{SOURCE_PORT}"));
+    let listener = UnixListener::bind(&listener_path)?;
+    // The jailed VMM connects as the pod's user; its directory admits no one else.
+    std::fs::set_permissions(&listener_path, std::fs::Permissions::from_mode(0o666))?;
     let sink_port = SINK_PORT.to_string();
     rt.block_on(async {
         sandbox

@@ -340,6 +340,7 @@ fn peers(root: &Path) -> Result<Vec<Peer>> {
     if !vmm.exists() {
         bail!("{} is missing: run `make` first", vmm.display());
     }
+    let jail = JailedVmm::prepare(&vmm)?;
     let mut peers = vec![Peer {
         name: "vpod-vmm",
         command: Box::new(move |kernel, mem| {
@@ -349,6 +350,8 @@ fn peers(root: &Path) -> Result<Vec<Peer>> {
                 &mem.to_string(),
                 "--console",
                 "stdio",
+                // Unconfined, the floor before the jail: the jailed peer below pays for both.
+                "--no-seccomp",
             ]);
             // vpod-vmm loads build/initrd.img when it exists under the working directory;
             // the stub needs none, and the peers load none.
@@ -357,6 +360,11 @@ fn peers(root: &Path) -> Result<Vec<Peer>> {
         }),
         reset_exit: 0,
     }];
+    peers.push(Peer {
+        name: "vpod-vmm-jailed",
+        command: Box::new(move |kernel, mem| jail.command(kernel, mem)),
+        reset_exit: 0,
+    });
     // QEMU microvm has no i8042; the stub's write to port 0xf4 ends it through
     // isa-debug-exit with status (0 << 1) | 1.
     let cpu = if kvm_is_pvm() {
@@ -413,6 +421,45 @@ fn peers(root: &Path) -> Result<Vec<Peer>> {
         });
     }
     Ok(peers)
+}
+
+/// vpod-vmm as a launcher starts it: `--config` with a jail (its own namespaces, a root
+/// on an empty directory, an unprivileged uid) and the seccomp filters.
+struct JailedVmm {
+    vmm: PathBuf,
+    dir: PathBuf,
+}
+
+/// The benchmark's jailed VMM's user (no host account has it).
+const BENCH_JAIL_UID: u32 = 2_000_000_001;
+
+impl JailedVmm {
+    fn prepare(vmm: &Path) -> Result<JailedVmm> {
+        let dir = std::env::temp_dir().join(format!("vpod-bench-jail-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("jail"))?;
+        Ok(JailedVmm {
+            vmm: vmm.to_path_buf(),
+            dir,
+        })
+    }
+
+    fn command(&self, kernel: &Path, mem: u32) -> Command {
+        let config = vpod_proto::vmm::VmConfig {
+            memory_mib: u64::from(mem),
+            jail: Some(vpod_proto::vmm::JailConfig::new(
+                self.dir.join("jail"),
+                BENCH_JAIL_UID,
+                BENCH_JAIL_UID,
+            )),
+            ..vpod_proto::vmm::VmConfig::new(kernel)
+        };
+        let file = self.dir.join(format!("vmm-{mem}.json"));
+        // A failed write shows as the VMM's one-line error in the run.
+        let _ = std::fs::write(&file, config.to_json());
+        let mut c = Command::new(&self.vmm);
+        c.arg("--config").arg(file);
+        c
+    }
 }
 
 fn startup(root: &Path, runs: usize) -> Result<()> {

@@ -249,7 +249,8 @@ pub fn parse_smaps(text: &str, guest_kib: u64) -> Resident {
     }
 }
 
-/// Starts `cmd`, waits for the marker, reads its smaps, then stops it (SIGKILL, our child).
+/// Starts `cmd`, waits for the marker, reads its smaps and its children's, then stops it
+/// (SIGKILL, our child; a jailed VMM under it dies with it).
 pub fn resident_after_marker(
     cmd: &mut Command,
     marker: &str,
@@ -267,7 +268,14 @@ pub fn resident_after_marker(
     let got = marker_rx.recv_timeout(limit);
     // Let the VMM settle after the guest's last word.
     std::thread::sleep(Duration::from_millis(200));
-    let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", child.id())).unwrap_or_default();
+    // The process and its children: a jailed VMM runs under its keeper.
+    let pid = child.id();
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let mut smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    for child_pid in children.split_whitespace() {
+        smaps += &std::fs::read_to_string(format!("/proc/{child_pid}/smaps")).unwrap_or_default();
+    }
     let _ = child.kill();
     let _ = child.wait();
     let seen = reader.join().unwrap_or_default();

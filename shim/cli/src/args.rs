@@ -126,6 +126,10 @@ pub struct RunCommand {
     /// The guest initrd [default: build/initrd.img]
     #[arg(long, value_name = "PATH")]
     initrd: Option<PathBuf>,
+    /// Run the VMM unconfined, as root (development only: by default it runs jailed, in
+    /// namespaces of its own, as an unprivileged user, seccomp-filtered)
+    #[arg(long)]
+    no_jail: bool,
     /// Print help
     #[arg(long, action = ArgAction::Help)]
     help: Option<bool>,
@@ -286,6 +290,7 @@ impl RunCommand {
             vmm: self.vmm,
             kernel: self.kernel,
             initrd: self.initrd,
+            jail: !self.no_jail,
             detach: self.detach,
             pod: self.pod,
             name: self.name,

@@ -51,6 +51,8 @@ struct RunArgs {
     vmm: Option<PathBuf>,
     kernel: Option<PathBuf>,
     initrd: Option<PathBuf>,
+    /// Jail the pod's VMM (`--no-jail` turns it off).
+    jail: bool,
     detach: bool,
     pod: Option<String>,
     name: Option<String>,
@@ -131,6 +133,9 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
             config.vcpus = args.vcpus;
             config.memory_mib = args.memory_mib;
             config.die_with_parent = !args.detach;
+            if !args.jail {
+                config.jail = None;
+            }
             if args.network {
                 let (guest, _ip) = network::set_up(&args.root, &pod_id, &args.publish)?;
                 config.network = guest;

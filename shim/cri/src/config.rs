@@ -23,6 +23,9 @@
 //! ksm = false                 # guest RAM offered to KSM (trusted tenants only; volumes = false)
 //! empty_dir_disks = false     # plain emptyDirs on disks of their own (an image in the dir)
 //! empty_dir_disk_mib = 10240  # each such disk's size (sparse: it costs what is stored)
+//! jail = true                 # each VMM jailed: namespaces, own root, own uid, seccomp
+//! jail_first_uid = 2000000000 # the VMMs' uids: one per pod from this range (reserve it)
+//! jail_uid_count = 100000000
 //!
 //! [network]
 //! conf_dir = "/etc/cni/net.d"             # the first configuration here is the pods' network
@@ -239,6 +242,14 @@ pub struct PodSizing {
     pub empty_dir_disks: bool,
     /// The size of each emptyDir's disk (sparse, so an upper bound, not a cost).
     pub empty_dir_disk_mib: u64,
+    /// Each pod's VMM confines itself: its own PID, mount, IPC and UTS namespaces, a root
+    /// holding only its files, an unprivileged uid of its own, no capabilities, seccomp.
+    /// Off for development only.
+    pub jail: bool,
+    /// The host uids the jailed VMMs run as, one per pod, `jail_first_uid` onwards
+    /// (`jail_uid_count` of them); reserve the range on the host.
+    pub jail_first_uid: u32,
+    pub jail_uid_count: u32,
 }
 
 impl Default for PodSizing {
@@ -259,6 +270,9 @@ impl Default for PodSizing {
             ksm: false,
             empty_dir_disks: false,
             empty_dir_disk_mib: 10 * 1024,
+            jail: true,
+            jail_first_uid: vpod_sandbox::jail::DEFAULT_FIRST_UID,
+            jail_uid_count: vpod_sandbox::jail::DEFAULT_UID_COUNT,
         }
     }
 }
@@ -324,6 +338,14 @@ impl Config {
         }
         if pod.empty_dir_disks && pod.empty_dir_disk_mib < 16 {
             return bad("pod.empty_dir_disk_mib must be at least 16");
+        }
+        if pod.jail && (pod.jail_first_uid == 0 || pod.jail_uid_count == 0) {
+            return bad(
+                "pod.jail_first_uid and pod.jail_uid_count must be at least 1 (uid 0 is root)",
+            );
+        }
+        if u64::from(pod.jail_first_uid) + u64::from(pod.jail_uid_count) > u64::from(u32::MAX) {
+            return bad("pod.jail_first_uid + pod.jail_uid_count must stay below 2^32 - 1");
         }
         if pod.ksm && pod.volumes {
             return bad(

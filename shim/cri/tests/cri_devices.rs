@@ -42,7 +42,7 @@ fn read_at(path: &Path, offset: u64, len: usize) -> Vec<u8> {
 /// The pod's disk slots that hold a block volume (serial "d-..."): (serial, read-only),
 /// as the VMM reports them.
 fn volume_slots(sandbox_dir: &Path) -> Vec<(String, bool)> {
-    let metrics = VmmClient::new(sandbox_dir.join("api.sock"))
+    let metrics = VmmClient::new(vpod_sandbox::jail::api_socket(sandbox_dir))
         .metrics()
         .expect("the VMM's metrics");
     metrics

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use vpod_proto::vmm::{AttachDisk, ClientError, DiskSource, VmmClient};
+use vpod_proto::vmm::{ClientError, VmmClient};
 
 /// How long one request may take to be written, and its reply to be read.
 const API_TIMEOUT: Duration = Duration::from_secs(10);
@@ -14,6 +14,8 @@ const API_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum VmmApiError {
     #[error(transparent)]
     Client(#[from] ClientError),
+    #[error("cannot open {0} to attach it")]
+    Open(PathBuf, #[source] std::io::Error),
     #[error("the request to the VMM's control socket {0} did not finish")]
     Interrupted(PathBuf, #[source] tokio::task::JoinError),
 }
@@ -58,20 +60,16 @@ impl VmmApi {
         Ok(self.run(|client| client.boot_time()).await?.init_ms)
     }
 
-    /// Attaches `path` read-only to the first empty slot under `serial`.
+    /// Attaches the file at `path` read-only to the first empty slot under `serial`. The
+    /// file is opened here and passed over the socket: a jailed VMM cannot see the path.
     pub async fn attach_read_only(
         &self,
         path: &Path,
         serial: &str,
     ) -> Result<AttachedSlot, VmmApiError> {
-        let request = AttachDisk {
-            slot: None,
-            source: DiskSource::Path(path.to_path_buf()),
-            read_only: true,
-            serial: serial.to_string(),
-        };
-        let reply = self.run(move |client| client.attach_disk(request)).await?;
-        Ok(AttachedSlot { slot: reply.slot })
+        let file =
+            std::fs::File::open(path).map_err(|e| VmmApiError::Open(path.to_path_buf(), e))?;
+        self.attach_file(file, true, serial).await
     }
 
     /// Attaches the opened `file` (passed over the socket) to the first empty slot under

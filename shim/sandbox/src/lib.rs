@@ -18,6 +18,7 @@ pub mod cgroup;
 pub mod container;
 pub mod dir_disk;
 mod disk;
+pub mod jail;
 mod layers;
 pub mod network;
 pub mod network_files;
@@ -47,6 +48,7 @@ pub use block_volume::{BlockVolume, BlockVolumeError};
 pub use container::{ContainerExit, ContainerSpec, ContainerStdin, RootfsSource};
 pub use dir_disk::{DirDisk, DirDiskError};
 pub use disk::DiskError;
+pub use jail::{JailUsers, VmmJail};
 pub use output::{
     ContainerOutput, ContainerStats, ExecResult, GuestInfo, OutputChunk, OutputStream,
 };
@@ -99,6 +101,9 @@ pub struct SandboxConfig {
     /// VMM and virtiofsd join it before they exec, so the pod is charged for them. The
     /// front end makes it and removes it ([`cgroup::remove`]) once the sandbox is stopped.
     pub cgroup: Option<PathBuf>,
+    /// The users the pod's VMM runs as, jailed ([`jail`]); `None` (development only) leaves
+    /// the VMM unconfined, as root.
+    pub jail: Option<JailUsers>,
 }
 
 impl SandboxConfig {
@@ -130,6 +135,7 @@ impl SandboxConfig {
             share: None,
             ksm: false,
             cgroup: None,
+            jail: Some(JailUsers::default()),
         }
     }
 }
@@ -336,15 +342,19 @@ impl Sandbox {
                 .iter()
                 .map(|s| FsConfig::new(s.socket(), share::SHARE_TAG))
                 .collect(),
-            console_log: dir.join("console.log"),
-            vsock_socket: dir.join("vsock.sock"),
-            api_socket: dir.join("api.sock"),
+            console_log: jail::console_log(&dir),
+            vsock_socket: jail::vsock_socket(&dir),
+            api_socket: jail::api_socket(&dir),
             config_file: dir.join("vmm.json"),
             stderr_log: dir.join("vmm.log"),
             die_with_parent: config.die_with_parent,
             balloon: config.balloon,
             ksm: config.ksm,
             cgroup: config.cgroup.clone(),
+            jail: config
+                .jail
+                .as_ref()
+                .map(|users| VmmJail::for_pod(users, &config.id, &dir)),
         };
         let vmm_started = Instant::now();
         let vmm = match launch.spawn() {
@@ -477,7 +487,7 @@ impl Sandbox {
             client: agent,
             minor: agent_minor,
         } = agent::connect_and_check(
-            dir.join("vsock.sock"),
+            jail::vsock_socket(&dir),
             vpod_proto::AGENT_VSOCK_PORT,
             rpc_timeout,
         )
@@ -485,7 +495,7 @@ impl Sandbox {
         let share = state.virtiofsd_pid.map(|pid| Share::adopt(&dir, pid));
         Ok(Sandbox {
             id: state.id,
-            api: VmmApi::new(dir.join("api.sock")),
+            api: VmmApi::new(jail::api_socket(&dir)),
             dir,
             vmm,
             agent,
@@ -666,7 +676,7 @@ async fn wait_for_agent(
 }
 
 fn logs_tail(dir: &Path) -> String {
-    let console = file_tail(&dir.join("console.log"), 2048);
+    let console = file_tail(&jail::console_log(dir), 2048);
     let vmm = file_tail(&dir.join("vmm.log"), 1024);
     format!("--- console (tail)\n{console}\n--- vpod-vmm stderr (tail)\n{vmm}")
 }

@@ -15,10 +15,12 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use vpod_proto::vmm::config::DEFAULT_GUEST_CID;
 use vpod_proto::vmm::{
-    BalloonConfig, Console, DiskConfig, FsConfig, NetConfig, TapSource, VmConfig, VsockConfig,
+    BalloonConfig, Console, DiskConfig, DiskSource, FsConfig, JailConfig, NetConfig, TapSource,
+    VmConfig, VsockConfig, JAILED_VMM_NAME,
 };
 
 use crate::cgroup::CgroupProcs;
+use crate::jail::VmmJail;
 use crate::network::Nic;
 
 /// How to start the VMM of one pod.
@@ -51,6 +53,9 @@ pub struct VmmLaunch {
     pub ksm: bool,
     /// The pod's cgroup v2 directory: the VMM joins it before it execs, and is told it.
     pub cgroup: Option<PathBuf>,
+    /// Confine the VMM ([`crate::jail`]); `None` only for development. Its console file
+    /// and sockets must then be in one directory of their own.
+    pub jail: Option<VmmJail>,
 }
 
 /// A running (or ended, not yet reaped) VMM: our child, or adopted from an earlier `vpod`
@@ -87,13 +92,17 @@ impl VmmLaunch {
             balloon: self.balloon,
             ksm: self.ksm,
             cgroup: self.cgroup.clone(),
+            jail: self
+                .jail
+                .as_ref()
+                .map(|jail| JailConfig::new(&jail.root, jail.uid, jail.gid)),
             ..VmConfig::new(&self.kernel)
         }
     }
 
-    /// Writes the configuration file and returns the command that reads it.
-    fn command(&self) -> std::io::Result<Command> {
-        std::fs::write(&self.config_file, self.vm_config().to_json())?;
+    /// Writes `config` to the configuration file and returns the command that reads it.
+    fn command(&self, config: &VmConfig) -> std::io::Result<Command> {
+        std::fs::write(&self.config_file, config.to_json())?;
         let mut cmd = Command::new(&self.program);
         cmd.arg("--config").arg(&self.config_file);
         Ok(cmd)
@@ -113,7 +122,30 @@ impl VmmLaunch {
             ));
         }
         let stderr = File::create(&self.stderr_log)?;
-        let mut cmd = self.command()?;
+        let mut config = self.vm_config();
+        for path in [&self.console_log, &self.vsock_socket, &self.api_socket] {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+        }
+        // Opened here, inherited by the VMM: its jail's user may not open the pod's files.
+        let mut disk_files = Vec::new();
+        if let Some(jail) = &self.jail {
+            let vm_dir = self.api_socket.parent().unwrap_or(Path::new("/"));
+            let sockets: Vec<&Path> = self.fs.iter().map(|fs| fs.socket.as_path()).collect();
+            jail.prepare(vm_dir, &sockets)?;
+            for disk in &mut config.disks {
+                if let DiskSource::Path(path) = &disk.source {
+                    let file = std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(!disk.read_only)
+                        .open(path)?;
+                    disk.source = DiskSource::Fd(file.as_raw_fd() as u32);
+                    disk_files.push(file);
+                }
+            }
+        }
+        let mut cmd = self.command(&config)?;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -121,7 +153,11 @@ impl VmmLaunch {
             .process_group(0);
         inherit_fds(
             &mut cmd,
-            self.nics.iter().map(|nic| nic.tap.as_raw_fd()).collect(),
+            self.nics
+                .iter()
+                .map(|nic| nic.tap.as_raw_fd())
+                .chain(disk_files.iter().map(|file| file.as_raw_fd()))
+                .collect(),
         );
         if let Some(dir) = &self.cgroup {
             let procs = CgroupProcs::open(dir).map_err(std::io::Error::other)?;
@@ -245,10 +281,47 @@ impl VmmProcess {
     }
 
     /// SIGKILL by PID (only while not reaped or, adopted, while it still is a vpod-vmm, so
-    /// the PID is still the VMM's) and reap it when it is our child.
+    /// the PID is still the VMM's) and reap it when it is our child. A jailed VMM is killed
+    /// first and its keeper given a moment to end after it, so that once this returns the VMM
+    /// has let go of the pod's files, taps and sockets (killing the keeper alone would have
+    /// the kernel kill the VMM only as the keeper dies).
     pub fn kill_and_reap(&self) {
+        if let Some(jailed) = jailed_vmm_of(self.pid()) {
+            if let Some(pid) = rustix::process::Pid::from_raw(jailed as i32) {
+                let _ = rustix::process::kill_process(pid, Signal::KILL);
+            }
+            let deadline = Instant::now() + KEEPER_GRACE;
+            while Instant::now() < deadline && self.keeper_running() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
         self.process.kill_and_reap(is_live_vmm);
     }
+
+    fn keeper_running(&self) -> bool {
+        if self.process.is_child() {
+            self.process.try_wait_child().is_none()
+        } else {
+            self.adopted_alive()
+        }
+    }
+
+    /// The jailed VMM process under this one (its keeper), when the VMM is jailed.
+    pub fn jailed_pid(&self) -> Option<u32> {
+        jailed_vmm_of(self.pid())
+    }
+}
+
+/// How long a keeper whose jailed VMM was killed may take to end on its own.
+const KEEPER_GRACE: Duration = Duration::from_secs(2);
+
+/// The jailed VMM whose keeper is `pid` (the keeper's only child), if it is one.
+pub fn jailed_vmm_of(pid: u32) -> Option<u32> {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    let child: u32 = children.split_whitespace().next()?.parse().ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+    let live = stat.contains(&format!("({JAILED_VMM_NAME}) ")) && !stat.contains(") Z ");
+    live.then_some(child)
 }
 
 /// The last `max` bytes of `path`, for error messages (empty when unreadable).
@@ -329,8 +402,9 @@ mod tests {
             balloon: Some(BalloonConfig::default()),
             ksm: false,
             cgroup: Some("/sys/fs/cgroup/kubepods/pod1/vpod-p1".into()),
+            jail: None,
         };
-        let cmd = launch.command().expect("config written");
+        let cmd = launch.command(&launch.vm_config()).expect("config written");
         let args: Vec<_> = cmd.get_args().collect();
         assert_eq!(
             args,
@@ -403,8 +477,9 @@ mod tests {
             balloon: None,
             ksm: true,
             cgroup: None,
+            jail: None,
         };
-        launch.command().expect("config written");
+        launch.command(&launch.vm_config()).expect("config written");
         let text = std::fs::read(&launch.config_file).expect("config file");
         let config = VmConfig::from_json(&text).expect("a VM configuration");
         assert_eq!(

@@ -33,6 +33,9 @@ fn detached_pods_list_exec_log_and_are_removed() {
             .check("containers_of_a_pod_have_their_own_namespaces", || {
                 own_namespaces(&root, &pod)
             })
+            .check("the_pod_s_vmm_runs_jailed_and_filtered", || {
+                jailed(&root, &pod)
+            })
             .check("rm_removes_the_pod", || remove(&root, &pod))
             .check("logs_of_a_detached_container_keep_their_streams", || {
                 logs(&root)
@@ -138,6 +141,67 @@ fn own_namespaces(root: &VpodRoot, pod: &str) {
     );
     // Each sees only its own sleep.
     assert_eq!((first.sleeps.as_str(), second.sleeps.as_str()), ("1", "1"));
+}
+
+/// A `/proc/PID/status` field of `pid`, trimmed.
+fn status_field(pid: &str, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+fn jailed(root: &VpodRoot, pod: &str) {
+    let keeper = std::fs::read_to_string(root.sandbox_dir(pod).join("vmm.pid")).expect("vmm.pid");
+    let keeper = keeper.trim();
+    assert_eq!(status_field(keeper, "Name"), "vpod-vmm");
+    let children = std::fs::read_to_string(format!("/proc/{keeper}/task/{keeper}/children"))
+        .expect("the keeper's children");
+    let vmm = children.split_whitespace().next().expect("a jailed VMM");
+    assert_eq!(status_field(vmm, "Name"), "vpod-vmm-jailed");
+    let uid: u32 = status_field(vmm, "Uid")
+        .split_whitespace()
+        .next()
+        .and_then(|u| u.parse().ok())
+        .expect("a uid");
+    assert!(uid >= 2_000_000_000, "the VMM runs as uid {uid}");
+    assert_eq!(status_field(vmm, "CapEff"), "0000000000000000");
+    assert_eq!(status_field(vmm, "CapBnd"), "0000000000000000");
+    assert_eq!(status_field(vmm, "NoNewPrivs"), "1");
+    assert!(
+        status_field(vmm, "NSpid").ends_with("\t1"),
+        "not its PID namespace's first"
+    );
+    // Every thread under its filter.
+    let tasks = std::fs::read_dir(format!("/proc/{vmm}/task")).expect("tasks");
+    let mut threads = 0;
+    for task in tasks.flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        assert!(
+            status.contains("Seccomp:\t2\n"),
+            "thread {:?} is not filtered",
+            task.file_name()
+        );
+        threads += 1;
+    }
+    assert!(threads >= 2, "{threads} threads");
+    // Its root: the pod's files and /dev/kvm, none of the host's.
+    let jail = format!("/proc/{vmm}/root");
+    for absent in ["etc", "usr", "bin", "proc", "sys", "home"] {
+        assert!(
+            !std::path::Path::new(&jail).join(absent).exists(),
+            "/{absent} is in the jail"
+        );
+    }
+    let devices: Vec<String> = std::fs::read_dir(format!("{jail}/dev"))
+        .expect("/dev in the jail")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(devices, ["kvm"]);
 }
 
 fn remove(root: &VpodRoot, pod: &str) {

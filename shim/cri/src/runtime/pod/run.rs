@@ -8,7 +8,7 @@ use std::time::Instant;
 use tokio::sync::RwLock;
 use vpod_proto::cri::LinuxContainerResources;
 use vpod_sandbox::network::GuestNetwork;
-use vpod_sandbox::{Sandbox, SandboxConfig, ShareConfig};
+use vpod_sandbox::{JailUsers, Sandbox, SandboxConfig, ShareConfig};
 
 use super::cgroup::{make_pod_cgroup, pod_cgroup, remove_pod_cgroup};
 use crate::logformat::now_ns;
@@ -176,6 +176,10 @@ impl Runtime {
         config.network = network;
         config.defer_network = true;
         config.ksm = rules.ksm;
+        config.jail = rules.jail.then_some(JailUsers {
+            first_uid: rules.jail_first_uid,
+            count: rules.jail_uid_count,
+        });
         config.cgroup = record.cgroup.clone();
         config.share = rules.volumes.then(|| ShareConfig {
             virtiofsd: rules
