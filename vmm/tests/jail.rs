@@ -63,9 +63,13 @@ impl PodDir {
     }
 
     fn spawn(&self, config: &VmConfig) -> Keeper {
+        self.spawn_program(Path::new(VMM), config)
+    }
+
+    fn spawn_program(&self, vmm: &Path, config: &VmConfig) -> Keeper {
         let file = self.0.join("vmm.json");
         std::fs::write(&file, config.to_json()).expect("config");
-        let child = Command::new(VMM)
+        let child = Command::new(vmm)
             .arg("--config")
             .arg(&file)
             .stdin(Stdio::null())
@@ -420,4 +424,25 @@ fn the_keeper_and_the_jailed_vmm_run_in_the_cgroup_they_are_given() {
     assert_eq!(procs.lines().count(), 2, "{procs}");
     keeper.signal(libc::SIGTERM);
     assert_eq!(keeper.wait(Duration::from_secs(20)).code(), Some(143));
+}
+
+#[test]
+fn a_jailed_vmm_that_makes_a_call_outside_its_filter_dies_by_sigsys_and_says_which() {
+    // The first process of a PID namespace ignores signals it sends itself: the handler must
+    // still end it, and its keeper must end the same way.
+    let pod = PodDir::new("probe");
+    let probe = built("target/seccomp-probe/release/vpod-vmm");
+    let mut keeper = pod.spawn_program(&probe, &pod.config(built("build/stub-seccomp-probe.elf")));
+    let status = keeper.wait(Duration::from_secs(20));
+    let stderr = keeper.stderr();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGSYS),
+        "{status:?}: {stderr}"
+    );
+    assert_eq!(
+        vpod_vmm::seccomp::seccomp_kill_from_log(&stderr),
+        Some((libc::SYS_reboot as u64, "vcpu".to_string())),
+        "{stderr}"
+    );
 }
