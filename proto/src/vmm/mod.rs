@@ -32,6 +32,7 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod port;
+pub mod seccomp_kill;
 
 pub use api::{
     decode_reply, decode_request, encode_line, AttachDisk, AttachDiskReply, BalloonReply,

@@ -37,6 +37,7 @@ use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
+use vpod_proto::vmm::seccomp_kill::seccomp_kill_from_log;
 use vpod_proto::vmm::{BalloonConfig, DiskConfig, FsConfig};
 use vpod_proto::AgentClient;
 
@@ -675,10 +676,19 @@ async fn wait_for_agent(
     }
 }
 
+/// The tails of the console and the VMM's stderr; first, when the VMM's seccomp filter
+/// killed it, which call it made.
 fn logs_tail(dir: &Path) -> String {
     let console = file_tail(&jail::console_log(dir), 2048);
     let vmm = file_tail(&dir.join("vmm.log"), 1024);
-    format!("--- console (tail)\n{console}\n--- vpod-vmm stderr (tail)\n{vmm}")
+    let seccomp = std::fs::read_to_string(dir.join("vmm.log"))
+        .ok()
+        .and_then(|log| seccomp_kill_from_log(&log))
+        .map(|(syscall, thread)| {
+            format!("vpod-vmm was killed by seccomp: syscall {syscall} (in its {thread} thread)\n")
+        })
+        .unwrap_or_default();
+    format!("{seccomp}--- console (tail)\n{console}\n--- vpod-vmm stderr (tail)\n{vmm}")
 }
 
 /// Removes a directory unless kept.
@@ -726,5 +736,24 @@ mod tests {
         assert!(!valid_id("-a"));
         assert!(!valid_id("a/b"));
         assert!(!valid_id(&"a".repeat(33)));
+    }
+}
+
+#[cfg(test)]
+mod logs_tail_tests {
+    use super::*;
+
+    #[test]
+    fn a_vmm_killed_by_seccomp_is_reported_with_its_call_first() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let line = vpod_proto::vmm::seccomp_kill::kill_line(169, "vcpu");
+        std::fs::write(dir.path().join("vmm.log"), format!("{line}\n")).expect("log");
+        let text = logs_tail(dir.path());
+        assert!(
+            text.starts_with("vpod-vmm was killed by seccomp: syscall 169 (in its vcpu thread)\n"),
+            "{text}"
+        );
+        std::fs::write(dir.path().join("vmm.log"), "vpod-vmm: error: no KVM\n").expect("log");
+        assert!(logs_tail(dir.path()).starts_with("--- console"));
     }
 }

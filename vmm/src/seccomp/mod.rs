@@ -39,10 +39,10 @@ pub use filters::KVM_RUN;
 /// The guest port whose write makes a `seccomp-probe` build call a system call in no list.
 pub const PROBE_PORT: u16 = 0x3f2;
 
-/// The start of the line the SIGSYS handler writes, before the system call's number.
-pub const KILL_LINE_PREFIX: &str = "vpod-vmm: killed by seccomp: syscall ";
-/// Between the number and the thread's name.
-const KILL_LINE_THREAD: &str = " in thread ";
+// The line the SIGSYS handler writes is the host's contract: defined in vpod_proto.
+pub use vpod_proto::vmm::seccomp_kill::{
+    kill_line, seccomp_kill_from_log, KILL_LINE_PREFIX, KILL_LINE_THREAD,
+};
 
 /// Errors preparing or installing the filters.
 #[derive(Debug, thiserror::Error)]
@@ -132,26 +132,6 @@ pub fn apply(kind: ThreadKind, program: &BpfProgram) -> Result<(), SeccompError>
     }
     THREAD_KIND.with(|name| name.set(kind.name()));
     seccompiler::apply_filter(program).map_err(|e| SeccompError::Install(kind.name(), e))
-}
-
-/// The kill line for `syscall` in the thread `thread`, as the handler writes it (without its
-/// newline).
-pub fn kill_line(syscall: u64, thread: &str) -> String {
-    format!("{KILL_LINE_PREFIX}{syscall}{KILL_LINE_THREAD}{thread}")
-}
-
-/// The system call and thread of the first kill line in `text` (a VMM's stderr), if any:
-/// how a launcher reports "vpod-vmm was killed by seccomp: syscall N".
-pub fn seccomp_kill_from_log(text: &str) -> Option<(u64, String)> {
-    text.lines().find_map(|line| {
-        let rest = &line[line.find(KILL_LINE_PREFIX)? + KILL_LINE_PREFIX.len()..];
-        let (number, thread) = rest.split_once(KILL_LINE_THREAD)?;
-        let thread = thread.trim_end();
-        if thread.is_empty() {
-            return None;
-        }
-        Some((number.parse().ok()?, thread.to_string()))
-    })
 }
 
 /// The `seccomp-probe` build's guest-triggered violation: `reboot(2)` with no valid magic
@@ -273,33 +253,6 @@ fn install_sigsys_handler() -> Result<(), SeccompError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_kill_line_is_read_back() {
-        let log = format!("boot\n{}\nmore\n", kill_line(169, "vcpu"));
-        assert_eq!(seccomp_kill_from_log(&log), Some((169, "vcpu".into())));
-    }
-
-    #[test]
-    fn the_first_kill_line_wins_and_surrounding_text_is_ignored() {
-        let log = format!(
-            "[  1.0] x {}\r\n{}\n",
-            kill_line(7, "main"),
-            kill_line(9, "vcpu")
-        );
-        assert_eq!(seccomp_kill_from_log(&log), Some((7, "main".into())));
-    }
-
-    #[test]
-    fn text_without_a_whole_kill_line_reads_as_none() {
-        assert_eq!(seccomp_kill_from_log(""), None);
-        assert_eq!(seccomp_kill_from_log("vpod-vmm: error: no KVM"), None);
-        assert_eq!(seccomp_kill_from_log(KILL_LINE_PREFIX), None);
-        let no_number = format!("{KILL_LINE_PREFIX}x in thread main");
-        assert_eq!(seccomp_kill_from_log(&no_number), None);
-        let no_thread = format!("{KILL_LINE_PREFIX}12 in thread ");
-        assert_eq!(seccomp_kill_from_log(&no_thread), None);
-    }
 
     #[test]
     fn the_stack_line_formats_numbers_and_truncates() {
