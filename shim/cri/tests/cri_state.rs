@@ -1,6 +1,7 @@
 //! State that survives: a restarted `vpod-cri` (even after kill -9) re-attaches to running
 //! pods and resumes their logs; a daemon killed during RunPodSandbox or CreateContainer
-//! leaves nothing behind after the restart; a VM that dies is reported. And 20 pods
+//! leaves nothing behind after the restart; a VM that dies is reported; a pod's cgroup
+//! on the host (its VMM's and virtiofsd's) goes with its VM, crash or not. And 20 pods
 //! created at once.
 
 mod common;
@@ -306,6 +307,172 @@ fn twenty_pods_created_at_once_all_run() {
             assert!(daemon.vmm_pids().is_empty());
             assert!(daemon.sandbox_dirs().is_empty());
             assert!(daemon.state_entries().is_empty());
+        },
+    );
+}
+
+/// The cgroup v2 path of process `pid` (`/proc/PID/cgroup`'s `0::` line); empty when gone.
+fn cgroup_of(pid: u32) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    text.lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The pod's recorded VMM (`vmm.pid`) and its descendants (the VMM the jail's waiting
+/// process starts).
+fn vmm_and_children(sandbox_dir: &std::path::Path) -> Vec<u32> {
+    let pid: u32 = std::fs::read_to_string(sandbox_dir.join("vmm.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut tree = vec![pid];
+    let mut next = 0;
+    while let Some(&parent) = tree.get(next) {
+        let children = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+            .unwrap_or_default();
+        tree.extend(
+            children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok()),
+        );
+        next += 1;
+    }
+    tree
+}
+
+/// `/proc/PID/comm`, for messages.
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// Removes the test's cgroup parents (the kubelet's, here made by the runtime), deepest
+/// first, whatever the test left.
+struct CgroupParents(std::path::PathBuf);
+
+impl Drop for CgroupParents {
+    fn drop(&mut self) {
+        fn rmdir_all(dir: &std::path::Path) {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    rmdir_all(&entry.path());
+                }
+            }
+            let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+            for _ in 0..300 {
+                if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        rmdir_all(&self.0);
+    }
+}
+
+/// A pod with a `cgroup_parent` (the kubelet's cgroupfs form) runs its VMM (and the jail's
+/// process around it) and its virtiofsd in a leaf under it, which is charged the guest's
+/// memory; the leaf survives a kill -9 of the daemon while the VM runs, goes at
+/// StopPodSandbox, and is removed by the restarted daemon when the pod's VM died meanwhile.
+#[test]
+fn a_pod_s_vmm_and_virtiofsd_run_in_its_cgroup_which_goes_when_the_vm_does() {
+    in_guest_host(
+        "a_pod_s_vmm_and_virtiofsd_run_in_its_cgroup_which_goes_when_the_vm_does",
+        Duration::from_secs(600),
+        || async {
+            let mount = vpod_sandbox::cgroup::cgroup2_mount()
+                .unwrap()
+                .expect("the emulated host mounts cgroup2");
+            let top = format!("vpod-e2e-{}", std::process::id());
+            let _parents = CgroupParents(mount.join(&top));
+            let mut daemon = Daemon::start("cgroups");
+            let mut c = daemon.connect().await;
+            let parent = |uid: &str| format!("/{top}/kubepods/burstable/pod{uid}");
+            let mut live = pod_config("cg-live", &daemon.log_dir);
+            live.linux = Some(LinuxPodSandboxConfig {
+                cgroup_parent: parent("live"),
+                ..Default::default()
+            });
+            let mut dying = pod_config("cg-dying", &daemon.log_dir);
+            dying.linux = Some(LinuxPodSandboxConfig {
+                cgroup_parent: parent("dying"),
+                ..Default::default()
+            });
+            let live_id = run_pod(&mut c, live).await;
+            let dying_id = run_pod(&mut c, dying).await;
+            let live_leaf = format!("{}/vpod-{live_id}", parent("live"));
+            let dying_leaf = format!("{}/vpod-{dying_id}", parent("dying"));
+            let live_dir = mount.join(live_leaf.trim_start_matches('/'));
+            let dying_dir = mount.join(dying_leaf.trim_start_matches('/'));
+            let sandboxes = daemon.root.join("sandboxes");
+
+            // The VMM (and its children) and virtiofsd are in the leaf, nothing else is.
+            let vmm = vmm_and_children(&sandboxes.join(&live_id));
+            for pid in &vmm {
+                assert_eq!(cgroup_of(*pid), live_leaf, "VMM process {pid}");
+            }
+            let procs = std::fs::read_to_string(live_dir.join("cgroup.procs")).unwrap();
+            let in_leaf: Vec<u32> = procs.lines().filter_map(|p| p.parse().ok()).collect();
+            let named: Vec<(u32, String)> = in_leaf.iter().map(|&p| (p, comm(p))).collect();
+            let virtiofsd = named.iter().filter(|(_, c)| c == "virtiofsd").count();
+            assert!(virtiofsd > 0, "no virtiofsd in {named:?}");
+            // KVM's own worker of the VM (`kvm-nx-lpage-recovery-<VMM pid>`) runs in the
+            // cgroup of the process that made the VM: charged to the pod as well.
+            let stray: Vec<&(u32, String)> = named
+                .iter()
+                .filter(|(pid, c)| !vmm.contains(pid) && c != "virtiofsd" && !c.starts_with("kvm-"))
+                .collect();
+            assert!(
+                stray.is_empty(),
+                "{stray:?} in the leaf: {named:?}, VMM {vmm:?}"
+            );
+            assert!(!in_leaf.contains(&daemon.pid()));
+            // The guest's memory is charged there: its kernel and init touched MiBs.
+            let charged = vpod_sandbox::cgroup::memory_current(&live_dir)
+                .expect("the leaf has memory.current");
+            println!("the live pod's leaf is charged {} KiB", charged >> 10);
+            assert!(charged >= 8 << 20, "memory.current {charged}");
+
+            // A daemon killed and restarted leaves a running pod's leaf alone.
+            daemon.kill9();
+            daemon.spawn();
+            assert_eq!(cgroup_of(vmm[0]), live_leaf);
+            // The other pod's VM dies while no daemon runs: the restarted one removes its leaf.
+            daemon.kill9();
+            let dying_vmm = vmm_and_children(&sandboxes.join(&dying_id));
+            for pid in &dying_vmm {
+                let _ = rustix::process::kill_process(
+                    rustix::process::Pid::from_raw(*pid as i32).unwrap(),
+                    rustix::process::Signal::KILL,
+                );
+            }
+            assert!(dying_dir.exists());
+            daemon.spawn();
+            let mut c = daemon.connect().await;
+            assert!(
+                !dying_dir.exists(),
+                "the dead pod's leaf outlived the restart\n{}",
+                daemon.log()
+            );
+            assert!(live_dir.exists());
+            stop_and_remove_pod(&mut c, &dying_id).await;
+
+            // StopPodSandbox removes the leaf; the parent (the kubelet's) stays.
+            c.runtime
+                .stop_pod_sandbox(StopPodSandboxRequest {
+                    pod_sandbox_id: live_id.clone(),
+                })
+                .await
+                .expect("StopPodSandbox");
+            assert!(!live_dir.exists(), "the leaf outlived StopPodSandbox");
+            assert!(live_dir.parent().unwrap().exists());
+            stop_and_remove_pod(&mut c, &live_id).await;
+            assert!(!live_dir.exists());
         },
     );
 }
