@@ -238,7 +238,7 @@ fn a_jailed_vmm_runs_unprivileged_in_a_root_of_its_own_and_stops_through_its_kee
     let ns =
         |pid: u32, kind: &str| std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).expect("ns");
     let me = std::process::id();
-    for kind in ["mnt", "ipc", "uts"] {
+    for kind in ["mnt", "ipc", "uts", "net"] {
         assert_ne!(ns(vmm, kind), ns(me, kind), "{kind} namespace");
     }
 

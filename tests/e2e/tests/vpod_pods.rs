@@ -175,6 +175,10 @@ fn jailed(root: &VpodRoot, pod: &str) {
         status_field(vmm, "NSpid").ends_with("\t1"),
         "not its PID namespace's first"
     );
+    for kind in ["mnt", "pid", "net", "ipc", "uts"] {
+        let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).expect("ns");
+        assert_ne!(ns(vmm), ns("self"), "the VMM shares the host's {kind} namespace");
+    }
     // Every thread under its filter.
     let tasks = std::fs::read_dir(format!("/proc/{vmm}/task")).expect("tasks");
     let mut threads = 0;

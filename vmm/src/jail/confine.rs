@@ -7,7 +7,7 @@ use std::path::Path;
 
 use vpod_proto::vmm::{JailConfig, JAILED_VMM_NAME};
 
-use super::plan::{target_in, JailPlan};
+use super::plan::{target_in, JailPlan, TUN_DEVICE};
 use super::{sys, JailError};
 
 /// Size and inode limits of the jail's root: it holds only mount points and device nodes.
@@ -23,8 +23,13 @@ pub fn confine(jail: &JailConfig, plan: &JailPlan, alive: OwnedFd) -> Result<(),
     sys::block_signals(&super::keeper::FORWARDED).map_err(step("blocking signals"))?;
     watch_keeper(&alive)?;
     sys::set_process_name(JAILED_VMM_NAME).map_err(step("naming the process"))?;
-    sys::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS)
-        .map_err(step("making namespaces"))?;
+    // A network namespace of its own, empty, unless it opens a tap by name (in the one it
+    // was started in): taps come as descriptors, and its sockets are unix sockets on paths.
+    let mut namespaces = libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+    if !plan.devices.contains(&TUN_DEVICE) {
+        namespaces |= libc::CLONE_NEWNET;
+    }
+    sys::unshare(namespaces).map_err(step("making namespaces"))?;
     sys::make_mounts_private().map_err(step("making mounts private"))?;
     build_root(jail, plan)?;
     sys::set_hostname(HOSTNAME).map_err(step("setting the host name"))?;

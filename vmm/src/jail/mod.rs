@@ -8,7 +8,8 @@
 //! 2. a new PID namespace, entered by forking: the first process stays outside as the
 //!    [`keeper`] (the launcher's child, standing in for the VMM), the second is the VMM, the
 //!    namespace's first process, which sees no other process of the host;
-//! 3. new mount, IPC and UTS namespaces, and a root of its own ([`confine`]): a small tmpfs on
+//! 3. new mount, IPC, UTS and (unless a NIC's tap is opened by name) network namespaces,
+//!    the last one empty, and a root of its own ([`confine`]): a small tmpfs on
 //!    `root` holding only what the [`plan`] lists, bound at their own paths (kernel and
 //!    initrd read-only, disks named by path with their own access, the directories where it
 //!    makes its console file and sockets, the fs backends' sockets), and `/dev/kvm` (and
