@@ -31,6 +31,8 @@ impl LogStream {
 pub struct CriLogFormatter {
     stdout: Vec<u8>,
     stderr: Vec<u8>,
+    /// Per stream (stdout, stderr): the last record was a `P`, so its line is still open.
+    open_line: [bool; 2],
 }
 
 impl CriLogFormatter {
@@ -45,6 +47,10 @@ impl CriLogFormatter {
         }
     }
 
+    fn open_line(&mut self, stream: LogStream) -> &mut bool {
+        &mut self.open_line[usize::from(stream == LogStream::Stderr)]
+    }
+
     /// Appends to `out` the records that `data` (arriving at `time_ns`) completes.
     pub fn push(&mut self, time_ns: i64, stream: LogStream, data: &[u8], out: &mut Vec<u8>) {
         let mut rest = data;
@@ -55,12 +61,14 @@ impl CriLogFormatter {
                 Some(newline) if newline <= room => {
                     let pending = std::mem::take(self.pending(stream));
                     write_record(out, time_ns, stream, 'F', &pending, &rest[..newline]);
+                    *self.open_line(stream) = false;
                     rest = &rest[newline + 1..];
                 }
                 _ if rest.len() >= room => {
                     // A full record's worth without a newline in it: a partial record.
                     let pending = std::mem::take(self.pending(stream));
                     write_record(out, time_ns, stream, 'P', &pending, &rest[..room]);
+                    *self.open_line(stream) = true;
                     rest = &rest[room..];
                 }
                 _ => {
@@ -76,13 +84,16 @@ impl CriLogFormatter {
         self.stdout.len() + self.stderr.len()
     }
 
-    /// Writes out what is held: the output ended without a final newline.
+    /// Writes out what is held: the output ended without a final newline. A line left open
+    /// by a `P` record with nothing held after it (its text ended exactly at a record's
+    /// length) is closed by an empty `F` record, so every line ends in one.
     pub fn finish(&mut self, time_ns: i64, out: &mut Vec<u8>) {
         for stream in [LogStream::Stdout, LogStream::Stderr] {
             let pending = std::mem::take(self.pending(stream));
-            if !pending.is_empty() {
+            if !pending.is_empty() || *self.open_line(stream) {
                 write_record(out, time_ns, stream, 'F', &pending, &[]);
             }
+            *self.open_line(stream) = false;
         }
     }
 }
@@ -235,6 +246,25 @@ mod tests {
         let r = records(&out);
         assert_eq!(r.len(), 1);
         assert!(r[0].contains(" stdout F y"));
+    }
+
+    /// Found by `make fuzz` (the `cri_log` target): the last record was a `P`.
+    #[test]
+    fn finish_closes_a_line_that_ended_at_a_partial_record() {
+        let mut f = CriLogFormatter::new();
+        let mut out = Vec::new();
+        f.push(T, LogStream::Stdout, &vec![b'z'; MAX_LINE], &mut out);
+        f.finish(T, &mut out);
+        f.finish(T, &mut out);
+        let r = records(&out);
+        let prefix = "2024-01-01T00:00:00.000000042Z stdout ";
+        assert_eq!(
+            r,
+            [
+                format!("{prefix}P {}", "z".repeat(MAX_LINE)),
+                format!("{prefix}F ")
+            ]
+        );
     }
 
     #[test]
