@@ -323,6 +323,14 @@ fn vmm_targets(r: &Results, v: &mut Verdicts) {
             false,
             "x",
         );
+        let jailed = r.get("linux_boot_to_init", "vpod-vmm-jailed", config, "p50_ms");
+        if let (Some(jailed), Some(ours)) = (jailed, ours) {
+            println!(
+                "info   Linux boot to init jailed and filtered / unconfined ({config}, {}): {:.3}x ({jailed:.1} ms / {ours:.1} ms)",
+                r.host("linux_boot_to_init"),
+                jailed / ours
+            );
+        }
     }
 }
 

@@ -444,16 +444,25 @@ impl JailedVmm {
     }
 
     fn command(&self, kernel: &Path, mem: u32) -> Command {
-        let config = vpod_proto::vmm::VmConfig {
+        self.command_for(vpod_proto::vmm::VmConfig {
             memory_mib: u64::from(mem),
+            ..vpod_proto::vmm::VmConfig::new(kernel)
+        })
+    }
+
+    /// `config`, jailed (and filtered, the default).
+    fn command_for(&self, config: vpod_proto::vmm::VmConfig) -> Command {
+        let config = vpod_proto::vmm::VmConfig {
             jail: Some(vpod_proto::vmm::JailConfig::new(
                 self.dir.join("jail"),
                 BENCH_JAIL_UID,
                 BENCH_JAIL_UID,
             )),
-            ..vpod_proto::vmm::VmConfig::new(kernel)
+            ..config
         };
-        let file = self.dir.join(format!("vmm-{mem}.json"));
+        let file = self
+            .dir
+            .join(format!("vmm-{}-{}.json", config.vcpus, config.memory_mib));
         // A failed write shows as the VMM's one-line error in the run.
         let _ = std::fs::write(&file, config.to_json());
         let mut c = Command::new(&self.vmm);
@@ -546,9 +555,12 @@ fn linux_boot(root: &Path, runs: usize, host: &str) -> Result<()> {
         }
     }
     let configs = [(1u32, 128u32), (2, 512)];
+    let jail = JailedVmm::prepare(&vmm)?;
     let mut rows = Vec::new();
     for (vcpus, mem) in configs {
         let (mut ours_init, mut ours_exit, mut ours_rss) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut jailed_init, mut jailed_exit, mut jailed_rss) =
+            (Vec::new(), Vec::new(), Vec::new());
         let (mut qemu_init, mut qemu_exit, mut qemu_rss) = (Vec::new(), Vec::new(), Vec::new());
         // QEMU sees both guest events in one run: the boot-timer byte (123, "{") to port
         // 0x3f0 comes out of an ISA debug console on its stdout, where the bench stamps it
@@ -592,6 +604,8 @@ fn linux_boot(root: &Path, runs: usize, host: &str) -> Result<()> {
                     "--console",
                     "off",
                     "--timings",
+                    // Unconfined: the jailed run below pays for the jail and the filters.
+                    "--no-seccomp",
                     "--",
                     "true",
                 ]);
@@ -603,6 +617,22 @@ fn linux_boot(root: &Path, runs: usize, host: &str) -> Result<()> {
             ours_init.push(init_at.saturating_sub(run.started_monotonic_ns) as f64 / 1e6);
             ours_exit.push(run.to_exit_ms);
             ours_rss.push(run.max_rss_kib);
+            let mut jailed = jail.command_for(vpod_proto::vmm::VmConfig {
+                initrd: Some(initrd.clone()),
+                vcpus: vcpus as u8,
+                memory_mib: u64::from(mem),
+                console: vpod_proto::vmm::Console::Off,
+                timings: true,
+                init_args: vec!["true".into()],
+                ..vpod_proto::vmm::VmConfig::new(&kernel)
+            });
+            let run = timed_run(&mut jailed, None, 0, LIMIT)
+                .context("vpod-vmm, jailed, booting Linux")?;
+            let init_at = parse_init_at_ns(&run.stderr)
+                .context("the jailed vpod-vmm printed no init_at_ns timing")?;
+            jailed_init.push(init_at.saturating_sub(run.started_monotonic_ns) as f64 / 1e6);
+            jailed_exit.push(run.to_exit_ms);
+            jailed_rss.push(run.max_rss_kib);
             let run = timed_run(&mut qemu(), Some("{"), 1, LIMIT).context("QEMU booting Linux")?;
             qemu_init.push(run.to_marker_ms.context("QEMU: no boot-timer byte")?);
             qemu_exit.push(run.to_exit_ms);
@@ -611,6 +641,7 @@ fn linux_boot(root: &Path, runs: usize, host: &str) -> Result<()> {
         let config = format!("{vcpus}vcpu-{mem}m");
         for (name, init, exit, rss) in [
             ("vpod-vmm", &ours_init, &ours_exit, &ours_rss),
+            ("vpod-vmm-jailed", &jailed_init, &jailed_exit, &jailed_rss),
             ("qemu-microvm", &qemu_init, &qemu_exit, &qemu_rss),
         ] {
             for (bench, samples) in [("linux_boot_to_init", init), ("linux_start_to_exit", exit)] {

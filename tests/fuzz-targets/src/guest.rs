@@ -134,11 +134,12 @@ impl Layout {
     }
 }
 
+static SCRATCH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
 /// A per-process scratch directory in memory (`/dev/shm`, else the temp dir) for the targets
 /// that need files or sockets; each input cleans up what it made.
 pub fn scratch_dir() -> &'static std::path::Path {
-    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
+    SCRATCH.get_or_init(|| {
         let base = std::path::Path::new("/dev/shm");
         let base = if base.is_dir() {
             base.to_path_buf()
@@ -147,8 +148,19 @@ pub fn scratch_dir() -> &'static std::path::Path {
         };
         let dir = base.join(format!("vpod-fuzz-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("fuzz scratch directory");
+        // Removed when the process exits (each input already removed what it made).
+        // SAFETY: registers a plain function with no captured state.
+        unsafe {
+            libc::atexit(remove_scratch_dir);
+        }
         dir
     })
+}
+
+extern "C" fn remove_scratch_dir() {
+    if let Some(dir) = SCRATCH.get() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 /// A fresh name in [`scratch_dir`], unique within the process.
