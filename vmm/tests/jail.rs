@@ -294,6 +294,9 @@ fn a_jailed_vmm_runs_unprivileged_in_a_root_of_its_own_and_stops_through_its_kee
     assert!(limits
         .lines()
         .any(|l| l.starts_with("Max open files") && l.contains(" 4096 ")));
+    assert!(limits
+        .lines()
+        .any(|l| l.starts_with("Max locked memory") && l.contains(" 0 ")));
 
     // The host reaches its control socket at the configured path.
     let state = VmmClient::new(&api).state().expect("state");

@@ -101,7 +101,7 @@ pub struct VmConfig {
 /// directories of its console file and sockets, each fs socket) at their own paths, and
 /// `/dev/kvm` (and `/dev/net/tun` when a NIC is a tap by name) as device nodes of its own;
 /// closes every descriptor the configuration does not name, then runs as `uid`:`gid` with
-/// no capabilities, `no_new_privs` and the limits below.
+/// no capabilities, `no_new_privs`, no core files and the limits below.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JailConfig {
@@ -113,6 +113,9 @@ pub struct JailConfig {
     /// RLIMIT_NOFILE.
     #[serde(default = "default_max_open_files")]
     pub max_open_files: u64,
+    /// RLIMIT_MEMLOCK in bytes: the VMM locks no memory, so none by default.
+    #[serde(default)]
+    pub max_locked_bytes: u64,
 }
 
 /// The process name (`comm`) a jailed VMM gives itself. Its keeper keeps `vpod-vmm`, the
@@ -135,6 +138,7 @@ impl JailConfig {
             uid,
             gid,
             max_open_files: DEFAULT_JAIL_MAX_OPEN_FILES,
+            max_locked_bytes: 0,
         }
     }
 }

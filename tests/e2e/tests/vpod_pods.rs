@@ -177,7 +177,11 @@ fn jailed(root: &VpodRoot, pod: &str) {
     );
     for kind in ["mnt", "pid", "net", "ipc", "uts"] {
         let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).expect("ns");
-        assert_ne!(ns(vmm), ns("self"), "the VMM shares the host's {kind} namespace");
+        assert_ne!(
+            ns(vmm),
+            ns("self"),
+            "the VMM shares the host's {kind} namespace"
+        );
     }
     // Every thread under its filter.
     let tasks = std::fs::read_dir(format!("/proc/{vmm}/task")).expect("tasks");

@@ -43,6 +43,8 @@ pub fn confine(jail: &JailConfig, plan: &JailPlan, alive: OwnedFd) -> Result<(),
     sys::set_rlimit(libc::RLIMIT_NOFILE, jail.max_open_files)
         .map_err(step("limiting open files"))?;
     sys::set_rlimit(libc::RLIMIT_CORE, 0).map_err(step("turning core files off"))?;
+    sys::set_rlimit(libc::RLIMIT_MEMLOCK, jail.max_locked_bytes)
+        .map_err(step("limiting locked memory"))?;
 
     sys::drop_capability_sets().map_err(step("dropping capabilities"))?;
     sys::become_user(jail.uid, jail.gid).map_err(step("changing user"))?;

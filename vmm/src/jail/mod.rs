@@ -15,8 +15,8 @@
 //!    makes its console file and sockets, the fs backends' sockets), and `/dev/kvm` (and
 //!    `/dev/net/tun` for a tap by name) as device nodes owned by the jail's user; the old
 //!    root is detached and the new one made read-only; every bind is nosuid, nodev, noexec;
-//! 4. every descriptor the configuration does not name closed; RLIMIT_NOFILE as configured,
-//!    no core files, not dumpable;
+//! 4. every descriptor the configuration does not name closed; RLIMIT_NOFILE and
+//!    RLIMIT_MEMLOCK as configured (4096 and none by default), no core files, not dumpable;
 //! 5. the capability bounding and ambient sets emptied, then the jail's uid and gid with no
 //!    supplementary groups (which leaves no capability at all), and `no_new_privs`.
 //!
