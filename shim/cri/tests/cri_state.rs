@@ -114,7 +114,9 @@ fn restarts_reattach_and_crashes_during_runp_and_create_leak_nothing() {
             // A VM that stalls (as on a host loaded past its cores) for longer than the
             // agent connection's keep-alive (a ping within 30 s, its answer within 60 s):
             // its connections drop, its container is not lost.
-            let vmm_pid = rustix::process::Pid::from_raw(vmm[0] as i32).unwrap();
+            // The jailed VMM itself: stopping its keeper would stall nothing.
+            let jailed = vpod_sandbox::vmm::jailed_vmm_of(vmm[0]).expect("a jailed VMM");
+            let vmm_pid = rustix::process::Pid::from_raw(jailed as i32).unwrap();
             rustix::process::kill_process(vmm_pid, rustix::process::Signal::STOP).unwrap();
             tokio::time::sleep(Duration::from_secs(95)).await;
             rustix::process::kill_process(vmm_pid, rustix::process::Signal::CONT).unwrap();
