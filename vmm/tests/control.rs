@@ -14,22 +14,10 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use vpod_proto::vmm::{ClientError, ReplyError, VmmClient};
 
+mod support;
+use support::{kvm_available, repo_root, wait_for};
+
 const VMM: &str = env!("CARGO_BIN_EXE_vpod-vmm");
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .expect("the checkout exists")
-}
-
-fn kvm_available() -> bool {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok()
-}
 
 /// A temporary directory and a VMM running in it, both gone when dropped.
 struct Vm {
@@ -45,18 +33,6 @@ impl Drop for Vm {
         }
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn wait_for(path: &Path) {
-    let started = Instant::now();
-    while !path.exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

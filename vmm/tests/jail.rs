@@ -13,21 +13,12 @@ use std::time::{Duration, Instant};
 
 use vpod_proto::vmm::{Console, DiskConfig, JailConfig, VmConfig, VmmClient, VsockConfig};
 
+mod support;
+use support::{built, wait_for};
+
 const VMM: &str = env!("CARGO_BIN_EXE_vpod-vmm");
 /// The jail's user in these tests: no account of the host has it.
 const JAIL_UID: u32 = 4_000_123;
-
-fn built(relative: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(relative);
-    assert!(
-        path.exists(),
-        "{} is missing: run `make` (tests/stub/build.sh builds the stubs) first",
-        path.display()
-    );
-    path.canonicalize().expect("canonical")
-}
 
 /// A pod-like directory: `vm/` (the VMM's, owned by the jail's user), `jail/` (the root's
 /// mount point) and a read-only disk; removed with everything in it.
@@ -145,18 +136,6 @@ impl Drop for Keeper {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-fn wait_for(path: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

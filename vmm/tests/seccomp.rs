@@ -14,35 +14,12 @@ use std::time::{Duration, Instant};
 use vpod_proto::vmm::{AttachDisk, DiskSource, VmState, VmmClient};
 use vpod_vmm::seccomp::seccomp_kill_from_log;
 
+mod support;
+use support::{built, kvm_available, wait_for};
+
 const VMM: &str = env!("CARGO_BIN_EXE_vpod-vmm");
 /// SYS_reboot on x86_64: the call the probe build makes.
 const SYS_REBOOT: u64 = 169;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .expect("the checkout exists")
-}
-
-fn kvm_available() -> bool {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok()
-}
-
-fn built(relative: &str) -> PathBuf {
-    let path = repo_root().join(relative);
-    assert!(
-        path.exists(),
-        "{} is missing: run make (tests/stub/build.sh builds the stubs; the rust target \
-         builds the seccomp-probe VMM)",
-        path.display()
-    );
-    path
-}
 
 /// A temporary directory and a VMM running in it, both gone when dropped.
 struct Vm {
@@ -161,18 +138,6 @@ impl Vm {
     }
 }
 
-fn wait_for_path(path: &Path) {
-    let started = Instant::now();
-    while !path.exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn every_thread_is_filtered_and_every_control_request_works_under_the_filters() {
     if !kvm_available() {
@@ -198,7 +163,7 @@ fn every_thread_is_filtered_and_every_control_request_works_under_the_filters() 
             api_path.to_str().expect("UTF-8 path"),
         ],
     );
-    wait_for_path(&api_path);
+    wait_for(&api_path);
     let statuses = vm.wait_for_threads("Seccomp:\t2");
     assert!(
         statuses.iter().all(|s| s.contains("NoNewPrivs:\t1")),

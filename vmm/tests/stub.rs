@@ -3,37 +3,14 @@
 //! killed by PID if it outlives its time limit, so no test can hang.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+mod support;
+use support::{built, kvm_available, repo_root};
+
 const VMM: &str = env!("CARGO_BIN_EXE_vpod-vmm");
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .expect("the checkout exists")
-}
-
-fn built(relative: &str) -> PathBuf {
-    let path = repo_root().join(relative);
-    assert!(
-        path.exists(),
-        "{} is missing: run `make` (tests/stub/build.sh builds the stubs) first",
-        path.display()
-    );
-    path
-}
-
-fn kvm_available() -> bool {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok()
-}
 
 struct Finished {
     status: ExitStatus,

@@ -98,8 +98,9 @@ pub struct SandboxConfig {
     /// once the host runs ksmd, a timing side channel between their tenants. Not with a
     /// `share` (shared guest memory): the VMM refuses that.
     pub ksm: bool,
-    /// The pod's cgroup (v2), an existing directory ([`cgroup::PodCgroup::create`]): the
-    /// VMM and virtiofsd join it before they exec, so the pod is charged for them. The
+    /// The pod's cgroup (v2), an existing directory ([`cgroup::PodCgroup::create`]):
+    /// virtiofsd joins it before it execs, the VMM (told it in its configuration) as its
+    /// first step, so the pod is charged for them. The
     /// front end makes it and removes it ([`cgroup::remove`]) once the sandbox is stopped.
     pub cgroup: Option<PathBuf>,
     /// The users the pod's VMM runs as, jailed ([`jail`]); `None` (development only) leaves

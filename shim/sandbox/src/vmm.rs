@@ -19,7 +19,6 @@ use vpod_proto::vmm::{
     VmConfig, VsockConfig, JAILED_VMM_NAME,
 };
 
-use crate::cgroup::CgroupProcs;
 use crate::jail::VmmJail;
 use crate::network::Nic;
 
@@ -51,7 +50,8 @@ pub struct VmmLaunch {
     pub balloon: Option<BalloonConfig>,
     /// Guest RAM offered to KSM.
     pub ksm: bool,
-    /// The pod's cgroup v2 directory: the VMM joins it before it execs, and is told it.
+    /// The pod's cgroup v2 directory: the VMM joins it itself (`VmConfig.cgroup`) before it
+    /// forks its keeper or allocates anything.
     pub cgroup: Option<PathBuf>,
     /// Confine the VMM ([`crate::jail`]); `None` only for development. Its console file
     /// and sockets must then be in one directory of their own.
@@ -159,14 +159,6 @@ impl VmmLaunch {
                 .chain(disk_files.iter().map(|file| file.as_raw_fd()))
                 .collect(),
         );
-        if let Some(dir) = &self.cgroup {
-            let procs = CgroupProcs::open(dir).map_err(std::io::Error::other)?;
-            // SAFETY: between fork and exec only one write(2), async-signal-safe, runs on a
-            // descriptor opened before the fork; it allocates nothing.
-            unsafe {
-                cmd.pre_exec(move || procs.move_self());
-            }
-        }
         if self.die_with_parent {
             // SAFETY: between fork and exec only the async-signal-safe prctl system call
             // runs; it touches no memory of the parent.
