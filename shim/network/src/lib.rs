@@ -58,7 +58,7 @@ pub mod config;
 pub mod exec;
 pub mod netns;
 pub mod result;
-mod rtnl;
+pub mod rtnl;
 pub mod tap;
 
 use cache::{CacheError, PodRecord};

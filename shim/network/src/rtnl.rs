@@ -7,6 +7,7 @@ use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
     NLM_F_REQUEST,
 };
+use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol,
@@ -307,6 +308,39 @@ impl Rtnl {
             }
         }
         Ok(routes)
+    }
+}
+
+impl Rtnl {
+    /// The global addresses of link `index` with their prefix lengths (IPv4, then IPv6;
+    /// link-local and host-scope ones left out): what a CNI plugin gave the interface.
+    pub fn addresses(&mut self, index: u32) -> Result<Vec<(IpAddr, u8)>, RtnlError> {
+        let mut addresses = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut message = AddressMessage::default();
+            message.header.family = family;
+            let replies = self.request(
+                "the address dump",
+                RouteNetlinkMessage::GetAddress(message),
+                NLM_F_DUMP,
+            )?;
+            for reply in replies {
+                let RouteNetlinkMessage::NewAddress(address) = reply else {
+                    continue;
+                };
+                if address.header.index != index || address.header.scope != AddressScope::Universe {
+                    continue;
+                }
+                let ip = address.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(ip) => Some(*ip),
+                    _ => None,
+                });
+                if let Some(ip) = ip {
+                    addresses.push((ip, address.header.prefix_len));
+                }
+            }
+        }
+        Ok(addresses)
     }
 }
 

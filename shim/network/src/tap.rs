@@ -42,6 +42,8 @@ pub struct Joined {
     pub mtu: u32,
     /// The routes the plugins installed through the CNI interface.
     pub routes: Vec<LinkRoute>,
+    /// The interface's global addresses and prefix lengths, as the plugins left them.
+    pub addresses: Vec<(std::net::IpAddr, u8)>,
 }
 
 const IFNAMSIZ: usize = 16;
@@ -75,7 +77,14 @@ pub fn join(netns_path: &Path, ifname: &str, tap_name: &str) -> Result<Joined, T
         };
         let mut rtnl = Rtnl::open().map_err(join_error)?;
         let (mac, mtu, routes) = join_links(&mut rtnl, ifname, tap_name).map_err(join_error)?;
-        Ok(Joined { mac, mtu, routes })
+        let index = rtnl.link_by_name(ifname).map_err(join_error)?.index;
+        let addresses = rtnl.addresses(index).map_err(join_error)?;
+        Ok(Joined {
+            mac,
+            mtu,
+            routes,
+            addresses,
+        })
     })
 }
 

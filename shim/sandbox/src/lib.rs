@@ -709,6 +709,32 @@ impl Drop for DirGuard {
     }
 }
 
+/// Why [`destroy_leftovers`] left a sandbox directory in place.
+#[derive(Debug, thiserror::Error)]
+pub enum LeftoverError {
+    #[error("the leftover sandbox's volumes could not be unmounted; its directory stays")]
+    Unmount(#[source] ShareError),
+    #[error("could not remove the leftover sandbox directory {0}")]
+    Remove(PathBuf, #[source] std::io::Error),
+}
+
+/// What is left of sandbox `id` under `state_dir` once its front end is gone (a crash, an
+/// interrupted start): kills every VMM and virtiofsd of its directory by PID, unmounts its
+/// volumes and removes the directory. The directory stays while anything is still mounted
+/// in it, so a volume's host directory is never emptied. Nothing there: nothing to do.
+pub fn destroy_leftovers(state_dir: &Path, id: &str) -> Result<(), LeftoverError> {
+    let dir = state_dir.join("sandboxes").join(id);
+    for pid in vmm::vmm_processes_under(&dir) {
+        VmmProcess::adopt(pid).kill_and_reap();
+    }
+    share::destroy_leftovers(&dir).map_err(LeftoverError::Unmount)?;
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(LeftoverError::Remove(dir, e)),
+    }
+}
+
 /// The checkout (or install) holding `build/vmlinux`: `$VPOD_HOME`, else the nearest
 /// ancestor of the running binary's directory that has it, else the working directory.
 pub fn vpod_home() -> PathBuf {

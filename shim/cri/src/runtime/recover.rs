@@ -6,7 +6,6 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::RwLock;
-use vpod_sandbox::vmm::{vmm_processes_under, VmmProcess};
 use vpod_sandbox::Sandbox;
 
 use super::pod::remove_pod_cgroup;
@@ -19,20 +18,8 @@ impl Runtime {
     /// Kills every VMM and virtiofsd of the sandbox directory `id`, unmounts its volumes
     /// and removes the directory.
     fn destroy_sandbox_leftovers(&self, id: &str) {
-        let dir = self.root.join("sandboxes").join(id);
-        for pid in vmm_processes_under(&dir) {
-            tracing::info!(pod = %id, pid, "killing a leftover VMM");
-            VmmProcess::adopt(pid).kill_and_reap();
-        }
-        // A volume still bound in its share must not be emptied by the removal.
-        if let Err(e) = vpod_sandbox::share::destroy_leftovers(&dir) {
-            tracing::warn!(pod = %id, error = %vpod_proto::error_chain(&e), "unmounting a leftover sandbox's volumes; its directory stays");
-            return;
-        }
-        if dir.exists() {
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                tracing::warn!(pod = %id, error = %e, "removing a leftover sandbox directory");
-            }
+        if let Err(e) = vpod_sandbox::destroy_leftovers(&self.root, id) {
+            tracing::warn!(pod = %id, error = %vpod_proto::error_chain(&e), "cleaning up a leftover sandbox");
         }
     }
 

@@ -18,6 +18,7 @@ mod files;
 mod import;
 mod names;
 mod pulled;
+mod snapshot;
 
 use std::collections::HashSet;
 use std::fs;
@@ -35,6 +36,7 @@ use crate::oci::layout::OciLayoutError;
 pub use import::{ImageConfig, ImageLayer, ImportedImage};
 pub use names::ImageNames;
 pub use pulled::ResolvedImport;
+pub use snapshot::SnapshotError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayerStoreError {
