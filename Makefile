@@ -11,9 +11,9 @@ BUILD := build
 APT_PACKAGES := build-essential bc bison flex libelf-dev libssl-dev xz-utils cpio kmod \
 	linux-source-6.12 busybox-static qemu-system-x86 erofs-utils e2fsprogs ca-certificates runc crun \
 	docker-registry skopeo apache2-utils openssl golang-go golang-google-grpc-dev \
-	containernetworking-plugins iptables iproute2
+	containernetworking-plugins iptables iproute2 containerd
 # The peers `make bench` measures besides vpod (not needed to build or test).
-BENCH_PACKAGES := containerd umoci
+BENCH_PACKAGES := umoci
 
 .PHONY: all deps kernel stub test-initrd initrd image kvm-host rust test lint bench demo fuzz clean
 
@@ -132,6 +132,7 @@ bench: all kvm-host
 	"$${run[@]}" target/release/vpod-bench layer-read --runs 3 --host $$host; \
 	"$${run[@]}" target/release/vpod-bench vsock --runs 3 --mib 64 --host $$host; \
 	"$${run[@]}" target/release/vpod-bench cri --runs 10 --host $$host; \
+	VPOD_KVM_HOST_MEMORY_MIB=6144 "$${run[@]}" target/release/vpod-bench containerd --runs 5 --pods 3 --host $$host; \
 	"$${run[@]}" target/release/vpod-bench net-pods --runs 3 --mib 32 --pods 3 --host $$host; \
 	"$${run[@]}" target/release/vpod-bench fs-read --runs 3 --host $$host; \
 	"$${run[@]}" target/release/vpod-bench volume-io --runs 3 --files $$( [ "$$host" = emulated ] && echo 1000 || echo 10000) --host $$host; \

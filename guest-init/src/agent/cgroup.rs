@@ -163,6 +163,30 @@ impl Cgroups {
         Ok(())
     }
 
+    /// SIGKILLs every process left in a group: a container's background processes outlive
+    /// its main process when it shares the pod's PID namespace (its end does not end
+    /// them). `cgroup.kill` (Linux 5.14) where the kernel has it, else each pid listed.
+    pub fn kill_all(&self, group: &Path) {
+        // Opened without create: only the kernel's file, never one of our own.
+        let killed = fs::OpenOptions::new()
+            .write(true)
+            .open(group.join("cgroup.kill"))
+            .and_then(|mut file| io::Write::write_all(&mut file, b"1"));
+        if killed.is_ok() {
+            return;
+        }
+        let Ok(procs) = read(&group.join("cgroup.procs")) else {
+            return;
+        };
+        for pid in procs
+            .lines()
+            .filter_map(|l| l.trim().parse::<libc::pid_t>().ok())
+        {
+            // SAFETY: kill takes plain integers.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+
     /// Removes a group; its processes must have ended.
     pub fn remove(&self, group: &Path) -> Result<(), CgroupError> {
         match fs::remove_dir(group) {

@@ -546,15 +546,24 @@ impl Sandbox {
         self.known(id)?;
         let mut agent = self.agent.clone();
         let request = RemoveContainerRequest { id: id.to_string() };
-        self.guarded(
-            "removing a container",
-            call(
-                "RemoveContainer",
-                self.rpc_timeout,
-                agent.remove_container(request),
-            ),
-        )
-        .await?;
+        let removed = self
+            .guarded(
+                "removing a container",
+                call(
+                    "RemoveContainer",
+                    self.rpc_timeout,
+                    agent.remove_container(request),
+                ),
+            )
+            .await;
+        match removed {
+            Ok(_) => {}
+            // The guest's part was done by an earlier call that failed after it: the
+            // host's part is still to do.
+            Err(SandboxError::Agent(AgentError::Status { status, .. }))
+                if status.code() == tonic::Code::NotFound => {}
+            Err(e) => return Err(e),
+        }
         let serials = self.containers.remove(id).unwrap_or_default();
         self.release_layers(&serials).await;
         let unbound = match &self.share {

@@ -61,6 +61,9 @@ impl ContainerManager {
                 .map_err(|e| ContainerError::Rootfs(id.to_string(), e))?;
         }
         if let Some(group) = &container.cgroup {
+            // What its main process left running (its own PID namespace's init takes all
+            // with it; the pod's shared namespace does not) goes now.
+            self.cgroups.kill_all(group);
             // The last processes may take a moment to leave the group after they were reaped.
             let mut attempts = 0;
             loop {

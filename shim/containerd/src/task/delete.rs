@@ -30,6 +30,9 @@ impl Service {
                     Ok(()) => {}
                     // The VM ended under it: nothing of it is left in the guest.
                     Err(_) if !sandbox.vmm_running() => {}
+                    // Removed already (an earlier Delete that failed after the agent's part).
+                    Err(vpod_sandbox::SandboxError::NoSuchContainer(_)) => {}
+
                     Err(e) => return Err(sandbox_error("removing the container", &e)),
                 }
             }
