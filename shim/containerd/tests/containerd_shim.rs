@@ -1,0 +1,477 @@
+//! containerd-shim-vpod-v2 under Debian's containerd 1.6, in the emulated KVM host: `ctr run`
+//! with the runtime `io.containerd.vpod.v2` runs a container in a pod VM of its own (the
+//! guest kernel answers `uname -r`), with its output, exit status, exec, kill and removal;
+//! containerd's CRI plugin runs a vpod pod (runtime handler `vpod`) beside a runc pod, on
+//! one CNI bridge; and a shim killed with SIGKILL leaves nothing once containerd has
+//! cleaned up after it.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use common::containerd::{CRI_NAMESPACE, CTR_NAMESPACE, SUBNET};
+use common::cri::{self, Clients};
+use common::procs::is_alive;
+use common::*;
+use rustix::process::Signal;
+use vpod_e2e::net::{http_get_eventually, veth_count};
+use vpod_e2e::process::send_signal;
+use vpod_proto::cri::ContainerState;
+
+/// The runtime a test body drives, and what its containers see.
+struct Runtime {
+    /// `ctr run --runtime`.
+    ctr_runtime: &'static str,
+    /// The CRI plugin's runtime handler.
+    cri_handler: &'static str,
+    /// What `uname -r` prints in its containers.
+    kernel_release: String,
+    /// Whether its pods are VMs whose VMMs run under the shim's state root.
+    boots_vms: bool,
+}
+
+fn vpod() -> Runtime {
+    let guest = guest_kernel_release();
+    assert_ne!(
+        guest,
+        host_kernel_release(),
+        "the guest kernel must differ from the host's for `uname -r` to tell them apart"
+    );
+    Runtime {
+        ctr_runtime: VPOD_RUNTIME,
+        cri_handler: "vpod",
+        kernel_release: guest,
+        boots_vms: true,
+    }
+}
+
+fn runc() -> Runtime {
+    Runtime {
+        ctr_runtime: RUNC_RUNTIME,
+        cri_handler: "runc",
+        kernel_release: host_kernel_release(),
+        boots_vms: false,
+    }
+}
+
+/// A container that ends at once, status 0, on SIGTERM (a plain `sleep` as its PID 1 would
+/// ignore the signal), running `first` before it waits.
+fn waits_for_sigterm(first: &str) -> Vec<String> {
+    let script = format!("trap 'exit 0' TERM; {first} sleep 1000 & wait");
+    vec!["sh".into(), "-c".into(), script]
+}
+
+fn task_stopped(c: &Containerd, id: &str) -> Result<(), String> {
+    match c.task(id) {
+        Some(task) if task.status == "STOPPED" => Ok(()),
+        other => Err(format!("the task is {other:?}")),
+    }
+}
+
+#[test]
+fn ctr_run_with_the_vpod_runtime_runs_in_a_vm_of_its_own() {
+    in_guest_host(
+        "ctr_run_with_the_vpod_runtime_runs_in_a_vm_of_its_own",
+        Duration::from_secs(480),
+        || ctr_run_exec_kill_and_remove(&vpod()),
+    );
+}
+
+fn ctr_run_exec_kill_and_remove(runtime: &Runtime) {
+    let c = Containerd::start("ctr-run", Setup::default());
+    let fifo_dir = c.fifo_dir.display().to_string();
+
+    // In the foreground: both streams apart, and the command's exit status as ctr's.
+    let once = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        runtime.ctr_runtime,
+        "--fifo-dir",
+        &fifo_dir,
+        DEFAULT_IMAGE,
+        "once",
+        "sh",
+        "-c",
+        "uname -r; echo out; echo err >&2; exit 3",
+    ]);
+    assert_eq!(once.code(), Some(3), "{}", once.explain());
+    assert_eq!(
+        once.stdout_lines(),
+        [runtime.kernel_release.as_str(), "out"],
+        "{}",
+        once.explain()
+    );
+    assert!(once.has_stderr_line("err"), "{}", once.explain());
+    let containers = c.ctr_ok(&["containers", "ls", "-q"]);
+    assert_eq!(containers.stdout_text(), "", "--rm removed the container");
+
+    // Detached, then exec, kill, removal.
+    let command = waits_for_sigterm("");
+    let mut run = vec![
+        "run",
+        "-d",
+        "--null-io",
+        "--runtime",
+        runtime.ctr_runtime,
+        DEFAULT_IMAGE,
+        "sleeper",
+    ];
+    run.extend(command.iter().map(String::as_str));
+    c.ctr_ok(&run);
+    let task = c.task("sleeper").expect("ctr tasks ls lists the task");
+    assert_eq!(task.status, "RUNNING", "{task:?}");
+    if runtime.boots_vms {
+        assert!(!c.vmm_pids().is_empty(), "a VMM runs under the shim's root");
+        assert_eq!(c.sandbox_dirs().len(), 1, "one pod directory");
+    }
+
+    let exec = c.ctr(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "e1",
+        "--fifo-dir",
+        &fifo_dir,
+        "sleeper",
+        "sh",
+        "-c",
+        "echo hi; exit 5",
+    ]);
+    assert_eq!(exec.code(), Some(5), "{}", exec.explain());
+    assert_eq!(exec.stdout_lines(), ["hi"], "{}", exec.explain());
+    assert_eq!(c.task("sleeper").map(|t| t.status), Some("RUNNING".into()));
+
+    c.ctr_ok(&["tasks", "kill", "sleeper"]);
+    eventually(
+        "the task STOPPED after SIGTERM",
+        Duration::from_secs(30),
+        || task_stopped(&c, "sleeper"),
+    );
+    // `ctr tasks rm` exits with the task's status: the trap's 0.
+    c.ctr_ok(&["tasks", "rm", "sleeper"]);
+    c.ctr_ok(&["containers", "rm", "sleeper"]);
+    assert_eq!(c.tasks(CTR_NAMESPACE), []);
+    c.wait_until_nothing_left_of_pods(Duration::from_secs(30));
+}
+
+#[test]
+fn a_killed_shim_leaves_nothing_behind() {
+    in_guest_host(
+        "a_killed_shim_leaves_nothing_behind",
+        Duration::from_secs(480),
+        || killed_shim_is_cleaned_up_after(&vpod()),
+    );
+}
+
+/// The entries of /run/netns (named network namespaces).
+fn named_netns() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn killed_shim_is_cleaned_up_after(runtime: &Runtime) {
+    let c = Containerd::start("killed", Setup::default());
+    let taps_before = taps();
+    let netns_before = named_netns();
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--null-io",
+        "--runtime",
+        runtime.ctr_runtime,
+        DEFAULT_IMAGE,
+        "victim",
+        "sleep",
+        "1000",
+    ]);
+    let task = c.task("victim").expect("ctr tasks ls lists the task");
+    assert_eq!(task.status, "RUNNING", "{task:?}");
+    let shim = c
+        .shim_pid(CTR_NAMESPACE, "victim")
+        .expect("the task's shim is found (its bundle's shim.pid, or -id victim)");
+    assert!(c.shim_pids().contains(&shim), "{shim} is one of our shims");
+    if runtime.boots_vms {
+        assert!(!c.vmm_pids().is_empty(), "a VMM runs under the shim's root");
+        assert_eq!(c.sandbox_dirs().len(), 1, "one pod directory");
+    }
+
+    send_signal(shim, Signal::KILL);
+    eventually("the shim gone", Duration::from_secs(10), || {
+        if is_alive(shim) {
+            Err(format!("{shim} lives"))
+        } else {
+            Ok(())
+        }
+    });
+    // containerd sees its shim's connection end, runs `<shim> delete` for the bundle and
+    // publishes the task's exit.
+    eventually(
+        "the task no longer RUNNING",
+        Duration::from_secs(90),
+        || match c.task("victim") {
+            Some(task) if task.status == "RUNNING" => Err(format!("{task:?}")),
+            _ => Ok(()),
+        },
+    );
+    let rm = c.ctr(&["tasks", "rm", "-f", "victim"]);
+    assert!(
+        rm.status.success() || rm.stderr_text().contains("not found"),
+        "ctr tasks rm -f: {}\n--- containerd's log\n{}",
+        rm.explain(),
+        c.log_tail(60)
+    );
+    c.ctr_ok(&["containers", "rm", "victim"]);
+    assert_eq!(c.tasks(CTR_NAMESPACE), []);
+    c.wait_until_nothing_left_of_pods(Duration::from_secs(60));
+    assert_eq!(taps(), taps_before, "no tap left");
+    assert_eq!(
+        named_netns(),
+        netns_before,
+        "no named network namespace left"
+    );
+}
+
+#[test]
+fn a_runc_pod_and_a_vpod_pod_run_side_by_side_through_containerd_cri() {
+    in_guest_host(
+        "a_runc_pod_and_a_vpod_pod_run_side_by_side_through_containerd_cri",
+        Duration::from_secs(480),
+        || pods_side_by_side(&runc(), &vpod()),
+    );
+}
+
+/// A pod of each runtime with one container, through the CRI plugin.
+struct TwoPods {
+    pods: [String; 2],
+    containers: [String; 2],
+}
+
+/// The names of the `i`th pod of [`start_two_pods`] and of its container.
+fn pod_and_container_names(i: usize, runtime: &Runtime) -> (String, String) {
+    let handler = runtime.cri_handler;
+    (format!("pod{i}-{handler}"), format!("ctr{i}-{handler}"))
+}
+
+/// RunPodSandbox of a pod for each runtime at once, then a container in each running
+/// `command(i, runtime)`.
+async fn start_two_pods(
+    cri: &Clients,
+    c: &Containerd,
+    runtimes: [&Runtime; 2],
+    command: impl Fn(usize, &Runtime) -> Vec<String>,
+) -> TwoPods {
+    let names = [0, 1].map(|i| pod_and_container_names(i, runtimes[i]));
+    let pod_configs = [0, 1].map(|i| cri::pod_config(&names[i].0, &c.pod_log_dir));
+    let (mut a, mut b) = (cri.clone(), cri.clone());
+    let (first, second) = tokio::join!(
+        cri::run_pod(&mut a, &pod_configs[0], runtimes[0].cri_handler),
+        cri::run_pod(&mut b, &pod_configs[1], runtimes[1].cri_handler),
+    );
+    let pods = [first, second];
+    let container_configs = [0, 1].map(|i| {
+        let command = command(i, runtimes[i]);
+        let command: Vec<&str> = command.iter().map(String::as_str).collect();
+        cri::container_config(&names[i].1, DEFAULT_IMAGE, &command)
+    });
+    let [first_config, second_config] = container_configs;
+    let (first, second) = tokio::join!(
+        cri::start_container(&mut a, &pods[0], &pod_configs[0], first_config),
+        cri::start_container(&mut b, &pods[1], &pod_configs[1], second_config),
+    );
+    TwoPods {
+        pods,
+        containers: [first, second],
+    }
+}
+
+/// Stops and removes both pods' containers, then the pods.
+async fn remove_two_pods(cri: &Clients, two: &TwoPods) {
+    let (mut a, mut b) = (cri.clone(), cri.clone());
+    tokio::join!(
+        cri::stop_and_remove_container(&mut a, &two.containers[0], 10),
+        cri::stop_and_remove_container(&mut b, &two.containers[1], 10),
+    );
+    tokio::join!(
+        cri::stop_and_remove_pod(&mut a, &two.pods[0]),
+        cri::stop_and_remove_pod(&mut b, &two.pods[1]),
+    );
+}
+
+/// Waits (up to 60 s) until the CRI log file `path` has the stdout record `text`.
+async fn log_has(path: &Path, text: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        let records = cri::log_records(path);
+        if records
+            .iter()
+            .any(|(stream, t)| stream == "stdout" && t == text)
+        {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{} has no stdout record {text:?}: {records:?}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn pods_side_by_side(first: &Runtime, second: &Runtime) {
+    let c = Containerd::start(
+        "cri",
+        Setup {
+            cni_bridge: true,
+            ..Setup::default()
+        },
+    );
+    block_on(async {
+        let mut cri = cri::connect(&c.socket, true).await;
+        let two = start_two_pods(&cri, &c, [first, second], |_, _| {
+            waits_for_sigterm("uname -r;")
+        })
+        .await;
+        if first.boots_vms || second.boots_vms {
+            assert!(!c.vmm_pids().is_empty(), "a VMM runs under the shim's root");
+        }
+        for (i, runtime) in [first, second].into_iter().enumerate() {
+            let container = &two.containers[i];
+            let (pod_name, container_name) = pod_and_container_names(i, runtime);
+            let log = c
+                .pod_log_dir
+                .join(pod_name)
+                .join(container_name)
+                .join("0.log");
+            log_has(&log, &runtime.kernel_release).await;
+            assert_eq!(
+                cri::container_state(&mut cri, container).await,
+                ContainerState::ContainerRunning
+            );
+            let uname = cri::exec_text(&mut cri, container, &["uname", "-r"], 60).await;
+            assert_eq!(
+                uname,
+                (format!("{}\n", runtime.kernel_release), String::new(), 0)
+            );
+            let streams = cri::exec_text(
+                &mut cri,
+                container,
+                &["sh", "-c", "echo out; echo err >&2; exit 4"],
+                60,
+            )
+            .await;
+            assert_eq!(
+                streams,
+                ("out\n".into(), "err\n".into(), 4),
+                "{}",
+                runtime.cri_handler
+            );
+        }
+        remove_two_pods(&cri, &two).await;
+    });
+    let left = c.ctr_in(CRI_NAMESPACE, &["containers", "ls", "-q"]);
+    assert_eq!(
+        left.stdout_text(),
+        "",
+        "the CRI plugin removed every container"
+    );
+    c.wait_until_nothing_left_of_pods(Duration::from_secs(60));
+    assert_eq!(veth_count(), 0, "no veth left");
+}
+
+#[test]
+fn the_vpod_pod_gets_an_ip_from_cni_and_reaches_the_runc_pod() {
+    in_guest_host(
+        "the_vpod_pod_gets_an_ip_from_cni_and_reaches_the_runc_pod",
+        Duration::from_secs(480),
+        || pods_reach_each_other(&runc(), &vpod()),
+    );
+}
+
+/// What the `i`th pod (of `runtime`) serves over HTTP in [`pods_reach_each_other`]: its name.
+fn served_text(i: usize, runtime: &Runtime) -> String {
+    pod_and_container_names(i, runtime).0
+}
+
+fn pods_reach_each_other(first: &Runtime, second: &Runtime) {
+    let c = Containerd::start(
+        "cni",
+        Setup {
+            cni_bridge: true,
+            ..Setup::default()
+        },
+    );
+    let subnet_prefix = SUBNET.trim_end_matches("0/24");
+    let runtimes = [first, second];
+    block_on(async {
+        let mut cri = cri::connect(&c.socket, true).await;
+        // Each serves its pod's name on port 8080 (busybox httpd, in the background).
+        let two = start_two_pods(&cri, &c, runtimes, |i, runtime| {
+            waits_for_sigterm(&format!(
+                "mkdir -p /tmp/www && echo {} > /tmp/www/index.html && httpd -p 8080 -h /tmp/www &&",
+                served_text(i, runtime)
+            ))
+        })
+        .await;
+        let mut ips = Vec::new();
+        for (i, runtime) in runtimes.into_iter().enumerate() {
+            let ip = cri::pod_ip(&mut cri, &two.pods[i]).await;
+            assert!(
+                ip.starts_with(subnet_prefix),
+                "the {} pod's IP {ip:?} is in {SUBNET}",
+                runtime.cri_handler
+            );
+            ips.push(ip);
+        }
+        // The host (the test's namespace, on the bridge) reaches both.
+        for (i, ip) in ips.iter().enumerate() {
+            let addr: SocketAddr = format!("{ip}:8080").parse().expect("an address");
+            let body =
+                tokio::task::block_in_place(|| http_get_eventually(addr, Duration::from_secs(60)));
+            assert_eq!(
+                body,
+                format!("{}\n", served_text(i, runtimes[i])),
+                "GET http://{addr}/"
+            );
+        }
+        // Each pod reaches the other.
+        for (from, to) in [(1, 0), (0, 1)] {
+            let url = format!("http://{}:8080/", ips[to]);
+            let got = cri::exec_text(
+                &mut cri,
+                &two.containers[from],
+                // No `-T`: Debian's busybox-static wget crashes with it; ExecSync's
+                // timeout bounds the fetch.
+                &["wget", "-qO-", &url],
+                60,
+            )
+            .await;
+            assert_eq!(
+                got,
+                (
+                    format!("{}\n", served_text(to, runtimes[to])),
+                    String::new(),
+                    0
+                ),
+                "the {} pod fetching {url}",
+                runtimes[from].cri_handler
+            );
+        }
+        remove_two_pods(&cri, &two).await;
+    });
+    c.wait_until_nothing_left_of_pods(Duration::from_secs(60));
+    assert_eq!(veth_count(), 0, "no veth left");
+    assert_eq!(
+        c.cni_allocations(),
+        Vec::<String>::new(),
+        "every IP released"
+    );
+}
