@@ -18,7 +18,7 @@ use common::*;
 use rustix::process::Signal;
 use vpod_e2e::net::{http_get_eventually, veth_count};
 use vpod_e2e::process::send_signal;
-use vpod_proto::cri::ContainerState;
+use vpod_proto::cri::{ContainerState, ContainerStatsRequest};
 
 /// The runtime a test body drives, and what its containers see.
 struct Runtime {
@@ -143,6 +143,38 @@ fn ctr_run_exec_kill_and_remove(runtime: &Runtime) {
     assert_eq!(exec.code(), Some(5), "{}", exec.explain());
     assert_eq!(exec.stdout_lines(), ["hi"], "{}", exec.explain());
     assert_eq!(c.task("sleeper").map(|t| t.status), Some("RUNNING".into()));
+
+    // containerd restarted under the running task finds its shim again.
+    let mut c = c;
+    let pid = task.pid;
+    c.restart();
+    let again = c
+        .task("sleeper")
+        .expect("the restarted containerd lists the task");
+    assert_eq!(
+        (again.status.as_str(), again.pid),
+        ("RUNNING", pid),
+        "{again:?}"
+    );
+    let exec = c.ctr(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "e2",
+        "--fifo-dir",
+        &fifo_dir,
+        "sleeper",
+        "sh",
+        "-c",
+        "echo after the restart",
+    ]);
+    assert_eq!(exec.code(), Some(0), "{}", exec.explain());
+    assert_eq!(
+        exec.stdout_lines(),
+        ["after the restart"],
+        "{}",
+        exec.explain()
+    );
 
     c.ctr_ok(&["tasks", "kill", "sleeper"]);
     eventually(
@@ -372,6 +404,26 @@ fn pods_side_by_side(first: &Runtime, second: &Runtime) {
                 streams,
                 ("out\n".into(), "err\n".into(), 4),
                 "{}",
+                runtime.cri_handler
+            );
+            // Stats: the container's cgroup, the guest's for vpod (the shim's Stats).
+            let stats = cri
+                .runtime
+                .container_stats(ContainerStatsRequest {
+                    container_id: container.clone(),
+                })
+                .await
+                .expect("ContainerStats")
+                .into_inner()
+                .stats
+                .expect("stats");
+            let memory = stats
+                .memory
+                .and_then(|m| m.working_set_bytes)
+                .map(|v| v.value);
+            assert!(
+                memory.is_some_and(|bytes| bytes > 0),
+                "{}: memory working set {memory:?}",
                 runtime.cri_handler
             );
         }

@@ -85,6 +85,8 @@ pub struct Containerd {
     pub pod_log_dir: PathBuf,
     /// containerd's stdout and stderr, the shims' logs among them.
     pub log: PathBuf,
+    /// The environment it was started with, for [`Containerd::restart`].
+    env: Vec<(String, String)>,
     /// The CNI bridge it configured, deleted on drop.
     bridge: Option<&'static str>,
     child: Option<Child>,
@@ -111,6 +113,7 @@ impl Containerd {
             pod_log_dir: dir.join("pod-logs"),
             log: dir.join("containerd.log"),
             bridge: setup.cni_bridge.then_some(BRIDGE),
+            env: setup.env.clone(),
             child: None,
             run_containerd_existed: Path::new("/run/containerd").exists(),
             new_cgroup_candidates: new_cgroup_candidates(),
@@ -229,8 +232,22 @@ disabled_plugins = [
         )
     }
 
+    /// Stops containerd (SIGTERM, as a service manager would) while its shims and their
+    /// tasks run on, and starts it again on the same state: it finds the shims through
+    /// their bundles' address files.
+    pub fn restart(&mut self) {
+        self.stop_containerd();
+        let env = self.env.clone();
+        self.spawn(&env);
+        self.wait_until_serving();
+    }
+
     fn spawn(&mut self, env: &[(String, String)]) {
-        let log = std::fs::File::create(&self.log).expect("containerd's log");
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("containerd's log");
         let path = format!(
             "{}:{}",
             repo_root().join("target/release").display(),
