@@ -18,7 +18,7 @@ use common::*;
 use rustix::process::Signal;
 use vpod_e2e::net::{http_get_eventually, veth_count};
 use vpod_e2e::process::send_signal;
-use vpod_proto::cri::{ContainerState, ContainerStatsRequest};
+use vpod_proto::cri::{ContainerState, ContainerStatsRequest, Mount};
 
 /// The runtime a test body drives, and what its containers see.
 struct Runtime {
@@ -312,7 +312,18 @@ async fn start_two_pods(
     let container_configs = [0, 1].map(|i| {
         let command = command(i, runtimes[i]);
         let command: Vec<&str> = command.iter().map(String::as_str).collect();
-        cri::container_config(&names[i].1, DEFAULT_IMAGE, &command)
+        let mut config = cri::container_config(&names[i].1, DEFAULT_IMAGE, &command);
+        // A host directory (hostPath): for a vpod pod it reaches the guest through the
+        // pod's shared directory.
+        let volume = c.dir.join("volume");
+        std::fs::create_dir_all(&volume).expect("the volume's directory");
+        std::fs::write(volume.join("greeting"), "hello from the host\n").expect("greeting");
+        config.mounts = vec![Mount {
+            container_path: "/vol".into(),
+            host_path: volume.display().to_string(),
+            ..Default::default()
+        }];
+        config
     });
     let [first_config, second_config] = container_configs;
     let (first, second) = tokio::join!(
@@ -406,6 +417,21 @@ fn pods_side_by_side(first: &Runtime, second: &Runtime) {
                 "{}",
                 runtime.cri_handler
             );
+            // The volume, through the pod's shared directory. (runc's exec in the emulated
+            // host, whose root is an initramfs, runc cannot pivot from, starts in that
+            // root rather than the container's: the volume is checked in the VM only.)
+            if runtime.boots_vms {
+                let handler = runtime.cri_handler;
+                let write = format!("cat /vol/greeting; echo from-{handler} > /vol/from-{handler}");
+                let volume = cri::exec_text(&mut cri, container, &["sh", "-c", &write], 60).await;
+                assert_eq!(volume, ("hello from the host\n".into(), String::new(), 0));
+                let written = std::fs::read_to_string(c.dir.join(format!("volume/from-{handler}")));
+                assert_eq!(
+                    written.ok().as_deref(),
+                    Some(format!("from-{handler}\n").as_str()),
+                    "the host sees what the container wrote"
+                );
+            }
             // Stats: the container's cgroup, the guest's for vpod (the shim's Stats).
             let stats = cri
                 .runtime
