@@ -5,7 +5,9 @@
 //! (pod VMs; inside the emulated KVM host here), `fs-read` (virtio-fs beside virtio-blk in
 //! one VM; there too), `volume-io` (a pod's volume through its share beside the pod's own
 //! disk and runc; there too), `cri` and `cri-memory` (pods through
-//! `vpod-cri`, beside runc; there too), `cri-rpc` (native: the per-RPC cost of the CRI
+//! `vpod-cri`, beside runc; there too), `containerd` (pods through containerd's CRI plugin
+//! with the vpod runtime class, beside vpod-cri and runc, and the shim's memory; there
+//! too), `cri-rpc` (native: the per-RPC cost of the CRI
 //! socket's `:authority` normalisation), `conversion`, `vsock-host-path`, `vsock-queue`,
 //! `net-host-path` and `cni` (native: the layer store's conversion against `tar -xf`, the
 //! vsock device's host-side path, its queue handler alone, the virtio-net device through a
@@ -26,6 +28,7 @@ mod balloon;
 mod check;
 mod cni;
 mod cold_pull;
+mod containerd;
 mod conversion;
 mod cri;
 mod cri_check;
@@ -144,6 +147,19 @@ enum Bench {
         /// Measured runs of each implementation
         #[arg(long, value_name = "N", default_value_t = 10)]
         runs: usize,
+        #[command(flatten)]
+        host: Host,
+    },
+    /// Pods through containerd's CRI plugin with the runtime handler `vpod`
+    /// (containerd-shim-vpod-v2), beside vpod-cri and containerd with runc, and the shim's
+    /// own memory per pod beside runc's shim
+    Containerd {
+        /// Measured pods of each way, one at a time
+        #[arg(long, value_name = "N", default_value_t = 5)]
+        runs: usize,
+        /// Pods of each runtime running at once while the shims' memory is read
+        #[arg(long, value_name = "K", default_value_t = 3)]
+        pods: usize,
         #[command(flatten)]
         host: Host,
     },
@@ -280,6 +296,16 @@ fn main() -> Result<()> {
         Bench::Cri { runs, host } => {
             cri::cri(&root, &cri::CriBench::from_env(runs, &host.host)?).map(drop)
         }
+        Bench::Containerd { runs, pods, host } => containerd::containerd(
+            &root,
+            &containerd::ContainerdBench {
+                runs,
+                pods,
+                pod_mib: cri::CriBench::from_env(runs, &host.host)?.pod_mib,
+                host: host.host,
+            },
+        )
+        .map(drop),
         Bench::NetPods {
             runs,
             mib,

@@ -46,7 +46,7 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// Bumped when a message or RPC changes meaning; a host refuses other majors.
 pub const PROTOCOL_MAJOR: u32 = 1;
 /// Bumped when fields or RPCs are added.
-pub const PROTOCOL_MINOR: u32 = 8;
+pub const PROTOCOL_MINOR: u32 = 9;
 /// The protocol minor that brought seccomp programs on CreateContainer: an older agent
 /// ignores them, so a host must not send them to one.
 pub const SECCOMP_MINOR: u32 = 5;
@@ -64,6 +64,10 @@ const _: () = assert!(PROTOCOL_MINOR >= DEVICES_MINOR);
 /// (`BlockDevice.filesystem`: emptyDirs on disks of their own).
 pub const FILESYSTEM_DEVICES_MINOR: u32 = 8;
 const _: () = assert!(PROTOCOL_MINOR >= FILESYSTEM_DEVICES_MINOR);
+/// The first minor whose agent passes a signal on an Exec stream to its process; an
+/// older agent refuses the message and kills the process.
+pub const EXEC_SIGNAL_MINOR: u32 = 9;
+const _: () = assert!(PROTOCOL_MINOR >= EXEC_SIGNAL_MINOR);
 /// Where the agent mounts the pod's virtio-fs share (MountShare).
 pub const SHARE_GUEST_DIR: &str = "/run/vpod/share";
 

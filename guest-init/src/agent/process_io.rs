@@ -24,6 +24,8 @@ pub enum ProcessInput {
     Stdin(Vec<u8>),
     Resize(TerminalSize),
     CloseStdin,
+    /// A signal for the process (exec only; 1..=64, checked on the way in).
+    Signal(i32),
 }
 
 /// To the host, in this order: started, output, exited.

@@ -20,13 +20,27 @@ pub fn load() -> Result<Config, ConfigError> {
 }
 
 /// Where the pods of containerd namespace `namespace` live (each in `sandboxes/<id>/`
-/// below it): apart from vpod-cri's, under the same root.
+/// below it): apart from vpod-cri's, under the same root. A namespace of over 10
+/// characters (containerd allows 76) becomes its first 3 made safe, `-` and 6 hex digits of
+/// its SHA-256, so that the pods' socket paths under the default root stay within a unix
+/// socket's 107 bytes.
 pub fn state_dir(config: &Config, namespace: &str) -> PathBuf {
-    let mut name = sanitize(namespace, 255);
+    let mut name = if namespace.len() <= 10 {
+        sanitize(namespace, 10)
+    } else {
+        let mut hash = short_hash(namespace);
+        hash.truncate(6);
+        format!("{}-{hash}", sanitize(namespace, 3))
+    };
     if name.is_empty() || name.chars().all(|c| c == '.') {
         name.insert(0, '_');
     }
     config.root.join("containerd").join(name)
+}
+
+fn short_hash(text: &str) -> String {
+    let hash = Sha256::digest(text.as_bytes());
+    hash[..4].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The sandbox id of the pod grouped under containerd's id `group` (the CRI sandbox id,
@@ -46,8 +60,7 @@ pub fn sandbox_id(group: &str) -> String {
     if valid {
         return group.to_owned();
     }
-    let hash = Sha256::digest(group.as_bytes());
-    let hex: String = hash[..4].iter().map(|b| format!("{b:02x}")).collect();
+    let hex = short_hash(group);
     let head = sanitize(group, 23);
     let head = head.trim_start_matches(['_', '.', '-']);
     if head.is_empty() {
@@ -95,5 +108,29 @@ mod tests {
         assert!(dir.starts_with(config.root.join("containerd")));
         assert_eq!(dir.file_name().unwrap(), ".._x");
         assert_eq!(state_dir(&config, "..").file_name().unwrap(), "_..");
+        assert_eq!(state_dir(&config, "k8s.io").file_name().unwrap(), "k8s.io");
+        let long = "a-namespace-of-many-words-".repeat(3);
+        let name = state_dir(&config, &long);
+        let name = name.file_name().unwrap().to_str().unwrap();
+        assert_eq!(name.len(), 10, "{name}");
+        assert!(name.starts_with("a-n-"), "{name}");
+        assert_ne!(
+            state_dir(&config, &long),
+            state_dir(&config, &format!("{long}x"))
+        );
+    }
+
+    #[test]
+    fn the_longest_namespace_and_id_under_the_default_root_fit_a_socket_path() {
+        let config = Config::default();
+        let dir = state_dir(&config, &"n".repeat(76))
+            .join("sandboxes")
+            .join(sandbox_id(&"c".repeat(64)))
+            .join("vm/vsock.sock_4294967295");
+        assert!(
+            dir.as_os_str().len() <= vpod_sandbox::MAX_SOCKET_PATH,
+            "{}",
+            dir.display()
+        );
     }
 }

@@ -144,6 +144,52 @@ fn ctr_run_exec_kill_and_remove(runtime: &Runtime) {
     assert_eq!(exec.stdout_lines(), ["hi"], "{}", exec.explain());
     assert_eq!(c.task("sleeper").map(|t| t.status), Some("RUNNING".into()));
 
+    // Kill of an exec: the signal reaches the exec's process, whose trap sets its status.
+    let mut exec = c.ctr_command(CTR_NAMESPACE);
+    exec.args([
+        "tasks",
+        "exec",
+        "--exec-id",
+        "e-term",
+        "--fifo-dir",
+        &fifo_dir,
+    ])
+    .args([
+        "sleeper",
+        "sh",
+        "-c",
+        "trap 'exit 7' TERM; sleep 1000 & wait",
+    ])
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::null());
+    let mut exec = exec.spawn().expect("ctr tasks exec");
+    eventually("the exec runs", Duration::from_secs(60), || {
+        match c.ctr(&["tasks", "ps", "sleeper"]).stdout_text() {
+            text if text.lines().count() >= 3 => Ok(()),
+            text => Err(text),
+        }
+    });
+    // Its trap is set before `sleep` starts: give the shell a moment to get there.
+    std::thread::sleep(Duration::from_secs(2));
+    c.ctr_ok(&["tasks", "kill", "--exec-id", "e-term", "sleeper"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        match exec.try_wait().expect("waiting for ctr tasks exec") {
+            Some(status) => break Some(status),
+            None if std::time::Instant::now() > deadline => {
+                let _ = exec.kill();
+                let _ = exec.wait();
+                break None;
+            }
+            None => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(7),
+        "the exec's trap ran"
+    );
+
     // containerd restarted under the running task finds its shim again.
     let mut c = c;
     let pid = task.pid;

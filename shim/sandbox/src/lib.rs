@@ -151,6 +151,12 @@ pub enum SandboxError {
     Exists(PathBuf),
     #[error("could not prepare the sandbox directory {0}")]
     Dir(PathBuf, #[source] std::io::Error),
+    #[error(
+        "the pod's sockets would be longer than a unix socket path may be ({len} > {max} bytes, as {0}): choose a shorter state directory",
+        len = .0.as_os_str().len(),
+        max = MAX_SOCKET_PATH
+    )]
+    SocketPathTooLong(PathBuf),
     #[error("could not make the writable disk")]
     Disk(#[from] DiskError),
     #[error("could not start the VMM {0}")]
@@ -285,6 +291,17 @@ fn valid_id(id: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
 
+/// The longest path a unix socket may have (`sun_path` holds 108 bytes with its NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// The longest socket path a pod in `dir` gets: the vsock socket of a host port the guest
+/// connects to, `vsock.sock_<port>` with a port of ten digits.
+fn longest_socket_path(dir: &Path) -> PathBuf {
+    let mut path = jail::vsock_socket(dir).into_os_string();
+    path.push(format!("_{}", u32::MAX));
+    path.into()
+}
+
 impl Sandbox {
     /// Makes the pod directory and writable disk, starts the VMM (with the NICs' taps),
     /// waits for the agent and has it configure the pod's network.
@@ -293,8 +310,12 @@ impl Sandbox {
             return Err(SandboxError::BadId(config.id));
         }
         let sandboxes = config.state_dir.join("sandboxes");
-        std::fs::create_dir_all(&sandboxes).map_err(|e| SandboxError::Dir(sandboxes.clone(), e))?;
         let dir = sandboxes.join(&config.id);
+        let longest = longest_socket_path(&dir);
+        if longest.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(SandboxError::SocketPathTooLong(longest));
+        }
+        std::fs::create_dir_all(&sandboxes).map_err(|e| SandboxError::Dir(sandboxes.clone(), e))?;
         match std::fs::create_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -547,6 +568,11 @@ impl Sandbox {
         &self.dir
     }
 
+    /// The protocol minor the pod's agent speaks (what it can be asked).
+    pub fn agent_minor(&self) -> u32 {
+        self.agent_minor
+    }
+
     pub fn vmm_pid(&self) -> u32 {
         self.vmm.pid()
     }
@@ -763,6 +789,22 @@ mod tests {
         assert!(!valid_id("-a"));
         assert!(!valid_id("a/b"));
         assert!(!valid_id(&"a".repeat(33)));
+    }
+
+    #[tokio::test]
+    async fn a_state_dir_too_long_for_the_pod_s_sockets_is_refused_before_anything_is_made() {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let state = temp.path().join("s".repeat(80));
+        let config = SandboxConfig::new("pod-1", &state, "/none", "/none", "/none");
+        let err = match Sandbox::start(config).await {
+            Err(err) => err,
+            Ok(_) => panic!("a pod started with socket paths over {MAX_SOCKET_PATH} bytes"),
+        };
+        assert!(matches!(err, SandboxError::SocketPathTooLong(_)), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("vsock.sock_4294967295"), "{text}");
+        assert!(text.contains("> 107 bytes"), "{text}");
+        assert!(!state.exists());
     }
 }
 

@@ -78,6 +78,8 @@ impl AttachSession {
                             }
                         }
                         Some(Ok(ProcessInput::Resize(size))) => resize(&self.container, size),
+                        // Attach signals nothing (its conversion never makes one).
+                        Some(Ok(ProcessInput::Signal(_))) => {}
                         Some(Ok(ProcessInput::CloseStdin)) | None => {
                             inputs_open = false;
                             self.release_stdin().await;

@@ -228,6 +228,12 @@ impl ExecSession {
                         }
                     }
                     Some(Ok(ProcessInput::CloseStdin)) => stdin = None,
+                    Some(Ok(ProcessInput::Signal(signal))) => {
+                        // The process is not reaped before `exit` fires (this loop's
+                        // first branch), so its pid is still its own.
+                        // SAFETY: kill takes plain integers.
+                        unsafe { libc::kill(spawned.pid, signal) };
+                    }
                     None => {
                         inputs_open = false;
                         stdin = None;

@@ -55,6 +55,10 @@ pub fn exec_input(input: v1::ExecInput) -> Result<ProcessInput, FieldError> {
         Some(Input::Stdin(data)) => Ok(ProcessInput::Stdin(data)),
         Some(Input::Resize(size)) => Ok(ProcessInput::Resize(terminal_size(Some(&size)))),
         Some(Input::CloseStdin(_)) => Ok(ProcessInput::CloseStdin),
+        Some(Input::Signal(signal)) if (1..=64).contains(&signal) => {
+            Ok(ProcessInput::Signal(signal))
+        }
+        Some(Input::Signal(_)) => Err(invalid("signal", "not a signal number (1 to 64)")),
         Some(Input::Start(_)) => Err(invalid("start", "only the first message may be start")),
         None => Err(invalid("input", "the message is empty")),
     }
@@ -170,6 +174,18 @@ mod tests {
         Some(v1::ExecInput {
             input: Some(v1::exec_input::Input::Start(start)),
         })
+    }
+
+    #[test]
+    fn exec_signals_are_signal_numbers() {
+        let signal = |n| v1::ExecInput {
+            input: Some(v1::exec_input::Input::Signal(n)),
+        };
+        assert_eq!(exec_input(signal(15)).unwrap(), ProcessInput::Signal(15));
+        for bad in [0, -9, 65] {
+            let error = exec_input(signal(bad)).unwrap_err();
+            assert!(error.to_string().contains("signal"), "{error}");
+        }
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! Kill: a signal to a process in the guest. The sandbox task runs nothing, so a signal
 //! that would end a process ends it (its VM stays until the task is deleted); an exec
-//! process is killed by ending its stream, which kills its process group in the guest.
+//! process gets the signal through its stream (an agent older than protocol minor 9 has
+//! its stream ended instead, which SIGKILLs its process group in the guest).
 
 use containerd_shim_protos::ttrpc::Code;
+use vpod_proto::v1::{exec_input, ExecInput};
+use vpod_sandbox::Sandbox;
 
 use super::{error, not_found, Service, TtrpcResult};
 use crate::bundle::Role;
@@ -43,6 +46,23 @@ impl Service {
         }
         let code = 128 + signal as u32;
         if !exec_id.is_empty() {
+            let minor = self
+                .shared
+                .pod
+                .read()
+                .await
+                .as_ref()
+                .map_or(0, Sandbox::agent_minor);
+            let input = self.with_process(id, exec_id, |p| Ok(p.input.clone()))?;
+            if let Some(input) = input.filter(|_| minor >= vpod_proto::EXEC_SIGNAL_MINOR) {
+                let message = ExecInput {
+                    input: Some(exec_input::Input::Signal(signal)),
+                };
+                if input.send(message).await.is_ok() {
+                    // Its exit, if it ends, comes on the stream.
+                    return Ok(());
+                }
+            }
             self.with_process(id, exec_id, |p| {
                 p.abort_tasks();
                 Ok(())
