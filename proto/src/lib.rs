@@ -46,7 +46,7 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// Bumped when a message or RPC changes meaning; a host refuses other majors.
 pub const PROTOCOL_MAJOR: u32 = 1;
 /// Bumped when fields or RPCs are added.
-pub const PROTOCOL_MINOR: u32 = 9;
+pub const PROTOCOL_MINOR: u32 = 10;
 /// The protocol minor that brought seccomp programs on CreateContainer: an older agent
 /// ignores them, so a host must not send them to one.
 pub const SECCOMP_MINOR: u32 = 5;
@@ -68,6 +68,10 @@ const _: () = assert!(PROTOCOL_MINOR >= FILESYSTEM_DEVICES_MINOR);
 /// older agent refuses the message and kills the process.
 pub const EXEC_SIGNAL_MINOR: u32 = 9;
 const _: () = assert!(PROTOCOL_MINOR >= EXEC_SIGNAL_MINOR);
+/// The first minor whose agent counts a container's OOM kills (`oom_kills` of
+/// WaitContainer and ContainerStats); an older agent's 0 means "not known".
+pub const OOM_KILLS_MINOR: u32 = 10;
+const _: () = assert!(PROTOCOL_MINOR >= OOM_KILLS_MINOR);
 /// Where the agent mounts the pod's virtio-fs share (MountShare).
 pub const SHARE_GUEST_DIR: &str = "/run/vpod/share";
 
@@ -145,12 +149,14 @@ mod tests {
             status: Some(wait_container_response::Status::Signal(15)),
             started_at_ns: 1,
             finished_at_ns: 2,
+            oom_kills: 1,
         };
         let decoded = WaitContainerResponse::decode(&killed.encode_to_vec()[..]).unwrap();
         assert_eq!(
             decoded.status,
             Some(wait_container_response::Status::Signal(15))
         );
+        assert_eq!(decoded.oom_kills, 1);
         let exited = WaitContainerResponse {
             status: Some(wait_container_response::Status::ExitCode(0)),
             ..Default::default()

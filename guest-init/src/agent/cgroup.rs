@@ -88,6 +88,8 @@ pub struct CgroupStats {
     pub memory_usage_bytes: u64,
     pub memory_limit_bytes: u64,
     pub pids_current: u64,
+    /// memory.events `oom_kill`: processes of the group the OOM killer ended.
+    pub oom_kills: u64,
 }
 
 /// The cgroup2 hierarchy the agent manages, or nothing.
@@ -208,8 +210,27 @@ impl Cgroups {
             memory_usage_bytes: parse_counter(&read(&group.join("memory.current"))?),
             memory_limit_bytes: parse_counter(&read(&group.join("memory.max"))?),
             pids_current: parse_counter(&read(&group.join("pids.current"))?),
+            oom_kills: self.oom_kills(group),
         })
     }
+
+    /// The group's OOM kills (memory.events `oom_kill`, which counts its descendants' too);
+    /// 0 when the file cannot be read (no memory controller, or the group is gone).
+    pub fn oom_kills(&self, group: &Path) -> u64 {
+        fs::read_to_string(group.join("memory.events"))
+            .map(|events| event_count(&events, "oom_kill"))
+            .unwrap_or(0)
+    }
+}
+
+/// The count of `key` in a flat-keyed file such as memory.events ("key value" lines).
+fn event_count(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(' ')?;
+            (name == key).then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0)
 }
 
 /// A counter file's value; "max" (no limit) reads as 0.
@@ -337,8 +358,15 @@ mod tests {
                 cpu_usage_ns: 12_000,
                 memory_usage_bytes: 4096,
                 memory_limit_bytes: 0,
-                pids_current: 3
+                pids_current: 3,
+                oom_kills: 0,
             }
         );
+        fs::write(
+            group.join("memory.events"),
+            "low 0\nhigh 0\nmax 41\noom 2\noom_kill 2\noom_group_kill 0\n",
+        )
+        .unwrap();
+        assert_eq!(cgroups.stats(&group).unwrap().oom_kills, 2);
     }
 }

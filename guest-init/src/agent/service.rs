@@ -93,6 +93,7 @@ impl vpod_proto::Agent for AgentService {
             }),
             started_at_ns: report.started_at_ns,
             finished_at_ns: report.finished_at_ns,
+            oom_kills: report.oom_kills,
         }))
     }
 
@@ -129,6 +130,7 @@ impl vpod_proto::Agent for AgentService {
             memory_usage_bytes: stats.memory_usage_bytes,
             memory_limit_bytes: stats.memory_limit_bytes,
             pids_current: stats.pids_current,
+            oom_kills: stats.oom_kills,
         }))
     }
 

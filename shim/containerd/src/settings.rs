@@ -126,7 +126,7 @@ mod tests {
         let dir = state_dir(&config, &"n".repeat(76))
             .join("sandboxes")
             .join(sandbox_id(&"c".repeat(64)))
-            .join("vm/vsock.sock_4294967295");
+            .join("vm/vsock.sock");
         assert!(
             dir.as_os_str().len() <= vpod_sandbox::MAX_SOCKET_PATH,
             "{}",

@@ -18,7 +18,9 @@ use common::*;
 use rustix::process::Signal;
 use vpod_e2e::net::{http_get_eventually, veth_count};
 use vpod_e2e::process::send_signal;
-use vpod_proto::cri::{ContainerState, ContainerStatsRequest, Mount};
+use vpod_proto::cri::{
+    ContainerState, ContainerStatsRequest, LinuxContainerConfig, LinuxContainerResources, Mount,
+};
 
 /// The runtime a test body drives, and what its containers see.
 struct Runtime {
@@ -437,7 +439,7 @@ fn pods_side_by_side(first: &Runtime, second: &Runtime) {
             let (pod_name, container_name) = pod_and_container_names(i, runtime);
             let log = c
                 .pod_log_dir
-                .join(pod_name)
+                .join(&pod_name)
                 .join(container_name)
                 .join("0.log");
             log_has(&log, &runtime.kernel_release).await;
@@ -498,6 +500,9 @@ fn pods_side_by_side(first: &Runtime, second: &Runtime) {
                 "{}: memory working set {memory:?}",
                 runtime.cri_handler
             );
+            if runtime.boots_vms {
+                oom_killed_container_is_reported(&mut cri, &c, &two.pods[i], &pod_name).await;
+            }
         }
         remove_two_pods(&cri, &two).await;
     });
@@ -509,6 +514,38 @@ fn pods_side_by_side(first: &Runtime, second: &Runtime) {
     );
     c.wait_until_nothing_left_of_pods(Duration::from_secs(60));
     assert_eq!(veth_count(), 0, "no veth left");
+}
+
+/// A second container in the pod, limited to 32 MiB, that reads 64 MiB into one buffer:
+/// the guest's OOM killer ends it, the shim publishes TaskOOM, and containerd's CRI plugin
+/// gives the reason `OOMKilled`.
+async fn oom_killed_container_is_reported(
+    cri: &mut Clients,
+    c: &Containerd,
+    pod_id: &str,
+    pod_name: &str,
+) {
+    let mut config = cri::container_config(
+        "hog",
+        DEFAULT_IMAGE,
+        &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+    );
+    config.linux = Some(LinuxContainerConfig {
+        resources: Some(LinuxContainerResources {
+            memory_limit_in_bytes: 32 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let pod = cri::pod_config(pod_name, &c.pod_log_dir);
+    let hog = cri::start_container(cri, pod_id, &pod, config).await;
+    let status = cri::wait_exited(cri, &hog, Duration::from_secs(120)).await;
+    assert_eq!(
+        (status.reason.as_str(), status.exit_code),
+        ("OOMKilled", 137),
+        "the hog's status: {status:?}"
+    );
+    cri::stop_and_remove_container(cri, &hog, 10).await;
 }
 
 #[test]

@@ -476,6 +476,47 @@ fn a_pod_runs_a_container_whose_log_exec_and_stats_work_and_removal_leaves_nothi
                 .unwrap_err();
             assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
 
+            // The OOM killer: a container limited to 32 MiB that reads 64 MiB into one
+            // buffer is killed in the guest, and its reason says so, as kubelet expects.
+            let mut hog = container_config(
+                "hog",
+                &image_id,
+                &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+            );
+            hog.linux = Some(LinuxContainerConfig {
+                resources: Some(LinuxContainerResources {
+                    memory_limit_in_bytes: 32 << 20,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            let hog = create_container(&mut c, &pod_id, &pod, hog)
+                .await
+                .expect("CreateContainer of the hog");
+            c.runtime
+                .start_container(StartContainerRequest {
+                    container_id: hog.clone(),
+                })
+                .await
+                .expect("StartContainer of the hog");
+            let started = std::time::Instant::now();
+            let hog_status = loop {
+                let status = container_status(&mut c, &hog).await;
+                if status.state == ContainerState::ContainerExited as i32 {
+                    break status;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(120),
+                    "the hog still runs: {status:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            assert_eq!(
+                (hog_status.reason.as_str(), hog_status.exit_code),
+                ("OOMKilled", 137),
+                "{hog_status:?}"
+            );
+
             // Security context: capabilities relative to the default set, a read-only root.
             let mut locked = container_config("locked", &image_id, &["sleep", "3600"]);
             locked.linux = Some(LinuxContainerConfig {

@@ -91,6 +91,18 @@ pub struct ContainerExit {
     /// The exit code, or 128 + the signal (as a shell reports it).
     pub code: i32,
     pub signal: Option<i32>,
+    /// The guest's OOM kills in the container's cgroup by the time it ended (0 from an
+    /// agent before protocol minor 10).
+    pub oom_kills: u64,
+}
+
+impl ContainerExit {
+    /// Whether the OOM killer had struck in the container: its reason is then `OOMKilled`,
+    /// as containerd's CRI plugin reports it, even if a child was killed and its main
+    /// process ended of its own accord.
+    pub fn oom_killed(&self) -> bool {
+        self.oom_kills > 0
+    }
 }
 
 const SIGTERM: i32 = 15;
@@ -463,16 +475,15 @@ impl Sandbox {
                 })
         };
         let reply = self.guarded("waiting for a container", wait).await?;
-        Ok(match reply.status {
-            Some(Status::Signal(signal)) => ContainerExit {
-                code: 128 + signal,
-                signal: Some(signal),
-            },
-            Some(Status::ExitCode(code)) => ContainerExit { code, signal: None },
-            None => ContainerExit {
-                code: 255,
-                signal: None,
-            },
+        let (code, signal) = match reply.status {
+            Some(Status::Signal(signal)) => (128 + signal, Some(signal)),
+            Some(Status::ExitCode(code)) => (code, None),
+            None => (255, None),
+        };
+        Ok(ContainerExit {
+            code,
+            signal,
+            oom_kills: reply.oom_kills,
         })
     }
 

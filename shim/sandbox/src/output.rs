@@ -97,6 +97,8 @@ pub struct ContainerStats {
     /// 0: no limit.
     pub memory_limit_bytes: u64,
     pub pids_current: u64,
+    /// The guest's OOM kills in the container's cgroup (memory.events `oom_kill`).
+    pub oom_kills: u64,
 }
 
 impl From<v1::ContainerStatsResponse> for ContainerStats {
@@ -106,6 +108,7 @@ impl From<v1::ContainerStatsResponse> for ContainerStats {
             memory_usage_bytes: r.memory_usage_bytes,
             memory_limit_bytes: r.memory_limit_bytes,
             pids_current: r.pids_current,
+            oom_kills: r.oom_kills,
         }
     }
 }

@@ -10,6 +10,8 @@ pub struct ExitReport {
     pub status: crate::agent::reaper::ExitStatus,
     pub started_at_ns: i64,
     pub finished_at_ns: i64,
+    /// The OOM killer's kills in the container's cgroup by then.
+    pub oom_kills: u64,
 }
 
 /// How long a held-back signal waits for its handler, and how often it looks.
@@ -57,6 +59,7 @@ impl ContainerManager {
     pub async fn wait(&self, id: &str) -> Result<ExitReport, ContainerError> {
         let container = self.get(id)?;
         let mut phase = container.phase.subscribe();
+        let group = container.cgroup.clone();
         drop(container);
         loop {
             if let Phase::Exited {
@@ -69,6 +72,7 @@ impl ContainerManager {
                     status,
                     started_at_ns,
                     finished_at_ns,
+                    oom_kills: group.as_deref().map_or(0, |g| self.cgroups.oom_kills(g)),
                 });
             }
             if phase.changed().await.is_err() {

@@ -1,12 +1,14 @@
 //! Start: the container's process in the guest, with its output copied to the stdout and
 //! stderr FIFOs, its stdin from the stdin FIFO, and its exit reported (TaskExit) once its
-//! output is out. The sandbox task starts nothing: its VM is already up.
+//! output is out, after a TaskOOM when the guest's OOM killer struck in its cgroup (what
+//! containerd's CRI plugin reports as the reason `OOMKilled`). The sandbox task starts
+//! nothing: its VM is already up.
 
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use containerd_shim_protos::events::task::{TaskExit, TaskStart};
+use containerd_shim_protos::events::task::{TaskExit, TaskOOM, TaskStart};
 use containerd_shim_protos::ttrpc::Code;
 use vpod_proto::v1::{
     wait_container_response, CloseStdinRequest, WaitContainerRequest, WriteStdinRequest,
@@ -109,17 +111,31 @@ impl Service {
             let request = WaitContainerRequest {
                 id: container_id.clone(),
             };
-            let code = match waiter_agent.wait_container(request).await {
-                Ok(reply) => match reply.into_inner().status {
-                    Some(wait_container_response::Status::ExitCode(code)) => code as u32,
-                    Some(wait_container_response::Status::Signal(signal)) => 128 + signal as u32,
-                    None => 255,
-                },
+            let (code, oom_kills) = match waiter_agent.wait_container(request).await {
+                Ok(reply) => {
+                    let reply = reply.into_inner();
+                    let code = match reply.status {
+                        Some(wait_container_response::Status::ExitCode(code)) => code as u32,
+                        Some(wait_container_response::Status::Signal(signal)) => {
+                            128 + signal as u32
+                        }
+                        None => 255,
+                    };
+                    (code, reply.oom_kills)
+                }
                 Err(status) => {
                     log::warn!("waiting for {container_id}: {status}");
-                    VM_GONE
+                    (VM_GONE, 0)
                 }
             };
+            if oom_kills > 0 {
+                service
+                    .publish(TaskOOM {
+                        container_id: container_id.clone(),
+                        ..Default::default()
+                    })
+                    .await;
+            }
             let _ = tokio::time::timeout(OUTPUT_DRAIN, copy_out).await;
             service.process_exited(&container_id, "", code).await;
         });

@@ -2,7 +2,9 @@
 //! changes a cgroup on the host.
 
 use containerd_shim_protos::api;
-use containerd_shim_protos::cgroups_v2::metrics::{CPUStat, MemoryStat, Metrics, PidsStat};
+use containerd_shim_protos::cgroups_v2::metrics::{
+    CPUStat, MemoryEvents, MemoryStat, Metrics, PidsStat,
+};
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::{Message, MessageField};
 use containerd_shim_protos::ttrpc::Code;
@@ -46,6 +48,10 @@ impl Service {
                     } else {
                         stats.memory_limit_bytes
                     },
+                    ..Default::default()
+                }),
+                memory_events: MessageField::some(MemoryEvents {
+                    oom_kill: stats.oom_kills,
                     ..Default::default()
                 }),
                 ..Default::default()

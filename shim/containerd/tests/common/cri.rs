@@ -193,19 +193,39 @@ pub async fn exec_text(
 
 /// The container's state.
 pub async fn container_state(c: &mut Clients, id: &str) -> ContainerState {
+    container_status(c, id).await.state()
+}
+
+/// The container's status.
+pub async fn container_status(c: &mut Clients, id: &str) -> ContainerStatus {
     let request = ContainerStatusRequest {
         container_id: id.into(),
         verbose: false,
     };
-    let status = answer(
+    answer(
         &format!("ContainerStatus {id}"),
         Duration::ZERO,
         c.runtime.container_status(request),
     )
     .await
     .status
-    .expect("a container status");
-    status.state()
+    .expect("a container status")
+}
+
+/// Waits (up to `limit`) until the container has exited; its status then.
+pub async fn wait_exited(c: &mut Clients, id: &str, limit: Duration) -> ContainerStatus {
+    let started = std::time::Instant::now();
+    loop {
+        let status = container_status(c, id).await;
+        if status.state() == ContainerState::ContainerExited {
+            return status;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{id} did not exit within {limit:?}: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The pod's IP, from PodSandboxStatus (empty when it has none).

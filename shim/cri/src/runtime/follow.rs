@@ -43,7 +43,7 @@ impl Runtime {
                 };
             let e = match exit {
                 Ok(exit) => {
-                    if let Err(e) = self.record_exit(&container, exit.code, "") {
+                    if let Err(e) = self.record_exit(&container, &exit, "") {
                         tracing::warn!(container = %id, error = %super::error_chain(&e), "recording the exit");
                     }
                     return;

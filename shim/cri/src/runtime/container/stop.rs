@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use vpod_sandbox::ContainerExit;
+
 use crate::logformat::now_ns;
 use crate::runtime::{lock, Container, Runtime, RuntimeError};
 use crate::state::ContainerPhase;
@@ -25,7 +27,7 @@ impl Runtime {
         };
         match exit {
             Some(Ok(exit)) => {
-                self.record_exit(&container, exit.code, "")?;
+                self.record_exit(&container, &exit, "")?;
             }
             Some(Err(e)) => {
                 // The VM may have died under us; the status calls report that.
@@ -48,13 +50,16 @@ impl Runtime {
         Ok(())
     }
 
-    /// Records how the container's process ended (once).
+    /// Records how the container's process ended (once): its reason is `OOMKilled` when the
+    /// guest's OOM killer struck in it (as containerd's CRI plugin says it), else
+    /// `Completed` or `Error` by its exit code.
     pub(in crate::runtime) fn record_exit(
         &self,
         container: &Container,
-        code: i32,
+        exit: &ContainerExit,
         message: &str,
     ) -> Result<(), RuntimeError> {
+        let code = exit.code;
         if container.record().phase == ContainerPhase::Exited {
             return Ok(());
         }
@@ -62,10 +67,17 @@ impl Runtime {
             c.phase = ContainerPhase::Exited;
             c.finished_at_ns = now_ns();
             c.exit_code = code;
-            c.reason = if code == 0 { "Completed" } else { "Error" }.into();
+            c.reason = if exit.oom_killed() {
+                "OOMKilled"
+            } else if code == 0 {
+                "Completed"
+            } else {
+                "Error"
+            }
+            .into();
             c.message = message.to_string();
         })?;
-        tracing::info!(container = %container.id, exit_code = code, "container exited");
+        tracing::info!(container = %container.id, exit_code = code, oom_kills = exit.oom_kills, "container exited");
         Ok(())
     }
 }
