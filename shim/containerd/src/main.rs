@@ -3,6 +3,7 @@
 //! pod: the CRI plugin's containers of a pod are grouped by their sandbox id.
 
 mod bundle;
+mod cgroup;
 mod network;
 mod pod;
 mod rootfs;

@@ -72,12 +72,13 @@ pub fn netns_path(bundle: &Bundle) -> Option<PathBuf> {
         .and_then(|n| n.path().clone())
 }
 
-/// Boots pod `id`'s VM in `state_dir`.
+/// Boots pod `id`'s VM in `state_dir`, its VMM in the host cgroup `cgroup` if any.
 pub async fn boot(
     config: &Config,
     state_dir: &Path,
     id: &str,
     bundle: &Bundle,
+    cgroup: Option<PathBuf>,
 ) -> Result<Sandbox, PodError> {
     let size = size(config, bundle);
     let rules = &config.pod;
@@ -92,6 +93,7 @@ pub async fn boot(
     // The VM outlives a killed shim until `containerd-shim-vpod-v2 delete` cleans up.
     sandbox.die_with_parent = false;
     sandbox.ksm = rules.ksm;
+    sandbox.cgroup = cgroup;
     sandbox.jail = rules.jail.then_some(JailUsers {
         first_uid: rules.jail_first_uid,
         count: rules.jail_uid_count,

@@ -66,6 +66,8 @@ impl Shim for VpodShim {
             let state_dir = settings::state_dir(&self.config, &self.namespace);
             let id = settings::sandbox_id(id.trim());
             pod::destroy_leftovers(&state_dir, &id);
+            // The pod's cgroup, recomputed from the bundle (the working directory).
+            crate::cgroup::remove_for_bundle(Path::new("."), &id);
         }
         let now = std::time::SystemTime::now();
         Ok(DeleteResponse {

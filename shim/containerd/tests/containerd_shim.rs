@@ -8,7 +8,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::containerd::{CRI_NAMESPACE, CTR_NAMESPACE, SUBNET};
@@ -20,6 +20,7 @@ use vpod_e2e::net::{http_get_eventually, veth_count};
 use vpod_e2e::process::send_signal;
 use vpod_proto::cri::{
     ContainerState, ContainerStatsRequest, LinuxContainerConfig, LinuxContainerResources, Mount,
+    PodSandboxConfig,
 };
 
 /// The runtime a test body drives, and what its containers see.
@@ -279,9 +280,16 @@ fn killed_shim_is_cleaned_up_after(runtime: &Runtime) {
         .shim_pid(CTR_NAMESPACE, "victim")
         .expect("the task's shim is found (its bundle's shim.pid, or -id victim)");
     assert!(c.shim_pids().contains(&shim), "{shim} is one of our shims");
+    // ctr's spec puts the container in the cgroup /<namespace>/<id>: the VM's VMM is in a
+    // leaf beside it, which `delete` must remove after the dead shim.
+    let leaf = format!("/{CTR_NAMESPACE}/vpod-victim");
     if runtime.boots_vms {
-        assert!(!c.vmm_pids().is_empty(), "a VMM runs under the shim's root");
+        let vmms = c.vmm_pids();
+        assert!(!vmms.is_empty(), "a VMM runs under the shim's root");
         assert_eq!(c.sandbox_dirs().len(), 1, "one pod directory");
+        for pid in vmms {
+            assert_eq!(cgroup_of(pid), leaf, "VMM {pid}'s cgroup");
+        }
     }
 
     send_signal(shim, Signal::KILL);
@@ -312,6 +320,11 @@ fn killed_shim_is_cleaned_up_after(runtime: &Runtime) {
     c.ctr_ok(&["containers", "rm", "victim"]);
     assert_eq!(c.tasks(CTR_NAMESPACE), []);
     c.wait_until_nothing_left_of_pods(Duration::from_secs(60));
+    let mount = vpod_sandbox::cgroup::cgroup2_mount()
+        .expect("reading the mounts")
+        .expect("a cgroup v2 hierarchy");
+    let leaf_dir = mount.join(leaf.trim_start_matches('/'));
+    assert!(!leaf_dir.exists(), "{} is left", leaf_dir.display());
     assert_eq!(taps(), taps_before, "no tap left");
     assert_eq!(
         named_netns(),
@@ -327,6 +340,52 @@ fn a_runc_pod_and_a_vpod_pod_run_side_by_side_through_containerd_cri() {
         Duration::from_secs(480),
         || pods_side_by_side(&runc(), &vpod()),
     );
+}
+
+/// The kubelet's pod cgroup the tests' CRI pods name (`linux.cgroup_parent`): the CRI
+/// plugin puts the sandbox's `cgroupsPath` under it, runc's pause container there, and the
+/// vpod shim its VMM in a `vpod-<id>` leaf beside.
+const POD_CGROUP_PARENT: &str = "/vpod-shim-e2e";
+
+/// A CRI pod config under [`POD_CGROUP_PARENT`].
+fn pod_config(name: &str, c: &Containerd) -> PodSandboxConfig {
+    let mut pod = cri::pod_config(name, &c.pod_log_dir);
+    pod.linux.get_or_insert_with(Default::default).cgroup_parent = POD_CGROUP_PARENT.into();
+    pod
+}
+
+/// The host's directory of [`POD_CGROUP_PARENT`].
+fn pod_cgroup_parent_dir() -> PathBuf {
+    let mount = vpod_sandbox::cgroup::cgroup2_mount()
+        .expect("reading the mounts")
+        .expect("a cgroup v2 hierarchy");
+    mount.join(POD_CGROUP_PARENT.trim_start_matches('/'))
+}
+
+/// The cgroup (v2) process `pid` is in.
+fn cgroup_of(pid: u32) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Checks that no pod VM's cgroup is left under [`POD_CGROUP_PARENT`], then removes the
+/// parent (the kubelet's part; runc's leaf went with its container).
+fn pod_cgroups_are_gone() {
+    let parent = pod_cgroup_parent_dir();
+    let leaves: Vec<String> = std::fs::read_dir(&parent)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.starts_with("vpod-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(leaves, Vec::<String>::new(), "the pods' cgroups are gone");
+    let _ = std::fs::remove_dir(&parent);
 }
 
 /// A pod of each runtime with one container, through the CRI plugin.
@@ -350,7 +409,7 @@ async fn start_two_pods(
     command: impl Fn(usize, &Runtime) -> Vec<String>,
 ) -> TwoPods {
     let names = [0, 1].map(|i| pod_and_container_names(i, runtimes[i]));
-    let pod_configs = [0, 1].map(|i| cri::pod_config(&names[i].0, &c.pod_log_dir));
+    let pod_configs = [0, 1].map(|i| pod_config(&names[i].0, c));
     let (mut a, mut b) = (cri.clone(), cri.clone());
     let (first, second) = tokio::join!(
         cri::run_pod(&mut a, &pod_configs[0], runtimes[0].cri_handler),
@@ -432,7 +491,16 @@ fn pods_side_by_side(first: &Runtime, second: &Runtime) {
         })
         .await;
         if first.boots_vms || second.boots_vms {
-            assert!(!c.vmm_pids().is_empty(), "a VMM runs under the shim's root");
+            let vmms = c.vmm_pids();
+            assert!(!vmms.is_empty(), "a VMM runs under the shim's root");
+            // The VMM (its keeper and the jailed VMM) runs in the pod's cgroup.
+            for pid in vmms {
+                let cgroup = cgroup_of(pid);
+                assert!(
+                    cgroup.starts_with(&format!("{POD_CGROUP_PARENT}/vpod-")),
+                    "VMM {pid} is in the cgroup {cgroup:?}"
+                );
+            }
         }
         for (i, runtime) in [first, second].into_iter().enumerate() {
             let container = &two.containers[i];
@@ -514,6 +582,7 @@ fn pods_side_by_side(first: &Runtime, second: &Runtime) {
     );
     c.wait_until_nothing_left_of_pods(Duration::from_secs(60));
     assert_eq!(veth_count(), 0, "no veth left");
+    pod_cgroups_are_gone();
 }
 
 /// A second container in the pod, limited to 32 MiB, that reads 64 MiB into one buffer:
@@ -537,7 +606,7 @@ async fn oom_killed_container_is_reported(
         }),
         ..Default::default()
     });
-    let pod = cri::pod_config(pod_name, &c.pod_log_dir);
+    let pod = pod_config(pod_name, c);
     let hog = cri::start_container(cri, pod_id, &pod, config).await;
     let status = cri::wait_exited(cri, &hog, Duration::from_secs(120)).await;
     assert_eq!(
@@ -635,4 +704,5 @@ fn pods_reach_each_other(first: &Runtime, second: &Runtime) {
         Vec::<String>::new(),
         "every IP released"
     );
+    pod_cgroups_are_gone();
 }

@@ -113,14 +113,26 @@ impl Service {
         let marker = Path::new(bundle_dir).join(SANDBOX_MARKER);
         std::fs::write(&marker, sandbox_id)
             .map_err(|e| internal(&format!("writing {}", marker.display()), &e))?;
+        let cgroup = crate::cgroup::make(bundle, sandbox_id);
+        *self.shared.pod_cgroup() = cgroup.clone();
         let booted = pod::boot(
             &self.shared.config,
             &self.shared.state_dir,
             sandbox_id,
             bundle,
+            cgroup,
         )
-        .await
-        .map_err(|e| internal("booting the pod's VM", &e))?;
+        .await;
+        let booted = match booted {
+            Ok(booted) => booted,
+            Err(e) => {
+                pod::destroy_leftovers(&self.shared.state_dir, sandbox_id);
+                if let Some(dir) = self.shared.pod_cgroup().take() {
+                    crate::cgroup::remove(sandbox_id, &dir);
+                }
+                return Err(internal("booting the pod's VM", &e));
+            }
+        };
         log::info!("pod {sandbox_id}: VM up, VMM pid {}", booted.vmm_pid());
         *pod = Some(booted);
         drop(pod);
@@ -190,6 +202,9 @@ impl Service {
                 log::warn!("stopping pod {id}: {}", vpod_proto::error_chain(&e));
             }
             pod::destroy_leftovers(&self.shared.state_dir, &id);
+            if let Some(dir) = self.shared.pod_cgroup().take() {
+                crate::cgroup::remove(&id, &dir);
+            }
         }
     }
 }

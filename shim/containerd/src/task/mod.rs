@@ -58,6 +58,8 @@ struct Shared {
     /// The pod's VM once its first task booted it. Creating and removing containers
     /// write; everything else reads, briefly: nothing waits on a process while holding it.
     pod: RwLock<Option<Sandbox>>,
+    /// The pod's cgroup on the host, where its VMM runs ([`crate::cgroup`]).
+    pod_cgroup: Mutex<Option<PathBuf>>,
     tasks: Mutex<HashMap<String, TaskRecord>>,
 }
 
@@ -69,6 +71,12 @@ struct TaskRecord {
     sandbox_id: String,
     main: process::Process,
     execs: HashMap<String, process::Process>,
+}
+
+impl Shared {
+    fn pod_cgroup(&self) -> std::sync::MutexGuard<'_, Option<PathBuf>> {
+        self.pod_cgroup.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Service {
@@ -87,6 +95,7 @@ impl Service {
                 config,
                 state_dir,
                 pod: RwLock::new(None),
+                pod_cgroup: Mutex::new(None),
                 tasks: Mutex::new(HashMap::new()),
             }),
         }
