@@ -523,3 +523,94 @@ async fn port_forward_falls_back_to_ipv6_localhost_and_half_closes_both_ways() {
     })
     .await;
 }
+
+/// An exec through the raw call, for inputs the host's helpers do not send (signals): its
+/// input sender, its pid, and its responses.
+async fn raw_exec(
+    agent: &mut Agent,
+    args: &[&str],
+) -> (
+    mpsc::Sender<v1::ExecInput>,
+    u32,
+    tonic::Streaming<v1::ProcessOutput>,
+) {
+    let (sender, receiver) = mpsc::channel(8);
+    let start = v1::ExecStart {
+        container_id: "c1".into(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    sender
+        .send(v1::ExecInput {
+            input: Some(v1::exec_input::Input::Start(start)),
+        })
+        .await
+        .unwrap();
+    let stream = tokio_stream::wrappers::ReceiverStream::new(receiver);
+    let mut responses = agent.client.exec(stream).await.unwrap().into_inner();
+    let pid = match responses.message().await.unwrap() {
+        Some(v1::ProcessOutput {
+            output: Some(v1::process_output::Output::Started(started)),
+            ..
+        }) => started.pid,
+        other => panic!("no start: {other:?}"),
+    };
+    (sender, pid, responses)
+}
+
+/// Reads responses until the exit: what stdout had, and the exit.
+async fn until_exit(
+    responses: &mut tonic::Streaming<v1::ProcessOutput>,
+) -> (String, v1::ProcessExited) {
+    let mut out = String::new();
+    loop {
+        match responses.message().await.unwrap().and_then(|m| m.output) {
+            Some(v1::process_output::Output::Stdout(data)) => {
+                out.push_str(&String::from_utf8_lossy(&data))
+            }
+            Some(v1::process_output::Output::Exit(exited)) => return (out, exited),
+            Some(_) => {}
+            None => panic!("the stream ended without an exit: {out:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_signal_on_the_exec_stream_reaches_the_process_and_sigkill_its_whole_group() {
+    bounded(async {
+        let Some(mut agent) = Agent::start(APPLETS).await else {
+            return;
+        };
+        container(&mut agent, "c1", &["sleep", "1000"]).await;
+        let signal = |n| v1::ExecInput {
+            input: Some(v1::exec_input::Input::Signal(n)),
+        };
+        // SIGTERM: the process's trap runs, and its exit code is reported.
+        let trap = "trap 'echo term; exit 7' TERM; echo ready; while :; do sleep 1 & wait; done";
+        let (input, _pid, mut responses) = raw_exec(&mut agent, &["sh", "-c", trap]).await;
+        let first = responses.message().await.unwrap().and_then(|m| m.output);
+        assert!(
+            matches!(&first, Some(v1::process_output::Output::Stdout(d)) if d == b"ready\n"),
+            "{first:?}"
+        );
+        input.send(signal(libc::SIGTERM)).await.unwrap();
+        let (out, exited) = until_exit(&mut responses).await;
+        assert_eq!(out, "term\n");
+        assert_eq!((exited.exit_code, exited.signal), (7, 0));
+        // SIGKILL: the exec and the child it left in the background go, and the exit comes.
+        let script = "sleep 1000 & echo started; wait";
+        let (input, pid, mut responses) = raw_exec(&mut agent, &["sh", "-c", script]).await;
+        let first = responses.message().await.unwrap().and_then(|m| m.output);
+        assert!(
+            matches!(&first, Some(v1::process_output::Output::Stdout(d)) if d == b"started\n"),
+            "{first:?}"
+        );
+        assert_eq!(group_members(pid).len(), 2, "sh and its sleep");
+        input.send(signal(libc::SIGKILL)).await.unwrap();
+        let (_, exited) = until_exit(&mut responses).await;
+        assert_eq!((exited.exit_code, exited.signal), (137, libc::SIGKILL));
+        until_gone(pid).await;
+        agent.remove("c1").await;
+    })
+    .await;
+}

@@ -21,16 +21,14 @@ pub fn load() -> Result<Config, ConfigError> {
 
 /// Where the pods of containerd namespace `namespace` live (each in `sandboxes/<id>/`
 /// below it): apart from vpod-cri's, under the same root. A namespace of over 10
-/// characters (containerd allows 76) becomes its first 3 made safe, `-` and 6 hex digits of
-/// its SHA-256, so that the pods' socket paths under the default root stay within a unix
-/// socket's 107 bytes.
+/// characters (containerd allows 76) becomes its first 3 made safe, `-` and 8 hex digits of
+/// its SHA-256 (12 characters, so never a namespace kept as it is), so that the pods' socket
+/// paths under the default root stay within a unix socket's 107 bytes.
 pub fn state_dir(config: &Config, namespace: &str) -> PathBuf {
     let mut name = if namespace.len() <= 10 {
         sanitize(namespace, 10)
     } else {
-        let mut hash = short_hash(namespace);
-        hash.truncate(6);
-        format!("{}-{hash}", sanitize(namespace, 3))
+        format!("{}-{}", sanitize(namespace, 3), short_hash(namespace))
     };
     if name.is_empty() || name.chars().all(|c| c == '.') {
         name.insert(0, '_');
@@ -112,7 +110,7 @@ mod tests {
         let long = "a-namespace-of-many-words-".repeat(3);
         let name = state_dir(&config, &long);
         let name = name.file_name().unwrap().to_str().unwrap();
-        assert_eq!(name.len(), 10, "{name}");
+        assert_eq!(name.len(), 12, "{name}");
         assert!(name.starts_with("a-n-"), "{name}");
         assert_ne!(
             state_dir(&config, &long),

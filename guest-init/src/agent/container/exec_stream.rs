@@ -6,7 +6,7 @@
 //! room, so a host that does not read stalls the process on its pipe; stdin is written as
 //! it comes, and the next input is read only once the last chunk is in the pipe.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -187,6 +187,9 @@ impl ExecSession {
             terminal,
         } = self;
         let mut exit = spawned.exit;
+        // Signals go through a pidfd: one that comes after the reaper took the process
+        // (before `exit` fires) then finds it gone rather than whoever got its pid.
+        let pidfd = pidfd_open(spawned.pid);
         if outputs
             .send(ProcessOutput::Started(spawned.pid))
             .await
@@ -205,6 +208,7 @@ impl ExecSession {
         let mut killed = false;
         let status = loop {
             tokio::select! {
+                biased;
                 status = &mut exit => break status.unwrap_or(ExitStatus::Signaled(libc::SIGKILL)),
                 _ = outputs.closed(), if !killed => {
                     group.kill();
@@ -228,11 +232,15 @@ impl ExecSession {
                         }
                     }
                     Some(Ok(ProcessInput::CloseStdin)) => stdin = None,
+                    Some(Ok(ProcessInput::Signal(libc::SIGKILL))) => {
+                        // As the end of the stream does: the whole group, so that no child
+                        // keeps the output open; its exit is still reported.
+                        group.kill();
+                    }
                     Some(Ok(ProcessInput::Signal(signal))) => {
-                        // The process is not reaped before `exit` fires (this loop's
-                        // first branch), so its pid is still its own.
-                        // SAFETY: kill takes plain integers.
-                        unsafe { libc::kill(spawned.pid, signal) };
+                        if let Some(pidfd) = &pidfd {
+                            pidfd_send_signal(pidfd, signal);
+                        }
                     }
                     None => {
                         inputs_open = false;
@@ -255,6 +263,30 @@ impl ExecSession {
         while pumps.join_next().await.is_some() {}
         let _ = outputs.send(ProcessOutput::Exited(status)).await;
     }
+}
+
+/// A pidfd of process `pid` (Linux 5.3); none when it is gone already.
+fn pidfd_open(pid: libc::pid_t) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags; it returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: the descriptor was just made for us and nothing else owns it.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sends `signal` to the process of `pidfd`; a process that ended is left alone.
+fn pidfd_send_signal(pidfd: &OwnedFd, signal: i32) {
+    // SAFETY: pidfd_send_signal takes a live pidfd, a signal number, no siginfo (the
+    // kernel fills one in as kill does) and no flags.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
 }
 
 async fn write_stdin(

@@ -127,9 +127,8 @@ impl Service {
             Ok(booted) => booted,
             Err(e) => {
                 pod::destroy_leftovers(&self.shared.state_dir, sandbox_id);
-                if let Some(dir) = self.shared.pod_cgroup().take() {
-                    crate::cgroup::remove(sandbox_id, &dir);
-                }
+                let cgroup = self.shared.pod_cgroup().take();
+                remove_cgroup(sandbox_id, cgroup).await;
                 return Err(internal("booting the pod's VM", &e));
             }
         };
@@ -195,18 +194,30 @@ impl Service {
 
     /// Stops the pod's VM, if this shim runs one, and removes its directory.
     pub(super) async fn stop_pod(&self) {
-        let sandbox = self.shared.pod.write().await.take();
+        // The VM and its cgroup leave together, under the pod's lock.
+        let (sandbox, cgroup) = {
+            let mut slot = self.shared.pod.write().await;
+            (slot.take(), self.shared.pod_cgroup().take())
+        };
         if let Some(sandbox) = sandbox {
             let id = sandbox.id().to_owned();
             if let Err(e) = sandbox.stop().await {
                 log::warn!("stopping pod {id}: {}", vpod_proto::error_chain(&e));
             }
             pod::destroy_leftovers(&self.shared.state_dir, &id);
-            if let Some(dir) = self.shared.pod_cgroup().take() {
-                crate::cgroup::remove(&id, &dir);
-            }
+            remove_cgroup(&id, cgroup).await;
         }
     }
+}
+
+/// Removes the pod's cgroup `dir`, if any, on a blocking thread (it waits for the last
+/// processes to leave).
+async fn remove_cgroup(id: &str, dir: Option<std::path::PathBuf>) {
+    let Some(dir) = dir else {
+        return;
+    };
+    let id = id.to_owned();
+    let _ = tokio::task::spawn_blocking(move || crate::cgroup::remove(&id, &dir)).await;
 }
 
 /// A sandbox error as a ttrpc status: the spec's faults are the caller's, the rest ours.

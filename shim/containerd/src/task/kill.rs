@@ -1,13 +1,21 @@
 //! Kill: a signal to a process in the guest. The sandbox task runs nothing, so a signal
-//! that would end a process ends it (its VM stays until the task is deleted); an exec
-//! process gets the signal through its stream (an agent older than protocol minor 9 has
-//! its stream ended instead, which SIGKILLs its process group in the guest).
+//! that would end a process ends it (its VM stays until the task is deleted). An exec
+//! process gets the signal through its stream; SIGKILL (and any signal, with an agent older
+//! than protocol minor 9) ends the stream instead, which SIGKILLs the exec's whole process
+//! group in the guest and does not wait behind stdin the process has not read.
+
+use std::time::Duration;
 
 use containerd_shim_protos::ttrpc::Code;
 use vpod_proto::v1::{exec_input, ExecInput};
 use vpod_sandbox::Sandbox;
 
 use super::{error, not_found, Service, TtrpcResult};
+
+/// How long a signal waits to be queued on an exec's stream, behind stdin its process has
+/// not read.
+const SIGNAL_QUEUE_LIMIT: Duration = Duration::from_secs(5);
+const SIGKILL: i32 = 9;
 use crate::bundle::Role;
 use crate::task::create::sandbox_error;
 
@@ -54,13 +62,25 @@ impl Service {
                 .as_ref()
                 .map_or(0, Sandbox::agent_minor);
             let input = self.with_process(id, exec_id, |p| Ok(p.input.clone()))?;
-            if let Some(input) = input.filter(|_| minor >= vpod_proto::EXEC_SIGNAL_MINOR) {
+            let by_stream = signal != SIGKILL && minor >= vpod_proto::EXEC_SIGNAL_MINOR;
+            if let Some(input) = input.filter(|_| by_stream) {
                 let message = ExecInput {
                     input: Some(exec_input::Input::Signal(signal)),
                 };
-                if input.send(message).await.is_ok() {
+                match tokio::time::timeout(SIGNAL_QUEUE_LIMIT, input.send(message)).await {
                     // Its exit, if it ends, comes on the stream.
-                    return Ok(());
+                    Ok(Ok(())) => return Ok(()),
+                    // The stream is gone: ended below.
+                    Ok(Err(_)) => {}
+                    Err(_) => {
+                        return Err(error(
+                            Code::DEADLINE_EXCEEDED,
+                            format!(
+                                "exec {exec_id}'s input is backed up (its process reads no stdin): \
+                                 signal {signal} was not delivered; SIGKILL ends it"
+                            ),
+                        ))
+                    }
                 }
             }
             self.with_process(id, exec_id, |p| {
