@@ -35,8 +35,9 @@ use vpod_proto::cri::image_service_client::ImageServiceClient;
 use vpod_proto::cri::runtime_service_client::RuntimeServiceClient;
 use vpod_proto::cri::*;
 
-use crate::cri::{self, Clients, Daemon, PodTimes, READY};
-use node::{shims_of, Containerd};
+use crate::cri::{self, ms, Clients, Daemon, PodTimes};
+use node::Containerd;
+use vpod_e2e::procfs::shims_of;
 
 mod node;
 
@@ -52,8 +53,6 @@ const RUNC_SHIM: &str = "containerd-shim-runc-v2";
 const SHIM_TARGET_KIB: u64 = 5 * 1024;
 /// How long the pods of the memory figure run before the shims are read.
 const SETTLE: Duration = Duration::from_secs(5);
-const LIMIT: Duration = Duration::from_secs(300);
-const POLL: Duration = Duration::from_millis(2);
 
 /// The settings of one `vpod-bench containerd` run.
 pub struct ContainerdBench {
@@ -254,7 +253,7 @@ impl BenchRun<'_> {
             ),
         };
         let log_file = logs.join(name).join(&container.log_path);
-        time_pod(
+        cri::time_pod(
             self.clients(route),
             route.handler(),
             pod,
@@ -262,6 +261,7 @@ impl BenchRun<'_> {
             &log_file,
         )
         .await
+        .map(|(id, _, times)| (id, times))
         .with_context(|| format!("pod {name} through {}", route.label()))
     }
 
@@ -309,10 +309,6 @@ impl BenchRun<'_> {
     }
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
 /// `pod` in the node's network namespace (no CNI), and so with the node's hostname, as the
 /// kubelet asks for a `hostNetwork` pod.
 fn on_node_network(pod: PodSandboxConfig) -> PodSandboxConfig {
@@ -350,92 +346,6 @@ fn node_network() -> NamespaceOption {
     }
 }
 
-/// RunPodSandbox with `handler`, CreateContainer and StartContainer, then ContainerStatus
-/// until the container runs and the log file until it has [`READY`]: the pod's id and the
-/// times from before RunPodSandbox (as [`cri::start_pod`] takes them).
-async fn time_pod(
-    mut clients: Clients,
-    handler: &str,
-    pod: PodSandboxConfig,
-    container: ContainerConfig,
-    log_file: &Path,
-) -> Result<(String, PodTimes)> {
-    let t0 = Instant::now();
-    let id = clients
-        .runtime
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(pod.clone()),
-            runtime_handler: handler.into(),
-        })
-        .await
-        .context("RunPodSandbox")?
-        .into_inner()
-        .pod_sandbox_id;
-    let runp = t0.elapsed();
-    let container = clients
-        .runtime
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: id.clone(),
-            config: Some(container),
-            sandbox_config: Some(pod),
-        })
-        .await
-        .context("CreateContainer")?
-        .into_inner()
-        .container_id;
-    let create = t0.elapsed();
-    clients
-        .runtime
-        .start_container(StartContainerRequest {
-            container_id: container.clone(),
-        })
-        .await
-        .context("StartContainer")?;
-    let start = t0.elapsed();
-    loop {
-        let status = clients
-            .runtime
-            .container_status(ContainerStatusRequest {
-                container_id: container.clone(),
-                verbose: false,
-            })
-            .await
-            .context("ContainerStatus")?
-            .into_inner()
-            .status
-            .context("ContainerStatus returned no status")?;
-        if status.state == ContainerState::ContainerRunning as i32 {
-            break;
-        }
-        if status.state != ContainerState::ContainerCreated as i32 || t0.elapsed() > LIMIT {
-            bail!("the container is not running after StartContainer: {status:?}");
-        }
-        tokio::time::sleep(POLL).await;
-    }
-    let running = t0.elapsed();
-    loop {
-        let text = tokio::fs::read_to_string(log_file)
-            .await
-            .unwrap_or_default();
-        if text.contains(READY) {
-            break;
-        }
-        if t0.elapsed() > LIMIT {
-            bail!("{READY:?} never reached {}", log_file.display());
-        }
-        tokio::time::sleep(POLL).await;
-    }
-    let output = t0.elapsed();
-    let times = PodTimes {
-        runp,
-        create: create - runp,
-        start: start - create,
-        running,
-        output,
-    };
-    Ok((id, times))
-}
-
 async fn stop_and_remove(clients: &mut Clients, id: &str) -> Result<()> {
     clients
         .runtime
@@ -444,14 +354,7 @@ async fn stop_and_remove(clients: &mut Clients, id: &str) -> Result<()> {
         })
         .await
         .with_context(|| format!("StopPodSandbox {id}"))?;
-    clients
-        .runtime
-        .remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await
-        .with_context(|| format!("RemovePodSandbox {id}"))?;
-    Ok(())
+    cri::remove_pod(clients, id).await
 }
 
 /// Every pod containerd's CRI plugin still has, stopped and removed (what a failed run

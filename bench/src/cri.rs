@@ -371,66 +371,93 @@ pub async fn start_pod(
 
 /// [`start_pod`] with `mounts` in the container.
 pub async fn start_pod_with(
-    mut clients: Clients,
+    clients: Clients,
     name: String,
     image: String,
     logs: PathBuf,
     mounts: Vec<Mount>,
 ) -> Result<StartedPod> {
-    let config = pod_config(&name, &logs);
     let log_file = logs.join(&name).join("sleeper/0.log");
+    let container = ContainerConfig {
+        mounts,
+        ..sleeper(&image)
+    };
+    let (pod, container, times) =
+        time_pod(clients, "", pod_config(&name, &logs), container, &log_file)
+            .await
+            .with_context(|| format!("pod {name}"))?;
+    Ok(StartedPod {
+        pod,
+        container,
+        times,
+    })
+}
+
+/// RunPodSandbox with `handler`, CreateContainer and StartContainer, then ContainerStatus
+/// until the container runs and the log file until it has [`READY`]: the pod's and the
+/// container's ids and the times from before RunPodSandbox.
+pub async fn time_pod(
+    mut clients: Clients,
+    handler: &str,
+    pod: PodSandboxConfig,
+    container: ContainerConfig,
+    log_file: &Path,
+) -> Result<(String, String, PodTimes)> {
     let t0 = Instant::now();
-    let pod = clients
+    let id = clients
         .runtime
         .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
+            config: Some(pod.clone()),
+            runtime_handler: handler.into(),
         })
         .await
-        .with_context(|| format!("RunPodSandbox of {name}"))?
+        .context("RunPodSandbox")?
         .into_inner()
         .pod_sandbox_id;
     let runp = t0.elapsed();
-    let ctr = clients
+    let container = clients
         .runtime
         .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(ContainerConfig {
-                mounts,
-                ..sleeper(&image)
-            }),
-            sandbox_config: Some(config),
+            pod_sandbox_id: id.clone(),
+            config: Some(container),
+            sandbox_config: Some(pod),
         })
         .await
-        .with_context(|| format!("CreateContainer in {name}"))?
+        .context("CreateContainer")?
         .into_inner()
         .container_id;
     let create = t0.elapsed();
     clients
         .runtime
         .start_container(StartContainerRequest {
-            container_id: ctr.clone(),
+            container_id: container.clone(),
         })
         .await
-        .with_context(|| format!("StartContainer in {name}"))?;
+        .context("StartContainer")?;
     let start = t0.elapsed();
-    let status = clients
-        .runtime
-        .container_status(ContainerStatusRequest {
-            container_id: ctr.clone(),
-            verbose: false,
-        })
-        .await
-        .with_context(|| format!("ContainerStatus in {name}"))?
-        .into_inner()
-        .status
-        .context("ContainerStatus returned no status")?;
-    if status.state != ContainerState::ContainerRunning as i32 {
-        bail!("the container of {name} is not running after StartContainer: {status:?}");
+    loop {
+        let status = clients
+            .runtime
+            .container_status(ContainerStatusRequest {
+                container_id: container.clone(),
+                verbose: false,
+            })
+            .await
+            .context("ContainerStatus")?
+            .into_inner()
+            .status
+            .context("ContainerStatus returned no status")?;
+        if status.state == ContainerState::ContainerRunning as i32 {
+            break;
+        }
+        if status.state != ContainerState::ContainerCreated as i32 || t0.elapsed() > LIMIT {
+            bail!("the container is not running after StartContainer: {status:?}");
+        }
+        tokio::time::sleep(POLL).await;
     }
     let running = t0.elapsed();
     loop {
-        let text = tokio::fs::read_to_string(&log_file)
+        let text = tokio::fs::read_to_string(log_file)
             .await
             .unwrap_or_default();
         if text.contains(READY) {
@@ -442,17 +469,14 @@ pub async fn start_pod_with(
         tokio::time::sleep(POLL).await;
     }
     let output = t0.elapsed();
-    Ok(StartedPod {
-        pod,
-        container: ctr,
-        times: PodTimes {
-            runp,
-            create: create - runp,
-            start: start - create,
-            running,
-            output,
-        },
-    })
+    let times = PodTimes {
+        runp,
+        create: create - runp,
+        start: start - create,
+        running,
+        output,
+    };
+    Ok((id, container, times))
 }
 
 pub async fn remove_pod(clients: &mut Clients, pod: &str) -> Result<()> {
@@ -503,7 +527,7 @@ pub async fn start_pods_with(
     Ok(out)
 }
 
-fn ms(d: Duration) -> f64 {
+pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 

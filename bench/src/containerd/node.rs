@@ -9,6 +9,11 @@ use std::time::{Duration, Instant};
 use vpod_image::oci::layout::OciLayout;
 use vpod_image::oci::writer::OciLayoutWriter;
 
+use vpod_e2e::procfs::{
+    descendants, live_parent, new_cgroup_candidates, remove_cgroup_tree, remove_stale_under,
+    shims_of,
+};
+
 use super::{CRI_NAMESPACE, DEFAULT_IMAGE, PAUSE_IMAGE};
 
 /// Debian's containerd with everything of its own under one scratch directory; its drop
@@ -39,7 +44,7 @@ impl Containerd {
             log: dir.join("containerd.log"),
             child: None,
             run_containerd_existed: Path::new("/run/containerd").exists(),
-            new_cgroups: new_cgroup_candidates(),
+            new_cgroups: new_cgroup_candidates(&[CRI_NAMESPACE]),
         };
         let config = dir.join("containerd.toml");
         std::fs::write(&config, node.config())?;
@@ -316,116 +321,4 @@ fn tar_layout(layout: &Path, tar: &Path) -> Result<()> {
     builder.append_dir_all("blobs", layout.join("blobs"))?;
     builder.into_inner()?.sync_all()?;
     Ok(())
-}
-
-/// The PIDs of every process now.
-fn all_pids() -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect()
-}
-
-fn cmdline(pid: u32) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .unwrap_or_default()
-        .split(|&b| b == 0)
-        .filter(|arg| !arg.is_empty())
-        .map(|arg| String::from_utf8_lossy(arg).into_owned())
-        .collect()
-}
-
-/// `pid`'s parent, unless it is gone or a zombie (the fields after the name's last ')').
-fn live_parent(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let mut fields = stat.get(stat.rfind(')')? + 2..)?.split(' ');
-    let state = fields.next()?;
-    (state != "Z").then(|| fields.next()?.parse().ok())?
-}
-
-/// The live shims (`containerd-shim-*`) given `-address <socket>`, with their program's
-/// name.
-pub(super) fn shims_of(socket: &Path) -> Vec<(u32, String)> {
-    let plain = socket.display().to_string();
-    let url = format!("unix://{plain}");
-    all_pids()
-        .into_iter()
-        .filter(|&pid| live_parent(pid).is_some())
-        .filter_map(|pid| {
-            let args = cmdline(pid);
-            let name = Path::new(args.first()?)
-                .file_name()?
-                .to_string_lossy()
-                .into_owned();
-            let ours = args
-                .windows(2)
-                .any(|w| w[0] == "-address" && (w[1] == plain || w[1] == url));
-            (name.starts_with("containerd-shim") && ours).then_some((pid, name))
-        })
-        .collect()
-}
-
-/// The live descendants of `roots`.
-fn descendants(roots: &[u32]) -> Vec<u32> {
-    let parents: Vec<(u32, u32)> = all_pids()
-        .into_iter()
-        .filter_map(|pid| Some((pid, live_parent(pid)?)))
-        .collect();
-    let mut found = Vec::new();
-    let mut frontier = roots.to_vec();
-    while let Some(parent) = frontier.pop() {
-        for &(pid, _) in parents.iter().filter(|(_, ppid)| *ppid == parent) {
-            if !found.contains(&pid) && !roots.contains(&pid) {
-                found.push(pid);
-                frontier.push(pid);
-            }
-        }
-    }
-    found
-}
-
-/// Removes, bottom up, the unix sockets under `dir` nobody listens on and the directories
-/// left empty (`dir` too).
-fn remove_stale_under(dir: &Path) {
-    use std::os::unix::fs::FileTypeExt;
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let Ok(kind) = entry.file_type() else {
-            continue;
-        };
-        let path = entry.path();
-        if kind.is_dir() {
-            remove_stale_under(&path);
-        } else if kind.is_socket() && std::os::unix::net::UnixStream::connect(&path).is_err() {
-            let _ = std::fs::remove_file(&path);
-        }
-    }
-    let _ = std::fs::remove_dir(dir);
-}
-
-/// `/<k8s.io>` in every cgroup hierarchy where it is not there yet: runc's containers'
-/// cgroups go under it.
-fn new_cgroup_candidates() -> Vec<PathBuf> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| {
-            let (before, after) = line.split_once(" - ")?;
-            let fstype = after.split(' ').next()?;
-            let point = before.split(' ').nth(4)?;
-            matches!(fstype, "cgroup" | "cgroup2").then(|| Path::new(point).join(CRI_NAMESPACE))
-        })
-        .filter(|cgroup| !cgroup.exists())
-        .collect()
-}
-
-/// Removes the cgroup `dir` and the cgroups under it, deepest first (only empty ones go).
-fn remove_cgroup_tree(dir: &Path) {
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            remove_cgroup_tree(&entry.path());
-        }
-    }
-    let _ = std::fs::remove_dir(dir);
 }

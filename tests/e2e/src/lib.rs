@@ -9,11 +9,14 @@
 //!   whose output is read line by line while they run.
 //! - [`vpod`]: the `vpod` command with a layer store root of its own.
 //! - [`net`]: pod-network tests' own namespace, HTTP GETs and the leftovers to look for.
+//! - [`procfs`]: processes found through /proc (the shims of one containerd, descendants),
+//!   and the sockets and cgroups a containerd leaves behind.
 
 pub mod checks;
 pub mod guest_host;
 pub mod net;
 pub mod process;
+pub mod procfs;
 pub mod vpod;
 
 use std::path::{Path, PathBuf};

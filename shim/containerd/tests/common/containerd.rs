@@ -15,6 +15,7 @@ use vpod_e2e::{repo_root, run_with_limit, Finished};
 use super::images::{test_image_archives, PAUSE_IMAGE};
 use super::procs::{descendants, kill_and_wait, run_quietly, shims_of};
 use super::{eventually, mounts_under, RUNC_RUNTIME, VPOD_RUNTIME};
+use vpod_e2e::procfs::{new_cgroup_candidates, remove_cgroup_tree, remove_stale_under};
 
 /// The containerd namespace the CRI plugin keeps its pods, containers and images in.
 pub const CRI_NAMESPACE: &str = "k8s.io";
@@ -116,7 +117,7 @@ impl Containerd {
             env: setup.env.clone(),
             child: None,
             run_containerd_existed: Path::new("/run/containerd").exists(),
-            new_cgroup_candidates: new_cgroup_candidates(),
+            new_cgroup_candidates: new_cgroup_candidates(&[CTR_NAMESPACE, CRI_NAMESPACE]),
             dir,
         };
         for sub in [
@@ -562,54 +563,6 @@ disabled_plugins = [
             remove_stale_under(Path::new("/run/containerd"));
         }
     }
-}
-
-/// Removes, bottom up, the unix sockets under `dir` that refuse connections and the
-/// directories left empty (`dir` too).
-fn remove_stale_under(dir: &Path) {
-    use std::os::unix::fs::FileTypeExt;
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let Ok(kind) = entry.file_type() else {
-            continue;
-        };
-        let path = entry.path();
-        if kind.is_dir() {
-            remove_stale_under(&path);
-        } else if kind.is_socket() && std::os::unix::net::UnixStream::connect(&path).is_err() {
-            let _ = std::fs::remove_file(&path);
-        }
-    }
-    let _ = std::fs::remove_dir(dir);
-}
-
-/// The cgroups runc makes for containerd namespaces (`/<namespace>`, the parent of each
-/// container's cgroup) that are not there yet, in every cgroup hierarchy.
-fn new_cgroup_candidates() -> Vec<PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let hierarchies: Vec<PathBuf> = mountinfo
-        .lines()
-        .filter_map(|line| {
-            let (before, after) = line.split_once(" - ")?;
-            let fstype = after.split(' ').next()?;
-            let point = before.split(' ').nth(4)?;
-            matches!(fstype, "cgroup" | "cgroup2").then(|| PathBuf::from(point))
-        })
-        .collect();
-    hierarchies
-        .iter()
-        .flat_map(|h| [h.join(CTR_NAMESPACE), h.join(CRI_NAMESPACE)])
-        .filter(|cgroup| !cgroup.exists())
-        .collect()
-}
-
-/// Removes the cgroup `dir` and every cgroup under it, deepest first (only empty ones go).
-fn remove_cgroup_tree(dir: &Path) {
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            remove_cgroup_tree(&entry.path());
-        }
-    }
-    let _ = std::fs::remove_dir(dir);
 }
 
 /// Unmounts (lazily) every mount under `dir`, the latest first, until none is left.

@@ -10,84 +10,14 @@ use std::time::{Duration, Instant};
 use rustix::process::Signal;
 use vpod_e2e::process::send_signal;
 
-/// The PIDs of every process now.
-fn all_pids() -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
-        .collect()
-}
+pub use vpod_e2e::procfs::{cmdline, descendants, is_alive};
 
-/// `pid`'s arguments (empty for a kernel thread or a process that is gone).
-pub fn cmdline(pid: u32) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .unwrap_or_default()
-        .split(|&b| b == 0)
-        .filter(|arg| !arg.is_empty())
-        .map(|arg| String::from_utf8_lossy(arg).into_owned())
-        .collect()
-}
-
-/// `pid`'s parent and whether it is a zombie, from /proc/PID/stat ("pid (comm) S ppid ...";
-/// the name may hold spaces and parentheses, so the fields are read after the last ')').
-fn stat(pid: u32) -> Option<(u32, bool)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let mut fields = stat.get(stat.rfind(')')? + 2..)?.split(' ');
-    let zombie = fields.next()? == "Z";
-    Some((fields.next()?.parse().ok()?, zombie))
-}
-
-/// Whether `pid` is a process that has not ended (not a zombie).
-pub fn is_alive(pid: u32) -> bool {
-    stat(pid).is_some_and(|(_, zombie)| !zombie)
-}
-
-/// The live shim processes (`containerd-shim-*`) started by the containerd whose socket is
-/// `address`: every v2 shim is given `-address <containerd's socket>`.
+/// The live shim processes of the containerd whose socket is `address`.
 pub fn shims_of(address: &Path) -> Vec<u32> {
-    let plain = address.display().to_string();
-    let url = format!("unix://{plain}");
-    all_pids()
+    vpod_e2e::procfs::shims_of(address)
         .into_iter()
-        .filter(|&pid| is_alive(pid))
-        .filter(|&pid| {
-            let args = cmdline(pid);
-            let is_shim = args.first().is_some_and(|program| {
-                Path::new(program)
-                    .file_name()
-                    .is_some_and(|name| name.to_string_lossy().starts_with("containerd-shim"))
-            });
-            is_shim
-                && args
-                    .windows(2)
-                    .any(|w| w[0] == "-address" && (w[1] == plain || w[1] == url))
-        })
+        .map(|(pid, _)| pid)
         .collect()
-}
-
-/// The live descendants of `roots`, at any depth, in no particular order.
-pub fn descendants(roots: &[u32]) -> Vec<u32> {
-    let parents: Vec<(u32, u32)> = all_pids()
-        .into_iter()
-        .filter_map(|pid| {
-            stat(pid)
-                .filter(|(_, zombie)| !zombie)
-                .map(|(ppid, _)| (pid, ppid))
-        })
-        .collect();
-    let mut found: Vec<u32> = Vec::new();
-    let mut frontier: Vec<u32> = roots.to_vec();
-    while let Some(parent) = frontier.pop() {
-        for &(pid, _) in parents.iter().filter(|(_, ppid)| *ppid == parent) {
-            if !found.contains(&pid) && !roots.contains(&pid) {
-                found.push(pid);
-                frontier.push(pid);
-            }
-        }
-    }
-    found
 }
 
 /// SIGKILLs `pids` and waits up to `limit` for them to end (to be reaped, or to be zombies
