@@ -173,6 +173,8 @@ impl ErofsLayerWriter {
         }
         self.out.pad_to(u64::from(total_blocks) * BLOCK_SIZE)?;
         self.out.flush()?;
+        // The superblock is 128 bytes inside block 0: not a direct write.
+        self.out.leave_direct()?;
 
         let superblock = superblock_bytes(&Superblock {
             root_nid: placements[0].nid as u16,

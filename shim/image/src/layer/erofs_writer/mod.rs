@@ -113,15 +113,78 @@ impl Node {
 }
 
 /// The image file behind a large buffer: written front to back, once.
+///
+/// Full buffers go to the disk with `O_DIRECT` where the filesystem takes it: a layer's
+/// data then never passes through the page cache, so converting a big layer neither fills
+/// the node's memory with its dirty pages (which pods compete with) nor pays the kernel's
+/// copy into freshly allocated cache pages, and the final fsync has only the metadata left
+/// to write. The last, partial buffer and the superblock are written through the page
+/// cache (`O_DIRECT` is cleared first). Where `O_DIRECT` is refused (a filesystem without
+/// it) or a direct write fails as unaligned, the image is written buffered, as before.
 struct Output {
     file: File,
     path: PathBuf,
-    buffer: Box<[u8]>,
+    buffer: AlignedBuffer,
     filled: usize,
     flushed: u64,
+    direct: bool,
+}
+
+/// Alignment of the buffer, and of every length and offset written with `O_DIRECT`.
+const DIRECT_ALIGN: usize = 4096;
+
+/// `OUTPUT_BUFFER` bytes starting at a `DIRECT_ALIGN`-aligned address (a slice of a larger
+/// allocation; no unsafe code needed).
+struct AlignedBuffer {
+    storage: Box<[u8]>,
+    start: usize,
+}
+
+impl AlignedBuffer {
+    fn new() -> AlignedBuffer {
+        let storage = vec![0u8; OUTPUT_BUFFER + DIRECT_ALIGN].into_boxed_slice();
+        let start = storage.as_ptr().align_offset(DIRECT_ALIGN);
+        AlignedBuffer { storage, start }
+    }
+}
+
+impl std::ops::Deref for AlignedBuffer {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.storage[self.start..self.start + OUTPUT_BUFFER]
+    }
+}
+
+impl std::ops::DerefMut for AlignedBuffer {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.storage[self.start..self.start + OUTPUT_BUFFER]
+    }
 }
 
 impl Output {
+    /// Turns `O_DIRECT` on for the image file, if its filesystem takes it.
+    fn try_direct(&mut self) {
+        let Ok(flags) = rustix::fs::fcntl_getfl(&self.file) else {
+            return;
+        };
+        self.direct =
+            rustix::fs::fcntl_setfl(&self.file, flags | rustix::fs::OFlags::DIRECT).is_ok();
+    }
+
+    /// Goes on through the page cache.
+    fn leave_direct(&mut self) -> Result<(), ExtractError> {
+        if self.direct {
+            let flags = rustix::fs::fcntl_getfl(&self.file)
+                .and_then(|flags| {
+                    rustix::fs::fcntl_setfl(&self.file, flags - rustix::fs::OFlags::DIRECT)
+                })
+                .map_err(|e| self.write_error(e.into()));
+            flags?;
+            self.direct = false;
+        }
+        Ok(())
+    }
+
     fn position(&self) -> u64 {
         self.flushed + self.filled as u64
     }
@@ -134,12 +197,30 @@ impl Output {
     }
 
     fn flush(&mut self) -> Result<(), ExtractError> {
-        if self.filled > 0 {
-            let result = self.file.write_all(&self.buffer[..self.filled]);
-            result.map_err(|e| self.write_error(e))?;
-            self.flushed += self.filled as u64;
-            self.filled = 0;
+        if self.filled % DIRECT_ALIGN != 0 {
+            self.leave_direct()?;
         }
+        let mut written = 0;
+        while written < self.filled {
+            match self.file.write(&self.buffer[written..self.filled]) {
+                Ok(0) => return Err(self.write_error(io::ErrorKind::WriteZero.into())),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Refused as unaligned: the rest goes through the page cache.
+                Err(e)
+                    if self.direct
+                        && e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) =>
+                {
+                    self.leave_direct()?
+                }
+                Err(e) => return Err(self.write_error(e)),
+            }
+            if written % DIRECT_ALIGN != 0 {
+                self.leave_direct()?;
+            }
+        }
+        self.flushed += self.filled as u64;
+        self.filled = 0;
         Ok(())
     }
 
@@ -231,10 +312,12 @@ impl ErofsLayerWriter {
         let mut out = Output {
             file,
             path: path.to_owned(),
-            buffer: vec![0; OUTPUT_BUFFER].into_boxed_slice(),
+            buffer: AlignedBuffer::new(),
             filled: 0,
             flushed: 0,
+            direct: false,
         };
+        out.try_direct();
         // Block 0 holds the superblock, written last.
         out.zeros(BLOCK_SIZE)?;
         Ok(ErofsLayerWriter {

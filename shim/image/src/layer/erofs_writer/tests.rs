@@ -348,6 +348,43 @@ fn big_files_and_block_edges() {
     check_same_view("big", &corpus.finish(), None);
 }
 
+/// Full buffers go to the disk with O_DIRECT where the filesystem takes it, the rest
+/// through the page cache; written all buffered (as on a filesystem without O_DIRECT) the
+/// image is the same, byte for byte. Three full buffers and a partial one, so both kinds
+/// of write and the switch between them happen.
+#[test]
+fn direct_and_buffered_writes_give_the_same_image() {
+    let mut corpus = Corpus::new();
+    corpus.file("big", &pseudo_random((3 * super::OUTPUT_BUFFER) + 4321, 9));
+    corpus.file("small", b"tail");
+    let tar = corpus.finish();
+    // On a disk filesystem, or tmpfs from Linux 6.6 on, O_DIRECT is taken.
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, buffered: bool| {
+        let path = dir.path().join(name);
+        let mut writer = ErofsLayerWriter::create(&path).unwrap();
+        let direct = writer.out.direct;
+        if buffered {
+            writer.out.leave_direct().unwrap();
+        }
+        writer
+            .add_entries(&mut tar::Archive::new(&tar[..]))
+            .unwrap();
+        assert!(!writer.out.direct || !buffered);
+        writer.finish([7; 16]).unwrap();
+        (fs::read(&path).unwrap(), direct)
+    };
+    let (direct_image, was_direct) = write("direct.erofs", false);
+    let (buffered_image, _) = write("buffered.erofs", true);
+    assert!(
+        was_direct,
+        "the temporary directory's filesystem refused O_DIRECT"
+    );
+    assert_eq!(direct_image.len(), buffered_image.len());
+    assert!(direct_image == buffered_image, "the two images differ");
+    fsck(&dir.path().join("direct.erofs"), dir.path());
+}
+
 #[test]
 fn tails_beyond_the_inline_budget_take_blocks() {
     let mut corpus = Corpus::new();
