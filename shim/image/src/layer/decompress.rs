@@ -49,15 +49,15 @@ pub fn check_layer_media_type(media_type: &str) -> Result<(), DecompressError> {
 }
 
 /// Wraps `blob` in the decoder its magic bytes call for; returns the uncompressed stream.
-pub fn open_decompressed<'a, R: Read + 'a>(
+pub fn open_decompressed<'a, R: Read + Send + 'a>(
     media_type: &str,
     blob: R,
-) -> Result<(Box<dyn Read + 'a>, DetectedCompression), DecompressError> {
+) -> Result<(Box<dyn Read + Send + 'a>, DetectedCompression), DecompressError> {
     check_layer_media_type(media_type)?;
     let mut buffered = BufReader::with_capacity(256 * 1024, blob);
     let head = buffered.fill_buf().map_err(DecompressError::Read)?;
     let compression = detect_compression(head);
-    let reader: Box<dyn Read + 'a> = match compression {
+    let reader: Box<dyn Read + Send + 'a> = match compression {
         // MultiGzDecoder: concatenated gzip members are one stream (pigz and some tools
         // write them).
         DetectedCompression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),

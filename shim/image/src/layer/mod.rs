@@ -7,4 +7,5 @@ pub mod erofs;
 pub mod erofs_format;
 pub mod erofs_writer;
 pub mod extract;
+pub mod read_ahead;
 pub mod tar_path;

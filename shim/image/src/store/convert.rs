@@ -8,9 +8,10 @@ use std::path::PathBuf;
 
 use crate::digest::{DiffId, HashingReader};
 use crate::layer::decompress::{open_decompressed, DetectedCompression};
-use crate::layer::erofs::uuid_bytes_from_diff_id;
+use crate::layer::erofs::{uuid_bytes_from_diff_id, ErofsBuilder};
 use crate::layer::erofs_writer::ErofsLayerWriter;
 use crate::layer::extract::{ExtractStats, LayerExtractor};
+use crate::layer::read_ahead::ReadAhead;
 use crate::oci::convert::BlobRef;
 use crate::oci::layout::{OciLayout, OciLayoutError};
 use crate::store::files::{self, TempDirGuard, TempFileGuard};
@@ -47,7 +48,7 @@ impl LayerStore {
         &self,
         descriptor: &BlobRef,
         diff_id: DiffId,
-        blob: impl Read,
+        blob: impl Read + Send,
     ) -> Result<(LayerRecord, bool), LayerStoreError> {
         let lock_path = self.store_lock_path();
         // Held like an import's: garbage collection waits for the conversion.
@@ -58,7 +59,7 @@ impl LayerStore {
 
     /// Under the layer's lock: reuses, verifies against, or converts the layer, reading the
     /// blob that `open_blob` gives once, if at all.
-    fn ensure_layer_from<R: Read>(
+    fn ensure_layer_from<R: Read + Send>(
         &self,
         descriptor: &BlobRef,
         diff_id: DiffId,
@@ -103,7 +104,7 @@ impl LayerStore {
     /// written): prove this blob uncompresses to the same diffID, without extracting.
     fn verify_blob_against_existing_layer(
         &self,
-        blob: impl Read,
+        blob: impl Read + Send,
         descriptor: &BlobRef,
         diff_id: DiffId,
     ) -> Result<LayerRecord, LayerStoreError> {
@@ -149,7 +150,7 @@ impl LayerStore {
 
     fn convert_layer(
         &self,
-        blob: impl Read,
+        blob: impl Read + Send,
         descriptor: &BlobRef,
         diff_id: DiffId,
     ) -> Result<LayerRecord, LayerStoreError> {
@@ -161,10 +162,14 @@ impl LayerStore {
         };
         // Any failure of a blob that does not match its descriptor is reported as that.
         let mut compressed = HashingReader::new(blob.take(descriptor.size.saturating_add(1)));
-        let converted = (|| -> Result<(ExtractStats, u64), LayerStoreError> {
+        // The blob is read, hashed and decompressed on a thread of its own, ahead of the
+        // writer; the scope ends with it, once the tar has been read.
+        let read = std::thread::scope(|scope| -> Result<_, LayerStoreError> {
             let (decompressed, compression) =
                 open_decompressed(descriptor.media_type.as_ref(), &mut compressed)
                     .map_err(|source| LayerStoreError::Decompress { digest, source })?;
+            let decompressed = ReadAhead::spawn(scope, "vpod-layer-read", decompressed)
+                .map_err(|source| LayerStoreError::ReadLayer { digest, source })?;
             // An uncompressed blob is the tar: its digest is the diffID, hashed once.
             let limits = self.options.limits;
             let tar_stream = TarStream::new(
@@ -173,7 +178,7 @@ impl LayerStore {
                 limits.max_tar_bytes,
             );
             let mut archive = tar::Archive::new(tar_stream);
-            match &self.options.converter {
+            let unfinished = match &self.options.converter {
                 LayerConverter::Writer => {
                     let mut writer = ErofsLayerWriter::create(&image_temp.path)
                         .map_err(|source| LayerStoreError::Extract { digest, source })?
@@ -181,16 +186,7 @@ impl LayerStore {
                     writer
                         .add_entries(&mut archive)
                         .map_err(|source| LayerStoreError::Extract { digest, source })?;
-                    let (actual, tar_size) = archive
-                        .into_inner()
-                        .finish()
-                        .map_err(|source| LayerStoreError::ReadLayer { digest, source })?;
-                    check_streamed_digests(&mut compressed, descriptor, diff_id, actual)?;
-                    // Only a proven layer gets its metadata and superblock.
-                    let stats = writer
-                        .finish(uuid_bytes_from_diff_id(&diff_id))
-                        .map_err(|source| LayerStoreError::Extract { digest, source })?;
-                    Ok((stats, tar_size))
+                    Unfinished::Writer(writer)
                 }
                 LayerConverter::StagedMkfs(builder) => {
                     let staging_path = self
@@ -205,30 +201,47 @@ impl LayerStore {
                                 .extract_all(&mut archive)
                         })
                         .map_err(|source| LayerStoreError::Extract { digest, source })?;
-                    // The diffID covers the whole stream, end-of-archive blocks and padding
-                    // included.
-                    let (actual, tar_size) = archive
-                        .into_inner()
-                        .finish()
-                        .map_err(|source| LayerStoreError::ReadLayer { digest, source })?;
-                    check_streamed_digests(&mut compressed, descriptor, diff_id, actual)?;
-                    builder
-                        .build(
-                            staging.path(),
-                            &image_temp.path,
-                            &diff_id,
-                            stats.newest_mtime,
-                        )
-                        .map_err(|source| LayerStoreError::Erofs { diff_id, source })?;
-                    Ok((stats, tar_size))
+                    Unfinished::Staged {
+                        builder,
+                        staging,
+                        stats,
+                    }
                 }
-            }
-        })();
-        let (stats, tar_size) = match converted {
-            Ok(converted) => converted,
+            };
+            // The diffID covers the whole stream, end-of-archive blocks and padding included.
+            let (actual, tar_size) = archive
+                .into_inner()
+                .finish()
+                .map_err(|source| LayerStoreError::ReadLayer { digest, source })?;
+            Ok((unfinished, actual, tar_size))
+        });
+        let (unfinished, actual, tar_size) = match read {
+            Ok(read) => read,
             Err(error) => {
                 check_blob_digest(&mut compressed, descriptor)?;
                 return Err(error);
+            }
+        };
+        check_streamed_digests(&mut compressed, descriptor, diff_id, actual)?;
+        // Only a proven layer gets its image finished.
+        let stats = match unfinished {
+            Unfinished::Writer(writer) => writer
+                .finish(uuid_bytes_from_diff_id(&diff_id))
+                .map_err(|source| LayerStoreError::Extract { digest, source })?,
+            Unfinished::Staged {
+                builder,
+                staging,
+                stats,
+            } => {
+                builder
+                    .build(
+                        staging.path(),
+                        &image_temp.path,
+                        &diff_id,
+                        stats.newest_mtime,
+                    )
+                    .map_err(|source| LayerStoreError::Erofs { diff_id, source })?;
+                stats
             }
         };
         let image_path = self.layer_path(&diff_id);
@@ -272,6 +285,19 @@ impl LayerStore {
         }
         Ok(())
     }
+}
+
+/// A layer whose tar has been read, its image not yet finished (that waits for the blob's
+/// digests).
+enum Unfinished<'a> {
+    /// The single-pass writer: metadata and superblock still to write.
+    Writer(ErofsLayerWriter),
+    /// The staged path: the tree extracted, `mkfs.erofs` still to run.
+    Staged {
+        builder: &'a ErofsBuilder,
+        staging: TempDirGuard,
+        stats: ExtractStats,
+    },
 }
 
 /// The decompressed tar stream, hashed for its diffID, or only counted where the blob is

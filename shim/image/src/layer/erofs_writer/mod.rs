@@ -197,7 +197,7 @@ impl Output {
     }
 
     fn flush(&mut self) -> Result<(), ExtractError> {
-        if self.filled % DIRECT_ALIGN != 0 {
+        if !self.filled.is_multiple_of(DIRECT_ALIGN) {
             self.leave_direct()?;
         }
         let mut written = 0;
@@ -215,7 +215,7 @@ impl Output {
                 }
                 Err(e) => return Err(self.write_error(e)),
             }
-            if written % DIRECT_ALIGN != 0 {
+            if !written.is_multiple_of(DIRECT_ALIGN) {
                 self.leave_direct()?;
             }
         }
