@@ -13,10 +13,9 @@ use crate::{built, repo_root};
 /// seconds; this only keeps a hang from lasting).
 pub const COMMAND_LIMIT: Duration = Duration::from_secs(300);
 
-/// A store root for `vpod --root`, in a fresh directory under /tmp: inside the emulated KVM
-/// host that is a tmpfs, as the checkout's 9p share cannot hold the whiteout devices that
-/// layer extraction makes. Dropping it kills every VMM its pods left running (by the PIDs
-/// in their `vmm.pid`) and removes it.
+/// A store root for `vpod --root`, in a fresh directory under /tmp (inside the emulated KVM
+/// host a tmpfs) or under a directory the test chose. Dropping it kills every VMM its pods
+/// left running (by the PIDs in their `vmm.pid`) and removes it.
 pub struct VpodRoot {
     dir: tempfile::TempDir,
 }
@@ -25,6 +24,11 @@ impl VpodRoot {
     /// A fresh root; `name` only labels its directory. Fails the test when the binaries,
     /// the kernel, the initrd or the default image are not built.
     pub fn new(name: &str) -> VpodRoot {
+        VpodRoot::new_in(name, &std::env::temp_dir())
+    }
+
+    /// A fresh root under `parent`.
+    pub fn new_in(name: &str, parent: &Path) -> VpodRoot {
         built("target/release/vpod");
         built("target/release/vpod-vmm");
         built("build/vmlinux");
@@ -32,8 +36,8 @@ impl VpodRoot {
         built("build/images/default/index.json");
         let dir = tempfile::Builder::new()
             .prefix(&format!("vpod-e2e-{name}-"))
-            .tempdir()
-            .expect("a directory under /tmp");
+            .tempdir_in(parent)
+            .unwrap_or_else(|e| panic!("a directory under {}: {e}", parent.display()));
         VpodRoot { dir }
     }
 
