@@ -353,6 +353,78 @@ fn a_jail_without_its_root_directory_is_a_one_line_error() {
     );
 }
 
+/// A named network namespace (`ip netns add`), deleted when dropped.
+struct NamedNetns(String);
+
+impl NamedNetns {
+    fn new(name: &str) -> NamedNetns {
+        let name = format!("vpod-jail-{name}-{}", std::process::id());
+        let status = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("ip (iproute2)");
+        assert!(status.success(), "ip netns add {name}: {status}");
+        NamedNetns(name)
+    }
+
+    fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.0)
+    }
+}
+
+impl Drop for NamedNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .status();
+    }
+}
+
+/// Given a network namespace (the pod's, in a runtime), the jailed VMM joins it rather than
+/// make one of its own; the other namespaces are still new. A path that is not there is a
+/// one-line error naming it.
+#[test]
+fn a_jailed_vmm_joins_the_network_namespace_it_is_given() {
+    use std::os::unix::fs::MetadataExt;
+    let pod = PodDir::new("netns");
+    let netns = NamedNetns::new("joined");
+    let mut config = pod.config(built("build/stub-idle.elf"));
+    if let Some(jail) = &mut config.jail {
+        jail.netns = Some(netns.path());
+    }
+    let mut keeper = pod.spawn(&config);
+    wait_for(&pod.0.join("vm/api.sock"));
+    let vmm = keeper.vmm_pid();
+    let ns =
+        |pid: u32, kind: &str| std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).expect("ns");
+    let inode = std::fs::metadata(netns.path()).expect("the netns").ino();
+    assert_eq!(
+        ns(vmm, "net"),
+        PathBuf::from(format!("net:[{inode}]")),
+        "the VMM is not in the namespace it was given"
+    );
+    let me = std::process::id();
+    for kind in ["mnt", "ipc", "uts"] {
+        assert_ne!(ns(vmm, kind), ns(me, kind), "{kind} namespace");
+    }
+    keeper.signal(libc::SIGTERM);
+    let status = keeper.wait(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(143), "stderr: {}", keeper.stderr());
+
+    let missing = pod.0.join("no-such-netns");
+    if let Some(jail) = &mut config.jail {
+        jail.netns = Some(missing.clone());
+    }
+    let mut keeper = pod.spawn(&config);
+    let status = keeper.wait(Duration::from_secs(10));
+    let stderr = keeper.stderr();
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cannot be found") && stderr.contains(&missing.display().to_string()),
+        "{stderr}"
+    );
+}
+
 /// The host's cgroup v2 mount point, from this process's mountinfo.
 fn cgroup2_mount() -> PathBuf {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");

@@ -81,5 +81,6 @@ pub fn join(netns: &Path, pod_id: &str) -> Result<GuestNetwork, NetworkError> {
             },
         }],
         routes,
+        netns: Some(netns.to_path_buf()),
     })
 }

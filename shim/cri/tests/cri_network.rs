@@ -242,6 +242,28 @@ fn pods_on_a_cni_bridge_reach_each_other_the_host_and_their_host_ports() {
                 "the guest NIC has the CNI interface's MAC address"
             );
 
+            // The jailed VMM joined the pod's network namespace (where its tap is) rather
+            // than make an empty one of its own.
+            let pod_netns = {
+                use std::os::unix::fs::MetadataExt;
+                PathBuf::from(format!(
+                    "net:[{}]",
+                    std::fs::metadata(&netns).unwrap().ino()
+                ))
+            };
+            let in_pod_netns = daemon
+                .vmm_pids()
+                .into_iter()
+                .filter_map(vpod_sandbox::vmm::jailed_vmm_of)
+                .filter(|pid| {
+                    std::fs::read_link(format!("/proc/{pid}/ns/net"))
+                        .ok()
+                        .as_ref()
+                        == Some(&pod_netns)
+                })
+                .count();
+            assert_eq!(in_pod_netns, 1, "jailed VMMs in pod A's network namespace");
+
             // Two containers of one pod over localhost.
             let mut local = String::new();
             for _ in 0..50 {

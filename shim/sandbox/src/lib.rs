@@ -360,6 +360,7 @@ impl Sandbox {
             disk_slots: config.layer_slots,
             disks: vec![DiskConfig::path(&writable).serial(&writable_serial)],
             nics: config.network.nics.clone(),
+            netns: config.network.netns.clone(),
             fs: share
                 .iter()
                 .map(|s| FsConfig::new(s.socket(), share::SHARE_TAG))

@@ -6,6 +6,7 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// A NIC's hardware address.
@@ -109,6 +110,9 @@ pub struct GuestNetwork {
     /// At most 8, in the order the guest finds them.
     pub nics: Vec<Nic>,
     pub routes: Vec<GuestRoute>,
+    /// The network namespace the taps are in (the pod's): a jailed VMM joins it rather than
+    /// make an empty one of its own.
+    pub netns: Option<PathBuf>,
 }
 
 impl GuestNetwork {
@@ -184,6 +188,7 @@ impl TryFrom<vpod_network::PodNetwork> for GuestNetwork {
                 },
             }],
             routes,
+            netns: Some(network.netns),
         })
     }
 }

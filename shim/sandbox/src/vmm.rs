@@ -56,6 +56,9 @@ pub struct VmmLaunch {
     /// Confine the VMM ([`crate::jail`]); `None` only for development. Its console file
     /// and sockets must then be in one directory of their own.
     pub jail: Option<VmmJail>,
+    /// The network namespace a jailed VMM joins (the pod's, where its taps are); `None`:
+    /// an empty one of its own.
+    pub netns: Option<PathBuf>,
 }
 
 /// A running (or ended, not yet reaped) VMM: our child, or adopted from an earlier `vpod`
@@ -92,10 +95,10 @@ impl VmmLaunch {
             balloon: self.balloon,
             ksm: self.ksm,
             cgroup: self.cgroup.clone(),
-            jail: self
-                .jail
-                .as_ref()
-                .map(|jail| JailConfig::new(&jail.root, jail.uid, jail.gid)),
+            jail: self.jail.as_ref().map(|jail| JailConfig {
+                netns: self.netns.clone(),
+                ..JailConfig::new(&jail.root, jail.uid, jail.gid)
+            }),
             ..VmConfig::new(&self.kernel)
         }
     }
@@ -395,6 +398,7 @@ mod tests {
             ksm: false,
             cgroup: Some("/sys/fs/cgroup/kubepods/pod1/vpod-p1".into()),
             jail: None,
+            netns: None,
         };
         let cmd = launch.command(&launch.vm_config()).expect("config written");
         let args: Vec<_> = cmd.get_args().collect();
@@ -470,6 +474,7 @@ mod tests {
             ksm: true,
             cgroup: None,
             jail: None,
+            netns: None,
         };
         launch.command(&launch.vm_config()).expect("config written");
         let text = std::fs::read(&launch.config_file).expect("config file");

@@ -471,6 +471,7 @@ mod tests {
                     interface: "eth0".into(),
                 },
             ],
+            netns: None,
         };
         let request = network_request(&network);
         assert_eq!(

@@ -23,10 +23,14 @@ pub fn confine(jail: &JailConfig, plan: &JailPlan, alive: OwnedFd) -> Result<(),
     sys::block_signals(&super::keeper::FORWARDED).map_err(step("blocking signals"))?;
     watch_keeper(&alive)?;
     sys::set_process_name(JAILED_VMM_NAME).map_err(step("naming the process"))?;
-    // A network namespace of its own, empty, unless it opens a tap by name (in the one it
-    // was started in): taps come as descriptors, and its sockets are unix sockets on paths.
+    // The network namespace named, or one of its own, empty, unless it opens a tap by name
+    // (in the one it was started in): taps come as descriptors, and its sockets are unix
+    // sockets on paths.
     let mut namespaces = libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
-    if !plan.devices.contains(&TUN_DEVICE) {
+    if let Some(path) = &jail.netns {
+        let netns = std::fs::File::open(path).map_err(|e| JailError::Path(path.clone(), e))?;
+        sys::setns(&netns, libc::CLONE_NEWNET).map_err(step("joining the network namespace"))?;
+    } else if !plan.devices.contains(&TUN_DEVICE) {
         namespaces |= libc::CLONE_NEWNET;
     }
     sys::unshare(namespaces).map_err(step("making namespaces"))?;

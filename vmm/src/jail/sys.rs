@@ -2,7 +2,7 @@
 
 use std::ffi::{CString, OsStr};
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -28,6 +28,13 @@ pub fn unshare(flags: libc::c_int) -> io::Result<()> {
     // SAFETY: unshare takes flags only; the process is single-threaded here (checked by the
     // kernel for the flags that need it).
     check(unsafe { libc::unshare(flags) })
+}
+
+/// setns(2) into the namespace `fd` refers to, of the kind `kind` (a `CLONE_NEW*` flag).
+pub fn setns(fd: &impl AsRawFd, kind: libc::c_int) -> io::Result<()> {
+    // SAFETY: setns takes a descriptor and a flag, both plain integers; `fd` is open for the
+    // call's length.
+    check(unsafe { libc::setns(fd.as_raw_fd(), kind) })
 }
 
 /// fork(2): `Some(pid)` in the parent, `None` in the child.

@@ -55,6 +55,8 @@ pub enum SeccompError {
     NoNewPrivs(#[source] io::Error),
     #[error("cannot install the {0} thread's seccomp filter")]
     Install(&'static str, #[source] seccompiler::Error),
+    #[error("the thread compiling the seccomp filters panicked")]
+    CompileThread,
 }
 
 /// The kinds of thread, each with its own filter.

@@ -114,6 +114,7 @@ impl Runtime {
         let nic = GuestNetwork {
             nics: vec![prepared.nic.clone()],
             routes: Vec::new(),
+            netns: Some(prepared.netns.clone()),
         };
         let plugins = self.run_plugins(&record.id, prepared);
         let booted = self.boot_vm(record, size, nic).await;
