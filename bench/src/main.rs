@@ -450,10 +450,18 @@ fn peers(root: &Path) -> Result<Vec<Peer>> {
 }
 
 /// vpod-vmm as a launcher starts it: `--config` with a jail (its own namespaces, a root
-/// on an empty directory, an unprivileged uid) and the seccomp filters.
+/// on an empty directory, an unprivileged uid) and the seccomp filters, joining a network
+/// namespace made once beforehand, as a pod's VMM joins the pod's (which CNI made).
 struct JailedVmm {
     vmm: PathBuf,
     dir: PathBuf,
+    netns: PathBuf,
+}
+
+impl Drop for JailedVmm {
+    fn drop(&mut self) {
+        let _ = vpod_network::netns::remove(&self.netns);
+    }
 }
 
 /// The benchmark's jailed VMM's user (no host account has it).
@@ -463,9 +471,14 @@ impl JailedVmm {
     fn prepare(vmm: &Path) -> Result<JailedVmm> {
         let dir = std::env::temp_dir().join(format!("vpod-bench-jail-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("jail"))?;
+        let netns = dir.join("netns");
+        vpod_network::netns::create(&netns).with_context(|| {
+            format!("making the pod-like network namespace {}", netns.display())
+        })?;
         Ok(JailedVmm {
             vmm: vmm.to_path_buf(),
             dir,
+            netns,
         })
     }
 
@@ -479,11 +492,14 @@ impl JailedVmm {
     /// `config`, jailed (and filtered, the default).
     fn command_for(&self, config: vpod_proto::vmm::VmConfig) -> Command {
         let config = vpod_proto::vmm::VmConfig {
-            jail: Some(vpod_proto::vmm::JailConfig::new(
-                self.dir.join("jail"),
-                BENCH_JAIL_UID,
-                BENCH_JAIL_UID,
-            )),
+            jail: Some(vpod_proto::vmm::JailConfig {
+                netns: Some(self.netns.clone()),
+                ..vpod_proto::vmm::JailConfig::new(
+                    self.dir.join("jail"),
+                    BENCH_JAIL_UID,
+                    BENCH_JAIL_UID,
+                )
+            }),
             ..config
         };
         let file = self
