@@ -41,7 +41,8 @@ rust:
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) build --release -p vpod-vmm --features seccomp-probe --target-dir target/seccomp-probe
 
-# vpod-init (static) as /init, plus busybox for shell commands in the standalone VMM.
+# vpod-init (static) as /init: build/pod-initrd.img, what pod VMs boot, and
+# build/initrd.img, the same plus busybox for shell commands in the standalone VMM.
 initrd: deps
 	guest-init/build-initrd.sh
 

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Builds vpod-init as a static binary (glibc with crt-static: no musl toolchain can be
-# fetched here) and packs build/initrd.img, an uncompressed cpio (newc): vpod-init as /init,
-# plus Debian's busybox-static with its applet links so users of the standalone VMM can run
-# shell commands. vpod-init itself uses nothing from busybox.
+# fetched here) and packs two uncompressed cpio (newc) initrds:
+# - build/pod-initrd.img, what every pod VM boots (vpod, vpod-cri, the containerd shim):
+#   vpod-init as /init and nothing else it does not use; the guest copies the whole initrd
+#   into its tmpfs root and keeps it there, so every byte is guest memory in every pod;
+# - build/initrd.img, the same plus Debian's busybox-static with its applet links, so that
+#   users of the standalone VMM (`vpod-vmm -- sh -c ...`) can run shell commands.
+# vpod-init itself uses nothing from busybox.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/.." && pwd)
 out=${OUT:-$top/build/initrd.img}
+pod_out=${POD_OUT:-$top/build/pod-initrd.img}
 busybox=${BUSYBOX:-/bin/busybox}
 target=x86_64-unknown-linux-gnu
 
@@ -27,12 +32,19 @@ mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,run,root,etc}
 # The kernel opens /dev/console for init's stdio before anything is mounted.
 mknod -m 600 "$root/dev/console" c 5 1
 install -s -m 755 "$init" "$root/init"
+echo "root:x:0:0:root:/root:/bin/sh" > "$root/etc/passwd"
+echo "root:x:0:" > "$root/etc/group"
+
+# Packs the tree under $root into the cpio at $1.
+pack() {
+  mkdir -p "$(dirname "$1")"
+  (cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) > "$1.tmp"
+  mv "$1.tmp" "$1"
+}
+
+pack "$pod_out"
 install -m 755 "$busybox" "$root/bin/busybox"
 for applet in $("$busybox" --list-full); do
   [ -e "$root/$applet" ] || ln -s /bin/busybox "$root/$applet"
 done
-echo "root:x:0:0:root:/root:/bin/sh" > "$root/etc/passwd"
-echo "root:x:0:" > "$root/etc/group"
-mkdir -p "$(dirname "$out")"
-(cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) > "$out.tmp"
-mv "$out.tmp" "$out"
+pack "$out"

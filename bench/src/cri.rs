@@ -57,6 +57,9 @@ pub enum VolumesMode {
     Mounted,
     /// `volumes = false` and `ksm = true`, with the host's ksmd running for the measure.
     Ksm,
+    /// The default, its pods booting `build/initrd.img` (busybox included) instead of the
+    /// pod initrd, for the pod initrd's saving in the same run.
+    BusyboxInitrd,
 }
 
 impl VolumesMode {
@@ -67,6 +70,7 @@ impl VolumesMode {
             VolumesMode::On => "on",
             VolumesMode::Mounted => "mounted",
             VolumesMode::Ksm => "ksm",
+            VolumesMode::BusyboxInitrd => "busybox-initrd",
         }
     }
 }
@@ -77,7 +81,8 @@ impl CriBench {
     /// `VPOD_BENCH_CRI_CONCURRENT` (pods started at once, default 10) and
     /// `VPOD_BENCH_CRI_MEMORY_PODS` (comma-separated pod counts, default `10,50`; empty skips),
     /// `VPOD_BENCH_CRI_VOLUMES` (comma-separated [`VolumesMode`] names, default `on`;
-    /// `ksm` starts the host's ksmd for its measure and puts its settings back after).
+    /// `ksm` starts the host's ksmd for its measure and puts its settings back after;
+    /// `busybox-initrd` boots the initrd with busybox).
     pub fn from_env(runs: usize, host: &str) -> Result<CriBench> {
         let number = |name: &str, default: u64| -> Result<u64> {
             match std::env::var(name) {
@@ -105,8 +110,9 @@ impl CriBench {
                 "on" => Ok(VolumesMode::On),
                 "mounted" => Ok(VolumesMode::Mounted),
                 "ksm" => Ok(VolumesMode::Ksm),
+                "busybox-initrd" => Ok(VolumesMode::BusyboxInitrd),
                 other => {
-                    bail!("VPOD_BENCH_CRI_VOLUMES: {other:?} is not off, on, mounted or ksm")
+                    bail!("VPOD_BENCH_CRI_VOLUMES: {other:?} is not off, on, mounted, ksm or busybox-initrd")
                 }
             })
             .collect::<Result<Vec<_>>>()?;
@@ -175,11 +181,24 @@ impl Daemon {
         disk_mib: u64,
         tables: &str,
     ) -> Result<Daemon> {
+        Daemon::start_full(repo, dir, pod_mib, disk_mib, "", tables)
+    }
+
+    /// [`Daemon::start_configured`] with `top`, keys of the config's top level (such as
+    /// `initrd = "..."`), before its tables.
+    pub fn start_full(
+        repo: &Path,
+        dir: &Path,
+        pod_mib: u64,
+        disk_mib: u64,
+        top: &str,
+        tables: &str,
+    ) -> Result<Daemon> {
         let config = dir.join("config.toml");
         std::fs::write(
             &config,
             format!(
-                "[pod]\ndefault_memory_mib = {pod_mib}\nmin_memory_mib = {pod_mib}\n\
+                "{top}[pod]\ndefault_memory_mib = {pod_mib}\nmin_memory_mib = {pod_mib}\n\
                  agent_timeout_secs = 240\nwritable_disk_mib = {disk_mib}\n{tables}"
             ),
         )?;

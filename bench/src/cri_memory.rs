@@ -240,6 +240,8 @@ pub fn idle_memory(repo: &Path, bench: &CriBench) -> Result<Vec<Row>> {
         "cri-memory"
     } else if bench.memory_volumes.contains(&VolumesMode::Ksm) {
         "cri-memory-ksm"
+    } else if bench.memory_volumes.contains(&VolumesMode::BusyboxInitrd) {
+        "cri-memory-initrd"
     } else {
         "cri-memory-volumes"
     };
@@ -270,7 +272,13 @@ fn idle_memory_with(repo: &Path, bench: &CriBench, volumes: VolumesMode) -> Resu
         VolumesMode::Ksm => Some(Ksmd::start()?),
         _ => None,
     };
-    let daemon = Daemon::start_with(repo, &scratch.dir, bench.pod_mib, &pod_keys)?;
+    let top = match volumes {
+        VolumesMode::BusyboxInitrd => {
+            format!("initrd = \"{}\"\n", repo.join("build/initrd.img").display())
+        }
+        _ => String::new(),
+    };
+    let daemon = Daemon::start_full(repo, &scratch.dir, bench.pod_mib, 64, &top, &pod_keys)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -79,7 +79,7 @@ pub async fn start_pod(root: &Path, scratch: &Scratch, memory_mib: u64) -> Resul
         scratch.dir.join("state"),
         root.join("target/release/vpod-vmm"),
         root.join("build/vmlinux"),
-        root.join("build/initrd.img"),
+        root.join("build/pod-initrd.img"),
     );
     config.memory_mib = memory_mib;
     config.agent_timeout = Duration::from_secs(90);

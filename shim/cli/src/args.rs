@@ -17,7 +17,7 @@ const AFTER_HELP: &str = "\
 vpod exits with the container's exit code (128 + the signal when it was killed; 125 when vpod
 itself failed, 2 for a bad command line).
 
-Assets: vpod-vmm next to this binary, build/vmlinux and build/initrd.img of the checkout
+Assets: vpod-vmm next to this binary, build/vmlinux and build/pod-initrd.img of the checkout
 holding this binary (or $VPOD_HOME); `vpod run --vmm, --kernel, --initrd` override them.";
 
 /// vpod: runs a container in its own micro-VM.
@@ -123,7 +123,7 @@ pub struct RunCommand {
     /// The guest kernel [default: build/vmlinux]
     #[arg(long, value_name = "PATH")]
     kernel: Option<PathBuf>,
-    /// The guest initrd [default: build/initrd.img]
+    /// The guest initrd [default: build/pod-initrd.img]
     #[arg(long, value_name = "PATH")]
     initrd: Option<PathBuf>,
     /// Run the VMM unconfined, as root (development only: by default it runs jailed, in

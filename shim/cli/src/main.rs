@@ -128,7 +128,8 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
                 &args.root,
                 vmm,
                 args.kernel.unwrap_or_else(|| home.join("build/vmlinux")),
-                args.initrd.unwrap_or_else(|| home.join("build/initrd.img")),
+                args.initrd
+                    .unwrap_or_else(|| home.join("build/pod-initrd.img")),
             );
             config.vcpus = args.vcpus;
             config.memory_mib = args.memory_mib;

@@ -4,7 +4,7 @@
 //! socket = "/run/vpod/cri.sock"
 //! root = "/var/lib/vpod"
 //! kernel = "/usr/share/vpod/vmlinux"
-//! initrd = "/usr/share/vpod/initrd.img"
+//! initrd = "/usr/share/vpod/pod-initrd.img"
 //! vmm = "/usr/bin/vpod-vmm"
 //!
 //! [pod]
@@ -51,7 +51,7 @@
 //! ```
 //!
 //! Every key is optional. Absent paths are found next to the `vpod-cri` binary (`vpod-vmm`)
-//! and in the checkout or install that holds it (`build/vmlinux`, `build/initrd.img`, or
+//! and in the checkout or install that holds it (`build/vmlinux`, `build/pod-initrd.img`, or
 //! `$VPOD_HOME/build/...`).
 
 use std::net::SocketAddr;
@@ -391,7 +391,7 @@ impl Config {
             initrd: self
                 .initrd
                 .clone()
-                .unwrap_or_else(|| home.join("build/initrd.img")),
+                .unwrap_or_else(|| home.join("build/pod-initrd.img")),
             vmm,
         }
     }

@@ -32,7 +32,7 @@ impl VpodRoot {
         built("target/release/vpod");
         built("target/release/vpod-vmm");
         built("build/vmlinux");
-        built("build/initrd.img");
+        built("build/pod-initrd.img");
         built("build/images/default/index.json");
         let dir = tempfile::Builder::new()
             .prefix(&format!("vpod-e2e-{name}-"))
@@ -51,7 +51,7 @@ impl VpodRoot {
         cmd.arg(verb).arg("--root").arg(self.path());
         if verb == "run" {
             cmd.arg("--initrd")
-                .arg(repo_root().join("build/initrd.img"));
+                .arg(repo_root().join("build/pod-initrd.img"));
         }
         cmd.args(args).current_dir(repo_root());
         cmd

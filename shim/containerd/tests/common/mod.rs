@@ -42,7 +42,7 @@ fn required_files_exist() {
     built("target/release/containerd-shim-vpod-v2");
     built("target/release/vpod-vmm");
     built("build/vmlinux");
-    built("build/initrd.img");
+    built("build/pod-initrd.img");
     built("build/images/default/index.json");
     for (path, package) in [
         ("/usr/bin/containerd", "containerd"),

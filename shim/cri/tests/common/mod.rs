@@ -89,7 +89,7 @@ where
         built("target/release/vpod-cri");
         built("target/release/vpod-vmm");
         built("build/vmlinux");
-        built("build/initrd.img");
+        built("build/pod-initrd.img");
         built("build/images/default/index.json");
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
