@@ -117,7 +117,22 @@ fn run() -> anyhow::Result<i32> {
     Ok(outcome.exit_code())
 }
 
+/// One malloc arena for every thread. glibc gives other threads arenas of their own, and
+/// the first time such an arena shrinks it reads `/proc/sys/vm/overcommit_memory` (an
+/// `openat`), which a filtered vCPU thread may not make: a vCPU freeing a virtio-net
+/// device's buffers at a guest reset was killed by its filter for it. The main arena
+/// shrinks with `brk`, which every filter allows; with so few threads one arena costs no
+/// contention, and it keeps the VMM's own memory small.
+#[cfg(target_env = "gnu")]
+fn single_malloc_arena() {
+    // SAFETY: mallopt takes two integers and only tunes malloc; called first in main, before
+    // any thread exists.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+}
+
 fn main() -> ExitCode {
+    #[cfg(target_env = "gnu")]
+    single_malloc_arena();
     mark_process_start();
     let code = match run() {
         Ok(code) => code,
