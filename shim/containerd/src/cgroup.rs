@@ -74,7 +74,16 @@ pub fn make(bundle: &Bundle, id: &str) -> Option<PathBuf> {
 
 /// Removes the leaf `dir` once the pod's VMM and virtiofsd are gone.
 pub fn remove(id: &str, dir: &Path) {
-    if let Err(e) = cgroup::remove(dir) {
+    log_removal(id, cgroup::remove(dir));
+}
+
+/// [`remove`] on a blocking thread, for the task service.
+pub async fn remove_off_thread(id: &str, dir: PathBuf) {
+    log_removal(id, cgroup::remove_off_thread(dir).await);
+}
+
+fn log_removal(id: &str, removed: Result<(), cgroup::CgroupError>) {
+    if let Err(e) = removed {
         log::warn!(
             "removing pod {id}'s cgroup: {}",
             vpod_proto::error_chain(&e)

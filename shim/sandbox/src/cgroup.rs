@@ -297,6 +297,15 @@ pub fn remove(dir: &Path) -> Result<(), CgroupError> {
     }
 }
 
+/// [`remove`] on a blocking thread, for async callers: it may wait for the leaf's last
+/// processes to leave.
+pub async fn remove_off_thread(dir: PathBuf) -> Result<(), CgroupError> {
+    let shown = dir.clone();
+    tokio::task::spawn_blocking(move || remove(&dir))
+        .await
+        .unwrap_or_else(|e| Err(CgroupError::Remove(shown, io::Error::other(e))))
+}
+
 /// The cgroup's `memory.current` in bytes; `None` without the memory controller.
 pub fn memory_current(dir: &Path) -> Option<u64> {
     std::fs::read_to_string(dir.join("memory.current"))

@@ -114,24 +114,25 @@ impl Service {
         std::fs::write(&marker, sandbox_id)
             .map_err(|e| internal(&format!("writing {}", marker.display()), &e))?;
         let cgroup = crate::cgroup::make(bundle, sandbox_id);
-        *self.shared.pod_cgroup() = cgroup.clone();
         let booted = pod::boot(
             &self.shared.config,
             &self.shared.state_dir,
             sandbox_id,
             bundle,
-            cgroup,
+            cgroup.clone(),
         )
         .await;
         let booted = match booted {
             Ok(booted) => booted,
             Err(e) => {
                 pod::destroy_leftovers(&self.shared.state_dir, sandbox_id);
-                let cgroup = self.shared.pod_cgroup().take();
-                remove_cgroup(sandbox_id, cgroup).await;
+                if let Some(dir) = cgroup {
+                    crate::cgroup::remove_off_thread(sandbox_id, dir).await;
+                }
                 return Err(internal("booting the pod's VM", &e));
             }
         };
+        *self.shared.pod_cgroup() = cgroup;
         log::info!("pod {sandbox_id}: VM up, VMM pid {}", booted.vmm_pid());
         *pod = Some(booted);
         drop(pod);
@@ -205,19 +206,11 @@ impl Service {
                 log::warn!("stopping pod {id}: {}", vpod_proto::error_chain(&e));
             }
             pod::destroy_leftovers(&self.shared.state_dir, &id);
-            remove_cgroup(&id, cgroup).await;
+            if let Some(dir) = cgroup {
+                crate::cgroup::remove_off_thread(&id, dir).await;
+            }
         }
     }
-}
-
-/// Removes the pod's cgroup `dir`, if any, on a blocking thread (it waits for the last
-/// processes to leave).
-async fn remove_cgroup(id: &str, dir: Option<std::path::PathBuf>) {
-    let Some(dir) = dir else {
-        return;
-    };
-    let id = id.to_owned();
-    let _ = tokio::task::spawn_blocking(move || crate::cgroup::remove(&id, &dir)).await;
 }
 
 /// A sandbox error as a ttrpc status: the spec's faults are the caller's, the rest ours.

@@ -11,13 +11,12 @@ use vpod_proto::v1::{exec_input, ExecInput};
 use vpod_sandbox::Sandbox;
 
 use super::{error, not_found, Service, TtrpcResult};
+use crate::bundle::Role;
+use crate::task::create::sandbox_error;
 
 /// How long a signal waits to be queued on an exec's stream, behind stdin its process has
 /// not read.
 const SIGNAL_QUEUE_LIMIT: Duration = Duration::from_secs(5);
-const SIGKILL: i32 = 9;
-use crate::bundle::Role;
-use crate::task::create::sandbox_error;
 
 impl Service {
     pub(super) async fn kill_process(
@@ -62,7 +61,7 @@ impl Service {
                 .as_ref()
                 .map_or(0, Sandbox::agent_minor);
             let input = self.with_process(id, exec_id, |p| Ok(p.input.clone()))?;
-            let by_stream = signal != SIGKILL && minor >= vpod_proto::EXEC_SIGNAL_MINOR;
+            let by_stream = signal != libc::SIGKILL && minor >= vpod_proto::EXEC_SIGNAL_MINOR;
             if let Some(input) = input.filter(|_| by_stream) {
                 let message = ExecInput {
                     input: Some(exec_input::Input::Signal(signal)),

@@ -62,16 +62,10 @@ pub(in crate::runtime) async fn remove_pod_cgroup(pod: &str, dir: Option<&Path>)
     let Some(dir) = dir else {
         return true;
     };
-    let owned = dir.to_path_buf();
-    let removed = tokio::task::spawn_blocking(move || cgroup::remove(&owned)).await;
-    match removed {
-        Ok(Ok(())) => true,
-        Ok(Err(e)) => {
-            tracing::warn!(pod, error = %error_chain(&e), "removing the pod's cgroup");
-            false
-        }
+    match cgroup::remove_off_thread(dir.to_path_buf()).await {
+        Ok(()) => true,
         Err(e) => {
-            tracing::warn!(pod, error = %e, "removing the pod's cgroup");
+            tracing::warn!(pod, error = %error_chain(&e), "removing the pod's cgroup");
             false
         }
     }

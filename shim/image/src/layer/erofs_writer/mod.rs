@@ -174,12 +174,11 @@ impl Output {
     /// Goes on through the page cache.
     fn leave_direct(&mut self) -> Result<(), ExtractError> {
         if self.direct {
-            let flags = rustix::fs::fcntl_getfl(&self.file)
+            rustix::fs::fcntl_getfl(&self.file)
                 .and_then(|flags| {
                     rustix::fs::fcntl_setfl(&self.file, flags - rustix::fs::OFlags::DIRECT)
                 })
-                .map_err(|e| self.write_error(e.into()));
-            flags?;
+                .map_err(|e| self.write_error(e.into()))?;
             self.direct = false;
         }
         Ok(())
