@@ -37,34 +37,82 @@ const GUEST_SAMPLES: usize = 3;
 pub struct VmmMemory {
     pub rss: u64,
     pub pss: u64,
-    /// Resident in mappings at least as large as the guest RAM.
+    /// Resident in the guest RAM's span: the mappings that together make it up (one, or
+    /// three where the kernel's code is mapped from its file in the middle).
     pub guest_rss: u64,
     pub guest_huge: u64,
 }
 
-/// Parses `/proc/PID/smaps`; a mapping of at least `guest_kib` is guest RAM.
-pub fn parse_vmm_smaps(text: &str, guest_kib: u64) -> VmmMemory {
-    let mut m = VmmMemory::default();
-    let mut in_guest = false;
+/// One mapping of `/proc/PID/smaps`: its range and sizes in KiB.
+#[derive(Debug, Clone, Copy, Default)]
+struct Vma {
+    start: u64,
+    end: u64,
+    rss: u64,
+    pss: u64,
+    huge: u64,
+}
+
+fn parse_vmas(text: &str) -> Vec<Vma> {
+    let mut vmas: Vec<Vma> = Vec::new();
     for line in text.lines() {
         let mut words = line.split_whitespace();
-        let (Some(key), Some(value)) = (words.next(), words.next()) else {
+        let Some(first) = words.next() else {
             continue;
         };
-        let Ok(kib) = value.parse::<u64>() else {
-            continue;
-        };
-        match key {
-            "Size:" => in_guest = kib >= guest_kib,
-            "Rss:" => {
-                m.rss += kib;
-                if in_guest {
-                    m.guest_rss += kib;
-                }
+        if let Some((start, end)) = first.split_once('-') {
+            if let (Ok(start), Ok(end)) =
+                (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+            {
+                vmas.push(Vma {
+                    start,
+                    end,
+                    ..Vma::default()
+                });
+                continue;
             }
-            "Pss:" => m.pss += kib,
-            "AnonHugePages:" if in_guest => m.guest_huge += kib,
+        }
+        let (Some(vma), Some(Ok(kib))) = (vmas.last_mut(), words.next().map(str::parse::<u64>))
+        else {
+            continue;
+        };
+        match first {
+            "Rss:" => vma.rss = kib,
+            "Pss:" => vma.pss = kib,
+            "AnonHugePages:" => vma.huge = kib,
             _ => {}
+        }
+    }
+    vmas
+}
+
+/// Parses `/proc/PID/smaps`; guest RAM is the run of back-to-back mappings that starts on
+/// a 2 MiB boundary and spans exactly `guest_kib`.
+pub fn parse_vmm_smaps(text: &str, guest_kib: u64) -> VmmMemory {
+    let vmas = parse_vmas(text);
+    let mut m = VmmMemory {
+        rss: vmas.iter().map(|v| v.rss).sum(),
+        pss: vmas.iter().map(|v| v.pss).sum(),
+        ..VmmMemory::default()
+    };
+    let span = guest_kib * 1024;
+    for (i, first) in vmas.iter().enumerate() {
+        if first.start % (2 << 20) != 0 {
+            continue;
+        }
+        let mut end = first.start;
+        let mut run = Vec::new();
+        for vma in &vmas[i..] {
+            if vma.start != end || vma.end - first.start > span {
+                break;
+            }
+            end = vma.end;
+            run.push(vma);
+        }
+        if end - first.start == span {
+            m.guest_rss = run.iter().map(|v| v.rss).sum();
+            m.guest_huge = run.iter().map(|v| v.huge).sum();
+            break;
         }
     }
     m
@@ -242,6 +290,11 @@ pub fn idle_memory(repo: &Path, bench: &CriBench) -> Result<Vec<Row>> {
         "cri-memory-ksm"
     } else if bench.memory_volumes.contains(&VolumesMode::BusyboxInitrd) {
         "cri-memory-initrd"
+    } else if bench
+        .memory_volumes
+        .contains(&VolumesMode::PrivateKernelText)
+    {
+        "cri-memory-kernel-text"
     } else {
         "cri-memory-volumes"
     };
@@ -266,6 +319,7 @@ fn idle_memory_with(repo: &Path, bench: &CriBench, volumes: VolumesMode) -> Resu
     let available_before = host_available_kib()?;
     let pod_keys = match volumes {
         VolumesMode::Ksm => "volumes = false\nksm = true\n".to_owned(),
+        VolumesMode::PrivateKernelText => "volumes = true\nshare_kernel_text = false\n".to_owned(),
         _ => format!("volumes = {}\n", volumes != VolumesMode::Off),
     };
     let ksmd = match volumes {
@@ -414,6 +468,34 @@ AnonHugePages:     36864 kB
         assert_eq!(
             (m.rss, m.pss, m.guest_rss, m.guest_huge),
             (41760, 41360, 40960, 36864)
+        );
+        // Guest RAM in three pieces, the kernel's code mapped from its file in the middle.
+        let split = "\
+7f0000000000-7f0001000000 rw-s 00000000 00:01 7 /memfd:vpod-guest-ram (deleted)
+Size:              16384 kB
+Rss:                1000 kB
+Pss:                1000 kB
+AnonHugePages:         0 kB
+7f0001000000-7f0001800000 rw-p 00200000 fe:00 9 /var/lib/vpod/vmlinux
+Size:               8192 kB
+Rss:                3000 kB
+Pss:                 500 kB
+AnonHugePages:         0 kB
+7f0001800000-7f0008000000 rw-s 01800000 00:01 7 /memfd:vpod-guest-ram (deleted)
+Size:             106496 kB
+Rss:               20000 kB
+Pss:               20000 kB
+AnonHugePages:         0 kB
+7f0008000000-7f0008021000 rw-p 00000000 00:00 0
+Size:                132 kB
+Rss:                  64 kB
+Pss:                  64 kB
+AnonHugePages:         0 kB
+";
+        let m = parse_vmm_smaps(split, 131072);
+        assert_eq!(
+            (m.rss, m.pss, m.guest_rss, m.guest_huge),
+            (24064, 21564, 24000, 0)
         );
         assert_eq!(
             meminfo_field("MemTotal:  120000 kB\nMemFree: 5 kB\n", "MemFree"),

@@ -56,6 +56,7 @@ use crate::lifecycle::{GuestEvents, StopReason, VmOutcome};
 use crate::seccomp::{self, SeccompError, SeccompFilters, ThreadKind};
 use crate::vstate::memory::{
     create_guest_memory, create_shared_guest_memory, register_guest_memory, MemoryError,
+    SharedBacking,
 };
 use crate::vstate::vcpu::{install_kick_handler, Vcpu, VcpuError, VcpuHandle, VcpuMessage};
 
@@ -151,11 +152,10 @@ pub fn build_microvm(
 ) -> Result<MicroVm, BuildError> {
     let (kvm, vm) = create_vm()?;
     let memory_size = config.memory_mib << 20;
-    let memory = Arc::new(create_memory(
-        config.memory_mib,
-        !config.fs.is_empty(),
-        config.ksm,
-    )?);
+    let (memory, backing) = create_memory(config.memory_mib, !config.fs.is_empty(), config.ksm)?;
+    let memory = Arc::new(memory);
+    // Reserved huge pages cannot be overlaid by the kernel file's 4 KiB pages.
+    let share_text = !config.private_kernel_text && backing != Some(SharedBacking::HugeTlb);
     // Registering the memory with KVM is slow on some hosts (milliseconds on PVM) and
     // nothing before the vCPUs run depends on it, so it overlaps steps 3 to 6; so does
     // compiling the seccomp filters (about half a millisecond), needed only from step 7.
@@ -165,7 +165,7 @@ pub fn build_microvm(
         let built = (|| {
             let vcpu_fds = create_vcpus(&kvm, &vm, config.vcpus)?;
             let devices = attach_devices(&vm, &memory, config, &events)?;
-            let kernel = load_kernel(&memory, &config.kernel)?;
+            let kernel = load_kernel(&memory, &config.kernel, share_text)?;
             let initrd = load_initrd_if_any(&memory, memory_size, &kernel, &config.initrd)?;
             let cmdline = kernel_cmdline(
                 &config.cmdline,
@@ -255,18 +255,18 @@ fn create_vm() -> Result<(Kvm, VmFd), BuildError> {
 }
 
 /// Step 2: guest RAM (registered with KVM alongside the next steps): private anonymous
-/// memory, or a memfd that vhost-user backends can map when `shared`.
+/// memory, or a memfd that vhost-user backends can map when `shared` (with what backs it).
 fn create_memory(
     memory_mib: u64,
     shared: bool,
     mergeable: bool,
-) -> Result<GuestMemoryMmap, BuildError> {
+) -> Result<(GuestMemoryMmap, Option<SharedBacking>), BuildError> {
     let ranges = ram_ranges(memory_mib << 20);
     if shared {
-        let (memory, _backing) = create_shared_guest_memory(&ranges, memory_mib)?;
-        return Ok(memory);
+        let (memory, backing) = create_shared_guest_memory(&ranges, memory_mib)?;
+        return Ok((memory, Some(backing)));
     }
-    Ok(create_guest_memory(&ranges, memory_mib, mergeable)?)
+    Ok((create_guest_memory(&ranges, memory_mib, mergeable)?, None))
 }
 
 /// Step 3: the vCPUs with their CPUID, MSRs, FPU and local APIC.

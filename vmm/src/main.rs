@@ -15,7 +15,8 @@ vpod-vmm: run one KVM micro-VM
 usage: vpod-vmm [--kernel PATH] [--initrd PATH] [--cmdline TEXT] [--vcpus N] [--memory MiB]
                 [--disk PATH[,ro][,serial=ID]]... [--disk-slots N] [--vsock PATH[,cid=N]]
                 [--net tap=NAME[,mac=MAC]]... [--fs socket=PATH,tag=TAG[,queue_size=N]]...
-                [--balloon[=no-reporting]] [--ksm] [--api PATH] [--no-seccomp]
+                [--balloon[=no-reporting]] [--ksm] [--private-kernel-text] [--api PATH]
+                [--no-seccomp]
                 [--console stdio|off|file:PATH] [--timings] [-- COMMAND ARGS...]
        vpod-vmm --config FILE
 
@@ -47,6 +48,12 @@ usage: vpod-vmm [--kernel PATH] [--initrd PATH] [--cmdline TEXT] [--vcpus N] [--
                      once running (/sys/kernel/mm/ksm/run), merges identical pages across
                      such VMs; a timing side channel between them, so for mutually trusted
                      tenants only; not with --fs (shared guest memory)
+  --private-kernel-text
+                     copy the kernel's code into guest memory; by default an ELF kernel's
+                     .text pages are mapped copy-on-write from its file, so VMs of the same
+                     kernel share them until a guest writes one (a flush+reload timing
+                     channel on kernel code between those VMs, as between host processes
+                     sharing a library)
   --api PATH         control socket: newline-delimited JSON (state, boot_time, metrics,
                      attach_disk, detach_disk, balloon, set_balloon, stop)
   --no-seccomp       leave the seccomp filters off (development only: by default every

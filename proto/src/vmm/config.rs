@@ -73,6 +73,13 @@ pub struct VmConfig {
     /// VM with `fs` shares (shared memfd) cannot have it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ksm: bool,
+    /// Copy the kernel's code into guest RAM instead of mapping it copy-on-write from the
+    /// kernel file. Mapped (the default), VMs booting the same kernel share those page-cache
+    /// pages until a guest writes one (about 6 MiB of host memory per VM for our kernel),
+    /// at the cost of a flush+reload timing channel on kernel code between them, the kind
+    /// shared libraries have between host processes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub private_kernel_text: bool,
     /// Handed to the guest's init as its arguments (after ` -- ` on the kernel command line).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub init_args: Vec<String>,
@@ -178,6 +185,7 @@ impl VmConfig {
             api_socket: None,
             balloon: None,
             ksm: false,
+            private_kernel_text: false,
             init_args: Vec::new(),
             timings: false,
             cgroup: None,

@@ -21,6 +21,7 @@
 //! volumes = true              # each pod gets a shared directory (a virtiofsd) for mounts
 //! virtiofsd = "/usr/lib/qemu/virtiofsd"
 //! ksm = false                 # guest RAM offered to KSM (trusted tenants only; volumes = false)
+//! share_kernel_text = true    # guest kernel code mapped copy-on-write from the file, shared
 //! empty_dir_disks = false     # plain emptyDirs on disks of their own (an image in the dir)
 //! empty_dir_disk_mib = 10240  # each such disk's size (sparse: it costs what is stored)
 //! jail = true                 # each VMM jailed: namespaces, own root, own uid, seccomp
@@ -232,6 +233,11 @@ pub struct PodSizing {
     /// so only for nodes whose pods trust one another. Needs `volumes = false`: KSM merges
     /// private memory only, and a pod with a share has its RAM in a shared memfd.
     pub ksm: bool,
+    /// Map each pod's guest kernel code copy-on-write from the kernel file, so all pods
+    /// share those host pages until a guest writes one (about 6 MiB less per pod). On by
+    /// default; off gives each pod a private copy, for nodes that treat the flush+reload
+    /// timing channel on shared kernel code between tenants as out of bounds.
+    pub share_kernel_text: bool,
     /// Keep each plain emptyDir (medium "", not a tmpfs) on a disk of its own: a sparse
     /// ext4 image in the emptyDir's host directory, mounted in the guest. Small-file work
     /// is many times faster than through the share, and the kubelet's `du` of the
@@ -268,6 +274,7 @@ impl Default for PodSizing {
             volumes: true,
             virtiofsd: None,
             ksm: false,
+            share_kernel_text: true,
             empty_dir_disks: false,
             empty_dir_disk_mib: 10 * 1024,
             jail: true,
@@ -425,6 +432,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("empty_dir_disk_mib"), "{error}");
+    }
+
+    #[test]
+    fn kernel_text_is_shared_by_default_and_can_be_private() {
+        assert!(Config::default().pod.share_kernel_text);
+        let c = Config::parse("[pod]\nshare_kernel_text = false\n").unwrap();
+        assert!(!c.pod.share_kernel_text);
     }
 
     #[test]

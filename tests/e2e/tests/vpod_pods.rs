@@ -36,6 +36,9 @@ fn detached_pods_list_exec_log_and_are_removed() {
             .check("the_pod_s_vmm_runs_jailed_and_filtered", || {
                 jailed(&root, &pod)
             })
+            .check("the_guest_runs_on_kernel_code_shared_from_the_file", || {
+                shared_kernel_text(&root, &pod)
+            })
             .check("rm_removes_the_pod", || remove(&root, &pod))
             .check("logs_of_a_detached_container_keep_their_streams", || {
                 logs(&root)
@@ -154,13 +157,23 @@ fn status_field(pid: &str, field: &str) -> String {
         .to_string()
 }
 
-fn jailed(root: &VpodRoot, pod: &str) {
+/// The pid of the pod's jailed VMM, the only child of the keeper named in `vmm.pid`.
+fn jailed_vmm(root: &VpodRoot, pod: &str) -> String {
     let keeper = std::fs::read_to_string(root.sandbox_dir(pod).join("vmm.pid")).expect("vmm.pid");
     let keeper = keeper.trim();
     assert_eq!(status_field(keeper, "Name"), "vpod-vmm");
     let children = std::fs::read_to_string(format!("/proc/{keeper}/task/{keeper}/children"))
         .expect("the keeper's children");
-    let vmm = children.split_whitespace().next().expect("a jailed VMM");
+    children
+        .split_whitespace()
+        .next()
+        .expect("a jailed VMM")
+        .to_string()
+}
+
+fn jailed(root: &VpodRoot, pod: &str) {
+    let vmm = jailed_vmm(root, pod);
+    let vmm = vmm.as_str();
     assert_eq!(status_field(vmm, "Name"), "vpod-vmm-jailed");
     let uid: u32 = status_field(vmm, "Uid")
         .split_whitespace()
@@ -210,6 +223,41 @@ fn jailed(root: &VpodRoot, pod: &str) {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(devices, ["kvm"]);
+}
+
+/// The booted guest's kernel code is the kernel file's pages, mapped copy-on-write into its
+/// RAM: most of what the guest touched of it is still the file's (shared with every VM of
+/// that kernel), and only the pages its boot patched are copies of its own.
+fn shared_kernel_text(root: &VpodRoot, pod: &str) {
+    let vmm = jailed_vmm(root, pod);
+    let smaps = std::fs::read_to_string(format!("/proc/{vmm}/smaps")).expect("the VMM's smaps");
+    let mut lines = smaps.lines().skip_while(|l| !l.ends_with("/vmlinux"));
+    let head = lines
+        .next()
+        .unwrap_or_else(|| panic!("no mapping of the kernel file:\n{smaps}"));
+    // Its fields, up to the next mapping's header (the one line with a dash in its first word).
+    let fields: Vec<&str> = lines
+        .take_while(|l| !l.split_whitespace().next().is_some_and(|w| w.contains('-')))
+        .collect();
+    let kib = |name: &str| -> u64 {
+        fields
+            .iter()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            .unwrap_or_else(|| panic!("no {name} for {head}"))
+    };
+    let (size, rss, copied) = (kib("Size:"), kib("Rss:"), kib("Anonymous:"));
+    // The kernel's .text is 8 MiB; a booted guest has run from more than 1 MiB of it and
+    // patched (copied) well under half of what it touched.
+    assert!(size >= 4096, "{head}: {size} KiB mapped");
+    assert!(
+        rss - copied >= 1024,
+        "{head}: Rss {rss} KiB, copied {copied} KiB"
+    );
+    assert!(
+        copied < rss / 2 + 1024,
+        "{head}: Rss {rss} KiB, copied {copied} KiB"
+    );
 }
 
 fn remove(root: &VpodRoot, pod: &str) {

@@ -3,6 +3,7 @@
 pub mod boot;
 pub mod cpuid;
 pub mod kernel;
+pub mod kernel_text;
 pub mod layout;
 pub mod mptable;
 pub mod regs;
