@@ -35,8 +35,6 @@ pub enum MemoryError {
     Regions(u64, String),
     #[error("guest memory of {0} MiB does not fit this host's address space")]
     TooLarge(u64),
-    #[error("the thread registering guest memory failed")]
-    RegistrationThread,
     #[error("KVM refused guest memory slot {0}")]
     Slot(u32, #[source] kvm_ioctls::Error),
     #[error("cannot create a {0} MiB memfd for shared guest memory")]
