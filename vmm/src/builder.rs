@@ -11,14 +11,17 @@
 //! 6. configure boot (MP table, PVH start info or zero page, entry registers),
 //! 7. start the vCPU threads (paused until [`MicroVm::run`]), each under the vCPU seccomp
 //!    filter unless seccomp is off,
-//! 8. the event loop, with every virtio device (each registers its own descriptors) and the
-//!    control socket.
+//! 8. the event loop, with every virtio device (each registers its own descriptors), the
+//!    control socket and, for an ELF kernel, the sharer of its code
+//!    ([`crate::vstate::text_share`]), which a few seconds later pauses the vCPUs and maps
+//!    the kernel file over the code pages the guest left unchanged.
 //!
 //! The main thread's own filter comes last, from the caller ([`MicroVm::confine_main_thread`]),
 //! once nothing else is left to build.
 
 use std::fs::File;
 use std::path::PathBuf;
+use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
@@ -59,7 +62,10 @@ use crate::vstate::memory::{
     create_guest_memory, create_shared_guest_memory, register_guest_memory, MemoryError,
     SharedBacking,
 };
-use crate::vstate::vcpu::{install_kick_handler, Vcpu, VcpuError, VcpuHandle, VcpuMessage};
+use crate::vstate::text_share::{KernelTextSharer, SHARE_AFTER};
+use crate::vstate::vcpu::{
+    install_kick_handler, Vcpu, VcpuError, VcpuHandle, VcpuMessage, VcpuPauser,
+};
 
 /// Errors building or running a VM. Each names its cause in one sentence.
 #[derive(Debug, thiserror::Error)]
@@ -160,16 +166,14 @@ pub fn build_microvm(
     // KVM_SET_TSS_ADDR, then the slot, against the slot after KVM_CREATE_IRQCHIP).
     register_guest_memory(&vm, &memory)?;
     create_interrupt_controllers(&vm)?;
-    // Reserved huge pages cannot be overlaid by the kernel file's 4 KiB pages.
-    let share_text = !config.private_kernel_text && backing != Some(SharedBacking::HugeTlb);
     // Compiling the seccomp filters (about half a millisecond) overlaps steps 3 to 6: they
     // are needed only from step 7.
-    let (vcpu_fds, devices, filters) = std::thread::scope(|scope| {
+    let (vcpu_fds, devices, kernel_text, filters) = std::thread::scope(|scope| {
         let compiled = config.seccomp.then(|| scope.spawn(SeccompFilters::prepare));
         let built = (|| {
             let vcpu_fds = create_vcpus(&kvm, &vm, config.vcpus)?;
             let devices = attach_devices(&vm, &memory, config, &events)?;
-            let kernel = load_kernel(&memory, &config.kernel, share_text)?;
+            let (kernel, kernel_file) = load_kernel(&memory, &config.kernel)?;
             let initrd = load_initrd_if_any(&memory, memory_size, &kernel, &config.initrd)?;
             let cmdline = kernel_cmdline(
                 &config.cmdline,
@@ -186,18 +190,19 @@ pub fn build_microvm(
                 cmdline.len(),
                 initrd,
             )?;
-            Ok::<_, BuildError>((vcpu_fds, devices))
+            let text = kernel.text.map(|pages| (kernel_file, pages));
+            Ok::<_, BuildError>((vcpu_fds, devices, text))
         })();
         let filters = compiled
             .map(|thread| thread.join().unwrap_or(Err(SeccompError::CompileThread)))
             .transpose();
-        let (vcpu_fds, devices) = built?;
-        Ok::<_, BuildError>((vcpu_fds, devices, filters?))
+        let (vcpu_fds, devices, text) = built?;
+        Ok::<_, BuildError>((vcpu_fds, devices, text, filters?))
     })?;
     let vcpu_filter = filters
         .as_ref()
         .map(|filters| Arc::new(filters.program(ThreadKind::Vcpu).clone()));
-    let vcpus = start_vcpus(
+    let (vcpus, paused) = start_vcpus(
         vcpu_fds,
         devices.pio_bus,
         devices.mmio_bus,
@@ -206,6 +211,25 @@ pub fn build_microvm(
     )?;
 
     let mut event_loop = EventLoop::new(events.clone(), signals)?;
+    // Reserved huge pages cannot be overlaid by the kernel file's 4 KiB pages.
+    let shareable = !config.private_kernel_text && backing != Some(SharedBacking::HugeTlb);
+    if let (true, Some((file, pages))) = (shareable, kernel_text) {
+        let pauser = VcpuPauser::new(
+            vcpus.iter().filter_map(VcpuHandle::remote).collect(),
+            paused,
+        );
+        let sharer = KernelTextSharer::new(
+            memory.clone(),
+            file,
+            pages,
+            backing.is_some(),
+            pauser,
+            events.clone(),
+            SHARE_AFTER,
+        )
+        .map_err(|e| BuildError::EventLoop(EventLoopError::Timer(e)))?;
+        event_loop.add(Box::new(sharer))?;
+    }
     for transport in &devices.transports {
         event_loop.add(Box::new(VirtioEvents::new(transport.clone())))?;
     }
@@ -506,8 +530,9 @@ fn start_vcpus(
     mmio_bus: Bus,
     events: &Arc<GuestEvents>,
     seccomp: Option<Arc<seccomp::BpfProgram>>,
-) -> Result<Vec<VcpuHandle>, BuildError> {
+) -> Result<(Vec<VcpuHandle>, Receiver<u8>), BuildError> {
     install_kick_handler()?;
+    let (paused, acks) = channel();
     let pio_bus = Arc::new(pio_bus);
     let mmio_bus = Arc::new(mmio_bus);
     let mut handles = Vec::with_capacity(fds.len());
@@ -519,10 +544,11 @@ fn start_vcpus(
             mmio_bus: mmio_bus.clone(),
             events: events.clone(),
             seccomp: seccomp.clone(),
+            paused: paused.clone(),
         };
         handles.push(vcpu.start()?);
     }
-    Ok(handles)
+    Ok((handles, acks))
 }
 
 impl MicroVm {

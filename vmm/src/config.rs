@@ -19,7 +19,8 @@ pub const DISK_SERIAL_LEN: usize = 20;
 /// probing for hardware this VMM does not emulate. `noreplace-smp` keeps a one-vCPU guest
 /// from rewriting the ~4,000 `lock` prefixes spread over its code, which would give it a
 /// private copy of about 440 more of the code pages it otherwise shares with other VMs of
-/// the same kernel (see `arch::kernel_text`); a lock prefix on one CPU costs a few cycles.
+/// the same kernel once booted (see `arch::kernel_text`); a lock prefix on one CPU costs a
+/// few cycles.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 quiet reboot=k panic=-1 \
 8250.nr_uarts=1 i8042.noaux i8042.nomux i8042.dumbkbd i8042.nopnp swiotlb=noforce \
 tsc=reliable no_timer_check noreplace-smp";
@@ -220,8 +221,8 @@ pub struct VmConfig {
     pub balloon: Option<BalloonConfig>,
     /// Guest RAM offered to KSM (`--ksm`); private guest memory only.
     pub ksm: bool,
-    /// Copy the kernel's code into guest RAM rather than map it copy-on-write from the
-    /// kernel file (`--private-kernel-text`).
+    /// Keep the guest's copy of the kernel's code rather than share the unchanged pages
+    /// with the kernel file once it has booted (`--private-kernel-text`).
     pub private_kernel_text: bool,
     /// The cgroup v2 directory the VMM moves itself into before anything else.
     pub cgroup: Option<PathBuf>,

@@ -49,11 +49,11 @@ usage: vpod-vmm [--kernel PATH] [--initrd PATH] [--cmdline TEXT] [--vcpus N] [--
                      such VMs; a timing side channel between them, so for mutually trusted
                      tenants only; not with --fs (shared guest memory)
   --private-kernel-text
-                     copy the kernel's code into guest memory; by default an ELF kernel's
-                     .text pages are mapped copy-on-write from its file, so VMs of the same
-                     kernel share them until a guest writes one (a flush+reload timing
-                     channel on kernel code between those VMs, as between host processes
-                     sharing a library)
+                     keep the guest's copy of the kernel's code; by default, 5 s after the
+                     start, the VMM pauses the guest and maps the kernel file copy-on-write
+                     over each .text page the guest left unchanged, so VMs of the same
+                     kernel share them (a flush+reload timing channel on kernel code
+                     between those VMs, as between host processes sharing a library)
   --api PATH         control socket: newline-delimited JSON (state, boot_time, metrics,
                      attach_disk, detach_disk, balloon, set_balloon, stop)
   --no-seccomp       leave the seccomp filters off (development only: by default every

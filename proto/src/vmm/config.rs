@@ -73,11 +73,11 @@ pub struct VmConfig {
     /// VM with `fs` shares (shared memfd) cannot have it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ksm: bool,
-    /// Copy the kernel's code into guest RAM instead of mapping it copy-on-write from the
-    /// kernel file. Mapped (the default), VMs booting the same kernel share those page-cache
-    /// pages until a guest writes one (about 6 MiB of host memory per VM for our kernel),
-    /// at the cost of a flush+reload timing channel on kernel code between them, the kind
-    /// shared libraries have between host processes.
+    /// Keep the guest's own copy of the kernel's code. By default, a few seconds after the
+    /// start, the VMM maps the kernel file copy-on-write over the code pages the guest left
+    /// unchanged, so VMs booting the same kernel share those page-cache pages (about 8 MiB
+    /// of host memory per VM for our kernel), at the cost of a flush+reload timing channel
+    /// on kernel code between them, the kind shared libraries have between host processes.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub private_kernel_text: bool,
     /// Handed to the guest's init as its arguments (after ` -- ` on the kernel command line).

@@ -21,7 +21,7 @@
 //! volumes = true              # each pod gets a shared directory (a virtiofsd) for mounts
 //! virtiofsd = "/usr/lib/qemu/virtiofsd"
 //! ksm = false                 # guest RAM offered to KSM (trusted tenants only; volumes = false)
-//! share_kernel_text = true    # guest kernel code mapped copy-on-write from the file, shared
+//! share_kernel_text = true    # after boot, unchanged guest kernel code shared with the file
 //! empty_dir_disks = false     # plain emptyDirs on disks of their own (an image in the dir)
 //! empty_dir_disk_mib = 10240  # each such disk's size (sparse: it costs what is stored)
 //! jail = true                 # each VMM jailed: namespaces, own root, own uid, seccomp
@@ -233,10 +233,10 @@ pub struct PodSizing {
     /// so only for nodes whose pods trust one another. Needs `volumes = false`: KSM merges
     /// private memory only, and a pod with a share has its RAM in a shared memfd.
     pub ksm: bool,
-    /// Map each pod's guest kernel code copy-on-write from the kernel file, so all pods
-    /// share those host pages until a guest writes one (about 6 MiB less per pod). On by
-    /// default; off gives each pod a private copy, for nodes that treat the flush+reload
-    /// timing channel on shared kernel code between tenants as out of bounds.
+    /// Once each pod's guest has booted, map the kernel file copy-on-write over the kernel
+    /// code pages it left unchanged, so all pods share those host pages (about 8 MiB less
+    /// per pod). On by default; off keeps each pod's private copy, for nodes that treat the
+    /// flush+reload timing channel on shared kernel code between tenants as out of bounds.
     pub share_kernel_text: bool,
     /// Keep each plain emptyDir (medium "", not a tmpfs) on a disk of its own: a sparse
     /// ext4 image in the emptyDir's host directory, mounted in the guest. Small-file work

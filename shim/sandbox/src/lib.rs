@@ -98,11 +98,11 @@ pub struct SandboxConfig {
     /// once the host runs ksmd, a timing side channel between their tenants. Not with a
     /// `share` (shared guest memory): the VMM refuses that.
     pub ksm: bool,
-    /// Map the guest kernel's code copy-on-write from the kernel file (on by default), so
-    /// every pod booting the same kernel shares those pages on the host until its guest
-    /// writes one: about 6 MiB less host memory per pod, for a flush+reload timing
-    /// channel on kernel code between pods (the kind host processes sharing a library
-    /// have). Off: each pod's guest gets a private copy.
+    /// Once the guest has booted, map the kernel file copy-on-write over the kernel code
+    /// pages it left unchanged (on by default), so every pod booting the same kernel shares
+    /// those pages on the host: about 8 MiB less host memory per pod, for a flush+reload
+    /// timing channel on kernel code between pods (the kind host processes sharing a
+    /// library have). Off: each pod's guest keeps its private copy.
     pub share_kernel_text: bool,
     /// The pod's cgroup (v2), an existing directory ([`cgroup::PodCgroup::create`]):
     /// virtiofsd joins it before it execs, the VMM (told it in its configuration) as its

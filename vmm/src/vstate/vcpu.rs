@@ -13,13 +13,18 @@
 //! ioctl returns `EINTR` now or, if the signal raced ahead of it, at the next entry. The
 //! thread then reads its messages.
 //!
+//! A thread told to pause answers on the acknowledgement channel once it is out of the
+//! guest ([`VcpuPauser`]), so the VMM can change guest memory under a stopped guest.
+//!
 //! With seccomp on, each thread installs the vCPU filter ([`crate::seccomp`]) before it waits
 //! for its first message, so nothing the guest drives runs unfiltered.
 
 use std::cell::Cell;
-use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_run, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -93,6 +98,8 @@ pub struct Vcpu {
     pub events: Arc<GuestEvents>,
     /// The vCPU seccomp filter the thread installs first, unless seccomp is off.
     pub seccomp: Option<Arc<BpfProgram>>,
+    /// Where the thread says, with its id, that it has paused on a `Pause` message.
+    pub paused: Sender<u8>,
 }
 
 /// The VMM's end of a vCPU thread.
@@ -124,6 +131,65 @@ impl VcpuHandle {
 
     pub fn id(&self) -> u8 {
         self.id
+    }
+
+    /// What another part of the VMM needs to pause and resume this vCPU; `None` once its
+    /// thread is gone.
+    pub fn remote(&self) -> Option<VcpuRemote> {
+        Some(VcpuRemote {
+            sender: self.sender.clone(),
+            thread: self.thread.as_ref()?.as_pthread_t(),
+        })
+    }
+}
+
+/// A vCPU's message channel and thread, for [`VcpuPauser`].
+pub struct VcpuRemote {
+    sender: Sender<VcpuMessage>,
+    thread: libc::pthread_t,
+}
+
+/// Stops every vCPU out of the guest and starts them again: for work on guest memory that
+/// must not race a running guest.
+pub struct VcpuPauser {
+    vcpus: Vec<VcpuRemote>,
+    acks: Receiver<u8>,
+}
+
+impl VcpuPauser {
+    pub fn new(vcpus: Vec<VcpuRemote>, acks: Receiver<u8>) -> Self {
+        VcpuPauser { vcpus, acks }
+    }
+
+    /// Tells every vCPU to pause and waits up to `timeout` until each has; false if one
+    /// did not (its thread has ended, say), after which the caller resumes them.
+    pub fn pause_all(&self, timeout: Duration) -> bool {
+        while self.acks.try_recv().is_ok() {}
+        for vcpu in &self.vcpus {
+            if vcpu.sender.send(VcpuMessage::Pause).is_err() {
+                return false;
+            }
+            // SAFETY: the thread is a vCPU thread of this process that has not been joined
+            // (vCPUs are joined only after the event loop, where this runs, has ended); the
+            // signal is the kick, whose handler only sets immediate_exit.
+            unsafe { libc::pthread_kill(vcpu.thread, kick_signal()) };
+        }
+        let deadline = Instant::now() + timeout;
+        for _ in &self.vcpus {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.acks.recv_timeout(left) {
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return false,
+            }
+        }
+        true
+    }
+
+    /// Lets every vCPU run again.
+    pub fn resume_all(&self) {
+        for vcpu in &self.vcpus {
+            let _ = vcpu.sender.send(VcpuMessage::Run);
+        }
     }
 }
 
@@ -159,11 +225,17 @@ impl Vcpu {
             state = match state {
                 VcpuState::Paused => match messages.recv() {
                     Ok(VcpuMessage::Run) => VcpuState::Running,
-                    Ok(VcpuMessage::Pause) => VcpuState::Paused,
+                    Ok(VcpuMessage::Pause) => {
+                        let _ = self.paused.send(self.id);
+                        VcpuState::Paused
+                    }
                     Ok(VcpuMessage::Exit) | Err(_) => VcpuState::Exited,
                 },
                 VcpuState::Running => match messages.try_recv() {
-                    Ok(VcpuMessage::Pause) => VcpuState::Paused,
+                    Ok(VcpuMessage::Pause) => {
+                        let _ = self.paused.send(self.id);
+                        VcpuState::Paused
+                    }
                     Ok(VcpuMessage::Exit) | Err(TryRecvError::Disconnected) => VcpuState::Exited,
                     Ok(VcpuMessage::Run) | Err(TryRecvError::Empty) => self.run_once(),
                 },
@@ -182,6 +254,7 @@ impl Vcpu {
             mmio_bus,
             events,
             seccomp: _,
+            paused: _,
         } = self;
         let failure = |what: String| {
             events.request_stop(StopReason::VcpuFailed(format!("vCPU {id}: {what}")));

@@ -10,7 +10,7 @@ use linux_loader::loader::elf::{self, Elf, PvhBootCapability};
 use linux_loader::loader::{self as loader, KernelLoader};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::kernel_text::{share_text, KernelTextError, TextSkippingReader};
+use super::kernel_text::{find_text, KernelTextError, TextPages};
 use super::layout::{low_ram_end, CMDLINE_START, HIMEM_START};
 use super::regs::BootProtocol;
 
@@ -31,8 +31,8 @@ pub enum KernelError {
     ReadInitrd(PathBuf, #[source] vm_memory::GuestMemoryError),
     #[error("cannot write the kernel command line into guest memory")]
     Cmdline(#[source] vm_memory::GuestMemoryError),
-    #[error("kernel {0}: {1}")]
-    SharedText(PathBuf, #[source] KernelTextError),
+    #[error("cannot read the headers of kernel {0}")]
+    Text(PathBuf, #[source] KernelTextError),
 }
 
 /// Where and how the loaded kernel starts.
@@ -44,8 +44,8 @@ pub struct LoadedKernel {
     pub end: u64,
     /// The bzImage setup header, for the zero page.
     pub setup_header: Option<setup_header>,
-    /// Bytes of the kernel's code mapped copy-on-write from its file rather than copied.
-    pub shared_text_bytes: u64,
+    /// Where an ELF kernel's code lies, in whole pages, for sharing once it has booted.
+    pub text: Option<TextPages>,
 }
 
 /// Offset of the 64-bit entry point from the start of a bzImage's protected-mode kernel.
@@ -56,22 +56,24 @@ fn load_error(path: &Path, error: impl std::fmt::Display) -> KernelError {
 }
 
 /// Loads the kernel at `path`: an ELF with a PVH note boots through PVH, any other ELF and
-/// bzImages through the Linux 64-bit protocol. With `share_text`, an ELF kernel's code is
-/// mapped copy-on-write from the file instead of copied ([`super::kernel_text`]).
+/// bzImages through the Linux 64-bit protocol. Returns the open file too, for sharing the
+/// kernel's code once it has booted ([`super::kernel_text`]).
 pub fn load_kernel(
     memory: &GuestMemoryMmap,
     path: &Path,
-    share_text_pages: bool,
-) -> Result<LoadedKernel, KernelError> {
+) -> Result<(LoadedKernel, File), KernelError> {
     let mut file = File::open(path).map_err(|e| KernelError::Open(path.to_path_buf(), e))?;
-    let shared = if share_text_pages {
-        share_text(memory, &file).map_err(|e| KernelError::SharedText(path.to_path_buf(), e))?
-    } else {
-        None
-    };
-    let shared_text_bytes = shared.map_or(0, |s| s.pages.len);
-    let mut reader = TextSkippingReader::new(&mut file, shared);
-    match Elf::load(memory, None, &mut reader, Some(GuestAddress(HIMEM_START))) {
+    let loaded = load_kernel_file(memory, path, &mut file)?;
+    Ok((loaded, file))
+}
+
+fn load_kernel_file(
+    memory: &GuestMemoryMmap,
+    path: &Path,
+    file: &mut File,
+) -> Result<LoadedKernel, KernelError> {
+    let text = find_text(file).map_err(|e| KernelError::Text(path.to_path_buf(), e))?;
+    match Elf::load(memory, None, file, Some(GuestAddress(HIMEM_START))) {
         Ok(result) => {
             let (entry, protocol) = match result.pvh_boot_cap {
                 PvhBootCapability::PvhEntryPresent(entry) => (entry.0, BootProtocol::Pvh),
@@ -82,18 +84,18 @@ pub fn load_kernel(
                 protocol,
                 end: result.kernel_end,
                 setup_header: None,
-                shared_text_bytes,
+                text,
             })
         }
         Err(loader::Error::Elf(elf::Error::InvalidElfMagicNumber))
         | Err(loader::Error::Elf(elf::Error::ReadElfHeader)) => {
-            match BzImage::load(memory, None, &mut reader, Some(GuestAddress(HIMEM_START))) {
+            match BzImage::load(memory, None, file, Some(GuestAddress(HIMEM_START))) {
                 Ok(result) => Ok(LoadedKernel {
                     entry: result.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET,
                     protocol: BootProtocol::Linux64,
                     end: result.kernel_end,
                     setup_header: result.setup_header,
-                    shared_text_bytes: 0,
+                    text: None,
                 }),
                 Err(loader::Error::Bzimage(
                     bzimage::Error::InvalidBzImage
@@ -171,7 +173,7 @@ mod tests {
     #[test]
     fn text_file_is_not_a_kernel() {
         let path = temp("text", &b"just some text, not a kernel\n".repeat(100));
-        let result = load_kernel(&memory(16 << 20), &path, true);
+        let result = load_kernel(&memory(16 << 20), &path);
         let _ = std::fs::remove_file(&path);
         assert!(
             matches!(result, Err(KernelError::NotAKernel(_))),
@@ -182,7 +184,7 @@ mod tests {
     #[test]
     fn tiny_file_is_not_a_kernel() {
         let path = temp("tiny", b"MZ");
-        let result = load_kernel(&memory(16 << 20), &path, true);
+        let result = load_kernel(&memory(16 << 20), &path);
         let _ = std::fs::remove_file(&path);
         assert!(
             matches!(result, Err(KernelError::NotAKernel(_))),
@@ -192,7 +194,7 @@ mod tests {
 
     #[test]
     fn missing_kernel_is_an_open_error() {
-        let result = load_kernel(&memory(16 << 20), Path::new("/nonexistent/vmlinux"), true);
+        let result = load_kernel(&memory(16 << 20), Path::new("/nonexistent/vmlinux"));
         assert!(matches!(result, Err(KernelError::Open(..))));
     }
 
@@ -205,7 +207,7 @@ mod tests {
             protocol: BootProtocol::Pvh,
             end: 0x20_0000,
             setup_header: None,
-            shared_text_bytes: 0,
+            text: None,
         };
         let loaded = load_initrd(&m, 16 << 20, &kernel, &path);
         let big = load_initrd(
