@@ -35,10 +35,22 @@ install -s -m 755 "$init" "$root/init"
 echo "root:x:0:0:root:/root:/bin/sh" > "$root/etc/passwd"
 echo "root:x:0:" > "$root/etc/group"
 
-# Packs the tree under $root into the cpio at $1.
+# Packs the tree under $root into the cpio at $1, with /init's bytes starting 4 KiB into
+# the file: `.`, then `.init-pad` (zeros), then `init`, then the rest. newc puts each entry's
+# data after a 110-byte header and its NUL-terminated name, both padded to 4 bytes, so
+# `init`'s data starts at 112 + 120 + pad + 116 = 4096 with pad 3748. Each page of the /init
+# the guest unpacks then equals a page of the initrd, and the VMM shares them between VMs
+# once booted (vmm/src/vstate/file_pages.rs). The check below fails the build if not.
 pack() {
   mkdir -p "$(dirname "$1")"
-  (cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) > "$1.tmp"
+  head -c 3748 /dev/zero > "$root/.init-pad"
+  (cd "$root" && {
+    printf '.\n./.init-pad\n./init\n'
+    find . | LC_ALL=C sort | grep -v -x -e . -e ./.init-pad -e ./init
+  } | cpio -o -H newc --quiet -R 0:0) > "$1.tmp"
+  if ! cmp -s -i 4096:0 -n "$(stat -c %s "$root/init")" "$1.tmp" "$root/init"; then
+    echo "guest-init: /init is not at offset 4096 of $1" >&2; exit 1
+  fi
   mv "$1.tmp" "$1"
 }
 

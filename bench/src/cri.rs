@@ -60,9 +60,9 @@ pub enum VolumesMode {
     /// The default, its pods booting `build/initrd.img` (busybox included) instead of the
     /// pod initrd, for the pod initrd's saving in the same run.
     BusyboxInitrd,
-    /// The default with `share_kernel_text = false`: each guest gets a private copy of the
+    /// The default with `share_boot_files = false`: each guest gets a private copy of the
     /// kernel's code, for the shared code's saving in the same run.
-    PrivateKernelText,
+    PrivateBootFiles,
 }
 
 impl VolumesMode {
@@ -74,7 +74,7 @@ impl VolumesMode {
             VolumesMode::Mounted => "mounted",
             VolumesMode::Ksm => "ksm",
             VolumesMode::BusyboxInitrd => "busybox-initrd",
-            VolumesMode::PrivateKernelText => "private-kernel-text",
+            VolumesMode::PrivateBootFiles => "private-boot-files",
         }
     }
 }
@@ -86,7 +86,7 @@ impl CriBench {
     /// `VPOD_BENCH_CRI_MEMORY_PODS` (comma-separated pod counts, default `10,50`; empty skips),
     /// `VPOD_BENCH_CRI_VOLUMES` (comma-separated [`VolumesMode`] names, default `on`;
     /// `ksm` starts the host's ksmd for its measure and puts its settings back after;
-    /// `busybox-initrd` boots the initrd with busybox; `private-kernel-text` copies the
+    /// `busybox-initrd` boots the initrd with busybox; `private-boot-files` copies the
     /// kernel's code into each guest).
     pub fn from_env(runs: usize, host: &str) -> Result<CriBench> {
         let number = |name: &str, default: u64| -> Result<u64> {
@@ -116,9 +116,9 @@ impl CriBench {
                 "mounted" => Ok(VolumesMode::Mounted),
                 "ksm" => Ok(VolumesMode::Ksm),
                 "busybox-initrd" => Ok(VolumesMode::BusyboxInitrd),
-                "private-kernel-text" => Ok(VolumesMode::PrivateKernelText),
+                "private-boot-files" => Ok(VolumesMode::PrivateBootFiles),
                 other => {
-                    bail!("VPOD_BENCH_CRI_VOLUMES: {other:?} is not off, on, mounted, ksm, busybox-initrd or private-kernel-text")
+                    bail!("VPOD_BENCH_CRI_VOLUMES: {other:?} is not off, on, mounted, ksm, busybox-initrd or private-boot-files")
                 }
             })
             .collect::<Result<Vec<_>>>()?;

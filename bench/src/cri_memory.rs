@@ -292,9 +292,9 @@ pub fn idle_memory(repo: &Path, bench: &CriBench) -> Result<Vec<Row>> {
         "cri-memory-initrd"
     } else if bench
         .memory_volumes
-        .contains(&VolumesMode::PrivateKernelText)
+        .contains(&VolumesMode::PrivateBootFiles)
     {
-        "cri-memory-kernel-text"
+        "cri-memory-boot-files"
     } else {
         "cri-memory-volumes"
     };
@@ -319,7 +319,7 @@ fn idle_memory_with(repo: &Path, bench: &CriBench, volumes: VolumesMode) -> Resu
     let available_before = host_available_kib()?;
     let pod_keys = match volumes {
         VolumesMode::Ksm => "volumes = false\nksm = true\n".to_owned(),
-        VolumesMode::PrivateKernelText => "volumes = true\nshare_kernel_text = false\n".to_owned(),
+        VolumesMode::PrivateBootFiles => "volumes = true\nshare_boot_files = false\n".to_owned(),
         _ => format!("volumes = {}\n", volumes != VolumesMode::Off),
     };
     let ksmd = match volumes {

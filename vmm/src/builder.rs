@@ -12,9 +12,9 @@
 //! 7. start the vCPU threads (paused until [`MicroVm::run`]), each under the vCPU seccomp
 //!    filter unless seccomp is off,
 //! 8. the event loop, with every virtio device (each registers its own descriptors), the
-//!    control socket and, for an ELF kernel, the sharer of its code
-//!    ([`crate::vstate::text_share`]), which a few seconds later pauses the vCPUs and maps
-//!    the kernel file over the code pages the guest left unchanged.
+//!    control socket and the sharer of the boot files ([`crate::vstate::boot_share`]),
+//!    which a few seconds later pauses the vCPUs and maps the kernel and initrd files over
+//!    the guest pages that still hold their bytes.
 //!
 //! The main thread's own filter comes last, from the caller ([`MicroVm::confine_main_thread`]),
 //! once nothing else is left to build.
@@ -58,11 +58,11 @@ use crate::devices::Bus;
 use crate::event_loop::{EventLoop, EventLoopError, Subscriber, TerminationSignals};
 use crate::lifecycle::{GuestEvents, StopReason, VmOutcome};
 use crate::seccomp::{self, SeccompError, SeccompFilters, ThreadKind};
+use crate::vstate::boot_share::{BootFileSharer, BootFiles, SHARE_AFTER};
 use crate::vstate::memory::{
     create_guest_memory, create_shared_guest_memory, register_guest_memory, MemoryError,
     SharedBacking,
 };
-use crate::vstate::text_share::{KernelTextSharer, SHARE_AFTER};
 use crate::vstate::vcpu::{
     install_kick_handler, Vcpu, VcpuError, VcpuHandle, VcpuMessage, VcpuPauser,
 };
@@ -168,13 +168,17 @@ pub fn build_microvm(
     create_interrupt_controllers(&vm)?;
     // Compiling the seccomp filters (about half a millisecond) overlaps steps 3 to 6: they
     // are needed only from step 7.
-    let (vcpu_fds, devices, kernel_text, filters) = std::thread::scope(|scope| {
+    let (vcpu_fds, devices, boot_files, filters) = std::thread::scope(|scope| {
         let compiled = config.seccomp.then(|| scope.spawn(SeccompFilters::prepare));
         let built = (|| {
             let vcpu_fds = create_vcpus(&kvm, &vm, config.vcpus)?;
             let devices = attach_devices(&vm, &memory, config, &events)?;
             let (kernel, kernel_file) = load_kernel(&memory, &config.kernel)?;
             let initrd = load_initrd_if_any(&memory, memory_size, &kernel, &config.initrd)?;
+            let (initrd, initrd_file) = match initrd {
+                Some((start, size, file)) => (Some((start, size)), Some(file)),
+                None => (None, None),
+            };
             let cmdline = kernel_cmdline(
                 &config.cmdline,
                 &devices.cmdline_entries,
@@ -190,14 +194,17 @@ pub fn build_microvm(
                 cmdline.len(),
                 initrd,
             )?;
-            let text = kernel.text.map(|pages| (kernel_file, pages));
-            Ok::<_, BuildError>((vcpu_fds, devices, text))
+            let files = BootFiles {
+                kernel: kernel.text.map(|pages| (kernel_file, pages)),
+                initrd: initrd_file,
+            };
+            Ok::<_, BuildError>((vcpu_fds, devices, files))
         })();
         let filters = compiled
             .map(|thread| thread.join().unwrap_or(Err(SeccompError::CompileThread)))
             .transpose();
-        let (vcpu_fds, devices, text) = built?;
-        Ok::<_, BuildError>((vcpu_fds, devices, text, filters?))
+        let (vcpu_fds, devices, files) = built?;
+        Ok::<_, BuildError>((vcpu_fds, devices, files, filters?))
     })?;
     let vcpu_filter = filters
         .as_ref()
@@ -212,16 +219,15 @@ pub fn build_microvm(
 
     let mut event_loop = EventLoop::new(events.clone(), signals)?;
     // Reserved huge pages cannot be overlaid by the kernel file's 4 KiB pages.
-    let shareable = !config.private_kernel_text && backing != Some(SharedBacking::HugeTlb);
-    if let (true, Some((file, pages))) = (shareable, kernel_text) {
+    let shareable = !config.private_boot_files && backing != Some(SharedBacking::HugeTlb);
+    if shareable && (boot_files.kernel.is_some() || boot_files.initrd.is_some()) {
         let pauser = VcpuPauser::new(
             vcpus.iter().filter_map(VcpuHandle::remote).collect(),
             paused,
         );
-        let sharer = KernelTextSharer::new(
+        let sharer = BootFileSharer::new(
             memory.clone(),
-            file,
-            pages,
+            boot_files,
             backing.is_some(),
             pauser,
             events.clone(),
@@ -485,7 +491,7 @@ fn load_initrd_if_any(
     memory_size: u64,
     kernel: &LoadedKernel,
     initrd: &InitrdConfig,
-) -> Result<Option<(u64, u64)>, BuildError> {
+) -> Result<Option<(u64, u64, File)>, BuildError> {
     let path = match initrd {
         InitrdConfig::Required(path) => path,
         InitrdConfig::IfPresent(path) if path.exists() => path,

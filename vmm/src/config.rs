@@ -221,9 +221,9 @@ pub struct VmConfig {
     pub balloon: Option<BalloonConfig>,
     /// Guest RAM offered to KSM (`--ksm`); private guest memory only.
     pub ksm: bool,
-    /// Keep the guest's copy of the kernel's code rather than share the unchanged pages
-    /// with the kernel file once it has booted (`--private-kernel-text`).
-    pub private_kernel_text: bool,
+    /// Keep the guest's copies of the kernel's code and the initrd's pages rather than share
+    /// them with those files once it has booted (`--private-boot-files`).
+    pub private_boot_files: bool,
     /// The cgroup v2 directory the VMM moves itself into before anything else.
     pub cgroup: Option<PathBuf>,
     /// How the VMM confines itself before it builds the VM; none: it does not.
@@ -251,7 +251,7 @@ impl Default for VmConfig {
             api_socket: None,
             balloon: None,
             ksm: false,
-            private_kernel_text: false,
+            private_boot_files: false,
             cgroup: None,
             jail: None,
             seccomp: true,
@@ -543,9 +543,9 @@ where
                 config.ksm = true;
                 continue;
             }
-            "--private-kernel-text" => {
+            "--private-boot-files" => {
                 first_setting.get_or_insert_with(|| flag.clone());
-                config.private_kernel_text = true;
+                config.private_boot_files = true;
                 continue;
             }
             "--config" => {}
@@ -749,16 +749,16 @@ mod tests {
     }
 
     #[test]
-    fn kernel_text_is_shared_unless_asked_private() {
-        assert!(!config(&[]).private_kernel_text);
-        assert!(config(&["--private-kernel-text"]).private_kernel_text);
+    fn boot_files_are_shared_unless_asked_private() {
+        assert!(!config(&[]).private_boot_files);
+        assert!(config(&["--private-boot-files"]).private_boot_files);
         let wire = vpod_proto::vmm::VmConfig {
-            private_kernel_text: true,
+            private_boot_files: true,
             ..vpod_proto::vmm::VmConfig::new("/k")
         };
-        assert!(wire.to_json().contains("\"private_kernel_text\": true"));
+        assert!(wire.to_json().contains("\"private_boot_files\": true"));
         let back = vpod_proto::vmm::VmConfig::from_json(wire.to_json().as_bytes()).expect("json");
-        assert!(back.private_kernel_text);
+        assert!(back.private_boot_files);
     }
 
     #[test]

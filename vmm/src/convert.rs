@@ -204,7 +204,7 @@ impl TryFrom<wire::VmConfig> for VmConfig {
                 deflate_on_oom: b.deflate_on_oom,
             }),
             ksm: config.ksm,
-            private_kernel_text: config.private_kernel_text,
+            private_boot_files: config.private_boot_files,
             cgroup: config.cgroup,
             jail: config.jail,
             seccomp: config.seccomp,

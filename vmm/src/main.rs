@@ -15,7 +15,7 @@ vpod-vmm: run one KVM micro-VM
 usage: vpod-vmm [--kernel PATH] [--initrd PATH] [--cmdline TEXT] [--vcpus N] [--memory MiB]
                 [--disk PATH[,ro][,serial=ID]]... [--disk-slots N] [--vsock PATH[,cid=N]]
                 [--net tap=NAME[,mac=MAC]]... [--fs socket=PATH,tag=TAG[,queue_size=N]]...
-                [--balloon[=no-reporting]] [--ksm] [--private-kernel-text] [--api PATH]
+                [--balloon[=no-reporting]] [--ksm] [--private-boot-files] [--api PATH]
                 [--no-seccomp]
                 [--console stdio|off|file:PATH] [--timings] [-- COMMAND ARGS...]
        vpod-vmm --config FILE
@@ -48,12 +48,13 @@ usage: vpod-vmm [--kernel PATH] [--initrd PATH] [--cmdline TEXT] [--vcpus N] [--
                      once running (/sys/kernel/mm/ksm/run), merges identical pages across
                      such VMs; a timing side channel between them, so for mutually trusted
                      tenants only; not with --fs (shared guest memory)
-  --private-kernel-text
-                     keep the guest's copy of the kernel's code; by default, 5 s after the
-                     start, the VMM pauses the guest and maps the kernel file copy-on-write
-                     over each .text page the guest left unchanged, so VMs of the same
-                     kernel share them (a flush+reload timing channel on kernel code
-                     between those VMs, as between host processes sharing a library)
+  --private-boot-files
+                     keep the guest's copies of its kernel code and initrd; by default, 5 s
+                     after the start, the VMM pauses the guest and maps the kernel file
+                     copy-on-write over each .text page the guest left unchanged, and the
+                     initrd over guest pages holding its pages, so VMs of the same files
+                     share them (a flush+reload timing channel on those pages between the
+                     VMs, as between host processes sharing a library)
   --api PATH         control socket: newline-delimited JSON (state, boot_time, metrics,
                      attach_disk, detach_disk, balloon, set_balloon, stop)
   --no-seccomp       leave the seccomp filters off (development only: by default every

@@ -73,13 +73,15 @@ pub struct VmConfig {
     /// VM with `fs` shares (shared memfd) cannot have it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ksm: bool,
-    /// Keep the guest's own copy of the kernel's code. By default, a few seconds after the
-    /// start, the VMM maps the kernel file copy-on-write over the code pages the guest left
-    /// unchanged, so VMs booting the same kernel share those page-cache pages (about 8 MiB
-    /// of host memory per VM for our kernel), at the cost of a flush+reload timing channel
-    /// on kernel code between them, the kind shared libraries have between host processes.
+    /// Keep the guest's own copies of what it booted from. By default, a few seconds after
+    /// the start, the VMM maps the kernel file copy-on-write over the kernel code pages the
+    /// guest left unchanged, and the initrd file over the guest pages that hold its pages
+    /// (the agent unpacked into the tmpfs root), so VMs booting the same files share those
+    /// page-cache pages (about 10 MiB of host memory per VM for ours), at the cost of a
+    /// flush+reload timing channel on those pages between them, the kind shared libraries
+    /// have between host processes.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub private_kernel_text: bool,
+    pub private_boot_files: bool,
     /// Handed to the guest's init as its arguments (after ` -- ` on the kernel command line).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub init_args: Vec<String>,
@@ -185,7 +187,7 @@ impl VmConfig {
             api_socket: None,
             balloon: None,
             ksm: false,
-            private_kernel_text: false,
+            private_boot_files: false,
             init_args: Vec::new(),
             timings: false,
             cgroup: None,

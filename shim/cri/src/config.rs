@@ -21,7 +21,7 @@
 //! volumes = true              # each pod gets a shared directory (a virtiofsd) for mounts
 //! virtiofsd = "/usr/lib/qemu/virtiofsd"
 //! ksm = false                 # guest RAM offered to KSM (trusted tenants only; volumes = false)
-//! share_kernel_text = true    # after boot, unchanged guest kernel code shared with the file
+//! share_boot_files = true     # after boot, guest pages of the kernel code and initrd shared
 //! empty_dir_disks = false     # plain emptyDirs on disks of their own (an image in the dir)
 //! empty_dir_disk_mib = 10240  # each such disk's size (sparse: it costs what is stored)
 //! jail = true                 # each VMM jailed: namespaces, own root, own uid, seccomp
@@ -233,11 +233,12 @@ pub struct PodSizing {
     /// so only for nodes whose pods trust one another. Needs `volumes = false`: KSM merges
     /// private memory only, and a pod with a share has its RAM in a shared memfd.
     pub ksm: bool,
-    /// Once each pod's guest has booted, map the kernel file copy-on-write over the kernel
-    /// code pages it left unchanged, so all pods share those host pages (about 8 MiB less
-    /// per pod). On by default; off keeps each pod's private copy, for nodes that treat the
-    /// flush+reload timing channel on shared kernel code between tenants as out of bounds.
-    pub share_kernel_text: bool,
+    /// Once each pod's guest has booted, map the kernel and initrd files copy-on-write over
+    /// the guest pages that still hold their bytes (the kernel's code, the agent unpacked
+    /// in the tmpfs root), so all pods share those host pages (about 10 MiB less per pod).
+    /// On by default; off keeps each pod's private copies, for nodes that treat the
+    /// flush+reload timing channel on shared pages between tenants as out of bounds.
+    pub share_boot_files: bool,
     /// Keep each plain emptyDir (medium "", not a tmpfs) on a disk of its own: a sparse
     /// ext4 image in the emptyDir's host directory, mounted in the guest. Small-file work
     /// is many times faster than through the share, and the kubelet's `du` of the
@@ -274,7 +275,7 @@ impl Default for PodSizing {
             volumes: true,
             virtiofsd: None,
             ksm: false,
-            share_kernel_text: true,
+            share_boot_files: true,
             empty_dir_disks: false,
             empty_dir_disk_mib: 10 * 1024,
             jail: true,
@@ -435,10 +436,10 @@ mod tests {
     }
 
     #[test]
-    fn kernel_text_is_shared_by_default_and_can_be_private() {
-        assert!(Config::default().pod.share_kernel_text);
-        let c = Config::parse("[pod]\nshare_kernel_text = false\n").unwrap();
-        assert!(!c.pod.share_kernel_text);
+    fn boot_files_are_shared_by_default_and_can_be_private() {
+        assert!(Config::default().pod.share_boot_files);
+        let c = Config::parse("[pod]\nshare_boot_files = false\n").unwrap();
+        assert!(!c.pod.share_boot_files);
     }
 
     #[test]

@@ -98,12 +98,13 @@ pub struct SandboxConfig {
     /// once the host runs ksmd, a timing side channel between their tenants. Not with a
     /// `share` (shared guest memory): the VMM refuses that.
     pub ksm: bool,
-    /// Once the guest has booted, map the kernel file copy-on-write over the kernel code
-    /// pages it left unchanged (on by default), so every pod booting the same kernel shares
-    /// those pages on the host: about 8 MiB less host memory per pod, for a flush+reload
-    /// timing channel on kernel code between pods (the kind host processes sharing a
-    /// library have). Off: each pod's guest keeps its private copy.
-    pub share_kernel_text: bool,
+    /// Once the guest has booted, map the kernel and initrd files copy-on-write over the
+    /// guest pages that still hold their bytes (the kernel's code, the agent in the tmpfs
+    /// root; on by default), so every pod booting the same files shares those pages on the
+    /// host: about 10 MiB less host memory per pod, for a flush+reload timing channel on
+    /// them between pods (the kind host processes sharing a library have). Off: each
+    /// pod's guest keeps its private copies.
+    pub share_boot_files: bool,
     /// The pod's cgroup (v2), an existing directory ([`cgroup::PodCgroup::create`]):
     /// virtiofsd joins it before it execs, the VMM (told it in its configuration) as its
     /// first step, so the pod is charged for them. The
@@ -142,7 +143,7 @@ impl SandboxConfig {
             defer_network: false,
             share: None,
             ksm: false,
-            share_kernel_text: true,
+            share_boot_files: true,
             cgroup: None,
             jail: Some(JailUsers::default()),
         }
@@ -380,7 +381,7 @@ impl Sandbox {
             die_with_parent: config.die_with_parent,
             balloon: config.balloon,
             ksm: config.ksm,
-            share_kernel_text: config.share_kernel_text,
+            share_boot_files: config.share_boot_files,
             cgroup: config.cgroup.clone(),
             jail: config
                 .jail

@@ -50,9 +50,10 @@ pub struct VmmLaunch {
     pub balloon: Option<BalloonConfig>,
     /// Guest RAM offered to KSM.
     pub ksm: bool,
-    /// The kernel's code mapped copy-on-write from its file, shared with every VM of the
-    /// same kernel (`VmConfig.private_kernel_text` when false).
-    pub share_kernel_text: bool,
+    /// Once booted, the guest pages holding the kernel's code and the initrd's pages mapped
+    /// copy-on-write from those files, shared with every VM of the same files
+    /// (`VmConfig.private_boot_files` when false).
+    pub share_boot_files: bool,
     /// The pod's cgroup v2 directory: the VMM joins it itself (`VmConfig.cgroup`) before it
     /// forks its keeper or allocates anything.
     pub cgroup: Option<PathBuf>,
@@ -97,7 +98,7 @@ impl VmmLaunch {
             api_socket: Some(self.api_socket.clone()),
             balloon: self.balloon,
             ksm: self.ksm,
-            private_kernel_text: !self.share_kernel_text,
+            private_boot_files: !self.share_boot_files,
             cgroup: self.cgroup.clone(),
             jail: self.jail.as_ref().map(|jail| JailConfig {
                 netns: self.netns.clone(),
@@ -400,7 +401,7 @@ mod tests {
             die_with_parent: false,
             balloon: Some(BalloonConfig::default()),
             ksm: false,
-            share_kernel_text: true,
+            share_boot_files: true,
             cgroup: Some("/sys/fs/cgroup/kubepods/pod1/vpod-p1".into()),
             jail: None,
             netns: None,
@@ -432,7 +433,7 @@ mod tests {
         let balloon = config.balloon.expect("a balloon");
         assert!(balloon.free_page_reporting && balloon.deflate_on_oom);
         assert!(!config.ksm);
-        assert!(!config.private_kernel_text, "kernel code shared by default");
+        assert!(!config.private_boot_files, "boot files shared by default");
         assert_eq!(
             config.cgroup,
             Some(PathBuf::from("/sys/fs/cgroup/kubepods/pod1/vpod-p1"))
@@ -478,7 +479,7 @@ mod tests {
             die_with_parent: false,
             balloon: None,
             ksm: true,
-            share_kernel_text: false,
+            share_boot_files: false,
             cgroup: None,
             jail: None,
             netns: None,
@@ -501,7 +502,7 @@ mod tests {
         );
         // KSM, asked for, reaches the VMM's configuration.
         assert!(config.ksm);
-        assert!(config.private_kernel_text);
+        assert!(config.private_boot_files);
         assert!(String::from_utf8_lossy(&text).contains("\"ksm\""));
     }
 

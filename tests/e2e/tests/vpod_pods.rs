@@ -226,16 +226,16 @@ fn jailed(root: &VpodRoot, pod: &str) {
     assert_eq!(devices, ["kvm"]);
 }
 
-/// The kernel file's mappings in `pid`'s smaps: (their total size, their Rss, and the
-/// copied-on-write pages among them), KiB.
-fn kernel_file_mappings(pid: &str) -> (u64, u64, u64) {
+/// The mappings in `pid`'s smaps of a file whose path ends with `suffix`: (their total
+/// size, their Rss, and the copied-on-write pages among them), KiB.
+fn file_mappings(pid: &str, suffix: &str) -> (u64, u64, u64) {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).expect("the VMM's smaps");
     let (mut size, mut rss, mut copied) = (0, 0, 0);
     let mut in_kernel = false;
     for line in smaps.lines() {
         let first = line.split_whitespace().next().unwrap_or("");
         if first.contains('-') {
-            in_kernel = line.ends_with("/vmlinux");
+            in_kernel = line.ends_with(suffix);
             continue;
         }
         let kib = || -> u64 {
@@ -256,13 +256,14 @@ fn kernel_file_mappings(pid: &str) -> (u64, u64, u64) {
 
 /// A few seconds after its boot the pod's guest runs on the kernel file's code pages, mapped
 /// copy-on-write into its RAM wherever it left the code unchanged (most of the kernel's
-/// 8 MiB of .text; the pages its boot patched stay its own), and goes on working after the
+/// 8 MiB of .text; the pages its boot patched stay its own), and on the pod initrd's pages
+/// wherever its tmpfs root holds them (the agent's binary), and goes on working after the
 /// swap, which it spent paused.
 fn shared_kernel_text(root: &VpodRoot, pod: &str) {
     let vmm = jailed_vmm(root, pod);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let (size, rss, copied) = loop {
-        let found = kernel_file_mappings(&vmm);
+        let found = file_mappings(&vmm, "/vmlinux");
         if found.0 > 0 || std::time::Instant::now() > deadline {
             break found;
         }
@@ -277,8 +278,12 @@ fn shared_kernel_text(root: &VpodRoot, pod: &str) {
     let done = root.vpod("exec", &[pod, "--", "sh", "-c", "echo after-sharing"]);
     assert_eq!(done.code(), Some(0), "{}", done.explain());
     assert!(done.has_stdout_line("after-sharing"), "{}", done.explain());
-    let (_, rss_after, _) = kernel_file_mappings(&vmm);
+    let (_, rss_after, _) = file_mappings(&vmm, "/vmlinux");
     assert!(rss_after > 0, "the guest ran none of the shared code");
+    // The agent is about 3.4 MB; its pages in the tmpfs root and those of the initrd copy
+    // the guest freed after unpacking it both match.
+    let (initrd, _, _) = file_mappings(&vmm, "/pod-initrd.img");
+    assert!(initrd >= 2048, "{initrd} KiB of the initrd mapped");
 }
 
 fn remove(root: &VpodRoot, pod: &str) {

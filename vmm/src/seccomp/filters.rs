@@ -130,8 +130,9 @@ fn common() -> Result<AllowList, BackendError> {
 /// the virtio devices' queues (block reads, writes, flushes and discards as punched holes;
 /// vsock's unix sockets, accepted and connected; tap frames; balloon `madvise`; vhost-user
 /// messages), the control socket (clients accepted, descriptors received with SCM_RIGHTS,
-/// disks opened by path and inspected), stopping the vCPUs (`tgkill`) and the teardown
-/// (removing the sockets it bound).
+/// disks opened by path and inspected), stopping the vCPUs (`tgkill`), sharing the boot
+/// files' pages once the guest has booted (`mincore`, reads and private `mmap`s of the
+/// kernel and initrd) and the teardown (removing the sockets it bound).
 pub(crate) fn main_thread() -> Result<AllowList, BackendError> {
     let mut list = common()?;
     list.allow(&[
@@ -163,6 +164,7 @@ pub(crate) fn main_thread() -> Result<AllowList, BackendError> {
         libc::SYS_getsockopt,
         libc::SYS_timerfd_settime,
         libc::SYS_timerfd_gettime,
+        libc::SYS_mincore,
         libc::SYS_unlink,
         libc::SYS_unlinkat,
     ]);

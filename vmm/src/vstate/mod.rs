@@ -1,5 +1,6 @@
 //! KVM-facing state: the VM's memory and its vCPU threads.
 
+pub mod boot_share;
+pub mod file_pages;
 pub mod memory;
-pub mod text_share;
 pub mod vcpu;

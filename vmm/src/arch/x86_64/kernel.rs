@@ -115,13 +115,13 @@ fn load_kernel_file(
 }
 
 /// Copies the initrd to the top of low RAM, page-aligned, above the kernel. Returns its
-/// address and size.
+/// address and size, and the open file.
 pub fn load_initrd(
     memory: &GuestMemoryMmap,
     memory_size: u64,
     kernel: &LoadedKernel,
     path: &Path,
-) -> Result<(u64, u64), KernelError> {
+) -> Result<(u64, u64, File), KernelError> {
     let mut file = File::open(path).map_err(|e| KernelError::OpenInitrd(path.to_path_buf(), e))?;
     let size = file
         .metadata()
@@ -143,7 +143,7 @@ pub fn load_initrd(
     memory
         .read_exact_volatile_from(GuestAddress(start), &mut file, len)
         .map_err(|e| KernelError::ReadInitrd(path.to_path_buf(), e))?;
-    Ok((start, size))
+    Ok((start, size, file))
 }
 
 /// Writes the NUL-terminated command line at [`CMDLINE_START`].
@@ -220,7 +220,7 @@ mod tests {
             &path,
         );
         let _ = std::fs::remove_file(&path);
-        let (start, size) = loaded.expect("fits");
+        let (start, size, _) = loaded.expect("fits");
         assert_eq!(size, 5000);
         assert_eq!(start % 4096, 0);
         assert!(start + size <= 16 << 20);

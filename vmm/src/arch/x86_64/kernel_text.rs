@@ -13,7 +13,7 @@
 //!
 //! The cost is a timing side channel of the kind shared libraries have between host
 //! processes: a guest that flushes a shared code page from the cache can tell whether
-//! another VM ran that code since (flush+reload). `--private-kernel-text` turns it off.
+//! another VM ran that code since (flush+reload). `--private-boot-files` turns it off.
 //! The kernel file must be replaced by a rename, never rewritten in place: a private
 //! mapping sees the file's bytes until the guest writes the page.
 
@@ -246,7 +246,7 @@ pub fn share_identical_pages(
 }
 
 /// Maps `len` bytes of `file` from `offset` copy-on-write at `host`, inside guest RAM.
-fn map_file(
+pub fn map_file(
     file: &File,
     host: usize,
     len: usize,

@@ -177,7 +177,7 @@ impl Runtime {
         config.network = network;
         config.defer_network = true;
         config.ksm = rules.ksm;
-        config.share_kernel_text = rules.share_kernel_text;
+        config.share_boot_files = rules.share_boot_files;
         config.jail = rules.jail.then_some(JailUsers {
             first_uid: rules.jail_first_uid,
             count: rules.jail_uid_count,

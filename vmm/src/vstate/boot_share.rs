@@ -1,0 +1,133 @@
+//! Sharing guest pages with the files the guest booted from, once it has booted: the
+//! kernel's code ([`crate::arch::kernel_text`]) and the pages of the initrd its kernel
+//! unpacked into the tmpfs root ([`crate::vstate::file_pages`]), so that every VM of the
+//! same kernel and initrd keeps one host copy of them. An event-loop source whose timer
+//! fires [`SHARE_AFTER`] after the vCPUs start indexes the initrd, pauses every vCPU, maps
+//! the files copy-on-write over the guest pages that still hold their bytes, and lets the
+//! vCPUs run again: a pause of a few milliseconds, once. Doing it after the boot rather
+//! than at load time keeps the boot on huge pages (a 4 KiB page shared from a file costs
+//! the guest one nested page fault on first touch, about a thousand during a boot).
+
+use std::fs::File;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vm_memory::GuestMemoryMmap;
+
+use crate::arch::kernel_text::{share_identical_pages, TextPages};
+use crate::event_loop::{DeadlineTimer, EventOps, EventSet, Events, Subscriber};
+use crate::lifecycle::GuestEvents;
+use crate::vstate::file_pages::{share_matching_pages, FilePageIndex};
+use crate::vstate::vcpu::VcpuPauser;
+
+/// How long after the vCPUs start the boot files' pages are shared: past the boot (its code
+/// patching happens in the first tenth of a second on real KVM) and, for a pod, usually past
+/// its first container's start.
+pub const SHARE_AFTER: Duration = Duration::from_secs(5);
+/// The longest a vCPU may take to leave the guest when told to pause.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What the guest booted from that may be shared.
+pub struct BootFiles {
+    /// The kernel file and where its code lies, for an ELF kernel.
+    pub kernel: Option<(File, TextPages)>,
+    /// The initrd file.
+    pub initrd: Option<File>,
+}
+
+/// What a sharing did, in pages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Shared {
+    pub kernel_code: u64,
+    pub kernel_code_kept: u64,
+    pub initrd: u64,
+}
+
+/// The event-loop source that shares the boot files' pages once.
+pub struct BootFileSharer {
+    timer: DeadlineTimer,
+    memory: Arc<GuestMemoryMmap>,
+    files: BootFiles,
+    shared_memfd: bool,
+    vcpus: VcpuPauser,
+    events: Arc<GuestEvents>,
+}
+
+impl BootFileSharer {
+    /// Shares the pages of `files` in `memory` (a memfd a vhost-user backend maps too when
+    /// `shared_memfd`) `delay` from now.
+    pub fn new(
+        memory: Arc<GuestMemoryMmap>,
+        files: BootFiles,
+        shared_memfd: bool,
+        vcpus: VcpuPauser,
+        events: Arc<GuestEvents>,
+        delay: Duration,
+    ) -> std::io::Result<Self> {
+        let mut timer = DeadlineTimer::new()?;
+        timer.set(Some(Instant::now() + delay))?;
+        Ok(BootFileSharer {
+            timer,
+            memory,
+            files,
+            shared_memfd,
+            vcpus,
+            events,
+        })
+    }
+
+    /// Indexes the initrd, pauses the guest, shares what it left unchanged, resumes it.
+    pub fn share(&self) -> Result<Shared, String> {
+        let index = match &self.files.initrd {
+            Some(file) => {
+                FilePageIndex::build(file).map_err(|e| format!("cannot read the initrd: {e}"))?
+            }
+            None => FilePageIndex::default(),
+        };
+        if !self.vcpus.pause_all(PAUSE_TIMEOUT) {
+            self.vcpus.resume_all();
+            return Err("a vCPU did not pause".into());
+        }
+        let outcome = self.share_paused(&index);
+        self.vcpus.resume_all();
+        outcome.map_err(|e| vpod_proto::error_chain(&e))
+    }
+
+    fn share_paused(
+        &self,
+        index: &FilePageIndex,
+    ) -> Result<Shared, crate::arch::kernel_text::KernelTextError> {
+        let mut shared = Shared::default();
+        let mut text = 0..0;
+        if let Some((file, pages)) = &self.files.kernel {
+            let outcome = share_identical_pages(&self.memory, file, *pages, self.shared_memfd)?;
+            shared.kernel_code = outcome.shared;
+            shared.kernel_code_kept = outcome.private;
+            text = pages.guest_addr..pages.guest_addr + pages.len;
+        }
+        if let Some(file) = &self.files.initrd {
+            shared.initrd =
+                share_matching_pages(&self.memory, file, index, self.shared_memfd, text)?;
+        }
+        Ok(shared)
+    }
+}
+
+impl Subscriber for BootFileSharer {
+    fn init(&mut self, ops: &mut EventOps) -> Result<(), event_manager::Error> {
+        ops.add(Events::new(&self.timer, EventSet::IN))
+    }
+
+    fn process(&mut self, _events: Events, ops: &mut EventOps) {
+        self.timer.fired();
+        let _ = ops.remove(Events::new(&self.timer, EventSet::IN));
+        // A VM on its way down keeps its copy.
+        if self.events.stop_reason().is_some() {
+            return;
+        }
+        if let Err(why) = self.share() {
+            // The guest runs on its own copy, as with --private-boot-files.
+            eprintln!("vpod-vmm: the boot files' pages stay private to this VM: {why}");
+        }
+    }
+}

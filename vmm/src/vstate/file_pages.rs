@@ -1,0 +1,249 @@
+//! Guest pages that hold a page of a host file, found by content: the guest's initrd, which
+//! its kernel unpacks into the tmpfs root, leaves the agent's binary there page by page
+//! (the pod initrd puts `/init`'s bytes at a 4 KiB-aligned offset, so each page of the
+//! unpacked file equals one page of the initrd). [`share_matching_pages`] maps the file
+//! copy-on-write over each such guest page, as [`crate::arch::kernel_text`] does for the
+//! kernel's code, so that every VM booting that initrd keeps one host copy of the agent.
+//! Only resident guest pages are read (`mincore`), so the scan faults nothing in.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use crate::arch::kernel_text::{map_file, KernelTextError};
+
+const PAGE: usize = 4096;
+/// How many leading bytes of a page key the index.
+const KEY: usize = 32;
+/// Files larger than this are not indexed (the index would cost more than it saves).
+pub const MAX_INDEXED_BYTES: u64 = 64 << 20;
+
+type Key = [u8; KEY];
+
+/// The whole pages of a file (at page-aligned offsets), by their first bytes. Pages that
+/// start with zeros are left out: too many pages of anything start so.
+#[derive(Debug, Default)]
+pub struct FilePageIndex {
+    by_key: HashMap<Key, Vec<u64>>,
+}
+
+impl FilePageIndex {
+    /// Indexes `file`; an empty index for a file over [`MAX_INDEXED_BYTES`].
+    pub fn build(file: &File) -> std::io::Result<Self> {
+        let size = file.metadata()?.len();
+        let mut index = FilePageIndex::default();
+        if size > MAX_INDEXED_BYTES {
+            return Ok(index);
+        }
+        let mut chunk = vec![0u8; 64 * PAGE];
+        let mut offset = 0u64;
+        while offset + PAGE as u64 <= size {
+            let n = usize::try_from((size - offset).min(chunk.len() as u64)).unwrap_or(0);
+            let whole = n - n % PAGE;
+            file.read_exact_at(&mut chunk[..whole], offset)?;
+            for (i, page) in chunk[..whole].chunks_exact(PAGE).enumerate() {
+                let mut key = [0u8; KEY];
+                key.copy_from_slice(&page[..KEY]);
+                if key != [0u8; KEY] {
+                    index
+                        .by_key
+                        .entry(key)
+                        .or_default()
+                        .push(offset + (i * PAGE) as u64);
+                }
+            }
+            offset += whole as u64;
+        }
+        Ok(index)
+    }
+
+    /// Indexed pages.
+    pub fn len(&self) -> usize {
+        self.by_key.values().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+}
+
+/// The resident pages of `len` bytes at `host` (a page-aligned mapping), by `mincore`.
+fn resident(host: usize, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut residency = vec![0u8; len.div_ceil(PAGE)];
+    // SAFETY: [host, host + len) is a live mapping of guest RAM; mincore only writes one
+    // byte per page into `residency`, which has exactly that many.
+    let done = unsafe { libc::mincore(host as *mut libc::c_void, len, residency.as_mut_ptr()) };
+    if done != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(residency)
+}
+
+/// Maps `file` copy-on-write over every resident guest page outside `skip` (a guest
+/// address range) that holds exactly one of its indexed pages. With `shared_memfd` the
+/// memfd's page behind is dropped first. The caller keeps the guest paused. Returns how
+/// many pages were mapped.
+pub fn share_matching_pages(
+    memory: &GuestMemoryMmap,
+    file: &File,
+    index: &FilePageIndex,
+    shared_memfd: bool,
+    skip: std::ops::Range<u64>,
+) -> Result<u64, KernelTextError> {
+    let mut shared = 0;
+    if index.is_empty() {
+        return Ok(shared);
+    }
+    let mut from_file = vec![0u8; PAGE];
+    let mut in_guest = vec![0u8; PAGE];
+    for region in memory.iter() {
+        let base = region.start_addr().0;
+        let Ok(len) = usize::try_from(region.len()) else {
+            continue;
+        };
+        let Ok(slice) = memory.get_slice(GuestAddress(base), len) else {
+            continue;
+        };
+        let host = slice.ptr_guard_mut().as_ptr() as usize;
+        let residency = resident(host, len).map_err(KernelTextError::Read)?;
+        for (page, state) in residency.iter().enumerate() {
+            let at = page * PAGE;
+            if state & 1 == 0 || skip.contains(&(base + at as u64)) || at + PAGE > len {
+                continue;
+            }
+            let guest_page = slice
+                .subslice(at, PAGE)
+                .map_err(|e| KernelTextError::Read(std::io::Error::other(e)))?;
+            let mut key = [0u8; KEY];
+            guest_page
+                .subslice(0, KEY)
+                .map_err(|e| KernelTextError::Read(std::io::Error::other(e)))?
+                .copy_to(&mut key[..]);
+            let Some(offsets) = index.by_key.get(&key) else {
+                continue;
+            };
+            guest_page.copy_to(&mut in_guest[..]);
+            for &offset in offsets {
+                file.read_exact_at(&mut from_file, offset)
+                    .map_err(KernelTextError::Read)?;
+                if from_file == in_guest {
+                    map_file(file, host + at, PAGE, offset, shared_memfd)?;
+                    shared += 1;
+                    break;
+                }
+            }
+        }
+    }
+    Ok(shared)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vstate::memory::create_guest_memory;
+    use vm_memory::Bytes;
+
+    const MIB: u64 = 1 << 20;
+
+    /// A file of `pages` pages, each filled with its own non-zero pattern, the third
+    /// starting with zeros.
+    fn file(name: &str, pages: usize) -> (std::path::PathBuf, Vec<u8>) {
+        let mut bytes = vec![0u8; pages * PAGE];
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = ((i / PAGE) as u8)
+                .wrapping_mul(31)
+                .wrapping_add((i % 251) as u8)
+                | 1;
+        }
+        bytes[2 * PAGE..2 * PAGE + KEY].fill(0);
+        let path = std::env::temp_dir().join(format!("vpod-pages-{}-{name}", std::process::id()));
+        std::fs::write(&path, &bytes).expect("temp file");
+        (path, bytes)
+    }
+
+    /// The file the mapping of this process holding `address` maps, and its Anonymous KiB.
+    fn mapping(address: usize) -> (String, u64) {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
+        let holds = |line: &str| {
+            let Some((range, _)) = line.split_once(' ') else {
+                return false;
+            };
+            let Some((start, end)) = range.split_once('-') else {
+                return false;
+            };
+            match (
+                usize::from_str_radix(start, 16),
+                usize::from_str_radix(end, 16),
+            ) {
+                (Ok(start), Ok(end)) => (start..end).contains(&address),
+                _ => false,
+            }
+        };
+        let mut lines = smaps.lines().skip_while(|l| !holds(l));
+        let head = lines.next().expect("a mapping holding the address");
+        let anonymous = lines
+            .find_map(|l| l.strip_prefix("Anonymous:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            .expect("Anonymous");
+        (
+            head.split_whitespace().nth(5).unwrap_or("").to_string(),
+            anonymous,
+        )
+    }
+
+    #[test]
+    fn pages_that_do_not_start_with_zeros_are_indexed() {
+        let (path, _) = file("index", 4);
+        let index = FilePageIndex::build(&File::open(&path).expect("open")).expect("index");
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(index.len(), 3);
+    }
+
+    #[test]
+    fn guest_pages_holding_file_pages_are_mapped_from_the_file() {
+        let (path, bytes) = file("share", 4);
+        let file = File::open(&path).expect("open");
+        let index = FilePageIndex::build(&file).expect("index");
+        let memory = create_guest_memory(&[(GuestAddress(0), 8 * MIB)], 8, false).expect("ram");
+        let page = |i: usize| &bytes[i * PAGE..(i + 1) * PAGE];
+        // File page 1 twice, page 3 once, page 0 with one byte changed, page 2 (zeros
+        // first, not indexed), and page 3 again inside the skipped range.
+        let placed = [
+            (0x10_0000, page(1).to_vec()),
+            (0x30_0000, page(1).to_vec()),
+            (0x31_0000, page(3).to_vec()),
+            (0x40_0000, {
+                let mut p = page(0).to_vec();
+                p[100] ^= 1;
+                p
+            }),
+            (0x50_0000, page(2).to_vec()),
+            (0x60_0000, page(3).to_vec()),
+        ];
+        for (at, content) in &placed {
+            memory
+                .write_slice(content, GuestAddress(*at))
+                .expect("write");
+        }
+        let shared = share_matching_pages(&memory, &file, &index, false, 0x60_0000..0x70_0000)
+            .expect("share");
+        assert_eq!(shared, 3);
+        for (at, content) in &placed {
+            let mut seen = vec![0u8; PAGE];
+            memory
+                .read_slice(&mut seen, GuestAddress(*at))
+                .expect("read");
+            assert!(&seen == content, "the guest sees what it wrote at {at:#x}");
+            let host = memory.get_host_address(GuestAddress(*at)).expect("host") as usize;
+            let (mapped, anonymous) = mapping(host);
+            let from_file = [0x10_0000, 0x30_0000, 0x31_0000].contains(at);
+            assert_eq!(mapped == path.display().to_string(), from_file, "{at:#x}");
+            if from_file {
+                assert_eq!(anonymous, 0, "{at:#x}");
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+}
