@@ -98,6 +98,13 @@ pub fn share_matching_pages(
     }
     let mut from_file = vec![0u8; PAGE];
     let mut in_guest = vec![0u8; PAGE];
+    // Matches next to each other both in guest RAM and in the file are mapped in one go:
+    // (host address, length, file offset) of the run not yet mapped.
+    let mut run: Option<(usize, usize, u64)> = None;
+    let flush = |run: &mut Option<(usize, usize, u64)>| match run.take() {
+        Some((at, len, offset)) => map_file(file, at, len, offset, shared_memfd),
+        None => Ok(()),
+    };
     for region in memory.iter() {
         let base = region.start_addr().0;
         let Ok(len) = usize::try_from(region.len()) else {
@@ -125,16 +132,30 @@ pub fn share_matching_pages(
                 continue;
             };
             guest_page.copy_to(&mut in_guest[..]);
-            for &offset in offsets {
+            // The page that would extend the run is tried first.
+            let next = run.and_then(|(h, l, o)| (h + l == host + at).then_some(o + l as u64));
+            let candidates = next
+                .filter(|o| offsets.contains(o))
+                .into_iter()
+                .chain(offsets.iter().copied().filter(|&o| Some(o) != next));
+            for offset in candidates {
                 file.read_exact_at(&mut from_file, offset)
                     .map_err(KernelTextError::Read)?;
-                if from_file == in_guest {
-                    map_file(file, host + at, PAGE, offset, shared_memfd)?;
-                    shared += 1;
-                    break;
+                if from_file != in_guest {
+                    continue;
                 }
+                shared += 1;
+                match &mut run {
+                    Some((_, len, _)) if Some(offset) == next => *len += PAGE,
+                    _ => {
+                        flush(&mut run)?;
+                        run = Some((host + at, PAGE, offset));
+                    }
+                }
+                break;
             }
         }
+        flush(&mut run)?;
     }
     Ok(shared)
 }
@@ -245,5 +266,28 @@ mod tests {
             }
         }
         let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn neighbouring_matches_of_neighbouring_file_pages_are_one_mapping() {
+        let (path, bytes) = file("run", 3);
+        let file = File::open(&path).expect("open");
+        let index = FilePageIndex::build(&file).expect("index");
+        let memory = create_guest_memory(&[(GuestAddress(0), 8 * MIB)], 8, false).expect("ram");
+        memory
+            .write_slice(&bytes[..2 * PAGE], GuestAddress(0x20_0000))
+            .expect("write");
+        let shared = share_matching_pages(&memory, &file, &index, false, 0..0).expect("share");
+        let host = memory
+            .get_host_address(GuestAddress(0x20_0000))
+            .expect("host") as usize;
+        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
+        let start = format!("{host:x}-{:x} ", host + 2 * PAGE);
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(shared, 2);
+        assert!(
+            smaps.lines().any(|l| l.starts_with(&start)),
+            "no single mapping {start}"
+        );
     }
 }

@@ -38,14 +38,14 @@ const SHT_PROGBITS: u32 = 1;
 const SHF_ALLOC: u64 = 2;
 const SHF_EXECINSTR: u64 = 4;
 
-/// Errors mapping the kernel's code into guest memory.
+/// Errors finding the kernel's code, or sharing a boot file's pages with guest memory.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelTextError {
-    #[error("cannot read the kernel's ELF headers")]
+    #[error("cannot read a boot file (its headers or pages)")]
     Read(#[source] std::io::Error),
-    #[error("cannot map the kernel's code copy-on-write into guest memory")]
+    #[error("cannot map a boot file copy-on-write into guest memory")]
     Map(#[source] std::io::Error),
-    #[error("cannot drop guest memory behind the kernel's shared code")]
+    #[error("cannot drop the guest memory behind a shared page")]
     Drop(#[source] std::io::Error),
 }
 
