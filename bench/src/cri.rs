@@ -63,6 +63,9 @@ pub enum VolumesMode {
     /// The default with `share_boot_files = false`: each guest gets a private copy of the
     /// kernel's code, for the shared code's saving in the same run.
     PrivateBootFiles,
+    /// `volumes = false` with `share_boot_files = false`: private guest RAM, where the
+    /// initrd's pages are shared too, against `off`.
+    PrivateBootFilesOff,
 }
 
 impl VolumesMode {
@@ -75,6 +78,7 @@ impl VolumesMode {
             VolumesMode::Ksm => "ksm",
             VolumesMode::BusyboxInitrd => "busybox-initrd",
             VolumesMode::PrivateBootFiles => "private-boot-files",
+            VolumesMode::PrivateBootFilesOff => "private-boot-files-off",
         }
     }
 }
@@ -117,8 +121,9 @@ impl CriBench {
                 "ksm" => Ok(VolumesMode::Ksm),
                 "busybox-initrd" => Ok(VolumesMode::BusyboxInitrd),
                 "private-boot-files" => Ok(VolumesMode::PrivateBootFiles),
+                "private-boot-files-off" => Ok(VolumesMode::PrivateBootFilesOff),
                 other => {
-                    bail!("VPOD_BENCH_CRI_VOLUMES: {other:?} is not off, on, mounted, ksm, busybox-initrd or private-boot-files")
+                    bail!("VPOD_BENCH_CRI_VOLUMES: {other:?} is not off, on, mounted, ksm, busybox-initrd, private-boot-files or private-boot-files-off")
                 }
             })
             .collect::<Result<Vec<_>>>()?;

@@ -292,6 +292,11 @@ pub fn idle_memory(repo: &Path, bench: &CriBench) -> Result<Vec<Row>> {
         "cri-memory-initrd"
     } else if bench
         .memory_volumes
+        .contains(&VolumesMode::PrivateBootFilesOff)
+    {
+        "cri-memory-boot-files-off"
+    } else if bench
+        .memory_volumes
         .contains(&VolumesMode::PrivateBootFiles)
     {
         "cri-memory-boot-files"
@@ -320,6 +325,9 @@ fn idle_memory_with(repo: &Path, bench: &CriBench, volumes: VolumesMode) -> Resu
     let pod_keys = match volumes {
         VolumesMode::Ksm => "volumes = false\nksm = true\n".to_owned(),
         VolumesMode::PrivateBootFiles => "volumes = true\nshare_boot_files = false\n".to_owned(),
+        VolumesMode::PrivateBootFilesOff => {
+            "volumes = false\nshare_boot_files = false\n".to_owned()
+        }
         _ => format!("volumes = {}\n", volumes != VolumesMode::Off),
     };
     let ksmd = match volumes {

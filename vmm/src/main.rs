@@ -51,10 +51,10 @@ usage: vpod-vmm [--kernel PATH] [--initrd PATH] [--cmdline TEXT] [--vcpus N] [--
   --private-boot-files
                      keep the guest's copies of its kernel code and initrd; by default, 5 s
                      after the start, the VMM pauses the guest and maps the kernel file
-                     copy-on-write over each .text page the guest left unchanged, and the
-                     initrd over guest pages holding its pages, so VMs of the same files
-                     share them (a flush+reload timing channel on those pages between the
-                     VMs, as between host processes sharing a library)
+                     copy-on-write over each .text page the guest left unchanged, and
+                     (without --fs) the initrd over guest pages holding its pages, so VMs
+                     of the same files share them (a flush+reload timing channel on those
+                     pages between the VMs, as between host processes sharing a library)
   --api PATH         control socket: newline-delimited JSON (state, boot_time, metrics,
                      attach_disk, detach_disk, balloon, set_balloon, stop)
   --no-seccomp       leave the seccomp filters off (development only: by default every

@@ -75,9 +75,9 @@ pub struct VmConfig {
     pub ksm: bool,
     /// Keep the guest's own copies of what it booted from. By default, a few seconds after
     /// the start, the VMM maps the kernel file copy-on-write over the kernel code pages the
-    /// guest left unchanged, and the initrd file over the guest pages that hold its pages
-    /// (the agent unpacked into the tmpfs root), so VMs booting the same files share those
-    /// page-cache pages (about 10 MiB of host memory per VM for ours), at the cost of a
+    /// guest left unchanged, and (without `fs` shares) the initrd file over the guest pages
+    /// that hold its pages (the agent unpacked into the tmpfs root), so VMs booting the same
+    /// files share those page-cache pages (7 MiB or more per VM for ours), at the cost of a
     /// flush+reload timing channel on those pages between them, the kind shared libraries
     /// have between host processes.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -234,8 +234,9 @@ pub struct PodSizing {
     /// private memory only, and a pod with a share has its RAM in a shared memfd.
     pub ksm: bool,
     /// Once each pod's guest has booted, map the kernel and initrd files copy-on-write over
-    /// the guest pages that still hold their bytes (the kernel's code, the agent unpacked
-    /// in the tmpfs root), so all pods share those host pages (about 10 MiB less per pod).
+    /// the guest pages that still hold their bytes (the kernel's code; with `volumes =
+    /// false`, also the agent unpacked in the tmpfs root), so all pods share those host
+    /// pages (about 7 MiB less per pod, more without volumes).
     /// On by default; off keeps each pod's private copies, for nodes that treat the
     /// flush+reload timing channel on shared pages between tenants as out of bounds.
     pub share_boot_files: bool,

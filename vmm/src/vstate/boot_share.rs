@@ -1,7 +1,8 @@
 //! Sharing guest pages with the files the guest booted from, once it has booted: the
-//! kernel's code ([`crate::arch::kernel_text`]) and the pages of the initrd its kernel
-//! unpacked into the tmpfs root ([`crate::vstate::file_pages`]), so that every VM of the
-//! same kernel and initrd keeps one host copy of them. An event-loop source whose timer
+//! kernel's code ([`crate::arch::kernel_text`]) and, where guest RAM is private (no
+//! vhost-user backend maps it), the pages of the initrd its kernel unpacked into the tmpfs
+//! root ([`crate::vstate::file_pages`]), so that every VM of the same kernel and initrd
+//! keeps one host copy of them. An event-loop source whose timer
 //! fires [`SHARE_AFTER`] after the vCPUs start indexes the initrd, pauses every vCPU, maps
 //! the files copy-on-write over the guest pages that still hold their bytes, and lets the
 //! vCPUs run again: a pause of a few milliseconds, once. Doing it after the boot rather
@@ -79,10 +80,10 @@ impl BootFileSharer {
     /// Indexes the initrd, pauses the guest, shares what it left unchanged, resumes it.
     pub fn share(&self) -> Result<Shared, String> {
         let index = match &self.files.initrd {
-            Some(file) => {
+            Some(file) if !self.shared_memfd => {
                 FilePageIndex::build(file).map_err(|e| format!("cannot read the initrd: {e}"))?
             }
-            None => FilePageIndex::default(),
+            _ => FilePageIndex::default(),
         };
         if !self.vcpus.pause_all(PAUSE_TIMEOUT) {
             self.vcpus.resume_all();
@@ -105,9 +106,12 @@ impl BootFileSharer {
             shared.kernel_code_kept = outcome.private;
             text = pages.guest_addr..pages.guest_addr + pages.len;
         }
-        if let Some(file) = &self.files.initrd {
-            shared.initrd =
-                share_matching_pages(&self.memory, file, index, self.shared_memfd, text)?;
+        // Not with a vhost-user backend: it reaches guest RAM through the memfd, not through
+        // this process's mapping, and unlike the kernel's code these pages may become a
+        // device buffer (the initrd copy the guest freed, a page the guest reuses): the
+        // backend would write into the memfd while the guest reads the file's page.
+        if let (Some(file), false) = (&self.files.initrd, self.shared_memfd) {
+            shared.initrd = share_matching_pages(&self.memory, file, index, false, text)?;
         }
         Ok(shared)
     }
@@ -129,5 +133,62 @@ impl Subscriber for BootFileSharer {
             // The guest runs on its own copy, as with --private-boot-files.
             eprintln!("vpod-vmm: the boot files' pages stay private to this VM: {why}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vstate::memory::{create_guest_memory, create_shared_guest_memory};
+    use std::sync::mpsc::channel;
+    use vm_memory::{Bytes, GuestAddress};
+
+    const MIB: u64 = 1 << 20;
+
+    /// A sharer of `initrd` in `memory`, with no vCPUs to pause.
+    fn sharer(memory: GuestMemoryMmap, initrd: File, shared_memfd: bool) -> BootFileSharer {
+        let (_, acks) = channel();
+        BootFileSharer::new(
+            Arc::new(memory),
+            BootFiles {
+                kernel: None,
+                initrd: Some(initrd),
+            },
+            shared_memfd,
+            VcpuPauser::new(Vec::new(), acks),
+            Arc::new(GuestEvents::new().expect("events")),
+            Duration::from_secs(3600),
+        )
+        .expect("sharer")
+    }
+
+    /// Guest RAM holding the initrd's two pages, as an unpacked file would.
+    fn with_initrd_pages(memory: &GuestMemoryMmap, bytes: &[u8]) {
+        memory
+            .write_slice(bytes, GuestAddress(0x40_0000))
+            .expect("write");
+    }
+
+    #[test]
+    fn initrd_pages_are_shared_only_where_no_backend_maps_guest_ram() {
+        let bytes: Vec<u8> = (0..8192u32).map(|i| (i % 253) as u8 | 1).collect();
+        let path = std::env::temp_dir().join(format!("vpod-boot-share-{}", std::process::id()));
+        std::fs::write(&path, &bytes).expect("initrd");
+        let open = || File::open(&path).expect("open");
+
+        let private = create_guest_memory(&[(GuestAddress(0), 8 * MIB)], 8, false).expect("ram");
+        with_initrd_pages(&private, &bytes);
+        let private_outcome = sharer(private, open(), false).share();
+
+        // A vhost-user backend writes these pages through the memfd: they must stay the
+        // guest's, or the guest would read the file where the backend wrote.
+        let (shared, _) =
+            create_shared_guest_memory(&[(GuestAddress(0), 8 * MIB)], 8).expect("shared ram");
+        with_initrd_pages(&shared, &bytes);
+        let shared_outcome = sharer(shared, open(), true).share();
+        let _ = std::fs::remove_file(&path);
+
+        assert_eq!(private_outcome.expect("private").initrd, 2);
+        assert_eq!(shared_outcome.expect("shared").initrd, 0);
     }
 }

@@ -5,6 +5,10 @@
 //! copy-on-write over each such guest page, as [`crate::arch::kernel_text`] does for the
 //! kernel's code, so that every VM booting that initrd keeps one host copy of the agent.
 //! Only resident guest pages are read (`mincore`), so the scan faults nothing in.
+//!
+//! Only for guest RAM that no other process maps: a matched page may later become a device
+//! buffer, and a vhost-user backend writing it through the guest RAM memfd would write
+//! where the guest no longer reads ([`crate::vstate::boot_share`] asks for private RAM).
 
 use std::collections::HashMap;
 use std::fs::File;
