@@ -77,7 +77,7 @@ pub struct VmConfig {
     /// the start, the VMM maps the kernel file copy-on-write over the kernel code pages the
     /// guest left unchanged, and (without `fs` shares) the initrd file over the guest pages
     /// that hold its pages (the agent unpacked into the tmpfs root), so VMs booting the same
-    /// files share those page-cache pages (7 MiB or more per VM for ours), at the cost of a
+    /// files share those page-cache pages (about 7 MiB per VM for ours), at the cost of a
     /// flush+reload timing channel on those pages between them, the kind shared libraries
     /// have between host processes.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -236,7 +236,7 @@ pub struct PodSizing {
     /// Once each pod's guest has booted, map the kernel and initrd files copy-on-write over
     /// the guest pages that still hold their bytes (the kernel's code; with `volumes =
     /// false`, also the agent unpacked in the tmpfs root), so all pods share those host
-    /// pages (about 7 MiB less per pod, more without volumes).
+    /// pages (about 7 MiB less per pod with volumes).
     /// On by default; off keeps each pod's private copies, for nodes that treat the
     /// flush+reload timing channel on shared pages between tenants as out of bounds.
     pub share_boot_files: bool,

@@ -101,9 +101,9 @@ pub struct SandboxConfig {
     /// Once the guest has booted, map the kernel and initrd files copy-on-write over the
     /// guest pages that still hold their bytes (the kernel's code; without a `share`, also
     /// the agent in the tmpfs root; on by default), so every pod booting the same files
-    /// shares those pages on the host: about 7 MiB less host memory per pod, more without a
-    /// share, for a flush+reload timing channel on them between pods (the kind host
-    /// processes sharing a library have). Off: each pod's guest keeps its private copies.
+    /// shares those pages on the host: about 7 MiB less host memory per pod with a share,
+    /// for a flush+reload timing channel on them between pods (the kind host processes
+    /// sharing a library have). Off: each pod's guest keeps its private copies.
     pub share_boot_files: bool,
     /// The pod's cgroup (v2), an existing directory ([`cgroup::PodCgroup::create`]):
     /// virtiofsd joins it before it execs, the VMM (told it in its configuration) as its
