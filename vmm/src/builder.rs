@@ -195,7 +195,7 @@ pub fn build_microvm(
                 initrd,
             )?;
             let files = BootFiles {
-                kernel: kernel.text.map(|pages| (kernel_file, pages)),
+                kernel: Some(kernel_file),
                 initrd: initrd_file,
             };
             Ok::<_, BuildError>((vcpu_fds, devices, files))

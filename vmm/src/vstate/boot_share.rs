@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use vm_memory::GuestMemoryMmap;
 
-use crate::arch::kernel_text::{share_identical_pages, TextPages};
+use crate::arch::kernel_text::{find_text, share_identical_pages, TextPages, TextSharing};
 use crate::event_loop::{DeadlineTimer, EventOps, EventSet, Events, Subscriber};
 use crate::lifecycle::GuestEvents;
 use crate::vstate::file_pages::{share_matching_pages, FilePageIndex};
@@ -30,8 +30,8 @@ const PAUSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What the guest booted from that may be shared.
 pub struct BootFiles {
-    /// The kernel file and where its code lies, for an ELF kernel.
-    pub kernel: Option<(File, TextPages)>,
+    /// The kernel file.
+    pub kernel: Option<File>,
     /// The initrd file.
     pub initrd: Option<File>,
 }
@@ -39,8 +39,7 @@ pub struct BootFiles {
 /// What a sharing did, in pages.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Shared {
-    pub kernel_code: u64,
-    pub kernel_code_kept: u64,
+    pub kernel_code: TextSharing,
     pub initrd: u64,
 }
 
@@ -77,41 +76,51 @@ impl BootFileSharer {
         })
     }
 
-    /// Indexes the initrd, pauses the guest, shares what it left unchanged, resumes it.
+    /// Finds the kernel's code and indexes the initrd (both file reads, done before the
+    /// pause), pauses the guest, shares what it left unchanged, resumes it.
     pub fn share(&self) -> Result<Shared, String> {
+        let text = match &self.files.kernel {
+            Some(file) => find_text(file).map_err(|e| vpod_proto::error_chain(&e))?,
+            None => None,
+        };
+        // Not with a vhost-user backend: it reaches guest RAM through the memfd, not through
+        // this process's mapping, and unlike the kernel's code these pages may become a
+        // device buffer (the initrd copy the guest freed, a page the guest reuses): the
+        // backend would write into the memfd while the guest reads the file's page.
         let index = match &self.files.initrd {
             Some(file) if !self.shared_memfd => {
                 FilePageIndex::build(file).map_err(|e| format!("cannot read the initrd: {e}"))?
             }
             _ => FilePageIndex::default(),
         };
+        if text.is_none() && index.is_empty() {
+            return Ok(Shared::default());
+        }
         if !self.vcpus.pause_all(PAUSE_TIMEOUT) {
             self.vcpus.resume_all();
             return Err("a vCPU did not pause".into());
         }
-        let outcome = self.share_paused(&index);
+        let outcome = self.share_paused(text, &index);
         self.vcpus.resume_all();
         outcome.map_err(|e| vpod_proto::error_chain(&e))
     }
 
     fn share_paused(
         &self,
+        text: Option<TextPages>,
         index: &FilePageIndex,
     ) -> Result<Shared, crate::arch::kernel_text::KernelTextError> {
         let mut shared = Shared::default();
-        let mut text = 0..0;
-        if let Some((file, pages)) = &self.files.kernel {
-            let outcome = share_identical_pages(&self.memory, file, *pages, self.shared_memfd)?;
-            shared.kernel_code = outcome.shared;
-            shared.kernel_code_kept = outcome.private;
-            text = pages.guest_addr..pages.guest_addr + pages.len;
+        let mut text_range = 0..0;
+        if let (Some(file), Some(pages)) = (&self.files.kernel, text) {
+            shared.kernel_code =
+                share_identical_pages(&self.memory, file, pages, self.shared_memfd)?;
+            text_range = pages.guest_addr..pages.guest_addr + pages.len;
         }
-        // Not with a vhost-user backend: it reaches guest RAM through the memfd, not through
-        // this process's mapping, and unlike the kernel's code these pages may become a
-        // device buffer (the initrd copy the guest freed, a page the guest reuses): the
-        // backend would write into the memfd while the guest reads the file's page.
-        if let (Some(file), false) = (&self.files.initrd, self.shared_memfd) {
-            shared.initrd = share_matching_pages(&self.memory, file, index, false, text)?;
+        // An empty index (no initrd, or a vhost-user backend: see `share`) matches nothing.
+        if let Some(file) = &self.files.initrd {
+            shared.initrd =
+                share_matching_pages(&self.memory, file, index, self.shared_memfd, text_range)?;
         }
         Ok(shared)
     }

@@ -16,7 +16,9 @@ use std::os::unix::fs::FileExt;
 
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
-use crate::arch::kernel_text::{map_file, KernelTextError};
+use std::os::fd::AsRawFd;
+
+use crate::arch::kernel_text::KernelTextError;
 
 const PAGE: usize = 4096;
 /// How many leading bytes of a page key the index.
@@ -85,6 +87,87 @@ fn resident(host: usize, len: usize) -> std::io::Result<Vec<u8>> {
     Ok(residency)
 }
 
+/// Maps pages of `file` copy-on-write over guest RAM, merging pages that follow each other
+/// both in guest RAM and in the file into one mapping. With `shared_memfd` (guest RAM is a
+/// memfd a vhost-user backend maps too) the memfd's pages behind are dropped first
+/// (`MADV_REMOVE`); private memory under a new mapping is freed with it.
+pub struct FileRuns<'a> {
+    file: &'a File,
+    shared_memfd: bool,
+    /// (host address, length, file offset) of the run not yet mapped.
+    run: Option<(usize, usize, u64)>,
+}
+
+impl<'a> FileRuns<'a> {
+    pub fn new(file: &'a File, shared_memfd: bool) -> Self {
+        FileRuns {
+            file,
+            shared_memfd,
+            run: None,
+        }
+    }
+
+    /// The file offset that would extend the pending run with the page at `host`.
+    pub fn next_offset(&self, host: usize) -> Option<u64> {
+        self.run
+            .and_then(|(at, len, offset)| (at + len == host).then_some(offset + len as u64))
+    }
+
+    /// Adds `len` bytes of the file from `offset`, to be mapped at `host`.
+    pub fn add(&mut self, host: usize, len: usize, offset: u64) -> Result<(), KernelTextError> {
+        if self.next_offset(host) == Some(offset) {
+            if let Some((_, run_len, _)) = &mut self.run {
+                *run_len += len;
+                return Ok(());
+            }
+        }
+        self.flush()?;
+        self.run = Some((host, len, offset));
+        Ok(())
+    }
+
+    /// Maps the pending run.
+    pub fn flush(&mut self) -> Result<(), KernelTextError> {
+        match self.run.take() {
+            Some((host, len, offset)) => self.map(host, len, offset),
+            None => Ok(()),
+        }
+    }
+
+    fn map(&self, host: usize, len: usize, offset: u64) -> Result<(), KernelTextError> {
+        let offset = libc::off_t::try_from(offset)
+            .map_err(|e| KernelTextError::Map(std::io::Error::other(e)))?;
+        if self.shared_memfd {
+            // SAFETY: [host, host + len) is page-aligned and inside the guest RAM mapping,
+            // which lives as long as the process; MADV_REMOVE frees the memfd's pages there
+            // (a hole, read back as zeros), which nothing but the paused guest uses.
+            let removed =
+                unsafe { libc::madvise(host as *mut libc::c_void, len, libc::MADV_REMOVE) };
+            if removed != 0 {
+                return Err(KernelTextError::Drop(std::io::Error::last_os_error()));
+            }
+        }
+        // SAFETY: as above; MAP_FIXED replaces exactly those pages with a private mapping of
+        // the same length, readable and writable as before, which KVM's memory slot (a range
+        // of addresses, not of mappings) keeps using; the mapping holds its own reference to
+        // the file.
+        let mapped = unsafe {
+            libc::mmap(
+                host as *mut libc::c_void,
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_FIXED,
+                self.file.as_raw_fd(),
+                offset,
+            )
+        };
+        if mapped == libc::MAP_FAILED {
+            return Err(KernelTextError::Map(std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+}
+
 /// Maps `file` copy-on-write over every resident guest page outside `skip` (a guest
 /// address range) that holds exactly one of its indexed pages. With `shared_memfd` the
 /// memfd's page behind is dropped first. The caller keeps the guest paused. Returns how
@@ -102,13 +185,7 @@ pub fn share_matching_pages(
     }
     let mut from_file = vec![0u8; PAGE];
     let mut in_guest = vec![0u8; PAGE];
-    // Matches next to each other both in guest RAM and in the file are mapped in one go:
-    // (host address, length, file offset) of the run not yet mapped.
-    let mut run: Option<(usize, usize, u64)> = None;
-    let flush = |run: &mut Option<(usize, usize, u64)>| match run.take() {
-        Some((at, len, offset)) => map_file(file, at, len, offset, shared_memfd),
-        None => Ok(()),
-    };
+    let mut runs = FileRuns::new(file, shared_memfd);
     for region in memory.iter() {
         let base = region.start_addr().0;
         let Ok(len) = usize::try_from(region.len()) else {
@@ -137,7 +214,7 @@ pub fn share_matching_pages(
             };
             guest_page.copy_to(&mut in_guest[..]);
             // The page that would extend the run is tried first.
-            let next = run.and_then(|(h, l, o)| (h + l == host + at).then_some(o + l as u64));
+            let next = runs.next_offset(host + at);
             let candidates = next
                 .filter(|o| offsets.contains(o))
                 .into_iter()
@@ -149,18 +226,12 @@ pub fn share_matching_pages(
                     continue;
                 }
                 shared += 1;
-                match &mut run {
-                    Some((_, len, _)) if Some(offset) == next => *len += PAGE,
-                    _ => {
-                        flush(&mut run)?;
-                        run = Some((host + at, PAGE, offset));
-                    }
-                }
+                runs.add(host + at, PAGE, offset)?;
                 break;
             }
         }
-        flush(&mut run)?;
     }
+    runs.flush()?;
     Ok(shared)
 }
 

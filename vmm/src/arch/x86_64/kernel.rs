@@ -10,7 +10,6 @@ use linux_loader::loader::elf::{self, Elf, PvhBootCapability};
 use linux_loader::loader::{self as loader, KernelLoader};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::kernel_text::{find_text, KernelTextError, TextPages};
 use super::layout::{low_ram_end, CMDLINE_START, HIMEM_START};
 use super::regs::BootProtocol;
 
@@ -31,8 +30,6 @@ pub enum KernelError {
     ReadInitrd(PathBuf, #[source] vm_memory::GuestMemoryError),
     #[error("cannot write the kernel command line into guest memory")]
     Cmdline(#[source] vm_memory::GuestMemoryError),
-    #[error("cannot read the headers of kernel {0}")]
-    Text(PathBuf, #[source] KernelTextError),
 }
 
 /// Where and how the loaded kernel starts.
@@ -44,8 +41,6 @@ pub struct LoadedKernel {
     pub end: u64,
     /// The bzImage setup header, for the zero page.
     pub setup_header: Option<setup_header>,
-    /// Where an ELF kernel's code lies, in whole pages, for sharing once it has booted.
-    pub text: Option<TextPages>,
 }
 
 /// Offset of the 64-bit entry point from the start of a bzImage's protected-mode kernel.
@@ -72,7 +67,6 @@ fn load_kernel_file(
     path: &Path,
     file: &mut File,
 ) -> Result<LoadedKernel, KernelError> {
-    let text = find_text(file).map_err(|e| KernelError::Text(path.to_path_buf(), e))?;
     match Elf::load(memory, None, file, Some(GuestAddress(HIMEM_START))) {
         Ok(result) => {
             let (entry, protocol) = match result.pvh_boot_cap {
@@ -84,7 +78,6 @@ fn load_kernel_file(
                 protocol,
                 end: result.kernel_end,
                 setup_header: None,
-                text,
             })
         }
         Err(loader::Error::Elf(elf::Error::InvalidElfMagicNumber))
@@ -95,7 +88,6 @@ fn load_kernel_file(
                     protocol: BootProtocol::Linux64,
                     end: result.kernel_end,
                     setup_header: result.setup_header,
-                    text: None,
                 }),
                 Err(loader::Error::Bzimage(
                     bzimage::Error::InvalidBzImage
@@ -207,7 +199,6 @@ mod tests {
             protocol: BootProtocol::Pvh,
             end: 0x20_0000,
             setup_header: None,
-            text: None,
         };
         let loaded = load_initrd(&m, 16 << 20, &kernel, &path);
         let big = load_initrd(

@@ -18,10 +18,11 @@
 //! mapping sees the file's bytes until the guest writes the page.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+use crate::vstate::file_pages::FileRuns;
 
 const PAGE: u64 = 4096;
 const EHDR_SIZE: usize = 64;
@@ -178,9 +179,7 @@ pub struct TextSharing {
 const CHUNK: usize = 64 * 4096;
 
 /// Replaces each page of `pages` in `memory` that holds exactly the bytes of `file` at its
-/// offset by a copy-on-write mapping of the file. With `shared_memfd` (guest RAM is a memfd
-/// a vhost-user backend maps too) the memfd's pages behind are dropped first
-/// (`MADV_REMOVE`), else the private memory under the new mapping is freed with it. The
+/// offset by a copy-on-write mapping of the file ([`FileRuns`]). The
 /// caller must keep the guest from running (every vCPU paused) and from reaching these
 /// pages through a device meanwhile; guest memory outside `pages` is not touched.
 pub fn share_identical_pages(
@@ -199,8 +198,7 @@ pub fn share_identical_pages(
     let host = slice.ptr_guard_mut().as_ptr() as usize;
     let mut from_file = vec![0u8; CHUNK];
     let mut in_guest = vec![0u8; CHUNK];
-    // The run of identical pages not yet mapped: [start, end) as offsets into the range.
-    let mut run: Option<(usize, usize)> = None;
+    let mut runs = FileRuns::new(file, shared_memfd);
     let mut at = 0;
     while at < len {
         let n = CHUNK.min(len - at);
@@ -214,73 +212,17 @@ pub fn share_identical_pages(
             let end = (page + PAGE as usize).min(n);
             if from_file[page..end] == in_guest[page..end] {
                 outcome.shared += 1;
-                run = Some(match run {
-                    Some((start, _)) => (start, at + end),
-                    None => (at + page, at + end),
-                });
+                let offset = pages.file_offset + (at + page) as u64;
+                runs.add(host + at + page, end - page, offset)?;
             } else {
                 outcome.private += 1;
-                if let Some((start, stop)) = run.take() {
-                    map_file(
-                        file,
-                        host + start,
-                        stop - start,
-                        pages.file_offset + start as u64,
-                        shared_memfd,
-                    )?;
-                }
+                runs.flush()?;
             }
         }
         at += n;
     }
-    if let Some((start, stop)) = run {
-        map_file(
-            file,
-            host + start,
-            stop - start,
-            pages.file_offset + start as u64,
-            shared_memfd,
-        )?;
-    }
+    runs.flush()?;
     Ok(outcome)
-}
-
-/// Maps `len` bytes of `file` from `offset` copy-on-write at `host`, inside guest RAM.
-pub fn map_file(
-    file: &File,
-    host: usize,
-    len: usize,
-    offset: u64,
-    shared_memfd: bool,
-) -> Result<(), KernelTextError> {
-    let offset = libc::off_t::try_from(offset)
-        .map_err(|e| KernelTextError::Map(std::io::Error::other(e)))?;
-    if shared_memfd {
-        // SAFETY: [host, host + len) is page-aligned and inside the guest RAM mapping, which
-        // lives as long as the process; MADV_REMOVE frees the memfd's pages there (a hole,
-        // read back as zeros), which nothing but the paused guest uses.
-        if unsafe { libc::madvise(host as *mut libc::c_void, len, libc::MADV_REMOVE) } != 0 {
-            return Err(KernelTextError::Drop(std::io::Error::last_os_error()));
-        }
-    }
-    // SAFETY: as above; MAP_FIXED replaces exactly those pages with a private mapping of
-    // the same length, readable and writable as before, which KVM's memory slot (a range
-    // of addresses, not of mappings) keeps using; the mapping holds its own reference to
-    // the file.
-    let mapped = unsafe {
-        libc::mmap(
-            host as *mut libc::c_void,
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_FIXED,
-            file.as_raw_fd(),
-            offset,
-        )
-    };
-    if mapped == libc::MAP_FAILED {
-        return Err(KernelTextError::Map(std::io::Error::last_os_error()));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
