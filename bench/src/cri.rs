@@ -66,6 +66,9 @@ pub enum VolumesMode {
     /// `volumes = false` with `share_boot_files = false`: private guest RAM, where the
     /// initrd's pages are shared too, against `off`.
     PrivateBootFilesOff,
+    /// The default with the guest kernel's own free page reporting order (its 4 MiB
+    /// pageblock) instead of the one the VMM sets, for that setting's saving in the same run.
+    KernelReportingOrder,
 }
 
 impl VolumesMode {
@@ -79,6 +82,7 @@ impl VolumesMode {
             VolumesMode::BusyboxInitrd => "busybox-initrd",
             VolumesMode::PrivateBootFiles => "private-boot-files",
             VolumesMode::PrivateBootFilesOff => "private-boot-files-off",
+            VolumesMode::KernelReportingOrder => "kernel-reporting-order",
         }
     }
 }
@@ -91,7 +95,8 @@ impl CriBench {
     /// `VPOD_BENCH_CRI_VOLUMES` (comma-separated [`VolumesMode`] names, default `on`;
     /// `ksm` starts the host's ksmd for its measure and puts its settings back after;
     /// `busybox-initrd` boots the initrd with busybox; `private-boot-files` copies the
-    /// kernel's code into each guest).
+    /// kernel's code into each guest; `kernel-reporting-order` leaves the guest's free page
+    /// reporting order at the kernel's default).
     pub fn from_env(runs: usize, host: &str) -> Result<CriBench> {
         let number = |name: &str, default: u64| -> Result<u64> {
             match std::env::var(name) {
@@ -122,8 +127,9 @@ impl CriBench {
                 "busybox-initrd" => Ok(VolumesMode::BusyboxInitrd),
                 "private-boot-files" => Ok(VolumesMode::PrivateBootFiles),
                 "private-boot-files-off" => Ok(VolumesMode::PrivateBootFilesOff),
+                "kernel-reporting-order" => Ok(VolumesMode::KernelReportingOrder),
                 other => {
-                    bail!("VPOD_BENCH_CRI_VOLUMES: {other:?} is not off, on, mounted, ksm, busybox-initrd, private-boot-files or private-boot-files-off")
+                    bail!("VPOD_BENCH_CRI_VOLUMES: {other:?} is not off, on, mounted, ksm, busybox-initrd, private-boot-files, private-boot-files-off or kernel-reporting-order")
                 }
             })
             .collect::<Result<Vec<_>>>()?;

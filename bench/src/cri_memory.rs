@@ -135,6 +135,38 @@ fn process_rss_kib(pid: u32) -> u64 {
     meminfo_field(&text, "VmRSS").unwrap_or(0)
 }
 
+/// A process's proportional set size, KiB (0 once it is gone).
+fn process_pss_kib(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    meminfo_field(&text, "Pss").unwrap_or(0)
+}
+
+/// The bytes the files under `dir` take up (allocated blocks, not lengths: the pods' disks
+/// are sparse), KiB; links are not followed and what cannot be read counts nothing.
+pub fn allocated_kib(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => allocated_kib(&entry.path()),
+            Ok(meta) if meta.is_file() => meta.blocks() / 2,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// The host before the pods: before the daemon started, and once it runs with the image
+/// pulled (what each further pod is measured from).
+#[derive(Debug, Clone, Copy)]
+struct Baseline {
+    available_before: u64,
+    available_ready: u64,
+    files_ready: u64,
+}
+
 /// The guest's /proc/meminfo, read in the pod's container.
 async fn guest_meminfo(clients: &mut Clients, pod: &StartedPod) -> Result<String> {
     let out = clients
@@ -173,7 +205,8 @@ async fn measure(
     pods: &[StartedPod],
     bench: &CriBench,
     volumes: VolumesMode,
-    available_before: u64,
+    scratch: &Path,
+    baseline: Baseline,
 ) -> Result<Vec<Row>> {
     let guest_kib = bench.pod_mib * 1024;
     let mut per_pod = Vec::new();
@@ -204,17 +237,18 @@ async fn measure(
         guest.entry("slab").or_default().push(field("Slab"));
     }
     let n = pods.len();
-    let available_drop = available_before.saturating_sub(host_available_kib()?) / n as u64;
+    let available_now = host_available_kib()?;
+    let available_drop = baseline.available_before.saturating_sub(available_now) / n as u64;
+    let marginal = baseline.available_ready.saturating_sub(available_now) / n as u64;
+    let files = allocated_kib(scratch).saturating_sub(baseline.files_ready) / n as u64;
     // The default's rows keep the name they had before the share.
     let config = match volumes {
         VolumesMode::On => format!("{n}pods-{}m", bench.pod_mib),
         other => format!("{n}pods-{}m-volumes-{}", bench.pod_mib, other.name()),
     };
-    let virtiofsd: Vec<u64> = daemon
-        .virtiofsd_pids()
-        .into_iter()
-        .map(process_rss_kib)
-        .collect();
+    let virtiofsd_pids = daemon.virtiofsd_pids();
+    let virtiofsd: Vec<u64> = virtiofsd_pids.iter().map(|&p| process_rss_kib(p)).collect();
+    let virtiofsd_pss: u64 = virtiofsd_pids.iter().map(|&p| process_pss_kib(p)).sum();
     let host = bench.host.as_str();
     let med = |f: fn(&VmmMemory) -> u64| median_u64(&per_pod.iter().map(f).collect::<Vec<_>>());
     let g = |k: &str| guest.get(k).and_then(|v| median_u64(v));
@@ -242,12 +276,24 @@ async fn measure(
             host,
             Some(available_drop),
         ),
+        // What one more pod costs the host: the drop from the daemon running with the image
+        // pulled, so without the daemon's and the image's fixed costs spread over the pods.
+        mem_row("cri_idle_pod_host_marginal", &config, host, Some(marginal)),
+        // Of that, the pod's files (its sparse writable disk, console and logs), which the
+        // emulated host keeps in its tmpfs and a node on its disk.
+        mem_row("cri_idle_pod_files", &config, host, Some(files)),
         // Every virtiofsd process (its sandbox's parent and server), per pod.
         mem_row(
             "cri_idle_pod_virtiofsd_rss",
             &config,
             host,
             Some(virtiofsd.iter().sum::<u64>() / n as u64),
+        ),
+        mem_row(
+            "cri_idle_pod_virtiofsd_pss",
+            &config,
+            host,
+            Some(virtiofsd_pss / n as u64),
         ),
         mem_row(
             "cri_daemon_rss",
@@ -300,6 +346,11 @@ pub fn idle_memory(repo: &Path, bench: &CriBench) -> Result<Vec<Row>> {
         .contains(&VolumesMode::PrivateBootFiles)
     {
         "cri-memory-boot-files"
+    } else if bench
+        .memory_volumes
+        .contains(&VolumesMode::KernelReportingOrder)
+    {
+        "cri-memory-reporting-order"
     } else {
         "cri-memory-volumes"
     };
@@ -328,6 +379,10 @@ fn idle_memory_with(repo: &Path, bench: &CriBench, volumes: VolumesMode) -> Resu
         VolumesMode::PrivateBootFilesOff => {
             "volumes = false\nshare_boot_files = false\n".to_owned()
         }
+        VolumesMode::KernelReportingOrder => {
+            "volumes = true\nkernel_params = [\"page_reporting.page_reporting_order=10\"]\n"
+                .to_owned()
+        }
         _ => format!("volumes = {}\n", volumes != VolumesMode::Off),
     };
     let ksmd = match volumes {
@@ -348,6 +403,11 @@ fn idle_memory_with(repo: &Path, bench: &CriBench, volumes: VolumesMode) -> Resu
     let result = rt.block_on(async {
         let mut clients = connect(&daemon.socket).await?;
         let image = pull_default(&mut clients, repo).await?;
+        let baseline = Baseline {
+            available_before,
+            available_ready: host_available_kib()?,
+            files_ready: allocated_kib(&scratch.dir),
+        };
         let mut pods: Vec<StartedPod> = Vec::new();
         let mut rows = Vec::new();
         for &target in &bench.memory_pods {
@@ -379,7 +439,16 @@ fn idle_memory_with(repo: &Path, bench: &CriBench, volumes: VolumesMode) -> Resu
                 ksmd.wait_for_full_scans(2, KSM_SCAN_LIMIT).await?;
             }
             rows.extend(
-                measure(&mut clients, &daemon, &pods, bench, volumes, available_before).await?,
+                measure(
+                    &mut clients,
+                    &daemon,
+                    &pods,
+                    bench,
+                    volumes,
+                    &scratch.dir,
+                    baseline,
+                )
+                .await?,
             );
         }
         for pod in &pods {
@@ -457,6 +526,18 @@ impl Drop for Ksmd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allocated_counts_blocks_not_lengths() {
+        let dir = Scratch::new("allocated").unwrap();
+        std::fs::create_dir(dir.dir.join("pod")).unwrap();
+        let sparse = std::fs::File::create(dir.dir.join("pod/disk.img")).unwrap();
+        sparse.set_len(1 << 30).unwrap();
+        std::fs::write(dir.dir.join("log"), vec![1u8; 64 << 10]).unwrap();
+        let kib = allocated_kib(&dir.dir);
+        assert!((64..64 + 64).contains(&kib), "{kib} KiB");
+        assert_eq!(allocated_kib(&dir.dir.join("missing")), 0);
+    }
 
     #[test]
     fn smaps_split_guest_ram_from_the_vmm() {

@@ -39,14 +39,14 @@ use crate::arch::layout::{
 };
 use crate::arch::mptable::{setup_mptable, MptableError};
 use crate::arch::regs::{self, BootProtocol, RegsError};
-use crate::cmdline::{kernel_cmdline, CmdlineError, MmioDeviceEntry};
+use crate::cmdline::{kernel_cmdline, with_defaults, CmdlineError, MmioDeviceEntry};
 use crate::config::{ConsoleConfig, InitrdConfig, VmConfig};
 use crate::devices::bus::BusError;
 use crate::devices::legacy::{
     serial::ConsoleOutput, BootPort, ConsoleSink, SerialDevice, BOOT_PORT_BASE, BOOT_PORT_LEN,
     I8042, I8042_PORT_BASE, I8042_PORT_LEN, SERIAL_PORT_BASE, SERIAL_PORT_LEN,
 };
-use crate::devices::virtio::balloon::BalloonDevice;
+use crate::devices::virtio::balloon::{reporting_order_param, BalloonDevice};
 use crate::devices::virtio::block::{BlockDevice, BlockError};
 use crate::devices::virtio::event_handler::VirtioEvents;
 use crate::devices::virtio::fs::{FsDevice, FsError};
@@ -143,6 +143,8 @@ struct Devices {
     serial: Arc<Mutex<SerialDevice>>,
     transports: Vec<Arc<Mutex<MmioTransport>>>,
     cmdline_entries: Vec<MmioDeviceEntry>,
+    /// Kernel parameters the devices ask for, unless the base line sets them.
+    kernel_params: Vec<String>,
     blocks: Vec<BlockHandle>,
     balloon: Option<Arc<Mutex<MmioTransport>>>,
     vsock_metrics: Option<Arc<VsockMetrics>>,
@@ -172,7 +174,7 @@ pub fn build_microvm(
         let compiled = config.seccomp.then(|| scope.spawn(SeccompFilters::prepare));
         let built = (|| {
             let vcpu_fds = create_vcpus(&kvm, &vm, config.vcpus)?;
-            let devices = attach_devices(&vm, &memory, config, &events)?;
+            let devices = attach_devices(&vm, &memory, backing, config, &events)?;
             let (kernel, kernel_file) = load_kernel(&memory, &config.kernel)?;
             let initrd = load_initrd_if_any(&memory, memory_size, &kernel, &config.initrd)?;
             let (initrd, initrd_file) = match initrd {
@@ -180,7 +182,7 @@ pub fn build_microvm(
                 None => (None, None),
             };
             let cmdline = kernel_cmdline(
-                &config.cmdline,
+                &with_defaults(&config.cmdline, &devices.kernel_params),
                 &devices.cmdline_entries,
                 &config.init_args,
                 CMDLINE_MAX_SIZE,
@@ -349,6 +351,7 @@ fn console_sink(config: &ConsoleConfig) -> Result<ConsoleSink, BuildError> {
 fn attach_devices(
     vm: &VmFd,
     memory: &Arc<GuestMemoryMmap>,
+    backing: Option<SharedBacking>,
     config: &VmConfig,
     events: &Arc<GuestEvents>,
 ) -> Result<Devices, BuildError> {
@@ -419,8 +422,16 @@ fn attach_devices(
         virtio.attach(vm, memory, Box::new(FsDevice::new(share)?))?;
     }
     // Last, so that adding it moves no other device's slot or IRQ.
+    let mut kernel_params = Vec::new();
     let balloon = match &config.balloon {
-        Some(balloon) => Some(virtio.attach(vm, memory, Box::new(BalloonDevice::new(balloon)))?),
+        Some(balloon) => {
+            let small_pages = backing == Some(SharedBacking::Shmem);
+            kernel_params.extend(reporting_order_param(
+                balloon.free_page_reporting,
+                small_pages,
+            ));
+            Some(virtio.attach(vm, memory, Box::new(BalloonDevice::new(balloon)))?)
+        }
         None => None,
     };
     let VirtioDevices {
@@ -435,6 +446,7 @@ fn attach_devices(
         serial,
         transports,
         cmdline_entries,
+        kernel_params,
         blocks,
         balloon,
         vsock_metrics,

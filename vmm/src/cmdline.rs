@@ -1,4 +1,5 @@
-//! The kernel command line: the base line, the virtio-mmio devices, then the guest command.
+//! The kernel command line: the base line, the parameters devices ask for, the virtio-mmio
+//! devices, then the guest command.
 
 /// Errors assembling the command line.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -40,6 +41,24 @@ fn size_text(size: u64) -> String {
     } else {
         size.to_string()
     }
+}
+
+/// `base` followed by each of `defaults` whose key (the text before `=`) no word of `base`
+/// sets: a device's parameter never overrides one the configuration gave.
+pub fn with_defaults(base: &str, defaults: &[String]) -> String {
+    let key = |word: &str| word.split('=').next().unwrap_or(word).to_string();
+    let mut line = base.trim().to_string();
+    for param in defaults {
+        let name = key(param);
+        if line.split_ascii_whitespace().any(|word| key(word) == name) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(param);
+    }
+    line
 }
 
 /// Assembles `base`, the `virtio_mmio.device=` entries and ` -- ` plus `init_args`.
@@ -108,6 +127,25 @@ mod tests {
             "console=ttyS0 quiet virtio_mmio.device=4K@0xd0000000:5 \
              virtio_mmio.device=4K@0xd0001000:6 -- sh -c \"echo hi\" x=y"
         );
+    }
+
+    #[test]
+    fn defaults_are_added_unless_the_base_sets_their_key() {
+        let order = vec!["page_reporting.page_reporting_order=0".to_string()];
+        assert_eq!(
+            with_defaults("console=ttyS0 quiet", &order),
+            "console=ttyS0 quiet page_reporting.page_reporting_order=0"
+        );
+        assert_eq!(
+            with_defaults("quiet page_reporting.page_reporting_order=9", &order),
+            "quiet page_reporting.page_reporting_order=9"
+        );
+        // A key that only starts like another one is a different key.
+        assert_eq!(
+            with_defaults("page_reporting.page_reporting_order_x=1", &order),
+            "page_reporting.page_reporting_order_x=1 page_reporting.page_reporting_order=0"
+        );
+        assert_eq!(with_defaults("", &order), order[0]);
     }
 
     #[test]

@@ -17,6 +17,10 @@ use crate::config::{
 /// What is wrong with a wire configuration.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConvertError {
+    #[error(
+        "kernel parameter {0:?} must be one word: not empty, no whitespace or double quote, not --"
+    )]
+    KernelParam(String),
     #[error("vcpus must be from 1 to {MAX_VCPUS}, not {0}")]
     Vcpus(u8),
     #[error("memory_mib must be from {MIN_MEMORY_MIB} to {MAX_MEMORY_MIB}, not {0}")]
@@ -181,9 +185,7 @@ impl TryFrom<wire::VmConfig> for VmConfig {
             initrd: config
                 .initrd
                 .map_or(InitrdConfig::None, InitrdConfig::Required),
-            cmdline: config
-                .cmdline
-                .unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
+            cmdline: base_cmdline(config.cmdline, &config.kernel_params)?,
             vcpus: config.vcpus,
             memory_mib: config.memory_mib,
             disks,
@@ -212,6 +214,20 @@ impl TryFrom<wire::VmConfig> for VmConfig {
     }
 }
 
+/// The base line (the given one or the default) followed by `params`, each checked to be
+/// one word the kernel hands on as it is.
+fn base_cmdline(base: Option<String>, params: &[String]) -> Result<String, ConvertError> {
+    let mut line = base.unwrap_or_else(|| DEFAULT_CMDLINE.to_string());
+    for param in params {
+        if !wire::is_kernel_param(param) {
+            return Err(ConvertError::KernelParam(param.clone()));
+        }
+        line.push(' ');
+        line.push_str(param);
+    }
+    Ok(line)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,6 +236,40 @@ mod tests {
 
     fn convert(config: wire::VmConfig) -> Result<VmConfig, ConvertError> {
         VmConfig::try_from(config)
+    }
+
+    #[test]
+    fn kernel_params_follow_the_base_line_one_word_each() {
+        let config = convert(wire::VmConfig {
+            cmdline: Some("console=ttyS0".into()),
+            kernel_params: vec![
+                "page_reporting.page_reporting_order=3".into(),
+                "quiet".into(),
+            ],
+            ..wire::VmConfig::new("/k")
+        })
+        .expect("valid");
+        assert_eq!(
+            config.cmdline,
+            "console=ttyS0 page_reporting.page_reporting_order=3 quiet"
+        );
+        let on_default = convert(wire::VmConfig {
+            kernel_params: vec!["x=1".into()],
+            ..wire::VmConfig::new("/k")
+        })
+        .expect("valid");
+        assert_eq!(on_default.cmdline, format!("{DEFAULT_CMDLINE} x=1"));
+        for bad in ["", "a b", "x=\"y\"", "--", "a\tb"] {
+            let err = convert(wire::VmConfig {
+                kernel_params: vec![bad.into()],
+                ..wire::VmConfig::new("/k")
+            })
+            .expect_err(bad);
+            assert!(
+                matches!(err, ConvertError::KernelParam(ref p) if p == bad),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -37,6 +37,11 @@ pub struct VmConfig {
     /// the guest command are appended either way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmdline: Option<String>,
+    /// Kernel parameters appended to the base line (`page_reporting.page_reporting_order=9`),
+    /// one word each: no whitespace, no double quote, not `--`. A parameter the VMM would
+    /// add on its own (see [`BalloonConfig`]) is not added when one here names it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kernel_params: Vec<String>,
     #[serde(default = "default_vcpus")]
     pub vcpus: u8,
     #[serde(default = "default_memory_mib")]
@@ -176,6 +181,7 @@ impl VmConfig {
             kernel: kernel.into(),
             initrd: None,
             cmdline: None,
+            kernel_params: Vec::new(),
             vcpus: DEFAULT_VCPUS,
             memory_mib: DEFAULT_MEMORY_MIB,
             disks: Vec::new(),
@@ -218,11 +224,25 @@ pub enum Console {
     File(PathBuf),
 }
 
+/// Whether `param` can be one of [`VmConfig::kernel_params`]: one word the kernel hands on
+/// as it is (not empty, no whitespace, no double quote) and not `--`, which would start the
+/// guest command.
+pub fn is_kernel_param(param: &str) -> bool {
+    !param.is_empty()
+        && param != "--"
+        && !param.contains('"')
+        && !param.chars().any(char::is_whitespace)
+}
+
 /// The virtio-balloon device. Stats and inflate/deflate are always on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BalloonConfig {
     /// The guest reports its free pages and the VMM releases the host memory behind them.
+    /// The VMM asks the guest (`page_reporting.page_reporting_order=`) to report free blocks
+    /// as small as the host pages guest RAM sits on: 4 KiB where it is a shared memfd (a VM
+    /// with `fs` shares), 2 MiB where it is private (transparent huge pages), rather than
+    /// the kernel's default of 4 MiB.
     #[serde(default = "default_true")]
     pub free_page_reporting: bool,
     /// The guest takes pages back from the balloon rather than kill a process.

@@ -43,7 +43,7 @@ pub use api::{
 #[cfg(feature = "vmm-client")]
 pub use client::{ClientError, VmmClient};
 pub use config::{
-    BalloonConfig, Console, DiskConfig, DiskSource, DiskSourceError, FsConfig, JailConfig,
-    NetConfig, TapSource, TapSourceError, VmConfig, VsockConfig, DEFAULT_JAIL_MAX_OPEN_FILES,
-    JAILED_VMM_NAME,
+    is_kernel_param, BalloonConfig, Console, DiskConfig, DiskSource, DiskSourceError, FsConfig,
+    JailConfig, NetConfig, TapSource, TapSourceError, VmConfig, VsockConfig,
+    DEFAULT_JAIL_MAX_OPEN_FILES, JAILED_VMM_NAME,
 };

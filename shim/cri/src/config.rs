@@ -22,6 +22,7 @@
 //! virtiofsd = "/usr/lib/qemu/virtiofsd"
 //! ksm = false                 # guest RAM offered to KSM (trusted tenants only; volumes = false)
 //! share_boot_files = true     # after boot, guest pages of the kernel code and initrd shared
+//! kernel_params = []          # added to the guest kernel's command line, one word each
 //! empty_dir_disks = false     # plain emptyDirs on disks of their own (an image in the dir)
 //! empty_dir_disk_mib = 10240  # each such disk's size (sparse: it costs what is stored)
 //! jail = true                 # each VMM jailed: namespaces, own root, own uid, seccomp
@@ -240,6 +241,10 @@ pub struct PodSizing {
     /// On by default; off keeps each pod's private copies, for nodes that treat the
     /// flush+reload timing channel on shared pages between tenants as out of bounds.
     pub share_boot_files: bool,
+    /// Parameters added to every pod's guest kernel command line, one word each
+    /// (`["page_reporting.page_reporting_order=9"]`); one the VMM would set itself (the
+    /// free page reporting order) is then left as given here.
+    pub kernel_params: Vec<String>,
     /// Keep each plain emptyDir (medium "", not a tmpfs) on a disk of its own: a sparse
     /// ext4 image in the emptyDir's host directory, mounted in the guest. Small-file work
     /// is many times faster than through the share, and the kubelet's `du` of the
@@ -277,6 +282,7 @@ impl Default for PodSizing {
             virtiofsd: None,
             ksm: false,
             share_boot_files: true,
+            kernel_params: Vec::new(),
             empty_dir_disks: false,
             empty_dir_disk_mib: 10 * 1024,
             jail: true,
@@ -355,6 +361,15 @@ impl Config {
         }
         if u64::from(pod.jail_first_uid) + u64::from(pod.jail_uid_count) > u64::from(u32::MAX) {
             return bad("pod.jail_first_uid + pod.jail_uid_count must stay below 2^32 - 1");
+        }
+        if let Some(param) = pod
+            .kernel_params
+            .iter()
+            .find(|p| !vpod_proto::vmm::is_kernel_param(p))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "pod.kernel_params: {param:?} is not one word (no whitespace or double quote, not --)"
+            )));
         }
         if pod.ksm && pod.volumes {
             return bad(
@@ -441,6 +456,20 @@ mod tests {
         assert!(Config::default().pod.share_boot_files);
         let c = Config::parse("[pod]\nshare_boot_files = false\n").unwrap();
         assert!(!c.pod.share_boot_files);
+    }
+
+    #[test]
+    fn kernel_params_are_single_words() {
+        assert!(Config::default().pod.kernel_params.is_empty());
+        let c = Config::parse("[pod]\nkernel_params = [\"a=1\", \"quiet\"]\n").unwrap();
+        assert_eq!(c.pod.kernel_params, ["a=1", "quiet"]);
+        for bad in ["\"a b\"", "\"--\"", "\"\""] {
+            let text = format!("[pod]\nkernel_params = [{bad}]\n");
+            match Config::parse(&text) {
+                Err(ConfigError::Invalid(m)) => assert!(m.contains("kernel_params"), "{m}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
     }
 
     #[test]

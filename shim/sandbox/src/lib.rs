@@ -105,6 +105,9 @@ pub struct SandboxConfig {
     /// for a flush+reload timing channel on them between pods (the kind host processes
     /// sharing a library have). Off: each pod's guest keeps its private copies.
     pub share_boot_files: bool,
+    /// Kernel parameters added to the VMM's base command line (checked by the VMM:
+    /// [`vpod_proto::vmm::is_kernel_param`]); none by default.
+    pub kernel_params: Vec<String>,
     /// The pod's cgroup (v2), an existing directory ([`cgroup::PodCgroup::create`]):
     /// virtiofsd joins it before it execs, the VMM (told it in its configuration) as its
     /// first step, so the pod is charged for them. The
@@ -144,6 +147,7 @@ impl SandboxConfig {
             share: None,
             ksm: false,
             share_boot_files: true,
+            kernel_params: Vec::new(),
             cgroup: None,
             jail: Some(JailUsers::default()),
         }
@@ -382,6 +386,7 @@ impl Sandbox {
             balloon: config.balloon,
             ksm: config.ksm,
             share_boot_files: config.share_boot_files,
+            kernel_params: config.kernel_params.clone(),
             cgroup: config.cgroup.clone(),
             jail: config
                 .jail

@@ -54,6 +54,8 @@ pub struct VmmLaunch {
     /// copy-on-write from those files, shared with every VM of the same files
     /// (`VmConfig.private_boot_files` when false).
     pub share_boot_files: bool,
+    /// Kernel parameters after the VMM's base command line (`VmConfig.kernel_params`).
+    pub kernel_params: Vec<String>,
     /// The pod's cgroup v2 directory: the VMM joins it itself (`VmConfig.cgroup`) before it
     /// forks its keeper or allocates anything.
     pub cgroup: Option<PathBuf>,
@@ -99,6 +101,7 @@ impl VmmLaunch {
             balloon: self.balloon,
             ksm: self.ksm,
             private_boot_files: !self.share_boot_files,
+            kernel_params: self.kernel_params.clone(),
             cgroup: self.cgroup.clone(),
             jail: self.jail.as_ref().map(|jail| JailConfig {
                 netns: self.netns.clone(),
@@ -402,6 +405,7 @@ mod tests {
             balloon: Some(BalloonConfig::default()),
             ksm: false,
             share_boot_files: true,
+            kernel_params: vec!["x=1".into()],
             cgroup: Some("/sys/fs/cgroup/kubepods/pod1/vpod-p1".into()),
             jail: None,
             netns: None,
@@ -434,6 +438,7 @@ mod tests {
         assert!(balloon.free_page_reporting && balloon.deflate_on_oom);
         assert!(!config.ksm);
         assert!(!config.private_boot_files, "boot files shared by default");
+        assert_eq!(config.kernel_params, ["x=1"]);
         assert_eq!(
             config.cgroup,
             Some(PathBuf::from("/sys/fs/cgroup/kubepods/pod1/vpod-p1"))
@@ -480,6 +485,7 @@ mod tests {
             balloon: None,
             ksm: true,
             share_boot_files: false,
+            kernel_params: Vec::new(),
             cgroup: None,
             jail: None,
             netns: None,

@@ -2,7 +2,9 @@
 //! frees it shrinks again on the host through free page reporting, both with private guest
 //! memory (MADV_DONTNEED) and with the shared memfd a virtio-fs share brings (MADV_REMOVE);
 //! the control socket shows what was reported and the guest's memory stats, and a target
-//! set through it inflates the balloon and a zero target deflates it again. The time the
+//! set through it inflates the balloon and a zero target deflates it again. The guest
+//! reports free blocks as small as the host pages behind its RAM: 2 MiB (order 9) when
+//! private, 4 KiB (order 0) on the shared memfd. The time the
 //! shrinking takes is a benchmark (`vpod-bench balloon`), not checked here beyond a
 //! generous limit.
 
@@ -22,7 +24,8 @@ const TOUCHED_MIB: u64 = 256;
 /// then free it and stay up. No double quotes: the kernel command line cannot carry them.
 fn guest_script(stay_s: u32) -> String {
     format!(
-        "mkdir -p /big; mount -t tmpfs -o size=300m tmpfs /big || exit 10; \
+        "echo reporting-order-$(cat /sys/module/page_reporting/parameters/page_reporting_order); \
+         mkdir -p /big; mount -t tmpfs -o size=300m tmpfs /big || exit 10; \
          sleep 8; echo idle-now; sleep 6; \
          dd if=/dev/zero of=/big/f bs=1M count={TOUCHED_MIB} 2>/dev/null || exit 11; \
          echo touched; sleep 3; rm /big/f; echo freed; sleep {stay_s}; echo done"
@@ -87,11 +90,16 @@ struct Shrink {
     seconds: Option<f64>,
 }
 
-/// Runs the touch-and-free guest with `args` and follows the VMM's RSS until it is back
-/// within 10% + 8 MiB of idle or `limit` passes. Returns the figures and the running VM.
-fn touch_and_free(args: &[&str], api: &Path, limit: Duration) -> (Shrink, Background) {
+/// Runs the touch-and-free guest with `args`, checks the page order the guest reports free
+/// memory in, and follows the VMM's RSS until it is back within 10% + 8 MiB of idle or
+/// `limit` passes. Returns the figures and the running VM.
+fn touch_and_free(args: &[&str], api: &Path, order: u32, limit: Duration) -> (Shrink, Background) {
     let mut guest = vmm(args, api, 90);
     let pid = guest.pid();
+    let line = guest.wait_for_stdout_line_where(Duration::from_secs(300), |l| {
+        l.starts_with("reporting-order-")
+    });
+    assert_eq!(line, format!("reporting-order-{order}"), "{args:?}");
     guest.wait_for_stdout_line("idle-now", Duration::from_secs(300));
     // The guest waits 6 s before touching memory: the idle sample has 5 s to spare on a
     // busy machine.
@@ -158,7 +166,7 @@ fn wait_for_actual(api: &Path, mib: u64) -> serde_json::Value {
 
 fn private_memory_shrinks_and_the_target_inflates_and_deflates(dir: &Path) {
     let api = dir.join("api.sock");
-    let (shrink, guest) = touch_and_free(&[], &api, Duration::from_secs(60));
+    let (shrink, guest) = touch_and_free(&[], &api, 9, Duration::from_secs(60));
     assert_shrinks(&shrink);
     // The first request asks for fresh stats; a later one shows them once the guest has
     // sent them.
@@ -222,7 +230,7 @@ fn shared_memory_shrinks(dir: &Path) {
     }
     let api = dir.join("api-fs.sock");
     let spec = format!("socket={},tag=share", socket.display());
-    let (shrink, guest) = touch_and_free(&["--fs", &spec], &api, Duration::from_secs(60));
+    let (shrink, guest) = touch_and_free(&["--fs", &spec], &api, 0, Duration::from_secs(60));
     assert_shrinks(&shrink);
     control(&api, r#"{"op":"stop"}"#);
     let done = guest.wait(Duration::from_secs(60));

@@ -178,6 +178,7 @@ impl Runtime {
         config.defer_network = true;
         config.ksm = rules.ksm;
         config.share_boot_files = rules.share_boot_files;
+        config.kernel_params = rules.kernel_params.clone();
         config.jail = rules.jail.then_some(JailUsers {
             first_uid: rules.jail_first_uid,
             count: rules.jail_uid_count,

@@ -528,3 +528,16 @@ mod hostile {
         }
     }
 }
+
+#[test]
+fn the_reporting_order_follows_the_host_pages_behind_guest_ram() {
+    assert_eq!(
+        reporting_order_param(true, true).as_deref(),
+        Some("page_reporting.page_reporting_order=0")
+    );
+    assert_eq!(
+        reporting_order_param(true, false).as_deref(),
+        Some("page_reporting.page_reporting_order=9")
+    );
+    assert_eq!(reporting_order_param(false, true), None);
+}
