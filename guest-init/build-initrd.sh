@@ -2,8 +2,8 @@
 # Builds vpod-init as a static binary (glibc with crt-static: no musl toolchain can be
 # fetched here) and packs two uncompressed cpio (newc) initrds:
 # - build/pod-initrd.img, what every pod VM boots (vpod, vpod-cri, the containerd shim):
-#   vpod-init as /init and nothing else it does not use; the guest copies the whole initrd
-#   into its tmpfs root and keeps it there, so every byte is guest memory in every pod;
+#   vpod-init as /init and nothing else it does not use; the guest unpacks the whole initrd
+#   into its initramfs and keeps it there (the VMM later shares those pages between pods);
 # - build/initrd.img, the same plus Debian's busybox-static with its applet links, so that
 #   users of the standalone VMM (`vpod-vmm -- sh -c ...`) can run shell commands.
 # vpod-init itself uses nothing from busybox.

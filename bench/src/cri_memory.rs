@@ -125,6 +125,22 @@ pub fn meminfo_field(text: &str, key: &str) -> Option<u64> {
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
 }
 
+/// The host kernel's own memory, KiB: slab, kernel stacks, page tables (the processes' and
+/// KVM's for its guests) and per-CPU areas.
+fn host_kernel_kib() -> Result<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo")?;
+    Ok([
+        "Slab",
+        "KernelStack",
+        "PageTables",
+        "SecPageTables",
+        "Percpu",
+    ]
+    .iter()
+    .filter_map(|key| meminfo_field(&text, key))
+    .sum())
+}
+
 fn host_available_kib() -> Result<u64> {
     let text = std::fs::read_to_string("/proc/meminfo")?;
     meminfo_field(&text, "MemAvailable").context("no MemAvailable in /proc/meminfo")
@@ -165,6 +181,7 @@ struct Baseline {
     available_before: u64,
     available_ready: u64,
     files_ready: u64,
+    kernel_ready: u64,
 }
 
 /// The guest's /proc/meminfo, read in the pod's container.
@@ -241,6 +258,7 @@ async fn measure(
     let available_drop = baseline.available_before.saturating_sub(available_now) / n as u64;
     let marginal = baseline.available_ready.saturating_sub(available_now) / n as u64;
     let files = allocated_kib(scratch).saturating_sub(baseline.files_ready) / n as u64;
+    let kernel = host_kernel_kib()?.saturating_sub(baseline.kernel_ready) / n as u64;
     // The default's rows keep the name they had before the share.
     let config = match volumes {
         VolumesMode::On => format!("{n}pods-{}m", bench.pod_mib),
@@ -282,6 +300,8 @@ async fn measure(
         // Of that, the pod's files (its sparse writable disk, console and logs), which the
         // emulated host keeps in its tmpfs and a node on its disk.
         mem_row("cri_idle_pod_files", &config, host, Some(files)),
+        // And the host kernel's own part: slab, stacks, page tables, per-CPU areas.
+        mem_row("cri_idle_pod_host_kernel", &config, host, Some(kernel)),
         // Every virtiofsd process (its sandbox's parent and server), per pod.
         mem_row(
             "cri_idle_pod_virtiofsd_rss",
@@ -407,6 +427,7 @@ fn idle_memory_with(repo: &Path, bench: &CriBench, volumes: VolumesMode) -> Resu
             available_before,
             available_ready: host_available_kib()?,
             files_ready: allocated_kib(&scratch.dir),
+            kernel_ready: host_kernel_kib()?,
         };
         let mut pods: Vec<StartedPod> = Vec::new();
         let mut rows = Vec::new();

@@ -21,21 +21,19 @@ fn main() {
         eprintln!("vpod-init: error: must run as PID 1 (the kernel's init) of a vpod micro-VM, or with --agent-unix PATH");
         std::process::exit(1);
     }
-    // "Init reached" is the moment the kernel hands over to PID 1: marked before the root
-    // switch, and not again by the init it executes on the tmpfs root.
-    if std::env::var_os(vpod_init::root_switch::SWITCHED_ENV).is_none() {
-        if let Ok(mut ports) = IoPorts::open() {
-            ports.init_reached();
-        }
-        let argv0 = std::env::args()
-            .next()
-            .unwrap_or_else(|| "/init".to_string());
-        let e = vpod_init::root_switch::move_to_tmpfs_root(&argv0, &argv);
-        // Still on the initramfs: containers cannot pivot_root, but command mode works.
+    // "Init reached" is the moment the kernel hands over to PID 1.
+    if let Ok(mut ports) = IoPorts::open() {
+        ports.init_reached();
+    }
+    if let Err(e) = vpod_init::root_switch::leave_initramfs_mount() {
+        // Still on the initramfs mount: containers cannot pivot_root, but command mode works.
         eprintln!("vpod-init: warning: {}", error_chain(&e));
     }
     if let Err(e) = mounts::mount_all(&mut mounts::SystemMounts) {
         eprintln!("vpod-init: error: {}", error_chain(&e));
+    }
+    if let Err(e) = vpod_init::root_switch::pin_init(std::path::Path::new("/init")) {
+        eprintln!("vpod-init: warning: {}", error_chain(&e));
     }
     let config = cmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
     set_hostname(&config.hostname);

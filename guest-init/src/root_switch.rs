@@ -1,33 +1,43 @@
-//! Moving PID 1 off the initramfs.
+//! Moving PID 1 off the initramfs mount, without copying it.
 //!
 //! The kernel starts init on "rootfs", the initramfs mount, which has no parent mount, and
-//! pivot_root(2) refuses to pivot away from it (EINVAL). Every container is started with
-//! pivot_root, so before anything else init copies the initramfs into a tmpfs, frees the
-//! old copy, moves the tmpfs over `/`, chroots into it and executes itself again there, as
-//! switch_root(8) does. The copy is a few megabytes of memory-to-memory work.
+//! pivot_root(2) refuses to pivot away from a root that has none (EINVAL). Every container
+//! is started with pivot_root, so before anything else init bind-mounts the root onto a
+//! directory of its own, moves that mount over `/` and chroots into it: the root is then a
+//! mount with a parent (rootfs), and pivot_root works below it. The files stay where the
+//! kernel unpacked them. (switch_root(8) copies the initramfs into a tmpfs instead, to free
+//! it; here that copy was a few megabytes of guest memory and boot time for nothing.)
+//!
+//! Init also keeps its own binary's pages in place ([`pin_init`]): the VMM maps the initrd
+//! file over the guest pages that hold its bytes, even where a virtio-fs backend writes
+//! guest memory through a memfd of its own, which is sound only if no such page is ever
+//! freed, moved or handed to a device. Files on the initramfs are never evicted (no swap),
+//! and locked pages are never migrated once `vm.compact_unevictable_allowed` is 0 (our
+//! guest kernel has no compaction at all).
 
 use std::ffi::CString;
 use std::fs;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
-/// Set in the environment of the re-executed init, so the switch happens once.
-pub const SWITCHED_ENV: &str = "VPOD_INIT_ON_TMPFS";
 const NEW_ROOT: &str = "/.vpod-root";
+const COMPACT_UNEVICTABLE: &str = "/proc/sys/vm/compact_unevictable_allowed";
+/// statfs(2)'s type of a ramfs (include/uapi/linux/magic.h); libc does not name it.
+const RAMFS_MAGIC: libc::c_long = 0x8584_58f6;
 
-/// Why init could not move to a tmpfs root.
+/// Why init could not move off the initramfs mount, or keep its pages in place.
 #[derive(Debug, thiserror::Error)]
 pub enum RootSwitchError {
-    #[error("could not prepare the tmpfs root at {0}")]
+    #[error("could not prepare the mount point {0}")]
     Prepare(&'static str, #[source] io::Error),
-    #[error("could not copy {0} into the tmpfs root")]
-    Copy(String, #[source] io::Error),
-    #[error("could not move the tmpfs over / and enter it")]
+    #[error("could not bind the root onto {0}")]
+    Bind(&'static str, #[source] io::Error),
+    #[error("could not move the bound root over / and enter it")]
     Enter(#[source] io::Error),
-    #[error("could not execute /init again from the tmpfs root")]
-    Exec(#[source] io::Error),
+    #[error("could not lock the pages of {0} in memory")]
+    Pin(String, #[source] io::Error),
 }
 
 fn c_path(path: &Path) -> io::Result<CString> {
@@ -43,135 +53,129 @@ fn check(rc: libc::c_int) -> io::Result<()> {
     }
 }
 
-/// Copies the tree under `from` into `to` (which exists): directories, regular files,
-/// symbolic links, device nodes and FIFOs, with modes and owners. `skip` names entries of
-/// `from` itself to leave out.
-pub fn copy_tree(from: &Path, to: &Path, skip: &[&str]) -> Result<(), RootSwitchError> {
-    let err = |p: &Path, e| RootSwitchError::Copy(p.display().to_string(), e);
-    for entry in fs::read_dir(from).map_err(|e| err(from, e))? {
-        let entry = entry.map_err(|e| err(from, e))?;
-        let name = entry.file_name();
-        if skip.iter().any(|s| name.as_bytes() == s.as_bytes()) {
-            continue;
-        }
-        let source = entry.path();
-        let target = to.join(&name);
-        let meta = fs::symlink_metadata(&source).map_err(|e| err(&source, e))?;
-        let kind = meta.file_type();
-        if kind.is_dir() {
-            fs::create_dir(&target).map_err(|e| err(&source, e))?;
-            copy_tree(&source, &target, &[])?;
-            fs::set_permissions(&target, fs::Permissions::from_mode(meta.mode() & 0o7777))
-                .map_err(|e| err(&source, e))?;
-        } else if kind.is_symlink() {
-            let link = fs::read_link(&source).map_err(|e| err(&source, e))?;
-            std::os::unix::fs::symlink(link, &target).map_err(|e| err(&source, e))?;
-        } else if kind.is_file() {
-            fs::copy(&source, &target).map_err(|e| err(&source, e))?;
-        } else if kind.is_char_device() || kind.is_block_device() || kind.is_fifo() {
-            let c = c_path(&target).map_err(|e| err(&source, e))?;
-            // SAFETY: `c` is a NUL-terminated path that outlives the call.
-            check(unsafe { libc::mknod(c.as_ptr(), meta.mode(), meta.rdev()) })
-                .map_err(|e| err(&source, e))?;
-        } else {
-            continue; // sockets: nothing in an initramfs needs one
-        }
-        let c = c_path(&target).map_err(|e| err(&source, e))?;
-        // SAFETY: `c` is a NUL-terminated path that outlives the call.
-        check(unsafe { libc::lchown(c.as_ptr(), meta.uid(), meta.gid()) })
-            .map_err(|e| err(&source, e))?;
+/// Whether `/` is the initramfs itself: the kernel's rootfs (a tmpfs or ramfs mount with no
+/// parent). Read from `/proc/self/mountinfo` where it is mounted, else from the file
+/// system type of `/`: before /proc is mounted, a tmpfs or ramfs root is the initramfs.
+fn on_initramfs() -> bool {
+    let mut stat = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: a NUL-terminated path and a buffer of the right type that outlive the call.
+    if unsafe { libc::statfs(c"/".as_ptr(), stat.as_mut_ptr()) } != 0 {
+        return false;
     }
-    Ok(())
+    // SAFETY: statfs returned 0, so it filled the buffer.
+    let kind = unsafe { stat.assume_init() }.f_type;
+    kind == libc::TMPFS_MAGIC || kind == RAMFS_MAGIC
 }
 
-/// Moves init onto a tmpfs root and executes it again; returns only on failure.
-pub fn move_to_tmpfs_root(argv0: &str, args: &[String]) -> RootSwitchError {
-    match switch() {
-        Ok(()) => {}
-        Err(e) => return e,
+/// Moves init's root onto a mount of its own (see the module documentation). A root that
+/// is not the initramfs (a disk) is left as it is.
+pub fn leave_initramfs_mount() -> Result<(), RootSwitchError> {
+    if !on_initramfs() {
+        return Ok(());
     }
-    let mut cmd = std::process::Command::new(argv0);
-    cmd.args(args).env(SWITCHED_ENV, "1");
-    use std::os::unix::process::CommandExt;
-    RootSwitchError::Exec(cmd.exec())
-}
-
-fn switch() -> Result<(), RootSwitchError> {
     let new_root = Path::new(NEW_ROOT);
     fs::create_dir_all(new_root).map_err(|e| RootSwitchError::Prepare(NEW_ROOT, e))?;
     let target = c_path(new_root).map_err(|e| RootSwitchError::Prepare(NEW_ROOT, e))?;
-    let fstype = c"tmpfs";
-    let data = c"mode=0755";
-    // SAFETY: NUL-terminated strings that outlive the call.
+    // SAFETY: NUL-terminated strings that outlive the call; a bind of our own root.
     check(unsafe {
         libc::mount(
-            fstype.as_ptr(),
+            c"/".as_ptr(),
             target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            data.as_ptr().cast(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
         )
     })
-    .map_err(|e| RootSwitchError::Prepare(NEW_ROOT, e))?;
-    copy_tree(Path::new("/"), new_root, &[&NEW_ROOT[1..]])?;
-    // Free the initramfs copy: it is not reachable once the tmpfs covers /.
-    for entry in fs::read_dir("/")
-        .map_err(|e| RootSwitchError::Copy("/".into(), e))?
-        .flatten()
-    {
-        if entry.file_name().as_bytes() == &NEW_ROOT.as_bytes()[1..] {
-            continue;
-        }
-        let path = entry.path();
-        let _ = if path.is_dir() && !path.is_symlink() {
-            fs::remove_dir_all(&path)
-        } else {
-            fs::remove_file(&path)
-        };
-    }
+    .map_err(|e| RootSwitchError::Bind(NEW_ROOT, e))?;
     std::env::set_current_dir(new_root).map_err(RootSwitchError::Enter)?;
-    let dot = c".";
-    let slash = c"/";
-    // SAFETY: NUL-terminated strings that outlive the calls; MS_MOVE of our own tmpfs.
+    // SAFETY: NUL-terminated strings that outlive the calls; MS_MOVE of our own bind mount.
     unsafe {
         check(libc::mount(
-            dot.as_ptr(),
-            slash.as_ptr(),
+            c".".as_ptr(),
+            c"/".as_ptr(),
             std::ptr::null(),
             libc::MS_MOVE,
             std::ptr::null(),
         ))
         .map_err(RootSwitchError::Enter)?;
-        check(libc::chroot(dot.as_ptr())).map_err(RootSwitchError::Enter)?;
+        check(libc::chroot(c".".as_ptr())).map_err(RootSwitchError::Enter)?;
     }
-    std::env::set_current_dir("/").map_err(RootSwitchError::Enter)
+    std::env::set_current_dir("/").map_err(RootSwitchError::Enter)?;
+    // The directory the bind went to is an empty one of the same file system, now at
+    // /.vpod-root again; nothing needs it.
+    let _ = fs::remove_dir(new_root);
+    Ok(())
+}
+
+/// Keeps the pages of the file `init` (our binary on the initramfs) where they are: locks
+/// them ([`lock_file_pages`]) and turns off the compaction of locked pages. Needs /proc.
+pub fn pin_init(init: &Path) -> Result<(), RootSwitchError> {
+    lock_file_pages(init)?;
+    match fs::write(COMPACT_UNEVICTABLE, "0") {
+        Ok(()) => Ok(()),
+        // A kernel without compaction (ours) moves no page.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(RootSwitchError::Pin(COMPACT_UNEVICTABLE.into(), e)),
+    }
+}
+
+/// Maps the whole of the file at `path` shared and locks the mapping, so its page-cache
+/// pages stay in memory. The mapping is left in place for the life of the process:
+/// unmapping would unlock it.
+pub fn lock_file_pages(path: &Path) -> Result<(), RootSwitchError> {
+    let err = |e| RootSwitchError::Pin(path.display().to_string(), e);
+    let file = fs::File::open(path).map_err(err)?;
+    let len = file.metadata().map_err(err)?.len() as usize;
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: a new shared read-only mapping of a file we opened; nothing else in the
+    // process uses the range, and it is never unmapped.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED | libc::MAP_POPULATE,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if map == libc::MAP_FAILED {
+        return Err(err(io::Error::last_os_error()));
+    }
+    // SAFETY: the range is the mapping just made.
+    check(unsafe { libc::mlock(map, len) }).map_err(err)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn locked_kib() -> u64 {
+        fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmLck:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap()
+    }
+
     #[test]
-    fn copy_keeps_files_links_modes_and_skips_named_entries() {
-        let base = std::env::temp_dir().join(format!("vpod-root-switch-{}", std::process::id()));
-        let (from, to) = (base.join("from"), base.join("to"));
-        fs::create_dir_all(from.join("bin")).unwrap();
-        fs::create_dir_all(&to).unwrap();
-        fs::write(from.join("bin/tool"), b"#!/bin/sh\n").unwrap();
-        fs::set_permissions(from.join("bin/tool"), fs::Permissions::from_mode(0o755)).unwrap();
-        std::os::unix::fs::symlink("/bin/tool", from.join("bin/alias")).unwrap();
-        fs::create_dir_all(from.join("skipme")).unwrap();
-        copy_tree(&from, &to, &["skipme"]).unwrap();
-        assert_eq!(fs::read(to.join("bin/tool")).unwrap(), b"#!/bin/sh\n");
-        assert_eq!(
-            fs::metadata(to.join("bin/tool")).unwrap().mode() & 0o777,
-            0o755
-        );
-        assert_eq!(
-            fs::read_link(to.join("bin/alias")).unwrap(),
-            Path::new("/bin/tool")
-        );
-        assert!(!to.join("skipme").exists());
-        fs::remove_dir_all(&base).unwrap();
+    fn a_file_s_pages_are_locked() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        fs::write(file.path(), vec![7u8; 256 << 10]).unwrap();
+        let before = locked_kib();
+        match lock_file_pages(file.path()) {
+            Ok(()) => assert!(locked_kib() >= before + 256, "VmLck {}", locked_kib()),
+            // Without CAP_IPC_LOCK the memlock limit may be smaller than the file.
+            Err(RootSwitchError::Pin(_, e)) if e.raw_os_error() == Some(libc::EPERM) => {}
+            Err(RootSwitchError::Pin(_, e)) if e.raw_os_error() == Some(libc::ENOMEM) => {}
+            Err(e) => panic!("{e}"),
+        }
+        assert!(matches!(
+            lock_file_pages(Path::new("/nonexistent/init")),
+            Err(RootSwitchError::Pin(..))
+        ));
     }
 }

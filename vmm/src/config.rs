@@ -224,6 +224,9 @@ pub struct VmConfig {
     /// Keep the guest's copies of the kernel's code and the initrd's pages rather than share
     /// them with those files once it has booted (`--private-boot-files`).
     pub private_boot_files: bool,
+    /// The guest keeps its initrd's pages in place (`VmConfig.initrd_pages_stay` of the
+    /// wire configuration): they are shared with a virtio-fs share too.
+    pub initrd_pages_stay: bool,
     /// The cgroup v2 directory the VMM moves itself into before anything else.
     pub cgroup: Option<PathBuf>,
     /// How the VMM confines itself before it builds the VM; none: it does not.
@@ -252,6 +255,7 @@ impl Default for VmConfig {
             balloon: None,
             ksm: false,
             private_boot_files: false,
+            initrd_pages_stay: false,
             cgroup: None,
             jail: None,
             seccomp: true,

@@ -207,6 +207,7 @@ impl TryFrom<wire::VmConfig> for VmConfig {
             }),
             ksm: config.ksm,
             private_boot_files: config.private_boot_files,
+            initrd_pages_stay: config.initrd_pages_stay,
             cgroup: config.cgroup,
             jail: config.jail,
             seccomp: config.seccomp,

@@ -87,6 +87,16 @@ pub struct VmConfig {
     /// have between host processes.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub private_boot_files: bool,
+    /// The guest keeps each page that holds a page of its initrd where it is and never hands
+    /// one to a device: it runs on the files its kernel unpacked without copying or deleting
+    /// them, and moves no page (vpod-init, which locks its own binary's pages, on our guest
+    /// kernel, which has no compaction; the pod initrd and the host runtime ship together).
+    /// The VMM then also shares the initrd's pages where `fs` shares map guest RAM (without
+    /// this it does so only where guest RAM is private), and adds `retain_initrd` to the
+    /// command line, so that the kernel keeps its copy of the initrd rather than free it for
+    /// reuse.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub initrd_pages_stay: bool,
     /// Handed to the guest's init as its arguments (after ` -- ` on the kernel command line).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub init_args: Vec<String>,
@@ -194,6 +204,7 @@ impl VmConfig {
             balloon: None,
             ksm: false,
             private_boot_files: false,
+            initrd_pages_stay: false,
             init_args: Vec::new(),
             timings: false,
             cgroup: None,

@@ -3,7 +3,9 @@
 //! directory two containers share (emptyDir-like), a read-only ConfigMap-like directory
 //! updated the way the kubelet's atomic writer does, and a single file (the termination
 //! log); what the guest must not reach; bidirectional propagation refused; a daemon
-//! restart keeping the volumes; nothing left once the pod is removed. What a guest root may
+//! restart keeping the volumes; nothing left once the pod is removed. Once the VMM has
+//! mapped the pod initrd over the guest pages holding it (a few seconds after the boot),
+//! files going both ways through the share still arrive intact. What a guest root may
 //! not leave on the host through its share (hardlinks across volumes or to its own files,
 //! device nodes, set-user-ID files), and how virtiofsd is confined.
 
@@ -63,6 +65,36 @@ fn virtiofsd_under(dir: &Path) -> Vec<u32> {
 }
 
 /// mountinfo's options of the mounts under `dir`: (mount point, options).
+/// KiB of the pod initrd file mapped into the VMMs under the daemon's `root`.
+fn initrd_mapped_kib(daemon: &Daemon) -> u64 {
+    let mut kib = 0;
+    for pid in daemon.vmm_pids() {
+        let pid = vpod_sandbox::vmm::jailed_vmm_of(pid).unwrap_or(pid);
+        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+        let mut in_initrd = false;
+        for line in smaps.lines() {
+            let first = line.split_whitespace().next().unwrap_or("");
+            if first.contains('-') {
+                in_initrd = line.ends_with("pod-initrd.img");
+            } else if in_initrd && first == "Size:" {
+                kib += line
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    kib
+}
+
+/// 8 MiB of bytes that differ from page to page, none of them all zeros.
+fn patterned(seed: u32) -> Vec<u8> {
+    (0..8u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 13) as u8 | 1)
+        .collect()
+}
+
 fn mount_options_under(dir: &Path) -> Vec<(String, String)> {
     let inside = format!("{}/", dir.display());
     std::fs::read_to_string("/proc/self/mountinfo")
@@ -235,6 +267,42 @@ fn volumes_reach_the_pod_vm_through_its_share() {
             let late = start_container(&mut c, &pod_id, &pod, late).await;
             let (out, err, code) = sh(&mut c, &late, "cat /data/hello.txt").await;
             assert_eq!((out.as_str(), code), ("from the host\n", 0), "{err}");
+
+            // The VMM maps the pod initrd over the guest's copy of it and over the agent's
+            // pages (virtiofsd writes guest RAM through the memfd beside that mapping): what
+            // then goes through the share, into fresh guest page cache and back, is intact.
+            eventually(
+                "the pod initrd's pages shared",
+                Duration::from_secs(60),
+                || {
+                    let kib = initrd_mapped_kib(&daemon);
+                    async move { kib >= 2048 }
+                },
+            )
+            .await;
+            let into_guest = patterned(1);
+            std::fs::write(data.join("big"), &into_guest).unwrap();
+            let (out, err, code) = sh(
+                &mut c,
+                &writer,
+                "sha256sum /data/big | cut -d' ' -f1; cp /data/big /shared/back && sync && echo copied",
+            )
+            .await;
+            assert_eq!(code, 0, "{err}");
+            let host_sum = String::from_utf8(
+                std::process::Command::new("sha256sum")
+                    .arg(data.join("big"))
+                    .output()
+                    .unwrap()
+                    .stdout,
+            )
+            .unwrap();
+            let host_sum = host_sum.split_whitespace().next().unwrap_or("").to_string();
+            assert_eq!(out, format!("{host_sum}\ncopied\n"), "{err}");
+            assert!(
+                std::fs::read(shared.join("back")).unwrap() == into_guest,
+                "the copy written back through the share differs"
+            );
 
             // Removing a container unbinds its volumes; removing the pod leaves nothing.
             c.runtime

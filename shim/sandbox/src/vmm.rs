@@ -101,6 +101,8 @@ impl VmmLaunch {
             balloon: self.balloon,
             ksm: self.ksm,
             private_boot_files: !self.share_boot_files,
+            // Every pod boots vpod-init, which keeps its pages in place.
+            initrd_pages_stay: true,
             kernel_params: self.kernel_params.clone(),
             cgroup: self.cgroup.clone(),
             jail: self.jail.as_ref().map(|jail| JailConfig {
@@ -438,6 +440,7 @@ mod tests {
         assert!(balloon.free_page_reporting && balloon.deflate_on_oom);
         assert!(!config.ksm);
         assert!(!config.private_boot_files, "boot files shared by default");
+        assert!(config.initrd_pages_stay);
         assert_eq!(config.kernel_params, ["x=1"]);
         assert_eq!(
             config.cgroup,

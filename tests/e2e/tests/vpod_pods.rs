@@ -257,7 +257,7 @@ fn file_mappings(pid: &str, suffix: &str) -> (u64, u64, u64) {
 /// A few seconds after its boot the pod's guest runs on the kernel file's code pages, mapped
 /// copy-on-write into its RAM wherever it left the code unchanged (most of the kernel's
 /// 8 MiB of .text; the pages its boot patched stay its own), and on the pod initrd's pages
-/// wherever its tmpfs root holds them (the agent's binary), and goes on working after the
+/// wherever its initramfs holds them (the agent's binary), and goes on working after the
 /// swap, which it spent paused.
 fn shared_kernel_text(root: &VpodRoot, pod: &str) {
     let vmm = jailed_vmm(root, pod);
@@ -280,7 +280,7 @@ fn shared_kernel_text(root: &VpodRoot, pod: &str) {
     assert!(done.has_stdout_line("after-sharing"), "{}", done.explain());
     let (_, rss_after, _) = file_mappings(&vmm, "/vmlinux");
     assert!(rss_after > 0, "the guest ran none of the shared code");
-    // The agent is about 3.4 MB; its pages in the tmpfs root and those of the initrd copy
+    // The agent is about 3.4 MB; its pages on the initramfs and those of the initrd copy
     // the guest freed after unpacking it both match.
     let (initrd, _, _) = file_mappings(&vmm, "/pod-initrd.img");
     assert!(initrd >= 2048, "{initrd} KiB of the initrd mapped");

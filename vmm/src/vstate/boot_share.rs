@@ -1,8 +1,10 @@
 //! Sharing guest pages with the files the guest booted from, once it has booted: the
 //! kernel's code ([`crate::arch::kernel_text`]) and, where guest RAM is private (no
-//! vhost-user backend maps it), the pages of the initrd its kernel unpacked into the tmpfs
-//! root ([`crate::vstate::file_pages`]), so that every VM of the same kernel and initrd
-//! keeps one host copy of them. An event-loop source whose timer
+//! vhost-user backend maps it) or the guest keeps them in place
+//! ([`BootFiles::initrd_pages_stay`]), the pages of the initrd: the files its kernel
+//! unpacked into the initramfs, and the initrd itself where the kernel retains it
+//! ([`crate::vstate::file_pages`]), so that every VM of the same kernel and initrd keeps one
+//! host copy of them. An event-loop source whose timer
 //! fires [`SHARE_AFTER`] after the vCPUs start indexes the initrd, pauses every vCPU, maps
 //! the files copy-on-write over the guest pages that still hold their bytes, and lets the
 //! vCPUs run again: a pause of a few milliseconds, once. Doing it after the boot rather
@@ -34,6 +36,10 @@ pub struct BootFiles {
     pub kernel: Option<File>,
     /// The initrd file.
     pub initrd: Option<File>,
+    /// The guest keeps every page holding a page of the initrd where it is and never hands
+    /// one to a device (`VmConfig.initrd_pages_stay`): the initrd's pages are shared even
+    /// where a vhost-user backend maps guest RAM.
+    pub initrd_pages_stay: bool,
 }
 
 /// What a sharing did, in pages.
@@ -83,12 +89,13 @@ impl BootFileSharer {
             Some(file) => find_text(file).map_err(|e| vpod_proto::error_chain(&e))?,
             None => None,
         };
-        // Not with a vhost-user backend: it reaches guest RAM through the memfd, not through
-        // this process's mapping, and unlike the kernel's code these pages may become a
-        // device buffer (the initrd copy the guest freed, a page the guest reuses): the
-        // backend would write into the memfd while the guest reads the file's page.
+        // Not with a vhost-user backend, unless the guest keeps these pages in place: the
+        // backend reaches guest RAM through the memfd, not through this process's mapping,
+        // and unlike the kernel's code these pages may otherwise become a device buffer (the
+        // initrd copy the guest freed, a page the guest reuses): the backend would write into
+        // the memfd while the guest reads the file's page.
         let index = match &self.files.initrd {
-            Some(file) if !self.shared_memfd => {
+            Some(file) if !self.shared_memfd || self.files.initrd_pages_stay => {
                 FilePageIndex::build(file).map_err(|e| format!("cannot read the initrd: {e}"))?
             }
             _ => FilePageIndex::default(),
@@ -155,13 +162,19 @@ mod tests {
     const MIB: u64 = 1 << 20;
 
     /// A sharer of `initrd` in `memory`, with no vCPUs to pause.
-    fn sharer(memory: GuestMemoryMmap, initrd: File, shared_memfd: bool) -> BootFileSharer {
+    fn sharer(
+        memory: &Arc<GuestMemoryMmap>,
+        initrd: File,
+        shared_memfd: bool,
+        initrd_pages_stay: bool,
+    ) -> BootFileSharer {
         let (_, acks) = channel();
         BootFileSharer::new(
-            Arc::new(memory),
+            memory.clone(),
             BootFiles {
                 kernel: None,
                 initrd: Some(initrd),
+                initrd_pages_stay,
             },
             shared_memfd,
             VcpuPauser::new(Vec::new(), acks),
@@ -179,7 +192,7 @@ mod tests {
     }
 
     #[test]
-    fn initrd_pages_are_shared_only_where_no_backend_maps_guest_ram() {
+    fn initrd_pages_are_shared_only_where_no_backend_maps_guest_ram_or_they_stay() {
         let bytes: Vec<u8> = (0..8192u32).map(|i| (i % 253) as u8 | 1).collect();
         let path = std::env::temp_dir().join(format!("vpod-boot-share-{}", std::process::id()));
         std::fs::write(&path, &bytes).expect("initrd");
@@ -187,17 +200,30 @@ mod tests {
 
         let private = create_guest_memory(&[(GuestAddress(0), 8 * MIB)], 8, false).expect("ram");
         with_initrd_pages(&private, &bytes);
-        let private_outcome = sharer(private, open(), false).share();
+        let private_outcome = sharer(&Arc::new(private), open(), false, false).share();
 
         // A vhost-user backend writes these pages through the memfd: they must stay the
         // guest's, or the guest would read the file where the backend wrote.
         let (shared, _) =
             create_shared_guest_memory(&[(GuestAddress(0), 8 * MIB)], 8).expect("shared ram");
         with_initrd_pages(&shared, &bytes);
-        let shared_outcome = sharer(shared, open(), true).share();
+        let shared_outcome = sharer(&Arc::new(shared), open(), true, false).share();
+
+        // Unless the guest keeps them in place and never hands them to a device; what the
+        // guest then reads is the file, and the memfd's pages behind are freed.
+        let (kept, _) =
+            create_shared_guest_memory(&[(GuestAddress(0), 8 * MIB)], 8).expect("shared ram");
+        with_initrd_pages(&kept, &bytes);
+        let kept = Arc::new(kept);
+        let kept_outcome = sharer(&kept, open(), true, true).share();
         let _ = std::fs::remove_file(&path);
 
         assert_eq!(private_outcome.expect("private").initrd, 2);
         assert_eq!(shared_outcome.expect("shared").initrd, 0);
+        assert_eq!(kept_outcome.expect("kept").initrd, 2);
+        let mut read = vec![0u8; bytes.len()];
+        kept.read_slice(&mut read, GuestAddress(0x40_0000))
+            .expect("read");
+        assert_eq!(read, bytes, "the guest reads the file's bytes");
     }
 }

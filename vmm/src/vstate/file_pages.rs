@@ -1,14 +1,15 @@
 //! Guest pages that hold a page of a host file, found by content: the guest's initrd, which
-//! its kernel unpacks into the tmpfs root, leaves the agent's binary there page by page
+//! its kernel unpacks into the initramfs, leaves the agent's binary there page by page
 //! (the pod initrd puts `/init`'s bytes at a 4 KiB-aligned offset, so each page of the
 //! unpacked file equals one page of the initrd). [`share_matching_pages`] maps the file
 //! copy-on-write over each such guest page, as [`crate::arch::kernel_text`] does for the
 //! kernel's code, so that every VM booting that initrd keeps one host copy of the agent.
 //! Only resident guest pages are read (`mincore`), so the scan faults nothing in.
 //!
-//! Only for guest RAM that no other process maps: a matched page may later become a device
-//! buffer, and a vhost-user backend writing it through the guest RAM memfd would write
-//! where the guest no longer reads ([`crate::vstate::boot_share`] asks for private RAM).
+//! Only for guest RAM that no other process maps, or a guest that keeps those pages in place:
+//! a matched page that later became a device buffer would be written by a vhost-user backend
+//! through the guest RAM memfd, where the guest no longer reads
+//! ([`crate::vstate::boot_share`] decides).
 
 use std::collections::HashMap;
 use std::fs::File;
