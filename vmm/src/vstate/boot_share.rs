@@ -20,7 +20,7 @@ use vm_memory::GuestMemoryMmap;
 use crate::arch::kernel_text::{find_text, share_identical_pages, TextPages, TextSharing};
 use crate::event_loop::{DeadlineTimer, EventOps, EventSet, Events, Subscriber};
 use crate::lifecycle::GuestEvents;
-use crate::vstate::file_pages::{share_matching_pages, FilePageIndex};
+use crate::vstate::file_pages::{share_matching_pages, FilePageIndex, GuestRam};
 use crate::vstate::vcpu::VcpuPauser;
 
 /// How long after the vCPUs start the boot files' pages are shared: past the boot (its code
@@ -47,6 +47,8 @@ pub struct BootFiles {
 pub struct Shared {
     pub kernel_code: TextSharing,
     pub initrd: u64,
+    /// 2 MiB blocks of private guest RAM moved off huge pages first.
+    pub split_blocks: u64,
 }
 
 /// The event-loop source that shares the boot files' pages once.
@@ -119,16 +121,16 @@ impl BootFileSharer {
     ) -> Result<Shared, crate::arch::kernel_text::KernelTextError> {
         let mut shared = Shared::default();
         let mut text_range = 0..0;
+        let mut ram = GuestRam::new(&self.memory, self.shared_memfd);
         if let (Some(file), Some(pages)) = (&self.files.kernel, text) {
-            shared.kernel_code =
-                share_identical_pages(&self.memory, file, pages, self.shared_memfd)?;
+            shared.kernel_code = share_identical_pages(&self.memory, file, pages, &mut ram)?;
             text_range = pages.guest_addr..pages.guest_addr + pages.len;
         }
         // An empty index (no initrd, or a vhost-user backend: see `share`) matches nothing.
         if let Some(file) = &self.files.initrd {
-            shared.initrd =
-                share_matching_pages(&self.memory, file, index, self.shared_memfd, text_range)?;
+            shared.initrd = share_matching_pages(&self.memory, file, index, &mut ram, text_range)?;
         }
+        shared.split_blocks = ram.split_blocks;
         Ok(shared)
     }
 }

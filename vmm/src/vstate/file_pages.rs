@@ -11,7 +11,7 @@
 //! through the guest RAM memfd, where the guest no longer reads
 //! ([`crate::vstate::boot_share`] decides).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
@@ -88,22 +88,140 @@ fn resident(host: usize, len: usize) -> std::io::Result<Vec<u8>> {
     Ok(residency)
 }
 
+/// The 2 MiB blocks transparent huge pages come in.
+const HUGE: usize = 2 << 20;
+
+/// The guest RAM files are mapped over, and what must happen to it first.
+///
+/// - A shared memfd (a vhost-user backend maps it too): the memfd's pages behind a file
+///   mapping are dropped (`MADV_REMOVE`), as the mapping alone would not free them.
+/// - Private memory, advised onto transparent huge pages: a file mapping over part of a huge
+///   page unmaps only that part, and the rest of the 2 MiB stays allocated, queued for a
+///   split that runs under memory pressure only; the host would free nothing it reports.
+///   So before the first file page goes into a 2 MiB block, the block is moved onto 4 KiB
+///   pages ([`Self::split`]): its resident pages that are not all zeros are copied out, the
+///   block is advised `MADV_NOHUGEPAGE` and dropped (`MADV_DONTNEED`, which frees the huge
+///   page), and the copies are written back, each onto a page of its own. Zero pages are
+///   not written back: they come back zero-filled on the next touch.
+pub struct GuestRam {
+    shared_memfd: bool,
+    /// Host ranges (start, length) of private guest RAM; blocks are clipped to them.
+    regions: Vec<(usize, usize)>,
+    /// Blocks (their host start) already on small pages.
+    split: BTreeSet<usize>,
+    /// Blocks moved onto small pages, and the pages written back into them.
+    pub split_blocks: u64,
+    pub rewritten_pages: u64,
+}
+
+impl GuestRam {
+    pub fn new(memory: &GuestMemoryMmap, shared_memfd: bool) -> Self {
+        let regions = if shared_memfd {
+            Vec::new()
+        } else {
+            memory
+                .iter()
+                .filter_map(|region| {
+                    let len = usize::try_from(region.len()).ok()?;
+                    let slice = memory.get_slice(region.start_addr(), len).ok()?;
+                    Some((slice.ptr_guard_mut().as_ptr() as usize, len))
+                })
+                .collect()
+        };
+        GuestRam {
+            shared_memfd,
+            regions,
+            split: BTreeSet::new(),
+            split_blocks: 0,
+            rewritten_pages: 0,
+        }
+    }
+
+    /// Readies `[host, host + len)` for a file mapping: drops a memfd's pages there, or
+    /// moves the private blocks it touches onto small pages.
+    fn prepare(&mut self, host: usize, len: usize) -> Result<(), KernelTextError> {
+        if self.shared_memfd {
+            // SAFETY: [host, host + len) is page-aligned and inside the guest RAM mapping,
+            // which lives as long as the process; MADV_REMOVE frees the memfd's pages there
+            // (a hole, read back as zeros), which nothing but the paused guest uses.
+            let removed =
+                unsafe { libc::madvise(host as *mut libc::c_void, len, libc::MADV_REMOVE) };
+            if removed != 0 {
+                return Err(KernelTextError::Drop(std::io::Error::last_os_error()));
+            }
+            return Ok(());
+        }
+        let mut block = host - host % HUGE;
+        while block < host + len {
+            if self.split.insert(block) {
+                self.split(block)?;
+            }
+            block += HUGE;
+        }
+        Ok(())
+    }
+
+    /// Moves the private block at `block` (clipped to its region) onto small pages. No file
+    /// is mapped in it yet: [`Self::prepare`] runs before each mapping and splits a block
+    /// once.
+    fn split(&mut self, block: usize) -> Result<(), KernelTextError> {
+        let Some(&(start, len)) = self
+            .regions
+            .iter()
+            .find(|&&(start, len)| block + HUGE > start && block < start + len)
+        else {
+            return Ok(());
+        };
+        let from = block.max(start);
+        let to = (block + HUGE).min(start + len);
+        let residency = resident(from, to - from).map_err(KernelTextError::Read)?;
+        let mut kept: Vec<(usize, Vec<u8>)> = Vec::new();
+        for (page, state) in residency.iter().enumerate() {
+            if state & 1 == 0 {
+                continue;
+            }
+            let at = from + page * PAGE;
+            // SAFETY: a resident page of the private guest RAM mapping, which lives as long
+            // as the process; the guest is paused and no device uses it meanwhile.
+            let bytes = unsafe { std::slice::from_raw_parts(at as *const u8, PAGE) };
+            if bytes.iter().any(|&b| b != 0) {
+                kept.push((at, bytes.to_vec()));
+            }
+        }
+        for advice in [libc::MADV_NOHUGEPAGE, libc::MADV_DONTNEED] {
+            // SAFETY: [from, to) is page-aligned, inside the private guest RAM mapping,
+            // holds no file mapping yet, and its contents are saved in `kept` (all but zero
+            // pages, which read back as zeros after MADV_DONTNEED).
+            let done = unsafe { libc::madvise(from as *mut libc::c_void, to - from, advice) };
+            if done != 0 {
+                return Err(KernelTextError::SmallPages(std::io::Error::last_os_error()));
+            }
+        }
+        for (at, bytes) in &kept {
+            // SAFETY: `at` is a page of the mapping just dropped, writable, faulted in anew
+            // as a 4 KiB page by this write; `bytes` is one page long.
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), *at as *mut u8, PAGE) };
+        }
+        self.split_blocks += 1;
+        self.rewritten_pages += kept.len() as u64;
+        Ok(())
+    }
+}
+
 /// Maps pages of `file` copy-on-write over guest RAM, merging pages that follow each other
-/// both in guest RAM and in the file into one mapping. With `shared_memfd` (guest RAM is a
-/// memfd a vhost-user backend maps too) the memfd's pages behind are dropped first
-/// (`MADV_REMOVE`); private memory under a new mapping is freed with it.
+/// both in guest RAM and in the file into one mapping, each readied first by [`GuestRam`].
 pub struct FileRuns<'a> {
     file: &'a File,
-    shared_memfd: bool,
+    ram: &'a mut GuestRam,
     /// (host address, length, file offset) of the run not yet mapped.
     run: Option<(usize, usize, u64)>,
 }
 
 impl<'a> FileRuns<'a> {
-    pub fn new(file: &'a File, shared_memfd: bool) -> Self {
+    pub fn new(file: &'a File, ram: &'a mut GuestRam) -> Self {
         FileRuns {
             file,
-            shared_memfd,
+            ram,
             run: None,
         }
     }
@@ -135,19 +253,10 @@ impl<'a> FileRuns<'a> {
         }
     }
 
-    fn map(&self, host: usize, len: usize, offset: u64) -> Result<(), KernelTextError> {
+    fn map(&mut self, host: usize, len: usize, offset: u64) -> Result<(), KernelTextError> {
         let offset = libc::off_t::try_from(offset)
             .map_err(|e| KernelTextError::Map(std::io::Error::other(e)))?;
-        if self.shared_memfd {
-            // SAFETY: [host, host + len) is page-aligned and inside the guest RAM mapping,
-            // which lives as long as the process; MADV_REMOVE frees the memfd's pages there
-            // (a hole, read back as zeros), which nothing but the paused guest uses.
-            let removed =
-                unsafe { libc::madvise(host as *mut libc::c_void, len, libc::MADV_REMOVE) };
-            if removed != 0 {
-                return Err(KernelTextError::Drop(std::io::Error::last_os_error()));
-            }
-        }
+        self.ram.prepare(host, len)?;
         // SAFETY: as above; MAP_FIXED replaces exactly those pages with a private mapping of
         // the same length, readable and writable as before, which KVM's memory slot (a range
         // of addresses, not of mappings) keeps using; the mapping holds its own reference to
@@ -170,14 +279,13 @@ impl<'a> FileRuns<'a> {
 }
 
 /// Maps `file` copy-on-write over every resident guest page outside `skip` (a guest
-/// address range) that holds exactly one of its indexed pages. With `shared_memfd` the
-/// memfd's page behind is dropped first. The caller keeps the guest paused. Returns how
-/// many pages were mapped.
+/// address range) that holds exactly one of its indexed pages, guest RAM readied by `ram`.
+/// The caller keeps the guest paused. Returns how many pages were mapped.
 pub fn share_matching_pages(
     memory: &GuestMemoryMmap,
     file: &File,
     index: &FilePageIndex,
-    shared_memfd: bool,
+    ram: &mut GuestRam,
     skip: std::ops::Range<u64>,
 ) -> Result<u64, KernelTextError> {
     let mut shared = 0;
@@ -186,7 +294,7 @@ pub fn share_matching_pages(
     }
     let mut from_file = vec![0u8; PAGE];
     let mut in_guest = vec![0u8; PAGE];
-    let mut runs = FileRuns::new(file, shared_memfd);
+    let mut runs = FileRuns::new(file, ram);
     for region in memory.iter() {
         let base = region.start_addr().0;
         let Ok(len) = usize::try_from(region.len()) else {
@@ -324,8 +432,14 @@ mod tests {
                 .write_slice(content, GuestAddress(*at))
                 .expect("write");
         }
-        let shared = share_matching_pages(&memory, &file, &index, false, 0x60_0000..0x70_0000)
-            .expect("share");
+        let shared = share_matching_pages(
+            &memory,
+            &file,
+            &index,
+            &mut GuestRam::new(&memory, false),
+            0x60_0000..0x70_0000,
+        )
+        .expect("share");
         assert_eq!(shared, 3);
         for (at, content) in &placed {
             let mut seen = vec![0u8; PAGE];
@@ -344,6 +458,85 @@ mod tests {
         let _ = std::fs::remove_file(&path);
     }
 
+    /// Resident pages of `len` bytes at `host`.
+    fn resident_pages(host: usize, len: usize) -> usize {
+        resident(host, len)
+            .expect("mincore")
+            .iter()
+            .filter(|&&r| r & 1 != 0)
+            .count()
+    }
+
+    /// KiB of transparent huge pages in the mappings between `from` and `to`.
+    fn huge_kib(from: usize, to: usize) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
+        let mut inside = false;
+        let mut kib = 0;
+        for line in smaps.lines() {
+            let first = line.split_whitespace().next().unwrap_or("");
+            if let Some((start, end)) = first.split_once('-') {
+                if let (Ok(start), Ok(end)) = (
+                    usize::from_str_radix(start, 16),
+                    usize::from_str_radix(end, 16),
+                ) {
+                    inside = start < to && end > from;
+                    continue;
+                }
+            }
+            if let (true, Some(v)) = (inside, line.strip_prefix("AnonHugePages:")) {
+                kib += v.trim().trim_end_matches(" kB").parse::<u64>().unwrap_or(0);
+            }
+        }
+        kib
+    }
+
+    #[test]
+    fn a_private_block_under_a_file_page_moves_to_small_pages_and_keeps_its_bytes() {
+        let (path, bytes) = file("split", 3);
+        let file = File::open(&path).expect("open");
+        let index = FilePageIndex::build(&file).expect("index");
+        let memory = create_guest_memory(&[(GuestAddress(0), 8 * MIB)], 8, false).expect("ram");
+        // The whole block at 2 MiB touched (a huge page where the host gives one): zeros,
+        // but for file page 1 at 0x20_3000 and two pages of the guest's own.
+        memory
+            .write_slice(&vec![0u8; 2 * MIB as usize], GuestAddress(0x20_0000))
+            .expect("touch");
+        let own: Vec<u8> = (0..PAGE).map(|i| (i % 251) as u8 | 0x80).collect();
+        for at in [0x20_0000u64, 0x3f_f000] {
+            memory.write_slice(&own, GuestAddress(at)).expect("write");
+        }
+        memory
+            .write_slice(&bytes[PAGE..2 * PAGE], GuestAddress(0x20_3000))
+            .expect("write");
+        let block = memory
+            .get_host_address(GuestAddress(0x20_0000))
+            .expect("host") as usize;
+        let huge_before = huge_kib(block, block + 2 * MIB as usize);
+        let mut ram = GuestRam::new(&memory, false);
+        let shared = share_matching_pages(&memory, &file, &index, &mut ram, 0..0);
+        let huge_after = huge_kib(block, block + 2 * MIB as usize);
+        let resident_after = resident_pages(block, 2 * MIB as usize);
+        let _ = std::fs::remove_file(&path);
+
+        assert_eq!(shared.expect("share"), 1);
+        assert_eq!((ram.split_blocks, ram.rewritten_pages), (1, 3));
+        for at in [0x20_0000u64, 0x3f_f000] {
+            let mut seen = vec![0u8; PAGE];
+            memory
+                .read_slice(&mut seen, GuestAddress(at))
+                .expect("read");
+            assert!(seen == own, "the guest's page at {at:#x} kept its bytes");
+        }
+        // The two pages of the guest's own and the file's page; the zero pages are gone.
+        assert_eq!(resident_after, 3, "pages resident");
+        assert_eq!(huge_after, 0, "huge pages left ({huge_before} KiB before)");
+        let mut seen = vec![0u8; PAGE];
+        memory
+            .read_slice(&mut seen, GuestAddress(0x20_1000))
+            .expect("read");
+        assert!(seen.iter().all(|&b| b == 0), "a zero page reads zeros");
+    }
+
     #[test]
     fn neighbouring_matches_of_neighbouring_file_pages_are_one_mapping() {
         let (path, bytes) = file("run", 3);
@@ -353,7 +546,14 @@ mod tests {
         memory
             .write_slice(&bytes[..2 * PAGE], GuestAddress(0x20_0000))
             .expect("write");
-        let shared = share_matching_pages(&memory, &file, &index, false, 0..0).expect("share");
+        let shared = share_matching_pages(
+            &memory,
+            &file,
+            &index,
+            &mut GuestRam::new(&memory, false),
+            0..0,
+        )
+        .expect("share");
         let host = memory
             .get_host_address(GuestAddress(0x20_0000))
             .expect("host") as usize;

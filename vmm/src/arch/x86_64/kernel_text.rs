@@ -22,7 +22,7 @@ use std::os::unix::fs::FileExt;
 
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-use crate::vstate::file_pages::FileRuns;
+use crate::vstate::file_pages::{FileRuns, GuestRam};
 
 const PAGE: u64 = 4096;
 const EHDR_SIZE: usize = 64;
@@ -48,6 +48,8 @@ pub enum KernelTextError {
     Map(#[source] std::io::Error),
     #[error("cannot drop the guest memory behind a shared page")]
     Drop(#[source] std::io::Error),
+    #[error("cannot move guest memory off huge pages before sharing part of them")]
+    SmallPages(#[source] std::io::Error),
 }
 
 /// Where the kernel's `.text` lies, in whole pages.
@@ -179,14 +181,15 @@ pub struct TextSharing {
 const CHUNK: usize = 64 * 4096;
 
 /// Replaces each page of `pages` in `memory` that holds exactly the bytes of `file` at its
-/// offset by a copy-on-write mapping of the file ([`FileRuns`]). The
-/// caller must keep the guest from running (every vCPU paused) and from reaching these
-/// pages through a device meanwhile; guest memory outside `pages` is not touched.
+/// offset by a copy-on-write mapping of the file ([`FileRuns`]), guest RAM readied by `ram`.
+/// The caller must keep the guest from running (every vCPU paused) and from reaching these
+/// pages through a device meanwhile; guest memory outside `pages` keeps its contents (the
+/// 2 MiB blocks around them may move onto small pages).
 pub fn share_identical_pages(
     memory: &GuestMemoryMmap,
     file: &File,
     pages: TextPages,
-    shared_memfd: bool,
+    ram: &mut GuestRam,
 ) -> Result<TextSharing, KernelTextError> {
     let mut outcome = TextSharing::default();
     let Ok(len) = usize::try_from(pages.len) else {
@@ -198,7 +201,7 @@ pub fn share_identical_pages(
     let host = slice.ptr_guard_mut().as_ptr() as usize;
     let mut from_file = vec![0u8; CHUNK];
     let mut in_guest = vec![0u8; CHUNK];
-    let mut runs = FileRuns::new(file, shared_memfd);
+    let mut runs = FileRuns::new(file, ram);
     let mut at = 0;
     while at < len {
         let n = CHUNK.min(len - at);
@@ -350,7 +353,9 @@ mod tests {
         memory
             .read_slice(&mut expected, GuestAddress(2 * MIB))
             .expect("read guest memory");
-        let outcome = share_identical_pages(&memory, &file, pages, false).expect("share");
+        let outcome =
+            share_identical_pages(&memory, &file, pages, &mut GuestRam::new(&memory, false))
+                .expect("share");
         assert_eq!(
             outcome,
             TextSharing {
@@ -389,7 +394,9 @@ mod tests {
         let (memory, _) =
             create_shared_guest_memory(&[(GuestAddress(0), 8 * MIB)], 8).expect("shared ram");
         let (file, pages) = load(&memory, &path);
-        let outcome = share_identical_pages(&memory, &file, pages, true).expect("share");
+        let outcome =
+            share_identical_pages(&memory, &file, pages, &mut GuestRam::new(&memory, true))
+                .expect("share");
         let mut seen = vec![0u8; 32 * 1024];
         memory
             .read_slice(&mut seen, GuestAddress(2 * MIB))
@@ -427,7 +434,8 @@ mod tests {
         let memory = create_guest_memory(&[(GuestAddress(0), 8 * MIB)], 8, false).expect("ram");
         let file = File::open(&path).expect("open");
         let pages = find_text(&file).expect("headers").expect("text pages");
-        let outcome = share_identical_pages(&memory, &file, pages, false);
+        let outcome =
+            share_identical_pages(&memory, &file, pages, &mut GuestRam::new(&memory, false));
         let _ = std::fs::remove_file(&path);
         assert_eq!(outcome.expect("no error"), TextSharing::default());
     }
