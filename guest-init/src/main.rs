@@ -32,9 +32,12 @@ fn main() {
     if let Err(e) = mounts::mount_all(&mut mounts::SystemMounts) {
         eprintln!("vpod-init: error: {}", error_chain(&e));
     }
-    if let Err(e) = vpod_init::root_switch::pin_init(std::path::Path::new("/init")) {
-        eprintln!("vpod-init: warning: {}", error_chain(&e));
-    }
+    // Where init's binary stays, for the VMM to share those pages with its initrd file.
+    let staying =
+        vpod_init::root_switch::pin_init(std::path::Path::new("/init")).unwrap_or_else(|e| {
+            eprintln!("vpod-init: warning: {}", error_chain(&e));
+            Vec::new()
+        });
     let config = cmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
     set_hostname(&config.hostname);
     let mut vmm: Box<dyn VmmSignals> = match IoPorts::open() {
@@ -44,6 +47,7 @@ fn main() {
             Box::new(NoPorts)
         }
     };
+    vmm.staying_pages(&staying);
 
     let status = if argv.is_empty() {
         // The agent runs until the host ends the VM; it returns only when it cannot serve.

@@ -8,21 +8,23 @@
 //! kernel unpacked them. (switch_root(8) copies the initramfs into a tmpfs instead, to free
 //! it; here that copy was a few megabytes of guest memory and boot time for nothing.)
 //!
-//! Init also keeps its own binary's pages in place ([`pin_init`]): the VMM maps the initrd
-//! file over the guest pages that hold its bytes, even where a virtio-fs backend writes
-//! guest memory through a memfd of its own, which is sound only if no such page is ever
-//! freed, moved or handed to a device. Files on the initramfs are never evicted (no swap),
-//! and locked pages are never migrated once `vm.compact_unevictable_allowed` is 0 (our
-//! guest kernel has no compaction at all).
+//! Init also keeps its own binary's pages in place ([`pin_init`]) and tells the VMM where
+//! they are: the VMM maps the initrd file over those guest pages, even where a virtio-fs
+//! backend writes guest memory through a memfd of its own, which is sound only if none of
+//! them is ever freed, moved or handed to a device. Locked pages are never evicted, and
+//! never migrated once `vm.compact_unevictable_allowed` is 0 (our guest kernel has no
+//! compaction at all).
 
 use std::ffi::CString;
 use std::fs;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 const NEW_ROOT: &str = "/.vpod-root";
+const PAGE: usize = 4096;
 const COMPACT_UNEVICTABLE: &str = "/proc/sys/vm/compact_unevictable_allowed";
 /// statfs(2)'s type of a ramfs (include/uapi/linux/magic.h); libc does not name it.
 const RAMFS_MAGIC: libc::c_long = 0x8584_58f6;
@@ -53,9 +55,8 @@ fn check(rc: libc::c_int) -> io::Result<()> {
     }
 }
 
-/// Whether `/` is the initramfs itself: the kernel's rootfs (a tmpfs or ramfs mount with no
-/// parent). Read from `/proc/self/mountinfo` where it is mounted, else from the file
-/// system type of `/`: before /proc is mounted, a tmpfs or ramfs root is the initramfs.
+/// Whether `/` is the initramfs itself: before anything is mounted, a tmpfs or ramfs root
+/// is the kernel's rootfs (a mount with no parent).
 fn on_initramfs() -> bool {
     let mut stat = std::mem::MaybeUninit::<libc::statfs>::zeroed();
     // SAFETY: a NUL-terminated path and a buffer of the right type that outlive the call.
@@ -108,26 +109,55 @@ pub fn leave_initramfs_mount() -> Result<(), RootSwitchError> {
 }
 
 /// Keeps the pages of the file `init` (our binary on the initramfs) where they are: locks
-/// them ([`lock_file_pages`]) and turns off the compaction of locked pages. Needs /proc.
-pub fn pin_init(init: &Path) -> Result<(), RootSwitchError> {
-    lock_file_pages(init)?;
+/// them ([`lock_file_pages`]) and turns off the compaction of locked pages. Returns where
+/// they are ([`frame_runs`]). Needs /proc.
+pub fn pin_init(init: &Path) -> Result<Vec<(u64, u64)>, RootSwitchError> {
+    let (at, len) = lock_file_pages(init)?;
     match fs::write(COMPACT_UNEVICTABLE, "0") {
-        Ok(()) => Ok(()),
+        Ok(()) => {}
         // A kernel without compaction (ours) moves no page.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(RootSwitchError::Pin(COMPACT_UNEVICTABLE.into(), e)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(RootSwitchError::Pin(COMPACT_UNEVICTABLE.into(), e)),
     }
+    frame_runs(at, len).map_err(|e| RootSwitchError::Pin("/proc/self/pagemap".into(), e))
+}
+
+/// The physical frames behind `len` bytes of this process's memory at `at` (page-aligned),
+/// as runs (first frame, count), from `/proc/self/pagemap` (frame numbers need
+/// CAP_SYS_ADMIN; without it they read as 0 and nothing is returned). Pages not present
+/// are left out.
+pub fn frame_runs(at: usize, len: usize) -> io::Result<Vec<(u64, u64)>> {
+    const PRESENT: u64 = 1 << 63;
+    const FRAME: u64 = (1 << 55) - 1;
+    let pages = len.div_ceil(PAGE);
+    let mut entries = vec![0u8; pages * 8];
+    fs::File::open("/proc/self/pagemap")?.read_exact_at(&mut entries, (at / PAGE * 8) as u64)?;
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for entry in entries.chunks_exact(8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(entry);
+        let word = u64::from_le_bytes(word);
+        let frame = word & FRAME;
+        if word & PRESENT == 0 || frame == 0 {
+            continue;
+        }
+        match runs.last_mut() {
+            Some((first, count)) if *first + *count == frame => *count += 1,
+            _ => runs.push((frame, 1)),
+        }
+    }
+    Ok(runs)
 }
 
 /// Maps the whole of the file at `path` shared and locks the mapping, so its page-cache
-/// pages stay in memory. The mapping is left in place for the life of the process:
-/// unmapping would unlock it.
-pub fn lock_file_pages(path: &Path) -> Result<(), RootSwitchError> {
+/// pages stay in memory. The mapping (returned: address, length) is left in place for the
+/// life of the process: unmapping would unlock it.
+pub fn lock_file_pages(path: &Path) -> Result<(usize, usize), RootSwitchError> {
     let err = |e| RootSwitchError::Pin(path.display().to_string(), e);
     let file = fs::File::open(path).map_err(err)?;
     let len = file.metadata().map_err(err)?.len() as usize;
     if len == 0 {
-        return Ok(());
+        return Ok((0, 0));
     }
     // SAFETY: a new shared read-only mapping of a file we opened; nothing else in the
     // process uses the range, and it is never unmapped.
@@ -145,7 +175,8 @@ pub fn lock_file_pages(path: &Path) -> Result<(), RootSwitchError> {
         return Err(err(io::Error::last_os_error()));
     }
     // SAFETY: the range is the mapping just made.
-    check(unsafe { libc::mlock(map, len) }).map_err(err)
+    check(unsafe { libc::mlock(map, len) }).map_err(err)?;
+    Ok((map as usize, len))
 }
 
 #[cfg(test)]
@@ -167,7 +198,13 @@ mod tests {
         fs::write(file.path(), vec![7u8; 256 << 10]).unwrap();
         let before = locked_kib();
         match lock_file_pages(file.path()) {
-            Ok(()) => assert!(locked_kib() >= before + 256, "VmLck {}", locked_kib()),
+            Ok((at, len)) => {
+                assert!(locked_kib() >= before + 256, "VmLck {}", locked_kib());
+                // Root (CAP_SYS_ADMIN) reads the frames: 64 pages, all present.
+                let runs = frame_runs(at, len).expect("pagemap");
+                let pages: u64 = runs.iter().map(|r| r.1).sum();
+                assert!(pages == 64 || runs.is_empty(), "{runs:?}");
+            }
             // Without CAP_IPC_LOCK the memlock limit may be smaller than the file.
             Err(RootSwitchError::Pin(_, e)) if e.raw_os_error() == Some(libc::EPERM) => {}
             Err(RootSwitchError::Pin(_, e)) if e.raw_os_error() == Some(libc::ENOMEM) => {}

@@ -209,6 +209,7 @@ pub fn build_microvm(
                 kernel: Some(kernel_file),
                 initrd: initrd_file,
                 initrd_pages_stay: config.initrd_pages_stay,
+                initrd_at: initrd,
             };
             Ok::<_, BuildError>((vcpu_fds, devices, files))
         })();

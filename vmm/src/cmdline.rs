@@ -43,10 +43,11 @@ fn size_text(size: u64) -> String {
     }
 }
 
-/// `base` followed by each of `defaults` whose key (the text before `=`) no word of `base`
-/// sets: a device's parameter never overrides one the configuration gave.
+/// `base` followed by each of `defaults` whose key (the text before `=`, with `-` read as
+/// `_`, as the kernel reads parameter names) no word of `base` sets: a device's parameter
+/// never overrides one the configuration gave.
 pub fn with_defaults(base: &str, defaults: &[String]) -> String {
-    let key = |word: &str| word.split('=').next().unwrap_or(word).to_string();
+    let key = |word: &str| word.split('=').next().unwrap_or(word).replace('-', "_");
     let mut line = base.trim().to_string();
     for param in defaults {
         let name = key(param);
@@ -139,6 +140,10 @@ mod tests {
         assert_eq!(
             with_defaults("quiet page_reporting.page_reporting_order=9", &order),
             "quiet page_reporting.page_reporting_order=9"
+        );
+        assert_eq!(
+            with_defaults("page_reporting.page-reporting-order=3", &order),
+            "page_reporting.page-reporting-order=3"
         );
         // A key that only starts like another one is a different key.
         assert_eq!(

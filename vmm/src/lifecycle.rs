@@ -6,6 +6,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vpod_proto::vmm::port::MAX_STAYING_RUNS;
 
 /// Exit code when the guest kernel panicked.
 pub const EXIT_GUEST_PANIC: i32 = 120;
@@ -69,6 +70,8 @@ pub struct GuestEvents {
     status: AtomicU16,
     panicked: AtomicBool,
     stop: Mutex<Option<StopReason>>,
+    /// Guest page runs (first frame, count) that init says stay in place, as it wrote them.
+    staying_pages: Mutex<Vec<(u64, u64)>>,
     wake: EventFd,
 }
 
@@ -79,6 +82,7 @@ impl GuestEvents {
             status: AtomicU16::new(NO_STATUS),
             panicked: AtomicBool::new(false),
             stop: Mutex::new(None),
+            staying_pages: Mutex::new(Vec::new()),
             wake: EventFd::new(EFD_NONBLOCK)?,
         })
     }
@@ -119,6 +123,26 @@ impl GuestEvents {
             NO_STATUS => None,
             status => Some(status as u8),
         }
+    }
+
+    /// Init says the `count` guest pages from frame `first` stay in place; at most
+    /// [`MAX_STAYING_RUNS`] runs are kept, the rest dropped.
+    pub fn record_staying_pages(&self, first: u64, count: u64) {
+        let mut runs = self
+            .staying_pages
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if runs.len() < MAX_STAYING_RUNS && count > 0 {
+            runs.push((first, count));
+        }
+    }
+
+    /// The runs of guest pages init said stay in place (guest-written: unchecked).
+    pub fn staying_pages(&self) -> Vec<(u64, u64)> {
+        self.staying_pages
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// The kernel printed a panic message.

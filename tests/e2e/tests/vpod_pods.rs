@@ -281,7 +281,7 @@ fn shared_kernel_text(root: &VpodRoot, pod: &str) {
     let (_, rss_after, _) = file_mappings(&vmm, "/vmlinux");
     assert!(rss_after > 0, "the guest ran none of the shared code");
     // The agent is about 3.4 MB; its pages on the initramfs and those of the initrd copy
-    // the guest freed after unpacking it both match.
+    // the guest freed after unpacking it (a pod without a share: private guest RAM) match.
     let (initrd, _, _) = file_mappings(&vmm, "/pod-initrd.img");
     assert!(initrd >= 2048, "{initrd} KiB of the initrd mapped");
 }

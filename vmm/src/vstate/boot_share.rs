@@ -27,6 +27,8 @@ use crate::vstate::vcpu::VcpuPauser;
 /// patching happens in the first tenth of a second on real KVM) and, for a pod, usually past
 /// its first container's start.
 pub const SHARE_AFTER: Duration = Duration::from_secs(5);
+/// Guest pages are 4 KiB.
+const PAGE: u64 = 4096;
 /// The longest a vCPU may take to leave the guest when told to pause.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -36,10 +38,17 @@ pub struct BootFiles {
     pub kernel: Option<File>,
     /// The initrd file.
     pub initrd: Option<File>,
-    /// The guest keeps every page holding a page of the initrd where it is and never hands
-    /// one to a device (`VmConfig.initrd_pages_stay`): the initrd's pages are shared even
-    /// where a vhost-user backend maps guest RAM.
+    /// The guest keeps its initrd copy and the files it unpacked from it in place and never
+    /// hands those pages to a device (`VmConfig.initrd_pages_stay`): then, where a vhost-user
+    /// backend maps guest RAM too, the initrd's pages are shared there, and only there:
+    /// inside the initrd copy the VMM loaded (`initrd_at`, which the kernel retains) and the
+    /// runs of pages init reported through the port ABI
+    /// ([`vpod_proto::vmm::port::STAYING_PAGES_PORT`]). Any other page of guest RAM that
+    /// happens to hold the initrd's bytes (page cache of the same file read through the
+    /// share, say) may be freed and reused as a device buffer, and is left alone.
     pub initrd_pages_stay: bool,
+    /// Where the initrd copy lies in guest memory (address, length).
+    pub initrd_at: Option<(u64, u64)>,
 }
 
 /// What a sharing did, in pages.
@@ -122,16 +131,46 @@ impl BootFileSharer {
         let mut shared = Shared::default();
         let mut text_range = 0..0;
         let mut ram = GuestRam::new(&self.memory, self.shared_memfd);
+        let only = self.shared_memfd.then(|| self.staying_ranges());
         if let (Some(file), Some(pages)) = (&self.files.kernel, text) {
             shared.kernel_code = share_identical_pages(&self.memory, file, pages, &mut ram)?;
             text_range = pages.guest_addr..pages.guest_addr + pages.len;
         }
         // An empty index (no initrd, or a vhost-user backend: see `share`) matches nothing.
         if let Some(file) = &self.files.initrd {
-            shared.initrd = share_matching_pages(&self.memory, file, index, &mut ram, text_range)?;
+            shared.initrd = share_matching_pages(
+                &self.memory,
+                file,
+                index,
+                &mut ram,
+                text_range,
+                only.as_deref(),
+            )?;
         }
         shared.split_blocks = ram.split_blocks;
         Ok(shared)
+    }
+}
+
+impl BootFileSharer {
+    /// The guest ranges where the initrd's pages stay: its loaded copy, and the page runs
+    /// init reported (guest-written: bounded by [`vpod_proto::vmm::port::MAX_STAYING_RUNS`]
+    /// runs, overflowing ones dropped; pages outside guest RAM never match).
+    fn staying_ranges(&self) -> Vec<std::ops::Range<u64>> {
+        let reported = self
+            .events
+            .staying_pages()
+            .into_iter()
+            .filter_map(|(first, count)| {
+                let start = first.checked_mul(PAGE)?;
+                Some(start..start.checked_add(count.checked_mul(PAGE)?)?)
+            });
+        self.files
+            .initrd_at
+            .map(|(at, len)| at..at.saturating_add(len))
+            .into_iter()
+            .chain(reported)
+            .collect()
     }
 }
 
@@ -177,6 +216,7 @@ mod tests {
                 kernel: None,
                 initrd: Some(initrd),
                 initrd_pages_stay,
+                initrd_at: None,
             },
             shared_memfd,
             VcpuPauser::new(Vec::new(), acks),
@@ -211,18 +251,31 @@ mod tests {
         with_initrd_pages(&shared, &bytes);
         let shared_outcome = sharer(&Arc::new(shared), open(), true, false).share();
 
-        // Unless the guest keeps them in place and never hands them to a device; what the
-        // guest then reads is the file, and the memfd's pages behind are freed.
+        // Unless the guest keeps them in place and never hands them to a device: then the
+        // pages init reported (and the initrd copy the VMM loaded) are shared, the guest reads
+        // the file there, and the memfd's pages behind are freed. The same bytes elsewhere
+        // (page cache of the same file read through the share, say) stay the guest's.
         let (kept, _) =
             create_shared_guest_memory(&[(GuestAddress(0), 8 * MIB)], 8).expect("shared ram");
         with_initrd_pages(&kept, &bytes);
+        kept.write_slice(&bytes, GuestAddress(0x60_0000))
+            .expect("write");
+        kept.write_slice(&bytes, GuestAddress(0x70_0000))
+            .expect("write");
         let kept = Arc::new(kept);
-        let kept_outcome = sharer(&kept, open(), true, true).share();
+        let mut kept_sharer = sharer(&kept, open(), true, true);
+        kept_sharer.events.record_staying_pages(0x400, 2);
+        kept_sharer.files.initrd_at = Some((0x70_0000, bytes.len() as u64));
+        let kept_outcome = kept_sharer.share();
         let _ = std::fs::remove_file(&path);
 
         assert_eq!(private_outcome.expect("private").initrd, 2);
         assert_eq!(shared_outcome.expect("shared").initrd, 0);
-        assert_eq!(kept_outcome.expect("kept").initrd, 2);
+        assert_eq!(
+            kept_outcome.expect("kept").initrd,
+            4,
+            "the reported run and the copy"
+        );
         let mut read = vec![0u8; bytes.len()];
         kept.read_slice(&mut read, GuestAddress(0x40_0000))
             .expect("read");

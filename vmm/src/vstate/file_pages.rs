@@ -154,17 +154,21 @@ impl GuestRam {
         let mut block = host - host % HUGE;
         while block < host + len {
             if self.split.insert(block) {
-                self.split(block)?;
+                self.split(block, host..host + len)?;
             }
             block += HUGE;
         }
         Ok(())
     }
 
-    /// Moves the private block at `block` (clipped to its region) onto small pages. No file
-    /// is mapped in it yet: [`Self::prepare`] runs before each mapping and splits a block
-    /// once.
-    fn split(&mut self, block: usize) -> Result<(), KernelTextError> {
+    /// Moves the private block at `block` (clipped to its region) onto small pages, leaving
+    /// out the pages of `mapped`, which a file mapping replaces next. No file is mapped in
+    /// the block yet: [`Self::prepare`] runs before each mapping and splits a block once.
+    fn split(
+        &mut self,
+        block: usize,
+        mapped: std::ops::Range<usize>,
+    ) -> Result<(), KernelTextError> {
         let Some(&(start, len)) = self
             .regions
             .iter()
@@ -174,28 +178,41 @@ impl GuestRam {
         };
         let from = block.max(start);
         let to = (block + HUGE).min(start + len);
-        let residency = resident(from, to - from).map_err(KernelTextError::Read)?;
+        // SAFETY: [from, to) is page-aligned and inside the private guest RAM mapping, which
+        // lives as long as the process; only its advice changes, not its contents.
+        let advised =
+            unsafe { libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_NOHUGEPAGE) };
+        if advised != 0 {
+            let error = std::io::Error::last_os_error();
+            // A host kernel without transparent huge pages: nothing to split.
+            if error.raw_os_error() == Some(libc::EINVAL) {
+                return Ok(());
+            }
+            return Err(KernelTextError::SmallPages(error));
+        }
+        // Every page is read, not only those mincore calls resident: a page swapped out
+        // must come back and be kept, and reading a page never touched maps the shared zero
+        // page, which costs nothing.
         let mut kept: Vec<(usize, Vec<u8>)> = Vec::new();
-        for (page, state) in residency.iter().enumerate() {
-            if state & 1 == 0 {
+        for at in (from..to).step_by(PAGE) {
+            if mapped.contains(&at) {
                 continue;
             }
-            let at = from + page * PAGE;
-            // SAFETY: a resident page of the private guest RAM mapping, which lives as long
-            // as the process; the guest is paused and no device uses it meanwhile.
+            // SAFETY: a page of the private guest RAM mapping, which lives as long as the
+            // process; the guest is paused and no device uses it meanwhile.
             let bytes = unsafe { std::slice::from_raw_parts(at as *const u8, PAGE) };
             if bytes.iter().any(|&b| b != 0) {
                 kept.push((at, bytes.to_vec()));
             }
         }
-        for advice in [libc::MADV_NOHUGEPAGE, libc::MADV_DONTNEED] {
-            // SAFETY: [from, to) is page-aligned, inside the private guest RAM mapping,
-            // holds no file mapping yet, and its contents are saved in `kept` (all but zero
-            // pages, which read back as zeros after MADV_DONTNEED).
-            let done = unsafe { libc::madvise(from as *mut libc::c_void, to - from, advice) };
-            if done != 0 {
-                return Err(KernelTextError::SmallPages(std::io::Error::last_os_error()));
-            }
+        // SAFETY: as above; the contents of [from, to) outside `mapped` are saved in `kept`
+        // (all but zero pages, which read back as zeros after MADV_DONTNEED), and `mapped`
+        // is about to be replaced by the file.
+        let dropped =
+            unsafe { libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_DONTNEED) };
+        if dropped != 0 {
+            // Nothing was dropped; the guest's pages are as they were.
+            return Err(KernelTextError::SmallPages(std::io::Error::last_os_error()));
         }
         for (at, bytes) in &kept {
             // SAFETY: `at` is a page of the mapping just dropped, writable, faulted in anew
@@ -279,14 +296,16 @@ impl<'a> FileRuns<'a> {
 }
 
 /// Maps `file` copy-on-write over every resident guest page outside `skip` (a guest
-/// address range) that holds exactly one of its indexed pages, guest RAM readied by `ram`.
-/// The caller keeps the guest paused. Returns how many pages were mapped.
+/// address range), and inside `only` where given (guest address ranges), that holds exactly
+/// one of its indexed pages, guest RAM readied by `ram`. The caller keeps the guest paused.
+/// Returns how many pages were mapped.
 pub fn share_matching_pages(
     memory: &GuestMemoryMmap,
     file: &File,
     index: &FilePageIndex,
     ram: &mut GuestRam,
     skip: std::ops::Range<u64>,
+    only: Option<&[std::ops::Range<u64>]>,
 ) -> Result<u64, KernelTextError> {
     let mut shared = 0;
     if index.is_empty() {
@@ -307,7 +326,9 @@ pub fn share_matching_pages(
         let residency = resident(host, len).map_err(KernelTextError::Read)?;
         for (page, state) in residency.iter().enumerate() {
             let at = page * PAGE;
-            if state & 1 == 0 || skip.contains(&(base + at as u64)) || at + PAGE > len {
+            let guest = base + at as u64;
+            let outside = only.is_some_and(|ranges| !ranges.iter().any(|r| r.contains(&guest)));
+            if state & 1 == 0 || skip.contains(&guest) || outside || at + PAGE > len {
                 continue;
             }
             let guest_page = slice
@@ -438,6 +459,7 @@ mod tests {
             &index,
             &mut GuestRam::new(&memory, false),
             0x60_0000..0x70_0000,
+            None,
         )
         .expect("share");
         assert_eq!(shared, 3);
@@ -513,13 +535,14 @@ mod tests {
             .expect("host") as usize;
         let huge_before = huge_kib(block, block + 2 * MIB as usize);
         let mut ram = GuestRam::new(&memory, false);
-        let shared = share_matching_pages(&memory, &file, &index, &mut ram, 0..0);
+        let shared = share_matching_pages(&memory, &file, &index, &mut ram, 0..0, None);
         let huge_after = huge_kib(block, block + 2 * MIB as usize);
         let resident_after = resident_pages(block, 2 * MIB as usize);
         let _ = std::fs::remove_file(&path);
 
         assert_eq!(shared.expect("share"), 1);
-        assert_eq!((ram.split_blocks, ram.rewritten_pages), (1, 3));
+        // The two pages of the guest's own; the page under the file is not written back.
+        assert_eq!((ram.split_blocks, ram.rewritten_pages), (1, 2));
         for at in [0x20_0000u64, 0x3f_f000] {
             let mut seen = vec![0u8; PAGE];
             memory
@@ -552,6 +575,7 @@ mod tests {
             &index,
             &mut GuestRam::new(&memory, false),
             0..0,
+            None,
         )
         .expect("share");
         let host = memory

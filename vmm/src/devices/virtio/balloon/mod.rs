@@ -7,9 +7,10 @@
 //!
 //! - Free page reporting: the guest kernel (CONFIG_PAGE_REPORTING) posts chains of free
 //!   guest-physical ranges a couple of seconds after they were freed, each a free block of
-//!   at least `page_reporting.page_reporting_order` ([`reporting_order_param`]). The device releases the host memory behind each: `MADV_DONTNEED` for
-//!   private anonymous guest RAM, `MADV_REMOVE` (a hole punched in the file) when guest RAM
-//!   is a shared memfd (a pod with a virtio-fs share), then returns the chain.
+//!   at least `page_reporting.page_reporting_order` ([`reporting_order_param`]). The
+//!   device releases the host memory behind each: `MADV_DONTNEED` for private anonymous
+//!   guest RAM, `MADV_REMOVE` (a hole punched in the file) when guest RAM is a shared memfd
+//!   (a pod with a virtio-fs share), then returns the chain.
 //! - Inflate/deflate: the runtime sets a target (`num_pages` in the configuration space,
 //!   4 KiB pages) through the control socket; the driver inflates by posting arrays of
 //!   page frame numbers it gave up, which the device releases the same way, and deflates by
