@@ -660,9 +660,13 @@ proptest! {
             ..FrameBackend::default()
         };
         handler.process_rx(&m, &mut backend);
+        // A chain may point the device at the rx ring itself (at 0): the frame then lands on
+        // the used ring, whose lengths the guest has overwritten for itself, so they are
+        // checked only when no buffer reaches into the rings' 64 KiB.
+        let into_rings = descs.iter().any(|&(addr, len, _, _)| addr < TX_RING && len > 0);
         for n in 0..rings.rx.used_idx() {
             let (_, len) = rings.rx.used_element(n);
-            prop_assert!(len as usize <= MAX_FRAME_LEN);
+            prop_assert!(into_rings || len as usize <= MAX_FRAME_LEN);
         }
         let delivered = NetMetrics::get(&metrics.rx_frames);
         let accounted = delivered
