@@ -22,7 +22,8 @@ fn main() {
         std::process::exit(1);
     }
     // "Init reached" is the moment the kernel hands over to PID 1.
-    if let Ok(mut ports) = IoPorts::open() {
+    let mut ports = IoPorts::open();
+    if let Ok(ports) = &mut ports {
         ports.init_reached();
     }
     if let Err(e) = vpod_init::root_switch::leave_initramfs_mount() {
@@ -40,7 +41,7 @@ fn main() {
         });
     let config = cmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
     set_hostname(&config.hostname);
-    let mut vmm: Box<dyn VmmSignals> = match IoPorts::open() {
+    let mut vmm: Box<dyn VmmSignals> = match ports {
         Ok(ports) => Box::new(ports),
         Err(e) => {
             eprintln!("vpod-init: warning: {e}; boot time and exit status will not reach the VMM");

@@ -56,8 +56,6 @@ pub struct BootFiles {
 pub struct Shared {
     pub kernel_code: TextSharing,
     pub initrd: u64,
-    /// 2 MiB blocks of private guest RAM moved off huge pages first.
-    pub split_blocks: u64,
 }
 
 /// The event-loop source that shares the boot files' pages once.
@@ -136,7 +134,8 @@ impl BootFileSharer {
             shared.kernel_code = share_identical_pages(&self.memory, file, pages, &mut ram)?;
             text_range = pages.guest_addr..pages.guest_addr + pages.len;
         }
-        // An empty index (no initrd, or a vhost-user backend: see `share`) matches nothing.
+        // An empty index (no initrd, or a vhost-user backend with pages that may move: see
+        // `share`) matches nothing.
         if let Some(file) = &self.files.initrd {
             shared.initrd = share_matching_pages(
                 &self.memory,
@@ -147,15 +146,15 @@ impl BootFileSharer {
                 only.as_deref(),
             )?;
         }
-        shared.split_blocks = ram.split_blocks;
         Ok(shared)
     }
 }
 
 impl BootFileSharer {
-    /// The guest ranges where the initrd's pages stay: its loaded copy, and the page runs
-    /// init reported (guest-written: bounded by [`vpod_proto::vmm::port::MAX_STAYING_RUNS`]
-    /// runs, overflowing ones dropped; pages outside guest RAM never match).
+    /// The guest ranges where the initrd's pages stay, sorted and merged: its loaded copy,
+    /// and the page runs init reported (guest-written: bounded by
+    /// [`vpod_proto::vmm::port::MAX_STAYING_RUNS`] runs, overflowing ones dropped; pages
+    /// outside guest RAM never match).
     fn staying_ranges(&self) -> Vec<std::ops::Range<u64>> {
         let reported = self
             .events
@@ -165,12 +164,22 @@ impl BootFileSharer {
                 let start = first.checked_mul(PAGE)?;
                 Some(start..start.checked_add(count.checked_mul(PAGE)?)?)
             });
-        self.files
+        let mut ranges: Vec<_> = self
+            .files
             .initrd_at
             .map(|(at, len)| at..at.saturating_add(len))
             .into_iter()
             .chain(reported)
-            .collect()
+            .collect();
+        ranges.sort_by_key(|r| r.start);
+        let mut merged: Vec<std::ops::Range<u64>> = Vec::with_capacity(ranges.len());
+        for range in ranges {
+            match merged.last_mut() {
+                Some(last) if range.start <= last.end => last.end = last.end.max(range.end),
+                _ => merged.push(range),
+            }
+        }
+        merged
     }
 }
 

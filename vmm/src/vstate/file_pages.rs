@@ -295,9 +295,16 @@ impl<'a> FileRuns<'a> {
     }
 }
 
+/// Whether `at` lies in one of `ranges` (sorted and disjoint): a binary search, as the
+/// guest may report thousands of ranges and the scan asks for each resident page.
+fn within(ranges: &[std::ops::Range<u64>], at: u64) -> bool {
+    let i = ranges.partition_point(|r| r.end <= at);
+    ranges.get(i).is_some_and(|r| r.start <= at)
+}
+
 /// Maps `file` copy-on-write over every resident guest page outside `skip` (a guest
-/// address range), and inside `only` where given (guest address ranges), that holds exactly
-/// one of its indexed pages, guest RAM readied by `ram`. The caller keeps the guest paused.
+/// address range), and inside `only` where given (guest address ranges, sorted and
+/// disjoint), that holds exactly one of its indexed pages, guest RAM readied by `ram`. The caller keeps the guest paused.
 /// Returns how many pages were mapped.
 pub fn share_matching_pages(
     memory: &GuestMemoryMmap,
@@ -327,8 +334,10 @@ pub fn share_matching_pages(
         for (page, state) in residency.iter().enumerate() {
             let at = page * PAGE;
             let guest = base + at as u64;
-            let outside = only.is_some_and(|ranges| !ranges.iter().any(|r| r.contains(&guest)));
-            if state & 1 == 0 || skip.contains(&guest) || outside || at + PAGE > len {
+            if state & 1 == 0 || skip.contains(&guest) || at + PAGE > len {
+                continue;
+            }
+            if only.is_some_and(|ranges| !within(ranges, guest)) {
                 continue;
             }
             let guest_page = slice
@@ -417,6 +426,22 @@ mod tests {
             head.split_whitespace().nth(5).unwrap_or("").to_string(),
             anonymous,
         )
+    }
+
+    #[test]
+    fn within_finds_an_address_among_sorted_ranges() {
+        let ranges = [0x1000..0x3000, 0x8000..0x9000];
+        for (at, inside) in [
+            (0, false),
+            (0x1000, true),
+            (0x2fff, true),
+            (0x3000, false),
+            (0x8000, true),
+            (0x9000, false),
+        ] {
+            assert_eq!(within(&ranges, at), inside, "{at:#x}");
+        }
+        assert!(!within(&[], 0x1000));
     }
 
     #[test]
